@@ -1,0 +1,1 @@
+"""Qt-free engine: formats, statistics, calibrators, metrics, model loading, execution, export."""
