@@ -45,7 +45,10 @@ class TensorResult:
 
 
 def quant_tensors(model: LoadedModel) -> Iterator[QuantTensor]:
-    """Each quantizable tensor once, in graph order; a shared activation goes with its first layer."""
+    """Each quantizable tensor once, in graph order.
+
+    An activation feeding several layers is listed with its first consumer.
+    """
     seen: set[str] = set()
     for layer in model.layers:
         for act in layer.activations:

@@ -61,7 +61,8 @@ def augment_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.Mode
             graph.output.append(known[name])
         else:
             # Element type only: shapes may vary from sample to sample.
-            graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            vi = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            graph.output.append(vi)
     return augmented
 
 
@@ -138,7 +139,9 @@ def collect_stats(
         notes.append("calibrated on RANDOM input, not real data: ranges do not reflect real use")
     for stats in tensors.values():
         if stats.n_nonfinite:
-            notes.append(f"{stats.name}: {stats.n_nonfinite} NaN/Inf activation values were skipped")
+            notes.append(
+                f"{stats.name}: {stats.n_nonfinite} NaN/Inf activation values were skipped"
+            )
         if stats.dominated_by_extremes:
             notes.append(
                 f"{stats.name}: range dominated by extreme values "

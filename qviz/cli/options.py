@@ -1,0 +1,98 @@
+"""Options shared by the subcommands: quantization settings, model and data arguments."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from qviz.core.calibrators import Method, MethodSpec
+from qviz.core.config import QuantConfig, TensorConfig
+from qviz.core.data import Dataset, Preprocess, load_data, random_data
+from qviz.core.errors import QvizError
+from qviz.core.formats import FormatKind, Granularity, GranularityKind, NumberFormat
+from qviz.core.model import LoadedModel, load_model
+
+CHOOSABLE_METHODS = [m.value for m in Method if m is not Method.MANUAL]
+FORMAT_FAMILIES = ["int", "uint", "fp8_e4m3fn", "fp8_e5m2", "nf4"]
+
+
+def add_quant_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("quantization settings")
+    g.add_argument("--method", choices=CHOOSABLE_METHODS, default="entropy",
+                   help="how activation ranges are chosen (and weights', unless --weight-method)")
+    g.add_argument("--weight-method", choices=CHOOSABLE_METHODS, default=None,
+                   help="how weight ranges are chosen (default: minmax)")
+    g.add_argument("--percentile", type=float, default=99.99,
+                   help="percentile p for --method percentile (default 99.99)")
+    g.add_argument("--granularity", choices=[k.value for k in GranularityKind],
+                   default="per-channel", help="weight granularity; activations are per-tensor")
+    g.add_argument("--group-size", type=int, default=128, help="block size for per-group")
+    g.add_argument("--format", dest="fmt", choices=FORMAT_FAMILIES, default="int",
+                   help="number format family (nf4 is weight-only: activations stay int8)")
+    g.add_argument("--bits", type=int, default=8, help="bits for int/uint formats (2-8)")
+    sym = g.add_mutually_exclusive_group()
+    sym.add_argument("--symmetric", dest="symmetric", action="store_true", default=True,
+                     help="symmetric ranges, zero point at 0 (default)")
+    sym.add_argument("--asymmetric", dest="symmetric", action="store_false",
+                     help="asymmetric ranges with a zero point")
+    g.add_argument("--pow2-scale", action="store_true", help="round scales up to powers of two")
+
+
+def _format(family: str, bits: int, symmetric: bool, pow2: bool) -> NumberFormat:
+    text = f"{family}{bits}" if family in ("int", "uint") else family
+    return NumberFormat.parse(text, symmetric=symmetric, pow2_scale=pow2)
+
+
+def config_from_args(args: argparse.Namespace) -> QuantConfig:
+    """The QuantConfig that `qviz report/export/evaluate` options describe."""
+    if not 0.0 < args.percentile <= 100.0:
+        raise QvizError(f"--percentile must be in (0, 100], got {args.percentile}")
+    if args.group_size < 1:
+        raise QvizError(f"--group-size must be positive, got {args.group_size}")
+    weight_fmt = _format(args.fmt, args.bits, args.symmetric, args.pow2_scale)
+    act_fmt = weight_fmt
+    if weight_fmt.kind is FormatKind.NF4:
+        act_fmt = NumberFormat(symmetric=args.symmetric, pow2_scale=args.pow2_scale)
+    weight_method = Method(args.weight_method or "minmax")
+    weights = TensorConfig(
+        spec=MethodSpec(weight_method, percentile=args.percentile),
+        granularity=Granularity.parse(args.granularity, group_size=args.group_size),
+        fmt=weight_fmt,
+    )
+    activations = TensorConfig(
+        spec=MethodSpec(Method(args.method), percentile=args.percentile),
+        granularity=Granularity(GranularityKind.PER_TENSOR),
+        fmt=act_fmt,
+    )
+    return QuantConfig(weights=weights, activations=activations)
+
+
+def add_data_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    g = parser.add_argument_group("data")
+    src = g.add_mutually_exclusive_group(required=required)
+    src.add_argument("--data", type=Path,
+                     help=".npz, .npy, a folder of .npz samples, or a folder of images")
+    src.add_argument("--random", type=int, metavar="N",
+                     help="use N samples of RANDOM input (labelled as such in every output)")
+    g.add_argument("--preprocess", metavar="JSON_OR_SPEC",
+                   help="image preprocessing: a JSON file, or "
+                        "'size=224x224,scale=0.00392,mean=0.485/0.456/0.406,"
+                        "std=0.229/0.224/0.225,layout=NCHW'")
+
+
+def load_dataset(args: argparse.Namespace, model: LoadedModel) -> Dataset:
+    if getattr(args, "random", None) is not None:
+        if args.random < 1:
+            raise QvizError(f"--random needs a positive sample count, got {args.random}")
+        return random_data(model.inputs, args.random)
+    preprocess = None
+    if getattr(args, "preprocess", None):
+        spec = args.preprocess
+        preprocess = (
+            Preprocess.from_json(Path(spec)) if spec.endswith(".json") else Preprocess.parse(spec)
+        )
+    return load_data(args.data, model.inputs, preprocess)
+
+
+def load_model_arg(path: str, sample_data: Path | None = None) -> LoadedModel:
+    return load_model(path)
