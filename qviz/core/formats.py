@@ -1,0 +1,324 @@
+"""Number formats and quantization granularities: what a tensor is quantized *to*, and how finely.
+
+The names and conventions follow ``docs/architecture.md`` ("Numbers"). Integer ranges follow
+onnxruntime's quantization tool (``onnxruntime.quantization.quant_utils``): symmetric signed
+formats drop the most negative code (int8 symmetric is -127..127) so that the range is
+symmetric about zero, exactly as ORT's ``ONNX_INT_TYPE_SYMMETRIC_RANGE`` does.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+import ml_dtypes
+import numpy as np
+import onnx
+
+from qviz.core.errors import QvizError
+
+__all__ = [
+    "NF4_LEVELS",
+    "FormatKind",
+    "Granularity",
+    "GranularityKind",
+    "NumberFormat",
+]
+
+
+class FormatKind(Enum):
+    """The family of number format a tensor is quantized to."""
+
+    INT = "int"
+    FP8_E4M3FN = "fp8_e4m3fn"
+    FP8_E5M2 = "fp8_e5m2"
+    NF4 = "nf4"
+
+
+# The 16 NormalFloat-4 levels of QLoRA (Dettmers et al. 2023, appendix E), as published in
+# bitsandbytes (``functional.get_4bit_type("nf4")``). They are quantiles of N(0, 1) scaled to
+# [-1, 1], with an exact zero so that zero-padding and ReLU zeros are lossless. Read-only so no
+# caller can corrupt the codebook shared by every NF4 tensor.
+NF4_LEVELS: np.ndarray = np.array(
+    [
+        -1.0,
+        -0.6961928009986877,
+        -0.5250730514526367,
+        -0.39491748809814453,
+        -0.28444138169288635,
+        -0.18477343022823334,
+        -0.09105003625154495,
+        0.0,
+        0.07958029955625534,
+        0.16093020141124725,
+        0.24611230194568634,
+        0.33791524171829224,
+        0.44070982933044434,
+        0.5626170039176941,
+        0.7229568362236023,
+        1.0,
+    ],
+    dtype=np.float32,
+)
+NF4_LEVELS.setflags(write=False)
+
+# Largest finite magnitude of each FP8 format (the value ONNX saturates to with saturate=1).
+_FP8_MAX: dict[FormatKind, float] = {
+    FormatKind.FP8_E4M3FN: float(ml_dtypes.finfo(ml_dtypes.float8_e4m3fn).max),  # 448
+    FormatKind.FP8_E5M2: float(ml_dtypes.finfo(ml_dtypes.float8_e5m2).max),  # 57344
+}
+
+_FP8_STORAGE: dict[FormatKind, np.dtype] = {
+    FormatKind.FP8_E4M3FN: np.dtype(ml_dtypes.float8_e4m3fn),
+    FormatKind.FP8_E5M2: np.dtype(ml_dtypes.float8_e5m2),
+}
+
+_FP8_ONNX: dict[FormatKind, int] = {
+    FormatKind.FP8_E4M3FN: onnx.TensorProto.FLOAT8E4M3FN,
+    FormatKind.FP8_E5M2: onnx.TensorProto.FLOAT8E5M2,
+}
+
+# ONNX has integer tensor types only for these widths; every other width is simulated.
+_ONNX_INT: dict[tuple[int, bool], int] = {
+    (8, True): onnx.TensorProto.INT8,
+    (8, False): onnx.TensorProto.UINT8,
+    (4, True): onnx.TensorProto.INT4,
+    (4, False): onnx.TensorProto.UINT4,
+}
+
+_MIN_INT_BITS = 2
+_MAX_INT_BITS = 8
+
+# Accepted spellings, lower-cased with "-" and " " folded to "_". The first spelling of each
+# kind is the canonical one that ``NumberFormat.spec`` writes.
+_FLOAT_ALIASES: dict[str, FormatKind] = {
+    "fp8_e4m3fn": FormatKind.FP8_E4M3FN,
+    "e4m3": FormatKind.FP8_E4M3FN,
+    "e4m3fn": FormatKind.FP8_E4M3FN,
+    "fp8_e4m3": FormatKind.FP8_E4M3FN,
+    "float8_e4m3fn": FormatKind.FP8_E4M3FN,
+    "fp8_e5m2": FormatKind.FP8_E5M2,
+    "e5m2": FormatKind.FP8_E5M2,
+    "float8_e5m2": FormatKind.FP8_E5M2,
+    "nf4": FormatKind.NF4,
+}
+_INT_RE = re.compile(r"(u?)int(\d+)")
+_FORMAT_CHOICES = "int2..int8, uint2..uint8, fp8_e4m3fn, fp8_e5m2, nf4"
+
+
+@dataclass(frozen=True)
+class NumberFormat:
+    """A quantized number format.
+
+    ``bits``, ``signed`` and ``symmetric`` only vary for ``INT``. FP8 and NF4 are always
+    signed and symmetric with zero point 0, and their width is fixed (8 and 4); whatever is
+    passed for those fields is replaced by the fixed value in ``__post_init__`` so that, e.g.,
+    a GUI "symmetric" checkbox can be passed straight through and equal formats compare equal.
+    """
+
+    kind: FormatKind = FormatKind.INT
+    bits: int = 8
+    signed: bool = True
+    symmetric: bool = True
+    pow2_scale: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, FormatKind):
+            raise TypeError(f"kind must be a FormatKind, not {type(self.kind).__name__}")
+        if self.kind is FormatKind.INT:
+            # bool is an int subclass; int(True) bits would be a silent bug.
+            if isinstance(self.bits, bool) or not isinstance(self.bits, int):
+                raise TypeError(f"bits must be an int, not {type(self.bits).__name__}")
+            if not _MIN_INT_BITS <= self.bits <= _MAX_INT_BITS:
+                raise QvizError(
+                    f"integer formats have {_MIN_INT_BITS} to {_MAX_INT_BITS} bits, not {self.bits}"
+                )
+        else:
+            # Frozen dataclass: object.__setattr__ is the documented way to normalize fields.
+            object.__setattr__(self, "bits", 4 if self.kind is FormatKind.NF4 else 8)
+            object.__setattr__(self, "signed", True)
+            object.__setattr__(self, "symmetric", True)
+
+    # ------------------------------------------------------------------ ranges
+    @property
+    def qmin(self) -> float:
+        """Smallest value the *scale computation* maps the range onto (ORT convention).
+
+        INT signed symmetric: -(2^(b-1)-1); signed asymmetric: -2^(b-1); unsigned: 0;
+        FP8: -max finite; NF4: -1. ``quantize`` saturates to :attr:`saturation_range`, which
+        differs only for signed symmetric INT (one extra code below, as ONNX saturates to the
+        full type range).
+        """
+        if self.kind is FormatKind.INT:
+            if not self.signed:
+                return 0.0
+            half = 2 ** (self.bits - 1)
+            return float(-(half - 1) if self.symmetric else -half)
+        return -self.qmax
+
+    @property
+    def qmax(self) -> float:
+        """Largest value the scale computation maps the range onto: 2^(b-1)-1 signed,
+        2^b-1 unsigned, 448 (e4m3fn), 57344 (e5m2), 1 (NF4)."""
+        if self.kind is FormatKind.INT:
+            return float(2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1)
+        if self.kind is FormatKind.NF4:
+            return 1.0
+        return _FP8_MAX[self.kind]
+
+    @property
+    def saturation_range(self) -> tuple[float, float]:
+        """The range ``quantize`` clips to: the storage type's full range (ONNX QuantizeLinear
+        saturates to the type, e.g. int8 -128..127 even for a symmetric -127..127 scale)."""
+        if self.kind is FormatKind.INT:
+            if self.signed:
+                half = 2 ** (self.bits - 1)
+                return float(-half), float(half - 1)
+            return 0.0, float(2**self.bits - 1)
+        return self.qmin, self.qmax
+
+    # ------------------------------------------------------------------ names
+    @property
+    def spec(self) -> str:
+        """The text :meth:`parse` accepts back ("int8", "uint4", "fp8_e4m3fn", "nf4").
+
+        Symmetry and power-of-two scales are separate arguments of :meth:`parse`, so
+        ``NumberFormat.parse(f.spec, f.symmetric, f.pow2_scale) == f``.
+        """
+        if self.kind is FormatKind.INT:
+            return f"{'' if self.signed else 'u'}int{self.bits}"
+        return self.kind.value
+
+    @property
+    def label(self) -> str:
+        """Human text: "int8 sym", "uint4 asym", "fp8 e4m3fn", "nf4 (simulation only)"."""
+        if self.kind is FormatKind.INT:
+            text = f"{self.spec} {'sym' if self.symmetric else 'asym'}"
+        elif self.kind is FormatKind.NF4:
+            text = "nf4"
+        else:
+            text = self.kind.value.replace("_", " ")
+        if self.pow2_scale:
+            text += " pow2"
+        if self.simulation_only:
+            text += " (simulation only)"
+        return text
+
+    # ------------------------------------------------------------------ runtime types
+    @property
+    def simulation_only(self) -> bool:
+        """True when no ONNX runtime can execute the format: NF4 and INT 2, 3, 5, 6, 7 bits."""
+        return self.onnx_dtype is None
+
+    @property
+    def onnx_dtype(self) -> int | None:
+        """The ``onnx.TensorProto`` element type of the quantized tensor, or None if ONNX has
+        no such type."""
+        if self.kind is FormatKind.INT:
+            return _ONNX_INT.get((self.bits, self.signed))
+        if self.kind is FormatKind.NF4:
+            return None
+        return _FP8_ONNX[self.kind]
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        """numpy dtype holding quantized values and zero points: int8/uint8 for every INT
+        width (int4 and 2..7-bit values unpacked, one per byte), ml_dtypes FP8 types, and
+        uint8 codebook indices for NF4."""
+        if self.kind is FormatKind.INT:
+            return np.dtype(np.int8 if self.signed else np.uint8)
+        if self.kind is FormatKind.NF4:
+            return np.dtype(np.uint8)
+        return _FP8_STORAGE[self.kind]
+
+    # ------------------------------------------------------------------ parsing
+    @classmethod
+    def parse(cls, text: str, symmetric: bool = True, pow2_scale: bool = False) -> NumberFormat:
+        """Read a format name: "int2".."int8", "uint2".."uint8", "fp8_e4m3fn" (alias "e4m3"),
+        "fp8_e5m2" (alias "e5m2"), "nf4". Case, spaces and dashes are forgiven.
+
+        Raises QvizError (one line, listing the choices) for anything else.
+        """
+        key = re.sub(r"[\s\-]+", "_", str(text).strip().lower())
+        if key in _FLOAT_ALIASES:
+            return cls(kind=_FLOAT_ALIASES[key], pow2_scale=pow2_scale)
+        match = _INT_RE.fullmatch(key)
+        if match is not None:
+            bits = int(match.group(2))
+            if _MIN_INT_BITS <= bits <= _MAX_INT_BITS:
+                return cls(
+                    kind=FormatKind.INT,
+                    bits=bits,
+                    signed=not match.group(1),
+                    symmetric=symmetric,
+                    pow2_scale=pow2_scale,
+                )
+        raise QvizError(f"unknown format {text!r}: choose {_FORMAT_CHOICES}")
+
+
+class GranularityKind(Enum):
+    """How many scales a tensor gets: one, one per channel, or one per block of a channel."""
+
+    PER_TENSOR = "per-tensor"
+    PER_CHANNEL = "per-channel"
+    PER_GROUP = "per-group"
+
+
+_GRANULARITY_ALIASES: dict[str, GranularityKind] = {
+    "per_tensor": GranularityKind.PER_TENSOR,
+    "tensor": GranularityKind.PER_TENSOR,
+    "per_channel": GranularityKind.PER_CHANNEL,
+    "channel": GranularityKind.PER_CHANNEL,
+    "per_axis": GranularityKind.PER_CHANNEL,
+    "per_group": GranularityKind.PER_GROUP,
+    "group": GranularityKind.PER_GROUP,
+    "blocked": GranularityKind.PER_GROUP,
+    "per_block": GranularityKind.PER_GROUP,
+}
+# "per-group (64)", "per-group:64", "group64": the group size written inside the text wins.
+_GROUP_RE = re.compile(r"(?P<name>[a-z_]+?)_*[(:=]?_*(?P<size>\d+)_*\)?")
+_GRANULARITY_CHOICES = "per-tensor, per-channel, per-group (N)"
+
+
+@dataclass(frozen=True)
+class Granularity:
+    """Quantization granularity. ``group_size`` is the block length along the reduction axis
+    (ONNX ``block_size``) and matters only for ``PER_GROUP``."""
+
+    kind: GranularityKind = GranularityKind.PER_TENSOR
+    group_size: int = 128
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, GranularityKind):
+            raise TypeError(f"kind must be a GranularityKind, not {type(self.kind).__name__}")
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int):
+            raise TypeError(f"group_size must be an int, not {type(self.group_size).__name__}")
+        if self.group_size < 1:
+            raise QvizError(f"group size must be a positive integer, not {self.group_size}")
+
+    @property
+    def label(self) -> str:
+        """Human text, "per-tensor", "per-channel", "per-group (128)", that :meth:`parse`
+        reads back."""
+        if self.kind is GranularityKind.PER_GROUP:
+            return f"per-group ({self.group_size})"
+        return self.kind.value
+
+    @classmethod
+    def parse(cls, text: str, group_size: int = 128) -> Granularity:
+        """Read "per-tensor", "per-channel" or "per-group" (also "tensor", "channel",
+        "group", "blocked"); a size inside the text ("per-group (64)") overrides
+        ``group_size``. Raises QvizError for anything else."""
+        key = re.sub(r"[\s\-]+", "_", str(text).strip().lower())
+        kind = _GRANULARITY_ALIASES.get(key)
+        if kind is None:
+            match = _GROUP_RE.fullmatch(key)
+            if match is not None:
+                named = _GRANULARITY_ALIASES.get(match.group("name").strip("_"))
+                if named is GranularityKind.PER_GROUP:
+                    kind = named
+                    group_size = int(match.group("size"))
+        if kind is None:
+            raise QvizError(f"unknown granularity {text!r}: choose {_GRANULARITY_CHOICES}")
+        return cls(kind=kind, group_size=group_size)
