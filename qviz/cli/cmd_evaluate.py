@@ -1,0 +1,232 @@
+"""`qviz evaluate MODEL --config CONFIG --data DATA`: what quantizing does to the task.
+
+Runs the float and the quantized model over the data and prints accuracy (with labels), how
+the outputs compare, where along the network error enters, size and latency, and PASS/FAIL
+for each ``--criterion``. The quantization comes from a qviz config file (its saved scales,
+bit for bit) or from a stats file plus the same settings `qviz report` takes.
+
+Exit status: 0 when every criterion passes (or none was given), 1 when one fails, 2 for bad
+input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from qviz.cli.options import add_data_options, add_quant_options, config_from_args
+from qviz.cli.progress_bar import ProgressBar
+from qviz.core.criteria import Criterion, Verdict, check_all
+from qviz.core.errors import QvizError
+from qviz.core.evaluate import Evaluation, Metric, RunMode, evaluate
+from qviz.core.fusion import KernelPrecision
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="accuracy, output error, size and latency of the quantized model",
+        description="Run the float and the quantized (Q/DQ) model over the data and compare "
+                    "them. Exit status 1 when a --criterion fails.",
+    )
+    p.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path,
+                        help="qviz config file (its saved scales are used as they are)")
+    source.add_argument("--stats", type=Path,
+                        help="stats file from `qviz collect`; the quantization settings below "
+                             "derive the configuration (as in `qviz report`)")
+    add_data_options(p)
+    add_quant_options(p)
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--native", action="store_true",
+                   help="quantized numbers from ONNX Runtime's fused INT8 kernels (graph "
+                        "optimizations on) instead of the simulation; reports the mismatch")
+    g.add_argument("--precise-int8", action="store_true",
+                   help="use ORT's exact U8U8 kernels (session.x64quantprecision=1) for the "
+                        "native run: no 16-bit saturation on AVX2 CPUs without VNNI")
+    g.add_argument("--limit", type=int, metavar="N", help="evaluate the first N samples only")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--criterion", action="append", default=[], metavar="TEXT",
+                   help="acceptance criterion, repeatable: accuracy_drop<=1, cosine>=0.99, "
+                        "sqnr>=30, agreement>=99")
+    g.add_argument("--no-latency", dest="latency", action="store_false",
+                   help="skip the latency measurement")
+    g.add_argument("--state-dict", type=Path, help="state dict for a package.module:factory model")
+    g.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def _quant_defaults() -> dict[str, Any]:
+    parser = argparse.ArgumentParser(add_help=False)
+    add_quant_options(parser)
+    return vars(parser.parse_args([]))
+
+
+def _check_options(args: argparse.Namespace) -> list[Criterion]:
+    if args.batch_size < 1:
+        raise QvizError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise QvizError(f"--limit must be at least 1, got {args.limit}")
+    if args.config is not None:
+        # A config file carries its own settings; silently ignoring --bits would mislead.
+        given = [f"--{k.replace('_', '-')}" for k, v in _quant_defaults().items()
+                 if getattr(args, k) != v]
+        if given:
+            raise QvizError(f"{', '.join(given)} only apply with --stats; the config file "
+                            f"{args.config} holds its own settings")
+    return [Criterion.parse(text) for text in args.criterion]
+
+
+def _results(args: argparse.Namespace, model: Any) -> tuple[list[Any], str]:
+    """The analysed tensors and a description of where they come from."""
+    if args.config is not None:
+        from qviz.core.config_file import load_config, results_from_saved
+
+        saved = load_config(args.config)
+        return results_from_saved(model, saved), f"config file {args.config}"
+    from qviz.core.analysis import analyze, check_stats_match
+    from qviz.core.stats_file import load_stats
+
+    config = config_from_args(args)
+    stats = load_stats(args.stats)
+    check_stats_match(model, stats)
+    w, a = config.weights, config.activations
+    return analyze(model, stats, config), (
+        f"stats file {args.stats}: weights {w.label}; activations {a.label}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    criteria = _check_options(args)
+    from qviz.cli.cmd_collect import load_model_and_data
+
+    model, data = load_model_and_data(args)
+    if data.labels is None:
+        needing = [c.spec for c in criteria if c.metric.needs_labels]
+        if needing:
+            raise QvizError(f"{', '.join(needing)} needs labels, and {data.description} "
+                            f"has none")
+    results, source = _results(args, model)
+    if not results:
+        raise QvizError("the configuration quantizes nothing: nothing to evaluate")
+    precision = KernelPrecision.PRECISE if args.precise_int8 else KernelPrecision.DEFAULT
+    gen = evaluate(model, results, data, native=args.native, precision=precision,
+                   limit=args.limit, batch_size=args.batch_size, latency=args.latency)
+    bar = ProgressBar(sys.stderr, enabled=not args.quiet)
+    while True:
+        try:
+            bar.update(next(gen))
+        except StopIteration as stop:
+            evaluation: Evaluation = stop.value
+            break
+    bar.close()
+    verdicts = check_all(criteria, evaluation)
+    if args.json:
+        doc = evaluation.to_json()
+        doc["model"] = str(model.source)
+        doc["config"] = source
+        doc["criteria"] = [verdict_json(v) for v in verdicts]
+        json.dump(doc, sys.stdout, indent=1, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(evaluation_table(evaluation, verdicts, str(model.source), source))
+    return 0 if all(v.passed for v in verdicts) else 1
+
+
+def verdict_json(v: Verdict) -> dict[str, Any]:
+    value = v.value
+    if value is not None and not math.isfinite(value):
+        value = "inf" if value > 0 else ("-inf" if value < 0 else "nan")  # type: ignore[assignment]
+    return {"criterion": v.criterion.spec, "passed": v.passed, "value": value, "text": v.text}
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
+    if value is None:
+        return ""
+    if not math.isfinite(value):
+        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _bytes(n: int) -> str:
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.2f} MiB"
+    if n >= 1 << 10:
+        return f"{n / (1 << 10):.1f} KiB"
+    return f"{n} B"
+
+
+_DIGITS = {Metric.COSINE: 5, Metric.KL: 5, Metric.MAX_ABS_ERROR: 4}
+
+
+def _bar(sqnr: float, width: int = 30, top: float = 60.0) -> str:
+    if not math.isfinite(sqnr):
+        return "#" * width if sqnr > 0 else ""
+    return "#" * max(0, min(width, round(width * sqnr / top)))
+
+
+def evaluation_table(
+    e: Evaluation, verdicts: Sequence[Verdict], model: str, source: str
+) -> str:
+    mode = "native INT8 (ONNX Runtime, optimizations on)" if e.mode is RunMode.NATIVE \
+        else "simulation (Q/DQ evaluated op by op)"
+    lines = [f"model:   {model}", f"config:  {source}",
+             f"data:    {e.data_description} ({e.n_samples} samples evaluated)",
+             f"mode:    {mode}", ""]
+    rows = [("metric", "float", "quantized", "delta")]
+    for metric in Metric:
+        if metric not in e.quantized_metrics:
+            continue
+        d = _DIGITS.get(metric, 2)
+        rows.append((metric.label, _fmt(e.float_metrics.get(metric), d),
+                     _fmt(e.quantized_metrics.get(metric), d),
+                     _fmt(e.delta.get(metric), d, signed=True)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+              for r in rows]
+    if len(e.outputs) > 1:
+        lines += ["", "per output:"]
+        for o in e.outputs:
+            lines.append(f"  {o.name}: agreement {_fmt(o.agreement_pct)} %, SQNR "
+                         f"{_fmt(o.sqnr_db)} dB, cosine {_fmt(o.cosine, 5)}")
+    s = e.size
+    lines += ["", f"size:    {_bytes(s.float_bytes)} float -> {_bytes(s.quantized_bytes)} "
+                  f"quantized ({s.ratio:.2f}x smaller{', nominal' if s.nominal else ''})"]
+    if e.latency is not None:
+        lat = e.latency
+        lines.append(f"latency: {lat.float_ms:.2f} ms float vs {lat.native_ms:.2f} ms native "
+                     f"INT8 per batch of {lat.batch_size} (median of {lat.repeats}; "
+                     f"{lat.speedup:.2f}x, {lat.precision.value} kernels)")
+    if e.fusion is not None:
+        f = e.fusion
+        fused = ", ".join(f"{n} ({f.kernels[n]})" for n in f.fused) or "none"
+        lines.append(f"fused:   {len(f.fused)}/{f.n_layers} layers into integer kernels: {fused}")
+        for name, why in f.unfused.items():
+            lines.append(f"  not fused: {name}: {why}")
+    for m in e.mismatch:
+        if m.step is not None:
+            size = f"max {_fmt(m.max_steps)} output steps"
+        else:
+            size = f"max |diff| {m.max_abs_diff:.4g} (float output: absolute)"
+        lines.append(f"sim vs native: {m.output}: {size}, "
+                     f"{100 * m.fraction_differing:.3f} % of {m.n_elements} elements differ")
+    if e.depth:
+        lines += ["", "error along depth (quantized model's activation vs float):"]
+        name_w = max(len(p.tensor) for p in e.depth)
+        layer_w = max(len(p.layer) for p in e.depth)
+        for p in e.depth:
+            lines.append(f"  {p.depth:>4}  {p.tensor.ljust(name_w)}  {p.layer.ljust(layer_w)}  "
+                         f"{_fmt(p.sqnr_db):>7} dB  {_bar(p.sqnr_db)}")
+    if verdicts:
+        lines += ["", "criteria:"] + [f"  {v.text}" for v in verdicts]
+    lines += [f"note:    {n}" for n in e.notes]
+    return "\n".join(lines) + "\n"
