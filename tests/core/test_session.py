@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,13 @@ import pytest
 
 from qviz.core.analysis import analyze_tensor
 from qviz.core.calibrators import Method, MethodSpec
-from qviz.core.collect import collect_stats, run_to_completion
+from qviz.core.collect import CalibrationStats, collect_stats, run_to_completion
 from qviz.core.config import QuantConfig, TensorConfig
 from qviz.core.data import load_data
 from qviz.core.demo import demo_paths
 from qviz.core.errors import QvizError
 from qviz.core.formats import Granularity, GranularityKind, NumberFormat
-from qviz.core.model import TensorKind, load_model
+from qviz.core.model import LoadedModel, TensorKind, load_model
 from qviz.core.session import (
     SCHEMA_VERSION,
     ApplyScope,
@@ -161,7 +162,7 @@ def test_weighted_sqnr_is_a_power_mean() -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_model_and_stats():  # type: ignore[no-untyped-def]
+def demo_model_and_stats() -> tuple[LoadedModel, CalibrationStats]:
     paths = demo_paths()
     model = load_model(paths.model)
     data = load_data(paths.data, model.inputs)
@@ -170,7 +171,7 @@ def demo_model_and_stats():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def doc(demo_model_and_stats) -> Document:  # type: ignore[no-untyped-def]
+def doc(demo_model_and_stats: tuple[LoadedModel, CalibrationStats]) -> Document:
     model, stats = demo_model_and_stats
     d = Document()
     d.set_model(model)
@@ -187,7 +188,9 @@ def test_document_lists_every_tensor_and_selects_the_first(doc: Document) -> Non
     assert doc.element_count(("input", A)) == 28 * 28
 
 
-def test_analyze_matches_the_core_and_is_cached(doc: Document, demo_model_and_stats) -> None:  # type: ignore[no-untyped-def]
+def test_analyze_matches_the_core_and_is_cached(
+    doc: Document, demo_model_and_stats: tuple[LoadedModel, CalibrationStats]
+) -> None:
     model, stats = demo_model_and_stats
     key = ("relu_1", A)
     result = doc.analyze(key)
@@ -218,7 +221,8 @@ def test_apply_scopes(doc: Document) -> None:
 def test_store_drops_results_for_superseded_settings(doc: Document) -> None:
     key = ("relu", A)
     [job] = doc.analyze_jobs([key])
-    outcomes = [o for batch in analyze_in_batches(doc.model, doc.stats, [job]) for o in batch]  # type: ignore[arg-type]
+    assert doc.model is not None
+    outcomes = [o for batch in analyze_in_batches(doc.model, doc.stats, [job]) for o in batch]
     doc.apply(key, TensorConfig(MethodSpec(Method.MINMAX)), ApplyScope.TENSOR)
     assert doc.store(*outcomes[0]) is False  # computed for the old settings
     assert doc.result(key) is None
@@ -255,15 +259,18 @@ def test_summary_and_method_ranges(doc: Document) -> None:
     assert summary.worst[0][1] <= summary.worst[1][1] <= summary.worst[2][1]
     assert math.isfinite(summary.weighted_sqnr_db)
     ranges = doc.method_ranges(("relu", A))
-    assert set(m for _, m in ranges) == {Method.MINMAX, Method.PERCENTILE, Method.ENTROPY, Method.MSE}
-    lo, hi = ranges[("relu", Method.MINMAX)]
+    assert {m for _, m in ranges} == {
+        Method.MINMAX, Method.PERCENTILE, Method.ENTROPY, Method.MSE,
+    }
+    _lo, hi = ranges[("relu", Method.MINMAX)]
     assert hi == pytest.approx(doc.stats.tensors["relu"].max)  # type: ignore[union-attr]
     assert doc.method_ranges(("features.0.weight", W))  # weights get markers too
 
 
-def test_stats_from_another_model_are_refused(doc: Document, demo_model_and_stats, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_stats_from_another_model_are_refused(
+    doc: Document, demo_model_and_stats: tuple[LoadedModel, CalibrationStats], tmp_path: Path
+) -> None:
     _, stats = demo_model_and_stats
-    from dataclasses import replace
 
     with pytest.raises(QvizError, match="different model"):
         doc.set_stats(replace(stats, model_sha256="0" * 64))
