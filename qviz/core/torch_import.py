@@ -136,12 +136,20 @@ def _import_torch() -> Any:
 
 
 def _first_line(exc: BaseException) -> str:
-    """The most telling line of an exception chain: the innermost cause's first line."""
+    """The most telling line of an exception chain: the innermost cause's first line.
+
+    A line ending in ":" announces the next one, which is joined on; very long lines are cut
+    at their first sentence (torch appends paragraphs of advice).
+    """
     inner = exc
     while inner.__cause__ is not None:
         inner = inner.__cause__
-    text = _ANSI.sub("", str(inner)).strip()
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    lines = [ln.strip() for ln in _ANSI.sub("", str(inner)).splitlines() if ln.strip()]
+    line = lines[0] if lines else ""
+    if line.endswith(":") and len(lines) > 1:
+        line = f"{line} {lines[1]}"
+    if len(line) > 160 and ". " in line:
+        line = line[: line.index(". ") + 1]
     name = type(inner).__name__
     return f"{name}: {line}" if line else name
 
@@ -157,12 +165,27 @@ def _load_program(torch: Any, path: Path) -> Any:
 
 def _load_script(torch: Any, path: Path) -> Any:
     try:
-        return torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # jit is deprecated, still used
+            return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
+        if _is_state_dict(torch, path):
+            raise QvizError(
+                f"'{path.name}' is a state dict (weights without model code): give the model "
+                "as package.module:factory and this file as its state dict"
+            ) from exc
         raise QvizError(
             f"'{path.name}' is not a TorchScript file ({_first_line(exc)}); a plain state dict "
             "needs its model code: give package.module:factory and this file as the state dict"
         ) from exc
+
+
+def _is_state_dict(torch: Any, path: Path) -> bool:
+    try:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return isinstance(loaded, dict) and bool(loaded)
 
 
 @contextlib.contextmanager
@@ -278,11 +301,20 @@ def _double_batch(torch: Any, value: Any) -> Any:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the exporter's progress prints, warnings and log lines; errors still raise."""
-    loggers = [logging.getLogger(n) for n in ("torch", "torch.onnx", "torch.export", "onnxscript")]
+    """Silence the exporter's progress prints, warnings and log lines; errors still raise.
+
+    torch logs failed attempts (guards, decompositions) at ERROR level on its own loggers
+    with explicit levels, so each existing torch/onnxscript logger is muted, then restored.
+    """
+    manager = logging.Logger.manager
+    loggers = [logging.getLogger("torch"), logging.getLogger("onnxscript")] + [
+        lg
+        for name, lg in list(manager.loggerDict.items())
+        if isinstance(lg, logging.Logger) and name.startswith(("torch", "onnxscript"))
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL + 1)
     try:
         with (
             warnings.catch_warnings(),
@@ -342,8 +374,8 @@ def _export_module(
     except Exception as exc:
         raise QvizError(f"PyTorch export to ONNX failed: {_first_line(exc)}") from exc
     return [
-        f"exported with the sample's fixed batch size (a dynamic batch failed: {first_try}); "
-        "batches of other sizes will not run"
+        "exported with the sample's fixed batch size, so batches of other sizes will not run "
+        f"(a dynamic batch did not export: {first_try})"
     ]
 
 

@@ -73,3 +73,25 @@ def make_attention(seed: int = 0) -> TinyAttention:
     """A TinyAttention with deterministic weights."""
     torch.manual_seed(seed)
     return TinyAttention()
+
+
+class FixedBatchNet(nn.Module):
+    """Flattens with ``reshape(1, -1)``: only a batch of one can be exported."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.reshape(1, -1))
+
+
+def make_fixed_batch_net() -> FixedBatchNet:
+    """A FixedBatchNet with deterministic weights."""
+    torch.manual_seed(0)
+    return FixedBatchNet()
+
+
+def make_not_a_module() -> str:
+    """A broken factory: returns something that is not a module."""
+    return "not a module"
