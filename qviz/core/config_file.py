@@ -273,9 +273,15 @@ def decode_qparams(d: Mapping[str, Any], fmt: NumberFormat, what: str) -> QParam
     )
 
 
+# TensorMetrics repeats the qparams' scale and zero point; the file keeps them once.
+_METRICS_FROM_QPARAMS = ("scale", "zero_point")
+
+
 def encode_metrics(m: TensorMetrics) -> JsonDict:
     out: JsonDict = {}
     for f in dataclasses.fields(m):
+        if f.name in _METRICS_FROM_QPARAMS:
+            continue
         value = getattr(m, f.name)
         if isinstance(value, np.ndarray):
             out[f.name] = encode_array(value)
@@ -287,15 +293,15 @@ def encode_metrics(m: TensorMetrics) -> JsonDict:
 def decode_metrics(d: Mapping[str, Any], qp: QParams, what: str) -> TensorMetrics:
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(TensorMetrics):
-        if f.name in d:
+        if f.name in _METRICS_FROM_QPARAMS:
+            kwargs[f.name] = getattr(qp, f.name)
+        elif f.name in d:
             raw = d[f.name]
             kwargs[f.name] = (
                 decode_array(raw, f"{what}.{f.name}")
                 if isinstance(raw, Mapping)
                 else decode_float(raw, f"{what}.{f.name}")
             )
-        elif f.name in ("scale", "zero_point"):
-            kwargs[f.name] = getattr(qp, f.name)
         elif f.default is not dataclasses.MISSING:
             kwargs[f.name] = f.default
         else:

@@ -174,16 +174,24 @@ def ort_overrides_document(
     }
     if model is not None:
         doc["model"] = {"source": str(model.source), "sha256": model.sha256}
+    layer_ops = sorted({r.layer.op_type for r in results})
     doc["quantize_static"] = {
         "quant_format": "QDQ",
         "activation_type": common_type(acts),
         "weight_type": common_type(weights),
         "per_channel": any(r.qparams.axis is not None for r in weights),
-        "op_types_to_quantize": sorted({r.layer.op_type for r in results}),
+        # Only the layers qviz analysed: ORT would otherwise also quantize Squeeze/Reshape/...
+        # and give their outputs their *input's* parameters, overriding qviz's.
+        "op_types_to_quantize": layer_ops,
         "extra_options": {
             # Otherwise ORT may enlarge a weight's scale to keep int32 biases in range,
             # and the weights would no longer be qviz's.
             "QDQDisableWeightAdjustForInt32Bias": True,
+            # ORT would also Q/DQ every layer's output with ranges of its own calibration,
+            # error qviz never measured. Without it ORT quantizes exactly qviz's tensors (and
+            # the result runs bit-identical to qviz's Q/DQ graph in simulation) but cannot
+            # fuse into QLinearConv/QLinearMatMul: ship the Q/DQ export for fused kernels.
+            "OpTypesToExcludeOutputQuantization": layer_ops,
         },
     }
     doc["TensorQuantOverrides"] = ort_overrides(results)
@@ -254,6 +262,35 @@ def load_ort_overrides(path: str | Path) -> dict[str, list[dict[str, Any]]]:
             converted.append(item)
         out[str(name)] = converted
     return out
+
+
+def load_ort_quantize_options(path: str | Path) -> dict[str, Any]:
+    """Keyword arguments for `onnxruntime.quantization.quantize_static` from qviz's overrides
+    file: `quant_format`, `activation_type`, `weight_type`, `per_channel`,
+    `op_types_to_quantize` and `extra_options` (with the converted TensorQuantOverrides).
+    Add the model paths and a calibration data reader (ORT still calibrates, then uses
+    qviz's scales wherever an override gives one).
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    doc = _read_json(path, "an ORT overrides file")
+    options = doc.get("quantize_static")
+    if not isinstance(options, Mapping):
+        raise QvizError(f"{path}: no quantize_static options (not written by qviz?)")
+    try:
+        kwargs: dict[str, Any] = {
+            "quant_format": QuantFormat[options.get("quant_format", "QDQ")],
+            "activation_type": QuantType[options.get("activation_type", "QInt8")],
+            "weight_type": QuantType[options.get("weight_type", "QInt8")],
+            "per_channel": bool(options.get("per_channel", False)),
+            "op_types_to_quantize": list(options.get("op_types_to_quantize") or []) or None,
+        }
+    except KeyError as exc:
+        raise QvizError(f"{path}: unknown ORT option value {exc.args[0]!r}") from None
+    extra = dict(options.get("extra_options") or {})
+    extra["TensorQuantOverrides"] = load_ort_overrides(path)
+    kwargs["extra_options"] = extra
+    return kwargs
 
 
 # --- TensorRT calibration cache ---------------------------------------------------------------
