@@ -29,33 +29,50 @@ from qviz.core.fusion import KernelPrecision
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "evaluate", help="accuracy, output error, size and latency of the quantized model",
+        "evaluate",
+        help="accuracy, output error, size and latency of the quantized model",
         description="Run the float and the quantized (Q/DQ) model over the data and compare "
-                    "them. Exit status 1 when a --criterion fails.",
+        "them. Exit status 1 when a --criterion fails.",
     )
     p.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", type=Path,
-                        help="qviz config file (its saved scales are used as they are)")
-    source.add_argument("--stats", type=Path,
-                        help="stats file from `qviz collect`; the quantization settings below "
-                             "derive the configuration (as in `qviz report`)")
+    source.add_argument(
+        "--config", type=Path, help="qviz config file (its saved scales are used as they are)"
+    )
+    source.add_argument(
+        "--stats",
+        type=Path,
+        help="stats file from `qviz collect`; the quantization settings below "
+        "derive the configuration (as in `qviz report`)",
+    )
     add_data_options(p)
     add_quant_options(p)
     g = p.add_argument_group("evaluation")
-    g.add_argument("--native", action="store_true",
-                   help="quantized numbers from ONNX Runtime's fused INT8 kernels (graph "
-                        "optimizations on) instead of the simulation; reports the mismatch")
-    g.add_argument("--precise-int8", action="store_true",
-                   help="use ORT's exact U8U8 kernels (session.x64quantprecision=1) for the "
-                        "native run: no 16-bit saturation on AVX2 CPUs without VNNI")
+    g.add_argument(
+        "--native",
+        action="store_true",
+        help="quantized numbers from ONNX Runtime's fused INT8 kernels (graph "
+        "optimizations on) instead of the simulation; reports the mismatch",
+    )
+    g.add_argument(
+        "--precise-int8",
+        action="store_true",
+        help="use ORT's exact U8U8 kernels (session.x64quantprecision=1) for the "
+        "native run: no 16-bit saturation on AVX2 CPUs without VNNI",
+    )
     g.add_argument("--limit", type=int, metavar="N", help="evaluate the first N samples only")
     g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--criterion", action="append", default=[], metavar="TEXT",
-                   help="acceptance criterion, repeatable: accuracy_drop<=1, cosine>=0.99, "
-                        "sqnr>=30, agreement>=99")
-    g.add_argument("--no-latency", dest="latency", action="store_false",
-                   help="skip the latency measurement")
+    g.add_argument(
+        "--criterion",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="acceptance criterion, repeatable: accuracy_drop<=1, cosine>=0.99, "
+        "sqnr>=30, agreement>=99",
+    )
+    g.add_argument(
+        "--no-latency", dest="latency", action="store_false", help="skip the latency measurement"
+    )
     g.add_argument("--state-dict", type=Path, help="state dict for a package.module:factory model")
     g.add_argument("--json", action="store_true", help="print JSON instead of a table")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -75,11 +92,16 @@ def _check_options(args: argparse.Namespace) -> list[Criterion]:
         raise QvizError(f"--limit must be at least 1, got {args.limit}")
     if args.config is not None:
         # A config file carries its own settings; silently ignoring --bits would mislead.
-        given = [f"--{k.replace('_', '-')}" for k, v in _quant_defaults().items()
-                 if getattr(args, k) != v]
+        given = [
+            f"--{k.replace('_', '-')}"
+            for k, v in _quant_defaults().items()
+            if getattr(args, k) != v
+        ]
         if given:
-            raise QvizError(f"{', '.join(given)} only apply with --stats; the config file "
-                            f"{args.config} holds its own settings")
+            raise QvizError(
+                f"{', '.join(given)} only apply with --stats; the config file "
+                f"{args.config} holds its own settings"
+            )
     return [Criterion.parse(text) for text in args.criterion]
 
 
@@ -110,14 +132,21 @@ def run(args: argparse.Namespace) -> int:
     if data.labels is None:
         needing = [c.spec for c in criteria if c.metric.needs_labels]
         if needing:
-            raise QvizError(f"{', '.join(needing)} needs labels, and {data.description} "
-                            f"has none")
+            raise QvizError(f"{', '.join(needing)} needs labels, and {data.description} has none")
     results, source = _results(args, model)
     if not results:
         raise QvizError("the configuration quantizes nothing: nothing to evaluate")
     precision = KernelPrecision.PRECISE if args.precise_int8 else KernelPrecision.DEFAULT
-    gen = evaluate(model, results, data, native=args.native, precision=precision,
-                   limit=args.limit, batch_size=args.batch_size, latency=args.latency)
+    gen = evaluate(
+        model,
+        results,
+        data,
+        native=args.native,
+        precision=precision,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        latency=args.latency,
+    )
     bar = ProgressBar(sys.stderr, enabled=not args.quiet)
     while True:
         try:
@@ -174,38 +203,54 @@ def _bar(sqnr: float, width: int = 30, top: float = 60.0) -> str:
     return "#" * max(0, min(width, round(width * sqnr / top)))
 
 
-def evaluation_table(
-    e: Evaluation, verdicts: Sequence[Verdict], model: str, source: str
-) -> str:
-    mode = "native INT8 (ONNX Runtime, optimizations on)" if e.mode is RunMode.NATIVE \
+def evaluation_table(e: Evaluation, verdicts: Sequence[Verdict], model: str, source: str) -> str:
+    mode = (
+        "native INT8 (ONNX Runtime, optimizations on)"
+        if e.mode is RunMode.NATIVE
         else "simulation (Q/DQ evaluated op by op)"
-    lines = [f"model:   {model}", f"config:  {source}",
-             f"data:    {e.data_description} ({e.n_samples} samples evaluated)",
-             f"mode:    {mode}", ""]
+    )
+    lines = [
+        f"model:   {model}",
+        f"config:  {source}",
+        f"data:    {e.data_description} ({e.n_samples} samples evaluated)",
+        f"mode:    {mode}",
+        "",
+    ]
     rows = [("metric", "float", "quantized", "delta")]
     for metric in Metric:
         if metric not in e.quantized_metrics:
             continue
         d = _DIGITS.get(metric, 2)
-        rows.append((metric.label, _fmt(e.float_metrics.get(metric), d),
-                     _fmt(e.quantized_metrics.get(metric), d),
-                     _fmt(e.delta.get(metric), d, signed=True)))
+        rows.append(
+            (
+                metric.label,
+                _fmt(e.float_metrics.get(metric), d),
+                _fmt(e.quantized_metrics.get(metric), d),
+                _fmt(e.delta.get(metric), d, signed=True),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-              for r in rows]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     if len(e.outputs) > 1:
         lines += ["", "per output:"]
         for o in e.outputs:
-            lines.append(f"  {o.name}: agreement {_fmt(o.agreement_pct)} %, SQNR "
-                         f"{_fmt(o.sqnr_db)} dB, cosine {_fmt(o.cosine, 5)}")
+            lines.append(
+                f"  {o.name}: agreement {_fmt(o.agreement_pct)} %, SQNR "
+                f"{_fmt(o.sqnr_db)} dB, cosine {_fmt(o.cosine, 5)}"
+            )
     s = e.size
-    lines += ["", f"size:    {_bytes(s.float_bytes)} float -> {_bytes(s.quantized_bytes)} "
-                  f"quantized ({s.ratio:.2f}x smaller{', nominal' if s.nominal else ''})"]
+    lines += [
+        "",
+        f"size:    {_bytes(s.float_bytes)} float -> {_bytes(s.quantized_bytes)} "
+        f"quantized ({s.ratio:.2f}x smaller{', nominal' if s.nominal else ''})",
+    ]
     if e.latency is not None:
         lat = e.latency
-        lines.append(f"latency: {lat.float_ms:.2f} ms float vs {lat.native_ms:.2f} ms native "
-                     f"INT8 per batch of {lat.batch_size} (median of {lat.repeats}; "
-                     f"{lat.speedup:.2f}x, {lat.precision.value} kernels)")
+        lines.append(
+            f"latency: {lat.float_ms:.2f} ms float vs {lat.native_ms:.2f} ms native "
+            f"INT8 per batch of {lat.batch_size} (median of {lat.repeats}; "
+            f"{lat.speedup:.2f}x, {lat.precision.value} kernels)"
+        )
     if e.fusion is not None:
         f = e.fusion
         fused = ", ".join(f"{n} ({f.kernels[n]})" for n in f.fused) or "none"
@@ -217,15 +262,19 @@ def evaluation_table(
             size = f"max {_fmt(m.max_steps)} output steps"
         else:
             size = f"max |diff| {m.max_abs_diff:.4g} (float output: absolute)"
-        lines.append(f"sim vs native: {m.output}: {size}, "
-                     f"{100 * m.fraction_differing:.3f} % of {m.n_elements} elements differ")
+        lines.append(
+            f"sim vs native: {m.output}: {size}, "
+            f"{100 * m.fraction_differing:.3f} % of {m.n_elements} elements differ"
+        )
     if e.depth:
         lines += ["", "error along depth (quantized model's activation vs float):"]
         name_w = max(len(p.tensor) for p in e.depth)
         layer_w = max(len(p.layer) for p in e.depth)
         for p in e.depth:
-            lines.append(f"  {p.depth:>4}  {p.tensor.ljust(name_w)}  {p.layer.ljust(layer_w)}  "
-                         f"{_fmt(p.sqnr_db):>7} dB  {_bar(p.sqnr_db)}")
+            lines.append(
+                f"  {p.depth:>4}  {p.tensor.ljust(name_w)}  {p.layer.ljust(layer_w)}  "
+                f"{_fmt(p.sqnr_db):>7} dB  {_bar(p.sqnr_db)}"
+            )
     if verdicts:
         lines += ["", "criteria:"] + [f"  {v.text}" for v in verdicts]
     lines += [f"note:    {n}" for n in e.notes]

@@ -83,8 +83,12 @@ class Comparison(Enum):
         return value <= threshold if self is Comparison.AT_MOST else value >= threshold
 
 
-_OPERATORS = {"<=": Comparison.AT_MOST, "≤": Comparison.AT_MOST,
-              ">=": Comparison.AT_LEAST, "≥": Comparison.AT_LEAST}
+_OPERATORS = {
+    "<=": Comparison.AT_MOST,
+    "≤": Comparison.AT_MOST,
+    ">=": Comparison.AT_LEAST,
+    "≥": Comparison.AT_LEAST,
+}
 _PATTERN = re.compile(
     r"^\s*([A-Za-z0-9_\- ]+?)\s*(<=|>=|≤|≥)\s*([-+]?[0-9.]+(?:e[-+]?\d+)?)\s*%?\s*$",
     re.IGNORECASE,
@@ -111,8 +115,11 @@ class Criterion:
 
     def __post_init__(self) -> None:
         if self.comparison is None:
-            natural = (Comparison.AT_MOST if self.metric is CriterionMetric.ACCURACY_DROP
-                       else Comparison.AT_LEAST)
+            natural = (
+                Comparison.AT_MOST
+                if self.metric is CriterionMetric.ACCURACY_DROP
+                else Comparison.AT_LEAST
+            )
             object.__setattr__(self, "comparison", natural)
         if not math.isfinite(self.threshold):
             raise QvizError(f"criterion threshold must be a finite number, not {self.threshold}")
@@ -162,10 +169,17 @@ class Criterion:
         digits = self.metric.digits()
         bar = f"{self.comparison.symbol} {self.threshold:.{digits}f}"
         if value is None:
-            why = ("the data has no labels" if self.metric.needs_labels
-                   else "the output has no class axis")
-            return Verdict(self, False, None,
-                           f"FAIL: {self.metric.label} cannot be measured ({why}); needs {bar}")
+            why = (
+                "the data has no labels"
+                if self.metric.needs_labels
+                else "the output has no class axis"
+            )
+            return Verdict(
+                self,
+                False,
+                None,
+                f"FAIL: {self.metric.label} cannot be measured ({why}); needs {bar}",
+            )
         passed = self.comparison.holds(value, self.threshold)
         shown = f"{value:.{digits}f}" if math.isfinite(value) else ("inf" if value > 0 else "-inf")
         measured = f"{self.metric.label} {shown}{self.metric.unit}"

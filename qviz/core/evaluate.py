@@ -272,7 +272,9 @@ class Evaluation:
                 "ratio": _num(self.size.ratio),
                 "nominal": self.size.nominal,
             },
-            "latency_ms": None if self.latency is None else {
+            "latency_ms": None
+            if self.latency is None
+            else {
                 "float": _num(self.latency.float_ms),
                 "native_int8": _num(self.latency.native_ms),
                 "speedup": _num(self.latency.speedup),
@@ -338,8 +340,9 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _run(session: ort.InferenceSession, names: Sequence[str],
-         feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+def _run(
+    session: ort.InferenceSession, names: Sequence[str], feeds: Mapping[str, np.ndarray]
+) -> list[np.ndarray]:
     try:
         return session.run(list(names), dict(feeds))
     except Exception as exc:
@@ -457,7 +460,7 @@ class _OutputAccumulator:
 def _targets(labels: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray | None:
     """Class indices shaped like the top-1 of an output of `shape`; one-hot labels (shaped
     like the output) are accepted too. None when the labels do not fit the output."""
-    top_shape = shape[:axis] + shape[axis + 1:]
+    top_shape = shape[:axis] + shape[axis + 1 :]
     labels = np.asarray(labels)
     if labels.shape == top_shape:
         return labels.astype(np.int64)
@@ -549,11 +552,7 @@ def _batch_len(feeds: Mapping[str, np.ndarray]) -> int:
 
 def model_size(model: LoadedModel, qdq: QdqModel) -> ModelSize:
     """Initializer bytes of the float and Q/DQ graphs (simulated weights at nominal width)."""
-    nominal = {
-        t.stored_name: float(t.fmt.bits)
-        for t in qdq.simulated
-        if t.stored_name is not None
-    }
+    nominal = {t.stored_name: float(t.fmt.bits) for t in qdq.simulated if t.stored_name is not None}
     return ModelSize(
         initializer_bytes(model.model), initializer_bytes(qdq.model, nominal), bool(nominal)
     )
@@ -602,8 +601,7 @@ def evaluate(
     float_session = make_session(_with_outputs(model.model, float_depth), float_session_options())
     sim_session = make_session(_with_outputs(qdq.model, sim_depth), simulation_session_options())
     native_session = (
-        make_session(qdq.model, native_session_options(precision))
-        if native or latency else None
+        make_session(qdq.model, native_session_options(precision)) if native or latency else None
     )
 
     out_acc = [_OutputAccumulator(o) for o in outputs]
@@ -630,11 +628,11 @@ def evaluate(
             q_out = _run(native_session, outputs, feeds)
             for acc, s, q in zip(mismatch_acc, s_out, q_out, strict=True):
                 acc.update(s, q)
-        batch_labels = None if labels is None else labels[done:done + n]
+        batch_labels = None if labels is None else labels[done : done + n]
         for acc, f, q in zip(out_acc, f_out, q_out, strict=True):
             acc.update(f, q, batch_labels)
-        f_named = dict(zip(float_depth, f_values[len(outputs):], strict=True))
-        for i, (t, q) in enumerate(zip(acts, s_values[len(outputs):], strict=True)):
+        f_named = dict(zip(float_depth, f_values[len(outputs) :], strict=True))
+        for i, (t, q) in enumerate(zip(acts, s_values[len(outputs) :], strict=True)):
             f = feeds[t.name] if t.name in input_names else f_named[t.name]
             f64 = np.asarray(f, dtype=np.float64)
             diff = f64 - np.asarray(q, dtype=np.float64)
@@ -655,8 +653,9 @@ def evaluate(
     if latency and first_batch is not None and native_session is not None:
         yield clock.report(done, "measuring latency")
         plain_float = make_session(model.model, float_session_options())
-        f_ms, n_ms = measure_latency(plain_float, native_session, first_batch,
-                                     repeats=latency_repeats)
+        f_ms, n_ms = measure_latency(
+            plain_float, native_session, first_batch, repeats=latency_repeats
+        )
         measured = Latency(f_ms, n_ms, _batch_len(first_batch), latency_repeats, precision)
 
     comparisons = tuple(a.result() for a in out_acc)
@@ -679,8 +678,13 @@ def evaluate(
     quant_metrics[Metric.MAX_ABS_ERROR] = primary.max_abs_error
 
     depth = tuple(
-        DepthPoint(t.name, t.layer, t.depth, _sqnr(s, e),
-                   math.sqrt(e / s) if s > 0 else (0.0 if e == 0 else math.inf))
+        DepthPoint(
+            t.name,
+            t.layer,
+            t.depth,
+            _sqnr(s, e),
+            math.sqrt(e / s) if s > 0 else (0.0 if e == 0 else math.inf),
+        )
         for t, (s, e) in zip(acts, depth_sums, strict=True)
     )
     mismatches = tuple(a.result() for a in mismatch_acc) if native else ()
@@ -728,4 +732,3 @@ def run_to_completion(gen: Generator[Progress, None, Evaluation]) -> Evaluation:
             next(gen)
         except StopIteration as stop:
             return stop.value
-

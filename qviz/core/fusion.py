@@ -39,11 +39,20 @@ __all__ = [
 ]
 
 #: ORT ops that compute with integer inputs and weights.
-INTEGER_KERNELS = frozenset({
-    "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm",
-    "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearConvTranspose", "QAttention",
-    "DynamicQuantizeLSTM",
-})
+INTEGER_KERNELS = frozenset(
+    {
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulInteger",
+        "ConvInteger",
+        "QGemm",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+        "QLinearConvTranspose",
+        "QAttention",
+        "DynamicQuantizeLSTM",
+    }
+)
 #: ORT ops that keep weights quantized and dequantize them inside the kernel.
 WEIGHT_ONLY_KERNELS = frozenset({"MatMulNBits", "MatMulBnb4", "GatherBlockQuantized"})
 
@@ -131,9 +140,7 @@ def optimized_graph(qdq: QdqModel, precision: KernelPrecision) -> onnx.ModelProt
     """
     with tempfile.TemporaryDirectory(prefix="qviz-fusion-") as tmp:
         path = os.path.join(tmp, "optimized.onnx")
-        options = native_session_options(
-            precision, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        )
+        options = native_session_options(precision, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
         options.optimized_model_filepath = path
         try:
             ort.InferenceSession(qdq.serialized(), options, providers=["CPUExecutionProvider"])
@@ -173,8 +180,10 @@ def unfused_reason(plan: QdqLayer) -> str:
         return f"input {', '.join(plan.float_inputs)} is not quantized"
     if layer.weight is None and layer.op_type == "MatMul":
         if plan.output is None:
-            return (f"activation x activation MatMul needs a quantized output to become "
-                    f"QLinearMatMul ({plan.output_note})")
+            return (
+                f"activation x activation MatMul needs a quantized output to become "
+                f"QLinearMatMul ({plan.output_note})"
+            )
         return "activation x activation MatMul not fused by ONNX Runtime"
     if layer.op_type in ("Conv", "ConvTranspose") and plan.output is None:
         return f"output not quantized ({plan.output_note})"
@@ -205,8 +214,7 @@ def _kernel_of_layers(optimized: onnx.ModelProto, qdq: QdqModel) -> dict[str, st
 
 # Zero-point types for which "zero point 0" is the type minimum, so a Relu before the Q is
 # redundant and ORT may drop it.
-_ZERO_IS_MIN = frozenset({onnx.TensorProto.UINT8, onnx.TensorProto.UINT4,
-                          onnx.TensorProto.UINT16})
+_ZERO_IS_MIN = frozenset({onnx.TensorProto.UINT8, onnx.TensorProto.UINT4, onnx.TensorProto.UINT16})
 
 
 def _dropped_relu_notes(qdq: QdqModel, optimized: onnx.ModelProto) -> list[str]:

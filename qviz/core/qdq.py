@@ -82,8 +82,17 @@ BLOCKED_OPSET = 21
 # values and commutes with rounding to the grid. Anything else (Add, Sigmoid, AveragePool...)
 # would change results, so the chain stops there.
 _TRANSPARENT_OPS = frozenset(
-    {"Relu", "Clip", "MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
-     "Identity"}
+    {
+        "Relu",
+        "Clip",
+        "MaxPool",
+        "Reshape",
+        "Flatten",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Identity",
+    }
 )
 # Layers ORT quantizes with an int32 bias input.
 _BIAS_OPS = {"Conv": 2, "Gemm": 2}
@@ -371,12 +380,22 @@ class _Builder:
         )
         q_out = self.names.fresh(f"{tensor}_quantized")
         nodes = [
-            helper.make_node("QuantizeLinear", [tensor, scale, zp], [q_out],
-                             name=self.names.fresh(f"{tensor}_QuantizeLinear")),
+            helper.make_node(
+                "QuantizeLinear",
+                [tensor, scale, zp],
+                [q_out],
+                name=self.names.fresh(f"{tensor}_QuantizeLinear"),
+            ),
         ]
         if not simulated:
-            nodes.append(helper.make_node("DequantizeLinear", [q_out, scale, zp], [out_name],
-                                          name=self.names.fresh(f"{tensor}_DequantizeLinear")))
+            nodes.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [q_out, scale, zp],
+                    [out_name],
+                    name=self.names.fresh(f"{tensor}_DequantizeLinear"),
+                )
+            )
             return nodes, q_out
         # The 8-bit Q/DQ saturates at the int8/uint8 range; clipping the dequantized value to
         # the dequantized ends of the narrower range equals saturating the integer there first,
@@ -387,10 +406,18 @@ class _Builder:
         hi = self.add_init(f"{tensor}_clip_max", np.asarray(ends[1], np.float32))
         wide = self.names.fresh(f"{tensor}_dequantized_8bit")
         nodes += [
-            helper.make_node("DequantizeLinear", [q_out, scale, zp], [wide],
-                             name=self.names.fresh(f"{tensor}_DequantizeLinear")),
-            helper.make_node("Clip", [wide, lo, hi], [out_name],
-                             name=self.names.fresh(f"{tensor}_Clip_{fmt.spec}")),
+            helper.make_node(
+                "DequantizeLinear",
+                [q_out, scale, zp],
+                [wide],
+                name=self.names.fresh(f"{tensor}_DequantizeLinear"),
+            ),
+            helper.make_node(
+                "Clip",
+                [wide, lo, hi],
+                [out_name],
+                name=self.names.fresh(f"{tensor}_Clip_{fmt.spec}"),
+            ),
         ]
         return nodes, q_out
 
@@ -403,8 +430,18 @@ class _Builder:
         if fmt.simulation_only:
             fq = fake_quantize(w, qp, fmt).astype(np.float32)
             out = self.add_init(f"{r.name}_fake_quantized", fq)
-            return QdqTensor(r.name, r.kind, r.layer.name, fmt, r.config.granularity.label, qp,
-                             QdqMode.SIMULATED, out, stored_name=out, depth=r.layer.depth)
+            return QdqTensor(
+                r.name,
+                r.kind,
+                r.layer.name,
+                fmt,
+                r.config.granularity.label,
+                qp,
+                QdqMode.SIMULATED,
+                out,
+                stored_name=out,
+                depth=r.layer.depth,
+            )
         q = _onnx_array(quantize(w, qp, fmt), fmt)
         stored = self.add_init(f"{r.name}_quantized", q)
         scale = self.add_init(f"{r.name}_scale", np.asarray(qp.scale, np.float32))
@@ -415,12 +452,27 @@ class _Builder:
             attrs["axis"] = qp.axis
         if qp.block_size is not None:
             attrs["block_size"] = qp.block_size
-        self.head.append(helper.make_node(
-            "DequantizeLinear", [stored, scale, zp], [out],
-            name=self.names.fresh(f"{r.name}_DequantizeLinear"), **attrs,
-        ))
-        return QdqTensor(r.name, r.kind, r.layer.name, fmt, r.config.granularity.label, qp,
-                         QdqMode.NATIVE, out, stored_name=stored, depth=r.layer.depth)
+        self.head.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [stored, scale, zp],
+                [out],
+                name=self.names.fresh(f"{r.name}_DequantizeLinear"),
+                **attrs,
+            )
+        )
+        return QdqTensor(
+            r.name,
+            r.kind,
+            r.layer.name,
+            fmt,
+            r.config.granularity.label,
+            qp,
+            QdqMode.NATIVE,
+            out,
+            stored_name=stored,
+            depth=r.layer.depth,
+        )
 
     # -- activations ---------------------------------------------------------------------
     def quantize_activation(self, r: TensorResult) -> QdqTensor:
@@ -436,22 +488,27 @@ class _Builder:
         nodes, _ = self.qdq_nodes(r.name, qp, fmt, out)
         self.place_after(r.name, nodes)
         mode = QdqMode.SIMULATED if fmt.simulation_only else QdqMode.NATIVE
-        return QdqTensor(r.name, r.kind, r.layer.name, fmt, r.config.granularity.label, qp,
-                         mode, out, depth=r.layer.depth)
+        return QdqTensor(
+            r.name,
+            r.kind,
+            r.layer.name,
+            fmt,
+            r.config.granularity.label,
+            qp,
+            mode,
+            out,
+            depth=r.layer.depth,
+        )
 
     # -- biases --------------------------------------------------------------------------
-    def quantize_bias(
-        self, node: onnx.NodeProto, x: QdqTensor, w: QdqTensor
-    ) -> tuple[bool, str]:
+    def quantize_bias(self, node: onnx.NodeProto, x: QdqTensor, w: QdqTensor) -> tuple[bool, str]:
         """Store the bias as int32 at scale s_x·s_w when ORT's integer kernels want that."""
         index = _BIAS_OPS.get(node.op_type)
         if index is None or len(node.input) <= index or not node.input[index]:
             return False, ""
         if not (x.is_8bit_int and w.is_8bit_int) or w.qparams.block_size is not None:
             return False, "bias kept float: input or weight is not 8-bit integer"
-        if node.op_type == "Gemm" and any(
-            a.name == "beta" and a.f != 1.0 for a in node.attribute
-        ):
+        if node.op_type == "Gemm" and any(a.name == "beta" and a.f != 1.0 for a in node.attribute):
             return False, "bias kept float: Gemm beta is not 1"
         name = node.input[index]
         if name not in self.initializers:
@@ -471,16 +528,23 @@ class _Builder:
         stored = self.add_init(f"{name}_quantized", q.astype(np.int32))
         scale = self.add_init(f"{name}_scale", b_scale)
         out = self.names.fresh(f"{name}_dequantized")
-        self.head.append(helper.make_node(
-            "DequantizeLinear", [stored, scale], [out], axis=0,
-            name=self.names.fresh(f"{name}_DequantizeLinear"),
-        ))
+        self.head.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [stored, scale],
+                [out],
+                axis=0,
+                name=self.names.fresh(f"{name}_DequantizeLinear"),
+            )
+        )
         node.input[index] = out
         return True, ""
 
     # -- layer outputs -------------------------------------------------------------------
     def quantize_output(
-        self, node: onnx.NodeProto, act_by_name: Mapping[str, QdqTensor],
+        self,
+        node: onnx.NodeProto,
+        act_by_name: Mapping[str, QdqTensor],
         rewired: Mapping[str, set[str]],
     ) -> tuple[QdqTensor | None, str]:
         """Q/DQ the layer's output with the next quantized input's parameters, if it reaches
@@ -509,8 +573,11 @@ class _Builder:
             nxt = consumers[0]
             used_outputs = [o for o in nxt.output if o]
             if (
-                nxt.op_type not in _TRANSPARENT_OPS or nxt.domain not in ("", "ai.onnx")
-                or nxt.input[0] != cur or len(used_outputs) != 1 or cur in self.subgraph_refs
+                nxt.op_type not in _TRANSPARENT_OPS
+                or nxt.domain not in ("", "ai.onnx")
+                or nxt.input[0] != cur
+                or len(used_outputs) != 1
+                or cur in self.subgraph_refs
             ):
                 return None, f"output feeds {nxt.op_type} ('{nxt.name}'), not a quantized layer"
             chain.append(nxt)
@@ -538,8 +605,11 @@ class _Builder:
         keep = [i for i in self.graph.initializer if i.name in read]
         del self.graph.initializer[:]
         self.graph.initializer.extend(keep)
-        graph_inputs = [i for i in self.graph.input if i.name in read or i.name not in
-                        {init.name for init in self.initializers.values()}]
+        graph_inputs = [
+            i
+            for i in self.graph.input
+            if i.name in read or i.name not in {init.name for init in self.initializers.values()}
+        ]
         del self.graph.input[:]
         self.graph.input.extend(graph_inputs)
         try:
@@ -640,8 +710,9 @@ def build_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
         if w is not None and len(inputs) == 1:
             bias_int32, bias_note = b.quantize_bias(node, inputs[0], w)
         output, note = b.quantize_output(node, acts, rewired)
-        layers.append(QdqLayer(layer, w, tuple(inputs), tuple(floats), output, note,
-                               bias_int32, bias_note))
+        layers.append(
+            QdqLayer(layer, w, tuple(inputs), tuple(floats), output, note, bias_int32, bias_note)
+        )
 
     proto = b.finish()
     _unique_nodes(proto.graph)
@@ -649,9 +720,7 @@ def build_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
     notes = list(b.notes)
     simulated = sorted({t.fmt.label for t in tensors if t.mode is QdqMode.SIMULATED})
     if simulated:
-        notes.append(
-            "simulation only (no ONNX type; never run natively): " + ", ".join(simulated)
-        )
+        notes.append("simulation only (no ONNX type; never run natively): " + ", ".join(simulated))
     return QdqModel(proto, tensors, tuple(layers), default_opset(proto), tuple(notes))
 
 
