@@ -494,24 +494,40 @@ class Dataset:
         pending_key: tuple[tuple[int, ...], ...] | None = None
         first_index = 0
         index = 0
-        for chunk, start, stop in self._ranges(size):
-            part = {spec.name: _read_chunk(chunk, spec.name, start, stop) for spec in self.inputs}
-            key = tuple(part[spec.name].shape[1:] for spec in self.inputs)
-            if pending and key != pending_key:
-                batch = self._finish(pending, first_index)
-                if batch is not None:
-                    yield batch
-                pending, pending_n = [], 0
-            if not pending:
-                first_index, pending_key = index, key
-            pending.append(part)
-            pending_n += stop - start
-            index += stop - start
-            if pending_n >= size:
-                batch = self._finish(pending, first_index)
-                if batch is not None:
-                    yield batch
-                pending, pending_n = [], 0
+        for chunk in self._chunks:
+            start = 0
+            if pending and not isinstance(chunk, _ImageChunk):
+                # Array shapes are known without reading: close the batch before a new shape.
+                known = tuple(chunk.arrays[s.name].shape[1:] for s in self.inputs)
+                if known != pending_key:
+                    batch = self._finish(pending, first_index)
+                    if batch is not None:
+                        yield batch
+                    pending, pending_n = [], 0
+            while start < chunk.n:
+                # Never read more than the open batch can take: memory stays one batch.
+                stop = min(chunk.n, start + size - pending_n)
+                part = {s.name: _read_chunk(chunk, s.name, start, stop) for s in self.inputs}
+                key = tuple(part[s.name].shape[1:] for s in self.inputs)
+                if pending and key != pending_key:
+                    # An image of a new size closes the open batch (images are one sample).
+                    batch = self._finish(pending, first_index)
+                    if batch is not None:
+                        yield batch
+                    pending, pending_n = [], 0
+                    stop = min(chunk.n, start + size)
+                    part = {s.name: _read_chunk(chunk, s.name, start, stop) for s in self.inputs}
+                if not pending:
+                    first_index, pending_key = index, key
+                pending.append(part)
+                pending_n += stop - start
+                index += stop - start
+                start = stop
+                if pending_n >= size:
+                    batch = self._finish(pending, first_index)
+                    if batch is not None:
+                        yield batch
+                    pending, pending_n = [], 0
         if pending:
             batch = self._finish(pending, first_index)
             if batch is not None:
@@ -529,11 +545,6 @@ class Dataset:
             _check_finite(arr, spec.name, 0)
             out[spec.name] = arr
         return out
-
-    def _ranges(self, size: int) -> Iterator[tuple[_Chunk, int, int]]:
-        for chunk in self._chunks:
-            for start in range(0, chunk.n, size):
-                yield chunk, start, min(start + size, chunk.n)
 
     def _finish(
         self, parts: list[dict[str, np.ndarray]], first_index: int
