@@ -92,7 +92,7 @@ def report_json(stats: CalibrationStats, results: list[TensorResult]) -> dict[st
 
 def _short(a: np.ndarray) -> str:
     arr = np.asarray(a, dtype=np.float64).ravel()
-    if arr.size == 1:
+    if arr.size == 1 or np.all(arr == arr[0]):
         return f"{arr[0]:.4g}"
     return f"{arr.min():.3g}..{arr.max():.3g} ({arr.size})"
 
