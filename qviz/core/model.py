@@ -84,6 +84,8 @@ _TORCH_SPEC = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 # Tensors at least this big are swapped for placeholders during graph rewrites.
 _STRIP_BYTES = 1024
 _STRIPPED_LOCATION = "__qviz_stripped__"
+# Below this size a model is copied whole before stripping (simpler, and cheap enough).
+_COPY_WHOLE_BYTES = 64 << 20
 _PROTOBUF_LIMIT = 2**31 - 1
 _SUBGRAPH_OPS = ("If", "Loop", "Scan")
 
@@ -390,23 +392,31 @@ def _check(model: onnx.ModelProto, path: Path | None) -> list[str]:
             f"ONNX opset {opset} is newer than this onnx package knows "
             f"({onnx.defs.onnx_opset_version()}); upgrade onnx and onnxruntime"
         )
-    too_big = model.ByteSize() > _PROTOBUF_LIMIT
-    try:
-        if too_big and path is not None:
-            # The checker reads external data itself when given the path.
+    if model.ByteSize() > _PROTOBUF_LIMIT:
+        if path is None:
+            raise QvizError("the model is larger than 2 GB; load it from its file")
+        try:
+            # The checker reads the weights itself when given the path.
             onnx.checker.check_model(str(path))
-        elif not too_big:
-            onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        raise QvizError(f"the ONNX model is invalid: {_first_line(exc)}") from exc
-    if too_big:
+        except onnx.checker.ValidationError as exc:
+            raise QvizError(f"the ONNX model is invalid: {_first_line(exc)}") from exc
         return ["the model is larger than 2 GB: strict shape checks were skipped"]
     try:
+        # One pass: structure first, then strict shape inference.
         onnx.checker.check_model(model, full_check=True)
-    except (onnx.checker.ValidationError, shape_inference.InferenceError) as exc:
-        # Graphs ORT runs fine sometimes fail ONNX's strict inference (custom ops...).
-        return [f"strict ONNX shape check failed (activation shapes may be unknown): "
-                f"{_first_line(exc)}"]
+    except onnx.checker.ValidationError as exc:
+        raise QvizError(f"the ONNX model is invalid: {_first_line(exc)}") from exc
+    except shape_inference.InferenceError as exc:
+        # Graphs ORT runs fine sometimes fail ONNX's strict inference (custom ops...): the
+        # structure must still pass the plain check.
+        try:
+            onnx.checker.check_model(model)
+        except onnx.checker.ValidationError as inner:
+            raise QvizError(f"the ONNX model is invalid: {_first_line(inner)}") from inner
+        return [
+            "strict ONNX shape check failed (activation shapes may be unknown): "
+            f"{_first_line(exc)}"
+        ]
     return []
 
 
@@ -428,7 +438,7 @@ def _strip(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.Tens
     the weights are avoided.
     """
     light = onnx.ModelProto()
-    if model.ByteSize() < (64 << 20):
+    if model.ByteSize() < _COPY_WHOLE_BYTES:
         light.CopyFrom(model)
     else:
         _copy_without_weights(model, light)
