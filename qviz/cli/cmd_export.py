@@ -1,0 +1,192 @@
+"""`qviz export STATS_OR_CONFIG --format FORMAT -o OUT`: the files production consumes.
+
+From a qviz config file the saved scales are exported exactly as they are; from a stats file
+the configuration comes from the same settings `qviz report` takes. Formats: the Q/DQ ONNX
+model, qviz's config file, ONNX Runtime TensorQuantOverrides, a TensorRT calibration cache,
+and a report (HTML/Markdown page with SVG plots, and JSON; with `--data` it includes the
+measured effect and `--criterion` verdicts).
+
+Every file is written atomically: bad input or a failure leaves no output file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from qviz.cli.cmd_report import open_stats_and_model
+from qviz.cli.options import (
+    FORMAT_FAMILIES,
+    add_data_options,
+    add_quant_options,
+    config_from_args,
+    load_dataset,
+)
+from qviz.cli.progress_bar import ProgressBar
+from qviz.core.analysis import TensorResult, analyze
+from qviz.core.config import QuantConfig
+from qviz.core.config_file import is_config_file, load_config, results_from_saved, save_config
+from qviz.core.criteria import Criterion
+from qviz.core.errors import QvizError
+from qviz.core.evaluate import Evaluation, evaluate
+from qviz.core.export import (
+    TRT_DEFAULT_VERSION,
+    ExportFormat,
+    export_ort_overrides,
+    export_qdq,
+    export_trt_cache,
+)
+from qviz.core.model import LoadedModel, load_model
+from qviz.core.report import PageFormat, build_report, write_report
+from qviz.core.stats_file import is_stats_file
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    # `qviz report`'s --format (the number format family) would clash with the export
+    # format the issue names --format; here the number format is --number-format instead.
+    # "resolve" lets the later --format take the option string over from the shared group.
+    p = sub.add_parser(
+        "export", help="write the Q/DQ model, config, ORT overrides, TensorRT cache or report",
+        description="Export a configuration from a qviz config file (its saved scales, bit "
+                    "for bit) or from a stats file plus the settings `qviz report` takes "
+                    "(its --format is --number-format here).",
+        conflict_handler="resolve",
+    )
+    p.add_argument("source", type=Path, metavar="STATS_OR_CONFIG",
+                   help="stats file from `qviz collect`, or a qviz config file (.json)")
+    add_quant_options(p)
+    p.add_argument("--number-format", dest="fmt", choices=FORMAT_FAMILIES, default="int",
+                   help="number format family, as `qviz report --format` (nf4 is weight-only)")
+    p.add_argument("--format", dest="export_format", required=True,
+                   choices=[f.value for f in ExportFormat],
+                   help="; ".join(f"{f.value}: {f.description}" for f in ExportFormat))
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="file to write (report: .html, .md, .json, or a folder)")
+    p.add_argument("--model", help="the model file, if it moved since the stats/config were made")
+    add_data_options(p, required=False)
+    g = p.add_argument_group("report")
+    g.add_argument("--criterion", action="append", default=[], metavar="TEXT",
+                   help="acceptance criterion for the report (needs --data), repeatable: "
+                        "accuracy_drop<=1, cosine>=0.99, sqnr>=30, agreement>=99")
+    g.add_argument("--native", action="store_true",
+                   help="measure the effect with ORT's fused INT8 kernels, not the simulation")
+    g.add_argument("--limit", type=int, metavar="N", help="evaluate the first N samples only")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    t = p.add_argument_group("TensorRT")
+    t.add_argument("--trt-version", default=TRT_DEFAULT_VERSION,
+                   help=f"TensorRT version in the cache header (default {TRT_DEFAULT_VERSION} "
+                        "= 8.6.1; TensorRT ignores a cache from another version)")
+    p.set_defaults(run=run)
+
+
+_FLAGS = {"fmt": "--number-format"}
+
+
+def _quant_defaults() -> dict[str, Any]:
+    parser = argparse.ArgumentParser(add_help=False)
+    add_quant_options(parser)
+    return vars(parser.parse_args([]))
+
+
+def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterion]:
+    """Refuse contradictory options before anything is loaded or written."""
+    has_data = args.data is not None or args.random is not None
+    if fmt is not ExportFormat.REPORT:
+        extra = [name for name, given in (
+            ("--data/--random", has_data), ("--criterion", bool(args.criterion)),
+            ("--native", args.native), ("--limit", args.limit is not None),
+        ) if given]
+        if extra:
+            raise QvizError(f"{', '.join(extra)} only apply to --format report")
+    else:
+        PageFormat.for_path(args.output)  # a bad suffix fails now, not after evaluating
+        if args.criterion and not has_data:
+            raise QvizError("--criterion needs --data (or --random) to measure against")
+    if fmt is not ExportFormat.TRT_CACHE and args.trt_version != TRT_DEFAULT_VERSION:
+        raise QvizError("--trt-version only applies to --format trt-cache")
+    if not args.trt_version.isdigit():
+        raise QvizError(f"--trt-version must be digits such as 8601, got {args.trt_version!r}")
+    if args.batch_size < 1:
+        raise QvizError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise QvizError(f"--limit must be at least 1, got {args.limit}")
+    return [Criterion.parse(text) for text in args.criterion]
+
+
+def load_results(
+    args: argparse.Namespace,
+) -> tuple[LoadedModel, list[TensorResult], QuantConfig, str]:
+    """Model, analysed tensors, configuration and a description of where they come from."""
+    source: Path = args.source
+    if not source.exists():
+        raise QvizError(f"{source}: no such file")
+    # "package.module:factory" models are not files.
+    if args.model and ":" not in args.model and not Path(args.model).exists():
+        raise QvizError(f"--model {args.model}: no such file")
+    if is_stats_file(source):
+        config = config_from_args(args)
+        stats, model = open_stats_and_model(source, args.model)
+        return model, analyze(model, stats, config), config, f"stats file {source}"
+    if not is_config_file(source):
+        raise QvizError(f"{source} is neither a qviz stats file nor a qviz config file")
+    # A config file carries its own settings; silently ignoring --bits would mislead.
+    given = [_FLAGS.get(k, f"--{k.replace('_', '-')}") for k, v in _quant_defaults().items()
+             if getattr(args, k) != v]
+    if given:
+        raise QvizError(f"{', '.join(given)} only apply to a stats file; the config file "
+                        f"{source} holds its own settings")
+    saved = load_config(source)
+    model_path = args.model or saved.model_source
+    if not Path(model_path).exists() and ":" not in model_path:
+        raise QvizError(f"the model {model_path} recorded in {source.name} is gone; pass --model")
+    model = load_model(model_path)
+    return model, results_from_saved(model, saved), saved.quant_config, f"config file {source}"
+
+
+def _evaluate(args: argparse.Namespace, model: LoadedModel,
+              results: list[TensorResult]) -> Evaluation:
+    data = load_dataset(args, model)
+    gen = evaluate(model, results, data, native=args.native, limit=args.limit,
+                   batch_size=args.batch_size)
+    bar = ProgressBar(sys.stderr, enabled=not args.quiet)
+    while True:
+        try:
+            bar.update(next(gen))
+        except StopIteration as stop:
+            bar.close()
+            return stop.value
+
+
+def run(args: argparse.Namespace) -> int:
+    fmt = ExportFormat(args.export_format)
+    criteria = _check_options(args, fmt)
+    model, results, config, origin = load_results(args)
+    if not results and fmt is not ExportFormat.CONFIG:
+        raise QvizError("the configuration quantizes nothing: nothing to export")
+    out: Path = args.output
+    written: tuple[Path, ...] = (out,)
+    notes: tuple[str, ...] = ()
+    if fmt is ExportFormat.QDQ:
+        notes = export_qdq(model, results, out).notes
+    elif fmt is ExportFormat.CONFIG:
+        save_config(out, model, config, results)
+    elif fmt is ExportFormat.ORT_OVERRIDES:
+        export_ort_overrides(results, out, model)
+    elif fmt is ExportFormat.TRT_CACHE:
+        export_trt_cache(results, out, trt_version=args.trt_version)
+    else:
+        has_data = args.data is not None or args.random is not None
+        evaluation = _evaluate(args, model, results) if has_data else None
+        report = build_report(model, results, evaluation, config=config, criteria=criteria,
+                              notes=[f"configuration from {origin}"])
+        written = write_report(report, out)
+        if report.outcome is not None:
+            sys.stdout.write(f"verdict: {report.outcome.value}\n")
+    for note in notes:
+        sys.stdout.write(f"note: {note}\n")
+    sys.stdout.write(f"wrote {', '.join(str(p) for p in written)} "
+                     f"({len(results)} quantized tensors, {fmt.value})\n")
+    return 0
