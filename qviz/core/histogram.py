@@ -3,10 +3,10 @@
 Calibration folds every batch of every activation into a :class:`HistogramAccumulator` and
 drops the batch. The accumulator's range is set by the first batch and grows by merging
 adjacent bin pairs (the bin width doubles), so every new bin is an exact union of old bins: no
-count is ever split or guessed, and nothing but ``bins`` numbers is kept. This is the scheme of
-TensorFlow's and MXNet's "range doubling" histograms, chosen over onnxruntime's
-``HistogramCollector`` (whose bin count grows without bound when the range grows) so that memory
-stays ``tensors x bins``.
+count is ever split or guessed, and nothing but ``bins`` numbers is kept. onnxruntime's
+``HistogramCollector`` instead appends bins when the range grows (its memory grows with the
+range) and PyTorch's ``HistogramObserver`` re-bins by interpolation (counts get split); range
+doubling keeps memory at ``tensors x bins`` and every count exact.
 
 Values with ``|x| >= EXTREME_THRESHOLD`` (attention-mask fills such as -3.4e38) are counted but
 kept out of the histogram: one of them would stretch the range so far that every ordinary value
