@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import numpy as np
 
 import qviz
 from qviz.core import svg
-from qviz.core.analysis import TensorResult
+from qviz.core.analysis import TensorResult, quant_tensors
 from qviz.core.atomic import write_text_atomic
 from qviz.core.config import QuantConfig, method_label
 from qviz.core.criteria import Criterion, Verdict, check_all
@@ -119,7 +119,7 @@ class Report:
     verdicts: tuple[Verdict, ...]  # one per acceptance criterion (needs an evaluation)
     plots: tuple[Plot, ...]
     notes: tuple[str, ...] = ()
-    skipped: tuple[str, ...] = field(default=())  # tensors kept float
+    skipped: tuple[str, ...] = ()  # quantizable tensors the configuration keeps float
 
     @property
     def outcome(self) -> Outcome | None:
@@ -457,10 +457,7 @@ def build_report(
     """The report of `results` (and of `evaluation`'s measurements, when given)."""
     rows = tuple(sorted((_row(r) for r in results), key=lambda t: t.depth))
     quantized = {(r.name, r.kind) for r in results}
-    skipped = []
-    for layer in model.layers:
-        if layer.weight is not None and (layer.weight, TensorKind.WEIGHT) not in quantized:
-            skipped.append(layer.weight)
+    skipped = [t.name for t in quant_tensors(model) if t.key not in quantized]
     defaults: dict[str, str] = {}
     if config is not None:
         defaults = {"weights": config.weights.label, "activations": config.activations.label}
