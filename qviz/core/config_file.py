@@ -154,12 +154,20 @@ def encode_tensor_config(cfg: TensorConfig) -> JsonDict:
     }
 
 
+def _bool(d: Mapping[str, Any], key: str, default: bool, what: str) -> bool:
+    # bool("false") is True: a hand-written string must not silently flip a setting.
+    value = d.get(key, default)
+    if not isinstance(value, bool):
+        raise QvizError(f"{what}: '{key}' must be true or false, got {value!r}")
+    return value
+
+
 def decode_tensor_config(d: Mapping[str, Any], what: str) -> TensorConfig:
     try:
         fmt = NumberFormat.parse(
             str(d["format"]),
-            symmetric=bool(d.get("symmetric", True)),
-            pow2_scale=bool(d.get("pow2_scale", False)),
+            symmetric=_bool(d, "symmetric", True, what),
+            pow2_scale=_bool(d, "pow2_scale", False, what),
         )
         granularity = Granularity.parse(str(d["granularity"]), int(d.get("group_size", 128)))
         method = Method(d["method"])
@@ -178,7 +186,7 @@ def decode_tensor_config(d: Mapping[str, Any], what: str) -> TensorConfig:
         percentile=decode_float(d.get("percentile", MethodSpec().percentile), what),
         manual_range=manual_range,
     )
-    return TensorConfig(spec, granularity, fmt, quantize=bool(d.get("quantize", True)))
+    return TensorConfig(spec, granularity, fmt, quantize=_bool(d, "quantize", True, what))
 
 
 def encode_quant_config(config: QuantConfig) -> JsonDict:

@@ -230,6 +230,15 @@ def test_bad_files_are_one_line_errors(tmp_path: Path, content: str, message: st
     assert "\n" not in str(info.value)
 
 
+def test_string_booleans_are_refused(tmp_path: Path) -> None:
+    doc = json.loads(GOLDEN_V1.read_text())
+    doc["defaults"]["weights"]["symmetric"] = "false"
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(QvizError, match="'symmetric' must be true or false"):
+        load_config(path)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(QvizError, match="no such file"):
         load_config(tmp_path / "absent.json")
