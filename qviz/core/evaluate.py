@@ -58,12 +58,14 @@ __all__ = [
     "Mismatch",
     "ModelSize",
     "OutputComparison",
+    "OutputKind",
     "RunMode",
     "class_axis",
     "evaluate",
     "float_session_options",
     "make_session",
     "measure_latency",
+    "output_kind",
     "run_to_completion",
     "simulation_session_options",
 ]
@@ -83,7 +85,7 @@ class Metric(Enum):
     AGREEMENT = "top1_agreement"  # % of samples whose top-1 matches the float model's
     SQNR = "output_sqnr_db"  # 10 log10(sum f^2 / sum (f - q)^2) over the output
     COSINE = "output_cosine"  # mean over samples of cos(f, q)
-    KL = "output_kl"  # mean KL(softmax f || softmax q), nats
+    KL = "output_kl"  # mean KL(softmax f || softmax q), nats (outputs of a Softmax as is)
     MAX_ABS_ERROR = "output_max_abs_error"
 
     @property
@@ -377,16 +379,48 @@ def class_axis(ndim: int) -> int | None:
     return 1
 
 
+class OutputKind(Enum):
+    """What a model output holds, which decides how its softmax is taken for the KL."""
+
+    LOGITS = "logits"
+    PROBABILITIES = "probabilities"  # produced by Softmax: used as they are
+    LOG_PROBABILITIES = "log-probabilities"  # produced by LogSoftmax
+
+
+def output_kind(model: onnx.ModelProto, name: str) -> OutputKind:
+    for node in model.graph.node:
+        if name in node.output:
+            if node.op_type == "Softmax":
+                return OutputKind.PROBABILITIES
+            if node.op_type == "LogSoftmax":
+                return OutputKind.LOG_PROBABILITIES
+    return OutputKind.LOGITS
+
+
 def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
     shifted = x - np.max(x, axis=axis, keepdims=True)
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 
 
+# Probabilities a quantized Softmax rounds to exactly 0 would make the KL infinite; clamp.
+_MIN_PROBABILITY = 1e-12
+
+
+def _log_probabilities(x: np.ndarray, axis: int, kind: OutputKind) -> np.ndarray:
+    if kind is OutputKind.LOG_PROBABILITIES:
+        return x
+    if kind is OutputKind.PROBABILITIES:
+        p = np.clip(x, _MIN_PROBABILITY, None)
+        return np.log(p / np.sum(p, axis=axis, keepdims=True))
+    return _log_softmax(x, axis)
+
+
 class _OutputAccumulator:
     """Streaming float-vs-quantized sums for one output (float64 throughout)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, kind: OutputKind = OutputKind.LOGITS) -> None:
         self.name = name
+        self.kind = kind
         self.n_samples = 0
         self.positions = 0  # top-1 positions (samples x spatial)
         self.agree = 0
@@ -429,11 +463,9 @@ class _OutputAccumulator:
         top_q = np.argmax(q64, axis=self.axis)
         self.positions += top_f.size
         self.agree += int(np.sum(top_f == top_q))
-        kl = np.sum(
-            np.exp(_log_softmax(f64, self.axis))
-            * (_log_softmax(f64, self.axis) - _log_softmax(q64, self.axis)),
-            axis=self.axis,
-        )
+        log_p = _log_probabilities(f64, self.axis, self.kind)
+        log_q = _log_probabilities(q64, self.axis, self.kind)
+        kl = np.sum(np.exp(log_p) * (log_p - log_q), axis=self.axis)
         self.kl_sum += float(np.sum(kl))
         if labels is not None:
             target = _targets(labels, f64.shape, self.axis)
@@ -600,11 +632,18 @@ def evaluate(
     sim_depth = [t.graph_name for t in acts]
     float_session = make_session(_with_outputs(model.model, float_depth), float_session_options())
     sim_session = make_session(_with_outputs(qdq.model, sim_depth), simulation_session_options())
-    native_session = (
-        make_session(qdq.model, native_session_options(precision)) if native or latency else None
-    )
+    notes: list[str] = []
+    native_session = None
+    if native:
+        native_session = make_session(qdq.model, native_session_options(precision))
+    elif latency:
+        # Only for timing: a graph ORT cannot optimize must not spoil the simulation.
+        try:
+            native_session = make_session(qdq.model, native_session_options(precision))
+        except QvizError as exc:
+            notes.append(f"no native latency: {exc}")
 
-    out_acc = [_OutputAccumulator(o) for o in outputs]
+    out_acc = [_OutputAccumulator(o, output_kind(model.model, o)) for o in outputs]
     mismatch_acc = [_MismatchAccumulator(o, _output_step(qdq, o)) for o in outputs]
     depth_sums = np.zeros((len(acts), 2), dtype=np.float64)  # sum f^2, sum (f - q)^2
     labels = data.labels
@@ -643,10 +682,9 @@ def evaluate(
         if done >= total:
             break
 
-    notes: list[str] = []
     fusion = None
     measured = None
-    if native or latency:
+    if native_session is not None:
         yield clock.report(done, "checking which layers ONNX Runtime fused")
         fusion = fusion_report(qdq, precision)
         notes.extend(fusion.notes)

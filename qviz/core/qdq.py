@@ -340,7 +340,6 @@ class _Builder:
         self.head: list[onnx.NodeProto] = []  # weight DQs and graph-input Q/DQs
         self.after: dict[str, list[onnx.NodeProto]] = {}  # producer node name -> new nodes
         self.new_inits: list[onnx.TensorProto] = []
-        self.notes: list[str] = []
         self.producer = {o: n for n in self.graph.node for o in n.output if o}
 
     # -- small graph edits ---------------------------------------------------------------
@@ -605,10 +604,9 @@ class _Builder:
         keep = [i for i in self.graph.initializer if i.name in read]
         del self.graph.initializer[:]
         self.graph.initializer.extend(keep)
+        # Old IR versions also list initializers as graph inputs: drop the removed ones there.
         graph_inputs = [
-            i
-            for i in self.graph.input
-            if i.name in read or i.name not in {init.name for init in self.initializers.values()}
+            i for i in self.graph.input if i.name in read or i.name not in self.initializers
         ]
         del self.graph.input[:]
         self.graph.input.extend(graph_inputs)
@@ -717,7 +715,7 @@ def build_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
     proto = b.finish()
     _unique_nodes(proto.graph)
     tensors = tuple(sorted([*weights.values(), *acts.values()], key=lambda t: t.depth))
-    notes = list(b.notes)
+    notes = []
     simulated = sorted({t.fmt.label for t in tensors if t.mode is QdqMode.SIMULATED})
     if simulated:
         notes.append("simulation only (no ONNX type; never run natively): " + ", ".join(simulated))

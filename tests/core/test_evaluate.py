@@ -26,8 +26,10 @@ from qviz.core.evaluate import (
     EvaluationCancelled,
     Metric,
     ModelSize,
+    OutputKind,
     RunMode,
     evaluate,
+    output_kind,
     run_to_completion,
 )
 from qviz.core.formats import Granularity, GranularityKind, NumberFormat
@@ -351,3 +353,19 @@ def test_criteria_parse_and_verdicts() -> None:
     unlabelled = c.check(_evaluation(drop=None, cosine=1.0, sqnr=math.inf))
     assert not unlabelled.passed and "no labels" in unlabelled.text
     assert Criterion.parse("sqnr>=30").check(_evaluation(None, 1.0, math.inf)).passed
+
+
+def test_kl_of_a_softmax_output_uses_its_probabilities() -> None:
+    model = from_proto(mf.make_conv_net())
+    data = random_data(model.inputs, 24, seed=6)
+    stats = collect_all(collect_stats(model, data, batch_size=8))
+    results = analyze(model, stats, config(bits=4, method=Method.MINMAX))
+    ev = run_to_completion(evaluate(model, results, data, batch_size=8, latency=False))
+    assert output_kind(model.model, "probs") is OutputKind.PROBABILITIES
+    feeds = {"x": np.concatenate([b["x"] for b in data.batches(24)])}
+    f = ort_outputs(model.model.SerializeToString(), feeds["x"], optimize=True)
+    q = ort_outputs(build_qdq(model, results).serialized(), feeds["x"], optimize=False)
+    p, r = np.clip(f.astype(np.float64), 1e-12, None), np.clip(q.astype(np.float64), 1e-12, None)
+    p, r = p / p.sum(1, keepdims=True), r / r.sum(1, keepdims=True)
+    expected = np.sum(p * (np.log(p) - np.log(r)), 1).mean()
+    assert ev.quantized_metrics[Metric.KL] == pytest.approx(expected, rel=1e-9)
