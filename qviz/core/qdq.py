@@ -669,13 +669,24 @@ def build_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
         by_key[(r.name, r.kind)] = r
     quantized_weights = {name for name, kind in by_key if kind is TensorKind.WEIGHT}
 
+    # An activation whose every reader is kept float is not quantized anywhere: no Q/DQ.
+    read_quantized = {
+        act
+        for layer in model.layers
+        for act in layer.activations
+        if (r := by_key.get((act, TensorKind.ACTIVATION))) is not None
+        and receives_quantized_input(layer, r.layer.name, quantized_weights)
+    }
+    notes: list[str] = []
     weights: dict[str, QdqTensor] = {}
     acts: dict[str, QdqTensor] = {}
     for r in sorted(results, key=lambda r: (r.layer.depth, r.kind.value)):
         if r.kind is TensorKind.WEIGHT:
             weights[r.name] = b.quantize_weight(r)
-        else:
+        elif r.name in read_quantized:
             acts[r.name] = b.quantize_activation(r)
+        else:
+            notes.append(f"activation '{r.name}' is left float: every layer reading it is float")
 
     # Rewire each quantized layer to read the dequantized tensors.
     rewired: dict[str, set[str]] = {}
@@ -715,7 +726,6 @@ def build_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
     proto = b.finish()
     _unique_nodes(proto.graph)
     tensors = tuple(sorted([*weights.values(), *acts.values()], key=lambda t: t.depth))
-    notes = []
     simulated = sorted({t.fmt.label for t in tensors if t.mode is QdqMode.SIMULATED})
     if simulated:
         notes.append("simulation only (no ONNX type; never run natively): " + ", ".join(simulated))
