@@ -33,7 +33,7 @@ from qviz.core.evaluate import (
     run_to_completion,
 )
 from qviz.core.formats import Granularity, GranularityKind, NumberFormat
-from qviz.core.fusion import KernelPrecision
+from qviz.core.fusion import KernelPrecision, u8s8_may_saturate
 from qviz.core.model import LoadedModel, from_proto, load_model
 from qviz.core.qdq import build_qdq, save_qdq_model
 from qviz.core.quantize import fake_quantize
@@ -195,6 +195,8 @@ def test_latency_is_measured_side_by_side(
     assert ev.latency.float_ms > 0 and ev.latency.native_ms > 0
     assert ev.latency.batch_size == 64
     assert ev.fusion is not None and len(ev.fusion.fused) == 6
+    if u8s8_may_saturate():  # AVX2 without VNNI: the report must say the kernels can saturate
+        assert any("VNNI" in note for note in ev.fusion.notes)
 
 
 # --------------------------------------------------------------------------- the demo's proof
