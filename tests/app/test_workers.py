@@ -33,8 +33,7 @@ def runner(qtbot: QtBot) -> Iterator[BackgroundRunner]:
 def counting(n: int, result: Any = "done") -> Any:
     def make(should_stop: ShouldStop) -> Generator[int, None, Any]:
         def gen() -> Generator[int, None, Any]:
-            for i in range(n):
-                yield i
+            yield from range(n)
             return result
 
         return gen()
@@ -91,7 +90,9 @@ def test_errors_are_reported_not_raised(qtbot: QtBot, runner: BackgroundRunner) 
     assert blocker.args == [42]
 
 
-def test_runtime_errors_do_not_leave_the_run_hanging(qtbot: QtBot, runner: BackgroundRunner) -> None:
+def test_runtime_errors_do_not_leave_the_run_hanging(
+    qtbot: QtBot, runner: BackgroundRunner
+) -> None:
     # superqt swallows RuntimeError from a generator (it takes it for a deleted worker);
     # the runner must still report it and finish.
     def boom() -> None:

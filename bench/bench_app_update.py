@@ -1,0 +1,138 @@
+"""How long a settings change takes to reach the screen, on the demo, offscreen.
+
+Opens the built-in demo, waits for calibration and for every tensor to be measured, selects a
+conv layer and then changes one control at a time (method, granularity, percentile), the way
+a user clicks through them. For each change it times:
+
+* update — from the control's value change to the document, layer view (histograms, channel
+  view, error curve), metrics panel and table row all updated (the synchronous path);
+* update + paint — the same plus a synchronous repaint of the whole window, i.e. until the
+  new pixels exist.
+
+Usage::
+
+    QT_QPA_PLATFORM=offscreen .venv/bin/python bench/bench_app_update.py [--changes 200]
+
+Prints the median and 95th percentile in milliseconds for each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from PySide6.QtCore import QEventLoop, QSettings, QTimer
+from PySide6.QtWidgets import QApplication
+
+from qviz.app.main_window import MainWindow
+from qviz.core.calibrators import Method
+from qviz.core.formats import GranularityKind
+from qviz.core.model import TensorKind
+
+LAYER_WEIGHT = ("features.6.weight", TensorKind.WEIGHT)
+LAYER_ACTIVATION = ("relu_1", TensorKind.ACTIVATION)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 120.0) -> None:
+    """Run the event loop until `condition()` holds (the bench has no qtbot)."""
+    deadline = time.monotonic() + timeout_s
+    loop = QEventLoop()
+    timer = QTimer()
+    timer.setInterval(10)
+
+    def check() -> None:
+        if condition() or time.monotonic() > deadline:
+            loop.quit()
+
+    timer.timeout.connect(check)
+    timer.start()
+    if not condition():
+        loop.exec()
+    timer.stop()
+    if not condition():
+        raise SystemExit("timed out waiting for the demo to calibrate")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--changes", type=int, default=200, help="changes timed per kind")
+    args = parser.parse_args(argv)
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = QSettings(str(Path(tmp) / "bench.ini"), QSettings.Format.IniFormat)
+        window = MainWindow(settings)
+        window.resize(1600, 1000)
+        window.show()
+        calibrated: list[bool] = []
+        window.calibrationFinished.connect(lambda: calibrated.append(True))
+        window.errorShown.connect(lambda m: sys.exit(f"error: {m}"))
+        window.open_demo()
+        wait_until(lambda: bool(calibrated) and not window.busy)
+
+        controls = window.controls
+        methods = [Method.MINMAX, Method.PERCENTILE, Method.ENTROPY, Method.MSE]
+        granularities = list(GranularityKind)
+        results: dict[str, dict[str, list[float]]] = {}
+        for label, key in (("weight", LAYER_WEIGHT), ("activation", LAYER_ACTIVATION)):
+            window.select_tensor(key)
+            app.processEvents()
+            changes = []
+            for i in range(args.changes + 10):  # the first 10 warm caches up and are dropped
+                if key[1] is TensorKind.WEIGHT and i % 2:
+                    g = granularities[(i // 2) % len(granularities)]
+                    changes.append(
+                        lambda g=g: controls.granularity_combo.setCurrentIndex(
+                            controls.granularity_combo.findData(g)
+                        )
+                    )
+                else:
+                    m = methods[i % len(methods)]
+                    changes.append(
+                        lambda m=m: controls.method_combo.setCurrentIndex(
+                            controls.method_combo.findData(m)
+                        )
+                    )
+            update_ms: list[float] = []
+            paint_ms: list[float] = []
+            for i, change in enumerate(changes):
+                t0 = time.perf_counter()
+                change()
+                t1 = time.perf_counter()
+                window.repaint()  # synchronous: every visible widget paints now
+                t2 = time.perf_counter()
+                app.processEvents()  # deliver deferred work (throttled previews, layouts)
+                if i >= 10:
+                    update_ms.append((t1 - t0) * 1e3)
+                    paint_ms.append((t2 - t0) * 1e3)
+            results[label] = {"update": update_ms, "update + paint": paint_ms}
+        window.close()
+
+    print(f"settings change on the selected layer, demo model, {args.changes} changes each")
+    print(f"{'tensor':<11} {'measure':<15} {'median ms':>10} {'p95 ms':>8} {'max ms':>8}")
+    for label, measures in results.items():
+        for name, values in measures.items():
+            print(
+                f"{label:<11} {name:<15} {statistics.median(values):>10.1f} "
+                f"{percentile(values, 0.95):>8.1f} {max(values):>8.1f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

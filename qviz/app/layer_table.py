@@ -1,0 +1,408 @@
+"""The layer table: one row per quantizable tensor, sortable and filterable.
+
+`LayerTableModel` reads everything from the `Document` (it keeps no copy of the numbers), so
+after a settings change the window only tells it which tensors changed and it emits
+`dataChanged` for those rows; a `QSortFilterProxyModel` sorts by the raw numbers (not the
+text) and filters by substring over every column.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QItemSelectionModel,
+    QModelIndex,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+    Signal,
+)
+from PySide6.QtGui import QBrush, QColor
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from qviz.app import plot_style as st
+from qviz.core.config import method_label
+from qviz.core.model import TensorKind
+from qviz.core.session import Document, Summary, TensorKey
+
+# SQNR colour scale. 35 dB is about int8 per-channel quality on a well-behaved tensor; below
+# 20 dB the quantization noise is a tenth of the signal's power, which visibly hurts most
+# models. The thresholds are a reading aid, not a verdict: end-to-end accuracy decides.
+GOOD_DB = 35.0
+FAIR_DB = 20.0
+GOOD_BG = QColor("#c8e6c9")
+FAIR_BG = QColor("#ffe0b2")
+BAD_BG = QColor("#ffcdd2")
+SQNR_TOOLTIP = (
+    f"Signal-to-quantization-noise ratio of the tensor, higher is better. Green ≥ {GOOD_DB:g} dB, "
+    f"amber {FAIR_DB:g}–{GOOD_DB:g} dB, red < {FAIR_DB:g} dB."
+)
+
+SORT_ROLE = Qt.ItemDataRole.UserRole
+KEY_ROLE = Qt.ItemDataRole.UserRole + 1
+
+
+class Column(IntEnum):
+    LAYER = 0
+    KIND = 1
+    TENSOR = 2
+    OP = 3
+    SHAPE = 4
+    PARAMS = 5
+    METHOD = 6
+    GRANULARITY = 7
+    FORMAT = 8
+    SQNR = 9
+    CLIPPED = 10
+
+
+HEADERS: dict[Column, tuple[str, str]] = {
+    Column.LAYER: ("Layer", "Layer name: the torch module path when the model records it"),
+    Column.KIND: ("Kind", "W = weight (constant), A = activation (input to the layer)"),
+    Column.TENSOR: ("Tensor", "Name of the tensor in the ONNX graph"),
+    Column.OP: ("Op", "ONNX operator of the layer"),
+    Column.SHAPE: ("Shape", "Tensor shape (? = dynamic axis, e.g. batch)"),
+    Column.PARAMS: ("Params", "Number of weight parameters (activations: values per sample)"),
+    Column.METHOD: ("Method", "Calibration method choosing the clip range"),
+    Column.GRANULARITY: ("Granularity", "One scale per tensor, per output channel, or per group"),
+    Column.FORMAT: ("Format", "Number format the tensor is quantized to"),
+    Column.SQNR: ("SQNR dB", SQNR_TOOLTIP),
+    Column.CLIPPED: ("Clipped", "Fraction of values outside the clip range (saturated)"),
+}
+# The columns a settings change can alter; dataChanged covers only these.
+VALUE_COLUMNS = (Column.METHOD, Column.GRANULARITY, Column.FORMAT, Column.SQNR, Column.CLIPPED)
+
+
+def sqnr_background(sqnr_db: float) -> QColor | None:
+    if math.isnan(sqnr_db):
+        return None
+    if sqnr_db >= GOOD_DB:
+        return GOOD_BG
+    if sqnr_db >= FAIR_DB:
+        return FAIR_BG
+    return BAD_BG
+
+
+def format_count(n: float) -> str:
+    if n <= 0:
+        return "—"
+    if n >= 1e6:
+        return f"{n / 1e6:.3g} M"
+    if n >= 1e4:
+        return f"{n / 1e3:.3g} k"
+    return f"{n:.0f}"
+
+
+def format_shape(shape: tuple[int | None, ...] | None) -> str:
+    if shape is None:
+        return "—"
+    return "×".join("?" if d is None else str(d) for d in shape)
+
+
+class LayerTableModel(QAbstractTableModel):
+    """Rows are the document's tensors in graph order; data is read from the document."""
+
+    def __init__(self, doc: Document, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._doc = doc
+        self._keys: list[TensorKey] = []
+        self._row: dict[TensorKey, int] = {}
+
+    # ----------------------------------------------------------------- updates
+    def reset(self) -> None:
+        """The model changed: rebuild every row."""
+        self.beginResetModel()
+        self._keys = [t.key for t in self._doc.tensors]
+        self._row = {k: i for i, k in enumerate(self._keys)}
+        self.endResetModel()
+
+    def refresh(self, keys: list[TensorKey] | None = None) -> None:
+        """Settings or results changed for `keys` (None: all): repaint just those rows."""
+        if not self._keys:
+            return
+        if keys is None:
+            rows = [0, len(self._keys) - 1]
+        else:
+            rows = sorted(self._row[k] for k in keys if k in self._row)
+            if not rows:
+                return
+        first, last = min(VALUE_COLUMNS), max(VALUE_COLUMNS)
+        # One signal per contiguous run of rows keeps a 1-row change a 1-row repaint while a
+        # change to every Conv is still a handful of signals, not hundreds.
+        start = prev = rows[0]
+        for r in [*rows[1:], None]:
+            if r is not None and r == prev + 1:
+                prev = r
+                continue
+            self.dataChanged.emit(self.index(start, first), self.index(prev, last))
+            if r is not None:
+                start = prev = r
+
+    def key_at(self, row: int) -> TensorKey:
+        return self._keys[row]
+
+    def row_of(self, key: TensorKey) -> int | None:
+        return self._row.get(key)
+
+    # ----------------------------------------------------------------- Qt model API
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._keys)
+
+    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(Column)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:  # noqa: E501
+        if orientation != Qt.Orientation.Horizontal or not 0 <= section < len(Column):
+            return None
+        title, tip = HEADERS[Column(section)]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return title
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return tip
+        return None
+
+    def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:  # noqa: E501
+        if not index.isValid():
+            return None
+        key = self._keys[index.row()]
+        col = Column(index.column())
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._text(key, col)
+        if role == SORT_ROLE:
+            return self._sort_value(key, col)
+        if role == KEY_ROLE:
+            return key
+        if role == Qt.ItemDataRole.BackgroundRole and col is Column.SQNR:
+            result = self._doc.result(key)
+            if result is not None:
+                bg = sqnr_background(float(result.metrics.sqnr_db))
+                return None if bg is None else QBrush(bg)
+            return None
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return self._tooltip(key, col)
+        if role == Qt.ItemDataRole.TextAlignmentRole and col in (
+            Column.PARAMS, Column.SQNR, Column.CLIPPED,
+        ):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    def _text(self, key: TensorKey, col: Column) -> str:
+        doc = self._doc
+        tensor = doc.tensor(key)
+        if col is Column.LAYER:
+            return tensor.layer.name
+        if col is Column.KIND:
+            return "W" if key[1] is TensorKind.WEIGHT else "A"
+        if col is Column.TENSOR:
+            return key[0]
+        if col is Column.OP:
+            return tensor.layer.op_type
+        if col is Column.SHAPE:
+            return format_shape(doc.shape(key))
+        if col is Column.PARAMS:
+            return format_count(doc.element_count(key)) if key[1] is TensorKind.WEIGHT else ""
+        cfg = doc.config_for(key)
+        if col is Column.METHOD:
+            return method_label(cfg.spec)
+        if col is Column.GRANULARITY:
+            return cfg.granularity.label
+        if col is Column.FORMAT:
+            return cfg.fmt.label
+        result = doc.result(key)
+        if result is None:
+            if doc.error(key) is not None:
+                return "error"
+            return "…" if doc.can_analyze(key) else "needs data"
+        if col is Column.SQNR:
+            return st.fmt_num(result.metrics.sqnr_db)
+        return st.fmt_pct(result.metrics.clipped_fraction)
+
+    def _sort_value(self, key: TensorKey, col: Column) -> Any:
+        doc = self._doc
+        if col is Column.PARAMS:
+            return doc.element_count(key) if key[1] is TensorKind.WEIGHT else -1.0
+        if col in (Column.SQNR, Column.CLIPPED):
+            result = doc.result(key)
+            if result is None:
+                return math.inf if col is Column.SQNR else -1.0  # unknowns sort last/first
+            value = (
+                result.metrics.sqnr_db if col is Column.SQNR else result.metrics.clipped_fraction
+            )
+            return float(np.nan_to_num(float(value), nan=math.inf))
+        if col is Column.LAYER:
+            return doc.tensor(key).layer.depth  # graph order, not alphabetical
+        return self._text(key, col)
+
+    def _tooltip(self, key: TensorKey, col: Column) -> str | None:
+        doc = self._doc
+        error = doc.error(key)
+        if error is not None and col in (Column.SQNR, Column.CLIPPED):
+            return error
+        if col is Column.SQNR:
+            if doc.result(key) is None and not doc.can_analyze(key):
+                return "Open calibration data (Ctrl+D) to measure activations"
+            return SQNR_TOOLTIP
+        if col is Column.LAYER:
+            layer = doc.tensor(key).layer
+            return f"{layer.name}\nnode: {layer.node_name}\nop: {layer.op_type}"
+        if col is Column.TENSOR:
+            return key[0]
+        return None
+
+
+class LayerTable(QWidget):
+    """Filter box, the table and the summary line; emits `tensorSelected(key)`."""
+
+    tensorSelected = Signal(object)
+
+    def __init__(self, doc: Document, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._doc = doc
+        self.model = LayerTableModel(doc, self)
+        self.proxy = QSortFilterProxyModel(self)
+        self.proxy.setSourceModel(self.model)
+        self.proxy.setSortRole(SORT_ROLE)
+        self.proxy.setFilterKeyColumn(-1)
+        self.proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        # Re-sort when SQNR values change, so "sort by SQNR" stays true while exploring.
+        self.proxy.setDynamicSortFilter(True)
+
+        self.filter_edit = QLineEdit()
+        self.filter_edit.setPlaceholderText("Filter by layer, tensor or op  (Ctrl+F)")
+        self.filter_edit.setClearButtonEnabled(True)
+        self.filter_edit.setToolTip("Show only rows containing this text in any column")
+        self.filter_edit.textChanged.connect(self.proxy.setFilterFixedString)
+
+        self.view = QTableView()
+        self.view.setModel(self.proxy)
+        self.view.setSortingEnabled(True)
+        self.view.sortByColumn(Column.LAYER, Qt.SortOrder.AscendingOrder)
+        self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.view.setAlternatingRowColors(True)
+        self.view.setWordWrap(False)
+        self.view.verticalHeader().setVisible(False)
+        self.view.verticalHeader().setDefaultSectionSize(22)
+        header = self.view.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        header.setStretchLastSection(False)
+        self.view.setToolTip("Every quantizable tensor; click a row to show its layer")
+        self.view.selectionModel().currentRowChanged.connect(self._on_current_changed)
+
+        self.summary_label = QLabel("No model open")
+        self.summary_label.setWordWrap(True)
+        self.summary_label.setToolTip(
+            "Weighted SQNR: each tensor's noise-to-signal power averaged with its element "
+            "count as weight (parameters for weights, values per sample for activations), "
+            "then converted to dB — so one noisy tensor is not hidden by many clean ones."
+        )
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.filter_edit)
+        layout.addWidget(self.view, 1)
+        layout.addWidget(self.summary_label)
+
+    # ----------------------------------------------------------------- public API
+    def reset(self) -> None:
+        self.model.reset()
+        self._fit_columns()
+        self.update_summary()
+
+    def refresh(self, keys: list[TensorKey] | None = None) -> None:
+        self.model.refresh(keys)
+
+    def select(self, key: TensorKey | None) -> None:
+        """Make `key` the current row (no signal if it already is)."""
+        if key is None:
+            return
+        row = self.model.row_of(key)
+        if row is None:
+            return
+        proxy_index = self.proxy.mapFromSource(self.model.index(row, 0))
+        if not proxy_index.isValid():  # filtered out: show it rather than select a hidden row
+            self.filter_edit.clear()
+            proxy_index = self.proxy.mapFromSource(self.model.index(row, 0))
+        if self.view.currentIndex().row() == proxy_index.row():
+            return
+        self.view.selectionModel().setCurrentIndex(
+            proxy_index,
+            QItemSelectionModel.SelectionFlag.ClearAndSelect
+            | QItemSelectionModel.SelectionFlag.Rows,
+        )
+        self.view.scrollTo(proxy_index)
+
+    def current_key(self) -> TensorKey | None:
+        index = self.view.currentIndex()
+        if not index.isValid():
+            return None
+        return self.proxy.data(index, KEY_ROLE)
+
+    def visible_keys(self) -> list[TensorKey]:
+        """Keys in the order the table shows them (sorted and filtered)."""
+        return [
+            self.proxy.data(self.proxy.index(r, 0), KEY_ROLE) for r in range(self.proxy.rowCount())
+        ]
+
+    def cell_text(self, key: TensorKey, column: Column) -> str:
+        row = self.model.row_of(key)
+        if row is None:
+            return ""
+        return str(self.model.data(self.model.index(row, column)))
+
+    def update_summary(self) -> None:
+        self.summary_label.setText(summary_text(self._doc.summary(), self._doc))
+
+    def focus_filter(self) -> None:
+        self.filter_edit.setFocus()
+        self.filter_edit.selectAll()
+
+    # ----------------------------------------------------------------- internals
+    def _on_current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
+        if current.isValid():
+            self.tensorSelected.emit(self.proxy.data(current, KEY_ROLE))
+
+    def _fit_columns(self) -> None:
+        self.view.resizeColumnsToContents()
+        header = self.view.horizontalHeader()
+        # Long module paths must not push the numbers out of sight.
+        for col, cap in ((Column.LAYER, 190), (Column.TENSOR, 170), (Column.SHAPE, 110)):
+            if header.sectionSize(col) > cap:
+                header.resizeSection(col, cap)
+        for col in (Column.SQNR, Column.CLIPPED):
+            header.resizeSection(col, max(header.sectionSize(col), 70))
+
+
+def summary_text(summary: Summary, doc: Document) -> str:
+    if summary.n_tensors == 0:
+        return "No model open"
+    parts = [
+        f"{summary.n_tensors} tensors ({summary.n_weights} weights, "
+        f"{summary.n_activations} activations)"
+    ]
+    if summary.n_analyzed < summary.n_tensors:
+        parts.append(f"{summary.n_analyzed} measured")
+    if summary.worst:
+        worst = ", ".join(
+            f"{doc.tensor(k).layer.name} {'W' if k[1] is TensorKind.WEIGHT else 'A'} "
+            f"{st.fmt_num(s, 3)} dB"
+            for k, s in summary.worst
+        )
+        parts.append(f"worst: {worst}")
+    if not math.isnan(summary.weighted_sqnr_db):
+        parts.append(f"model-wide weighted SQNR {st.fmt_db(summary.weighted_sqnr_db)}")
+    return " · ".join(parts)
