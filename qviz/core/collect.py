@@ -131,6 +131,10 @@ def collect_stats(
         def submit(feeds: Mapping[str, np.ndarray] | None) -> Future | None:
             if feeds is None:
                 return None
+            if not from_outputs:  # every tensor is a graph input: nothing to run
+                done_future: Future = Future()
+                done_future.set_result([])
+                return done_future
             return pool.submit(run_batch, session, feeds, from_outputs)
 
         current = next(batches, None)
