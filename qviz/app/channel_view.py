@@ -191,7 +191,9 @@ class ChannelView(QWidget):
         self.worst_point = pg.ScatterPlotItem(
             size=9, brush=pg.mkBrush(st.CHANNEL_OUTLIER), pen=pg.mkPen("w")
         )
-        self.worst_text = pg.TextItem(anchor=(0, 1), color=st.CHANNEL_OUTLIER)
+        self.worst_text = pg.TextItem(
+            anchor=(0, 1), color=st.CHANNEL_OUTLIER, fill=pg.mkBrush(255, 255, 255, 200)
+        )
         self.worst_text.setFont(st.label_font(8.0))
         self.sqnr_plot.addItem(self.sqnr_curve)
         self.sqnr_plot.addItem(self.worst_point)
@@ -220,6 +222,11 @@ class ChannelView(QWidget):
 
     # ------------------------------------------------------------------ public API
     def show_channels(self, data: ChannelData, tensor: str, granularity_label: str) -> None:
+        # The layer view memoises ChannelData: the same object means nothing changed, so
+        # leave the items alone (and unpainted).
+        if data is self.data and (tensor, granularity_label) == self._shown_for:
+            return
+        self._shown_for = (tensor, granularity_label)
         self.data = data
         n = data.mins.size
         x = np.arange(n, dtype=np.float64)
@@ -282,6 +289,7 @@ class ChannelView(QWidget):
 
     def clear(self) -> None:
         self.data = None
+        self._shown_for: tuple[str, str] | None = None
         self.range_bars.setOpts(x=[], y0=[], height=[])
         self.clip_bars.setOpts(x=[], y0=[], height=[])
         self.sqnr_curve.setData(np.zeros(1), np.zeros(0))

@@ -40,6 +40,10 @@ _Y_LABELS = {SQNR: "SQNR (dB)", MSE: "MSE", KL: "KL divergence"}
 _Y_COLORS = {SQNR: st.SQNR_COLOR, MSE: st.MSE_COLOR, KL: st.KL_COLOR}
 # log10 of zero is undefined; an MSE this small is below anything float32 can express anyway.
 _MSE_FLOOR = 1e-30
+# KL is 0 where the clip keeps every value exactly: plot that as this floor on the log axis.
+_KL_FLOOR = 1e-9
+# MSE spans decades and KL falls steeply towards its minimum: both read best on a log axis.
+_LOG_MODES = frozenset({MSE, KL})
 # Clip values per curve: a linear grid for the overall shape plus a geometric one so that
 # small clips (where entropy lands on heavy-tailed activations) are resolved too. ~130 clips
 # on a 2048-bin histogram cost ~11 ms, and curves are cached per tensor and format.
@@ -236,13 +240,16 @@ class ErrorCurveView(QWidget):
             for m in (Method.MINMAX, Method.PERCENTILE, Method.ENTROPY, Method.MSE)
         ]
         specs.append(("current", st.CURRENT_COLOR, 2.5, Qt.PenStyle.SolidLine, "current"))
-        for i, (key, colour, width, style, name) in enumerate(specs):
+        self.marker_labels: dict[Method | str, pg.InfLineLabel] = {}
+        for key, colour, width, style, name in specs:
             line = pg.InfiniteLine(angle=90, pen=pg.mkPen(colour, width=width, style=style))
+            # Text runs along the line (narrow), in tiers chosen per draw (_place_labels).
             label = pg.InfLineLabel(
-                line, text=name, position=0.96 - 0.09 * i, color=colour,
-                fill=pg.mkBrush(255, 255, 255, 200),
+                line, text=name, position=0.2, color=colour, rotateAxis=(1, 0),
+                fill=pg.mkBrush(255, 255, 255, 170),
             )
             label.setFont(st.label_font(7.5, bold=key == "current"))
+            self.marker_labels[key] = label
             point = pg.ScatterPlotItem(size=9, brush=pg.mkBrush(colour), pen=pg.mkPen("w"))
             line.setZValue(5 if key == "current" else 4)
             point.setZValue(6)
@@ -256,6 +263,11 @@ class ErrorCurveView(QWidget):
             angle=0, pen=pg.mkPen(st.CURRENT_COLOR, width=2, style=Qt.PenStyle.DotLine)
         )
         self._colours["level"] = st.CURRENT_COLOR
+        self.current_level_label = pg.InfLineLabel(
+            self.current_level, text="current", position=0.03, color=st.CURRENT_COLOR,
+            anchors=[(0, 1), (0, 1)], fill=pg.mkBrush(255, 255, 255, 170),
+        )
+        self.current_level_label.setFont(st.label_font(7.5, bold=True))
         self.plot.addItem(self.current_level, ignoreBounds=True)
         # The legend lives under the plot, not on it: it can never hide a marker or the
         # curve, and it is never cut off however small the plot is.
@@ -264,6 +276,8 @@ class ErrorCurveView(QWidget):
         self.legend.setTextFormat(Qt.TextFormat.RichText)
         self.legend.setStyleSheet("font-size: 8.5pt;")
         self._legend_entries: list[tuple[Method | str, str]] = []
+        self._drawn: tuple | None = None   # what the curve item holds (see _redraw)
+        self._marker_xy: dict[Method | str, tuple[float, float]] = {}
 
         self.note = QLabel()
         self.note.setWordWrap(True)
@@ -320,11 +334,13 @@ class ErrorCurveView(QWidget):
             current_level=None,
         )
         if kind is self._kind:
-            self._draw_markers(self._curves[kind])
+            self._draw_markers(self._curves[kind], only_current=True)
 
     def clear(self) -> None:
         self._curves = {TensorKind.WEIGHT: None, TensorKind.ACTIVATION: None}
         self.curve.setData([], [])
+        self._drawn = None
+        self._marker_xy.clear()
         for key in self.marker_lines:
             self.marker_lines[key].setVisible(False)
             self.marker_points[key].setVisible(False)
@@ -366,7 +382,7 @@ class ErrorCurveView(QWidget):
         if self._mode == MSE:
             return np.maximum(data.mse, _MSE_FLOOR)
         if self._mode == KL and data.kl is not None:
-            return data.kl
+            return np.where(np.isfinite(data.kl), np.maximum(data.kl, _KL_FLOOR), data.kl)
         return data.sqnr_db
 
     def _y_of(self, data: CurveData, marker: Marker) -> float:
@@ -379,7 +395,8 @@ class ErrorCurveView(QWidget):
         finite = np.isfinite(data.kl)
         if not finite.any():
             return float("nan")
-        return float(np.interp(marker.x, data.clips[finite], data.kl[finite]))
+        kl = float(np.interp(marker.x, data.clips[finite], data.kl[finite]))
+        return max(kl, _KL_FLOOR)
 
     def _redraw(self) -> None:
         data = self._curves.get(self._kind)
@@ -387,14 +404,7 @@ class ErrorCurveView(QWidget):
             self.clear()
             self.title.setText("Error vs clip threshold — no tensor")
             return
-        self.plot.setLogMode(x=False, y=self._mode == MSE)
-        y = self._y(data)
-        keep = np.isfinite(y)
-        self.curve.setData(data.clips[keep], y[keep])
-        self.curve.setPen(pg.mkPen(_Y_COLORS[self._mode], width=2))
-        self.plot.setLabel("left", _Y_LABELS[self._mode])
-        self.plot.setLabel("bottom", data.x_label)
-        self.title.setText(f"Error vs clip threshold — {self._kind.value}")
+        self.title.setText("Error vs clip threshold")
         self.note.setText(data.note)
         xs = [float(data.clips.min()), float(data.clips.max())]
         xs += [m.x for m in data.markers.values()]
@@ -402,11 +412,27 @@ class ErrorCurveView(QWidget):
             xs.append(data.current.x)
         x0, x1 = min(0.0, *xs), max(xs)
         pad = 0.02 * (x1 - x0) if x1 > x0 else 1.0
-        self.plot.getViewBox().setXRange(x0, x1 + pad, padding=0)
+        # Curves are memoised by the layer view: the same arrays in the same mode need no
+        # new path (re-showing a layer after a change elsewhere repaints nothing here).
+        drawn = (id(data.clips), id(data.sqnr_db), self._mode, data.x_label, x0, x1 + pad)
+        if drawn != self._drawn:
+            self._drawn = drawn
+            log_y = self._mode in _LOG_MODES
+            if self.plot.getAxis("left").logMode != log_y:
+                self.plot.setLogMode(x=False, y=log_y)
+            y = self._y(data)
+            keep = np.isfinite(y)
+            self.curve.setData(data.clips[keep], y[keep])
+            self.curve.setPen(pg.mkPen(_Y_COLORS[self._mode], width=2))
+            self.plot.setLabel("left", _Y_LABELS[self._mode])
+            self.plot.setLabel("bottom", data.x_label)
+            self.plot.getViewBox().setXRange(x0, x1 + pad, padding=0)
         self._draw_markers(data)
 
-    def _draw_markers(self, data: CurveData) -> None:
-        log_y = self._mode == MSE
+    def _draw_markers(self, data: CurveData, only_current: bool = False) -> None:
+        """Markers, their labels and the legend. ``only_current``: during a drag only the
+        current marker moves, so the method markers' items are left as they are."""
+        log_y = self._mode in _LOG_MODES
         entries: list[tuple[Method | str, Marker, str]] = [
             (m, mk, st.METHOD_NAMES[m]) for m, mk in data.markers.items()
             if m in self.marker_lines
@@ -420,9 +446,12 @@ class ErrorCurveView(QWidget):
         legend: list[tuple[Method | str, str]] = []
         for key, marker, name in entries:
             y = self._y_of(data, marker)
-            self.marker_lines[key].setValue(marker.x)
-            py = np.log10(y) if log_y and y > 0 else y
-            self.marker_points[key].setData([marker.x], [py])
+            if not only_current or key == "current":
+                py = np.log10(y) if log_y and y > 0 else y
+                if self._marker_xy.get(key) != (marker.x, py):
+                    self._marker_xy[key] = (marker.x, py)
+                    self.marker_lines[key].setValue(marker.x)
+                    self.marker_points[key].setData([marker.x], [py])
             legend.append((key, f"{name}: {st.fmt_num(marker.x)} → {self._y_text(y)}"))
         level = data.current_level
         if level is not None and self._mode in (SQNR, MSE):
@@ -430,10 +459,31 @@ class ErrorCurveView(QWidget):
             self.current_level.setValue(np.log10(y) if log_y else y)
             self.current_level.setVisible(True)
             legend.append(("level", f"{data.current_label}: {self._y_text(y)}"))
+            # InfLineLabel formats its text with str.format: keep braces literal.
+            text = data.current_label.replace("{", "{{").replace("}", "}}")
+            self.current_level_label.format = text
+            self.current_level_label.valueChanged()
         else:
             self.current_level.setVisible(False)
         self._set_legend(legend)
         self._fit_y(data)
+        self._place_labels([(key, marker.x) for key, marker, _ in entries])
+
+    def _place_labels(self, xs: list[tuple[Method | str, float]]) -> None:
+        """Put marker labels where the curve is not, in tiers so that close markers' labels
+        do not overlap. SQNR rises to the right, so labels go low; MSE and KL fall to the
+        right, so labels go high."""
+        tiers = (0.14, 0.4, 0.66) if self._mode == SQNR else (0.86, 0.6, 0.34)
+        (x0, x1), _ = self.plot.getViewBox().viewRange()
+        px_per_x = max(self.plot.getViewBox().width(), 1.0) / max(x1 - x0, 1e-300)
+        last_px: list[float] = [-1e9] * len(tiers)
+        for key, x in sorted(xs, key=lambda kx: kx[1]):
+            px = (x - x0) * px_per_x
+            tier = next((t for t in range(len(tiers)) if px - last_px[t] >= 16), 0)
+            last_px[tier] = px
+            label = self.marker_labels[key]
+            label.orthoPos = tiers[tier]
+            label.updatePosition()
 
     def _set_legend(self, entries: list[tuple[Method | str, str]]) -> None:
         self._legend_entries = entries
@@ -443,7 +493,7 @@ class ErrorCurveView(QWidget):
             weight = "font-weight:600;" if key in ("current", "level") else ""
             parts.append(
                 f"<span style='color:{self._colours[key]};{weight}'>{symbol}&nbsp;"
-                f"{html.escape(text).replace(' ', '&nbsp;')}</span>"
+                f"{html.escape(text).replace(' ', '&nbsp;').replace('-', '&#8209;')}</span>"
             )
         self.legend.setText(" &nbsp; ".join(parts))
         self.legend.setVisible(bool(entries))
@@ -455,7 +505,7 @@ class ErrorCurveView(QWidget):
 
     def _fit_y(self, data: CurveData) -> None:
         """y range covering the curve and every marker / level, so none falls off the top."""
-        log_y = self._mode == MSE
+        log_y = self._mode in _LOG_MODES
         ys = list(self._y(data)[np.isfinite(self._y(data))])
         markers = list(data.markers.values())
         if data.current is not None:

@@ -141,6 +141,11 @@ class HistogramView(QWidget):
         self._updating = False           # set while we move the region ourselves
         self._last_region: tuple[float, float] = (0.0, 0.0)
         self._scales_text = ""
+        self._spike_note = ""
+        self._spike_note_pending = ""
+        self._info_state: tuple[float, float, bool] | None = None
+        self._quantizer_state: tuple | None = None
+        self._title_state: tuple[str, str] | None = None
         self._placeholder = False
 
         self.axis = CountAxis()
@@ -227,13 +232,33 @@ class HistogramView(QWidget):
 
     # ------------------------------------------------------------------ public API
     def set_histogram(self, edges: np.ndarray, counts: np.ndarray, unit: str = "value") -> None:
-        """New data (once per layer). ``edges`` has one more entry than ``counts``."""
-        self._edges = np.asarray(edges, dtype=np.float64)
-        self._counts = np.asarray(counts, dtype=np.float64)
-        self.plot.setLabel("bottom", unit)
+        """New data (once per layer). ``edges`` has one more entry than ``counts``.
+
+        The same data again (the layer re-shown after a settings change of the *other*
+        tensor) leaves every item untouched, so nothing here is repainted."""
+        edges = np.asarray(edges, dtype=np.float64)
+        counts = np.asarray(counts, dtype=np.float64)
+        if (
+            self._counts is counts
+            and self._edges is not None
+            and self._edges.shape == edges.shape
+            and self._edges[0] == edges[0]
+            and self._edges[-1] == edges[-1]
+            and self.curve.isVisible()
+        ):
+            return
+        self._edges, self._counts = edges, counts
+        if self.plot.getAxis("bottom").labelText != unit:
+            self.plot.setLabel("bottom", unit)
         self._redraw_counts()
         self.curve.setVisible(True)
         self.plot_widget.setEnabled(True)
+
+    def set_title(self, text: str, color: str) -> None:
+        """Title above the plot; unchanged text is not re-laid out."""
+        if (text, color) != self._title_state:
+            self._title_state = (text, color)
+            self.plot.setTitle(text, color=color, size="10pt")
 
     def set_quantizer(
         self,
@@ -248,6 +273,15 @@ class HistogramView(QWidget):
         ``qparams`` when it is per-tensor. Per-channel / per-group weights pass None (they
         have no single grid) and ``scales_text`` summarising their scales instead.
         Does not emit the region signals."""
+        state = (
+            float(lo), float(hi), fmt, note, scales_text,
+            None if qparams is None else (
+                np.asarray(qparams.scale).tobytes(), np.asarray(qparams.zero_point).tobytes()
+            ),
+        )
+        if state == self._quantizer_state and self.region.isVisible():
+            return  # what is shown already (no drag preview since): nothing to redraw
+        self._quantizer_state = state
         self._fmt = fmt
         self._per_tensor = qparams is not None and np.asarray(qparams.scale).size == 1
         self._grid = grid_info(qparams, fmt) if self._per_tensor and qparams else None
@@ -302,6 +336,9 @@ class HistogramView(QWidget):
         self._grid = None
         self._scales_text = ""
         self._placeholder = False
+        self._spike_note = self._spike_note_pending = ""
+        self._info_state = None
+        self._quantizer_state = None
         self.spike_text.setVisible(False)
         # A step curve needs one more x than y even when empty.
         self.curve.setData(_EMPTY_STEP_X, _EMPTY_STEP_Y)
@@ -363,6 +400,15 @@ class HistogramView(QWidget):
         """Fit y to the bins in view. In linear mode a lone bin more than SPIKE_RATIO times
         taller than every other visible bin is cut at the top and labelled with its count."""
         self.spike_text.setVisible(False)
+        self._fit_y()
+        spike_note = self._spike_note_pending
+        if spike_note != self._spike_note:
+            self._spike_note = spike_note
+            if self._info_state is not None:
+                self._write_info(*self._info_state)
+
+    def _fit_y(self) -> None:
+        self._spike_note_pending = ""
         if self._edges is None or self._counts is None or self._counts.size == 0:
             return
         (x0, x1), _ = self.vb.viewRange()
@@ -378,10 +424,15 @@ class HistogramView(QWidget):
             if second > 0 and top > SPIKE_RATIO * second:
                 top = second * 1.6
                 centre = 0.5 * (self._edges[i0 + k] + self._edges[i0 + k + 1])
-                self.spike_text.setText(f"▲ {_si(float(y[k]))} at {st.fmt_num(centre)}")
-                self.spike_text.setPos(centre, top)
-                self.spike_text.setAnchor((0, 0) if centre < 0.5 * (x0 + x1) else (1, 0))
+                # A small mark on the cut bar; the count goes in the info box, which is
+                # never clipped and never overlaps it.
+                self.spike_text.setText("▲")
+                self.spike_text.setPos(centre, top * 1.08)
+                self.spike_text.setAnchor((0.5, 0))
                 self.spike_text.setVisible(True)
+                self._spike_note_pending = (
+                    f"▲ tallest bin cut off: {_si(float(y[k]))} at {st.fmt_num(centre)}"
+                )
         self.vb.setYRange(0.0, top * 1.08 if top > 0 else 1.0, padding=0)
 
     def _set_region_silently(self, lo: float, hi: float) -> None:
@@ -426,6 +477,7 @@ class HistogramView(QWidget):
     def _on_region_changed(self) -> None:
         if self._updating:
             return
+        self._quantizer_state = None  # the stored choice is no longer what is shown
         lo, hi = self._snap(*self.region_values())
         self._last_region = (lo, hi)
         if self._fmt is not None:
@@ -444,6 +496,7 @@ class HistogramView(QWidget):
         self.regionEdited.emit(lo, hi)
 
     def _write_info(self, lo: float, hi: float, preview: bool = False) -> None:
+        self._info_state = (lo, hi, preview)
         if self._fmt is None:
             return
         lines = [f"<b>{self._fmt.label}</b>" + (" · <i>manual (dragging)</i>" if preview else "")]
@@ -456,6 +509,8 @@ class HistogramView(QWidget):
         elif self._scales_text:
             lines.append(self._scales_text)
         lines.append("clip " + st.fmt_range(lo, hi))
+        if self._spike_note:
+            lines.append(f"<span style='color:{self._color}'>{self._spike_note}</span>")
         self.info_text.setHtml("<div style='font-size:8pt'>" + "<br>".join(lines) + "</div>")
         self._placeholder = False
         self.info_text.setVisible(True)

@@ -53,8 +53,9 @@ from qviz.core.stats import TensorStats
 # Weight histograms are rebuilt from the exact values: enough bins to show shape and tails,
 # few enough that each bin holds several values for small layers.
 MIN_WEIGHT_BINS, MAX_WEIGHT_BINS = 64, 512
-# Exact weight metrics cost ~1 ms per 100k values; above this a drag preview is throttled.
-THROTTLE_ABOVE = 250_000
+# Exact weight metrics cost ~0.6 ms per 100k values (bench_histogram_redraw.py); above this
+# many values a drag preview is throttled to one per PREVIEW_INTERVAL_MS.
+THROTTLE_ABOVE = 2_000_000
 PREVIEW_INTERVAL_MS = 40
 # Memoised curves and markers (a few layers' worth, so flipping between layers is instant).
 CACHE_ENTRIES = 64
@@ -66,7 +67,7 @@ class _WeightHist:
     """Cached weight histogram: rebuilt only when the layer's weight array changes."""
 
     name: str
-    values_id: int
+    values_id: int  # LayerView._token of the weight array
     edges: np.ndarray
     counts: np.ndarray
 
@@ -110,6 +111,8 @@ class LayerView(QWidget):
         self._method_ranges: dict = {}
         self._whist: _WeightHist | None = None
         self._cache: dict[tuple, tuple[object, object]] = {}
+        self._weights: dict[str, tuple[np.ndarray, int]] = {}
+        self._next_token = 0
         self._log = False
         # Latest drag preview per kind (tests compare it with the core's metrics).
         self.preview_metrics: dict[TensorKind, TensorMetrics] = {}
@@ -191,9 +194,10 @@ class LayerView(QWidget):
             self.channel_view.set_placeholder("Per-channel ranges — no weight in this layer")
             self.metrics_panel.set_column(TensorKind.WEIGHT, None, "no weight")
             return
-        if self._whist is None or self._whist.name != r.name or self._whist.values_id != id(w):
+        token = self._token(r.name, w)
+        if self._whist is None or self._whist.name != r.name or self._whist.values_id != token:
             edges, counts = weight_histogram(w)
-            self._whist = _WeightHist(r.name, id(w), edges, counts)
+            self._whist = _WeightHist(r.name, token, edges, counts)
         self.weight_hist.set_histogram(self._whist.edges, self._whist.counts)
         self.weight_hist.set_log_counts(self._log)
         fmt = r.config.fmt
@@ -208,9 +212,7 @@ class LayerView(QWidget):
                 f"{gran.label}: the band is the envelope of {n} {word} ranges (each shown in "
                 f"the channel view). Dragging it sets one per-tensor Manual range."
             )
-        self.weight_hist.plot.setTitle(
-            f"Weight — {r.name}", color=st.WEIGHT_COLOR, size="10pt"
-        )
+        self.weight_hist.set_title(f"Weight — {r.name}", st.WEIGHT_COLOR)
         scales = np.asarray(r.qparams.scale, dtype=np.float64)
         scales_text = "" if per_tensor else (
             f"{scales.size} scales {st.fmt_num(scales.min())} … {st.fmt_num(scales.max())}"
@@ -229,7 +231,7 @@ class LayerView(QWidget):
         qp = r.qparams
         # Per-group SQNR fake-quantizes the whole weight: reuse it while the qparams stand.
         key = (
-            "channels", r.name, id(w), r.config.fmt, r.config.granularity, clip,
+            "channels", r.name, self._token(r.name, w), r.config.fmt, r.config.granularity, clip,
             hash(np.asarray(qp.scale).tobytes()), hash(np.asarray(qp.zero_point).tobytes()),
         )
         data = self._memo(key, w, lambda: channel_data(
@@ -284,9 +286,7 @@ class LayerView(QWidget):
         h = s.histogram
         self.activation_hist.set_histogram(h.edges, h.counts)
         self.activation_hist.set_log_counts(self._log)
-        self.activation_hist.plot.setTitle(
-            f"Activation — {r.name}", color=st.ACTIVATION_COLOR, size="10pt"
-        )
+        self.activation_hist.set_title(f"Activation — {r.name}", st.ACTIVATION_COLOR)
         lo, hi = result_range(r)
         notes = []
         if s.dominated_by_extremes:
@@ -328,6 +328,21 @@ class LayerView(QWidget):
             if tensor == name
         }
 
+    def _token(self, name: str, w: np.ndarray) -> int:
+        """A number that stays the same while ``name``'s weight values do: the main window
+        passes the same cached array every time (identity, free), other callers may pass a
+        fresh copy (compared by value, ~0.2 ms per 400k values). Memo keys use it."""
+        known = self._weights.get(name)
+        if known is not None and (
+            known[0] is w or (known[0].shape == w.shape and np.array_equal(known[0], w))
+        ):
+            return known[1]
+        self._next_token += 1
+        self._weights[name] = (w, self._next_token)
+        if len(self._weights) > CACHE_ENTRIES:
+            self._weights.pop(next(iter(self._weights)))
+        return self._next_token
+
     def _memo(self, key: tuple, source: object, build: Callable[[], _T]) -> _T:
         """Curves and markers depend on the data, the format, the method ranges and (for
         asymmetric curves) the lower bound only, so re-showing a layer after a method change
@@ -349,10 +364,11 @@ class LayerView(QWidget):
         fmt = r.config.fmt
         lo, _hi = result_range(r)
         fixed_lo = 0.0 if fmt.symmetric else lo
-        key = ("curve", TensorKind.WEIGHT, r.name, id(w), fmt, fixed_lo)
+        token = self._token(r.name, w)
+        key = ("curve", TensorKind.WEIGHT, r.name, token, fmt, fixed_lo)
         base = self._memo(key, w, lambda: weight_curve(w, fmt, fixed_lo))
         ranges = self._ranges_for(r.name)
-        key = ("markers", TensorKind.WEIGHT, r.name, id(w), fmt, tuple(sorted(
+        key = ("markers", TensorKind.WEIGHT, r.name, token, fmt, tuple(sorted(
             (m.value, v) for m, v in ranges.items())))
         markers = self._memo(key, w, lambda: weight_markers(w, fmt, ranges))
         label = f"current ({method_label(r.config.spec)})"
