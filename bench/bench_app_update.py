@@ -61,6 +61,33 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 120.0) -> None:
         raise SystemExit("timed out waiting for the demo to calibrate")
 
 
+def single_control_changes(
+    window: MainWindow, kind: TensorKind, n: int
+) -> list[Callable[[], None]]:
+    """`n` clicks, each changing one control, cycling methods (and granularities for a
+    weight) through valid combinations only: the core has no per-group Entropy."""
+    controls = window.controls
+    methods = [Method.MINMAX, Method.PERCENTILE, Method.ENTROPY, Method.MSE]
+    grans = list(GranularityKind) if kind is TensorKind.WEIGHT else [GranularityKind.PER_TENSOR]
+    method, gran = controls.method_combo.currentData(), controls.granularity_combo.currentData()
+    changes: list[Callable[[], None]] = []
+    i = 0
+    while len(changes) < n:
+        i += 1
+        if len(grans) > 1 and i % 2:
+            gran = grans[(grans.index(gran) + 1) % len(grans)]
+            if method is Method.ENTROPY and gran is GranularityKind.PER_GROUP:
+                continue
+            combo, value = controls.granularity_combo, gran
+        else:
+            method = methods[(methods.index(method) + 1) % len(methods)]
+            if method is Method.ENTROPY and gran is GranularityKind.PER_GROUP:
+                method = Method.MSE
+            combo, value = controls.method_combo, method
+        changes.append(lambda c=combo, v=value: c.setCurrentIndex(c.findData(v)))
+    return changes
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     k = (len(ordered) - 1) * q
@@ -85,29 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         window.open_demo()
         wait_until(lambda: bool(calibrated) and not window.busy)
 
-        controls = window.controls
-        methods = [Method.MINMAX, Method.PERCENTILE, Method.ENTROPY, Method.MSE]
-        granularities = list(GranularityKind)
         results: dict[str, dict[str, list[float]]] = {}
         for label, key in (("weight", LAYER_WEIGHT), ("activation", LAYER_ACTIVATION)):
             window.select_tensor(key)
             app.processEvents()
-            changes = []
-            for i in range(args.changes + 10):  # the first 10 warm caches up and are dropped
-                if key[1] is TensorKind.WEIGHT and i % 2:
-                    g = granularities[(i // 2) % len(granularities)]
-                    changes.append(
-                        lambda g=g: controls.granularity_combo.setCurrentIndex(
-                            controls.granularity_combo.findData(g)
-                        )
-                    )
-                else:
-                    m = methods[i % len(methods)]
-                    changes.append(
-                        lambda m=m: controls.method_combo.setCurrentIndex(
-                            controls.method_combo.findData(m)
-                        )
-                    )
+            changes = single_control_changes(window, key[1], args.changes + 10)
             update_ms: list[float] = []
             paint_ms: list[float] = []
             for i, change in enumerate(changes):

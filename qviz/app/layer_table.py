@@ -56,17 +56,19 @@ KEY_ROLE = Qt.ItemDataRole.UserRole + 1
 
 
 class Column(IntEnum):
+    # The numbers come right after the names: in a narrow pane they must stay in view
+    # without scrolling; tensor name, shape and size are reference detail, last.
     LAYER = 0
     KIND = 1
-    TENSOR = 2
-    OP = 3
-    SHAPE = 4
-    PARAMS = 5
-    METHOD = 6
-    GRANULARITY = 7
-    FORMAT = 8
-    SQNR = 9
-    CLIPPED = 10
+    OP = 2
+    SQNR = 3
+    CLIPPED = 4
+    METHOD = 5
+    GRANULARITY = 6
+    FORMAT = 7
+    TENSOR = 8
+    SHAPE = 9
+    PARAMS = 10
 
 
 HEADERS: dict[Column, tuple[str, str]] = {
@@ -82,8 +84,8 @@ HEADERS: dict[Column, tuple[str, str]] = {
     Column.SQNR: ("SQNR dB", SQNR_TOOLTIP),
     Column.CLIPPED: ("Clipped", "Fraction of values outside the clip range (saturated)"),
 }
-# The columns a settings change can alter; dataChanged covers only these.
-VALUE_COLUMNS = (Column.METHOD, Column.GRANULARITY, Column.FORMAT, Column.SQNR, Column.CLIPPED)
+# The columns a settings change can alter (contiguous); dataChanged covers only these.
+VALUE_COLUMNS = (Column.SQNR, Column.CLIPPED, Column.METHOD, Column.GRANULARITY, Column.FORMAT)
 
 
 def sqnr_background(sqnr_db: float) -> QColor | None:
@@ -380,7 +382,7 @@ class LayerTable(QWidget):
         self.view.resizeColumnsToContents()
         header = self.view.horizontalHeader()
         # Long module paths must not push the numbers out of sight.
-        for col, cap in ((Column.LAYER, 190), (Column.TENSOR, 170), (Column.SHAPE, 110)):
+        for col, cap in ((Column.LAYER, 150), (Column.TENSOR, 170), (Column.SHAPE, 110)):
             if header.sectionSize(col) > cap:
                 header.resizeSection(col, cap)
         for col in (Column.SQNR, Column.CLIPPED):
@@ -399,10 +401,11 @@ def summary_text(summary: Summary, doc: Document) -> str:
     if summary.worst:
         worst = ", ".join(
             f"{doc.tensor(k).layer.name} {'W' if k[1] is TensorKind.WEIGHT else 'A'} "
-            f"{st.fmt_num(s, 3)} dB"
+            f"{st.fmt_num(s, 3)}\u00a0dB"
             for k, s in summary.worst
         )
         parts.append(f"worst: {worst}")
     if not math.isnan(summary.weighted_sqnr_db):
-        parts.append(f"model-wide weighted SQNR {st.fmt_db(summary.weighted_sqnr_db)}")
+        sqnr = st.fmt_db(summary.weighted_sqnr_db).replace(" dB", "\u00a0dB")
+        parts.append(f"model-wide weighted SQNR {sqnr}")
     return " · ".join(parts)
