@@ -465,3 +465,42 @@ def test_weighted_sqnr_in_the_summary_is_the_documents(demo_window: MainWindow) 
     assert math.isfinite(summary.weighted_sqnr_db)
     text = demo_window.table.summary_label.text().replace("\u00a0", " ")
     assert st.fmt_db(summary.weighted_sqnr_db) in text
+
+
+# --- the `qviz` command ---------------------------------------------------------------------------
+
+
+def test_qviz_without_arguments_opens_the_demo_and_calibrates(
+    qtbot: QtBot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PySide6.QtWidgets import QApplication
+
+    from qviz.cli.gui import run_gui
+
+    settings = QSettings(str(tmp_path / "cli.ini"), QSettings.Format.IniFormat)
+    monkeypatch.setattr(main_window_module, "default_settings", lambda: settings)
+    seen: dict[str, object] = {}
+
+    def fake_exec() -> int:
+        # Stands in for the event loop: run it until the demo is calibrated, then quit.
+        [window] = [
+            w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()
+        ]
+        qtbot.addWidget(window)
+        qtbot.waitUntil(lambda: window.doc.stats is not None and not window.busy,
+                        timeout=CALIBRATION_MS)
+        seen["title"] = window.windowTitle()
+        window.close()
+        assert window.jobs.live_threads() == 0
+        return 0
+
+    monkeypatch.setattr(QApplication, "exec", staticmethod(fake_exec))
+    assert run_gui([]) == 0
+    assert str(seen["title"]).startswith("model.onnx")
+
+
+def test_qviz_rejects_data_without_a_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from qviz.cli.gui import run_gui
+
+    assert run_gui(["--data", "x.npz"]) == 2
+    assert "needs a model" in capsys.readouterr().err
