@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QRectF
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtCore import QRectF, Qt
+from PySide6.QtWidgets import QLabel, QStackedWidget, QVBoxLayout, QWidget
 
 from qviz.app import plot_style as st
 from qviz.core.formats import GranularityKind, NumberFormat
@@ -215,8 +215,15 @@ class ChannelView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
+        # Empty state: a sentence in place of empty axes (same size, so nothing jumps).
+        self.placeholder = QLabel()
+        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.placeholder.setStyleSheet("color: #5f6368; background: white;")
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.layout_widget)
+        self.stack.addWidget(self.placeholder)
         layout.addWidget(self.title)
-        layout.addWidget(self.layout_widget, 1)
+        layout.addWidget(self.stack, 1)
         layout.addWidget(self.caption)
         self.clear()
 
@@ -228,6 +235,7 @@ class ChannelView(QWidget):
             return
         self._shown_for = (tensor, granularity_label)
         self.data = data
+        self.stack.setCurrentWidget(self.layout_widget)
         n = data.mins.size
         x = np.arange(n, dtype=np.float64)
         light = pg.mkBrush(st.CHANNEL_RANGE)
@@ -285,7 +293,7 @@ class ChannelView(QWidget):
 
     def set_placeholder(self, text: str) -> None:
         self.clear()
-        self.title.setText(text)
+        self.placeholder.setText(text)
 
     def clear(self) -> None:
         self.data = None
@@ -300,6 +308,8 @@ class ChannelView(QWidget):
         self._show_colorbar(False)
         self.title.setText("Per-channel ranges")
         self.caption.setText("")
+        self.placeholder.setText("select a layer")
+        self.stack.setCurrentWidget(self.placeholder)
 
     # ------------------------------------------------------------------ internals
     def _show_colorbar(self, on: bool) -> None:

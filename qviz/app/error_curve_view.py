@@ -17,7 +17,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from qviz.app import plot_style as st
 from qviz.app.histogram_view import effective_range
@@ -287,7 +294,13 @@ class ErrorCurveView(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
         layout.addLayout(top)
-        layout.addWidget(self.plot_widget, 1)
+        self.placeholder = QLabel("select a layer")
+        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.placeholder.setStyleSheet("color: #5f6368; background: white;")
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.plot_widget)
+        self.stack.addWidget(self.placeholder)
+        layout.addWidget(self.stack, 1)
         layout.addWidget(self.legend)
         layout.addWidget(self.note)
 
@@ -348,6 +361,7 @@ class ErrorCurveView(QWidget):
         self._set_legend([])
         self.note.setText("")
         self.title.setText("Error vs clip threshold")
+        self.stack.setCurrentWidget(self.placeholder)
 
     # ------------------------------------------------------------------ internals
     def _select(self, kind: TensorKind, redraw: bool = True) -> None:
@@ -402,8 +416,9 @@ class ErrorCurveView(QWidget):
         data = self._curves.get(self._kind)
         if data is None:
             self.clear()
-            self.title.setText("Error vs clip threshold — no tensor")
+            self.placeholder.setText("no tensor to plot")
             return
+        self.stack.setCurrentWidget(self.plot_widget)
         self.title.setText("Error vs clip threshold")
         self.note.setText(data.note)
         xs = [float(data.clips.min()), float(data.clips.max())]

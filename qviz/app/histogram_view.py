@@ -154,7 +154,7 @@ class HistogramView(QWidget):
         st.style_plot(self.plot)
         self.plot.setLabel("left", "count")
         self.plot.setLabel("bottom", "value")
-        self.plot.setTitle(title, color=st.FOREGROUND, size="10pt")
+        self.set_title(title, st.FOREGROUND)
         self.vb = self.plot.getViewBox()
         # Wheel / drag zooms along x only: the user zooms into a tail or onto the grid, and
         # y follows the visible bins (see _update_y) so the tail's counts fill the height.
@@ -248,6 +248,8 @@ class HistogramView(QWidget):
         ):
             return
         self._edges, self._counts = edges, counts
+        for side in ("left", "bottom"):
+            self.plot.getAxis(side).setStyle(showValues=True)
         if self.plot.getAxis("bottom").labelText != unit:
             self.plot.setLabel("bottom", unit)
         self._redraw_counts()
@@ -281,6 +283,10 @@ class HistogramView(QWidget):
         )
         if state == self._quantizer_state and self.region.isVisible():
             return  # what is shown already (no drag preview since): nothing to redraw
+        if self.dragging:
+            # A redraw that lands mid-drag (a background result) must not yank the band
+            # from under the mouse; the drag's own edit re-shows the layer when it ends.
+            return
         self._quantizer_state = state
         self._fmt = fmt
         self._per_tensor = qparams is not None and np.asarray(qparams.scale).size == 1
@@ -299,6 +305,11 @@ class HistogramView(QWidget):
         """Move the clip range as a user drag would: ``regionChanging`` and ``regionEdited``
         are emitted, so the owner's handlers run exactly as for the mouse."""
         self.region.setRegion((float(lo), float(hi)))
+
+    @property
+    def dragging(self) -> bool:
+        """True while the user holds the band or one of its bounds."""
+        return bool(self.region.moving or any(line.moving for line in self.region.lines))
 
     def region_values(self) -> tuple[float, float]:
         lo, hi = self.region.getRegion()
@@ -326,6 +337,10 @@ class HistogramView(QWidget):
         """Empty state: say why there is nothing to show instead of leaving a blank plot."""
         self.clear()
         self._placeholder = True
+        # Empty axes with numbers on them would suggest data; show the sentence alone.
+        self.set_title(self._title, st.FOREGROUND)
+        for side in ("left", "bottom"):
+            self.plot.getAxis(side).setStyle(showValues=False)
         self.info_text.setText(text)
         self._place_info()
         self.info_text.setVisible(True)

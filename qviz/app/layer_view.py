@@ -176,7 +176,7 @@ class LayerView(QWidget):
         self.preview_metrics.clear()
         self.weight_hist.set_placeholder("select a layer")
         self.activation_hist.set_placeholder("select a layer")
-        self.channel_view.set_placeholder("Per-channel ranges — select a layer")
+        self.channel_view.set_placeholder("select a layer")
         self.error_curve.clear()
         self.metrics_panel.clear()
 
@@ -191,7 +191,7 @@ class LayerView(QWidget):
         if r is None or w is None:
             self._whist = None
             self.weight_hist.set_placeholder("this layer has no weight")
-            self.channel_view.set_placeholder("Per-channel ranges — no weight in this layer")
+            self.channel_view.set_placeholder("no weight in this layer")
             self.metrics_panel.set_column(TensorKind.WEIGHT, None, "no weight")
             return
         token = self._token(r.name, w)
@@ -226,7 +226,7 @@ class LayerView(QWidget):
     def _show_channels(self, r: TensorResult, w: np.ndarray, clip: tuple[float, float]) -> None:
         axis = r.layer.channel_axis
         if axis is None or w.ndim < 1:
-            self.channel_view.set_placeholder("Per-channel ranges — weight has no channel axis")
+            self.channel_view.set_placeholder("this weight has no output-channel axis")
             return
         qp = r.qparams
         # Per-group SQNR fake-quantizes the whole weight: reuse it while the qparams stand.

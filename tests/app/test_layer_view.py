@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PySide6.QtCore import QPoint, QPointF, Qt
+from PySide6.QtTest import QTest
 from pytestqt.qtbot import QtBot
 
 from qviz.app import plot_style as st
@@ -228,6 +230,33 @@ def test_dragging_the_activation_band_previews_histogram_metrics(qtbot: QtBot, s
     cur = view.error_curve.curve_data(A).current
     assert cur.x == pytest.approx(hi) and cur.sqnr_db == float(expected.sqnr_db)
     assert "scale" in view.activation_hist.info and "manual" in view.activation_hist.info
+
+
+def test_a_mouse_drag_of_a_bound_edits_once_on_release(qtbot: QtBot, shown) -> None:
+    """A real drag through the scene: one edit, on release, with the mirrored range."""
+    view, *_ = shown
+    hist = view.activation_hist
+    _, hi = hist.region_values()
+    y_mid = 0.5 * hist.vb.viewRange()[1][1]
+
+    def to_widget(x: float) -> QPoint:
+        return hist.plot_widget.mapFromScene(hist.vb.mapViewToScene(QPointF(x, y_mid)))
+
+    start, end = to_widget(hi), to_widget(0.5 * hi)
+    viewport = hist.plot_widget.viewport()
+    edits: list[tuple] = []
+    view.clipRangeEdited.connect(lambda *args: edits.append(args))
+    QTest.mousePress(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, start)
+    for k in range(1, 6):
+        QTest.mouseMove(viewport, start + (end - start) * (k / 5))
+        assert hist.dragging
+    assert edits == []  # live preview only while the button is held
+    assert "preview" in view.metrics_panel.header_text(A)
+    QTest.mouseRelease(viewport, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, end)
+    assert len(edits) == 1
+    _, kind, lo, new_hi = edits[0]
+    assert kind is A and lo == pytest.approx(-new_hi)
+    assert new_hi == pytest.approx(0.5 * hi, rel=0.05)
 
 
 def test_symmetric_band_moves_both_bounds(qtbot: QtBot, shown) -> None:
