@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from qviz.core.errors import QvizError
 
-COMMANDS: tuple[str, ...] = ("collect", "report", "evaluate", "export")
+COMMANDS: tuple[str, ...] = ("collect", "report", "evaluate", "export", "sensitivity", "mixed")
 
 
 class _Parser(argparse.ArgumentParser):

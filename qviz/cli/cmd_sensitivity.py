@@ -1,0 +1,302 @@
+"""`qviz sensitivity MODEL --config CONFIG --data DATA`: which layers hurt, measured.
+
+For every quantized layer, two real runs on the evaluation subset: only this layer quantized
+(how much the task metric drops) and only this layer kept float (how much it recovers), beside
+the layer's local weight and activation SQNR. The quantization comes from a qviz config file
+(its saved scales, bit for bit) or a stats file plus the settings `qviz report` takes.
+
+Reports are cached (``~/.cache/qviz/sensitivity`` or ``--cache-dir``): running the command
+again on the same model, scales and samples prints the stored measurements at once.
+
+Exit status: 0, or 2 for bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+from qviz.cli.options import add_data_options, add_quant_options, config_from_args
+from qviz.cli.progress_bar import ProgressBar
+from qviz.core.errors import QvizError
+from qviz.core.evaluate import Metric
+from qviz.core.fusion import KernelPrecision
+from qviz.core.progress import Progress, format_seconds
+from qviz.core.sensitivity import DEFAULT_LIMIT, SensitivityReport, float_value
+from qviz.core.sensitivity_cache import SensitivityCache
+
+# Short names people type, beside the keys `qviz evaluate --json` uses.
+METRIC_NAMES: dict[str, Metric] = {
+    "accuracy": Metric.ACCURACY,
+    "agreement": Metric.AGREEMENT,
+    "sqnr": Metric.SQNR,
+    "cosine": Metric.COSINE,
+    "kl": Metric.KL,
+    **{m.value: m for m in Metric},
+}
+SORT_KEYS = ("depth", "score", "drop", "recovery")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sensitivity",
+        help="per-layer sensitivity: quantize only this layer / keep only this layer float",
+        description="For every quantized layer, run the model with only that layer quantized "
+        "and with only that layer kept float, and report how much the task metric drops and "
+        "recovers, beside the layer's own SQNR. Results are cached.",
+    )
+    p.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--config", type=Path, help="qviz config file (its saved scales are used as they are)"
+    )
+    source.add_argument(
+        "--stats",
+        type=Path,
+        help="stats file from `qviz collect`; the quantization settings below derive the "
+        "configuration (as in `qviz report`)",
+    )
+    add_data_options(p)
+    add_quant_options(p)
+    add_run_options(p)
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--metric",
+        choices=sorted(METRIC_NAMES),
+        metavar="METRIC",
+        help="task metric: accuracy (default with labels), agreement, sqnr (default "
+        "without labels), cosine, kl",
+    )
+    g.add_argument("--sort", choices=SORT_KEYS, default="depth", help="row order (default: depth)")
+    g.add_argument("--state-dict", type=Path, help="state dict for a package.module:factory model")
+    g.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """How the variants run: shared by `qviz sensitivity` and `qviz mixed`."""
+    g = p.add_argument_group("measurement")
+    g.add_argument(
+        "--limit",
+        type=parse_limit,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help=f"samples each variant runs on (default {DEFAULT_LIMIT}; 'all' for every sample)",
+    )
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument(
+        "--simulation",
+        action="store_true",
+        help="run the variants in the simulation (Q/DQ op by op) instead of natively "
+        "(ORT's fused integer kernels, which production runs)",
+    )
+    g.add_argument(
+        "--precise-int8",
+        action="store_true",
+        help="use ORT's exact U8U8 kernels (session.x64quantprecision=1) natively: no 16-bit "
+        "saturation on AVX2 CPUs without VNNI",
+    )
+    g.add_argument("--cache-dir", type=Path, help="sensitivity cache folder "
+                   "(default ~/.cache/qviz/sensitivity)")  # fmt: skip
+    g.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+
+
+def parse_limit(text: str) -> int | None:
+    """``N`` (at least 1) or ``all``."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a sample count or 'all', got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def check_run_options(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise QvizError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.simulation and args.precise_int8:
+        raise QvizError(
+            "--precise-int8 chooses native kernels; it does not apply with --simulation"
+        )
+    if args.no_cache and args.cache_dir is not None:
+        raise QvizError("--cache-dir and --no-cache contradict each other")
+
+
+def cache_from_args(args: argparse.Namespace) -> SensitivityCache | None:
+    return None if args.no_cache else SensitivityCache(args.cache_dir)
+
+
+def precision_from_args(args: argparse.Namespace) -> KernelPrecision:
+    return KernelPrecision.PRECISE if args.precise_int8 else KernelPrecision.DEFAULT
+
+
+def drive(gen: Generator[Progress, None, Any], quiet: bool) -> Any:
+    """Run a core generator to its result with a progress bar on stderr."""
+    bar = ProgressBar(sys.stderr, enabled=not quiet)
+    try:
+        while True:
+            try:
+                bar.update(next(gen))
+            except StopIteration as stop:
+                return stop.value
+    finally:
+        bar.close()
+
+
+def _quant_defaults() -> dict[str, Any]:
+    parser = argparse.ArgumentParser(add_help=False)
+    add_quant_options(parser)
+    return vars(parser.parse_args([]))
+
+
+def run(args: argparse.Namespace) -> int:
+    check_run_options(args)
+    if args.config is not None:
+        # A config file carries its own settings; silently ignoring --bits would mislead.
+        given = [
+            f"--{k.replace('_', '-')}"
+            for k, v in _quant_defaults().items()
+            if getattr(args, k) != v
+        ]
+        if given:
+            raise QvizError(
+                f"{', '.join(given)} only apply with --stats; the config file "
+                f"{args.config} holds its own settings"
+            )
+    metric = METRIC_NAMES[args.metric] if args.metric else None
+    from qviz.cli.cmd_collect import load_model_and_data
+    from qviz.core.sensitivity import sensitivity
+
+    model, data = load_model_and_data(args)
+    if metric is Metric.ACCURACY and data.labels is None:
+        raise QvizError(f"--metric accuracy needs labels, and {data.description} has none")
+    if args.config is not None:
+        from qviz.core.config_file import load_config
+
+        source: Any = load_config(args.config)
+        config = None
+        origin = f"config file {args.config}"
+    else:
+        from qviz.core.stats_file import load_stats
+
+        source = load_stats(args.stats)
+        config = config_from_args(args)
+        origin = (
+            f"stats file {args.stats}: weights {config.weights.label}; "
+            f"activations {config.activations.label}"
+        )
+    report: SensitivityReport = drive(
+        sensitivity(
+            model,
+            source,
+            config,
+            data,
+            metric=metric,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            native=not args.simulation,
+            precision=precision_from_args(args),
+            cache=cache_from_args(args),
+        ),
+        args.quiet,
+    )
+    if args.json:
+        doc = {"model": str(model.source), "config": origin, **report.to_json()}
+        doc["ranking"] = [s.name for s in report.ranking()]
+        json.dump(doc, sys.stdout, indent=1, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(sensitivity_table(report, str(model.source), origin, args.sort))
+    return 0
+
+
+# --------------------------------------------------------------------------- table
+
+
+def fmt_num(value: float | None, digits: int = 2, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    if not math.isfinite(value):
+        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def metric_digits(metric: Metric) -> int:
+    return 5 if metric in (Metric.COSINE, Metric.KL) else 2
+
+
+def _rows(report: SensitivityReport, sort: str) -> list[Any]:
+    if sort == "depth":
+        return list(report.layers)
+    if sort == "score":
+        return list(report.ranking())
+    if sort == "drop":
+        return sorted(report.layers, key=lambda s: -(s.drop if s.drop is not None else -math.inf))
+    return sorted(report.layers, key=lambda s: -s.recovery)
+
+
+def sensitivity_table(report: SensitivityReport, model: str, source: str, sort: str) -> str:
+    m = report.metric
+    d = metric_digits(m)
+    mode = report.quantized.mode_label
+    how = "from the cache" if report.cached else f"{report.n_runs} runs, "
+    how += "" if report.cached else format_seconds(report.elapsed_s)
+    lines = [
+        f"model:    {model}",
+        f"config:   {source}",
+        f"data:     {report.data_description} ({report.n_samples} samples per variant)",
+        f"mode:     {mode} ({how})",
+        f"metric:   {m.label}: float {fmt_num(report.float_value, d)}, all quantized "
+        f"{fmt_num(report.quantized_value, d)}",
+        "",
+    ]
+    rank = {s.name: i + 1 for i, s in enumerate(report.ranking())}
+    header = (
+        "rank", "layer", "node", "op", "depth", "w SQNR", "a SQNR",
+        "only quantized", "drop", "only float", "recovery",
+    )  # fmt: skip
+    rows = [header]
+    for s in _rows(report, sort):
+        rows.append(
+            (
+                str(rank[s.name]),
+                s.name,
+                s.node_name,
+                s.op_type,
+                str(s.depth),
+                fmt_num(s.weight_sqnr_db, 1),
+                fmt_num(s.activation_sqnr_db, 1),
+                fmt_num(s.quantized_only.value(m), d),
+                fmt_num(s.drop, d, signed=True),
+                fmt_num(s.float_only.value(m), d),
+                fmt_num(s.recovery, d, signed=True),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        cells = [
+            c.rjust(w) if i >= 4 else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    lines += [
+        "",
+        "only quantized: this layer quantized, the rest float; drop = float "
+        f"({fmt_num(float_value(m, report.float_metrics), d)}) minus that"
+        + (" (none for SQNR: the float model's is infinite)" if m is Metric.SQNR else ""),
+        "only float: this layer float, the rest quantized; recovery = that minus all "
+        "quantized. w/a SQNR (dB): the layer's own weight and input error (local view).",
+    ]
+    lines += [f"note:     {n}" for n in report.notes]
+    return "\n".join(lines) + "\n"
