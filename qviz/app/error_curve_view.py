@@ -150,7 +150,8 @@ def activation_curve(stats: TensorStats, fmt: NumberFormat, fixed_lo: float) -> 
     note = "from the calibration histogram"
     if stats.dominated_by_extremes:
         note += "; extreme values (|x| ≥ 1e30) are outside it and not on this curve"
-    return CurveData(clips, sq, mse, core.kl, x_axis_label(fmt, fixed_lo), note=note)
+    label = x_axis_label(fmt, fixed_lo)
+    return CurveData(clips, sq, mse, core.kl, label, note=note + _asym(fmt))
 
 
 def weight_curve(w: np.ndarray, fmt: NumberFormat, fixed_lo: float) -> CurveData:
@@ -166,7 +167,18 @@ def weight_curve(w: np.ndarray, fmt: NumberFormat, fixed_lo: float) -> CurveData
         points, weights = h.sample_points(_CURVE_PER_BIN)
         mse, sq = _mse_sqnr(points, weights, fixed_lo, clips, fmt)
         note = f"from a {h.bins}-bin histogram of the {flat.size:,} values; markers exact"
-    return CurveData(clips, sq, mse, None, x_axis_label(fmt, fixed_lo), note=note)
+    label = x_axis_label(fmt, fixed_lo)
+    return CurveData(clips, sq, mse, None, label, note=note + _asym(fmt))
+
+
+def _asym(fmt: NumberFormat) -> str:
+    """Why some markers may sit off an asymmetric curve (the curve holds one lower bound)."""
+    if fmt.symmetric:
+        return ""
+    return (
+        "; each marker shows its own range's error, so a method with another lower bound "
+        "sits off the curve"
+    )
 
 
 def activation_markers(

@@ -50,6 +50,7 @@ class ColumnData:
     channel_sqnr: np.ndarray | None = None  # per channel / group, for "worst channel"
     channel_word: str = "channel"
     preview: bool = False
+    approximate: bool = False  # preview from a histogram of a huge weight (exact on release)
 
 
 def metric_texts(data: ColumnData) -> dict[str, str]:
@@ -160,7 +161,8 @@ class MetricsPanel(QFrame):
             cell.setText(elide_middle(text) if key == "tensor" else text)
             cell.setToolTip(text if key == "tensor" else "")
         if data.preview:
-            header.setText(f"{_TITLES[kind]} — manual preview")
+            approx = " (≈ from a histogram)" if data.approximate else ""
+            header.setText(f"{_TITLES[kind]} — manual preview{approx}")
             header.setStyleSheet(f"color: {PREVIEW_COLOR};")
         else:
             header.setText(_TITLES[kind])

@@ -13,6 +13,7 @@ from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtTest import QTest
 from pytestqt.qtbot import QtBot
 
+from qviz.app import layer_view as layer_view_module
 from qviz.app import plot_style as st
 from qviz.app.error_curve_view import KL, MSE, SQNR
 from qviz.app.histogram_view import effective_range
@@ -296,6 +297,25 @@ def test_dragging_a_per_channel_weight_previews_one_per_tensor_range(
     assert "per-tensor" in view.metrics_panel.text(W, "config")
     # The weight histogram now shows the one per-tensor quantizer being previewed.
     assert f"scale {st.fmt_num(float(expected.scale))}" in view.weight_hist.info
+
+
+def test_huge_weights_preview_from_a_histogram_and_finish_exact(
+    qtbot: QtBot, shown, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    view, w, *_ = shown
+    fmt = WEIGHT_CFG.fmt
+    monkeypatch.setattr(layer_view_module, "EXACT_PREVIEW_MAX", 100)  # 1024 values: "huge"
+    hist = view.weight_hist
+    hist.region.lines[1].setValue(0.1)  # mid-drag: one bound moved, button still held
+    lo, hi = hist.region_values()
+    approx = histogram_metrics(compute_stats(w, WEIGHT_NAME), lo, hi, fmt)
+    assert view.preview_metrics[W].sqnr_db == approx.sqnr_db
+    assert "≈" in view.metrics_panel.header_text(W)
+    with qtbot.waitSignal(view.clipRangeEdited, timeout=1000):
+        hist.region.lineMoveFinished()  # release
+    exact = exact_metrics(w, compute_qparams(lo, hi, fmt), fmt)
+    assert view.preview_metrics[W].sqnr_db == float(exact.sqnr_db)
+    assert "≈" not in view.metrics_panel.header_text(W)
 
 
 def test_show_layer_does_not_emit_edits(qtbot: QtBot, shown) -> None:
