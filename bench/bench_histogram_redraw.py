@@ -12,13 +12,14 @@ then times the layer view alone (the main window's part is bench_app_update.py):
   ``histogram_metrics`` preview, metrics panel, error-curve marker;
 * drag step, weight — the same for the weight band (``exact_metrics`` over the whole weight;
   throttled above 250k values, so the classifier's 401k-value weight is also timed alone);
-* each of the above "+ paint": until the new pixels exist (a synchronous repaint of what
-  changed — the whole layer view for show_layer, the dragged histogram, the metrics panel
-  and the error curve for a drag step).
+* each of the above "+ paint": until the new pixels exist (the event loop runs and Qt
+  repaints what the change dirtied; with ``--full`` the whole layer view for show_layer,
+  and the dragged histogram, the metrics panel and the error curve for a drag step, are
+  repainted entirely: the worst case).
 
 Usage::
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python bench/bench_histogram_redraw.py [--repeat 30]
+    QT_QPA_PLATFORM=offscreen .venv/bin/python bench/bench_histogram_redraw.py [--full]
 
 Prints median and 95th percentile milliseconds of wall time and of process CPU time (CPU time
 is the better figure on a shared, loaded machine).
@@ -106,15 +107,21 @@ def report(name: str, samples: tuple[list[float], list[float]]) -> None:
 
 
 def paint(*widgets: QWidget) -> None:
-    """Paint what changed, as the event loop does after a mouse move. ``QWidget.repaint``
-    is not enough for plots: a graphics view paints scene changes only after the scene has
-    processed them in the event loop. Only dirty widgets are painted, so ``widgets`` (what
-    the step changed) are marked dirty, and the loop runs twice so that updates the first
-    pass schedules are painted too."""
-    for w in widgets:
-        w.update()
+    """Paint what changed, as the event loop does after a mouse move or a click.
+
+    ``QWidget.repaint`` is not enough for plots: a graphics view paints scene changes only
+    after the scene has processed them in the event loop. So run the loop (twice, so that
+    updates the first pass schedules are painted too). Qt repaints only the regions the
+    changed items dirtied, exactly as in the application. ``FULL_REPAINT`` (``--full``)
+    marks ``widgets`` entirely dirty first: the worst case, e.g. a window resize."""
+    if FULL_REPAINT:
+        for w in widgets:
+            w.update()
     QApplication.processEvents()
     QApplication.processEvents()
+
+
+FULL_REPAINT = False
 
 
 def bench_layer(view: LayerView, inputs: tuple, label: str, repeat: int) -> None:
@@ -169,7 +176,10 @@ def bench_layer(view: LayerView, inputs: tuple, label: str, repeat: int) -> None
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--full", action="store_true", help="repaint whole widgets (worst case)")
     args = parser.parse_args()
+    global FULL_REPAINT
+    FULL_REPAINT = args.full
     app = QApplication.instance() or QApplication([])
 
     paths = demo_paths()

@@ -248,6 +248,9 @@ class HistogramView(QWidget):
         ):
             return
         self._edges, self._counts = edges, counts
+        # New data: the previous tensor's band must not frame this one (set_quantizer shows
+        # the new band and widens the frame if it reaches past the data).
+        self.region.setVisible(False)
         for side in ("left", "bottom"):
             self.plot.getAxis(side).setStyle(showValues=True)
         if self.plot.getAxis("bottom").labelText != unit:
@@ -458,7 +461,11 @@ class HistogramView(QWidget):
             self._updating = False
         self._last_region = (float(lo), float(hi))
         if self._edges is not None:
-            self._reset_x_range()
+            # Re-frame only when the band leaves the view: a new method's band inside the
+            # current frame keeps the axes (and the user's zoom) as they are.
+            (x0, x1), _ = self.vb.viewRange()
+            if lo < x0 or hi > x1:
+                self._reset_x_range()
 
     def _snap(self, lo: float, hi: float) -> tuple[float, float]:
         """Snap a dragged range to what the quantizer covers (see :func:`effective_range`).

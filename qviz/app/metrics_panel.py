@@ -47,8 +47,8 @@ class ColumnData:
     tensor: str
     config: str
     metrics: TensorMetrics
-    channel_sqnr: np.ndarray | None = None  # per channel / group, for "worst channel"
-    channel_word: str = "channel"
+    channel_sqnr: np.ndarray | None = None  # per output channel, for "worst channel"
+    channel_word: str = "channel"  # what the clip envelope is over: "channel" or "group"
     preview: bool = False
     approximate: bool = False  # preview from a histogram of a huge weight (exact on release)
 
@@ -201,10 +201,8 @@ class MetricsPanel(QFrame):
             d is not None and d.channel_sqnr is not None and np.asarray(d.channel_sqnr).size > 1
             for d in self._data.values()
         )
-        words = {d.channel_word for d in self._data.values() if d is not None}
-        self._row_labels["worst"].setText(
-            "worst group" if words == {"group"} else "worst channel"
-        )
+        # Per-group weights too: the SQNR is per output channel (the channel view's heatmap
+        # has the per-group detail).
         self._row_labels["worst"].setVisible(show)
         for kind in _COLUMNS:
             self._cells[(kind, "worst")].setVisible(show)
