@@ -227,6 +227,7 @@ class HistogramView(QWidget):
         self.region.sigRegionChanged.connect(self._on_region_changed)
         self.region.sigRegionChangeFinished.connect(self._on_region_finished)
         self.vb.sigXRangeChanged.connect(self._on_x_range)
+        self.vb.sigResized.connect(self._update_y)
         self.vb.sigResized.connect(self._update_grid)
         self.clear()
 
@@ -301,6 +302,7 @@ class HistogramView(QWidget):
         self.lo_label.valueChanged()
         self.hi_label.valueChanged()
         self._write_info(lo, hi)
+        self._update_y()  # the text box may have changed height: keep it clear of the bars
         self.set_note(note)
         self._update_grid()
 
@@ -424,9 +426,11 @@ class HistogramView(QWidget):
             self._spike_note = spike_note
             if self._info_state is not None:
                 self._write_info(*self._info_state)
+                self._fit_y()  # the text box changed height: redo the headroom
 
     def _fit_y(self) -> None:
         self._spike_note_pending = ""
+        self._spike_x = 0.0
         if self._edges is None or self._counts is None or self._counts.size == 0:
             return
         (x0, x1), _ = self.vb.viewRange()
@@ -445,13 +449,24 @@ class HistogramView(QWidget):
                 # A small mark on the cut bar; the count goes in the info box, which is
                 # never clipped and never overlaps it.
                 self.spike_text.setText("▲")
-                self.spike_text.setPos(centre, top * 1.08)
-                self.spike_text.setAnchor((0.5, 0))
+                self._spike_x = centre
                 self.spike_text.setVisible(True)
                 self._spike_note_pending = (
                     f"▲ tallest bin cut off: {_si(float(y[k]))} at {st.fmt_num(centre)}"
                 )
-        self.vb.setYRange(0.0, top * 1.08 if top > 0 else 1.0, padding=0)
+        if top <= 0:
+            top = 1.0
+        # Headroom for the quantizer text in the top-right corner, so it never covers bars.
+        frac = 0.06
+        if self.info_text.isVisible() and not self._placeholder:
+            box = self.info_text.boundingRect().height() + 10.0
+            frac = min(max(box / max(self.vb.height(), 1.0), frac), 0.5)
+        ymax = top / (1.0 - frac)
+        self.vb.setYRange(0.0, ymax, padding=0)
+        if self.spike_text.isVisible():
+            # The mark hangs from the top edge, where the cut bar leaves the view.
+            self.spike_text.setPos(self._spike_x, ymax)
+            self.spike_text.setAnchor((0.5, 0))
 
     def _set_region_silently(self, lo: float, hi: float) -> None:
         self._updating = True
