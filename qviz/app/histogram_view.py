@@ -86,7 +86,9 @@ class CountAxis(pg.AxisItem):
         self.log = False
         self.enableAutoSIPrefix(False)
 
-    def tickValues(self, minVal: float, maxVal: float, size: float):
+    def tickValues(
+        self, minVal: float, maxVal: float, size: float
+    ) -> list[tuple[float, list[float]]]:
         if not self.log:
             return super().tickValues(minVal, maxVal, size)
         top = max(maxVal, 1.0)
@@ -101,7 +103,7 @@ class CountAxis(pg.AxisItem):
         stride = max(1, math.ceil(len(major) / max(2.0, size / 22.0)))
         return [(1.0, major[::stride])]
 
-    def tickStrings(self, values, scale: float, spacing: float):
+    def tickStrings(self, values: list[float], scale: float, spacing: float) -> list[str]:
         if not self.log:
             return [_si(v) for v in values]
         return [_si(round(10**v - 1)) for v in values]

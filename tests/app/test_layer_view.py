@@ -91,7 +91,7 @@ def view(qtbot: QtBot) -> LayerView:
 
 
 @pytest.fixture
-def shown(view: LayerView):
+def shown(view: LayerView) -> tuple:
     """The view showing a per-channel weight and an entropy-calibrated activation."""
     w, stats = make_weight(), make_stats()
     wr, ar = weight_result(w, WEIGHT_CFG), activation_result(stats, ACT_CFG)
