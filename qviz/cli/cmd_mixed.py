@@ -209,8 +209,8 @@ def mixed_table(r: MixedResult, model: str, written: Path | None) -> str:
         f"model:     {model}",
         f"criterion: {c.spec} ({c.metric.label}); objective: {r.objective.value}",
         f"allowed:   {', '.join(p.name for p in r.allowed)}",
-        f"search:    {len(r.points)} configurations measured on {r.search_samples} samples "
-        f"({run_mode}); sensitivity "
+        f"search:    {len(r.points)} configurations measured on {r.search_samples} samples, "
+        f"{run_mode}; sensitivity "
         + ("from the cache" if sens.cached else f"measured ({sens.n_runs} runs)"),
         "",
         f"configurations tried ({c.metric.label} on the search subset):",

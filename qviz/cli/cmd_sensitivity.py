@@ -250,13 +250,16 @@ def sensitivity_table(report: SensitivityReport, model: str, source: str, sort: 
     m = report.metric
     d = metric_digits(m)
     mode = report.quantized.mode_label
-    how = "from the cache" if report.cached else f"{report.n_runs} runs, "
-    how += "" if report.cached else format_seconds(report.elapsed_s)
+    how = (
+        "from the cache"
+        if report.cached
+        else f"{report.n_runs} runs in {format_seconds(report.elapsed_s)}"
+    )
     lines = [
         f"model:    {model}",
         f"config:   {source}",
         f"data:     {report.data_description} ({report.n_samples} samples per variant)",
-        f"mode:     {mode} ({how})",
+        f"mode:     {mode}; {how}",
         f"metric:   {m.label}: float {fmt_num(report.float_value, d)}, all quantized "
         f"{fmt_num(report.quantized_value, d)}",
         "",

@@ -528,8 +528,10 @@ def mixed_precision(
     ``native=False``. `max_trials` caps the candidates measured after the sensitivity pass
     (default: enough for every layer to climb every level and come back down once).
 
-    Yields `Progress` (the total grows as the search learns how far it must go); returns the
-    `MixedResult`; raises `EvaluationCancelled` when `should_stop()` turns true.
+    Yields `Progress` phase by phase (reading data, float pass, sensitivity, candidates,
+    confirmation; each message says which; the candidates' total is the trial budget, an
+    upper bound the search usually stops short of); returns the `MixedResult`; raises
+    `EvaluationCancelled` when `should_stop()` turns true between batches.
     """
     start = time.perf_counter()
     levels = (

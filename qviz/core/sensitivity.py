@@ -70,6 +70,7 @@ __all__ = [
     "LayerSensitivity",
     "Measurement",
     "SensitivityReport",
+    "complete_reference",
     "default_metric",
     "float_value",
     "group_by_layer",
@@ -79,7 +80,9 @@ __all__ = [
     "measure",
     "module_path",
     "prepare_reference",
+    "resolve_results",
     "results_digest",
+    "run_to_completion",
     "sensitivity",
 ]
 
@@ -90,7 +93,6 @@ DEFAULT_LIMIT = 500
 #: Feeds and float outputs kept in memory for the evaluation subset. Past this the float model
 #: is re-run beside every variant instead (slower, same numbers).
 DEFAULT_MEMORY_BUDGET = 1 << 30
-SCHEMA_VERSION = 1
 
 
 # --------------------------------------------------------------------------- metrics
@@ -396,6 +398,8 @@ def measure(
     Runs natively when asked and every tensor has an ONNX type, in the simulation otherwise.
     An empty `results` is the float model itself: measured exactly, without a run.
     """
+    if not ref.float_done:
+        raise ValueError("measure() needs a reference whose float pass ran (complete_reference)")
     model = ref.model
     primary = model.outputs[0]
     acc = _OutputAccumulator(primary, output_kind(model.model, primary))
@@ -617,7 +621,8 @@ def layer_sensitivity(
     and kept, so `SensitivityReport.with_metric` re-ranks without a run. With a `cache`, a
     report for the same model, parameters, samples and run mode is returned without running
     anything (``cached=True``), and a fresh one is stored. A `reference` already prepared on
-    the same data (by a mixed-precision search) is reused.
+    `data` (by a mixed-precision search) is reused as it is: its samples win over `limit` and
+    `batch_size`.
     """
     start = time.perf_counter()
     results = list(results)
