@@ -848,8 +848,13 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         """Stop every run and wait for its thread, so none outlives the window."""
         self._job_done = None
-        clean = self.jobs.shutdown(SHUTDOWN_TIMEOUT_S)
-        clean = self.analysis.shutdown(SHUTDOWN_TIMEOUT_S) and clean
-        if not clean:
-            log.warning("a background run did not stop within %.0f s", SHUTDOWN_TIMEOUT_S)
+        try:
+            clean = self.jobs.shutdown(SHUTDOWN_TIMEOUT_S)
+            clean = self.analysis.shutdown(SHUTDOWN_TIMEOUT_S) and clean
+            if not clean:
+                log.warning("a background run did not stop within %.0f s", SHUTDOWN_TIMEOUT_S)
+        except Exception:
+            # An exception escaping a Qt event override is fatal in PySide 6.11 (shiboken
+            # crashes while printing it); closing must always succeed.
+            log.exception("error while stopping background runs on close")
         super().closeEvent(event)

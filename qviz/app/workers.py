@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import shiboken6
 from PySide6.QtCore import QObject, QThreadPool, Signal
 from superqt.utils import GeneratorWorker
 
@@ -76,9 +77,11 @@ class _Worker(GeneratorWorker):
 
     def __init__(self, make: JobFactory, stop: threading.Event) -> None:
         super().__init__(_drive, make, stop)
+        self.began = threading.Event()
         self.left_thread = threading.Event()
 
     def run(self) -> None:  # called by QThreadPool on the pool thread
+        self.began.set()
         try:
             super().run()
         finally:
@@ -93,6 +96,13 @@ class _Run:
     worker: _Worker
     stop: threading.Event
     started_at: float = field(default_factory=time.perf_counter)
+
+
+def _try_take(pool: QThreadPool, worker: _Worker) -> bool:
+    try:
+        return shiboken6.isValid(worker) and pool.tryTake(worker)
+    except RuntimeError:  # it began, ran and was deleted between the check and the call
+        return False
 
 
 def is_cancellation(exc: BaseException) -> bool:
@@ -210,8 +220,10 @@ class BackgroundRunner(QObject):
         ok = True
         for gen, run in list(self._live.items()):
             run.stop.set()
-            # Queued but not begun (pool saturated): take it back so it never begins.
-            if not run.worker.is_running and pool.tryTake(run.worker):
+            # Queued but not begun (pool saturated): take it back so it never begins. Only
+            # then: the pool deletes a runnable's C++ object once it has run, and a call on
+            # it after that raises instead of answering.
+            if not run.worker.began.is_set() and _try_take(pool, run.worker):
                 run.worker.left_thread.set()
             if not run.worker.left_thread.wait(max(0.0, deadline - time.monotonic())):
                 ok = False

@@ -169,3 +169,14 @@ def test_shutdown_waits_for_every_thread(qtbot: QtBot) -> None:
     assert QThreadPool.globalInstance().waitForDone(5000)
     QCoreApplication.processEvents()  # deliver anything still queued: all of it is dropped
     assert reported == []
+
+
+def test_shutdown_right_after_a_run_ended_unseen(qtbot: QtBot) -> None:
+    # The run has ended and the pool has deleted its runnable, but its `finished` has not
+    # been delivered yet (no event processed since): shutdown must not touch the deleted
+    # runnable (that raised, and inside closeEvent crashed PySide).
+    runner = BackgroundRunner("unseen")
+    runner.start(counting(3), "quick")
+    assert QThreadPool.globalInstance().waitForDone(5000)  # ran and deleted; nothing delivered
+    assert runner.shutdown(5.0)
+    assert runner.live_threads() == 0
