@@ -147,6 +147,17 @@ def _group_sqnr(
 
 
 # ----------------------------------------------------------------------------- the view
+class _Bars(pg.BarGraphItem):
+    """Bars whose updates do not ask the view to re-measure its children.
+
+    The channel view sets every range itself (no auto-range), and pyqtgraph's
+    bounds-changed notice would otherwise cost a second full paint after each update.
+    """
+
+    def informViewBoundsChanged(self) -> None:  # pyqtgraph's name
+        pass
+
+
 class ChannelView(QWidget):
     """Range plot per output channel over a per-channel SQNR plot (or per-group heatmap)."""
 
@@ -176,8 +187,8 @@ class ChannelView(QWidget):
         self.layout_widget.ci.layout.setRowStretchFactor(1, 2)
 
         # Items are created once and refreshed with setOpts / setData.
-        self.range_bars = pg.BarGraphItem(x=[], y0=[], height=[], width=0.8)
-        self.clip_bars = pg.BarGraphItem(x=[], y0=[], height=[], width=0.4)
+        self.range_bars = _Bars(x=[], y0=[], height=[], width=0.8)
+        self.clip_bars = _Bars(x=[], y0=[], height=[], width=0.4)
         self.range_plot.addItem(self.range_bars)
         self.range_plot.addItem(self.clip_bars)
         self.zero_line = pg.InfiniteLine(pos=0, angle=0, pen=pg.mkPen("#9e9e9e", width=1))
@@ -263,22 +274,24 @@ class ChannelView(QWidget):
             self.sqnr_curve.setData(np.arange(n + 1) - 0.5, finite)
             self.sqnr_curve.setVisible(True)
             self.sqnr_plot.setLabel("left", "SQNR (dB)")
-            self.sqnr_plot.getViewBox().setYRange(
-                min(0.0, float(finite.min())), float(finite.max()) * 1.15 + 1, padding=0
-            )
+            # Whole 10 dB steps: a method change rarely moves the axis, so only the bars
+            # repaint (a range change costs pyqtgraph a second paint pass).
+            top = 10.0 * np.ceil((float(finite.max()) * 1.15 + 1.0) / 10.0)
+            bottom = min(0.0, 10.0 * np.floor(float(finite.min()) / 10.0))
+            st.set_view_range(self.sqnr_plot.getViewBox(), y=(bottom, top))
         self.worst_point.setData([worst], [finite[worst]])
         self.worst_point.setVisible(data.group_sqnr_db is None)
         self.worst_text.setText(f"worst #{worst}: {st.fmt_db(float(data.sqnr_db[worst]))}")
-        self.worst_text.setPos(worst + 0.6, float(finite[worst]))
+        # Beside the point, on the side with room, so the label stays inside the plot.
+        right_half = worst > 0.6 * n
+        self.worst_text.setPos(worst + (-0.6 if right_half else 0.6), float(finite[worst]))
+        self.worst_text.setAnchor((1, 1) if right_half else (0, 1))
         self.worst_text.setVisible(data.group_sqnr_db is None)
-        # Keep the label inside the plot when the worst channel is near the right edge.
-        self.worst_text.setAnchor((1, 1) if worst > 0.6 * n else (0, 1))
 
-        self.range_plot.getViewBox().setXRange(-0.8, n - 0.2, padding=0)
+        st.set_view_range(self.range_plot.getViewBox(), x=(-0.8, n - 0.2))
         lo = min(float(data.mins.min()), float(data.los.min()))
         hi = max(float(data.maxs.max()), float(data.his.max()))
-        pad = 0.06 * (hi - lo) if hi > lo else 1.0
-        self.range_plot.getViewBox().setYRange(lo - pad, hi + pad, padding=0)
+        st.fit_view_range(self.range_plot.getViewBox(), lo, hi)
 
         n_out = int(data.outliers.sum())
         outliers = (
@@ -334,4 +347,4 @@ class ChannelView(QWidget):
         self.heatmap.setVisible(True)
         self._show_colorbar(True)
         self.sqnr_plot.setLabel("left", f"group ({data.group_size} values)")
-        self.sqnr_plot.getViewBox().setYRange(-0.5, g - 0.5, padding=0)
+        st.set_view_range(self.sqnr_plot.getViewBox(), y=(-0.5, g - 0.5))

@@ -244,7 +244,7 @@ class ErrorCurveView(QWidget):
 
         self.plot_widget = pg.PlotWidget()
         self.plot = self.plot_widget.getPlotItem()
-        st.style_plot(self.plot, grid_y=True)
+        st.style_plot(self.plot, grid_y=False)
         self.plot.getViewBox().setMouseEnabled(x=True, y=False)
         self.plot.getViewBox().disableAutoRange()
         self.curve = pg.PlotDataItem(pen=pg.mkPen(st.SQNR_COLOR, width=2))
@@ -453,7 +453,7 @@ class ErrorCurveView(QWidget):
             self.curve.setPen(pg.mkPen(_Y_COLORS[self._mode], width=2))
             self.plot.setLabel("left", _Y_LABELS[self._mode])
             self.plot.setLabel("bottom", data.x_label)
-            self.plot.getViewBox().setXRange(x0, x1 + pad, padding=0)
+            st.set_view_range(self.plot.getViewBox(), x=(x0, x1 + pad))
         self._draw_markers(data)
 
     def _draw_markers(self, data: CurveData, only_current: bool = False) -> None:
@@ -545,9 +545,7 @@ class ErrorCurveView(QWidget):
             return
         if log_y:
             arr = np.log10(arr)
-        lo, hi = float(arr.min()), float(arr.max())
-        pad = 0.08 * (hi - lo) if hi > lo else 1.0
-        self.plot.getViewBox().setYRange(lo - pad, hi + pad, padding=0)
+        st.fit_view_range(self.plot.getViewBox(), float(arr.min()), float(arr.max()), 0.08)
 
     def _y_text(self, y: float) -> str:
         if self._mode == SQNR:

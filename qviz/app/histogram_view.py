@@ -412,7 +412,7 @@ class HistogramView(QWidget):
             lo, hi = self.region_values()
             x0, x1 = min(x0, lo), max(x1, hi)
         pad = 0.04 * (x1 - x0) if x1 > x0 else 1.0
-        self.vb.setXRange(x0 - pad, x1 + pad, padding=0)
+        st.set_view_range(self.vb, x=(x0 - pad, x1 + pad))
 
     def _on_x_range(self) -> None:
         self._update_y()
@@ -464,7 +464,7 @@ class HistogramView(QWidget):
             box = self.info_text.boundingRect().height() + 10.0
             frac = min(max(box / max(self.vb.height(), 1.0), frac), 0.5)
         ymax = top / (1.0 - frac)
-        self.vb.setYRange(0.0, ymax, padding=0)
+        st.set_view_range(self.vb, y=(0.0, ymax))
         if self.spike_text.isVisible():
             # The mark hangs from the top edge, where the cut bar leaves the view.
             self.spike_text.setPos(self._spike_x, ymax)

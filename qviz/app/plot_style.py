@@ -96,6 +96,38 @@ def style_plot(plot: pg.PlotItem, grid_y: bool = False) -> None:
     plot.hideButtons()
 
 
+def set_view_range(
+    vb: pg.ViewBox, x: tuple[float, float] | None = None, y: tuple[float, float] | None = None
+) -> None:
+    """Set a view's range only where it really changes.
+
+    pyqtgraph treats every setRange as a change: the axes regenerate and the view paints a
+    second time. Re-showing a layer with the same frame must cost nothing.
+    """
+    (cx0, cx1), (cy0, cy1) = vb.viewRange()
+
+    def differs(new: tuple[float, float], c0: float, c1: float) -> bool:
+        tol = 1e-9 * max(abs(c1 - c0), abs(new[1] - new[0]), 1e-300)
+        return abs(new[0] - c0) > tol or abs(new[1] - c1) > tol
+
+    if x is not None and differs(x, cx0, cx1):
+        vb.setXRange(float(x[0]), float(x[1]), padding=0)
+    if y is not None and differs(y, cy0, cy1):
+        vb.setYRange(float(y[0]), float(y[1]), padding=0)
+
+
+def fit_view_range(vb: pg.ViewBox, lo: float, hi: float, pad: float = 0.06) -> None:
+    """Frame [lo, hi] on y, keeping the current range while it still frames it snugly
+    (contains it, at most 25% larger): a method change that moves one bar or one marker
+    then repaints that item only, not the axes."""
+    margin = pad * (hi - lo) if hi > lo else 1.0
+    want = (lo - margin, hi + margin)
+    (y0, y1) = vb.viewRange()[1]
+    if y0 <= lo and y1 >= hi and (y1 - y0) <= 1.25 * (want[1] - want[0]):
+        return
+    set_view_range(vb, y=want)
+
+
 def color(hex_or_rgba: str | tuple[int, ...], alpha: int | None = None) -> QColor:
     c = pg.mkColor(hex_or_rgba)
     if alpha is not None:
