@@ -36,6 +36,14 @@ def add_quant_options(parser: argparse.ArgumentParser) -> None:
     sym.add_argument("--asymmetric", dest="symmetric", action="store_false",
                      help="asymmetric ranges with a zero point")
     g.add_argument("--pow2-scale", action="store_true", help="round scales up to powers of two")
+    g.add_argument("--act-format", metavar="FORMAT", default=None,
+                   help="activation format if it differs from the weights' (e.g. uint8, int8, "
+                        "fp8_e4m3fn); ONNX Runtime's usual pairing is uint8 activations")
+    act_sym = g.add_mutually_exclusive_group()
+    act_sym.add_argument("--act-symmetric", dest="act_symmetric", action="store_true",
+                         default=None, help="symmetric activation ranges")
+    act_sym.add_argument("--act-asymmetric", dest="act_symmetric", action="store_false",
+                         help="asymmetric activation ranges with a zero point")
 
 
 def _format(family: str, bits: int, symmetric: bool, pow2: bool) -> NumberFormat:
@@ -50,9 +58,16 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
     if args.group_size < 1:
         raise QvizError(f"--group-size must be positive, got {args.group_size}")
     weight_fmt = _format(args.fmt, args.bits, args.symmetric, args.pow2_scale)
-    act_fmt = weight_fmt
-    if weight_fmt.kind is FormatKind.NF4:
-        act_fmt = NumberFormat(symmetric=args.symmetric, pow2_scale=args.pow2_scale)
+    act_symmetric = args.symmetric if args.act_symmetric is None else args.act_symmetric
+    if args.act_format is not None:
+        act_fmt = NumberFormat.parse(args.act_format, symmetric=act_symmetric,
+                                     pow2_scale=args.pow2_scale)
+    elif weight_fmt.kind is FormatKind.NF4:  # weight-only format: activations stay int8
+        act_fmt = NumberFormat(symmetric=act_symmetric, pow2_scale=args.pow2_scale)
+    else:
+        act_fmt = _format(args.fmt, args.bits, act_symmetric, args.pow2_scale)
+    if act_fmt.kind is FormatKind.NF4:
+        raise QvizError("nf4 is a weight-only format; choose another --act-format")
     weight_method = Method(args.weight_method or "minmax")
     weights = TensorConfig(
         spec=MethodSpec(weight_method, percentile=args.percentile),
