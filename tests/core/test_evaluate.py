@@ -203,11 +203,6 @@ def test_latency_is_measured_side_by_side(
 
 
 @needs_demo
-@pytest.mark.xfail(
-    strict=True,
-    reason="qviz's entropy calibrator clips the demo input at |x| = 0.81 (28 % of pixels; "
-    "ORT's EntropyCalibrater keeps [-0.81, 2.02]): 7 points lost, all from the input",
-)
 def test_demo_int8_per_channel_entropy_loses_at_most_half_a_point(
     demo: tuple[LoadedModel, Dataset, CalibrationStats],
 ) -> None:
