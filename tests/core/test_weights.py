@@ -123,7 +123,8 @@ def test_entropy_per_channel_runs_and_per_group_is_refused() -> None:
     analysis = analyze_weight(w, 0, 1, MethodSpec(Method.ENTROPY), PER_CHANNEL, INT8)
     t = analysis.metrics.hi
     assert analysis.qparams.scale.shape == (4,)
-    assert ((2.0 < t) & (t <= np.abs(w).max(axis=1))).all()
+    # hi comes back from the float32 scale, so it may exceed max|w| by a rounding step.
+    assert ((2.0 < t) & (t <= np.abs(w).max(axis=1) * (1 + 1e-6))).all()
     with pytest.raises(QvizError):
         analyze_weight(w, 0, 1, MethodSpec(Method.ENTROPY), Granularity.parse("per-group"), INT8)
 
