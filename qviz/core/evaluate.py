@@ -39,7 +39,6 @@ from qviz.core.fusion import (
     KernelPrecision,
     fusion_report,
     native_session_options,
-    u8s8_may_saturate,
 )
 from qviz.core.model import LoadedModel
 from qviz.core.progress import Progress, ProgressClock
@@ -57,6 +56,7 @@ __all__ = [
     "Metric",
     "Mismatch",
     "ModelSize",
+    "OutputAccumulator",
     "OutputComparison",
     "OutputKind",
     "RunMode",
@@ -415,8 +415,12 @@ def _log_probabilities(x: np.ndarray, axis: int, kind: OutputKind) -> np.ndarray
     return _log_softmax(x, axis)
 
 
-class _OutputAccumulator:
-    """Streaming float-vs-quantized sums for one output (float64 throughout)."""
+class OutputAccumulator:
+    """Streaming float-vs-quantized sums for one output (float64 throughout).
+
+    Feed it batches with `update` (float output, quantized output, labels or None) and read the
+    `OutputComparison` with `result`; `evaluate` and the sensitivity analysis fold the very
+    same sums, so their numbers agree to the bit."""
 
     def __init__(self, name: str, kind: OutputKind = OutputKind.LOGITS) -> None:
         self.name = name
@@ -643,7 +647,7 @@ def evaluate(
         except QvizError as exc:
             notes.append(f"no native latency: {exc}")
 
-    out_acc = [_OutputAccumulator(o, output_kind(model.model, o)) for o in outputs]
+    out_acc = [OutputAccumulator(o, output_kind(model.model, o)) for o in outputs]
     mismatch_acc = [_MismatchAccumulator(o, _output_step(qdq, o)) for o in outputs]
     depth_sums = np.zeros((len(acts), 2), dtype=np.float64)  # sum f^2, sum (f - q)^2
     labels = data.labels
@@ -727,18 +731,20 @@ def evaluate(
     )
     mismatches = tuple(a.result() for a in mismatch_acc) if native else ()
     if native and any(m.max_abs_diff > 0 for m in mismatches):
-        if precision is KernelPrecision.DEFAULT and u8s8_may_saturate():
+        if fusion is not None and fusion.saturating:
             notes.append(
                 "native results differ from the simulation; on this CPU (AVX2, no VNNI) "
-                "ORT's default int8 kernels can saturate: try the precise int8 kernels"
+                "ORT's default int8 kernels can saturate with 8-bit weights: try 7-bit "
+                "weights or the precise int8 kernels"
             )
     if native:
         notes.append("error along depth is measured in the simulation")
     simulated = tuple(t.name for t in qdq.simulated)
     if simulated:
+        nominal = " (weights ONNX cannot store are sized at their nominal width)"
         notes.append(
-            f"{len(simulated)} tensors use formats ONNX cannot store (simulation only); "
-            "their sizes are nominal"
+            f"{len(simulated)} tensors are simulation only: no integer kernel reads them"
+            + (nominal if any(t.stored_name for t in qdq.simulated) else "")
         )
     if data.is_random:
         notes.append("evaluated on RANDOM input, not real data")

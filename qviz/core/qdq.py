@@ -9,13 +9,21 @@ What is inserted, per quantized tensor:
 
 * **weights** — the float initializer is replaced by the quantized values in their storage type
   (int8, uint8, int4, uint4, float8) plus a ``DequantizeLinear`` (``axis`` per channel,
-  ``axis`` + ``block_size`` per group). Formats ONNX has no type for (INT 2/3/5/6/7 bits, NF4)
-  are stored as fake-quantized float32 values instead: exact in simulation, never native.
+  ``axis`` + ``block_size`` per group). INT widths ONNX has no type for (2, 3, 5, 6, 7 bits)
+  are stored in an int8/uint8 *container* (`container_dtype`): the values are qviz's
+  `quantize` at the narrow width, so they lie within its range, and the DequantizeLinear is
+  exact. They run natively like int8 — 7-bit weights are ONNX Runtime's ``reduce_range``, the
+  cure for the 16-bit saturation of its u8s8 kernels on AVX2 CPUs without VNNI. Only NF4 has
+  no container: it is stored as fake-quantized float32 values, exact in simulation, never
+  native.
 * **activations** (always per tensor) — ``QuantizeLinear`` → ``DequantizeLinear`` on the
   tensor, feeding only the quantized layers that read it; the float tensor keeps its name, so
-  graph inputs, outputs and every other consumer are untouched. Sub-byte INT widths ONNX cannot
-  store are quantized into int8/uint8 and clipped to their own width after dequantization,
-  which is bit-identical to qviz's `fake_quantize` at that width.
+  graph inputs, outputs and every other consumer are untouched. INT 2/3/5/6/7-bit activations
+  are quantized into int8/uint8 and clipped to their own width *after* dequantization, which
+  is bit-identical to qviz's `fake_quantize` at that width, NaN included (QuantizeLinear
+  saturates to the container's range). A Clip *before* the QuantizeLinear would leave the
+  DQ → layer pattern intact for ORT, but Clip passes NaN, which QuantizeLinear then maps to
+  the container's minimum (int8: -128, where int7 wants -64): so they stay simulation only.
 * **layer outputs** — ORT fuses ``DQ → Conv → Q`` into ``QLinearConv`` only when the Conv's
   output goes straight into a ``QuantizeLinear``. When a layer's output reaches the next
   quantized layer's input through ops that commute with quantization (Relu, Clip, MaxPool,
@@ -63,6 +71,7 @@ __all__ = [
     "QdqTensor",
     "build_qdq",
     "build_qdq_model",
+    "container_dtype",
     "default_opset",
     "initializer_bytes",
     "receives_quantized_input",
@@ -99,11 +108,44 @@ _BIAS_OPS = {"Conv": 2, "Gemm": 2}
 _INT8_ONNX = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
 
 
-class QdqMode(Enum):
-    """How a quantized tensor is represented in the graph."""
+def container_dtype(fmt: NumberFormat) -> int | None:
+    """The ONNX element type the Q/DQ graph stores `fmt`'s quantized values in, or None (NF4).
 
-    NATIVE = "native"  # an ONNX Q/DQ type: runtimes can execute it with integer/FP8 kernels
-    SIMULATED = "simulated"  # no ONNX type: fake-quantized float values, simulation only
+    The format's own type where ONNX has one (int8, uint8, int4, uint4, float8); int8/uint8
+    for INT widths ONNX has no type for (2, 3, 5, 6, 7 bits), whose values fit in a byte.
+    Weights in a container are exact and run natively (QLinearConv, QGemm... read int8/uint8);
+    activations in one are exact only with a Clip after the DequantizeLinear (see the module
+    docstring), which no integer kernel fuses.
+    """
+    if fmt.onnx_dtype is not None:
+        return fmt.onnx_dtype
+    if fmt.kind is FormatKind.INT:
+        return onnx.TensorProto.INT8 if fmt.signed else onnx.TensorProto.UINT8
+    return None
+
+
+def _in_container(fmt: NumberFormat) -> bool:
+    """INT 2, 3, 5, 6 or 7 bits: stored in an int8/uint8 container narrower than its type."""
+    return fmt.kind is FormatKind.INT and fmt.onnx_dtype is None
+
+
+def _format_text(fmt: NumberFormat) -> str:
+    """The format's label without the "(simulation only)" that formats.py puts on every
+    width ONNX has no type for: whether a tensor is simulation only is decided here."""
+    return fmt.label.removesuffix(" (simulation only)")
+
+
+class QdqMode(Enum):
+    """How a quantized tensor is represented in the graph.
+
+    ``NATIVE``: a plain Q/DQ in the format's ONNX type, or in an int8/uint8 container for
+    2..7-bit INT weights; runtimes can execute it with integer/FP8 kernels. ``SIMULATED``: NF4
+    weights (fake-quantized float values) and 2..7-bit INT activations (8-bit Q/DQ, then Clip):
+    exact, but no integer kernel reads them.
+    """
+
+    NATIVE = "native"
+    SIMULATED = "simulated"
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,8 +170,9 @@ class QdqTensor:
 
     @property
     def is_8bit_int(self) -> bool:
-        """Int8/uint8 with an ONNX type: the only formats with QLinear kernels on CPU."""
-        return self.mode is QdqMode.NATIVE and self.fmt.onnx_dtype in _INT8_ONNX
+        """A plain Q/DQ stored as int8/uint8 (int8, uint8, and 2..7-bit INT weights in their
+        container): the only formats with QLinear kernels on CPU."""
+        return self.mode is QdqMode.NATIVE and container_dtype(self.fmt) in _INT8_ONNX
 
     @property
     def step(self) -> float | None:
@@ -215,8 +258,8 @@ def _required_opset(results: Iterable[TensorResult]) -> int:
     need = MIN_OPSET
     for r in results:
         fmt = r.config.fmt
-        if fmt.simulation_only and r.kind is TensorKind.WEIGHT:
-            continue  # stored as float: no Q/DQ type involved
+        if container_dtype(fmt) is None and r.kind is TensorKind.WEIGHT:
+            continue  # NF4, stored as float: no Q/DQ type involved
         if fmt.kind in (FormatKind.FP8_E4M3FN, FormatKind.FP8_E5M2):
             need = max(need, FP8_OPSET)
         if fmt.onnx_dtype in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
@@ -253,8 +296,8 @@ def _onnx_array(values: np.ndarray, fmt: NumberFormat) -> np.ndarray:
     return np.asarray(values, dtype=fmt.storage_dtype)
 
 
-def _storage_for_simulated_activation(fmt: NumberFormat) -> NumberFormat:
-    """The 8-bit ONNX type a sub-byte INT activation is quantized into before clipping."""
+def _container_format(fmt: NumberFormat) -> NumberFormat:
+    """The 8-bit ONNX format a 2..7-bit INT activation is quantized into before clipping."""
     return NumberFormat(FormatKind.INT, 8, fmt.signed, fmt.symmetric)
 
 
@@ -370,9 +413,10 @@ class _Builder:
     def qdq_nodes(
         self, tensor: str, qp: QParams, fmt: NumberFormat, out_name: str
     ) -> tuple[list[onnx.NodeProto], str]:
-        """QuantizeLinear → DequantizeLinear of per-tensor `tensor` (Clip for sub-byte INT)."""
-        simulated = fmt.simulation_only
-        store_fmt = _storage_for_simulated_activation(fmt) if simulated else fmt
+        """QuantizeLinear → DequantizeLinear of per-tensor `tensor` (then Clip for 2..7-bit
+        INT, held in an int8/uint8 container)."""
+        simulated = _in_container(fmt)
+        store_fmt = _container_format(fmt) if simulated else fmt
         scale = self.add_init(f"{tensor}_scale", np.asarray(qp.scale, np.float32))
         zp = self.add_init(
             f"{tensor}_zero_point", _onnx_array(np.asarray(qp.zero_point), store_fmt)
@@ -426,7 +470,7 @@ class _Builder:
             raise QvizError(f"weight '{r.name}' is not an initializer of the model")
         w = self.loaded.weight(r.name)
         fmt, qp = r.config.fmt, r.qparams
-        if fmt.simulation_only:
+        if container_dtype(fmt) is None:  # NF4: no ONNX type to hold its codes
             fq = fake_quantize(w, qp, fmt).astype(np.float32)
             out = self.add_init(f"{r.name}_fake_quantized", fq)
             return QdqTensor(
@@ -441,6 +485,7 @@ class _Builder:
                 stored_name=out,
                 depth=r.layer.depth,
             )
+        # 2..7-bit INT: quantize saturates to the narrow range, stored in int8/uint8.
         q = _onnx_array(quantize(w, qp, fmt), fmt)
         stored = self.add_init(f"{r.name}_quantized", q)
         scale = self.add_init(f"{r.name}_scale", np.asarray(qp.scale, np.float32))
@@ -486,7 +531,7 @@ class _Builder:
         out = self.names.fresh(f"{r.name}_dequantized")
         nodes, _ = self.qdq_nodes(r.name, qp, fmt, out)
         self.place_after(r.name, nodes)
-        mode = QdqMode.SIMULATED if fmt.simulation_only else QdqMode.NATIVE
+        mode = QdqMode.SIMULATED if _in_container(fmt) else QdqMode.NATIVE
         return QdqTensor(
             r.name,
             r.kind,
@@ -560,7 +605,10 @@ class _Builder:
                 if cur in self.graph_outputs or cur in self.subgraph_refs or extra:
                     return None, f"output '{cur}' also feeds ops that stay float"
                 if not target.is_8bit_int:
-                    return None, f"the next input '{cur}' is {target.fmt.label}, not 8-bit int"
+                    return (
+                        None,
+                        f"the next input '{cur}' is {_format_text(target.fmt)}, not 8-bit int",
+                    )
                 if not chain:
                     return target, ""  # the output is itself the next layer's Q/DQ'd input
                 break
@@ -726,9 +774,11 @@ def build_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
     proto = b.finish()
     _unique_nodes(proto.graph)
     tensors = tuple(sorted([*weights.values(), *acts.values()], key=lambda t: t.depth))
-    simulated = sorted({t.fmt.label for t in tensors if t.mode is QdqMode.SIMULATED})
+    simulated = sorted(
+        {f"{_format_text(t.fmt)} {t.kind.value}s" for t in tensors if t.mode is QdqMode.SIMULATED}
+    )
     if simulated:
-        notes.append("simulation only (no ONNX type; never run natively): " + ", ".join(simulated))
+        notes.append("simulation only (no integer kernel reads them): " + ", ".join(simulated))
     return QdqModel(proto, tensors, tuple(layers), default_opset(proto), tuple(notes))
 
 

@@ -48,12 +48,14 @@ from qviz.core.evaluate import (
     EvaluationCancelled,
     Metric,
     RunMode,
-    _OutputAccumulator,  # the very sums `evaluate` folds, so the numbers agree to the bit
     float_session_options,
     make_session,
     model_size,
     output_kind,
     simulation_session_options,
+)
+from qviz.core.evaluate import (
+    OutputAccumulator as _OutputAccumulator,  # the sums `evaluate` folds: bit-equal numbers
 )
 from qviz.core.fusion import KernelPrecision, native_session_options
 from qviz.core.model import Layer, LoadedModel, TensorKind

@@ -4,6 +4,7 @@ accuracy survives INT8 and the exported Q/DQ file reproduces it in plain onnxrun
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,45 @@ def test_latency_is_measured_side_by_side(
     assert ev.fusion is not None and len(ev.fusion.fused) == 6
     if u8s8_may_saturate():  # AVX2 without VNNI: the report must say the kernels can saturate
         assert any("VNNI" in note for note in ev.fusion.notes)
+
+
+@needs_demo
+def test_demo_int7_weights_fuse_natively_without_saturation(
+    demo: tuple[LoadedModel, Dataset, CalibrationStats],
+) -> None:
+    """7-bit weights in int8 (ORT's reduce_range) with uint8 activations: every layer runs as
+    an integer kernel, and with ORT's default kernels — which saturate 16-bit sums of 8-bit
+    weights on AVX2 without VNNI — native accuracy stays within half a point of float
+    (measured: 93.3% float, 93.0% native and simulated on 1000 images)."""
+    model, _, _ = demo
+    cfg = QuantConfig(
+        weights=TensorConfig(
+            MethodSpec(Method.MINMAX),
+            Granularity(GranularityKind.PER_CHANNEL),
+            NumberFormat(bits=7),
+        ),
+        activations=TensorConfig(
+            MethodSpec(Method.MINMAX),
+            Granularity(),
+            NumberFormat(bits=8, signed=False, symmetric=False),
+        ),
+    )
+    _, ev = demo_eval(demo, cfg, native=True, limit=2 * LIMIT)
+    assert ev.fusion is not None and not ev.fusion.unfused
+    assert len(ev.fusion.fused) == len(model.layers) == 6
+    assert set(ev.fusion.kernels.values()) == {"QLinearConv", "QGemm"}
+    assert not ev.fusion.saturating and not ev.simulated_tensors
+    assert not any("VNNI" in note for note in ev.notes)
+    assert ev.accuracy_drop is not None and ev.accuracy_drop <= 0.5, ev.quantized_metrics
+    # 8-bit weights on the same activations: the report names the risk and the cure.
+    int8 = replace(cfg, weights=replace(cfg.weights, fmt=NumberFormat(bits=8)))
+    _, ev8 = demo_eval(demo, int8, native=True, limit=64)
+    assert ev8.fusion is not None and len(ev8.fusion.fused) == 6
+    if u8s8_may_saturate():
+        assert set(ev8.fusion.saturating) == set(ev8.fusion.fused)
+        assert any("7-bit weights" in note for note in ev8.fusion.notes)
+    else:
+        assert not ev8.fusion.saturating
 
 
 # --------------------------------------------------------------------------- the demo's proof

@@ -18,7 +18,7 @@ from qviz.core.config import QuantConfig, TensorConfig
 from qviz.core.data import Dataset, random_data
 from qviz.core.errors import QvizError
 from qviz.core.evaluate import _with_outputs, simulation_session_options
-from qviz.core.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.formats import FormatKind, Granularity, GranularityKind, NumberFormat
 from qviz.core.fusion import fusion_report
 from qviz.core.model import LoadedModel, TensorKind, from_proto
 from qviz.core.qdq import (
@@ -28,6 +28,7 @@ from qviz.core.qdq import (
     QdqModel,
     build_qdq,
     build_qdq_model,
+    container_dtype,
     initializer_bytes,
 )
 from qviz.core.quantize import dequantize, fake_quantize, quantize
@@ -94,7 +95,7 @@ def first_batch(data: Dataset, n: int = 16) -> dict[str, np.ndarray]:
     return next(iter(data.batches(n)))
 
 
-# Every storable format, plus the ones only the simulation can hold.
+# Every storable format, the 2..7-bit INT widths held in int8/uint8, and NF4 (simulated).
 WEIGHT_CASES = [
     pytest.param(NumberFormat(), PER_CHANNEL, id="int8-per-channel"),
     pytest.param(NumberFormat(signed=False, symmetric=False), PER_TENSOR, id="uint8-asym-tensor"),
@@ -104,7 +105,12 @@ WEIGHT_CASES = [
     ),
     pytest.param(NumberFormat.parse("fp8_e4m3fn"), PER_CHANNEL, id="e4m3-channel"),
     pytest.param(NumberFormat.parse("fp8_e5m2"), PER_TENSOR, id="e5m2-tensor"),
-    pytest.param(NumberFormat(bits=6), PER_CHANNEL, id="int6-simulated"),
+    pytest.param(NumberFormat(bits=7), PER_CHANNEL, id="int7-channel-in-int8"),
+    pytest.param(NumberFormat(bits=6), PER_CHANNEL, id="int6-channel-in-int8"),
+    pytest.param(
+        NumberFormat(bits=5, signed=False, symmetric=False), PER_TENSOR, id="uint5-asym-in-uint8"
+    ),
+    pytest.param(NumberFormat(bits=3), per_group(4), id="int3-per-group-in-int8"),
     pytest.param(NumberFormat.parse("nf4"), per_group(8), id="nf4-simulated"),
 ]
 
@@ -124,8 +130,53 @@ def test_weights_in_graph_equal_qviz_dequantize(
     for r, t, value in zip(weights, tensors, got, strict=True):
         expected = dequantize(quantize(model.weight(r.name), r.qparams, fmt), r.qparams, fmt)
         np.testing.assert_array_equal(value, expected, err_msg=r.name)
-        assert t.mode is (QdqMode.SIMULATED if fmt.simulation_only else QdqMode.NATIVE)
+        simulated = fmt.kind is FormatKind.NF4  # the one weight format without a container
+        assert t.mode is (QdqMode.SIMULATED if simulated else QdqMode.NATIVE)
     onnx.checker.check_model(qdq.model)
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        pytest.param(NumberFormat(bits=7), id="int7"),
+        pytest.param(NumberFormat(bits=6), id="int6"),
+        pytest.param(NumberFormat(bits=6, symmetric=False), id="int6-asym"),
+        pytest.param(NumberFormat(bits=7, signed=False, symmetric=False), id="uint7-asym"),
+    ],
+)
+def test_narrow_int_weights_are_int8_initializers_within_their_range(
+    fmt: NumberFormat, conv_net: tuple[LoadedModel, Dataset]
+) -> None:
+    """2..7-bit weights are stored as real int8/uint8 (ORT's reduce_range for 7 bits): the
+    initializer holds qviz's quantize at the narrow width, the zero point is in the container
+    type, and the graph's DequantizeLinear equals qviz's dequantize bit for bit."""
+    model, data = conv_net
+    results = analysed(model, data, configure(wfmt=fmt))
+    qdq = build_qdq(model, results)
+    container = onnx.TensorProto.INT8 if fmt.signed else onnx.TensorProto.UINT8
+    assert container_dtype(fmt) == container
+    inits = {i.name: i for i in qdq.model.graph.initializer}
+    weights = [r for r in results if r.kind is TensorKind.WEIGHT]
+    tensors = [qdq.tensor(r.name, r.kind) for r in weights]
+    got = simulate(qdq, [t.graph_name for t in tensors], first_batch(data))
+    lo, hi = fmt.saturation_range
+    for r, t, value in zip(weights, tensors, got, strict=True):
+        assert t.mode is QdqMode.NATIVE and t.is_8bit_int
+        init = inits[t.stored_name]
+        assert init.data_type == container
+        stored = numpy_helper.to_array(init)
+        assert lo <= stored.min() and stored.max() <= hi, (r.name, stored.min(), stored.max())
+        w = model.weight(r.name)
+        np.testing.assert_array_equal(stored, quantize(w, r.qparams, fmt))
+        dq = next(n for n in qdq.model.graph.node if n.output[0] == t.graph_name)
+        assert dq.op_type == "DequantizeLinear"
+        zp = numpy_helper.to_array(inits[dq.input[2]])
+        assert inits[dq.input[2]].data_type == container
+        np.testing.assert_array_equal(zp, r.qparams.zero_point)
+        np.testing.assert_array_equal(value, dequantize(stored, r.qparams, fmt), err_msg=r.name)
+        assert value.dtype == np.float32
+    assert not qdq.simulated
+    assert not [n for n in qdq.notes if "simulation only" in n]
 
 
 ACT_CASES = [
@@ -133,7 +184,9 @@ ACT_CASES = [
     pytest.param(NumberFormat(signed=False, symmetric=False), id="uint8-asym"),
     pytest.param(NumberFormat(bits=4), id="int4"),
     pytest.param(NumberFormat(bits=4, signed=False, symmetric=False), id="uint4-asym"),
+    pytest.param(NumberFormat(bits=7), id="int7-simulated"),
     pytest.param(NumberFormat(bits=6), id="int6-simulated"),
+    pytest.param(NumberFormat(bits=5, signed=False, symmetric=False), id="uint5-asym-simulated"),
     pytest.param(NumberFormat(bits=3, symmetric=False), id="int3-asym-simulated"),
     pytest.param(NumberFormat.parse("fp8_e4m3fn"), id="e4m3"),
     pytest.param(NumberFormat.parse("fp8_e5m2"), id="e5m2"),
@@ -159,6 +212,54 @@ def test_activation_qdq_equals_fake_quantize(
     for t, after in zip(acts, values[len(pre) :], strict=True):
         x = feeds[t.name] if t.name in inputs else before[t.name]
         np.testing.assert_array_equal(after, fake_quantize(x, t.qparams, fmt), err_msg=t.name)
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        pytest.param(NumberFormat(bits=7), id="int7"),
+        pytest.param(NumberFormat(bits=6, symmetric=False), id="int6-asym"),
+        pytest.param(NumberFormat(bits=5, signed=False, symmetric=False), id="uint5-asym"),
+        pytest.param(NumberFormat(bits=2), id="int2"),
+    ],
+)
+def test_narrow_activations_saturate_like_fake_quantize_nan_and_inf_included(
+    fmt: NumberFormat, conv_net: tuple[LoadedModel, Dataset]
+) -> None:
+    """2..7-bit activations: an int8/uint8 Q/DQ, then a Clip to the narrow range's dequantized
+    ends. Bit-exact with fake_quantize at that width for every float32, even NaN (to the narrow
+    minimum; a Clip *before* the QuantizeLinear would pass NaN on, and the Q would map it to
+    the container's -128). No integer kernel reads them: simulation only."""
+    model, data = conv_net
+    results = analysed(model, data, configure(afmt=fmt))
+    qdq = build_qdq(model, results)
+    t = qdq.tensor("x", TensorKind.ACTIVATION)
+    assert t.mode is QdqMode.SIMULATED and not t.is_8bit_int
+    clip = next(n for n in qdq.model.graph.node if n.output[0] == t.graph_name)
+    assert clip.op_type == "Clip"
+    scale = float(t.qparams.scale)
+    zp = float(t.qparams.zero_point)
+    lo, hi = fmt.saturation_range
+    x = first_batch(data)["x"].copy() * np.float32(3.0)
+    flat = x.reshape(-1)
+    edges = [(c - zp + d) * scale for c in (lo, hi, -128.0, 127.0, 255.0) for d in (-0.5, 0, 0.5)]
+    special = [np.nan, -np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0, -0.0, *edges]
+    flat[: len(special)] = np.array(special, np.float32)
+    # Values just either side of every rounding boundary of the narrow range.
+    b = ((np.arange(lo - 1, hi + 2) - zp + 0.5) * scale).astype(np.float32)
+    inf = np.float32(np.inf)
+    near = np.concatenate([np.nextafter(b, -inf), b, np.nextafter(b, inf)])
+    assert near.dtype == np.float32
+    flat[len(special) : len(special) + near.size] = near
+    (got,) = simulate(qdq, [t.graph_name], {"x": x})
+    expected = fake_quantize(x, t.qparams, fmt)
+    np.testing.assert_array_equal(got, expected)
+    assert np.isfinite(got).all()
+    ends = dequantize(np.array([lo, hi]).astype(fmt.storage_dtype), t.qparams, fmt)
+    assert got.min() == ends[0] and got.max() == ends[1]
+    report = fusion_report(qdq)
+    assert not report.fused
+    assert all("simulation only" in why for why in report.unfused.values())
 
 
 def _strip_output_qdq(qdq: QdqModel) -> onnx.ModelProto:
@@ -259,10 +360,23 @@ def test_formats_without_cpu_kernels_are_reported_unfused(
     report = fusion_report(build_qdq(model, analysed(model, data, configure(fp8, fp8))))
     assert not report.fused
     assert all("FP8" in why for why in report.unfused.values())
-    sim = build_qdq(model, analysed(model, data, configure(wfmt=NumberFormat(bits=5))))
+    nf4 = NumberFormat.parse("nf4")
+    sim = build_qdq(model, analysed(model, data, configure(wfmt=nf4, wgran=per_group(4))))
     report = fusion_report(sim)
     assert not report.fused  # never claim native for a simulated format
-    assert all("simulation only" in why or "int5" in why for why in report.unfused.values())
+    assert all("simulation only" in why or "nf4" in why for why in report.unfused.values())
+
+
+def test_narrow_int_weights_fuse_natively(conv_net: tuple[LoadedModel, Dataset]) -> None:
+    """int5 weights live in int8: ORT fuses them like int8, with qviz's values (not its own
+    re-quantization of float weights)."""
+    model, data = conv_net
+    qdq = build_qdq(model, analysed(model, data, configure(wfmt=NumberFormat(bits=5))))
+    report = fusion_report(qdq)
+    assert report.kernels["conv1"] == "QLinearConv"
+    assert report.kernels["fc"] == "QGemm"
+    assert "conv2" in report.unfused and "GlobalAveragePool" in report.unfused["conv2"]
+    assert not report.saturating  # at most 5 bits: the u8s8 pair sums cannot saturate
 
 
 def test_opset_follows_the_formats(mlp: tuple[LoadedModel, Dataset]) -> None:
