@@ -14,6 +14,7 @@ from qviz.core.calibrators import choose_range
 from qviz.core.collect import CalibrationStats
 from qviz.core.config import QuantConfig, TensorConfig
 from qviz.core.errors import QvizError
+from qviz.core.formats import FormatKind
 from qviz.core.metrics import TensorMetrics, histogram_metrics
 from qviz.core.model import Layer, LoadedModel, TensorKind
 from qviz.core.qparams import QParams, compute_qparams
@@ -91,7 +92,7 @@ def analyze_tensor(
         tstats = stats.tensors[tensor.name]
     except KeyError:
         raise QvizError(f"no calibration statistics for activation '{tensor.name}'") from None
-    if cfg.fmt.simulation_only and cfg.fmt.kind.value == "nf4":
+    if cfg.fmt.kind is FormatKind.NF4:
         raise QvizError("NF4 is a weight-only format; activations need an integer or FP8 format")
     lo, hi = choose_range(tstats, cfg.spec, cfg.fmt)
     qparams = compute_qparams(lo, hi, cfg.fmt)

@@ -208,8 +208,18 @@ class NumberFormat:
     # ------------------------------------------------------------------ runtime types
     @property
     def simulation_only(self) -> bool:
-        """True when no ONNX runtime can execute the format: NF4 and INT 2, 3, 5, 6, 7 bits."""
-        return self.onnx_dtype is None
+        """True when no runtime executes the format at all: NF4.
+
+        INT 2, 3, 5, 6 and 7 bits have no ONNX type of their own, but weights in those widths
+        run natively held in int8/uint8 (ONNX Runtime's reduce_range is 7-bit weights);
+        only activations in those widths are simulated (see ``native_activation``).
+        """
+        return self.kind is FormatKind.NF4
+
+    @property
+    def native_activation(self) -> bool:
+        """True when QuantizeLinear alone expresses this format on an activation."""
+        return self.onnx_dtype is not None
 
     @property
     def onnx_dtype(self) -> int | None:

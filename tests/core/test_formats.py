@@ -111,7 +111,7 @@ def test_ranges(
         ("int8", True, False, "int8 sym"),
         ("uint4", False, False, "uint4 asym"),
         ("int8", True, True, "int8 sym pow2"),
-        ("int3", False, False, "int3 asym (simulation only)"),
+        ("int3", False, False, "int3 asym"),
         ("fp8_e4m3fn", True, False, "fp8 e4m3fn"),
         ("fp8_e5m2", False, False, "fp8 e5m2"),
         ("nf4", True, False, "nf4 (simulation only)"),
@@ -138,7 +138,8 @@ def test_labels(spec: str, symmetric: bool, pow2: bool, label: str) -> None:
 def test_runtime_types(spec: str, onnx_dtype: int | None, storage: type) -> None:
     fmt = NumberFormat.parse(spec)
     assert fmt.onnx_dtype == onnx_dtype
-    assert fmt.simulation_only == (onnx_dtype is None)
+    assert fmt.native_activation == (onnx_dtype is not None)
+    assert fmt.simulation_only == (spec == "nf4")  # sub-8-bit INT weights run in int8
     assert fmt.storage_dtype == np.dtype(storage)
 
 
