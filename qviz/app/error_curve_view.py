@@ -60,6 +60,8 @@ _GEOMETRIC_CLIPS = 32
 # stays below this; bigger weights use a 2048-bin histogram of the exact values, like an
 # activation. Marker values are exact either way.
 _EXACT_CURVE_BUDGET = 1_500_000
+# Method markers of weights up to this many values are exact (~0.6 ms per 100k values each).
+EXACT_MARKERS_MAX = 2_000_000
 _CURVE_PER_BIN = 4
 
 
@@ -166,7 +168,11 @@ def weight_curve(w: np.ndarray, fmt: NumberFormat, fixed_lo: float) -> CurveData
         h = compute_stats(flat).histogram
         points, weights = h.sample_points(_CURVE_PER_BIN)
         mse, sq = _mse_sqnr(points, weights, fixed_lo, clips, fmt)
-        note = f"from a {h.bins}-bin histogram of the {flat.size:,} values; markers exact"
+        exact_markers = flat.size <= EXACT_MARKERS_MAX
+        note = (
+            f"from a {h.bins}-bin histogram of the {flat.size:,} values; markers "
+            + ("exact" if exact_markers else "from the histogram too, current choice exact")
+        )
     label = x_axis_label(fmt, fixed_lo)
     return CurveData(clips, sq, mse, None, label, note=note + _asym(fmt))
 
@@ -191,7 +197,12 @@ def activation_markers(
 def weight_markers(
     w: np.ndarray, fmt: NumberFormat, ranges: Mapping[Method, tuple[float, float]]
 ) -> dict[Method, Marker]:
-    """Each method's marker with the exact metrics of that per-tensor range."""
+    """Each method's marker with the exact metrics of that per-tensor range; for weights
+    over EXACT_MARKERS_MAX values, metrics of a 2048-bin histogram of the weight (one exact
+    pass over tens of millions of values per method would stall the first view)."""
+    if np.asarray(w).size > EXACT_MARKERS_MAX:
+        stats = compute_stats(np.asarray(w, dtype=np.float32).ravel())
+        return _markers(ranges, lambda a, b: histogram_metrics(stats, a, b, fmt))
     return _markers(ranges, lambda a, b: exact_metrics(w, compute_qparams(a, b, fmt), fmt))
 
 
