@@ -50,10 +50,12 @@ DEFAULT_WEIGHTS = TensorConfig(
     granularity=Granularity(GranularityKind.PER_CHANNEL),
     fmt=NumberFormat(),
 )
+# uint8 asymmetric activations with int8 symmetric weights: ONNX Runtime's default pairing,
+# which its integer kernels are built for (and which keeps all 256 codes for ReLU outputs).
 DEFAULT_ACTIVATIONS = TensorConfig(
     spec=MethodSpec(Method.ENTROPY),
     granularity=Granularity(GranularityKind.PER_TENSOR),
-    fmt=NumberFormat(),
+    fmt=NumberFormat(signed=False, symmetric=False),
 )
 
 
