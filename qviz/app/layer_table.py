@@ -69,6 +69,10 @@ class Column(IntEnum):
     TENSOR = 8
     SHAPE = 9
     PARAMS = 10
+    # Filled from the last sensitivity report (hidden until there is one); the window moves
+    # them beside SQNR, so the end-to-end view sits next to the local one.
+    DROP = 11
+    RECOVERY = 12
 
 
 HEADERS: dict[Column, tuple[str, str]] = {
@@ -83,7 +87,21 @@ HEADERS: dict[Column, tuple[str, str]] = {
     Column.FORMAT: ("Format", "Number format the tensor is quantized to"),
     Column.SQNR: ("SQNR dB", SQNR_TOOLTIP),
     Column.CLIPPED: ("Clipped", "Fraction of values outside the clip range (saturated)"),
+    Column.DROP: (
+        "Δ alone",
+        "Δ if quantized alone (Run ▸ Sensitivity): how much the task metric gets worse with "
+        "only this layer quantized and the rest float, in the metric's units (accuracy: "
+        "points). Larger means the layer hurts more. Grey: measured for earlier settings.",
+    ),
+    Column.RECOVERY: (
+        "Recovery",
+        "Recovery if float (Run ▸ Sensitivity): how much the task metric improves with only "
+        "this layer kept float and the rest quantized, in the metric's units (accuracy: points). "
+        "Larger means keeping this layer float helps more. Grey: measured for earlier settings.",
+    ),
 }
+SENSITIVITY_COLUMNS = (Column.DROP, Column.RECOVERY)
+STALE_FG = QColor("#9e9e9e")
 # The columns a settings change can alter (contiguous); dataChanged covers only these.
 VALUE_COLUMNS = (Column.SQNR, Column.CLIPPED, Column.METHOD, Column.GRANULARITY, Column.FORMAT)
 
@@ -189,16 +207,22 @@ class LayerTableModel(QAbstractTableModel):
             return key
         if role == Qt.ItemDataRole.BackgroundRole and col is Column.SQNR:
             result = self._doc.result(key)
-            if result is not None:
+            if result is not None and self._doc.config_for(key).quantize:
                 bg = sqnr_background(float(result.metrics.sqnr_db))
                 return None if bg is None else QBrush(bg)
             return None
         if role == Qt.ItemDataRole.ToolTipRole:
             return self._tooltip(key, col)
         if role == Qt.ItemDataRole.TextAlignmentRole and col in (
-            Column.PARAMS, Column.SQNR, Column.CLIPPED,
+            Column.PARAMS, Column.SQNR, Column.CLIPPED, *SENSITIVITY_COLUMNS,
         ):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if (
+            role == Qt.ItemDataRole.ForegroundRole
+            and col in SENSITIVITY_COLUMNS
+            and self._doc.sensitivity_stale
+        ):
+            return QBrush(STALE_FG)
         return None
 
     def _text(self, key: TensorKey, col: Column) -> str:
@@ -216,13 +240,17 @@ class LayerTableModel(QAbstractTableModel):
             return format_shape(doc.shape(key))
         if col is Column.PARAMS:
             return format_count(doc.element_count(key)) if key[1] is TensorKind.WEIGHT else ""
+        if col in SENSITIVITY_COLUMNS:
+            return sensitivity_text(doc, key, col)
         cfg = doc.config_for(key)
         if col is Column.METHOD:
             return method_label(cfg.spec)
         if col is Column.GRANULARITY:
             return cfg.granularity.label
         if col is Column.FORMAT:
-            return cfg.fmt.label
+            return cfg.fmt.label if cfg.quantize else "float"
+        if not cfg.quantize:  # kept float (e.g. a mixed-precision choice): no error at all
+            return "float" if col is Column.SQNR else "—"
         result = doc.result(key)
         if result is None:
             if doc.error(key) is not None:
@@ -236,8 +264,13 @@ class LayerTableModel(QAbstractTableModel):
         doc = self._doc
         if col is Column.PARAMS:
             return doc.element_count(key) if key[1] is TensorKind.WEIGHT else -1.0
+        if col in SENSITIVITY_COLUMNS:
+            value = sensitivity_value(doc, key, col)
+            return -math.inf if value is None or math.isnan(value) else value  # unknowns last
         if col in (Column.SQNR, Column.CLIPPED):
             result = doc.result(key)
+            if not doc.config_for(key).quantize:
+                return math.inf if col is Column.SQNR else -1.0  # float: lossless
             if result is None:
                 return math.inf if col is Column.SQNR else -1.0  # unknowns sort last/first
             value = (
@@ -262,7 +295,54 @@ class LayerTableModel(QAbstractTableModel):
             return f"{layer.name}\nnode: {layer.node_name}\nop: {layer.op_type}"
         if col is Column.TENSOR:
             return key[0]
+        if col in SENSITIVITY_COLUMNS:
+            return sensitivity_tooltip(doc, key)
         return None
+
+    def refresh_sensitivity(self) -> None:
+        """A new sensitivity report, another metric, or its staleness changed."""
+        if self._keys:
+            self.dataChanged.emit(
+                self.index(0, min(SENSITIVITY_COLUMNS)),
+                self.index(len(self._keys) - 1, max(SENSITIVITY_COLUMNS)),
+            )
+
+
+def sensitivity_value(doc: Document, key: TensorKey, col: Column) -> float | None:
+    """The number a sensitivity column holds for a tensor's layer (None: nothing to show)."""
+    row = doc.sensitivity_for(key)
+    if row is None:
+        return None
+    return row.drop if col is Column.DROP else row.recovery
+
+
+def sensitivity_text(doc: Document, key: TensorKey, col: Column) -> str:
+    value = sensitivity_value(doc, key, col)
+    if value is None or doc.sensitivity is None:
+        return "" if doc.sensitivity is None or doc.sensitivity_for(key) is None else "—"
+    digits = 5 if doc.sensitivity.metric.value in ("output_cosine", "output_kl") else 2
+    if math.isnan(value):
+        return "—"
+    return f"{value:+.{digits}f}".replace("-", "−")
+
+
+def sensitivity_tooltip(doc: Document, key: TensorKey) -> str | None:
+    report, row = doc.sensitivity, doc.sensitivity_for(key)
+    if report is None:
+        return "Run ▸ Sensitivity to measure how much each layer matters end to end"
+    if row is None:
+        return "This layer quantized nothing when sensitivity was measured"
+    m = report.metric
+    lines = [
+        f"{row.name} — {m.label} on {report.n_samples} samples",
+        f"float {st.fmt_num(report.float_value)}, all quantized "
+        f"{st.fmt_num(report.quantized_value)}",
+        f"only this layer quantized: {st.fmt_num(row.quantized_only.value(m))}",
+        f"only this layer float: {st.fmt_num(row.float_only.value(m))}",
+    ]
+    if doc.sensitivity_stale:
+        lines.append("Measured for earlier settings: run Sensitivity again.")
+    return "\n".join(lines)
 
 
 class LayerTable(QWidget):
@@ -327,6 +407,16 @@ class LayerTable(QWidget):
 
     def refresh(self, keys: list[TensorKey] | None = None) -> None:
         self.model.refresh(keys)
+
+    def refresh_sensitivity(self) -> None:
+        """Show the document's sensitivity report in its columns (hidden while there is none)."""
+        for col in SENSITIVITY_COLUMNS:
+            hidden = self._doc.sensitivity is None
+            was_hidden = self.view.isColumnHidden(col)
+            self.view.setColumnHidden(col, hidden)
+            if was_hidden and not hidden:
+                self.view.resizeColumnToContents(col)
+        self.model.refresh_sensitivity()
 
     def select(self, key: TensorKey | None) -> None:
         """Make `key` the current row (no signal if it already is)."""

@@ -41,11 +41,12 @@ from qviz.app.controls import METHODS, ControlsPanel, TensorInfo
 from qviz.app.error_dialog import ErrorReporter
 from qviz.app.layer_table import LayerTable
 from qviz.app.recent_files import RecentFiles, default_settings
+from qviz.app.sensitivity_controller import SensitivityController
 from qviz.app.workers import BackgroundRunner, ShouldStop, call_as_job
 from qviz.core.analysis import TensorResult
 from qviz.core.calibrators import Method
 from qviz.core.collect import CalibrationStats, collect_stats
-from qviz.core.config import TensorConfig
+from qviz.core.config import QuantConfig, TensorConfig
 from qviz.core.data import load_data
 from qviz.core.demo import demo_paths
 from qviz.core.errors import QvizError
@@ -170,6 +171,8 @@ class MainWindow(QMainWindow):
         self._build_actions()
         self._build_menus()
         self._connect()
+        # Run ▸ Sensitivity and Mixed precision…, their dock, dialog and table columns.
+        self.sensitivity = SensitivityController(self)
         self._update_title()
         self._set_status(
             "Open a model (Ctrl+O), or drop a model, data, statistics or session file here"
@@ -283,7 +286,7 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
 
-        run_menu = menu.addMenu("&Run")
+        self.run_menu = run_menu = menu.addMenu("&Run")
         run_menu.addAction(self.recalibrate_action)
         run_menu.addAction(self.cancel_action)
 
@@ -292,7 +295,7 @@ class MainWindow(QMainWindow):
         for action in self.method_actions.values():
             method_menu.addAction(action)
 
-        view_menu = menu.addMenu("&View")
+        self.view_menu = view_menu = menu.addMenu("&View")
         view_menu.addAction(self.log_counts_action)
         view_menu.addAction(self.filter_action)
 
@@ -670,6 +673,14 @@ class MainWindow(QMainWindow):
                 f"{cfg.label} → {where} ({len(changed)} changed; redrawn in "
                 f"{self.last_update_ms:.0f} ms)"
             )
+
+    def replace_config(self, config: QuantConfig, what: str = "the configuration") -> None:
+        """Replace the whole configuration (e.g. a mixed-precision point); redraw what changed."""
+        with self._guard("Applying the configuration"):
+            started = time.perf_counter()
+            changed = self.doc.set_config(config)
+            self._after_change(changed, started)
+            self._set_status(f"Applied {what}: {len(changed)} tensors changed")
 
     def _on_config_edited(self, cfg: object, scope: object) -> None:
         assert isinstance(cfg, TensorConfig) and isinstance(scope, ApplyScope)

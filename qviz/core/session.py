@@ -20,7 +20,9 @@ Schema history:
 * 2 — groups the paths under `files` (adding the stats file and the model's sha256, so a
   changed model is noticed), reuses the config file's `defaults`/`overrides` encoding, records
   the selected tensor's kind (a name can be both a weight and an activation in odd graphs) and
-  view settings.
+  view settings. A session may also embed the last sensitivity report (`sensitivity`, written
+  with `report_to_json`), so re-opening it does not re-run the model; older readers ignore the
+  key, and a report that cannot be read is dropped (it is a cache, never a reason to fail).
 
 Paths are written relative to the session file's folder, so a folder holding a model, its data
 and a session can be moved or shared as a whole; absolute paths are kept when there is no
@@ -51,6 +53,8 @@ from qviz.core.config_file import decode_quant_config, encode_quant_config
 from qviz.core.errors import QvizError
 from qviz.core.formats import FormatKind, Granularity, GranularityKind
 from qviz.core.model import LoadedModel, TensorKind
+from qviz.core.sensitivity import LayerSensitivity, SensitivityReport, results_digest
+from qviz.core.sensitivity_cache import report_from_json, report_to_json
 from qviz.core.stats_file import is_stats_file
 
 SCHEMA_VERSION = 2
@@ -122,6 +126,7 @@ class SessionFile:
     selection: tuple[str, TensorKind | None] | None = None
     log_counts: bool = False
     schema_version: int = SCHEMA_VERSION  # of the file as it was on disk, before migration
+    sensitivity: SensitivityReport | None = None  # the last report, so it is not re-run
 
 
 def _migrate_1_to_2(doc: JsonDict) -> JsonDict:
@@ -197,7 +202,7 @@ def session_document(session: SessionFile, base_dir: Path) -> JsonDict:
     if session.selection is not None:
         name, kind = session.selection
         selection = {"tensor": name, "kind": None if kind is None else kind.value}
-    return {
+    doc: JsonDict = {
         "schema_version": SCHEMA_VERSION,
         "file": FILE_TYPE,
         "qviz_version": qviz.__version__,
@@ -211,6 +216,19 @@ def session_document(session: SessionFile, base_dir: Path) -> JsonDict:
         "selection": selection,
         "view": {"log_counts": bool(session.log_counts)},
     }
+    if session.sensitivity is not None:
+        doc["sensitivity"] = report_to_json(session.sensitivity)
+    return doc
+
+
+def _decode_sensitivity(value: Any) -> SensitivityReport | None:
+    """An embedded sensitivity report, or None when absent or unreadable (a cache miss)."""
+    if not isinstance(value, Mapping):
+        return None
+    try:
+        return report_from_json(value)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def decode_session(doc: JsonDict, base_dir: Path, source: str = "session file") -> SessionFile:
@@ -245,6 +263,7 @@ def decode_session(doc: JsonDict, base_dir: Path, source: str = "session file") 
         selection=selection,
         log_counts=bool(view.get("log_counts", False)),
         schema_version=int(on_disk),  # type: ignore[arg-type]  # checked by migrate_session
+        sensitivity=_decode_sensitivity(doc.get("sensitivity")),
     )
 
 
@@ -387,6 +406,10 @@ class Document:
         self._ranges: dict[
             tuple[str, TensorKind, Method, float, NumberFormatKey], tuple[float, float]
         ] = {}
+        # The last sensitivity report (saved with the session) and whether the settings have
+        # changed since it was measured (see `check_sensitivity`).
+        self.sensitivity: SensitivityReport | None = None
+        self.sensitivity_stale = False
 
     # ----------------------------------------------------------------- opening
     def set_model(self, model: LoadedModel, path: Path | None = None) -> None:
@@ -404,6 +427,8 @@ class Document:
         self._shapes = _value_shapes(model)
         if self.selection not in self._by_key:
             self.selection = self.tensors[0].key if self.tensors else None
+        if self.sensitivity is not None and self.sensitivity.model_sha256 != model.sha256:
+            self.set_sensitivity(None)
 
     def set_stats(self, stats: CalibrationStats, path: Path | None = None) -> list[TensorKey]:
         """Statistics for the current model; returns the activation tensors to re-analyse."""
@@ -638,7 +663,9 @@ class Document:
     def summary(self, n_worst: int = 3) -> Summary:
         scored = []
         for key, result in self._results.items():
-            scored.append((key, float(result.metrics.sqnr_db), self.element_count(key)))
+            # A tensor kept float (a mixed-precision choice) adds no quantization noise.
+            sqnr = float(result.metrics.sqnr_db) if self.config_for(key).quantize else math.inf
+            scored.append((key, sqnr, self.element_count(key)))
         ordered = sorted(
             ((k, s) for k, s, _ in scored if not math.isnan(s)), key=lambda ks: ks[1]
         )
@@ -662,6 +689,7 @@ class Document:
             config=self.config,
             selection=selection,
             log_counts=self.log_counts,
+            sensitivity=self.sensitivity,
         )
 
     def adopt_session(self, session: SessionFile) -> None:
@@ -672,6 +700,52 @@ class Document:
             key = self.find(*session.selection)
             if key is not None:
                 self.selection = key
+        report = session.sensitivity
+        if report is not None and self.model is not None:
+            self.set_sensitivity(report if report.model_sha256 == self.model.sha256 else None)
+
+    # ----------------------------------------------------------------- sensitivity
+    def set_sensitivity(self, report: SensitivityReport | None) -> None:
+        """Keep a sensitivity report (None forgets it); `check_sensitivity` says if it still
+        describes the current settings."""
+        self.sensitivity = report
+        self.sensitivity_stale = False
+
+    def sensitivity_for(self, key: TensorKey) -> LayerSensitivity | None:
+        """The report's row for the layer a tensor belongs to (None: no report, or the layer
+        quantized nothing when it was measured)."""
+        if self.sensitivity is None or key not in self._by_key:
+            return None
+        try:
+            return self.sensitivity.layer(self._by_key[key].layer.name)
+        except KeyError:
+            return None
+
+    def sensitivity_current(self) -> bool | None:
+        """Whether the report was measured on exactly what the current settings quantize (the
+        same scales, bit for bit); None when that cannot be told yet (no report, or a
+        quantized tensor not measured yet)."""
+        report = self.sensitivity
+        if report is None or self.model is None:
+            return None
+        if report.model_sha256 != self.model.sha256:
+            return False
+        results = []
+        for key in self._by_key:
+            if not self.config_for(key).quantize:
+                continue
+            result = self._results.get(key)
+            if result is None:
+                return None
+            results.append(result)
+        return results_digest(results) == report.results_digest
+
+    def check_sensitivity(self) -> bool:
+        """Re-check `sensitivity_stale` (kept as it was while that cannot be told yet)."""
+        current = self.sensitivity_current()
+        if current is not None:
+            self.sensitivity_stale = not current
+        return self.sensitivity_stale
 
 
 NumberFormatKey = tuple[str, bool, bool]
