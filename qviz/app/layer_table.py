@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 
 from qviz.app import plot_style as st
 from qviz.core.config import method_label
+from qviz.core.fusion import WEIGHT_ONLY_KERNELS, FusionReport
 from qviz.core.model import TensorKind
 from qviz.core.session import Document, Summary, TensorKey
 
@@ -73,6 +74,8 @@ class Column(IntEnum):
     # them beside SQNR, so the end-to-end view sits next to the local one.
     DROP = 11
     RECOVERY = 12
+    # From the last native (full) evaluation's fusion report; shown after Format.
+    NATIVE = 13
 
 
 HEADERS: dict[Column, tuple[str, str]] = {
@@ -98,6 +101,12 @@ HEADERS: dict[Column, tuple[str, str]] = {
         "Recovery if float (Run ▸ Sensitivity): how much the task metric improves with only "
         "this layer kept float and the rest quantized, in the metric's units (accuracy: points). "
         "Larger means keeping this layer float helps more. Grey: measured for earlier settings.",
+    ),
+    Column.NATIVE: (
+        "Sim vs native",
+        "Whether ONNX Runtime ran the layer as an integer kernel (✓ and its name; ⚠ when its "
+        "u8s8 sums can saturate on this CPU) or left it in float (✗ and why), from the last "
+        "full evaluation (Run ▸ Evaluate, Ctrl+R). Grey: measured for earlier settings.",
     ),
 }
 SENSITIVITY_COLUMNS = (Column.DROP, Column.RECOVERY)
@@ -140,6 +149,9 @@ class LayerTableModel(QAbstractTableModel):
         self._doc = doc
         self._keys: list[TensorKey] = []
         self._row: dict[TensorKey, int] = {}
+        # The last native evaluation's fusion report, and whether it is for these settings.
+        self._fusion: FusionReport | None = None
+        self._fusion_current = False
 
     # ----------------------------------------------------------------- updates
     def reset(self) -> None:
@@ -199,6 +211,8 @@ class LayerTableModel(QAbstractTableModel):
             return None
         key = self._keys[index.row()]
         col = Column(index.column())
+        if col is Column.NATIVE and role != KEY_ROLE:
+            return self._native_data(key, role)
         if role == Qt.ItemDataRole.DisplayRole:
             return self._text(key, col)
         if role == SORT_ROLE:
@@ -307,6 +321,77 @@ class LayerTableModel(QAbstractTableModel):
                 self.index(len(self._keys) - 1, max(SENSITIVITY_COLUMNS)),
             )
 
+    # ----------------------------------------------------------------- sim vs native
+    def set_fusion(self, report: FusionReport | None, current: bool = True) -> None:
+        """Show a native evaluation's fusion report (`current`: for the settings shown)."""
+        self._fusion = report
+        self._fusion_current = current
+        if self._keys:
+            last = len(self._keys) - 1
+            self.dataChanged.emit(self.index(0, Column.NATIVE), self.index(last, Column.NATIVE))
+
+    def mark_fusion_stale(self) -> None:
+        if self._fusion is not None and self._fusion_current:
+            self.set_fusion(self._fusion, current=False)
+
+    def _native_data(self, key: TensorKey, role: int) -> Any:
+        layer = self._doc.tensor(key).layer.name
+        if role in (Qt.ItemDataRole.DisplayRole, SORT_ROLE):
+            return native_text(self._fusion, layer)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return native_tooltip(self._fusion, layer, self._fusion_current)
+        if role == Qt.ItemDataRole.ForegroundRole and self._fusion is not None:
+            if not self._fusion_current:
+                return QBrush(STALE_FG)
+        if (
+            role == Qt.ItemDataRole.BackgroundRole
+            and self._fusion is not None
+            and self._fusion_current
+        ):
+            if layer in self._fusion.saturating:
+                return QBrush(FAIR_BG)
+            if layer in self._fusion.unfused:
+                return QBrush(BAD_BG)
+        return None
+
+
+def native_text(report: FusionReport | None, layer: str) -> str:
+    """The sim-vs-native cell: '✓ QLinearConv', '⚠ QLinearConv' (may saturate), '✗ reason'."""
+    if report is None:
+        return ""
+    kernel = report.kernels.get(layer)
+    if kernel is not None:
+        if layer in report.saturating:
+            return f"⚠ {kernel}"
+        return f"✓ {kernel}" + (" (weight-only)" if kernel in WEIGHT_ONLY_KERNELS else "")
+    reason = report.unfused.get(layer)
+    if reason is not None:
+        return f"✗ float: {reason}"
+    return "—"
+
+
+def native_tooltip(report: FusionReport | None, layer: str, current: bool) -> str:
+    if report is None:
+        return (
+            "Run ▸ Evaluate (Ctrl+R) to see which layers ONNX Runtime runs as integer kernels"
+        )
+    kernel = report.kernels.get(layer)
+    if kernel is not None:
+        text = f"{layer}: ONNX Runtime runs it as {kernel}"
+        if layer in report.saturating:
+            text += (
+                ". On this CPU (AVX2 without VNNI) its u8s8 int8 sums can saturate with 8-bit "
+                "weights: native results may differ from the simulation. 7-bit weights (int7) "
+                "or the precise int8 kernels avoid it."
+            )
+    elif layer in report.unfused:
+        text = f"{layer}: left in float by ONNX Runtime — {report.unfused[layer]}"
+    else:
+        text = f"{layer}: not quantized when it was evaluated"
+    if not current:
+        text += "\n(Measured for earlier settings: run Evaluate again, Ctrl+R.)"
+    return text
+
 
 def sensitivity_value(doc: Document, key: TensorKey, col: Column) -> float | None:
     """The number a sensitivity column holds for a tensor's layer (None: nothing to show)."""
@@ -382,6 +467,8 @@ class LayerTable(QWidget):
         header = self.view.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(False)
+        # Sim vs native is about the layer's settings: beside Format, before reference detail.
+        header.moveSection(header.visualIndex(Column.NATIVE), header.visualIndex(Column.FORMAT) + 1)
         self.view.setToolTip("Every quantizable tensor; click a row to show its layer")
         self.view.selectionModel().currentRowChanged.connect(self._on_current_changed)
 
@@ -417,6 +504,18 @@ class LayerTable(QWidget):
             if was_hidden and not hidden:
                 self.view.resizeColumnToContents(col)
         self.model.refresh_sensitivity()
+
+    def set_fusion(self, report: FusionReport | None, current: bool = True) -> None:
+        """Fill the sim-vs-native column from a native evaluation's fusion report."""
+        self.model.set_fusion(report, current)
+        if report is not None:
+            self.view.resizeColumnToContents(Column.NATIVE)
+            header = self.view.horizontalHeader()
+            header.resizeSection(Column.NATIVE, min(header.sectionSize(Column.NATIVE), 170))
+
+    def mark_fusion_stale(self) -> None:
+        """The settings changed since the fusion report was measured: grey it."""
+        self.model.mark_fusion_stale()
 
     def select(self, key: TensorKey | None) -> None:
         """Make `key` the current row (no signal if it already is)."""

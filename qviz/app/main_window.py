@@ -39,7 +39,10 @@ from PySide6.QtWidgets import (
 
 from qviz.app.controls import METHODS, ControlsPanel, TensorInfo
 from qviz.app.error_dialog import ErrorReporter
+from qviz.app.evaluation_controller import LIVE_LIMIT, EvaluationController, EvaluationOutcome
+from qviz.app.export_dialog import ExportDialog
 from qviz.app.layer_table import LayerTable
+from qviz.app.model_panel import ModelDock, outcome_texts
 from qviz.app.recent_files import RecentFiles, default_settings
 from qviz.app.sensitivity_controller import SensitivityController
 from qviz.app.workers import BackgroundRunner, ShouldStop, call_as_job
@@ -74,6 +77,8 @@ STATS_FILTER = f"qviz statistics (*{STATS_SUFFIX});;All files (*)"
 SESSION_FILTER = f"qviz sessions (*{SESSION_SUFFIX});;All files (*)"
 # Closing waits this long for a run to reach its next batch boundary before giving up on it.
 SHUTDOWN_TIMEOUT_S = 10.0
+# The full evaluation runs as a job under this label (the status bar shows it).
+FULL_EVALUATION_LABEL = "Evaluating (every sample, native INT8)"
 
 
 def calibrate(
@@ -174,6 +179,7 @@ class MainWindow(QMainWindow):
         # Run ▸ Sensitivity and Mixed precision…, their dock, dialog and table columns.
         self.sensitivity = SensitivityController(self)
         self._update_title()
+        self._build_evaluation()  # Run ▸ Evaluate, File ▸ Export…, the model dock
         self._set_status(
             "Open a model (Ctrl+O), or drop a model, data, statistics or session file here"
         )
@@ -821,6 +827,7 @@ class MainWindow(QMainWindow):
             "1–5  MinMax, Percentile, Entropy, MSE, Manual", "Ctrl+L  log histogram counts",
             "Ctrl+F  filter the layer table", "Ctrl+Q  quit",
         ]
+        lines[-1:-1] = ["Ctrl+R  evaluate: every sample, native INT8", "Ctrl+E  export"]
         box = QMessageBox(QMessageBox.Icon.Information, "Keyboard shortcuts", "\n".join(lines),
                           QMessageBox.StandardButton.Close, self)
         box.open()
@@ -855,6 +862,138 @@ class MainWindow(QMainWindow):
             elif by_kind[PathKind.DATA]:
                 self.open_data(by_kind[PathKind.DATA][0])
 
+    # ================================================================= model-level evaluation
+    def _build_evaluation(self) -> None:
+        """Live end-to-end numbers (`evaluation`), the model dock, Run ▸ Evaluate and
+        File ▸ Export…. Any change of settings (and every calibration) re-evaluates a subset
+        in the background, debounced; Evaluate runs every sample with the native kernels."""
+        self.evaluation = EvaluationController(self.doc, self)
+        self.model_dock = ModelDock(self)
+        self.model_panel = self.model_dock.panel
+        # Bottom: the layer view keeps its width, and the depth plot gets room for names.
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.model_dock)
+        self.resizeDocks([self.model_dock], [250], Qt.Orientation.Vertical)
+        self.last_export_dialog: ExportDialog | None = None
+        a = self._action
+        self.evaluate_action = a(
+            "&Evaluate (Full)", "Every sample with ONNX Runtime's fused INT8 kernels: accuracy, "
+            "fusion per layer and latency (progress and Cancel in the status bar)",
+            self.evaluate_full, "Ctrl+R",
+        )
+        self.live_evaluation_action = a(
+            "&Live Evaluation", f"Re-evaluate the first {LIVE_LIMIT} samples (simulation) in "
+            "the background after every change", self._on_live_evaluation_toggled,
+        )
+        self.live_evaluation_action.setCheckable(True)
+        self.live_evaluation_action.setChecked(True)
+        self.export_action = a(
+            "&Export…", "Write the Q/DQ model, config file, ORT overrides, TensorRT cache or "
+            "a report", self.open_export_dialog, "Ctrl+E",
+        )
+        self.run_menu.addSeparator()
+        self.run_menu.addAction(self.evaluate_action)
+        self.run_menu.addAction(self.live_evaluation_action)
+        file_menu = next(m.menu() for m in self.menuBar().actions() if m.text() == "&File")
+        file_menu.insertAction(self.quit_action, self.export_action)
+        file_menu.insertSeparator(self.quit_action)
+        self.view_menu.addAction(self.model_dock.toggleViewAction())
+
+        ev = self.evaluation
+        self.calibrationFinished.connect(ev.settings_changed)
+        self.viewUpdated.connect(ev.settings_changed)  # every settings change ends there
+        self.modelLoaded.connect(self._on_model_for_evaluation)
+        ev.invalidated.connect(self._on_evaluation_invalidated)
+        ev.evaluated.connect(self._on_evaluated)
+        ev.unavailable.connect(self.model_panel.set_unavailable)
+        ev.problem.connect(self.model_panel.set_problem)
+        ev.failed.connect(lambda exc: self.reporter.report(exc, "Live evaluation"))
+        self.model_panel.evaluateRequested.connect(self.evaluate_full)
+        self.model_panel.depth_view.layerClicked.connect(self._on_depth_point_clicked)
+        self.table.tensorSelected.connect(lambda _key: self._ring_selected_layer())
+
+    def evaluate_full(self) -> None:
+        """Run ▸ Evaluate: every sample, native INT8 kernels, fusion and latency."""
+        with self._guard("Evaluating"):
+            if self.jobs.is_busy:
+                self._set_status(f"{self._job_label} is running: evaluate when it is done")
+                return
+            make = self.evaluation.full_job()
+            self._start_job(make, FULL_EVALUATION_LABEL, self._on_full_evaluation_done)
+
+    def _on_full_evaluation_done(self, value: object) -> None:
+        outcome = self.evaluation.accept_full(value)
+        if outcome is None:
+            self._set_status("Evaluation finished for earlier settings: dropped. Ctrl+R again.")
+            return
+        acc = outcome_texts(outcome)["accuracy"]
+        what = (
+            f"accuracy {acc[0]} float → {acc[1]} native INT8 ({acc[2]})"
+            if acc[2] else f"output SQNR {outcome_texts(outcome)['sqnr'][1]}"
+        )
+        verdict = {True: " · PASS", False: " · FAIL", None: ""}[self.model_panel.passed]
+        self._set_status(f"Evaluated on {outcome.label}: {what}{verdict}")
+
+    def _on_evaluated(self, outcome: EvaluationOutcome) -> None:
+        local = {
+            r.name: float(r.metrics.sqnr_db)
+            for r in outcome.results
+            if r.kind is TensorKind.ACTIVATION
+        }
+        self.model_panel.show_outcome(outcome, local)
+        self._ring_selected_layer()
+        if outcome.full:
+            self.table.set_fusion(outcome.evaluation.fusion, current=True)
+
+    def _on_evaluation_invalidated(self) -> None:
+        self.table.mark_fusion_stale()
+        if self.jobs.is_busy and self.jobs.label == FULL_EVALUATION_LABEL:
+            self.jobs.cancel()  # its numbers would be for settings no longer shown
+        if self.evaluation.live_enabled:
+            pending = f"Updating: simulation, first {LIVE_LIMIT} samples…"
+        else:
+            pending = "Settings changed: Evaluate (Ctrl+R) to measure them"
+        self.model_panel.set_pending(pending)
+
+    def _on_model_for_evaluation(self) -> None:
+        self.table.set_fusion(None)
+        self.evaluation.reset()
+
+    def _on_live_evaluation_toggled(self) -> None:
+        self.evaluation.set_live_enabled(self.live_evaluation_action.isChecked())
+
+    def _ring_selected_layer(self) -> None:
+        """Ring, on the depth plot, the input of the layer shown in the layer view."""
+        acts = [k[0] for k in self._visible_keys() if k[1] is TensorKind.ACTIVATION]
+        self.model_panel.set_selected_tensor(acts[0] if acts else None)
+
+    def _on_depth_point_clicked(self, tensor: str) -> None:
+        key = (tensor, TensorKind.ACTIVATION)
+        if self.doc.has(key):
+            self.select_tensor(key)
+
+    def open_export_dialog(self) -> ExportDialog | None:
+        """File ▸ Export…: the dialog, on what is on screen now (window-modal, not blocking)."""
+        if self.doc.model is None:
+            self._set_status("Nothing to export: open a model first")
+            return None
+        if self.last_export_dialog is not None:
+            self.last_export_dialog.deleteLater()
+        dialog = ExportDialog(
+            self.doc.model,
+            self.doc.model_path,
+            self.doc.stats,
+            self.doc.config,
+            self.reporter,
+            outcome=self.evaluation.current,
+            criteria=self.model_panel.criteria(),
+            directory=self._start_dir(),
+            parent=self,
+        )
+        dialog.exported.connect(lambda r: self._set_status(f"Exported {r.written[0]}"))
+        self.last_export_dialog = dialog
+        dialog.open()
+        return dialog
+
     # ================================================================= closing
     def closeEvent(self, event: QCloseEvent) -> None:
         """Stop every run and wait for its thread, so none outlives the window."""
@@ -862,6 +1001,9 @@ class MainWindow(QMainWindow):
         try:
             clean = self.jobs.shutdown(SHUTDOWN_TIMEOUT_S)
             clean = self.analysis.shutdown(SHUTDOWN_TIMEOUT_S) and clean
+            clean = self.evaluation.shutdown(SHUTDOWN_TIMEOUT_S) and clean
+            for dialog in self.findChildren(ExportDialog):
+                clean = dialog.runner.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             if not clean:
                 log.warning("a background run did not stop within %.0f s", SHUTDOWN_TIMEOUT_S)
         except Exception:

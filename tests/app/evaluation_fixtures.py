@@ -1,0 +1,80 @@
+"""Fixtures shared by the model-panel and export-dialog tests (imported, not collected)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QSettings, QThreadPool
+from pytestqt.qtbot import QtBot
+
+from qviz.app.evaluation_controller import LIVE_LIMIT
+from qviz.app.main_window import MainWindow
+from qviz.core.analysis import analyze
+from qviz.core.collect import collect_stats
+from qviz.core.collect import run_to_completion as collect_to_completion
+from qviz.core.config import QuantConfig
+from qviz.core.data import load_data
+from qviz.core.demo import demo_paths
+from qviz.core.evaluate import Evaluation, evaluate, run_to_completion
+from qviz.core.model import load_model
+from qviz.core.stats_file import save_stats
+
+RUN_MS = 120_000
+MakeWindow = Callable[..., MainWindow]
+
+
+@pytest.fixture
+def make_window(qtbot: QtBot, tmp_path: Path) -> Iterator[MakeWindow]:
+    windows: list[MainWindow] = []
+
+    def make() -> MainWindow:
+        settings = QSettings(str(tmp_path / f"qviz{len(windows)}.ini"), QSettings.Format.IniFormat)
+        window = MainWindow(settings, batch_size=256)
+        qtbot.addWidget(window)
+        window.resize(1600, 1000)
+        window.show()
+        windows.append(window)
+        return window
+
+    yield make
+    for window in windows:
+        window.close()
+        assert window.jobs.live_threads() == 0
+        assert window.analysis.live_threads() == 0
+        assert window.evaluation.live.live_threads() == 0
+    assert QThreadPool.globalInstance().waitForDone(10_000)
+
+
+@pytest.fixture(scope="module")
+def demo_stats_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's statistics, collected once per module with the core (no Qt)."""
+    demo = demo_paths()
+    model = load_model(demo.model)
+    stats = collect_to_completion(collect_stats(model, load_data(demo.data, model.inputs)))
+    path = tmp_path_factory.mktemp("stats") / "demo.qvstats"
+    save_stats(stats, path)
+    return path
+
+
+@pytest.fixture
+def evaluated_window(qtbot: QtBot, make_window: MakeWindow, demo_stats_file: Path) -> MainWindow:
+    """The demo with its statistics and its data (for evaluation), the first live evaluation
+    shown."""
+    window = make_window()
+    demo = demo_paths()
+    with qtbot.waitSignal(window.evaluation.evaluated, timeout=RUN_MS):
+        window.open_model(demo.model, data_path=demo.data, stats_path=demo_stats_file)
+    qtbot.waitUntil(lambda: not window.busy, timeout=RUN_MS)
+    return window
+
+
+def core_evaluation(window: MainWindow, config: QuantConfig | None = None, *,
+                    limit: int | None = LIVE_LIMIT) -> Evaluation:
+    """What the core's evaluate() measures for the window's settings, without the window."""
+    doc = window.doc
+    assert doc.model is not None and doc.stats is not None and doc.data_path is not None
+    results = analyze(doc.model, doc.stats, config if config is not None else doc.config)
+    data = load_data(doc.data_path, doc.model.inputs)
+    return run_to_completion(evaluate(doc.model, results, data, limit=limit, latency=False))
