@@ -20,12 +20,14 @@ from qviz.core.stats import TensorStats, compute_stats
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    # CPU time of this process: the machines here are shared, and wall time under load
+    # mostly measures the neighbours.
     fn()  # warm caches (and numpy's first-call overheads)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        times.append((time.perf_counter() - start) * 1000.0)
+        times.append((time.process_time() - start) * 1000.0)
     return statistics.median(times)
 
 
