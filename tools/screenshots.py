@@ -7,7 +7,11 @@ the network input) and writes into ``screenshots/``:
 * ``main_window.png`` — the whole window;
 * ``layer_view.png`` — the layer view (histograms, channel view, error curve, metrics);
 * ``error_curve.png`` — the error-versus-clip-threshold plot;
-* ``per_channel.png`` — the per-channel ranges of the weight.
+* ``per_channel.png`` — the per-channel ranges of the weight;
+* ``sensitivity.png`` — the window after Run ▸ Sensitivity: the chart along depth in its dock
+  and the table's Δ alone / Recovery columns, the most sensitive layer selected;
+* ``pareto.png`` — the Mixed precision dialog after a search for ``accuracy_drop<=0.5`` with
+  int4/int8/float allowed: the measured answer, the chosen layers and the Pareto plot.
 
 Usage::
 
@@ -28,7 +32,7 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from PySide6.QtCore import QEventLoop, QSettings, QTimer
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QWidget
 
 from qviz.app.main_window import MainWindow
 from qviz.core.model import TensorKind
@@ -86,6 +90,41 @@ def settle(app: QApplication, window: MainWindow) -> None:
     window.repaint()
 
 
+def sensitivity_shots(app: QApplication, window: MainWindow, out: Path, cache: Path) -> None:
+    """Run sensitivity and a mixed-precision search on the demo and grab both."""
+    from qviz.core.sensitivity_cache import SensitivityCache
+
+    ctl = window.sensitivity
+    ctl.cache = SensitivityCache(cache)  # measured now, not read from the user's cache
+    reports: list[object] = []
+    ctl.sensitivityFinished.connect(reports.append)
+    ctl.run_sensitivity()
+    wait_until(lambda: bool(reports) and not ctl.busy, 300.0)
+    top = ctl.doc.sensitivity.ranking()[0]  # type: ignore[union-attr]
+    ctl.select_layer(top.name)
+    wait_until(lambda: not window.busy)
+    settle(app, window)
+    save(window, out / "sensitivity.png")
+
+    results: list[object] = []
+    ctl.mixedFinished.connect(results.append)
+    dialog = ctl.open_mixed_dialog()
+    dialog.set_request("accuracy_drop<=0.5", ("int4", "int8", "float"))
+    dialog.run_button.click()
+    wait_until(lambda: bool(results) and not ctl.busy, 600.0)
+    ctl.apply_chosen()
+    wait_until(lambda: not window.busy)
+    settle(app, dialog)
+    save(dialog, out / "pareto.png")
+    print(f"mixed precision: {dialog.verdict_label.text()}")
+
+
+def save(widget: QWidget, path: Path) -> None:
+    if not widget.grab().save(str(path)):
+        raise SystemExit(f"could not write {path}")
+    print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "screenshots")
@@ -124,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"could not write {path}")
             print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
         print(f"selected {key[0]}; status: {window.status_text()}")
+        sensitivity_shots(app, window, args.out, Path(tmp) / "sensitivity-cache")
         window.close()
     return 0
 

@@ -61,6 +61,7 @@ PRECISIONS: tuple[tuple[str, str], ...] = (
 )
 DEFAULT_CRITERION = "accuracy_drop<=0.5"
 CHANGED_BG = QColor("#fff3cd")
+MAX_NOTES = 2  # shown under the answer; every note is in the tooltip
 CHOICE_COLUMNS = ("Layer", "Precision", "Graph node", "Torch module", "Op", "Tensors")
 
 
@@ -405,7 +406,12 @@ class MixedPrecisionDialog(QDialog):
         self.summary_label.setText("<br>".join(lines))
         self._fill_choices(result)
         if result.notes:
-            self.notes_label.setText("Notes: " + " · ".join(result.notes))
+            shown = result.notes[:MAX_NOTES]
+            more = len(result.notes) - len(shown)
+            self.notes_label.setText(
+                "Notes: " + " · ".join(shown) + (f" (+{more} more: hover)" if more else "")
+            )
+            self.notes_label.setToolTip("\n".join(f"• {n}" for n in result.notes))
             self.notes_label.show()
         else:
             self.notes_label.hide()

@@ -13,6 +13,7 @@ the document. The view draws a `MixedResult` and nothing else.
 
 from __future__ import annotations
 
+import html
 import math
 
 import numpy as np
@@ -129,7 +130,8 @@ class ParetoView(QWidget):
         plot.addItem(self.applied)
         self.baseline_label = pg.TextItem("", color=FAIL_COLOR, anchor=(0.0, 1.2))
         self.chosen_label = pg.TextItem("", color=CHOSEN_COLOR, anchor=(0.0, -0.3))
-        for item in (self.baseline_label, self.chosen_label):
+        self.confirmed_label = pg.TextItem("", color=CHOSEN_COLOR, anchor=(-0.15, 0.5))
+        for item in (self.baseline_label, self.chosen_label, self.confirmed_label):
             plot.addItem(item, ignoreBounds=True)
 
         self.caption = QLabel("Run a search to see the trade-off.")
@@ -160,6 +162,7 @@ class ParetoView(QWidget):
             self.pass_region.hide()
             self.baseline_label.setText("")
             self.chosen_label.setText("")
+            self.confirmed_label.setText("")
             self.plot.setLabel("left", "")
             return
         c = result.criterion
@@ -189,8 +192,14 @@ class ParetoView(QWidget):
         measured = result.measured_value
         if measured is not None and math.isfinite(measured) and result.evaluation is not None:
             self.confirmed.setData([result.size_bytes / KIB], [measured])
+            self.confirmed_label.setText(
+                f"confirmed on all {result.evaluation.n_samples}: "
+                f"{fmt_value(measured, c.metric.digits())}"
+            )
+            self.confirmed_label.setPos(result.size_bytes / KIB, measured)
         else:
             self.confirmed.setData([], [])
+            self.confirmed_label.setText("")
         assert c.comparison is not None
         self.threshold.setValue(c.threshold)
         self.threshold.show()
@@ -234,7 +243,7 @@ class ParetoView(QWidget):
         self.caption.setText(
             f"{len(pts)} configurations measured on {result.search_samples} samples (float "
             f"model {fmt_bytes(result.float_size_bytes)}). "
-            f"<span style='color:{PASS_COLOR}'>●</span> meets {c.spec}; "
+            f"<span style='color:{PASS_COLOR}'>●</span> meets {html.escape(c.spec)}; "
             f"<span style='color:{FAIL_COLOR}'>○</span> fails; "
             f"<span style='color:{FRONT_COLOR}'>—</span> Pareto front; "
             f"<b>★</b> the answer{confirmed}; "

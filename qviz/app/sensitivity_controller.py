@@ -283,11 +283,24 @@ class SensitivityController(QObject):
         return self.runner.cancel()
 
     def show_dock(self) -> None:
-        self.dock.show()
-        self.dock.raise_()
+        """Show the chart. The first time, it shares a tab with any panel already open in its
+        dock area (side by side, two wide panels would force the window wider than the
+        screen), and gets a readable height."""
+        w = self.window
         if not self._dock_sized:
             self._dock_sized = True
-            self.window.resizeDocks([self.dock], [DOCK_HEIGHT], Qt.Orientation.Vertical)
+            area = w.dockWidgetArea(self.dock)
+            others = [
+                d for d in w.findChildren(QDockWidget)
+                if d is not self.dock and d.isVisible() and not d.isFloating()
+                and w.dockWidgetArea(d) == area
+            ]  # fmt: skip
+            if others:
+                w.tabifyDockWidget(others[0], self.dock)
+            self.dock.show()
+            w.resizeDocks([self.dock], [DOCK_HEIGHT], Qt.Orientation.Vertical)
+        self.dock.show()
+        self.dock.raise_()
 
     def _on_progress(self, item: object) -> None:
         if isinstance(item, Progress):

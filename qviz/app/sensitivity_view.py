@@ -73,6 +73,21 @@ def fmt_signed(value: float | None, metric: Metric) -> str:
     return f"{value:+.{digits}f}".replace("-", "−")
 
 
+def fmt_metric(value: float, metric: Metric) -> str:
+    """A metric's value as the CLI and the evaluation panel write it (93.75 %, 18.19 dB)."""
+    if math.isnan(value):
+        return "—"
+    if math.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    if metric in (Metric.ACCURACY, Metric.AGREEMENT):
+        return f"{value:.2f} %"
+    if metric is Metric.SQNR:
+        return f"{value:.2f} dB"
+    if metric in (Metric.COSINE, Metric.KL):
+        return f"{value:.5f}"
+    return st.fmt_num(value)
+
+
 def _finite(values: Sequence[float | None]) -> np.ndarray:
     return np.array([v if v is not None and math.isfinite(v) else np.nan for v in values], float)
 
@@ -88,11 +103,11 @@ def layer_tooltip(s: LayerSensitivity, report: SensitivityReport) -> str:
         lines.append(f"torch module {s.module_path}")
     lines += [
         f"Δ if quantized alone: {fmt_signed(s.drop, m)} "
-        f"({m.label} {st.fmt_num(s.quantized_only.value(m))} vs float "
-        f"{st.fmt_num(report.float_value)})",
+        f"({fmt_metric(s.quantized_only.value(m), m)} vs float "
+        f"{fmt_metric(report.float_value, m)})",
         f"recovery if float: {fmt_signed(s.recovery, m)} "
-        f"({st.fmt_num(s.float_only.value(m))} vs all quantized "
-        f"{st.fmt_num(report.quantized_value)})",
+        f"({fmt_metric(s.float_only.value(m), m)} vs all quantized "
+        f"{fmt_metric(report.quantized_value, m)})",
         "local SQNR: weight "
         + ("—" if s.weight_sqnr_db is None else st.fmt_db(s.weight_sqnr_db))
         + ", input "
@@ -114,7 +129,8 @@ def report_summary(report: SensitivityReport) -> str:
     data = data.split(": ", 1)[0] if ": " in data else data
     return (
         f"{m.label} on {report.n_samples} samples of {data}: float "
-        f"{st.fmt_num(report.float_value)}, all quantized {st.fmt_num(report.quantized_value)}"
+        f"{fmt_metric(report.float_value, m)}, all quantized "
+        f"{fmt_metric(report.quantized_value, m)}"
         f" · {report.quantized.mode_label} · {how}"
     )
 
@@ -355,6 +371,10 @@ class SensitivityPanel(QWidget):
             "one: fewer samples are quicker, more are less noisy."
         )
         self.metric_combo = QComboBox()
+        self.metric_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.metric_combo.setMinimumContentsLength(16)
         for m in METRICS:
             self.metric_combo.addItem(m.label, m)
         self.metric_combo.setToolTip(
@@ -387,11 +407,12 @@ class SensitivityPanel(QWidget):
         top.addWidget(QLabel("metric"))
         top.addWidget(self.metric_combo)
         top.addWidget(self.progress, 1)
-        top.addWidget(self.summary, 3)
+        top.addStretch(0)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 2, 4, 2)
         layout.setSpacing(2)
         layout.addLayout(top)
+        layout.addWidget(self.summary)
         layout.addWidget(self.notes)
         layout.addWidget(self.chart, 1)
         self.show_report(None)
@@ -404,7 +425,6 @@ class SensitivityPanel(QWidget):
         self.run_button.setEnabled(not running)
         self.cancel_button.setVisible(running)
         self.progress.setVisible(running)
-        self.summary.setVisible(not running)
         if running:
             self.progress.setRange(0, 0)
             self.progress.setFormat("starting…")
