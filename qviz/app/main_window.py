@@ -828,6 +828,7 @@ class MainWindow(QMainWindow):
             "Ctrl+F  filter the layer table", "Ctrl+Q  quit",
         ]
         lines[-1:-1] = ["Ctrl+R  evaluate: every sample, native INT8", "Ctrl+E  export"]
+        lines[-1:-1] = ["F6  sensitivity of every layer", "Ctrl+Shift+M  mixed precision"]
         box = QMessageBox(QMessageBox.Icon.Information, "Keyboard shortcuts", "\n".join(lines),
                           QMessageBox.StandardButton.Close, self)
         box.open()

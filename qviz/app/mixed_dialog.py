@@ -419,6 +419,17 @@ class MixedPrecisionDialog(QDialog):
         self.apply_button.setEnabled(True)
         self.applied_label.setText("Click a point to apply its configuration to the document.")
 
+    def clear_result(self) -> None:
+        """Forget the last answer (another model was opened)."""
+        self._result = None
+        self.verdict_label.setText("")
+        self.summary_label.setText("Set a criterion and press Search.")
+        self.choices_table.setRowCount(0)
+        self.notes_label.hide()
+        self.pareto.set_result(None)
+        self.apply_button.setEnabled(False)
+        self.applied_label.setText("")
+
     def _fill_choices(self, result: MixedResult) -> None:
         t = self.choices_table
         t.setRowCount(len(result.choices))

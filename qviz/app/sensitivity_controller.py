@@ -398,6 +398,14 @@ class SensitivityController(QObject):
         self.panel.set_running(False)
         if self.dialog is not None:
             self.dialog.set_running(False)
+        result, model = self.mixed_result, self.doc.model
+        if result is not None and (
+            model is None or result.sensitivity.model_sha256 != model.sha256
+        ):  # its configurations name another model's tensors: never apply them here
+            self.mixed_result = None
+            self.baseline_evaluation = None
+            if self.dialog is not None:
+                self.dialog.clear_result()
         self.show_report()
         if self.doc.sensitivity is not None:
             self.show_dock()

@@ -12,8 +12,9 @@ import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pyqtgraph as pg
 import pytest
-from PySide6.QtCore import QSettings, Qt, QThreadPool
+from PySide6.QtCore import QPointF, QSettings, Qt, QThreadPool
 from pytestqt.qtbot import QtBot
 
 from qviz.app.layer_table import SORT_ROLE, STALE_FG, Column
@@ -95,6 +96,14 @@ def signed(value: float) -> str:
     return f"{value:+.2f}".replace("-", "−")
 
 
+def click_plot(qtbot: QtBot, widget: pg.PlotWidget, x: float, y: float) -> None:
+    """A real left click at data coordinates (x, y) of a plot."""
+    scene_pos = widget.getPlotItem().getViewBox().mapViewToScene(QPointF(x, y))
+    qtbot.mouseClick(
+        widget.viewport(), Qt.MouseButton.LeftButton, pos=widget.mapFromScene(scene_pos)
+    )
+
+
 # --- sensitivity ---------------------------------------------------------------------------------
 
 
@@ -157,6 +166,10 @@ def test_sensitivity_fills_the_table_and_the_chart_and_is_cached(
         assert chart.current_band.isVisible()
         assert chart.current_band.getRegion() == (pytest.approx(i - 0.5), pytest.approx(i + 0.5))
     assert f"accuracy (%) on {LIMIT} samples of data.npz" in ctl.panel.summary.text()
+    # A real mouse click on a bar does the same.
+    y_mid = sum(chart.plot.getViewBox().viewRange()[1]) / 2
+    click_plot(qtbot, chart.plot_widget, 1 + 0.2, y_mid)
+    assert doc.selection is not None and doc.tensor(doc.selection).layer.name == by_depth[1].name
 
     # Re-running the same settings on the same samples hits the cache: nothing runs again.
     assert ctl.cache is not None and ctl.cache.hits == 0 and ctl.cache.stores == 1
@@ -281,6 +294,19 @@ def test_mixed_precision_finds_a_passing_mix_and_points_apply(
         view.click_point(point.index)
     assert window.doc.config == point.config
     assert view.applied_index == point.index
+    # A real mouse click on a point applies it too (the biggest one stands apart; points a
+    # fraction of a KiB apart overlap on screen, and their tooltip lists them all).
+    other_point = max(
+        (p for p in result.points if p.index not in (point.index, result.chosen.index)
+         and math.isfinite(p.value)),
+        key=lambda p: p.size_bytes,
+    )  # fmt: skip
+    with qtbot.waitSignal(ctl.configApplied, timeout=5_000):
+        click_plot(qtbot, view.plot_widget, other_point.size_bytes / 1024, other_point.value)
+    assert window.doc.config == other_point.config
+    with qtbot.waitSignal(ctl.configApplied, timeout=5_000):
+        view.click_point(point.index)
+    assert window.doc.config == point.config
     assert f"#{point.index}" in dialog.applied_label.text()
     # ...and the table shows it layer by layer.
     for t in window.doc.tensors:
