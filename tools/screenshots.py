@@ -12,6 +12,9 @@ the network input) and writes into ``screenshots/``:
   and the table's Δ alone / Recovery columns, the most sensitive layer selected;
 * ``pareto.png`` — the Mixed precision dialog after a search for ``accuracy_drop<=0.5`` with
   int4/int8/float allowed: the measured answer, the chosen layers and the Pareto plot.
+* ``model_panel.png`` — the model dock after Run ▸ Evaluate: PASS/FAIL against the criteria,
+  float vs quantized accuracy, size, latency, fused layers, the error along depth, notes;
+* ``export_dialog.png`` — File ▸ Export… after writing the report with the evaluation.
 
 Usage::
 
@@ -83,6 +86,39 @@ def interesting_conv(window: MainWindow) -> TensorKey:
     return best[1]
 
 
+def evaluate_full(window: MainWindow) -> None:
+    """Wait for the live evaluation, then run Run ▸ Evaluate (every sample, native INT8), so
+    the model panel and the table's sim-vs-native column show everything."""
+    ev = window.evaluation
+    wait_until(lambda: ev.current is not None and not ev.is_pending)
+    full: list[object] = []
+    ev.evaluated.connect(lambda outcome: full.append(outcome) if outcome.full else None)
+    window.evaluate_full()
+    wait_until(lambda: bool(full) and not window.busy, 300.0)
+
+
+def model_panel_shots(app: QApplication, window: MainWindow, out: Path, tmp: Path) -> None:
+    """``model_panel.png`` (the model dock after the full evaluation) and ``export_dialog.png``
+    (File ▸ Export… after writing the report with the evaluation)."""
+    from qviz.core.export import ExportFormat
+
+    settle(app, window)
+    save(window.model_dock, out / "model_panel.png")
+    print(f"model panel: {window.model_panel.source_label.text()}; "
+          f"{window.model_panel.verdict_label.text()}")
+    dialog = window.open_export_dialog()
+    assert dialog is not None
+    done: list[object] = []
+    dialog.exported.connect(done.append)
+    dialog.set_format(ExportFormat.REPORT)
+    dialog.set_path(tmp / "export" / "model-report.html")
+    dialog.export_now()
+    wait_until(lambda: bool(done) and not dialog.busy)
+    settle(app, window)
+    save(dialog, out / "export_dialog.png")
+    dialog.close()
+
+
 def settle(app: QApplication, window: MainWindow) -> None:
     """Let layouts, deferred paints and throttled updates finish before grabbing."""
     for _ in range(5):
@@ -145,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         window.errorShown.connect(lambda m: sys.exit(f"error: {m}"))
         window.open_demo()
         wait_until(lambda: bool(calibrated) and not window.busy)
+        evaluate_full(window)
 
         key = interesting_conv(window)
         window.select_tensor(key)
@@ -163,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"could not write {path}")
             print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
         print(f"selected {key[0]}; status: {window.status_text()}")
+        model_panel_shots(app, window, args.out, Path(tmp))
         sensitivity_shots(app, window, args.out, Path(tmp) / "sensitivity-cache")
         window.close()
     return 0

@@ -10,12 +10,12 @@ point tells its full name and both numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt, Signal
-from PySide6.QtGui import QFontMetrics, QResizeEvent
+from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 from qviz.app import plot_style as st
@@ -26,7 +26,7 @@ LOCAL_COLOR = "#7f7f7f"
 SELECTED_COLOR = "#000000"
 # Infinite SQNR (an exact tensor) is drawn this far above the highest finite point.
 INF_HEADROOM_DB = 6.0
-MIN_TICK_GAP_PX = 10
+MIN_TICK_GAP_PX = 8
 
 
 def plotted_values(values: Sequence[float | None]) -> tuple[np.ndarray, float]:
@@ -40,12 +40,14 @@ def plotted_values(values: Sequence[float | None]) -> tuple[np.ndarray, float]:
     return out, top
 
 
-def thinned_ticks(labels: Sequence[str], width_px: float, char_px: float) -> list[tuple[int, str]]:
+def thinned_ticks(
+    labels: Sequence[str], width_px: float, text_px: Callable[[str], float]
+) -> list[tuple[int, str]]:
     """Every k-th label, k the smallest step at which the labels fit side by side."""
     n = len(labels)
     if n == 0:
         return []
-    longest = max(len(s) for s in labels) * char_px + MIN_TICK_GAP_PX
+    longest = max(text_px(s) for s in labels) + MIN_TICK_GAP_PX
     per_label = width_px / n
     step = max(1, math.ceil(longest / per_label)) if per_label > 0 else n
     return [(i, labels[i]) for i in range(0, n, step)]
@@ -67,6 +69,7 @@ class DepthView(QWidget):
         self.plot.setLabel("bottom", "quantized layer input, in depth order")
         self.plot.setMouseEnabled(x=False, y=False)
         self.vb = self.plot.getViewBox()
+        self.vb.sigResized.connect(lambda _vb: self._update_ticks())  # labels fit the width
         self.legend = self.plot.addLegend(offset=(-8, 8), labelTextSize="8pt")
         self.legend.setBrush(pg.mkBrush(255, 255, 255, 220))
         self.local_curve = pg.PlotDataItem(
@@ -189,14 +192,9 @@ class DepthView(QWidget):
     def _update_ticks(self) -> None:
         axis = self.plot.getAxis("bottom")
         metrics = QFontMetrics(axis.style.get("tickFont") or self.font())
-        char_px = max(1.0, metrics.averageCharWidth() * 1.1)
         width = max(1.0, float(self.vb.width()) or float(self.width() - 70))
-        ticks = thinned_ticks(self._layers, width, char_px)
+        ticks = thinned_ticks(self._layers, width, metrics.horizontalAdvance)
         axis.setTicks([ticks, []])
-
-    def resizeEvent(self, event: QResizeEvent) -> None:
-        super().resizeEvent(event)
-        self._update_ticks()
 
     def _on_points_clicked(self, _item: object, points: Sequence[pg.SpotItem], _ev: object) -> None:
         if len(points) == 0:

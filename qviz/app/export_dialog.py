@@ -192,26 +192,29 @@ class ExportDialog(QDialog):
 
         # Report options.
         self.include_evaluation_check = QCheckBox()
+        self.evaluation_label = QLabel()
+        self.evaluation_label.setWordWrap(True)
         if outcome is not None:
-            verdict = ""
-            if self._criteria:
-                judged = [c.check(outcome.evaluation) for c in self._criteria]
-                verdict = " — " + ("PASS" if all(v.passed for v in judged) else "FAIL") + (
-                    f" on {'; '.join(c.spec for c in self._criteria)}"
-                )
             self.include_evaluation_check.setText(
-                f"Include the evaluation ({outcome.label} of {outcome.data_name}){verdict}"
+                f"Include the evaluation: {outcome.label} of {outcome.data_name}"
             )
             self.include_evaluation_check.setChecked(True)
+            if self._criteria:
+                judged = [c.check(outcome.evaluation) for c in self._criteria]
+                verdict = "PASS" if all(v.passed for v in judged) else "FAIL"
+                self.evaluation_label.setText(
+                    f"with the verdict {verdict} on {'; '.join(c.spec for c in self._criteria)} "
+                    "(the model panel's criteria)"
+                )
         else:
-            self.include_evaluation_check.setText(
-                "Include the evaluation (none yet for these settings: wait for the live "
-                "numbers or run Evaluate, Ctrl+R)"
-            )
+            self.include_evaluation_check.setText("Include the evaluation")
             self.include_evaluation_check.setEnabled(False)
+            self.evaluation_label.setText(
+                "None yet for these settings: wait for the live numbers, or Evaluate (Ctrl+R)"
+            )
+        self.evaluation_label.setVisible(bool(self.evaluation_label.text()))
         self.report_hint = QLabel(
-            "The page type follows the suffix: .html or .md (SVG plots and JSON beside it), "
-            ".json, or no suffix for a folder holding all of them."
+            "Suffix .html or .md: the page, its SVG plots and JSON; .json; none: a folder."
         )
         self.report_hint.setWordWrap(True)
         self.report_hint.setStyleSheet("color: #5f6368;")
@@ -233,6 +236,7 @@ class ExportDialog(QDialog):
         self.report_label = QLabel("Report")
         report_box = QVBoxLayout()
         report_box.addWidget(self.include_evaluation_check)
+        report_box.addWidget(self.evaluation_label)
         report_box.addWidget(self.report_hint)
         self.report_options = QWidget()
         self.report_options.setLayout(report_box)
@@ -362,6 +366,7 @@ class ExportDialog(QDialog):
             self.path_edit.setText(str(current.parent / name))
         self._last_default = name
         self.status_label.clear()
+        self.adjustSize()
 
     def _on_busy(self, busy: bool) -> None:
         self.progress.setVisible(busy)
@@ -370,7 +375,8 @@ class ExportDialog(QDialog):
     def _on_succeeded(self, value: object) -> None:
         assert isinstance(value, ExportResult)
         self.last_result = value
-        first = value.written[0]
+        chosen = Path(self.path_edit.text().strip()).expanduser()
+        first = next((p for p in value.written if p == chosen), value.written[0])
         n_more = len(value.written) - 1
         more = f" and {n_more} more files beside it" if n_more else ""
         notes = "".join(f"<br>note: {html.escape(n)}" for n in value.notes)

@@ -74,7 +74,7 @@ class Column(IntEnum):
     # them beside SQNR, so the end-to-end view sits next to the local one.
     DROP = 11
     RECOVERY = 12
-    # From the last native (full) evaluation's fusion report; shown after Format.
+    # From the last native (full) evaluation's fusion report; shown after Clipped.
     NATIVE = 13
 
 
@@ -467,8 +467,11 @@ class LayerTable(QWidget):
         header = self.view.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(False)
-        # Sim vs native is about the layer's settings: beside Format, before reference detail.
-        header.moveSection(header.visualIndex(Column.NATIVE), header.visualIndex(Column.FORMAT) + 1)
+        # Sim vs native beside the error numbers (after the sensitivity columns when shown):
+        # in a narrow pane it must stay in view without scrolling, like SQNR.
+        header.moveSection(
+            header.visualIndex(Column.NATIVE), header.visualIndex(Column.CLIPPED) + 1
+        )
         self.view.setToolTip("Every quantizable tensor; click a row to show its layer")
         self.view.selectionModel().currentRowChanged.connect(self._on_current_changed)
 
