@@ -58,7 +58,7 @@ def main() -> None:
         MethodSpec(Method.ENTROPY),
         MethodSpec(Method.MSE),
     ]
-    print(f"choose_range on a {args.bins}-bin histogram, median of {args.repeats} runs (ms)")
+    print(f"choose_range on a {args.bins}-bin histogram, median CPU ms of {args.repeats} runs")
     header = f"{'tensor':22s} {'format':12s}" + "".join(f"{s.method.value:>12s}" for s in specs)
     print(header)
     print("-" * len(header))
