@@ -143,7 +143,10 @@ class DepthView(QWidget):
         y_local[np.isposinf(local_raw)] = top
         self._y = y
         self.accumulated_curve.setData(x, y, connect="finite")
-        self.local_curve.setData(x, y_local, connect="finite")
+        if np.isfinite(y_local).any():
+            self.local_curve.setData(x, y_local, connect="finite")
+        else:  # nothing measured locally: draw nothing (all-NaN data upsets pyqtgraph)
+            self.local_curve.setData([], [])
         self.points.setData(
             x=x, y=y, data=list(range(len(points))),
         )

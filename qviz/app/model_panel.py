@@ -44,6 +44,8 @@ from qviz.core.errors import QvizError
 from qviz.core.evaluate import Evaluation, Metric
 
 DEFAULT_CRITERIA = "accuracy_drop<=1"
+# Without labels there is no accuracy: the default bar is then on the output itself.
+DEFAULT_CRITERIA_NO_LABELS = "cosine>=0.99"
 PASS_COLOR = "#2e7d32"
 FAIL_COLOR = "#c62828"
 NONE_COLOR = "#9e9e9e"
@@ -224,6 +226,8 @@ class ModelPanel(QWidget):
         self.criteria_error.setStyleSheet(f"color: {ERROR_COLOR};")
         self.criteria_error.hide()
         self.criteria_edit.textChanged.connect(self._on_criteria_edited)
+        self._criteria_chosen = False  # the user typed criteria: never replace them
+        self.criteria_edit.textEdited.connect(self._on_criteria_typed)
         criteria_row = QHBoxLayout()
         criteria_label = QLabel("Criteria")
         criteria_label.setToolTip(self.criteria_edit.toolTip())
@@ -348,6 +352,7 @@ class ModelPanel(QWidget):
         return list(self._criteria)
 
     def set_criteria_text(self, text: str) -> None:
+        self._criteria_chosen = True
         self.criteria_edit.setText(text)
 
     # ----------------------------------------------------------------- rendering
@@ -356,6 +361,11 @@ class ModelPanel(QWidget):
         SQNR (dB) for the depth plot."""
         self.outcome = outcome
         self._stale = False
+        if not self._criteria_chosen:
+            labels = outcome.evaluation.has_labels
+            default = DEFAULT_CRITERIA if labels else DEFAULT_CRITERIA_NO_LABELS
+            if self.criteria_edit.text() != default:
+                self.criteria_edit.setText(default)  # judged below, on these numbers
         for key, cells in outcome_texts(outcome).items():
             for col, text in zip(COLUMNS, cells, strict=True):
                 self._cells[(key, col)].setText(text)
@@ -404,6 +414,9 @@ class ModelPanel(QWidget):
         style = "" if color is None else f"color: {color};"
         for cell in self._cells.values():
             cell.setStyleSheet(style)
+
+    def _on_criteria_typed(self, _text: str) -> None:
+        self._criteria_chosen = True
 
     def _on_criteria_edited(self, text: str) -> None:
         try:

@@ -293,3 +293,36 @@ def test_without_evaluation_data_the_panel_says_what_to_do(
     with qtbot.waitSignal(window.evaluation.evaluated, timeout=RUN_MS):
         window.open_data(demo_paths().data)
     assert panel.text("accuracy") != ""
+
+
+def test_without_labels_the_panel_judges_the_output(qtbot: QtBot, demo_stats_file) -> None:
+    """A data set without labels: no accuracy row, agreement and output numbers instead, and
+    the untouched default criterion becomes one on the output."""
+    from qviz.app.evaluation_controller import EvaluationOutcome
+    from qviz.app.model_panel import DEFAULT_CRITERIA_NO_LABELS, ModelPanel
+    from qviz.core.analysis import analyze
+    from qviz.core.config import QuantConfig
+    from qviz.core.data import random_data
+    from qviz.core.evaluate import evaluate
+    from qviz.core.model import load_model
+    from qviz.core.stats_file import load_stats
+
+    model = load_model(demo_paths().model)
+    results = analyze(model, load_stats(demo_stats_file), QuantConfig())
+    data = random_data(model.inputs, 64)
+    ev = run_to_completion(evaluate(model, results, data, latency=False))
+    assert not ev.has_labels
+    outcome = EvaluationOutcome(ev, tuple(results), QuantConfig(), False, 1, 0.1, "random")
+    panel = ModelPanel()
+    qtbot.addWidget(panel)
+    panel.show_outcome(outcome, {})
+    assert panel.text("accuracy") == "— (no labels)"
+    assert panel.text("agreement") == fmt_pct_value(ev.quantized_metrics[Metric.AGREEMENT])
+    assert panel.criteria_edit.text() == DEFAULT_CRITERIA_NO_LABELS
+    verdict = Criterion.parse(DEFAULT_CRITERIA_NO_LABELS).check(ev)
+    assert [v.text for v in panel.verdicts] == [verdict.text]
+    # Criteria the user chose are kept, and say why they cannot be judged.
+    panel.set_criteria_text("accuracy_drop<=1")
+    panel.show_outcome(outcome, {})
+    assert panel.criteria_edit.text() == "accuracy_drop<=1"
+    assert panel.badge.text() == "FAIL" and "no labels" in panel.verdicts[0].text
