@@ -131,7 +131,7 @@ def child_ort(model_path: str, n: int, batch: int, method: str) -> None:
         def __init__(self) -> None:
             self.it = data.batches(batch)
 
-        def get_next(self):  # noqa: ANN202 - ORT's interface
+        def get_next(self):  # ORT's CalibrationDataReader interface
             return next(self.it, None)  # ORT calibrators need equally sized batches
 
     calibration = {"percentile": CalibrationMethod.Percentile,
