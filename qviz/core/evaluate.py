@@ -730,13 +730,6 @@ def evaluate(
         for t, (s, e) in zip(acts, depth_sums, strict=True)
     )
     mismatches = tuple(a.result() for a in mismatch_acc) if native else ()
-    if native and any(m.max_abs_diff > 0 for m in mismatches):
-        if fusion is not None and fusion.saturating:
-            notes.append(
-                "native results differ from the simulation; on this CPU (AVX2, no VNNI) "
-                "ORT's default int8 kernels can saturate with 8-bit weights: try 7-bit "
-                "weights or the precise int8 kernels"
-            )
     if native:
         notes.append("error along depth is measured in the simulation")
     simulated = tuple(t.name for t in qdq.simulated)

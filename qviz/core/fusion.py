@@ -227,12 +227,12 @@ def _kernel_of_layers(optimized: onnx.ModelProto, qdq: QdqModel) -> dict[str, st
     return found
 
 
-#: The note a report carries when fused layers can saturate (figures: qviz's demo, 2000 images,
-#: uint8 asymmetric activations, per-channel MinMax weights, ORT 1.32 on AVX2 without VNNI).
+#: The note a report carries when fused layers can saturate. (On qviz's demo this cost 4.5
+#: accuracy points natively with 8-bit weights, and 0.3 with 7-bit ones: docs/benchmarks.md.)
 SATURATION_NOTE = (
     "this CPU has AVX2 without VNNI, so ORT's default int8 kernels can saturate their 16-bit "
-    "sums with 8-bit weights (on the demo: 88.65% native against 93.0% simulated, 93.1% float) "
-    "— use 7-bit weights (int7, ORT's reduce_range: 92.8% native) or the precise int8 kernels "
+    "sums with 8-bit weights: compare native with simulated accuracy, and if they differ use "
+    "7-bit weights (int7, ORT's reduce_range) or the precise int8 kernels "
     "(session.x64quantprecision=1, slower)"
 )
 
