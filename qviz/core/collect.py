@@ -17,9 +17,10 @@ import onnx
 import onnxruntime as ort
 
 from qviz.core.data import Dataset
-from qviz.core.errors import QvizError
+from qviz.core.errors import QvizError, first_line
 from qviz.core.model import LoadedModel
 from qviz.core.progress import Progress, ProgressClock
+from qviz.core.progress import run_to_completion as run_to_completion  # re-exported
 from qviz.core.stats import TensorStats, TensorStatsAccumulator
 
 
@@ -81,8 +82,7 @@ def make_session(model: onnx.ModelProto, *, optimize: bool = True) -> ort.Infere
             model.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # ORT raises its own exception types; all mean "cannot run"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QvizError(f"ONNX Runtime cannot run this model: {first}") from exc
+        raise QvizError(f"ONNX Runtime cannot run this model: {first_line(exc)}") from exc
 
 
 def run_batch(
@@ -91,8 +91,7 @@ def run_batch(
     try:
         return session.run(list(outputs), dict(feeds))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QvizError(f"the model failed on the data: {first}") from exc
+        raise QvizError(f"the model failed on the data: {first_line(exc)}") from exc
 
 
 def collect_stats(
@@ -182,12 +181,3 @@ def collect_stats(
 
 class CollectionCancelled(Exception):
     """Raised inside the generator when the caller asked it to stop."""
-
-
-def run_to_completion(gen: Generator[Progress, None, CalibrationStats]) -> CalibrationStats:
-    """Drive a collect generator without progress reporting (tests, scripts)."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value

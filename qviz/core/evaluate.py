@@ -34,6 +34,7 @@ import onnx
 import onnxruntime as ort
 
 from qviz.core.errors import QvizError
+from qviz.core.errors import first_line as _first_line
 from qviz.core.fusion import (
     FusionReport,
     KernelPrecision,
@@ -41,7 +42,7 @@ from qviz.core.fusion import (
     native_session_options,
 )
 from qviz.core.model import LoadedModel
-from qviz.core.progress import Progress, ProgressClock
+from qviz.core.progress import Progress, ProgressClock, run_to_completion
 from qviz.core.qdq import QdqModel, build_qdq, initializer_bytes
 
 if TYPE_CHECKING:
@@ -336,10 +337,6 @@ def make_session(model: onnx.ModelProto, options: ort.SessionOptions) -> ort.Inf
     except Exception as exc:  # ORT raises its own exception types; all mean "cannot run"
         raise QvizError(f"ONNX Runtime cannot run the model: {_first_line(exc)}") from exc
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _run(
@@ -760,12 +757,3 @@ def evaluate(
         notes=tuple(dict.fromkeys(notes)),
         simulated_tensors=simulated,
     )
-
-
-def run_to_completion(gen: Generator[Progress, None, Evaluation]) -> Evaluation:
-    """Drive an evaluate generator without progress reporting (tests, scripts)."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value

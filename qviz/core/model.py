@@ -36,6 +36,7 @@ import onnx
 from onnx import external_data_helper, numpy_helper, shape_inference, version_converter
 
 from qviz.core.errors import QvizError
+from qviz.core.errors import first_line as _first_line
 from qviz.core.layers import Layer, find_layers
 
 __all__ = [
@@ -367,14 +368,6 @@ def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                 for g in attr.graphs:
                     yield from _all_tensors(g)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("==>"):
-            return line
-    return type(exc).__name__
 
 
 def _check(model: onnx.ModelProto, path: Path | None) -> list[str]:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,3 +53,12 @@ class ProgressClock:
         elapsed = time.perf_counter() - self._start
         remaining = elapsed / done * (self.total - done) if done > 0 else None
         return Progress(done, self.total, elapsed, remaining, message or self.message)
+
+
+def run_to_completion(gen: Generator[Any, None, T]) -> T:
+    """Drive a core generator without progress reporting (CLI, tests, scripts)."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value

@@ -59,7 +59,7 @@ from qviz.core.evaluate import (
 )
 from qviz.core.fusion import KernelPrecision, native_session_options
 from qviz.core.model import Layer, LoadedModel, TensorKind
-from qviz.core.progress import Progress, ProgressClock
+from qviz.core.progress import Progress, ProgressClock, run_to_completion
 from qviz.core.qdq import build_qdq, initializer_bytes
 
 if TYPE_CHECKING:
@@ -789,12 +789,3 @@ def sensitivity(
             should_stop=should_stop,
         )
     )
-
-
-def run_to_completion(gen: Generator[Progress, None, Any]) -> Any:
-    """Drive a core generator without progress reporting (tests, scripts)."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
