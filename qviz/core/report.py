@@ -497,6 +497,9 @@ def _new_folder(target: Path) -> Iterator[Path]:
     folder appears whole or not at all)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    umask = os.umask(0)  # mkdtemp makes the folder private (0700); give it the usual mode
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
     try:
         yield tmp
         os.rename(tmp, target)
