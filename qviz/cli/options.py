@@ -37,8 +37,9 @@ def add_quant_options(parser: argparse.ArgumentParser) -> None:
                      help="asymmetric ranges with a zero point")
     g.add_argument("--pow2-scale", action="store_true", help="round scales up to powers of two")
     g.add_argument("--act-format", metavar="FORMAT", default=None,
-                   help="activation format if it differs from the weights' (e.g. uint8, int8, "
-                        "fp8_e4m3fn); ONNX Runtime's usual pairing is uint8 activations")
+                   help="activation format (e.g. uint8, int8, fp8_e4m3fn); default: with --format "
+                        "int, unsigned asymmetric of the same bits (ONNX Runtime's pairing), "
+                        "otherwise the weights' format")
     act_sym = g.add_mutually_exclusive_group()
     act_sym.add_argument("--act-symmetric", dest="act_symmetric", action="store_true",
                          default=None, help="symmetric activation ranges")
@@ -64,6 +65,10 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
                                      pow2_scale=args.pow2_scale)
     elif weight_fmt.kind is FormatKind.NF4:  # weight-only format: activations stay int8
         act_fmt = NumberFormat(symmetric=act_symmetric, pow2_scale=args.pow2_scale)
+    elif args.fmt == "int" and args.act_symmetric is None:
+        # The app's default and ONNX Runtime's pairing: signed symmetric weights, unsigned
+        # asymmetric activations (all codes used on ReLU outputs).
+        act_fmt = _format("uint", args.bits, False, args.pow2_scale)
     else:
         act_fmt = _format(args.fmt, args.bits, act_symmetric, args.pow2_scale)
     if act_fmt.kind is FormatKind.NF4:

@@ -51,7 +51,7 @@ def test_report_json_matches_core(demo_stats: Path, capsys: pytest.CaptureFixtur
         weights=TensorConfig(MethodSpec(Method.MINMAX, 99.9),
                              Granularity(GranularityKind.PER_CHANNEL), NumberFormat()),
         activations=TensorConfig(MethodSpec(Method.PERCENTILE, 99.9), Granularity(),
-                                 NumberFormat()),
+                                 NumberFormat(signed=False, symmetric=False)),
     )
     results = analyze(model, load_stats(demo_stats), cfg)
     assert [t["name"] for t in doc["tensors"]] == [r.name for r in results]

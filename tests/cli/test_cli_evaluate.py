@@ -46,7 +46,10 @@ def mse_config() -> QuantConfig:
         weights=TensorConfig(
             MethodSpec(Method.MINMAX), Granularity(GranularityKind.PER_CHANNEL), NumberFormat()
         ),
-        activations=TensorConfig(MethodSpec(Method.MSE), Granularity(), NumberFormat()),
+        # The CLI's default activations: unsigned asymmetric beside signed weights.
+        activations=TensorConfig(
+            MethodSpec(Method.MSE), Granularity(), NumberFormat(signed=False, symmetric=False)
+        ),
     )
 
 
