@@ -27,6 +27,7 @@ from PySide6.QtCore import QObject, QThreadPool, Signal
 from superqt.utils import GeneratorWorker
 
 from qviz.core.collect import CollectionCancelled
+from qviz.core.evaluate import EvaluationCancelled
 
 ShouldStop = Callable[[], bool]
 # A job: given the stop flag's reader, make the generator to run (not yet started).
@@ -106,7 +107,7 @@ def _try_take(pool: QThreadPool, worker: _Worker) -> bool:
 
 
 def is_cancellation(exc: BaseException) -> bool:
-    return isinstance(exc, RunCancelled | CollectionCancelled)
+    return isinstance(exc, RunCancelled | CollectionCancelled | EvaluationCancelled)
 
 
 def call_as_job(fn: Callable[[], Any]) -> JobFactory:

@@ -181,7 +181,10 @@ class Criterion:
                 f"FAIL: {self.metric.label} cannot be measured ({why}); needs {bar}",
             )
         passed = self.comparison.holds(value, self.threshold)
+        # A tiny negative value (or -0.0) rounds to "-0.00": show it as "0.00".
         shown = f"{value:.{digits}f}" if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+        if shown.startswith("-") and float(shown) == 0.0:
+            shown = shown[1:]
         measured = f"{self.metric.label} {shown}{self.metric.unit}"
         text = f"PASS: {measured} {bar}" if passed else f"FAIL: {measured}, not {bar}"
         return Verdict(self, passed, value, text)

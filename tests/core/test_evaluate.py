@@ -390,6 +390,10 @@ def test_criteria_parse_and_verdicts() -> None:
     unlabelled = c.check(_evaluation(drop=None, cosine=1.0, sqnr=math.inf))
     assert not unlabelled.passed and "no labels" in unlabelled.text
     assert Criterion.parse("sqnr>=30").check(_evaluation(None, 1.0, math.inf)).passed
+    # A quantized model a hair better than float is "0.00", never "-0.00".
+    assert c.check(_evaluation(drop=-0.001, cosine=1.0, sqnr=40.0)).text.startswith(
+        "PASS: accuracy drop 0.00 points"
+    )
 
 
 def test_kl_of_a_softmax_output_uses_its_probabilities() -> None:
