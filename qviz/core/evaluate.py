@@ -41,6 +41,7 @@ from qviz.core.fusion import (
     fusion_report,
     native_session_options,
 )
+from qviz.core.jsonnum import json_number as _num
 from qviz.core.model import LoadedModel
 from qviz.core.progress import Progress, ProgressClock, run_to_completion
 from qviz.core.qdq import QdqModel, build_qdq, initializer_bytes
@@ -298,15 +299,6 @@ class Evaluation:
             "notes": list(self.notes),
         }
 
-
-def _num(value: float | None) -> float | str | None:
-    """Strict JSON has no Infinity/NaN: spell them out (a perfect output's SQNR is +inf)."""
-    if value is None:
-        return None
-    value = float(value)
-    if math.isfinite(value):
-        return value
-    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
 
 
 # --------------------------------------------------------------------------- sessions

@@ -45,6 +45,7 @@ from qviz.core.errors import QvizError
 from qviz.core.evaluate import Evaluation, Metric, RunMode, evaluate
 from qviz.core.formats import FormatKind, NumberFormat
 from qviz.core.fusion import KernelPrecision
+from qviz.core.jsonnum import json_number as _num
 from qviz.core.model import Layer, LoadedModel, TensorKind
 from qviz.core.progress import Progress, ProgressClock
 from qviz.core.sensitivity import (
@@ -408,14 +409,6 @@ class MixedResult:
             "notes": list(self.notes),
         }
 
-
-def _num(value: float | None) -> float | str | None:
-    if value is None:
-        return None
-    value = float(value)
-    if math.isfinite(value):
-        return value
-    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
 
 
 # --------------------------------------------------------------------------- the search

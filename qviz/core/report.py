@@ -34,6 +34,7 @@ from qviz.core.config import QuantConfig, method_label
 from qviz.core.criteria import Criterion, Verdict, check_all
 from qviz.core.errors import QvizError
 from qviz.core.evaluate import Evaluation, Metric
+from qviz.core.jsonnum import json_number as _num
 from qviz.core.model import LoadedModel, TensorKind
 
 # Reference line on the SQNR chart: below 20 dB the quantization noise carries a tenth of the
@@ -299,14 +300,6 @@ _CSS = (
 
 # --------------------------------------------------------------------------- building
 
-
-def _num(value: float | None) -> float | str | None:
-    if value is None:
-        return None
-    value = float(value)
-    if math.isfinite(value):
-        return value
-    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from typing import Any
 from qviz.core.atomic import atomic_open
 from qviz.core.evaluate import Metric, RunMode
 from qviz.core.fusion import KernelPrecision
+from qviz.core.jsonnum import json_number as _num
 from qviz.core.sensitivity import LayerSensitivity, Measurement, SensitivityReport
 
 __all__ = [
@@ -121,15 +121,6 @@ class SensitivityCache:
 
 # --------------------------------------------------------------------------- JSON
 
-
-def _num(value: float | None) -> float | str | None:
-    """Strict JSON has no Infinity/NaN: spell them out, as qviz's other files do."""
-    if value is None:
-        return None
-    value = float(value)
-    if math.isfinite(value):
-        return value
-    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
 
 
 def _float(value: Any) -> float | None:

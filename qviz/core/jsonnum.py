@@ -1,0 +1,15 @@
+"""Numbers for strict JSON, which has no Infinity or NaN."""
+
+from __future__ import annotations
+
+import math
+
+
+def json_number(value: float | None) -> float | str | None:
+    """`value` as a JSON number, with non-finite values spelled out (a perfect SQNR is +inf)."""
+    if value is None:
+        return None
+    value = float(value)
+    if math.isfinite(value):
+        return value
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
