@@ -19,7 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qviz.cli.options import add_data_options, add_quant_options, config_from_args
+from qviz.cli.options import (
+    add_data_options,
+    add_model_and_source,
+    add_quant_options,
+    config_from_args,
+)
 from qviz.cli.progress_bar import ProgressBar
 from qviz.core.criteria import Criterion, Verdict, check_all
 from qviz.core.errors import QvizError
@@ -34,17 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Run the float and the quantized (Q/DQ) model over the data and compare "
         "them. Exit status 1 when a --criterion fails.",
     )
-    p.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--config", type=Path, help="qviz config file (its saved scales are used as they are)"
-    )
-    source.add_argument(
-        "--stats",
-        type=Path,
-        help="stats file from `qviz collect`; the quantization settings below "
-        "derive the configuration (as in `qviz report`)",
-    )
+    add_model_and_source(p)
     add_data_options(p)
     add_quant_options(p)
     g = p.add_argument_group("evaluation")

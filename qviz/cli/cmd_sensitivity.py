@@ -21,7 +21,12 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-from qviz.cli.options import add_data_options, add_quant_options, config_from_args
+from qviz.cli.options import (
+    add_data_options,
+    add_model_and_source,
+    add_quant_options,
+    config_from_args,
+)
 from qviz.cli.progress_bar import ProgressBar
 from qviz.core.errors import QvizError
 from qviz.core.evaluate import Metric
@@ -50,17 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "and with only that layer kept float, and report how much the task metric drops and "
         "recovers, beside the layer's own SQNR. Results are cached.",
     )
-    p.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--config", type=Path, help="qviz config file (its saved scales are used as they are)"
-    )
-    source.add_argument(
-        "--stats",
-        type=Path,
-        help="stats file from `qviz collect`; the quantization settings below derive the "
-        "configuration (as in `qviz report`)",
-    )
+    add_model_and_source(p)
     add_data_options(p)
     add_quant_options(p)
     add_run_options(p)

@@ -116,3 +116,18 @@ def load_dataset(args: argparse.Namespace, model: LoadedModel) -> Dataset:
 
 def load_model_arg(path: str, sample_data: Path | None = None) -> LoadedModel:
     return load_model(path)
+
+
+def add_model_and_source(parser: argparse.ArgumentParser) -> None:
+    """MODEL plus where its quantization comes from: a saved config or stats + settings."""
+    parser.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--config", type=Path, help="qviz config file (its saved scales are used as they are)"
+    )
+    source.add_argument(
+        "--stats",
+        type=Path,
+        help="stats file from `qviz collect`; the quantization settings below derive the "
+        "configuration (as in `qviz report`)",
+    )
