@@ -24,6 +24,7 @@ from qviz.cli.options import (
     add_model_and_source,
     add_quant_options,
     config_from_args,
+    refuse_settings_with_config,
 )
 from qviz.cli.progress_bar import ProgressBar
 from qviz.core.criteria import Criterion, Verdict, check_all
@@ -74,11 +75,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _quant_defaults() -> dict[str, Any]:
-    parser = argparse.ArgumentParser(add_help=False)
-    add_quant_options(parser)
-    return vars(parser.parse_args([]))
-
 
 def _check_options(args: argparse.Namespace) -> list[Criterion]:
     if args.batch_size < 1:
@@ -86,17 +82,7 @@ def _check_options(args: argparse.Namespace) -> list[Criterion]:
     if args.limit is not None and args.limit < 1:
         raise QvizError(f"--limit must be at least 1, got {args.limit}")
     if args.config is not None:
-        # A config file carries its own settings; silently ignoring --bits would mislead.
-        given = [
-            f"--{k.replace('_', '-')}"
-            for k, v in _quant_defaults().items()
-            if getattr(args, k) != v
-        ]
-        if given:
-            raise QvizError(
-                f"{', '.join(given)} only apply with --stats; the config file "
-                f"{args.config} holds its own settings"
-            )
+        refuse_settings_with_config(args, args.config)
     return [Criterion.parse(text) for text in args.criterion]
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from qviz.cli.cmd_report import open_stats_and_model
 from qviz.cli.options import (
@@ -23,6 +22,7 @@ from qviz.cli.options import (
     add_quant_options,
     config_from_args,
     load_dataset,
+    refuse_settings_with_config,
 )
 from qviz.cli.progress_bar import ProgressBar
 from qviz.core.analysis import TensorResult, analyze
@@ -85,11 +85,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 _FLAGS = {"fmt": "--number-format"}
 
 
-def _quant_defaults() -> dict[str, Any]:
-    parser = argparse.ArgumentParser(add_help=False)
-    add_quant_options(parser)
-    return vars(parser.parse_args([]))
-
 
 def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterion]:
     """Refuse contradictory options before anything is loaded or written."""
@@ -132,12 +127,7 @@ def load_results(
         return model, analyze(model, stats, config), config, f"stats file {source}"
     if not is_config_file(source):
         raise QvizError(f"{source} is neither a qviz stats file nor a qviz config file")
-    # A config file carries its own settings; silently ignoring --bits would mislead.
-    given = [_FLAGS.get(k, f"--{k.replace('_', '-')}") for k, v in _quant_defaults().items()
-             if getattr(args, k) != v]
-    if given:
-        raise QvizError(f"{', '.join(given)} only apply to a stats file; the config file "
-                        f"{source} holds its own settings")
+    refuse_settings_with_config(args, source, where="to a stats file", flags=_FLAGS)
     saved = load_config(source)
     model_path = args.model or saved.model_source
     if not Path(model_path).exists() and ":" not in model_path:

@@ -21,7 +21,6 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
 
 from qviz.cli.cmd_sensitivity import (
     add_run_options,
@@ -31,7 +30,12 @@ from qviz.cli.cmd_sensitivity import (
     fmt_num,
     precision_from_args,
 )
-from qviz.cli.options import add_data_options, add_quant_options, config_from_args
+from qviz.cli.options import (
+    add_data_options,
+    add_quant_options,
+    config_from_args,
+    quant_defaults,
+)
 from qviz.core.criteria import Criterion, CriterionMetric
 from qviz.core.errors import QvizError
 from qviz.core.evaluate import Metric, RunMode
@@ -105,11 +109,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 _SET_BY_ALLOW = {"bits": "--bits", "fmt": "--format"}
 
 
-def _quant_defaults() -> dict[str, Any]:
-    parser = argparse.ArgumentParser(add_help=False)
-    add_quant_options(parser)
-    return vars(parser.parse_args([]))
-
 
 def criterion_from_args(args: argparse.Namespace) -> Criterion:
     if args.max_accuracy_drop is not None:
@@ -126,7 +125,7 @@ def criterion_from_args(args: argparse.Namespace) -> Criterion:
 def _check_options(args: argparse.Namespace) -> Criterion:
     """Everything that can be refused before loading anything."""
     check_run_options(args)
-    defaults = _quant_defaults()
+    defaults = quant_defaults()
     given = [flag for key, flag in _SET_BY_ALLOW.items() if getattr(args, key) != defaults[key]]
     if given:
         raise QvizError(f"{', '.join(given)}: --allow sets every layer's format")

@@ -26,6 +26,7 @@ from qviz.cli.options import (
     add_model_and_source,
     add_quant_options,
     config_from_args,
+    refuse_settings_with_config,
 )
 from qviz.cli.progress_bar import ProgressBar
 from qviz.core.errors import QvizError
@@ -149,26 +150,11 @@ def drive(gen: Generator[Progress, None, Any], quiet: bool) -> Any:
         bar.close()
 
 
-def _quant_defaults() -> dict[str, Any]:
-    parser = argparse.ArgumentParser(add_help=False)
-    add_quant_options(parser)
-    return vars(parser.parse_args([]))
-
 
 def run(args: argparse.Namespace) -> int:
     check_run_options(args)
     if args.config is not None:
-        # A config file carries its own settings; silently ignoring --bits would mislead.
-        given = [
-            f"--{k.replace('_', '-')}"
-            for k, v in _quant_defaults().items()
-            if getattr(args, k) != v
-        ]
-        if given:
-            raise QvizError(
-                f"{', '.join(given)} only apply with --stats; the config file "
-                f"{args.config} holds its own settings"
-            )
+        refuse_settings_with_config(args, args.config)
     metric = METRIC_NAMES[args.metric] if args.metric else None
     from qviz.cli.cmd_collect import load_model_and_data
     from qviz.core.sensitivity import sensitivity

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from qviz.core.calibrators import Method, MethodSpec
 from qviz.core.config import QuantConfig, TensorConfig
@@ -131,3 +133,31 @@ def add_model_and_source(parser: argparse.ArgumentParser) -> None:
         help="stats file from `qviz collect`; the quantization settings below derive the "
         "configuration (as in `qviz report`)",
     )
+
+
+def quant_defaults() -> dict[str, Any]:
+    """The quantization options' default values, by argparse destination."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_quant_options(parser)
+    return vars(parser.parse_args([]))
+
+
+def refuse_settings_with_config(
+    args: argparse.Namespace,
+    config: Path,
+    *,
+    where: str = "with --stats",
+    flags: Mapping[str, str] | None = None,
+) -> None:
+    """A config file carries its own settings; silently ignoring --bits would mislead."""
+    names = flags or {}
+    given = [
+        names.get(k, f"--{k.replace('_', '-')}")
+        for k, v in quant_defaults().items()
+        if getattr(args, k) != v
+    ]
+    if given:
+        raise QvizError(
+            f"{', '.join(given)} only apply {where}; the config file {config} holds its own "
+            "settings"
+        )

@@ -583,6 +583,18 @@ def model_size(model: LoadedModel, qdq: QdqModel) -> ModelSize:
     )
 
 
+def check_limits(data: Dataset, limit: int | None, batch_size: int) -> int:
+    """How many samples a run over `data` uses; a bad limit or batch size is the user's error."""
+    if batch_size < 1:
+        raise QvizError(f"batch size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise QvizError(f"the sample limit must be at least 1, got {limit}")
+    total = len(data) if limit is None else min(limit, len(data))
+    if total == 0:
+        raise QvizError("the evaluation data set is empty")
+    return total
+
+
 def evaluate(
     model: LoadedModel,
     quantized: Sequence[TensorResult] | QdqModel,
@@ -605,13 +617,7 @@ def evaluate(
     measured; without it they come from the simulation. Raises `EvaluationCancelled` when
     `should_stop()` turns true between batches.
     """
-    if batch_size < 1:
-        raise QvizError(f"batch size must be at least 1, got {batch_size}")
-    if limit is not None and limit < 1:
-        raise QvizError(f"the sample limit must be at least 1, got {limit}")
-    total = len(data) if limit is None else min(limit, len(data))
-    if total == 0:
-        raise QvizError("the evaluation data set is empty")
+    total = check_limits(data, limit, batch_size)
     qdq = quantized if isinstance(quantized, QdqModel) else build_qdq(model, quantized)
     if not qdq.layers:
         raise QvizError("the configuration quantizes no layer: nothing to evaluate")

@@ -168,6 +168,24 @@ class QdqTensor:
     stored_name: str | None = None
     depth: int = 0
 
+    @classmethod
+    def of(
+        cls, r: TensorResult, mode: QdqMode, graph_name: str, stored_name: str | None = None
+    ) -> QdqTensor:
+        """The QdqTensor for analysed tensor `r`, carried in the graph by `graph_name`."""
+        return cls(
+            r.name,
+            r.kind,
+            r.layer.name,
+            r.config.fmt,
+            r.config.granularity.label,
+            r.qparams,
+            mode,
+            graph_name,
+            stored_name=stored_name,
+            depth=r.layer.depth,
+        )
+
     @property
     def is_8bit_int(self) -> bool:
         """A plain Q/DQ stored as int8/uint8 (int8, uint8, and 2..7-bit INT weights in their
@@ -473,18 +491,7 @@ class _Builder:
         if container_dtype(fmt) is None:  # NF4: no ONNX type to hold its codes
             fq = fake_quantize(w, qp, fmt).astype(np.float32)
             out = self.add_init(f"{r.name}_fake_quantized", fq)
-            return QdqTensor(
-                r.name,
-                r.kind,
-                r.layer.name,
-                fmt,
-                r.config.granularity.label,
-                qp,
-                QdqMode.SIMULATED,
-                out,
-                stored_name=out,
-                depth=r.layer.depth,
-            )
+            return QdqTensor.of(r, QdqMode.SIMULATED, out, stored_name=out)
         # 2..7-bit INT: quantize saturates to the narrow range, stored in int8/uint8.
         q = _onnx_array(quantize(w, qp, fmt), fmt)
         stored = self.add_init(f"{r.name}_quantized", q)
@@ -505,18 +512,7 @@ class _Builder:
                 **attrs,
             )
         )
-        return QdqTensor(
-            r.name,
-            r.kind,
-            r.layer.name,
-            fmt,
-            r.config.granularity.label,
-            qp,
-            QdqMode.NATIVE,
-            out,
-            stored_name=stored,
-            depth=r.layer.depth,
-        )
+        return QdqTensor.of(r, QdqMode.NATIVE, out, stored_name=stored)
 
     # -- activations ---------------------------------------------------------------------
     def quantize_activation(self, r: TensorResult) -> QdqTensor:
@@ -532,17 +528,7 @@ class _Builder:
         nodes, _ = self.qdq_nodes(r.name, qp, fmt, out)
         self.place_after(r.name, nodes)
         mode = QdqMode.SIMULATED if _in_container(fmt) else QdqMode.NATIVE
-        return QdqTensor(
-            r.name,
-            r.kind,
-            r.layer.name,
-            fmt,
-            r.config.granularity.label,
-            qp,
-            mode,
-            out,
-            depth=r.layer.depth,
-        )
+        return QdqTensor.of(r, mode, out)
 
     # -- biases --------------------------------------------------------------------------
     def quantize_bias(self, node: onnx.NodeProto, x: QdqTensor, w: QdqTensor) -> tuple[bool, str]:

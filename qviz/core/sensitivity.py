@@ -48,6 +48,7 @@ from qviz.core.evaluate import (
     EvaluationCancelled,
     Metric,
     RunMode,
+    check_limits,
     float_session_options,
     make_session,
     model_size,
@@ -221,17 +222,6 @@ def _hash_batch(h: Any, b: _Batch) -> None:
         h.update(lab.tobytes())
 
 
-def _check_limits(data: Dataset, limit: int | None, batch_size: int) -> int:
-    if batch_size < 1:
-        raise QvizError(f"batch size must be at least 1, got {batch_size}")
-    if limit is not None and limit < 1:
-        raise QvizError(f"the sample limit must be at least 1, got {limit}")
-    total = len(data) if limit is None else min(limit, len(data))
-    if total == 0:
-        raise QvizError("the evaluation data set is empty")
-    return total
-
-
 def prepare_reference(
     model: LoadedModel,
     data: Dataset,
@@ -247,7 +237,7 @@ def prepare_reference(
     With ``run_float=False`` only the data is read and hashed (enough for a cache lookup);
     `complete_reference` runs the float pass later.
     """
-    total = _check_limits(data, limit, batch_size)
+    total = check_limits(data, limit, batch_size)
     clock = ProgressClock(total, "reading the evaluation data")
     h = hashlib.sha256()
     kept: list[_Batch] = []
