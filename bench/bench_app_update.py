@@ -33,9 +33,9 @@ from PySide6.QtCore import QEventLoop, QSettings, QTimer
 from PySide6.QtWidgets import QApplication
 
 from qviz.app.main_window import MainWindow
-from qviz.core.calibrators import Method
-from qviz.core.formats import GranularityKind
-from qviz.core.model import TensorKind
+from qviz.core.calibration.methods import Method
+from qviz.core.model.loading import TensorKind
+from qviz.core.quant.formats import GranularityKind
 
 LAYER_WEIGHT = ("features.6.weight", TensorKind.WEIGHT)
 LAYER_ACTIVATION = ("relu_1", TensorKind.ACTIVATION)

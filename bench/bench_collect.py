@@ -85,8 +85,8 @@ def base_data(model_path: Path) -> tuple[str, np.ndarray]:
 
 
 def time_plain_vs_collect(model_path: Path, n: int, batch: int) -> dict[str, float]:
-    from qviz.core.collect import collect_stats, make_session, run_to_completion
-    from qviz.core.model import load_model
+    from qviz.core.model.loading import load_model
+    from qviz.core.stats.collect import collect_stats, make_session, run_to_completion
 
     model = load_model(model_path)
     name, base = base_data(model_path)
@@ -109,8 +109,8 @@ def time_plain_vs_collect(model_path: Path, n: int, batch: int) -> dict[str, flo
 
 
 def child_collect(model_path: str, n: int, batch: int) -> None:
-    from qviz.core.collect import collect_stats, run_to_completion
-    from qviz.core.model import load_model
+    from qviz.core.model.loading import load_model
+    from qviz.core.stats.collect import collect_stats, run_to_completion
 
     model = load_model(model_path)
     name, base = base_data(Path(model_path))

@@ -39,17 +39,17 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import numpy as np
 from PySide6.QtWidgets import QApplication, QWidget
 
-from qviz.app.layer_view import LayerView
-from qviz.core.analysis import TensorResult, analyze_tensor, quant_tensors
-from qviz.core.calibrators import Method, MethodSpec, choose_range
-from qviz.core.collect import CalibrationStats, collect_stats, run_to_completion
-from qviz.core.config import QuantConfig
-from qviz.core.data import load_data
+from qviz.app.views.layer_view import LayerView
+from qviz.core.calibration.analysis import TensorResult, analyze_tensor, quant_tensors
+from qviz.core.calibration.config import QuantConfig
+from qviz.core.calibration.methods import Method, MethodSpec, choose_range
+from qviz.core.calibration.metrics import exact_metrics
+from qviz.core.data.dataset import load_data
 from qviz.core.demo import demo_paths
-from qviz.core.metrics import exact_metrics
-from qviz.core.model import LoadedModel, TensorKind, load_model
-from qviz.core.qparams import compute_qparams
-from qviz.core.stats import compute_stats
+from qviz.core.model.loading import LoadedModel, TensorKind, load_model
+from qviz.core.quant.qparams import compute_qparams
+from qviz.core.stats.collect import CalibrationStats, collect_stats, run_to_completion
+from qviz.core.stats.tensor_stats import compute_stats
 
 METHODS = (Method.MINMAX, Method.PERCENTILE, Method.ENTROPY, Method.MSE)
 

@@ -24,16 +24,16 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qviz.core.analysis import analyze  # noqa: E402
-from qviz.core.calibrators import Method, MethodSpec  # noqa: E402
-from qviz.core.collect import collect_stats, run_to_completion  # noqa: E402
-from qviz.core.config import QuantConfig, TensorConfig  # noqa: E402
-from qviz.core.data import load_data  # noqa: E402
+from qviz.core.calibration.analysis import analyze  # noqa: E402
+from qviz.core.calibration.config import QuantConfig, TensorConfig  # noqa: E402
+from qviz.core.calibration.methods import Method, MethodSpec  # noqa: E402
+from qviz.core.data.dataset import load_data  # noqa: E402
 from qviz.core.demo import demo_paths  # noqa: E402
-from qviz.core.formats import Granularity, GranularityKind, NumberFormat  # noqa: E402
-from qviz.core.fusion import fusion_report, u8s8_may_saturate  # noqa: E402
-from qviz.core.model import load_model  # noqa: E402
-from qviz.core.qdq import build_qdq  # noqa: E402
+from qviz.core.graph.qdq import build_qdq  # noqa: E402
+from qviz.core.model.loading import load_model  # noqa: E402
+from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat  # noqa: E402
+from qviz.core.runtime.fusion import fusion_report, u8s8_may_saturate  # noqa: E402
+from qviz.core.stats.collect import collect_stats, run_to_completion  # noqa: E402
 
 
 def session(model_bytes: bytes, threads: int, precise: bool = False) -> ort.InferenceSession:

@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from qviz.core.calibrators import Method, MethodSpec, choose_range
-from qviz.core.formats import NumberFormat
-from qviz.core.metrics import error_curve, histogram_metrics
-from qviz.core.stats import TensorStats, compute_stats
+from qviz.core.calibration.methods import Method, MethodSpec, choose_range
+from qviz.core.calibration.metrics import error_curve, histogram_metrics
+from qviz.core.quant.formats import NumberFormat
+from qviz.core.stats.tensor_stats import TensorStats, compute_stats
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:

@@ -35,19 +35,19 @@ sys.path.insert(0, str(ROOT))
 
 from dataclasses import replace  # noqa: E402
 
-from qviz.core.analysis import analyze  # noqa: E402
-from qviz.core.calibrators import Method, MethodSpec  # noqa: E402
-from qviz.core.collect import collect_stats  # noqa: E402
-from qviz.core.config import QuantConfig  # noqa: E402
-from qviz.core.criteria import Criterion  # noqa: E402
-from qviz.core.data import load_data  # noqa: E402
+from qviz.core.calibration.analysis import analyze  # noqa: E402
+from qviz.core.calibration.config import QuantConfig  # noqa: E402
+from qviz.core.calibration.methods import Method, MethodSpec  # noqa: E402
+from qviz.core.data.dataset import load_data  # noqa: E402
 from qviz.core.demo import demo_paths  # noqa: E402
-from qviz.core.evaluate import Metric, evaluate  # noqa: E402
-from qviz.core.fusion import KernelPrecision, u8s8_may_saturate  # noqa: E402
-from qviz.core.mixed import Precision, assignment_config, mixed_precision  # noqa: E402
-from qviz.core.model import TensorKind, load_model  # noqa: E402
-from qviz.core.sensitivity import run_to_completion, sensitivity  # noqa: E402
-from qviz.core.sensitivity_cache import SensitivityCache  # noqa: E402
+from qviz.core.evaluation.criteria import Criterion  # noqa: E402
+from qviz.core.evaluation.evaluate import Metric, evaluate  # noqa: E402
+from qviz.core.model.loading import TensorKind, load_model  # noqa: E402
+from qviz.core.runtime.fusion import KernelPrecision, u8s8_may_saturate  # noqa: E402
+from qviz.core.search.mixed import Precision, assignment_config, mixed_precision  # noqa: E402
+from qviz.core.search.sensitivity import run_to_completion, sensitivity  # noqa: E402
+from qviz.core.search.sensitivity_cache import SensitivityCache  # noqa: E402
+from qviz.core.stats.collect import collect_stats  # noqa: E402
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:

@@ -38,8 +38,8 @@ from PySide6.QtCore import QEventLoop, QSettings, QTimer
 from PySide6.QtWidgets import QApplication, QWidget
 
 from qviz.app.main_window import MainWindow
-from qviz.core.model import TensorKind
-from qviz.core.session import TensorKey
+from qviz.core.calibration.analysis import TensorKey
+from qviz.core.model.loading import TensorKind
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ def evaluate_full(window: MainWindow) -> None:
 def model_panel_shots(app: QApplication, window: MainWindow, out: Path, tmp: Path) -> None:
     """``model_panel.png`` (the model dock after the full evaluation) and ``export_dialog.png``
     (File ▸ Export… after writing the report with the evaluation)."""
-    from qviz.core.export import ExportFormat
+    from qviz.core.files.export import ExportFormat
 
     settle(app, window)
     save(window.model_dock, out / "model_panel.png")
@@ -128,7 +128,7 @@ def settle(app: QApplication, window: MainWindow) -> None:
 
 def sensitivity_shots(app: QApplication, window: MainWindow, out: Path, cache: Path) -> None:
     """Run sensitivity and a mixed-precision search on the demo and grab both."""
-    from qviz.core.sensitivity_cache import SensitivityCache
+    from qviz.core.search.sensitivity_cache import SensitivityCache
 
     ctl = window.sensitivity
     ctl.cache = SensitivityCache(cache)  # measured now, not read from the user's cache

@@ -1,7 +1,7 @@
 """The main window: layer table, settings, the layer view, and the background runs behind them.
 
-The window is glue. The open document (`qviz.core.session.Document`) holds the state and does
-the arithmetic; the views draw it; two `BackgroundRunner`s run what is slow:
+The window is glue. The open document (`qviz.core.document.document.Document`) holds the
+state and does the arithmetic; the views draw it; two `BackgroundRunner`s run what is slow:
 
 * `jobs` — loading a model, loading data and calibrating, loading statistics. One at a time;
   opening something new supersedes what is running. Shown in the status bar with a progress
@@ -37,37 +37,38 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qviz.app.controls import METHODS, ControlsPanel, TensorInfo
-from qviz.app.error_dialog import ErrorReporter
-from qviz.app.evaluation_controller import LIVE_LIMIT, EvaluationController, EvaluationOutcome
-from qviz.app.export_dialog import ExportDialog
-from qviz.app.layer_table import LayerTable
-from qviz.app.model_panel import ModelDock, outcome_texts
+from qviz.app.controllers.evaluation_controller import (
+    LIVE_LIMIT,
+    EvaluationController,
+    EvaluationOutcome,
+)
+from qviz.app.controllers.sensitivity_controller import SensitivityController
+from qviz.app.controllers.workers import BackgroundRunner, ShouldStop, call_as_job
+from qviz.app.dialogs.error_dialog import ErrorReporter
+from qviz.app.dialogs.export_dialog import ExportDialog
 from qviz.app.recent_files import RecentFiles, default_settings
-from qviz.app.sensitivity_controller import SensitivityController
-from qviz.app.workers import BackgroundRunner, ShouldStop, call_as_job
-from qviz.core.analysis import TensorResult
-from qviz.core.calibrators import Method
-from qviz.core.collect import CalibrationStats, collect_stats
-from qviz.core.config import QuantConfig, TensorConfig
-from qviz.core.data import load_data
+from qviz.app.views.controls import METHODS, ControlsPanel, TensorInfo
+from qviz.app.views.layer_table import LayerTable
+from qviz.app.views.model_panel import ModelDock, outcome_texts
+from qviz.core.calibration.analysis import TensorKey, TensorResult
+from qviz.core.calibration.config import QuantConfig, TensorConfig
+from qviz.core.calibration.methods import Method
+from qviz.core.data.dataset import load_data
 from qviz.core.demo import demo_paths
+from qviz.core.document.document import ApplyScope, Document, analyze_in_batches
 from qviz.core.errors import QvizError
-from qviz.core.model import LoadedModel, TensorKind, load_model
-from qviz.core.progress import Progress, format_seconds
-from qviz.core.session import (
+from qviz.core.files.session_file import (
     SESSION_SUFFIX,
-    ApplyScope,
-    Document,
     PathKind,
     SessionFile,
-    TensorKey,
-    analyze_in_batches,
     classify_path,
     load_session,
     save_session,
 )
-from qviz.core.stats_file import STATS_SUFFIX, load_stats, save_stats
+from qviz.core.model.loading import LoadedModel, TensorKind, load_model
+from qviz.core.progress import Progress, format_seconds
+from qviz.core.stats.collect import CalibrationStats, collect_stats
+from qviz.core.stats.stats_file import STATS_SUFFIX, load_stats, save_stats
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ class MainWindow(QMainWindow):
         self.last_update_ms = float("nan")
 
         if layer_view is None:
-            from qviz.app.layer_view import LayerView
+            from qviz.app.views.layer_view import LayerView
 
             layer_view = LayerView()
         self.layer_view = layer_view

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from qviz.cli.options import add_data_options, load_dataset
 from qviz.cli.progress_bar import ProgressBar
-from qviz.core.collect import collect_stats
 from qviz.core.errors import QvizError
-from qviz.core.model import load_model
-from qviz.core.stats_file import save_stats
+from qviz.core.model.loading import load_model
+from qviz.core.stats.collect import collect_stats
+from qviz.core.stats.stats_file import save_stats
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
 def load_model_and_data(args: argparse.Namespace):  # -> tuple[LoadedModel, Dataset]
     """Load the model (torch models are exported with one sample of the data) and the data."""
-    from qviz.core.data import peek_sample
+    from qviz.core.data.dataset import peek_sample
 
     sample = None
     if not str(args.model).endswith(".onnx") and getattr(args, "data", None) is not None:

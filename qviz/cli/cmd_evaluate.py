@@ -27,10 +27,10 @@ from qviz.cli.options import (
     refuse_settings_with_config,
 )
 from qviz.cli.progress_bar import ProgressBar
-from qviz.core.criteria import Criterion, Verdict, check_all
 from qviz.core.errors import QvizError
-from qviz.core.evaluate import Evaluation, Metric, RunMode, evaluate
-from qviz.core.fusion import KernelPrecision
+from qviz.core.evaluation.criteria import Criterion, Verdict, check_all
+from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode, evaluate
+from qviz.core.runtime.fusion import KernelPrecision
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -89,12 +89,12 @@ def _check_options(args: argparse.Namespace) -> list[Criterion]:
 def _results(args: argparse.Namespace, model: Any) -> tuple[list[Any], str]:
     """The analysed tensors and a description of where they come from."""
     if args.config is not None:
-        from qviz.core.config_file import load_config, results_from_saved
+        from qviz.core.files.config_file import load_config, results_from_saved
 
         saved = load_config(args.config)
         return results_from_saved(model, saved), f"config file {args.config}"
-    from qviz.core.analysis import analyze, check_stats_match
-    from qviz.core.stats_file import load_stats
+    from qviz.core.calibration.analysis import analyze, check_stats_match
+    from qviz.core.stats.stats_file import load_stats
 
     config = config_from_args(args)
     stats = load_stats(args.stats)

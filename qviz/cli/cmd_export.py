@@ -25,22 +25,22 @@ from qviz.cli.options import (
     refuse_settings_with_config,
 )
 from qviz.cli.progress_bar import ProgressBar
-from qviz.core.analysis import TensorResult, analyze
-from qviz.core.config import QuantConfig
-from qviz.core.config_file import is_config_file, load_config, results_from_saved, save_config
-from qviz.core.criteria import Criterion
+from qviz.core.calibration.analysis import TensorResult, analyze
+from qviz.core.calibration.config import QuantConfig
 from qviz.core.errors import QvizError
-from qviz.core.evaluate import Evaluation, evaluate
-from qviz.core.export import (
+from qviz.core.evaluation.criteria import Criterion
+from qviz.core.evaluation.evaluate import Evaluation, evaluate
+from qviz.core.files.config_file import is_config_file, load_config, results_from_saved, save_config
+from qviz.core.files.export import (
     TRT_DEFAULT_VERSION,
     ExportFormat,
     export_ort_overrides,
     export_qdq,
     export_trt_cache,
 )
-from qviz.core.model import LoadedModel, load_model
-from qviz.core.report import PageFormat, build_report, write_report
-from qviz.core.stats_file import is_stats_file
+from qviz.core.files.report import PageFormat, build_report, write_report
+from qviz.core.model.loading import LoadedModel, load_model
+from qviz.core.stats.stats_file import is_stats_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

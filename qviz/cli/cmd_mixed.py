@@ -36,10 +36,10 @@ from qviz.cli.options import (
     config_from_args,
     quant_defaults,
 )
-from qviz.core.criteria import Criterion, CriterionMetric
 from qviz.core.errors import QvizError
-from qviz.core.evaluate import Metric, RunMode
-from qviz.core.mixed import MixedResult, Objective, parse_precisions
+from qviz.core.evaluation.criteria import Criterion, CriterionMetric
+from qviz.core.evaluation.evaluate import Metric, RunMode
+from qviz.core.search.mixed import MixedResult, Objective, parse_precisions
 
 DEFAULT_ALLOW = "int4,int8,float"
 
@@ -145,10 +145,10 @@ def run(args: argparse.Namespace) -> int:
     allowed = parse_precisions(args.allow)
     base = config_from_args(args)
     from qviz.cli.cmd_collect import load_model_and_data
-    from qviz.core.analysis import check_stats_match
-    from qviz.core.config_file import save_config
-    from qviz.core.mixed import mixed_precision
-    from qviz.core.stats_file import load_stats
+    from qviz.core.calibration.analysis import check_stats_match
+    from qviz.core.files.config_file import save_config
+    from qviz.core.search.mixed import mixed_precision
+    from qviz.core.stats.stats_file import load_stats
 
     stats = load_stats(args.stats)
     model, data = load_model_and_data(args)

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 
 from qviz.cli.options import add_quant_options, config_from_args
-from qviz.core.analysis import TensorResult, analyze, check_stats_match
-from qviz.core.collect import CalibrationStats
+from qviz.core.calibration.analysis import TensorResult, analyze, check_stats_match
 from qviz.core.errors import QvizError
-from qviz.core.model import LoadedModel, load_model
-from qviz.core.stats_file import load_stats
+from qviz.core.model.loading import LoadedModel, load_model
+from qviz.core.stats.collect import CalibrationStats
+from qviz.core.stats.stats_file import load_stats
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

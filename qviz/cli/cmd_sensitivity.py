@@ -30,11 +30,11 @@ from qviz.cli.options import (
 )
 from qviz.cli.progress_bar import ProgressBar
 from qviz.core.errors import QvizError
-from qviz.core.evaluate import Metric
-from qviz.core.fusion import KernelPrecision
+from qviz.core.evaluation.evaluate import Metric
 from qviz.core.progress import Progress, format_seconds
-from qviz.core.sensitivity import DEFAULT_LIMIT, SensitivityReport, float_value
-from qviz.core.sensitivity_cache import SensitivityCache
+from qviz.core.runtime.fusion import KernelPrecision
+from qviz.core.search.sensitivity import DEFAULT_LIMIT, SensitivityReport, float_value
+from qviz.core.search.sensitivity_cache import SensitivityCache
 
 # Short names people type, beside the keys `qviz evaluate --json` uses.
 METRIC_NAMES: dict[str, Metric] = {
@@ -157,19 +157,19 @@ def run(args: argparse.Namespace) -> int:
         refuse_settings_with_config(args, args.config)
     metric = METRIC_NAMES[args.metric] if args.metric else None
     from qviz.cli.cmd_collect import load_model_and_data
-    from qviz.core.sensitivity import sensitivity
+    from qviz.core.search.sensitivity import sensitivity
 
     model, data = load_model_and_data(args)
     if metric is Metric.ACCURACY and data.labels is None:
         raise QvizError(f"--metric accuracy needs labels, and {data.description} has none")
     if args.config is not None:
-        from qviz.core.config_file import load_config
+        from qviz.core.files.config_file import load_config
 
         source: Any = load_config(args.config)
         config = None
         origin = f"config file {args.config}"
     else:
-        from qviz.core.stats_file import load_stats
+        from qviz.core.stats.stats_file import load_stats
 
         source = load_stats(args.stats)
         config = config_from_args(args)

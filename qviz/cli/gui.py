@@ -50,7 +50,7 @@ def run_gui(argv: Sequence[str]) -> int:
     from PySide6.QtWidgets import QApplication
 
     from qviz.app.main_window import MainWindow
-    from qviz.core.session import PathKind, classify_path
+    from qviz.core.files.session_file import PathKind, classify_path
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("qviz")

@@ -7,12 +7,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from qviz.core.calibrators import Method, MethodSpec
-from qviz.core.config import QuantConfig, TensorConfig
-from qviz.core.data import Dataset, Preprocess, load_data, random_data
+from qviz.core.calibration.config import QuantConfig, TensorConfig
+from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.data.dataset import Dataset, Preprocess, load_data, random_data
 from qviz.core.errors import QvizError
-from qviz.core.formats import FormatKind, Granularity, GranularityKind, NumberFormat
-from qviz.core.model import LoadedModel, load_model
+from qviz.core.model.loading import LoadedModel, load_model
+from qviz.core.quant.formats import FormatKind, Granularity, GranularityKind, NumberFormat
 
 CHOOSABLE_METHODS = [m.value for m in Method if m is not Method.MANUAL]
 FORMAT_FAMILIES = ["int", "uint", "fp8_e4m3fn", "fp8_e5m2", "nf4"]

@@ -9,17 +9,17 @@ import pytest
 from PySide6.QtCore import QSettings, QThreadPool
 from pytestqt.qtbot import QtBot
 
-from qviz.app.evaluation_controller import LIVE_LIMIT
+from qviz.app.controllers.evaluation_controller import LIVE_LIMIT
 from qviz.app.main_window import MainWindow
-from qviz.core.analysis import analyze
-from qviz.core.collect import collect_stats
-from qviz.core.collect import run_to_completion as collect_to_completion
-from qviz.core.config import QuantConfig
-from qviz.core.data import load_data
+from qviz.core.calibration.analysis import analyze
+from qviz.core.calibration.config import QuantConfig
+from qviz.core.data.dataset import load_data
 from qviz.core.demo import demo_paths
-from qviz.core.evaluate import Evaluation, evaluate, run_to_completion
-from qviz.core.model import load_model
-from qviz.core.stats_file import save_stats
+from qviz.core.evaluation.evaluate import Evaluation, evaluate, run_to_completion
+from qviz.core.model.loading import load_model
+from qviz.core.stats.collect import collect_stats
+from qviz.core.stats.collect import run_to_completion as collect_to_completion
+from qviz.core.stats.stats_file import save_stats
 
 RUN_MS = 120_000
 MakeWindow = Callable[..., MainWindow]

@@ -11,13 +11,13 @@ import numpy as np
 import onnx
 from pytestqt.qtbot import QtBot
 
-from qviz.app.export_dialog import ExportDialog, ExportResult, default_name
+from qviz.app.dialogs.export_dialog import ExportDialog, ExportResult, default_name
 from qviz.app.main_window import MainWindow
-from qviz.core.analysis import analyze
-from qviz.core.config_file import load_config, results_from_saved
-from qviz.core.export import ExportFormat, load_ort_overrides, read_trt_cache, trt_scale
-from qviz.core.formats import NumberFormat
-from qviz.core.model import TensorKind
+from qviz.core.calibration.analysis import analyze
+from qviz.core.files.config_file import load_config, results_from_saved
+from qviz.core.files.export import ExportFormat, load_ort_overrides, read_trt_cache, trt_scale
+from qviz.core.model.loading import TensorKind
+from qviz.core.quant.formats import NumberFormat
 from tests.app.evaluation_fixtures import (
     RUN_MS,
     MakeWindow,

@@ -13,22 +13,22 @@ from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtTest import QTest
 from pytestqt.qtbot import QtBot
 
-from qviz.app import layer_view as layer_view_module
-from qviz.app import plot_style as st
-from qviz.app.error_curve_view import KL, MSE, SQNR
-from qviz.app.histogram_view import effective_range
-from qviz.app.layer_view import LayerView
-from qviz.app.metrics_panel import metric_texts
-from qviz.core.analysis import TensorResult
-from qviz.core.calibrators import Method, MethodSpec, choose_range
-from qviz.core.config import TensorConfig
-from qviz.core.formats import Granularity, GranularityKind, NumberFormat
-from qviz.core.layers import Layer
-from qviz.core.metrics import exact_metrics, histogram_metrics
-from qviz.core.model import TensorKind
-from qviz.core.qparams import compute_qparams
-from qviz.core.stats import TensorStats, compute_stats
-from qviz.core.weights import analyze_weight
+from qviz.app.views import layer_view as layer_view_module
+from qviz.app.views import plot_style as st
+from qviz.app.views.error_curve_view import KL, MSE, SQNR
+from qviz.app.views.histogram_view import effective_range
+from qviz.app.views.layer_view import LayerView
+from qviz.app.views.metrics_panel import metric_texts
+from qviz.core.calibration.analysis import TensorResult
+from qviz.core.calibration.config import TensorConfig
+from qviz.core.calibration.methods import Method, MethodSpec, choose_range
+from qviz.core.calibration.metrics import exact_metrics, histogram_metrics
+from qviz.core.calibration.weights import analyze_weight
+from qviz.core.model.layers import Layer
+from qviz.core.model.loading import TensorKind
+from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.qparams import compute_qparams
+from qviz.core.stats.tensor_stats import TensorStats, compute_stats
 
 W, A = TensorKind.WEIGHT, TensorKind.ACTIVATION
 WEIGHT_NAME, ACT_NAME = "fc.weight", "fc.input"
@@ -384,7 +384,7 @@ def test_metric_texts_round_trip_the_result() -> None:
     """The Qt-free formatter behind the panel: per-tensor values verbatim."""
     stats = make_stats()
     ar = activation_result(stats, ACT_CFG)
-    from qviz.app.metrics_panel import ColumnData
+    from qviz.app.views.metrics_panel import ColumnData
 
     texts = metric_texts(ColumnData(ar.name, ar.config.label, ar.metrics))
     assert texts["scale"] == st.fmt_num(float(ar.metrics.scale))

@@ -18,22 +18,23 @@ from PySide6.QtWidgets import QWidget
 from pytestqt.qtbot import QtBot
 
 from qviz.app import main_window as main_window_module
-from qviz.app import plot_style as st
-from qviz.app.layer_table import Column
 from qviz.app.main_window import MainWindow
 from qviz.app.recent_files import RecentFiles
-from qviz.core.analysis import TensorResult, analyze_tensor
-from qviz.core.calibrators import Method, MethodSpec
-from qviz.core.collect import collect_stats, run_to_completion
-from qviz.core.config import TensorConfig
-from qviz.core.data import load_data
+from qviz.app.views import plot_style as st
+from qviz.app.views.layer_table import Column
+from qviz.core.calibration.analysis import TensorResult, analyze_tensor
+from qviz.core.calibration.config import TensorConfig
+from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.calibration.metrics import histogram_metrics
+from qviz.core.data.dataset import load_data
 from qviz.core.demo import demo_paths
+from qviz.core.document.document import ApplyScope
 from qviz.core.errors import QvizError
-from qviz.core.formats import Granularity, GranularityKind, NumberFormat
-from qviz.core.metrics import histogram_metrics
-from qviz.core.model import TensorKind, load_model
-from qviz.core.session import ApplyScope, load_session
-from qviz.core.stats_file import save_stats
+from qviz.core.files.session_file import load_session
+from qviz.core.model.loading import TensorKind, load_model
+from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.stats.collect import collect_stats, run_to_completion
+from qviz.core.stats.stats_file import save_stats
 
 W = TensorKind.WEIGHT
 A = TensorKind.ACTIVATION

@@ -13,20 +13,20 @@ from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 from pytestqt.qtbot import QtBot
 
-from qviz.app import plot_style as st
-from qviz.app.evaluation_controller import LIVE_LIMIT, EvaluationOutcome
-from qviz.app.layer_table import STALE_FG, Column
+from qviz.app.controllers.evaluation_controller import LIVE_LIMIT, EvaluationOutcome
 from qviz.app.main_window import FULL_EVALUATION_LABEL, MainWindow
-from qviz.app.model_panel import fmt_pct_value, fmt_points, outcome_texts, parse_criteria
-from qviz.core.calibrators import Method, MethodSpec
-from qviz.core.config import TensorConfig
-from qviz.core.criteria import Criterion
+from qviz.app.views import plot_style as st
+from qviz.app.views.layer_table import STALE_FG, Column
+from qviz.app.views.model_panel import fmt_pct_value, fmt_points, outcome_texts, parse_criteria
+from qviz.core.calibration.config import TensorConfig
+from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.demo import demo_paths
+from qviz.core.document.document import ApplyScope
 from qviz.core.errors import QvizError
-from qviz.core.evaluate import Metric, RunMode, run_to_completion
-from qviz.core.formats import Granularity, GranularityKind, NumberFormat
-from qviz.core.model import TensorKind
-from qviz.core.session import ApplyScope
+from qviz.core.evaluation.criteria import Criterion
+from qviz.core.evaluation.evaluate import Metric, RunMode, run_to_completion
+from qviz.core.model.loading import TensorKind
+from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
 from tests.app.evaluation_fixtures import (
     RUN_MS,
     MakeWindow,
@@ -298,14 +298,14 @@ def test_without_evaluation_data_the_panel_says_what_to_do(
 def test_without_labels_the_panel_judges_the_output(qtbot: QtBot, demo_stats_file) -> None:
     """A data set without labels: no accuracy row, agreement and output numbers instead, and
     the untouched default criterion becomes one on the output."""
-    from qviz.app.evaluation_controller import EvaluationOutcome
-    from qviz.app.model_panel import DEFAULT_CRITERIA_NO_LABELS, ModelPanel
-    from qviz.core.analysis import analyze
-    from qviz.core.config import QuantConfig
-    from qviz.core.data import random_data
-    from qviz.core.evaluate import evaluate
-    from qviz.core.model import load_model
-    from qviz.core.stats_file import load_stats
+    from qviz.app.controllers.evaluation_controller import EvaluationOutcome
+    from qviz.app.views.model_panel import DEFAULT_CRITERIA_NO_LABELS, ModelPanel
+    from qviz.core.calibration.analysis import analyze
+    from qviz.core.calibration.config import QuantConfig
+    from qviz.core.data.dataset import random_data
+    from qviz.core.evaluation.evaluate import evaluate
+    from qviz.core.model.loading import load_model
+    from qviz.core.stats.stats_file import load_stats
 
     model = load_model(demo_paths().model)
     results = analyze(model, load_stats(demo_stats_file), QuantConfig())

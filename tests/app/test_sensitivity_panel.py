@@ -17,20 +17,20 @@ import pytest
 from PySide6.QtCore import QPointF, QSettings, Qt, QThreadPool
 from pytestqt.qtbot import QtBot
 
-from qviz.app.layer_table import SORT_ROLE, STALE_FG, Column
+from qviz.app.controllers.sensitivity_controller import SensitivityController
 from qviz.app.main_window import MainWindow
-from qviz.app.pareto_view import fmt_bytes
-from qviz.app.sensitivity_controller import SensitivityController
-from qviz.core.calibrators import Method, MethodSpec
-from qviz.core.config import TensorConfig
-from qviz.core.data import load_data
-from qviz.core.evaluate import Metric, RunMode
-from qviz.core.formats import Granularity, NumberFormat
-from qviz.core.mixed import MixedResult
-from qviz.core.model import TensorKind
-from qviz.core.sensitivity import SensitivityReport, run_to_completion, sensitivity
-from qviz.core.sensitivity_cache import SensitivityCache
-from qviz.core.session import SessionFile, load_session, save_session
+from qviz.app.views.layer_table import SORT_ROLE, STALE_FG, Column
+from qviz.app.views.pareto_view import fmt_bytes
+from qviz.core.calibration.config import TensorConfig
+from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.data.dataset import load_data
+from qviz.core.evaluation.evaluate import Metric, RunMode
+from qviz.core.files.session_file import SessionFile, load_session, save_session
+from qviz.core.model.loading import TensorKind
+from qviz.core.quant.formats import Granularity, NumberFormat
+from qviz.core.search.mixed import MixedResult
+from qviz.core.search.sensitivity import SensitivityReport, run_to_completion, sensitivity
+from qviz.core.search.sensitivity_cache import SensitivityCache
 
 W = TensorKind.WEIGHT
 CONV_W = ("features.3.weight", W)

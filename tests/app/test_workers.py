@@ -14,9 +14,9 @@ import pytest
 from PySide6.QtCore import QCoreApplication, QThreadPool
 from pytestqt.qtbot import QtBot
 
-from qviz.app.workers import BackgroundRunner, ShouldStop, call_as_job
-from qviz.core.collect import CollectionCancelled
+from qviz.app.controllers.workers import BackgroundRunner, ShouldStop, call_as_job
 from qviz.core.errors import QvizError
+from qviz.core.stats.collect import CollectionCancelled
 
 WAIT_MS = 10_000
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from qviz.cli import main
-from qviz.core.analysis import analyze
-from qviz.core.calibrators import Method, MethodSpec
-from qviz.core.config import QuantConfig, TensorConfig
+from qviz.core.calibration.analysis import analyze
+from qviz.core.calibration.config import QuantConfig, TensorConfig
+from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.demo import demo_paths
-from qviz.core.formats import Granularity, GranularityKind, NumberFormat
-from qviz.core.model import load_model
-from qviz.core.stats_file import load_stats
+from qviz.core.model.loading import load_model
+from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.stats.stats_file import load_stats
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 
 from qviz.cli import main
-from qviz.core.analysis import analyze
-from qviz.core.calibrators import Method, MethodSpec
-from qviz.core.config import QuantConfig, TensorConfig
-from qviz.core.config_file import load_config, results_from_saved, save_config
-from qviz.core.data import load_data
+from qviz.core.calibration.analysis import analyze
+from qviz.core.calibration.config import QuantConfig, TensorConfig
+from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.data.dataset import load_data
 from qviz.core.demo import DEMO_DIR, demo_paths
-from qviz.core.evaluate import Metric, evaluate, run_to_completion
-from qviz.core.formats import Granularity, GranularityKind, NumberFormat
-from qviz.core.model import load_model
-from qviz.core.stats_file import load_stats
+from qviz.core.evaluation.evaluate import Metric, evaluate, run_to_completion
+from qviz.core.files.config_file import load_config, results_from_saved, save_config
+from qviz.core.model.loading import load_model
+from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.stats.stats_file import load_stats
 
 LIMIT = "200"
 pytestmark = pytest.mark.skipif(

@@ -11,8 +11,8 @@ import onnx
 import pytest
 
 from qviz.cli import main
-from qviz.core.config_file import load_config
-from qviz.core.export import load_ort_overrides, read_trt_cache
+from qviz.core.files.config_file import load_config
+from qviz.core.files.export import load_ort_overrides, read_trt_cache
 
 try:  # works whether or not tests/ is a package
     from tests.core import model_factory

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qviz.core.atomic import atomic_open, write_text_atomic
+from qviz.core.files.atomic import atomic_open, write_text_atomic
 
 
 def test_written_file_has_umask_permissions(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from onnxruntime.quantization.calibrate import (
 )
 from scipy.stats import entropy as scipy_entropy
 
-from qviz.core.calibrators import (
+from qviz.core.calibration.methods import (
     Method,
     MethodSpec,
     choose_range,
@@ -28,11 +28,11 @@ from qviz.core.calibrators import (
 )
 from qviz.core.demo import DEMO_DIR
 from qviz.core.errors import QvizError
-from qviz.core.formats import NumberFormat
-from qviz.core.histogram import Histogram, HistogramRows
-from qviz.core.qparams import compute_qparams
-from qviz.core.quantize import fake_quantize
-from qviz.core.stats import TensorStats, TensorStatsAccumulator, compute_stats
+from qviz.core.quant.formats import NumberFormat
+from qviz.core.quant.qparams import compute_qparams
+from qviz.core.quant.quantize import fake_quantize
+from qviz.core.stats.histogram import Histogram, HistogramRows
+from qviz.core.stats.tensor_stats import TensorStats, TensorStatsAccumulator, compute_stats
 
 INT8 = NumberFormat.parse("int8")
 INT8_ASYM = NumberFormat.parse("int8", symmetric=False)

@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qviz.core.collect import CollectionCancelled, collect_stats, run_to_completion
-from qviz.core.data import random_data
-from qviz.core.model import from_proto
+from qviz.core.data.dataset import random_data
+from qviz.core.model.loading import from_proto
+from qviz.core.stats.collect import CollectionCancelled, collect_stats, run_to_completion
 
 
 def _gemm_on_input() -> onnx.ModelProto:

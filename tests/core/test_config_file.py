@@ -11,12 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qviz.core import config_file
-from qviz.core.analysis import TensorResult, analyze
-from qviz.core.calibrators import Method, MethodSpec
-from qviz.core.collect import collect_stats, run_to_completion
-from qviz.core.config import QuantConfig, TensorConfig
-from qviz.core.config_file import (
+from qviz.core.calibration.analysis import TensorResult, analyze
+from qviz.core.calibration.config import QuantConfig, TensorConfig
+from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.data.dataset import random_data
+from qviz.core.errors import QvizError
+from qviz.core.files import config_file as config_file
+from qviz.core.files.config_file import (
     SCHEMA_VERSION,
     config_document,
     float32_from_hex,
@@ -25,10 +26,9 @@ from qviz.core.config_file import (
     results_from_saved,
     save_config,
 )
-from qviz.core.data import random_data
-from qviz.core.errors import QvizError
-from qviz.core.formats import Granularity, GranularityKind, NumberFormat
-from qviz.core.model import LoadedModel, TensorKind, load_model
+from qviz.core.model.loading import LoadedModel, TensorKind, load_model
+from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.stats.collect import collect_stats, run_to_completion
 
 try:  # works whether or not tests/ is a package
     from tests.core import model_factory

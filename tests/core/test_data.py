@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qviz.core import data as data_module
-from qviz.core.data import (
+from qviz.core.data import dataset as data_module
+from qviz.core.data.dataset import (
     Dataset,
     Preprocess,
     decode_png,
@@ -20,7 +20,7 @@ from qviz.core.data import (
     random_data,
 )
 from qviz.core.errors import QvizError
-from qviz.core.model import InputSpec
+from qviz.core.model.loading import InputSpec
 
 F32 = np.dtype(np.float32)
 IMAGE_INPUT = (InputSpec("x", (None, 3, 8, 8), F32),)

@@ -13,16 +13,14 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from qviz.core.analysis import TensorResult, analyze
-from qviz.core.calibrators import Method, MethodSpec
-from qviz.core.collect import CalibrationStats, collect_stats
-from qviz.core.collect import run_to_completion as collect_all
-from qviz.core.config import QuantConfig, TensorConfig
-from qviz.core.criteria import Comparison, Criterion, CriterionMetric
-from qviz.core.data import Dataset, load_data, random_data
+from qviz.core.calibration.analysis import TensorResult, analyze
+from qviz.core.calibration.config import QuantConfig, TensorConfig
+from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.data.dataset import Dataset, load_data, random_data
 from qviz.core.demo import DEMO_DIR
 from qviz.core.errors import QvizError
-from qviz.core.evaluate import (
+from qviz.core.evaluation.criteria import Comparison, Criterion, CriterionMetric
+from qviz.core.evaluation.evaluate import (
     Evaluation,
     EvaluationCancelled,
     Metric,
@@ -33,11 +31,13 @@ from qviz.core.evaluate import (
     output_kind,
     run_to_completion,
 )
-from qviz.core.formats import Granularity, GranularityKind, NumberFormat
-from qviz.core.fusion import KernelPrecision, u8s8_may_saturate
-from qviz.core.model import LoadedModel, from_proto, load_model
-from qviz.core.qdq import build_qdq, save_qdq_model
-from qviz.core.quantize import fake_quantize
+from qviz.core.graph.qdq import build_qdq, save_qdq_model
+from qviz.core.model.loading import LoadedModel, from_proto, load_model
+from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.quantize import fake_quantize
+from qviz.core.runtime.fusion import KernelPrecision, u8s8_may_saturate
+from qviz.core.stats.collect import CalibrationStats, collect_stats
+from qviz.core.stats.collect import run_to_completion as collect_all
 
 try:  # works whether or not tests/ is a package
     from tests.core import model_factory as mf

@@ -16,20 +16,21 @@ import pytest
 from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
-from qviz.core import export, svg
-from qviz.core.analysis import TensorResult, analyze
-from qviz.core.calibrators import Method, MethodSpec
-from qviz.core.collect import collect_stats, run_to_completion
-from qviz.core.config import QuantConfig, TensorConfig
-from qviz.core.criteria import Criterion
-from qviz.core.data import Dataset, load_data, random_data
+from qviz.core.calibration.analysis import TensorResult, analyze
+from qviz.core.calibration.config import QuantConfig, TensorConfig
+from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.data.dataset import Dataset, load_data, random_data
 from qviz.core.demo import demo_paths
 from qviz.core.errors import QvizError
-from qviz.core.evaluate import Evaluation, Metric, evaluate, simulation_session_options
-from qviz.core.formats import Granularity, GranularityKind, NumberFormat
-from qviz.core.model import LoadedModel, TensorKind, load_model
-from qviz.core.quantize import quantize
-from qviz.core.report import Outcome, build_report, write_report
+from qviz.core.evaluation.criteria import Criterion
+from qviz.core.evaluation.evaluate import Evaluation, Metric, evaluate, simulation_session_options
+from qviz.core.files import export as export
+from qviz.core.files import svg
+from qviz.core.files.report import Outcome, build_report, write_report
+from qviz.core.model.loading import LoadedModel, TensorKind, load_model
+from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.quantize import quantize
+from qviz.core.stats.collect import collect_stats, run_to_completion
 
 try:  # works whether or not tests/ is a package
     from tests.core import model_factory

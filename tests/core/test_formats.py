@@ -13,15 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qviz.core.errors import QvizError
-from qviz.core.formats import (
+from qviz.core.quant.formats import (
     NF4_LEVELS,
     FormatKind,
     Granularity,
     GranularityKind,
     NumberFormat,
 )
-from qviz.core.qparams import QParams, blocked_shape, compute_qparams
-from qviz.core.quantize import dequantize, fake_quantize, quantization_levels, quantize
+from qviz.core.quant.qparams import QParams, blocked_shape, compute_qparams
+from qviz.core.quant.quantize import dequantize, fake_quantize, quantization_levels, quantize
 
 INT_SPECS = [f"{u}int{b}" for u in ("", "u") for b in range(2, 9)]
 ALL_SPECS = [*INT_SPECS, "fp8_e4m3fn", "fp8_e5m2", "nf4"]

@@ -11,13 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qviz.core.errors import QvizError
-from qviz.core.histogram import (
+from qviz.core.stats.histogram import (
     EXTREME_THRESHOLD,
     Histogram,
     HistogramAccumulator,
     HistogramRows,
 )
-from qviz.core.stats import TensorStats, TensorStatsAccumulator, compute_stats
+from qviz.core.stats.tensor_stats import TensorStats, TensorStatsAccumulator, compute_stats
 
 RNG = np.random.default_rng(1234)
 

@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from qviz.core.calibrators import Method, MethodSpec, choose_range, kl_divergence_curve
-from qviz.core.formats import NumberFormat
-from qviz.core.metrics import error_curve, exact_metrics, histogram_metrics
-from qviz.core.qparams import compute_qparams
-from qviz.core.quantize import fake_quantize, quantization_levels
-from qviz.core.stats import TensorStatsAccumulator, compute_stats
+from qviz.core.calibration.methods import Method, MethodSpec, choose_range, kl_divergence_curve
+from qviz.core.calibration.metrics import error_curve, exact_metrics, histogram_metrics
+from qviz.core.quant.formats import NumberFormat
+from qviz.core.quant.qparams import compute_qparams
+from qviz.core.quant.quantize import fake_quantize, quantization_levels
+from qviz.core.stats.tensor_stats import TensorStatsAccumulator, compute_stats
 
 RNG = np.random.default_rng(7)
 GAUSS = RNG.standard_normal(100_000).astype(np.float32)

@@ -12,25 +12,26 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from qviz.core.analysis import analyze
-from qviz.core.calibrators import Method, MethodSpec
-from qviz.core.collect import CalibrationStats, collect_stats
-from qviz.core.config import QuantConfig
-from qviz.core.config_file import load_config, results_from_saved, save_config
-from qviz.core.criteria import Criterion, CriterionMetric
-from qviz.core.data import Dataset, load_data
+from qviz.core.calibration.analysis import analyze
+from qviz.core.calibration.config import QuantConfig
+from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.data.dataset import Dataset, load_data
 from qviz.core.demo import DEMO_DIR
 from qviz.core.errors import QvizError
-from qviz.core.evaluate import (
+from qviz.core.evaluation.criteria import Criterion, CriterionMetric
+from qviz.core.evaluation.evaluate import (
     EvaluationCancelled,
     Metric,
     RunMode,
     evaluate,
     model_size,
 )
-from qviz.core.export import export_qdq
-from qviz.core.formats import FormatKind
-from qviz.core.mixed import (
+from qviz.core.files.config_file import load_config, results_from_saved, save_config
+from qviz.core.files.export import export_qdq
+from qviz.core.graph.qdq import build_qdq
+from qviz.core.model.loading import LoadedModel, TensorKind, load_model
+from qviz.core.quant.formats import FormatKind
+from qviz.core.search.mixed import (
     MixedResult,
     Objective,
     ParetoPoint,
@@ -41,10 +42,9 @@ from qviz.core.mixed import (
     pareto_front,
     parse_precisions,
 )
-from qviz.core.model import LoadedModel, TensorKind, load_model
-from qviz.core.qdq import build_qdq
-from qviz.core.sensitivity import Measurement, run_to_completion
-from qviz.core.sensitivity_cache import SensitivityCache
+from qviz.core.search.sensitivity import Measurement, run_to_completion
+from qviz.core.search.sensitivity_cache import SensitivityCache
+from qviz.core.stats.collect import CalibrationStats, collect_stats
 
 Demo = tuple[LoadedModel, Dataset, CalibrationStats]
 CRITERION = Criterion.parse("accuracy_drop<=0.5")
@@ -243,7 +243,7 @@ def test_bad_input(demo: Demo) -> None:
     model, data, stats = demo
     with pytest.raises(QvizError, match="quantized precision"):
         run_to_completion(mixed_precision(model, stats, minmax_base(), data, CRITERION, "float"))
-    from qviz.core.data import random_data
+    from qviz.core.data.dataset import random_data
 
     with pytest.raises(QvizError, match="labels"):
         run_to_completion(

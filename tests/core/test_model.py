@@ -13,9 +13,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qviz.core import model as model_module
 from qviz.core.errors import QvizError
-from qviz.core.model import InputSpec, LoadedModel, TensorKind, from_proto, load_model
+from qviz.core.model import loading as model_module
+from qviz.core.model.loading import InputSpec, LoadedModel, TensorKind, from_proto, load_model
 
 try:  # works whether or not tests/ is a package
     from tests.core import model_factory as mf
@@ -448,6 +448,9 @@ def test_unnamed_nodes_get_op_and_index() -> None:
 
 
 def test_importing_the_model_module_does_not_import_torch() -> None:
-    code = "import sys, qviz.core.model, qviz.core.data; print('torch' in sys.modules)"
+    code = (
+        "import sys, qviz.core.model.loading, qviz.core.data.dataset; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -11,17 +11,13 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from qviz.core.analysis import TensorResult, analyze
-from qviz.core.calibrators import Method, MethodSpec
-from qviz.core.collect import collect_stats, run_to_completion
-from qviz.core.config import QuantConfig, TensorConfig
-from qviz.core.data import Dataset, random_data
+from qviz.core.calibration.analysis import TensorResult, analyze
+from qviz.core.calibration.config import QuantConfig, TensorConfig
+from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.data.dataset import Dataset, random_data
 from qviz.core.errors import QvizError
-from qviz.core.evaluate import _with_outputs, simulation_session_options
-from qviz.core.formats import FormatKind, Granularity, GranularityKind, NumberFormat
-from qviz.core.fusion import fusion_report
-from qviz.core.model import LoadedModel, TensorKind, from_proto
-from qviz.core.qdq import (
+from qviz.core.evaluation.evaluate import _with_outputs, simulation_session_options
+from qviz.core.graph.qdq import (
     BLOCKED_OPSET,
     FP8_OPSET,
     QdqMode,
@@ -31,7 +27,11 @@ from qviz.core.qdq import (
     container_dtype,
     initializer_bytes,
 )
-from qviz.core.quantize import dequantize, fake_quantize, quantize
+from qviz.core.model.loading import LoadedModel, TensorKind, from_proto
+from qviz.core.quant.formats import FormatKind, Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.quantize import dequantize, fake_quantize, quantize
+from qviz.core.runtime.fusion import fusion_report
+from qviz.core.stats.collect import collect_stats, run_to_completion
 
 try:  # works whether or not tests/ is a package
     from tests.core import model_factory as mf

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
 
-from qviz.core.formats import NumberFormat
-from qviz.core.qparams import QParams, blocked_shape, compute_qparams
-from qviz.core.quantize import dequantize, quantize
+from qviz.core.quant.formats import NumberFormat
+from qviz.core.quant.qparams import QParams, blocked_shape, compute_qparams
+from qviz.core.quant.quantize import dequantize, quantize
 
 FAST = settings(
     max_examples=50,

@@ -10,20 +10,19 @@ from pathlib import Path
 
 import pytest
 
-import qviz.core.sensitivity as sens_mod
-from qviz.core.analysis import analyze
-from qviz.core.calibrators import Method, MethodSpec
-from qviz.core.collect import CalibrationStats, collect_stats
-from qviz.core.config import QuantConfig
-from qviz.core.config_file import load_config, save_config
-from qviz.core.data import Dataset, load_data, random_data
+import qviz.core.search.sensitivity as sens_mod
+from qviz.core.calibration.analysis import analyze
+from qviz.core.calibration.config import QuantConfig
+from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.data.dataset import Dataset, load_data, random_data
 from qviz.core.demo import DEMO_DIR
 from qviz.core.errors import QvizError
-from qviz.core.evaluate import EvaluationCancelled, Metric, RunMode, evaluate
-from qviz.core.formats import NumberFormat
-from qviz.core.fusion import KernelPrecision
-from qviz.core.model import LoadedModel, TensorKind, load_model
-from qviz.core.sensitivity import (
+from qviz.core.evaluation.evaluate import EvaluationCancelled, Metric, RunMode, evaluate
+from qviz.core.files.config_file import load_config, save_config
+from qviz.core.model.loading import LoadedModel, TensorKind, load_model
+from qviz.core.quant.formats import NumberFormat
+from qviz.core.runtime.fusion import KernelPrecision
+from qviz.core.search.sensitivity import (
     LayerSensitivity,
     SensitivityReport,
     group_by_layer,
@@ -31,7 +30,8 @@ from qviz.core.sensitivity import (
     run_to_completion,
     sensitivity,
 )
-from qviz.core.sensitivity_cache import SensitivityCache, report_from_json, report_to_json
+from qviz.core.search.sensitivity_cache import SensitivityCache, report_from_json, report_to_json
+from qviz.core.stats.collect import CalibrationStats, collect_stats
 
 LIMIT = 500
 Demo = tuple[LoadedModel, Dataset, CalibrationStats]
@@ -208,7 +208,7 @@ def test_bad_cache_file_is_a_miss(demo: Demo, tmp_path: Path) -> None:
 
 
 def _key_of(path: Path, doc: dict) -> object:
-    from qviz.core.sensitivity_cache import CacheKey
+    from qviz.core.search.sensitivity_cache import CacheKey
 
     k = dict(doc["key"])
     k["precision"] = KernelPrecision(k["precision"])
@@ -301,7 +301,7 @@ def test_bad_input(demo: Demo) -> None:
 
 
 def test_layer_sensitivity_score_orders_by_drop_and_recovery() -> None:
-    from qviz.core.sensitivity import Measurement
+    from qviz.core.search.sensitivity import Measurement
 
     m = Measurement({Metric.ACCURACY: 90.0}, RunMode.NATIVE, 1, 1)
 

@@ -10,29 +10,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qviz.core.analysis import analyze_tensor
-from qviz.core.calibrators import Method, MethodSpec
-from qviz.core.collect import CalibrationStats, collect_stats, run_to_completion
-from qviz.core.config import QuantConfig, TensorConfig
-from qviz.core.data import load_data
+from qviz.core.calibration.analysis import analyze_tensor
+from qviz.core.calibration.config import QuantConfig, TensorConfig
+from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.data.dataset import load_data
 from qviz.core.demo import demo_paths
-from qviz.core.errors import QvizError
-from qviz.core.formats import Granularity, GranularityKind, NumberFormat
-from qviz.core.model import LoadedModel, TensorKind, load_model
-from qviz.core.session import (
-    SCHEMA_VERSION,
+from qviz.core.document.document import (
     ApplyScope,
     Document,
+    analyze_in_batches,
+    weighted_sqnr_db,
+)
+from qviz.core.errors import QvizError
+from qviz.core.files.session_file import (
+    SCHEMA_VERSION,
     PathKind,
     SessionFile,
-    analyze_in_batches,
     classify_path,
     load_session,
     save_session,
     session_document,
-    weighted_sqnr_db,
 )
-from qviz.core.stats_file import save_stats
+from qviz.core.model.loading import LoadedModel, TensorKind, load_model
+from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.stats.collect import CalibrationStats, collect_stats, run_to_completion
+from qviz.core.stats.stats_file import save_stats
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 W = TensorKind.WEIGHT

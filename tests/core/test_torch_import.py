@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from qviz.core.errors import QvizError
-from qviz.core.model import LoadedModel, load_model
+from qviz.core.model.loading import LoadedModel, load_model
 
 torch = pytest.importorskip("torch")
 # Users still hand us TorchScript; the tests make some with the (deprecated) tracer.

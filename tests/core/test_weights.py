@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qviz.core.calibrators import Method, MethodSpec
+from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.calibration.metrics import exact_metrics
+from qviz.core.calibration.weights import analyze_weight
 from qviz.core.errors import QvizError
-from qviz.core.formats import Granularity, GranularityKind, NumberFormat
-from qviz.core.metrics import exact_metrics
-from qviz.core.qparams import compute_qparams
-from qviz.core.quantize import fake_quantize
-from qviz.core.weights import analyze_weight
+from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.qparams import compute_qparams
+from qviz.core.quant.quantize import fake_quantize
 
 INT8 = NumberFormat.parse("int8")
 INT4_ASYM = NumberFormat.parse("int4", symmetric=False)

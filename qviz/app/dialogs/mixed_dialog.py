@@ -1,0 +1,469 @@
+"""Run ▸ Mixed precision…: ask for a criterion, search, show the measured answer and the trade-off.
+
+The dialog is a view. It turns the form into a `MixedRequest` (`runRequested`), shows the
+search's progress, and then its `MixedResult`: PASS or FAIL with the numbers of the confirming
+evaluation, the size, the layers whose precision changed — named by graph node and torch
+module path, so the recommendation can be acted on in any runtime — and the Pareto plot of
+every configuration tried. Clicking a point (or "Apply the answer") asks the controller to
+apply that configuration to the document, where it can be inspected layer by layer and
+exported.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QFont
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from qviz.app.views import plot_style as st
+from qviz.app.views.pareto_view import (
+    FAIL_COLOR,
+    PASS_COLOR,
+    ParetoView,
+    fmt_bytes,
+    fmt_value,
+    point_text,
+    short_data_name,
+)
+from qviz.core.errors import QvizError
+from qviz.core.evaluation.criteria import Criterion, CriterionMetric
+from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode
+from qviz.core.progress import Progress, format_seconds
+from qviz.core.search.mixed import MixedResult, Objective, ParetoPoint
+from qviz.core.search.sensitivity import DEFAULT_LIMIT
+
+PRECISIONS: tuple[tuple[str, str], ...] = (
+    ("int4", "4-bit integer weights, int8 activations"),
+    ("int8", "8-bit integer weights and activations"),
+    ("float", "the layer stays float (its weight and input are not quantized)"),
+)
+DEFAULT_CRITERION = "accuracy_drop<=0.5"
+CHANGED_BG = QColor("#fff3cd")
+MAX_NOTES = 2  # shown under the answer; every note is in the tooltip
+CHOICE_COLUMNS = ("Layer", "Precision", "Graph node", "Torch module", "Op", "Tensors")
+
+
+@dataclass(frozen=True)
+class MixedRequest:
+    """What the user asked the search for."""
+
+    criterion: Criterion
+    allowed: str  # "int4,int8,float"
+    objective: Objective
+    limit: int
+
+
+def _metric_of(criterion: Criterion) -> Metric:
+    return {
+        CriterionMetric.ACCURACY_DROP: Metric.ACCURACY,
+        CriterionMetric.OUTPUT_COSINE: Metric.COSINE,
+        CriterionMetric.OUTPUT_SQNR: Metric.SQNR,
+        CriterionMetric.AGREEMENT: Metric.AGREEMENT,
+    }[criterion.metric]
+
+
+def verdict_text(criterion: Criterion, evaluation: Evaluation) -> tuple[bool, str]:
+    """PASS/FAIL and the number behind it, e.g. "PASS: accuracy drop 0.15 points ≤ 0.50"."""
+    v = criterion.check(evaluation)
+    assert criterion.comparison is not None
+    digits = criterion.metric.digits()
+    bar = f"{criterion.comparison.symbol} {criterion.threshold:.{digits}f}"
+    if v.value is None:
+        return False, v.text
+    shown = f"{criterion.metric.label} {fmt_value(v.value, digits)}{criterion.metric.unit}"
+    return v.passed, (f"PASS: {shown} {bar}" if v.passed else f"FAIL: {shown}, not {bar}")
+
+
+def measured_text(criterion: Criterion, e: Evaluation) -> str:
+    """An evaluation's number for `criterion`, in words (plain text)."""
+    mode = "native INT8 kernels" if e.mode is RunMode.NATIVE else "the simulation"
+    metric = _metric_of(criterion)
+    q = e.quantized_metrics.get(metric, math.nan)
+    where = f"all {e.n_samples} samples of {short_data_name(e.data_description)}"
+    if metric is Metric.ACCURACY:
+        f = e.float_metrics.get(Metric.ACCURACY, math.nan)
+        return f"accuracy {q:.2f} % (float {f:.2f} %) on {where}, run with {mode}"
+    digits = criterion.metric.digits()
+    return (
+        f"{criterion.metric.label} {fmt_value(q, digits)}{criterion.metric.unit} on {where}, "
+        f"run with {mode}"
+    )
+
+
+def size_text(result: MixedResult) -> str:
+    size = result.size_bytes
+    ratio = result.float_size_bytes / size if size else math.inf
+    return (
+        f"Size {fmt_bytes(size)} — {ratio:.1f}× smaller than float "
+        f"({fmt_bytes(result.float_size_bytes)}); {result.baseline.label} would be "
+        f"{fmt_bytes(result.baseline.size_bytes)}"
+    )
+
+
+def changes_text(result: MixedResult) -> str:
+    low = result.allowed[0].name
+    if not result.changed:
+        return f"Every layer at {low}."
+    parts = [f"{c.name} → {c.precision}" for c in result.changed]
+    return f"Changed from {low}: " + ", ".join(parts)
+
+
+class MixedPrecisionDialog(QDialog):
+    """Non-modal: the document stays usable while the search runs and after it."""
+
+    runRequested = Signal(object)  # MixedRequest
+    cancelRequested = Signal()
+    pointClicked = Signal(object)  # ParetoPoint: apply its configuration
+    applyChosenRequested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Mixed precision — qviz")
+        self.setModal(False)
+        self.resize(1280, 720)
+        self._result: MixedResult | None = None
+        self._running = False
+
+        # ---- the question
+        self.criterion_edit = QLineEdit(DEFAULT_CRITERION)
+        self.criterion_edit.setToolTip(
+            "The bar the model must meet, measured end to end: accuracy_drop<=0.5 (points, "
+            "needs labels), sqnr>=30 (output SQNR, dB), cosine>=0.99, agreement>=99 (% top-1 "
+            "agreement with the float model)"
+        )
+        self.criterion_edit.setPlaceholderText("accuracy_drop<=0.5 · sqnr>=30 · cosine>=0.99")
+        self.criterion_hint = QLabel()
+        self.criterion_edit.textChanged.connect(self._validate)
+        self.precision_checks: dict[str, QCheckBox] = {}
+        checks = QHBoxLayout()
+        for name, tip in PRECISIONS:
+            box = QCheckBox(name)
+            box.setChecked(True)
+            box.setToolTip(f"A layer may be {name}: {tip}")
+            box.toggled.connect(self._validate)
+            self.precision_checks[name] = box
+            checks.addWidget(box)
+        checks.addStretch(1)
+        self.objective_combo = QComboBox()
+        self.objective_combo.addItem("smallest model", Objective.SIZE)
+        self.objective_combo.addItem("fewest float layers", Objective.FLOAT_LAYERS)
+        self.objective_combo.setToolTip(
+            "What the cheapest passing configuration means: the smallest size, or the fewest "
+            "layers kept float (then the smallest)"
+        )
+        self.limit_spin = QSpinBox()
+        self.limit_spin.setRange(16, 1_000_000)
+        self.limit_spin.setSingleStep(100)
+        self.limit_spin.setValue(DEFAULT_LIMIT)
+        self.limit_spin.setToolTip(
+            "Samples each candidate is measured on during the search (the first N). The "
+            "answer is always confirmed on every sample."
+        )
+        self.run_button = QPushButton("Search")
+        self.run_button.setDefault(True)
+        self.run_button.setToolTip(
+            "Start from every layer at the lowest allowed precision, promote the layers that "
+            "matter most, demote what was not needed, and confirm the answer on all samples"
+        )
+        self.run_button.clicked.connect(self._on_run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the search at the end of the current batch")
+        self.cancel_button.clicked.connect(self.cancelRequested)
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.progress.setToolTip("The search's current phase and how far it has come")
+        self.progress.hide()
+        base_note = QLabel(
+            "Methods, granularity and symmetry come from the current settings; each layer "
+            "(its weight and the input it owns) gets one of the allowed precisions."
+        )
+        base_note.setWordWrap(True)
+        base_note.setStyleSheet(f"color: {st.AXIS_PEN};")
+
+        form = QFormLayout()
+        crit_row = QHBoxLayout()
+        crit_row.addWidget(self.criterion_edit, 1)
+        crit_row.addWidget(self.criterion_hint, 1)
+        form.addRow("Criterion", crit_row)
+        form.addRow("Allowed per layer", checks)
+        opts = QHBoxLayout()
+        opts.addWidget(self.objective_combo)
+        opts.addWidget(QLabel("search on"))
+        opts.addWidget(self.limit_spin)
+        opts.addWidget(QLabel("samples"))
+        opts.addStretch(1)
+        opts.addWidget(self.run_button)
+        opts.addWidget(self.cancel_button)
+        form.addRow("Objective", opts)
+
+        # ---- the answer
+        self.verdict_label = QLabel()
+        verdict_font = QFont()
+        verdict_font.setPointSizeF(12.0)
+        verdict_font.setBold(True)
+        self.verdict_label.setFont(verdict_font)
+        self.verdict_label.setWordWrap(True)
+        self.verdict_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.summary_label = QLabel("Set a criterion and press Search.")
+        self.summary_label.setWordWrap(True)
+        self.summary_label.setTextFormat(Qt.TextFormat.RichText)
+        self.summary_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.choices_table = QTableWidget(0, len(CHOICE_COLUMNS))
+        self.choices_table.setHorizontalHeaderLabels(list(CHOICE_COLUMNS))
+        self.choices_table.setToolTip(
+            "The precision chosen for every layer; highlighted rows differ from the lowest "
+            "allowed precision. Node and module names are what ONNX tools and torch see."
+        )
+        self.choices_table.verticalHeader().setVisible(False)
+        self.choices_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.choices_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.choices_table.horizontalHeader().setSectionResizeMode(
+            QHeaderView.ResizeMode.ResizeToContents
+        )
+        self.choices_table.horizontalHeader().setStretchLastSection(True)
+        self.notes_label = QLabel()
+        self.notes_label.setWordWrap(True)
+        self.notes_label.setStyleSheet(f"color: {st.AXIS_PEN};")
+        self.notes_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.apply_button = QPushButton("Apply the answer to the document")
+        self.apply_button.setToolTip(
+            "Make the answer's configuration the current settings: inspect it layer by layer "
+            "in the table and export it"
+        )
+        self.apply_button.clicked.connect(self.applyChosenRequested)
+        self.apply_button.setEnabled(False)
+
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.addWidget(self.verdict_label)
+        left_layout.addWidget(self.summary_label)
+        left_layout.addWidget(self.choices_table, 1)
+        left_layout.addWidget(self.notes_label)
+        left_layout.addWidget(self.apply_button)
+
+        self.pareto = ParetoView()
+        self.pareto.pointClicked.connect(self.pointClicked)
+        self.applied_label = QLabel()
+        self.applied_label.setWordWrap(True)
+        self.applied_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(0, 0, 0, 0)
+        right_layout.addWidget(self.pareto, 1)
+        right_layout.addWidget(self.applied_label)
+
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(left)
+        self.splitter.addWidget(right)
+        self.splitter.setSizes([620, 660])
+        self.splitter.setChildrenCollapsible(False)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(base_note)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.splitter, 1)
+        self._validate()
+
+    # ----------------------------------------------------------------- the form
+    def request(self) -> MixedRequest:
+        """The form as a request; QvizError with one clear line when it is not valid."""
+        criterion = Criterion.parse(self.criterion_edit.text())
+        allowed = [n for n, box in self.precision_checks.items() if box.isChecked()]
+        if not any(n != "float" for n in allowed):
+            raise QvizError("allow at least one quantized precision (int4 or int8)")
+        limit = int(self.limit_spin.value())
+        objective = self.objective_combo.currentData()
+        return MixedRequest(criterion, ",".join(allowed), objective, limit)
+
+    def set_request(
+        self,
+        criterion: str,
+        allowed: tuple[str, ...] = ("int4", "int8", "float"),
+        objective: Objective = Objective.SIZE,
+        limit: int = DEFAULT_LIMIT,
+    ) -> None:
+        """Fill the form (scripts, tests and screenshots use it as a user would type)."""
+        self.criterion_edit.setText(criterion)
+        for name, box in self.precision_checks.items():
+            box.setChecked(name in allowed)
+        self.objective_combo.setCurrentIndex(self.objective_combo.findData(objective))
+        self.limit_spin.setValue(limit)
+
+    def _validate(self) -> None:
+        try:
+            req = self.request()
+        except QvizError as exc:
+            self.criterion_hint.setText(
+                f"<span style='color:{FAIL_COLOR}'>{html.escape(str(exc))}</span>"
+            )
+            self.criterion_hint.setToolTip(str(exc))
+            self.run_button.setEnabled(False)
+            return
+        c = req.criterion
+        assert c.comparison is not None
+        self.criterion_hint.setText(
+            f"<span style='color:{st.AXIS_PEN}'>{html.escape(c.metric.label)} "
+            f"{c.comparison.symbol} {c.threshold:g}{html.escape(c.metric.unit)}</span>"
+        )
+        self.criterion_hint.setToolTip("")
+        self.run_button.setEnabled(not self._running)
+
+    def _on_run(self) -> None:
+        try:
+            req = self.request()
+        except QvizError:
+            return  # the hint already says why, and the button is disabled
+        self.runRequested.emit(req)
+
+    # ----------------------------------------------------------------- feedback
+    def set_running(self, running: bool) -> None:
+        self._running = running
+        self.cancel_button.setEnabled(running)
+        self.progress.setVisible(running)
+        if running:
+            self.progress.setRange(0, 0)
+            self.progress.setFormat("starting…")
+            self.verdict_label.setText("Searching…")
+            self.verdict_label.setStyleSheet("")
+        self._validate()
+
+    def show_progress(self, p: Progress) -> None:
+        if p.total > 0:
+            self.progress.setRange(0, p.total)
+            self.progress.setValue(min(p.done, p.total))
+        eta = "" if p.remaining_s is None else f", about {format_seconds(p.remaining_s)} left"
+        self.progress.setFormat(f"{p.message or 'working'} ({format_seconds(p.elapsed_s)}{eta})")
+
+    def show_message(self, text: str) -> None:
+        """A run that ended without a result (cancelled, failed)."""
+        self.verdict_label.setText(text)
+        self.verdict_label.setStyleSheet("")
+
+    @property
+    def result(self) -> MixedResult | None:
+        return self._result
+
+    def show_result(self, result: MixedResult, baseline: Evaluation | None = None) -> None:
+        """The answer; `baseline` is the all-lowest configuration measured like the answer."""
+        self._result = result
+        c = result.criterion
+        e = result.evaluation
+        if e is not None:
+            _, verdict = verdict_text(c, e)
+            measured = "Measured " + measured_text(c, e) + "."
+        else:
+            verdict = "PASS: the float model itself" if result.passed else "FAIL"
+            measured = "The answer keeps every layer float: it is the float model itself."
+        self.verdict_label.setText(verdict)
+        self.verdict_label.setStyleSheet(f"color: {PASS_COLOR if result.passed else FAIL_COLOR};")
+        base = result.baseline
+        if baseline is not None:
+            _, base_verdict = verdict_text(c, baseline)
+            base_line = (
+                f"For comparison, {base.label}: {measured_text(c, baseline)} — {base_verdict}."
+            )
+        else:
+            base_line = (
+                f"{base.label}: {c.metric.label} {fmt_value(base.value, c.metric.digits())}"
+                f"{c.metric.unit} on the {base.measurement.n_samples} search samples — "
+                f"{'meets' if base.passed else 'fails'} {c.spec}."
+            )
+        lines = [
+            html.escape(measured),
+            html.escape(size_text(result)) + ".",
+            "<b>" + html.escape(changes_text(result)) + "</b>",
+            html.escape(base_line),
+            html.escape(
+                f"{len(result.points)} configurations measured on {result.search_samples} "
+                f"samples in {format_seconds(result.elapsed_s)}."
+            ),
+        ]
+        self.summary_label.setText("<br>".join(lines))
+        self._fill_choices(result)
+        if result.notes:
+            shown = result.notes[:MAX_NOTES]
+            more = len(result.notes) - len(shown)
+            self.notes_label.setText(
+                "Notes: " + " · ".join(shown) + (f" (+{more} more: hover)" if more else "")
+            )
+            self.notes_label.setToolTip("\n".join(f"• {n}" for n in result.notes))
+            self.notes_label.show()
+        else:
+            self.notes_label.hide()
+        self.pareto.set_result(result)
+        self.apply_button.setEnabled(True)
+        self.applied_label.setText("Click a point to apply its configuration to the document.")
+
+    def clear_result(self) -> None:
+        """Forget the last answer (another model was opened)."""
+        self._result = None
+        self.verdict_label.setText("")
+        self.summary_label.setText("Set a criterion and press Search.")
+        self.choices_table.setRowCount(0)
+        self.notes_label.hide()
+        self.pareto.set_result(None)
+        self.apply_button.setEnabled(False)
+        self.applied_label.setText("")
+
+    def _fill_choices(self, result: MixedResult) -> None:
+        t = self.choices_table
+        t.setRowCount(len(result.choices))
+        bold = QFont()
+        bold.setBold(True)
+        for row, ch in enumerate(sorted(result.choices, key=lambda c: c.depth)):
+            cells = (
+                ch.name, ch.precision, ch.node_name, ch.module_path or "—", ch.op_type,
+                ", ".join(ch.tensors),
+            )  # fmt: skip
+            for col, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if ch.changed:
+                    item.setBackground(QBrush(CHANGED_BG))
+                    if col == 1:
+                        item.setFont(bold)
+                t.setItem(row, col, item)
+        t.resizeColumnsToContents()
+
+    def choice_rows(self) -> list[tuple[str, ...]]:
+        """The choices table as text, row by row (tests read it as a user would)."""
+        t = self.choices_table
+        return [
+            tuple(t.item(r, c).text() for c in range(t.columnCount()))  # type: ignore[union-attr]
+            for r in range(t.rowCount())
+        ]
+
+    def set_applied(self, point: ParetoPoint | None, result: MixedResult | None = None) -> None:
+        """Say which configuration the document has now."""
+        if point is None or result is None:
+            self.pareto.set_applied(None)
+            return
+        self.pareto.set_applied(point.index)
+        self.applied_label.setText(
+            "Applied to the document: " + point_text(point, result)
+            + ". The layer table shows it; export it as usual."
+        )

@@ -1,0 +1,350 @@
+"""Per-output-channel view of a weight: each channel's value range against its clip range.
+
+Top: a range plot, one column per output channel — min..max in a light bar, the clip range
+lo..hi in a dark bar inside it — so a channel whose values dwarf the others (an outlier that a
+per-tensor scale must cover) stands out in red. Bottom, on the same x axis: per-channel SQNR,
+or for per-group granularity a heatmap of SQNR per (channel, group).
+
+The numbers come from ``ChannelMetrics`` when the core computed them; otherwise (per-tensor
+weights) they are derived here from the exact weight and its qparams by the Qt-free
+:func:`channel_data`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QRectF, Qt
+from PySide6.QtWidgets import QLabel, QStackedWidget, QVBoxLayout, QWidget
+
+from qviz.app.views import plot_style as st
+from qviz.core.quant.formats import GranularityKind, NumberFormat
+from qviz.core.quant.qparams import QParams
+from qviz.core.quant.quantize import fake_quantize
+
+# A channel is flagged when its largest magnitude exceeds this many times the median one:
+# such a channel alone sets a per-tensor scale and wastes resolution for all the others.
+OUTLIER_RATIO = 3.0
+# SQNR of a channel quantized without any error is infinite; plot it at this ceiling.
+SQNR_CEILING_DB = 150.0
+
+
+# ----------------------------------------------------------------------------- pure data
+@dataclass(frozen=True)
+class ChannelData:
+    """Everything the channel view draws, one entry per output channel (Qt-free)."""
+
+    mins: np.ndarray
+    maxs: np.ndarray
+    los: np.ndarray          # clip range each channel is quantized with (effective)
+    his: np.ndarray
+    sqnr_db: np.ndarray      # per channel
+    outliers: np.ndarray     # bool per channel
+    group_sqnr_db: np.ndarray | None = None   # (channels, groups) for per-group
+    group_size: int | None = None
+    source: str = ""         # human text: what lo/hi mean
+
+
+def _sqnr_db(signal: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = 10.0 * np.log10(signal / noise)
+    out = np.where(noise == 0, np.inf, out)
+    return np.where((signal == 0) & (noise > 0), -np.inf, out)
+
+
+def _rows(x: np.ndarray, channel_axis: int) -> np.ndarray:
+    """(channels, everything else) view of a weight."""
+    return np.moveaxis(np.asarray(x), channel_axis, 0).reshape(x.shape[channel_axis], -1)
+
+
+def outlier_mask(mins: np.ndarray, maxs: np.ndarray) -> np.ndarray:
+    absmax = np.maximum(np.abs(mins), np.abs(maxs))
+    med = float(np.median(absmax)) if absmax.size else 0.0
+    if med <= 0:
+        return absmax > 0
+    return absmax > OUTLIER_RATIO * med
+
+
+def channel_data(
+    w: np.ndarray,
+    qp: QParams,
+    fmt: NumberFormat,
+    channel_axis: int,
+    reduction_axis: int | None,
+    granularity: GranularityKind,
+    channel_metrics: object | None = None,
+    tensor_clip: tuple[float, float] | None = None,
+) -> ChannelData:
+    """Per-channel ranges, clip ranges and SQNR of weight ``w`` quantized with ``qp``.
+
+    Uses the core's ``channel_metrics`` (min, max, lo, hi, sqnr_db per output channel) when
+    given, so the view shows the very numbers the analysis produced; computes them from the
+    fake-quantized weight otherwise, with every channel clipped to ``tensor_clip`` (the
+    per-tensor range, as the histogram shows it). Per-group adds SQNR per (channel, group).
+    """
+    w = np.asarray(w, dtype=np.float32)
+    rows = _rows(w, channel_axis)
+    n = rows.shape[0]
+    need_fq = channel_metrics is None or granularity is GranularityKind.PER_GROUP
+    fq = fake_quantize(w, qp, fmt).astype(np.float32) if need_fq else None
+
+    if channel_metrics is not None:
+        cm = channel_metrics
+        mins = np.asarray(cm.min, dtype=np.float64)
+        maxs = np.asarray(cm.max, dtype=np.float64)
+        los = np.asarray(cm.lo, dtype=np.float64)
+        his = np.asarray(cm.hi, dtype=np.float64)
+        sqnr = np.asarray(cm.sqnr_db, dtype=np.float64)
+        source = "clip per channel"
+    else:
+        mins = rows.min(axis=1).astype(np.float64)
+        maxs = rows.max(axis=1).astype(np.float64)
+        assert fq is not None
+        err = (_rows(fq, channel_axis) - rows).astype(np.float64)
+        sqnr = _sqnr_db(
+            np.sum(rows.astype(np.float64) ** 2, axis=1), np.sum(err**2, axis=1)
+        )
+        # Per-tensor: every channel shares the one clip range.
+        lo, hi = tensor_clip if tensor_clip is not None else (mins.min(), maxs.max())
+        los = np.full(n, float(lo))
+        his = np.full(n, float(hi))
+        source = "one per-tensor clip range"
+
+    group = None
+    if granularity is GranularityKind.PER_GROUP and qp.block_size and reduction_axis is not None:
+        group = _group_sqnr(w, fq, channel_axis, reduction_axis, int(qp.block_size))
+        source = f"clip envelope of each channel's groups of {qp.block_size}"
+    return ChannelData(
+        mins, maxs, los, his, sqnr, outlier_mask(mins, maxs), group,
+        int(qp.block_size) if group is not None else None, source,
+    )
+
+
+def _group_sqnr(
+    w: np.ndarray, fq: np.ndarray | None, channel_axis: int, reduction_axis: int, block: int
+) -> np.ndarray:
+    """SQNR per (channel, block along the reduction axis); the last block may be short."""
+    assert fq is not None
+    ca, ra = channel_axis % w.ndim, reduction_axis % w.ndim
+    if ca == ra:  # degenerate layouts (1-D weights): one group per block of the only axis
+        x = w.reshape(1, -1, 1)
+        e = (fq - w).reshape(1, -1, 1)
+    else:
+        x = np.moveaxis(w, (ca, ra), (0, 1))
+        e = np.moveaxis(fq - w, (ca, ra), (0, 1))
+        x = x.reshape(x.shape[0], x.shape[1], -1)
+        e = e.reshape(e.shape[0], e.shape[1], -1)
+    c, r, _ = x.shape
+    g = -(-r // block)
+    pad = g * block - r
+    x64 = np.pad(x.astype(np.float64), ((0, 0), (0, pad), (0, 0)))
+    e64 = np.pad(e.astype(np.float64), ((0, 0), (0, pad), (0, 0)))
+    sig = (x64**2).reshape(c, g, -1).sum(axis=2)
+    noise = (e64**2).reshape(c, g, -1).sum(axis=2)
+    return _sqnr_db(sig, noise)
+
+
+# ----------------------------------------------------------------------------- the view
+class _Bars(pg.BarGraphItem):
+    """Bars whose updates do not ask the view to re-measure its children.
+
+    The channel view sets every range itself (no auto-range), and pyqtgraph's
+    bounds-changed notice would otherwise cost a second full paint after each update.
+    """
+
+    def informViewBoundsChanged(self) -> None:  # pyqtgraph's name
+        pass
+
+
+class ChannelView(QWidget):
+    """Range plot per output channel over a per-channel SQNR plot (or per-group heatmap)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        st.configure_pyqtgraph()
+        self.data: ChannelData | None = None
+
+        self.title = QLabel()
+        self.title.setStyleSheet("font-weight: 600;")
+        self.caption = QLabel()
+        self.caption.setWordWrap(True)
+        self.caption.setStyleSheet("color: #5f6368; font-size: 8.5pt;")
+
+        self.layout_widget = pg.GraphicsLayoutWidget()
+        self.range_plot = self.layout_widget.addPlot(row=0, col=0)
+        self.sqnr_plot = self.layout_widget.addPlot(row=1, col=0)
+        for plot in (self.range_plot, self.sqnr_plot):
+            st.style_plot(plot)
+            plot.getViewBox().setMouseEnabled(x=True, y=False)
+        self.range_plot.setLabel("left", "value")
+        self.sqnr_plot.setLabel("left", "SQNR (dB)")
+        self.sqnr_plot.setLabel("bottom", "output channel")
+        self.sqnr_plot.setXLink(self.range_plot)
+        self.range_plot.getAxis("bottom").setStyle(showValues=False)
+        self.layout_widget.ci.layout.setRowStretchFactor(0, 3)
+        self.layout_widget.ci.layout.setRowStretchFactor(1, 2)
+
+        # Items are created once and refreshed with setOpts / setData.
+        self.range_bars = _Bars(x=[], y0=[], height=[], width=0.8)
+        self.clip_bars = _Bars(x=[], y0=[], height=[], width=0.4)
+        self.range_plot.addItem(self.range_bars)
+        self.range_plot.addItem(self.clip_bars)
+        self.zero_line = pg.InfiniteLine(pos=0, angle=0, pen=pg.mkPen("#9e9e9e", width=1))
+        self.range_plot.addItem(self.zero_line, ignoreBounds=True)
+
+        self.sqnr_curve = pg.PlotCurveItem(
+            x=np.zeros(1), y=np.zeros(0), stepMode="center", fillLevel=0.0,
+            pen=pg.mkPen(st.SQNR_COLOR, width=1),
+            brush=st.color(st.SQNR_COLOR, 90),
+        )
+        self.worst_point = pg.ScatterPlotItem(
+            size=9, brush=pg.mkBrush(st.CHANNEL_OUTLIER), pen=pg.mkPen("w")
+        )
+        self.worst_text = pg.TextItem(
+            anchor=(0, 1), color=st.CHANNEL_OUTLIER, fill=pg.mkBrush(255, 255, 255, 200)
+        )
+        self.worst_text.setFont(st.label_font(8.0))
+        self.sqnr_plot.addItem(self.sqnr_curve)
+        self.sqnr_plot.addItem(self.worst_point)
+        self.sqnr_plot.addItem(self.worst_text, ignoreBounds=True)
+
+        # Per-group: heatmap of SQNR per (channel, group) with its colour bar.
+        self.heatmap = pg.ImageItem(axisOrder="row-major")
+        self.sqnr_plot.addItem(self.heatmap)
+        self.colorbar = pg.ColorBarItem(
+            values=(0, 60), colorMap=pg.colormap.get("viridis"), label="dB",
+            interactive=False, width=12,
+        )
+        self.colorbar.setImageItem(self.heatmap)
+        self.colorbar.getAxis("right").setTickFont(st.label_font(7.5))
+        # In the layout only while a heatmap shows: a hidden item still takes its column,
+        # and one hidden at layout time comes back squeezed over its own tick labels.
+        self._colorbar_shown = False
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        # Empty state: a sentence in place of empty axes (same size, so nothing jumps).
+        self.placeholder = QLabel()
+        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.placeholder.setStyleSheet("color: #5f6368; background: white;")
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.layout_widget)
+        self.stack.addWidget(self.placeholder)
+        layout.addWidget(self.title)
+        layout.addWidget(self.stack, 1)
+        layout.addWidget(self.caption)
+        self.clear()
+
+    # ------------------------------------------------------------------ public API
+    def show_channels(self, data: ChannelData, tensor: str, granularity_label: str) -> None:
+        # The layer view memoises ChannelData: the same object means nothing changed, so
+        # leave the items alone (and unpainted).
+        if data is self.data and (tensor, granularity_label) == self._shown_for:
+            return
+        self._shown_for = (tensor, granularity_label)
+        self.data = data
+        self.stack.setCurrentWidget(self.layout_widget)
+        n = data.mins.size
+        x = np.arange(n, dtype=np.float64)
+        light = pg.mkBrush(st.CHANNEL_RANGE)
+        red = pg.mkBrush(st.color(st.CHANNEL_OUTLIER, 150))
+        self.range_bars.setOpts(
+            x=x, y0=data.mins, height=data.maxs - data.mins, width=0.8,
+            brushes=[red if o else light for o in data.outliers], pen=pg.mkPen(None),
+        )
+        self.clip_bars.setOpts(
+            x=x, y0=data.los, height=data.his - data.los, width=0.4,
+            brush=pg.mkBrush(st.CHANNEL_CLIP), pen=pg.mkPen(None),
+        )
+        self.range_plot.setVisible(True)
+        self.sqnr_plot.setVisible(True)
+        self.title.setText(f"Per-channel ranges — {tensor} ({n} channels, {granularity_label})")
+
+        finite = np.where(np.isfinite(data.sqnr_db), data.sqnr_db, SQNR_CEILING_DB)
+        finite = np.clip(finite, -SQNR_CEILING_DB, SQNR_CEILING_DB)
+        worst = int(np.argmin(finite))
+        if data.group_sqnr_db is not None:
+            self._show_groups(data, n)
+        else:
+            self.heatmap.setVisible(False)
+            self._show_colorbar(False)
+            self.sqnr_curve.setData(np.arange(n + 1) - 0.5, finite)
+            self.sqnr_curve.setVisible(True)
+            self.sqnr_plot.setLabel("left", "SQNR (dB)")
+            # Whole 10 dB steps: a method change rarely moves the axis, so only the bars
+            # repaint (a range change costs pyqtgraph a second paint pass).
+            top = 10.0 * np.ceil((float(finite.max()) * 1.15 + 1.0) / 10.0)
+            bottom = min(0.0, 10.0 * np.floor(float(finite.min()) / 10.0))
+            st.set_view_range(self.sqnr_plot.getViewBox(), y=(bottom, top))
+        self.worst_point.setData([worst], [finite[worst]])
+        self.worst_point.setVisible(data.group_sqnr_db is None)
+        self.worst_text.setText(f"worst #{worst}: {st.fmt_db(float(data.sqnr_db[worst]))}")
+        # Beside the point, on the side with room, so the label stays inside the plot.
+        right_half = worst > 0.6 * n
+        self.worst_text.setPos(worst + (-0.6 if right_half else 0.6), float(finite[worst]))
+        self.worst_text.setAnchor((1, 1) if right_half else (0, 1))
+        self.worst_text.setVisible(data.group_sqnr_db is None)
+
+        st.set_view_range(self.range_plot.getViewBox(), x=(-0.8, n - 0.2))
+        lo = min(float(data.mins.min()), float(data.los.min()))
+        hi = max(float(data.maxs.max()), float(data.his.max()))
+        st.fit_view_range(self.range_plot.getViewBox(), lo, hi)
+
+        n_out = int(data.outliers.sum())
+        outliers = (
+            f"<span style='color:{st.CHANNEL_OUTLIER}'>{n_out} outlier channel"
+            f"{'s' if n_out != 1 else ''}</span> (|max| > {OUTLIER_RATIO:g}× median)"
+            if n_out
+            else "no outlier channels"
+        )
+        self.caption.setText(
+            f"light: channel min..max · dark: {data.source} · {outliers}"
+        )
+
+    def set_placeholder(self, text: str) -> None:
+        self.clear()
+        self.placeholder.setText(text)
+
+    def clear(self) -> None:
+        self.data = None
+        self._shown_for: tuple[str, str] | None = None
+        self.range_bars.setOpts(x=[], y0=[], height=[])
+        self.clip_bars.setOpts(x=[], y0=[], height=[])
+        self.sqnr_curve.setData(np.zeros(1), np.zeros(0))
+        self.worst_point.setData([], [])
+        self.worst_text.setText("")
+        self.heatmap.clear()
+        self.heatmap.setVisible(False)
+        self._show_colorbar(False)
+        self.title.setText("Per-channel ranges")
+        self.caption.setText("")
+        self.placeholder.setText("select a layer")
+        self.stack.setCurrentWidget(self.placeholder)
+
+    # ------------------------------------------------------------------ internals
+    def _show_colorbar(self, on: bool) -> None:
+        if on == self._colorbar_shown:
+            return
+        if on:
+            self.layout_widget.addItem(self.colorbar, row=1, col=1)
+        else:
+            self.layout_widget.removeItem(self.colorbar)
+        self._colorbar_shown = on
+
+    def _show_groups(self, data: ChannelData, n: int) -> None:
+        assert data.group_sqnr_db is not None
+        img = np.where(np.isfinite(data.group_sqnr_db), data.group_sqnr_db, SQNR_CEILING_DB)
+        img = np.clip(img, -SQNR_CEILING_DB, SQNR_CEILING_DB).T  # rows = groups, cols = ch.
+        g = img.shape[0]
+        self.sqnr_curve.setVisible(False)
+        self.heatmap.setImage(img.astype(np.float32), autoLevels=False)
+        self.heatmap.setRect(QRectF(-0.5, -0.5, n, g))
+        lo, hi = float(np.percentile(img, 1)), float(img.max())
+        self.colorbar.setLevels((lo, max(hi, lo + 1)))
+        self.heatmap.setVisible(True)
+        self._show_colorbar(True)
+        self.sqnr_plot.setLabel("left", f"group ({data.group_size} values)")
+        st.set_view_range(self.sqnr_plot.getViewBox(), y=(-0.5, g - 0.5))

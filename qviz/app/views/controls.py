@@ -1,0 +1,333 @@
+"""The settings of the selected tensor: method, granularity, format, and where to apply them.
+
+A thin view: `set_tensor` shows a `TensorConfig`; any edit builds a new `TensorConfig` from the
+widgets and emits `configEdited(config, scope)`. It never computes anything itself; the window
+applies the change to the document and redraws from the stored statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QStandardItemModel
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
+
+from qviz.core.calibration.config import TensorConfig
+from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.document.document import ApplyScope, format_supported, granularity_supported
+from qviz.core.model.loading import TensorKind
+from qviz.core.quant.formats import FormatKind, Granularity, GranularityKind, NumberFormat
+
+METHODS: tuple[tuple[Method, str, str], ...] = (
+    (Method.MINMAX, "MinMax", "Clip at the observed minimum and maximum: nothing clipped, "
+     "but outliers stretch the step"),
+    (Method.PERCENTILE, "Percentile", "Clip at the p-th percentile of |x|: trades a few "
+     "clipped outliers for a finer step"),
+    (Method.ENTROPY, "Entropy", "Range minimizing the KL divergence between the float and "
+     "quantized histograms (TensorRT-style)"),
+    (Method.MSE, "MSE", "Range minimizing the mean squared quantization error"),
+    (Method.MANUAL, "Manual", "Your own clip range: type it here or drag the band on the "
+     "histogram"),
+)
+GRANULARITIES: tuple[tuple[GranularityKind, str, str], ...] = (
+    (GranularityKind.PER_TENSOR, "Per-tensor", "One scale for the whole tensor"),
+    (GranularityKind.PER_CHANNEL, "Per-channel", "One scale per output channel (weights only)"),
+    (GranularityKind.PER_GROUP, "Per-group", "One scale per block of the reduction axis "
+     "(weights only)"),
+)
+# (combo id, label, tooltip); "int"/"uint" take the bits spin box, the rest have fixed width.
+FORMATS: tuple[tuple[str, str, str], ...] = (
+    ("int", "INT (signed)", "Signed integer: int8 is what ONNX Runtime's INT8 kernels run"),
+    ("uint", "UINT (unsigned)", "Unsigned integer: suits non-negative tensors such as ReLU "
+     "outputs"),
+    ("fp8_e4m3fn", "FP8 E4M3FN", "8-bit float, 4 exponent bits: more precision, max 448"),
+    ("fp8_e5m2", "FP8 E5M2", "8-bit float, 5 exponent bits: more range, max 57344"),
+    ("nf4", "NF4", "4-bit NormalFloat codebook (QLoRA), weights only, simulated"),
+)
+_FORMAT_KIND = {
+    "int": FormatKind.INT, "uint": FormatKind.INT, "fp8_e4m3fn": FormatKind.FP8_E4M3FN,
+    "fp8_e5m2": FormatKind.FP8_E5M2, "nf4": FormatKind.NF4,
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the panel needs to know about the selected tensor besides its config."""
+
+    name: str
+    kind: TensorKind
+    layer: str
+    op_type: str
+    current_range: tuple[float, float] | None = None  # clip range now, to seed Manual
+
+
+class ControlsPanel(QGroupBox):
+    """Widgets for one TensorConfig; emits `configEdited(TensorConfig, ApplyScope)`."""
+
+    configEdited = Signal(object, object)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Quantization settings", parent)
+        self._info: TensorInfo | None = None
+        self._updating = False
+
+        self.target_label = QLabel("No tensor selected")
+        self.target_label.setWordWrap(True)
+        self.target_label.setToolTip("The tensor these settings are shown for")
+
+        self.method_combo = QComboBox()
+        for i, (method, label, tip) in enumerate(METHODS):
+            self.method_combo.addItem(f"{label}  ({i + 1})", method)
+            self.method_combo.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
+        self.method_combo.setToolTip("Calibration method that picks the clip range (keys 1–5)")
+
+        self.percentile_spin = QDoubleSpinBox()
+        self.percentile_spin.setRange(50.0, 100.0)
+        self.percentile_spin.setDecimals(4)
+        self.percentile_spin.setSingleStep(0.01)
+        self.percentile_spin.setSuffix(" %")
+        self.percentile_spin.setValue(MethodSpec().percentile)
+        self.percentile_spin.setKeyboardTracking(False)
+        self.percentile_spin.setToolTip("Percentile p for the Percentile method (of |x|)")
+
+        self.lo_spin = _range_spin("Low end of the manual clip range")
+        self.hi_spin = _range_spin("High end of the manual clip range")
+
+        self.granularity_combo = QComboBox()
+        for i, (gkind, label, tip) in enumerate(GRANULARITIES):
+            self.granularity_combo.addItem(label, gkind)
+            self.granularity_combo.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
+        self.granularity_combo.setToolTip(
+            "How many scales: per tensor, per output channel, or per group (activations are "
+            "per-tensor: that is what INT8 kernels accept)"
+        )
+        self.group_spin = QSpinBox()
+        self.group_spin.setRange(1, 65536)
+        self.group_spin.setValue(Granularity().group_size)
+        self.group_spin.setKeyboardTracking(False)
+        self.group_spin.setToolTip("Group size: values per scale along the reduction axis")
+
+        self.format_combo = QComboBox()
+        for i, (fid, label, tip) in enumerate(FORMATS):
+            self.format_combo.addItem(label, fid)
+            self.format_combo.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
+        self.format_combo.setToolTip("Number format the tensor is quantized to")
+        self.bits_spin = QSpinBox()
+        self.bits_spin.setRange(2, 8)
+        self.bits_spin.setValue(8)
+        self.bits_spin.setSuffix(" bits")
+        self.bits_spin.setToolTip("Bit width of integer formats (2–8; ONNX runs 4 and 8)")
+        self.symmetric_check = QCheckBox("Symmetric")
+        self.symmetric_check.setChecked(True)
+        self.symmetric_check.setToolTip(
+            "Symmetric: zero point 0, range ±max|x|. Off: asymmetric, the range fits [min, max]"
+        )
+
+        self.scope_combo = QComboBox()
+        self.scope_combo.setToolTip(
+            "Which tensors a change applies to: this one, every tensor of the same kind in "
+            "layers of this op type, or every tensor of this kind"
+        )
+        self.apply_button = QPushButton("Apply")
+        self.apply_button.setToolTip(
+            "Apply the settings shown to the tensors chosen in 'Apply to' now"
+        )
+
+        form = QFormLayout(self)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.addRow(self.target_label)
+        form.addRow("Method", _row(self.method_combo, QLabel("p"), self.percentile_spin))
+        form.addRow("Manual range", _row(self.lo_spin, QLabel("to"), self.hi_spin))
+        form.addRow("Granularity", _row(self.granularity_combo, QLabel("group"), self.group_spin))
+        form.addRow("Format", _row(self.format_combo, self.bits_spin, self.symmetric_check))
+        form.addRow("Apply to", _row(self.scope_combo, self.apply_button))
+
+        self.method_combo.currentIndexChanged.connect(self._on_method_changed)
+        self.percentile_spin.valueChanged.connect(self._emit)
+        self.lo_spin.valueChanged.connect(self._emit)
+        self.hi_spin.valueChanged.connect(self._emit)
+        self.granularity_combo.currentIndexChanged.connect(self._emit)
+        self.group_spin.valueChanged.connect(self._emit)
+        self.format_combo.currentIndexChanged.connect(self._emit)
+        self.bits_spin.valueChanged.connect(self._emit)
+        self.symmetric_check.toggled.connect(self._emit)
+        self.apply_button.clicked.connect(self._emit)
+        self.set_tensor(None, None)
+
+    # ----------------------------------------------------------------- public API
+    def set_tensor(self, info: TensorInfo | None, cfg: TensorConfig | None) -> None:
+        """Show `cfg` for the tensor `info` (None: nothing selected, all disabled)."""
+        self._updating = True
+        try:
+            self._info = info
+            enabled = info is not None and cfg is not None
+            for w in self._inputs():
+                w.setEnabled(enabled)
+            if info is None or cfg is None:
+                self.target_label.setText("No tensor selected")
+                return
+            kind_word = "weight" if info.kind is TensorKind.WEIGHT else "activation"
+            self.target_label.setText(
+                f"<b>{info.name}</b> — {kind_word} of {info.layer} ({info.op_type})"
+            )
+            self._fill_scope(info)
+            _set_data(self.method_combo, cfg.spec.method)
+            self.percentile_spin.setValue(cfg.spec.percentile)
+            manual = cfg.spec.manual_range or info.current_range
+            if manual is not None and all(math.isfinite(v) for v in manual):
+                self.lo_spin.setValue(manual[0])
+                self.hi_spin.setValue(manual[1])
+            _set_data(self.granularity_combo, cfg.granularity.kind)
+            self.group_spin.setValue(cfg.granularity.group_size)
+            fid = cfg.fmt.kind.value if cfg.fmt.kind is not FormatKind.INT else (
+                "int" if cfg.fmt.signed else "uint"
+            )
+            _set_data(self.format_combo, fid)
+            self.bits_spin.setValue(cfg.fmt.bits)
+            self.symmetric_check.setChecked(cfg.fmt.symmetric)
+            # Only offer what this kind of tensor can take.
+            allowed_g = granularity_supported(info.kind)
+            _enable_items(self.granularity_combo, lambda g: g in allowed_g)
+            allowed_f = format_supported(info.kind)
+            _enable_items(self.format_combo, lambda f: _FORMAT_KIND[f] in allowed_f)
+            self._sync_enabled()
+        finally:
+            self._updating = False
+
+    def config(self) -> TensorConfig | None:
+        """The TensorConfig the widgets show now."""
+        if self._info is None:
+            return None
+        method = self.method_combo.currentData()
+        manual = None
+        if method is Method.MANUAL:
+            manual = (self.lo_spin.value(), self.hi_spin.value())
+        spec = MethodSpec(method, self.percentile_spin.value(), manual)
+        gkind = self.granularity_combo.currentData()
+        granularity = Granularity(gkind, self.group_spin.value())
+        fid = self.format_combo.currentData()
+        if fid in ("int", "uint"):
+            text = f"{fid}{self.bits_spin.value()}"
+        else:
+            text = fid
+        fmt = NumberFormat.parse(text, symmetric=self.symmetric_check.isChecked())
+        return TensorConfig(spec, granularity, fmt)
+
+    def scope(self) -> ApplyScope:
+        return self.scope_combo.currentData() or ApplyScope.TENSOR
+
+    def set_scope(self, scope: ApplyScope) -> None:
+        _set_data(self.scope_combo, scope)
+
+    def choose_method(self, method: Method) -> None:
+        """Select a method as if the user picked it (keyboard shortcuts 1–5)."""
+        if self._info is not None:
+            _set_data(self.method_combo, method)
+
+    # ----------------------------------------------------------------- internals
+    def _inputs(self) -> list[QWidget]:
+        return [
+            self.method_combo, self.percentile_spin, self.lo_spin, self.hi_spin,
+            self.granularity_combo, self.group_spin, self.format_combo, self.bits_spin,
+            self.symmetric_check, self.scope_combo, self.apply_button,
+        ]
+
+    def _fill_scope(self, info: TensorInfo) -> None:
+        kind_word = "weights" if info.kind is TensorKind.WEIGHT else "activations"
+        current = self.scope()
+        self.scope_combo.clear()
+        self.scope_combo.addItem("This tensor", ApplyScope.TENSOR)
+        self.scope_combo.addItem(f"All {info.op_type} {kind_word}", ApplyScope.OP_TYPE)
+        self.scope_combo.addItem(f"All {kind_word}", ApplyScope.ALL)
+        _set_data(self.scope_combo, current)
+
+    def _sync_enabled(self) -> None:
+        """Grey out what does not apply to the current choices, so nothing looks dead."""
+        if self._info is None:
+            return
+        method = self.method_combo.currentData()
+        self.percentile_spin.setEnabled(method is Method.PERCENTILE)
+        self.lo_spin.setEnabled(method is Method.MANUAL)
+        self.hi_spin.setEnabled(method is Method.MANUAL)
+        per_group = self.granularity_combo.currentData() is GranularityKind.PER_GROUP
+        self.group_spin.setEnabled(per_group)
+        is_int = self.format_combo.currentData() in ("int", "uint")
+        self.bits_spin.setEnabled(is_int)
+        self.symmetric_check.setEnabled(is_int)
+        if not is_int:
+            fid = self.format_combo.currentData()
+            self.bits_spin.blockSignals(True)
+            self.bits_spin.setValue(4 if fid == "nf4" else 8)
+            self.bits_spin.blockSignals(False)
+        # Manual ranges belong to one tensor; copying one to every layer makes no sense.
+        manual = method is Method.MANUAL
+        self.scope_combo.setEnabled(not manual)
+        self.apply_button.setEnabled(not manual)
+
+    def _on_method_changed(self) -> None:
+        if not self._updating and self.method_combo.currentData() is Method.MANUAL:
+            # Start from where the range is now, so choosing Manual changes nothing yet.
+            info = self._info
+            if info is not None and info.current_range is not None:
+                self._updating = True
+                self.lo_spin.setValue(info.current_range[0])
+                self.hi_spin.setValue(info.current_range[1])
+                self._updating = False
+        self._emit()
+
+    def _emit(self) -> None:
+        self._sync_enabled()
+        if self._updating:
+            return
+        cfg = self.config()
+        if cfg is None:
+            return
+        scope = ApplyScope.TENSOR if cfg.spec.method is Method.MANUAL else self.scope()
+        self.configEdited.emit(cfg, scope)
+
+
+def _range_spin(tip: str) -> QDoubleSpinBox:
+    spin = QDoubleSpinBox()
+    spin.setRange(-1e12, 1e12)
+    spin.setDecimals(6)
+    spin.setKeyboardTracking(False)
+    spin.setToolTip(tip)
+    return spin
+
+
+def _row(*widgets: QWidget) -> QWidget:
+    box = QWidget()
+    layout = QHBoxLayout(box)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for i, w in enumerate(widgets):
+        layout.addWidget(w, 1 if i == 0 else 0)
+    return box
+
+
+def _set_data(combo: QComboBox, value: object) -> None:
+    index = combo.findData(value)
+    if index >= 0:
+        combo.setCurrentIndex(index)
+
+
+def _enable_items(combo: QComboBox, allowed: object) -> None:
+    model = combo.model()
+    if not isinstance(model, QStandardItemModel):
+        return
+    for i in range(combo.count()):
+        item = model.item(i)
+        if item is not None:
+            item.setEnabled(bool(allowed(combo.itemData(i))))  # type: ignore[operator]

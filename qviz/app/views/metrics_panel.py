@@ -1,0 +1,208 @@
+"""The live metrics of the selected layer: weight and activation side by side.
+
+A compact grid of selectable labels (so numbers can be copied into a report). Each column
+shows either a stored result (a ``TensorResult``) or, while a clip range is being dragged, a
+*preview* of the manual per-tensor range, marked as such so the two are never confused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QFont
+from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QSizePolicy, QWidget
+
+from qviz.app.views import plot_style as st
+from qviz.core.calibration.metrics import TensorMetrics
+from qviz.core.model.loading import TensorKind
+
+# Row keys, in display order, with their labels. Tests and screenshots address cells by key.
+ROWS: tuple[tuple[str, str], ...] = (
+    ("tensor", "tensor"),
+    ("config", "quantizer"),
+    ("scale", "scale"),
+    ("zero_point", "zero point"),
+    ("step", "step"),
+    ("clip", "clip range"),
+    ("clipped", "clipped"),
+    ("mse", "MSE"),
+    ("sqnr", "SQNR"),
+    ("worst", "worst channel"),
+    ("max_abs_error", "max abs error"),
+    ("cosine", "cosine"),
+)
+_COLUMNS = {TensorKind.WEIGHT: 1, TensorKind.ACTIVATION: 2}
+_TITLES = {TensorKind.WEIGHT: "Weight", TensorKind.ACTIVATION: "Activation"}
+_COLORS = {TensorKind.WEIGHT: st.WEIGHT_COLOR, TensorKind.ACTIVATION: st.ACTIVATION_COLOR}
+PREVIEW_COLOR = "#a05a00"
+MAX_NAME_CHARS = 48
+
+
+@dataclass(frozen=True)
+class ColumnData:
+    """What one column shows; built from a TensorResult or from a drag preview."""
+
+    tensor: str
+    config: str
+    metrics: TensorMetrics
+    channel_sqnr: np.ndarray | None = None  # per output channel, for "worst channel"
+    channel_word: str = "channel"  # what the clip envelope is over: "channel" or "group"
+    preview: bool = False
+    approximate: bool = False  # preview from a histogram of a huge weight (exact on release)
+
+
+def metric_texts(data: ColumnData) -> dict[str, str]:
+    """Every cell of a column as text (Qt-free, so tests can compare numbers directly)."""
+    m = data.metrics
+    per_tensor = np.asarray(m.scale).size == 1
+    if per_tensor:
+        clip = st.fmt_range(float(np.asarray(m.lo).min()), float(np.asarray(m.hi).max()))
+    else:
+        n = np.asarray(m.scale).size
+        clip = (
+            f"{st.fmt_range(float(np.min(m.lo)), float(np.max(m.hi)))} envelope of {n} "
+            f"{data.channel_word}s"
+        )
+    worst = "—"
+    if data.channel_sqnr is not None and np.asarray(data.channel_sqnr).size > 1:
+        sq = np.asarray(data.channel_sqnr, dtype=np.float64).ravel()
+        i = int(np.nanargmin(sq))
+        worst = f"#{i}: {st.fmt_db(float(sq[i]))}"
+    return {
+        "tensor": data.tensor,
+        "config": data.config,
+        "scale": st.summarize(m.scale),
+        "zero_point": st.summarize(np.asarray(m.zero_point, dtype=np.float64), st.fmt_zero_point),
+        "step": st.summarize(m.step),
+        "clip": clip,
+        "clipped": st.fmt_pct(m.clipped_fraction),
+        "mse": st.fmt_num(m.mse),
+        "sqnr": st.fmt_db(m.sqnr_db),
+        "worst": worst,
+        "max_abs_error": st.fmt_num(m.max_abs_error),
+        "cosine": f"{float(m.cosine):.6f}",
+    }
+
+
+def elide_middle(text: str, limit: int = MAX_NAME_CHARS) -> str:
+    """'encoder.layers.11.attn…/MatMul_output_0': both ends of a long name say the most."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return text[:head] + "…" + text[-(limit - 1 - head):]
+
+
+class MetricsPanel(QFrame):
+    """Grid: one row per metric, one column per tensor kind."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        grid = QGridLayout(self)
+        grid.setContentsMargins(8, 6, 8, 6)
+        grid.setHorizontalSpacing(14)
+        grid.setVerticalSpacing(3)
+        self._headers: dict[TensorKind, QLabel] = {}
+        self._cells: dict[tuple[TensorKind, str], QLabel] = {}
+        self._row_labels: dict[str, QLabel] = {}
+        self._data: dict[TensorKind, ColumnData | None] = {k: None for k in _COLUMNS}
+        self._texts: dict[tuple[TensorKind, str], str] = {}
+        self._preview_style: dict[TensorKind, bool] = {}
+
+        bold = QFont()
+        bold.setBold(True)
+        for kind, col in _COLUMNS.items():
+            header = QLabel(_TITLES[kind])
+            header.setFont(bold)
+            header.setStyleSheet(f"color: {_COLORS[kind]};")
+            grid.addWidget(header, 0, col)
+            self._headers[kind] = header
+        for row, (key, label) in enumerate(ROWS, start=1):
+            name = QLabel(label)
+            name.setStyleSheet("color: #5f6368;")
+            name.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            grid.addWidget(name, row, 0)
+            self._row_labels[key] = name
+            for kind, col in _COLUMNS.items():
+                cell = QLabel("—")
+                cell.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+                # No word wrap: a wrapped label in a splitter can lose its second line.
+                # Long tensor names are elided instead (full name in the tooltip).
+                cell.setMinimumWidth(190)
+                grid.addWidget(cell, row, col)
+                self._cells[(kind, key)] = cell
+        # Values stay next to their row names; spare width goes to an empty last column.
+        grid.setColumnStretch(3, 1)
+        self.clear()
+
+    # ------------------------------------------------------------------ public API
+    def set_column(self, kind: TensorKind, data: ColumnData | None, absent: str = "—") -> None:
+        """Fill one column; ``None`` shows ``absent`` (e.g. "no weight") in the tensor row."""
+        self._data[kind] = data
+        header = self._headers[kind]
+        if data is None:
+            for key, _ in ROWS:
+                self._cells[(kind, key)].setText("—")
+                self._cells[(kind, key)].setToolTip("")
+                self._texts[(kind, key)] = "—"
+            self._cells[(kind, "tensor")].setText(absent)
+            self._texts[(kind, "tensor")] = absent
+            header.setText(_TITLES[kind])
+            header.setStyleSheet(f"color: {_COLORS[kind]};")
+            self._style_values(kind, preview=False)
+            self._update_worst_row()
+            return
+        for key, text in metric_texts(data).items():
+            self._texts[(kind, key)] = text
+            cell = self._cells[(kind, key)]
+            cell.setText(elide_middle(text) if key == "tensor" else text)
+            cell.setToolTip(text if key == "tensor" else "")
+        if data.preview:
+            approx = " (≈ from a histogram)" if data.approximate else ""
+            header.setText(f"{_TITLES[kind]} — manual preview{approx}")
+            header.setStyleSheet(f"color: {PREVIEW_COLOR};")
+        else:
+            header.setText(_TITLES[kind])
+            header.setStyleSheet(f"color: {_COLORS[kind]};")
+        self._style_values(kind, data.preview)
+        # "worst channel" only means something for per-channel / per-group tensors.
+        self._update_worst_row()
+
+    def text(self, kind: TensorKind, key: str) -> str:
+        """The full text of one cell (tests, screenshots); long names are elided on screen."""
+        return self._texts[(kind, key)]
+
+    def header_text(self, kind: TensorKind) -> str:
+        return self._headers[kind].text()
+
+    def column(self, kind: TensorKind) -> ColumnData | None:
+        return self._data[kind]
+
+    def clear(self) -> None:
+        for kind in _COLUMNS:
+            self.set_column(kind, None)
+
+    # ------------------------------------------------------------------ internals
+    def _style_values(self, kind: TensorKind, preview: bool) -> None:
+        # Style sheets re-polish each label (~0.1 ms apiece): only on a change of state,
+        # not on every drag step.
+        if self._preview_style.get(kind) == preview:
+            return
+        self._preview_style[kind] = preview
+        style = f"color: {PREVIEW_COLOR}; font-style: italic;" if preview else ""
+        for key, _ in ROWS:
+            self._cells[(kind, key)].setStyleSheet(style)
+
+    def _update_worst_row(self) -> None:
+        show = any(
+            d is not None and d.channel_sqnr is not None and np.asarray(d.channel_sqnr).size > 1
+            for d in self._data.values()
+        )
+        # Per-group weights too: the SQNR is per output channel (the channel view's heatmap
+        # has the per-group detail).
+        self._row_labels["worst"].setVisible(show)
+        for kind in _COLUMNS:
+            self._cells[(kind, "worst")].setVisible(show)

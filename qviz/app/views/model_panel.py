@@ -1,0 +1,481 @@
+"""The model-level panel: what the quantized model does end to end, and whether that is enough.
+
+At the top a PASS/FAIL badge against the user's acceptance criteria, with the numbers behind
+it, and where they come from (the live simulation on a subset, or the full native
+evaluation). Below: float vs quantized accuracy (or top-1 agreement when the data has no
+labels), output SQNR, cosine and KL, model size, latency and the layers ONNX Runtime fused
+(full evaluation only), the error along depth, and the evaluation's notes.
+
+The panel is a view: `show_outcome` renders an `EvaluationOutcome`; the texts come from
+`outcome_texts`, a Qt-free function tests compare with the core's numbers. Criteria are
+parsed with `Criterion.parse` as they are typed; a bad one is named inline and the badge
+waits for a valid list.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QBoxLayout,
+    QDockWidget,
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from qviz.app.controllers.evaluation_controller import EvaluationOutcome
+from qviz.app.views import plot_style as st
+from qviz.app.views.depth_view import DepthView
+from qviz.core.errors import QvizError
+from qviz.core.evaluation.criteria import Criterion, Verdict, check_all
+from qviz.core.evaluation.evaluate import Evaluation, Metric
+
+DEFAULT_CRITERIA = "accuracy_drop<=1"
+# Without labels there is no accuracy: the default bar is then on the output itself.
+DEFAULT_CRITERIA_NO_LABELS = "cosine>=0.99"
+PASS_COLOR = "#2e7d32"
+FAIL_COLOR = "#c62828"
+NONE_COLOR = "#9e9e9e"
+STALE_COLOR = "#9e9e9e"
+ERROR_COLOR = "#c62828"
+
+# Row keys in display order, with labels and tooltips. Tests address cells by key.
+ROWS: tuple[tuple[str, str, str], ...] = (
+    ("accuracy", "Accuracy", "Top-1 accuracy against the labels; Δ in points"),
+    ("agreement", "Top-1 agreement", "Samples whose top-1 class matches the float model's"),
+    ("sqnr", "Output SQNR", "Signal-to-noise ratio of the quantized output against the float "
+                            "output (first model output), higher is better"),
+    ("cosine", "Output cosine", "Mean over samples of cos(float output, quantized output)"),
+    ("kl", "Output KL", "Mean KL(softmax float ‖ softmax quantized), nats"),
+    ("size", "Size", "Initializer bytes as stored: float model against Q/DQ model"),
+    ("latency", "Latency", "Median time per batch: float model (all optimizations) against "
+                           "ONNX Runtime's fused INT8 kernels, same batch, interleaved runs"),
+    ("fused", "Fused layers", "Quantized layers ONNX Runtime turned into integer kernels"),
+    ("mismatch", "Sim vs native", "Largest difference between the simulation and the native "
+                                  "INT8 output, and how many output values differ"),
+)
+COLUMNS = ("float", "quantized", "delta")
+FULL_ONLY = "— (Evaluate, Ctrl+R)"
+MAX_SIZE = 16_777_215  # QWIDGETSIZE_MAX
+# Rows whose quantized cell is one sentence over the quantized and Δ columns.
+SPANNING_ROWS = frozenset({"fused", "mismatch"})
+
+
+def fmt_bytes(n: int) -> str:
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.2f} MiB"
+    if n >= 1 << 10:
+        return f"{n / (1 << 10):.1f} KiB"
+    return f"{n} B"
+
+
+def fmt_pct_value(value: float | None) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:.2f} %"
+
+
+def fmt_points(delta: float | None) -> str:
+    if delta is None or math.isnan(delta):
+        return ""
+    return f"{delta:+.2f} points".replace("-", "−")
+
+
+def fmt_ratio(ratio: float, better: str, worse: str) -> str:
+    if not math.isfinite(ratio):
+        return ""
+    return f"×{ratio:.2f} {better if ratio >= 1 else worse}"
+
+
+def outcome_texts(outcome: EvaluationOutcome) -> dict[str, tuple[str, str, str]]:
+    """Every cell as text: row key -> (float, quantized, delta)."""
+    ev = outcome.evaluation
+    f, q, d = ev.float_metrics, ev.quantized_metrics, ev.delta
+    rows: dict[str, tuple[str, str, str]] = {}
+    if Metric.ACCURACY in q:
+        rows["accuracy"] = (
+            fmt_pct_value(f.get(Metric.ACCURACY)),
+            fmt_pct_value(q[Metric.ACCURACY]),
+            fmt_points(d.get(Metric.ACCURACY)),
+        )
+    else:
+        rows["accuracy"] = ("—", "— (no labels)" if not ev.has_labels else "—", "")
+    rows["agreement"] = ("", fmt_pct_value(q.get(Metric.AGREEMENT)), "")
+    rows["sqnr"] = ("", st.fmt_db(q[Metric.SQNR]) if Metric.SQNR in q else "—", "")
+    cosine = q.get(Metric.COSINE)
+    rows["cosine"] = ("", "—" if cosine is None else f"{cosine:.5f}", "")
+    kl = q.get(Metric.KL)
+    rows["kl"] = ("", "—" if kl is None else st.fmt_num(kl), "")
+    size = ev.size
+    rows["size"] = (
+        fmt_bytes(size.float_bytes),
+        fmt_bytes(size.quantized_bytes) + (" (nominal)" if size.nominal else ""),
+        fmt_ratio(size.ratio, "smaller", "larger"),
+    )
+    if ev.latency is not None:
+        lat = ev.latency
+        rows["latency"] = (
+            f"{lat.float_ms:.2f} ms",
+            f"{lat.native_ms:.2f} ms",
+            fmt_ratio(lat.speedup, "faster", "slower") + f" · batch of {lat.batch_size}",
+        )
+    else:
+        rows["latency"] = ("", FULL_ONLY, "")
+    if ev.fusion is not None:
+        fusion = ev.fusion
+        kernels = Counter(fusion.kernels.values())
+        which = ", ".join(f"{k} ×{n}" for k, n in kernels.most_common())
+        saturating = (
+            f"; {len(fusion.saturating)} may saturate (u8s8 on this CPU)"
+            if fusion.saturating else ""
+        )
+        rows["fused"] = ("", f"{len(fusion.fused)} of {fusion.n_layers}: {which}{saturating}", "")
+    else:
+        rows["fused"] = ("", FULL_ONLY, "")
+    if ev.mismatch:
+        m = ev.mismatch[0]
+        steps = "" if m.max_steps is None else f" ({m.max_steps:.3g} steps)"
+        rows["mismatch"] = (
+            "",
+            f"max |Δ| {st.fmt_num(m.max_abs_diff)}{steps}; "
+            f"{st.fmt_pct(m.fraction_differing)} of output values differ",
+            "",
+        )
+    else:
+        rows["mismatch"] = ("", FULL_ONLY, "")
+    return rows
+
+
+def source_text(outcome: EvaluationOutcome) -> str:
+    """Where the numbers come from: "simulation, 256 samples of data.npz · 1.6 s"."""
+    return f"{outcome.label} of {outcome.data_name} · {outcome.elapsed_s:.1f} s"
+
+
+def parse_criteria(text: str) -> list[Criterion]:
+    """Criteria separated by ';', ',' or new lines; QvizError names the first bad one."""
+    parts = [p.strip() for p in re.split(r"[;,\n]", text) if p.strip()]
+    return [Criterion.parse(p) for p in parts]
+
+
+def overall(verdicts: Sequence[Verdict]) -> bool | None:
+    """True when every criterion passes, False when one fails, None without criteria."""
+    if not verdicts:
+        return None
+    return all(v.passed for v in verdicts)
+
+
+class ModelPanel(QWidget):
+    """Badge, criteria, the numbers table, the depth plot and notes."""
+
+    criteriaChanged = Signal()
+    evaluateRequested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.outcome: EvaluationOutcome | None = None
+        self._criteria: list[Criterion] = []
+        self._verdicts: tuple[Verdict, ...] = ()
+        self._stale = False
+
+        # --- verdict
+        self.badge = QLabel("—")
+        self.badge.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.badge.setMinimumSize(96, 52)
+        self.badge.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
+        self.badge.setToolTip("PASS when every acceptance criterion holds on the numbers below")
+        self.verdict_label = QLabel()
+        self.verdict_label.setWordWrap(True)
+        self.verdict_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.source_label = QLabel()
+        self.source_label.setWordWrap(True)
+        self.source_label.setToolTip(
+            "Live numbers come from the simulation (Q/DQ evaluated op by op) on the first "
+            "samples, refreshed after every change; Evaluate (Ctrl+R) runs every sample with "
+            "ONNX Runtime's fused INT8 kernels and measures latency"
+        )
+        verdict_text = QVBoxLayout()
+        verdict_text.setSpacing(2)
+        verdict_text.addWidget(self.verdict_label)
+        verdict_text.addWidget(self.source_label)
+        verdict_text.addStretch(1)
+        top = QHBoxLayout()
+        top.addWidget(self.badge, 0, Qt.AlignmentFlag.AlignTop)
+        top.addLayout(verdict_text, 1)
+
+        # --- criteria
+        self.criteria_edit = QLineEdit(DEFAULT_CRITERIA)
+        self.criteria_edit.setPlaceholderText("accuracy_drop<=0.5; cosine>=0.99")
+        self.criteria_edit.setClearButtonEnabled(True)
+        self.criteria_edit.setToolTip(
+            "Acceptance criteria, separated by ';': accuracy_drop<=POINTS, cosine>=X, "
+            "sqnr>=DB, agreement>=PERCENT"
+        )
+        self.criteria_error = QLabel()
+        self.criteria_error.setWordWrap(True)
+        self.criteria_error.setStyleSheet(f"color: {ERROR_COLOR};")
+        self.criteria_error.hide()
+        self.criteria_edit.textChanged.connect(self._on_criteria_edited)
+        self._criteria_chosen = False  # the user typed criteria: never replace them
+        self.criteria_edit.textEdited.connect(self._on_criteria_typed)
+        criteria_row = QHBoxLayout()
+        criteria_label = QLabel("Criteria")
+        criteria_label.setToolTip(self.criteria_edit.toolTip())
+        criteria_row.addWidget(criteria_label)
+        criteria_row.addWidget(self.criteria_edit, 1)
+
+        # --- actions
+        self.evaluate_button = QPushButton("Evaluate (full)")
+        self.evaluate_button.setToolTip(
+            "Every sample, ONNX Runtime's fused INT8 kernels, fusion report and latency "
+            "(Ctrl+R); progress and Cancel in the status bar"
+        )
+        self.evaluate_button.clicked.connect(self.evaluateRequested)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.evaluate_button)
+        buttons.addStretch(1)
+
+        verdict_box = QVBoxLayout()
+        verdict_box.setContentsMargins(0, 0, 0, 0)
+        verdict_box.addLayout(top)
+        verdict_box.addLayout(criteria_row)
+        verdict_box.addWidget(self.criteria_error)
+        verdict_box.addLayout(buttons)
+        verdict_box.addStretch(1)
+        self.verdict_section = QWidget()
+        self.verdict_section.setLayout(verdict_box)
+
+        # --- numbers
+        self._cells: dict[tuple[str, str], QLabel] = {}
+        grid = QGridLayout()
+        grid.setHorizontalSpacing(10)
+        grid.setVerticalSpacing(3)
+        for c, title in enumerate(("", "Float", "Quantized", "Δ")):
+            head = QLabel(f"<b>{title}</b>")
+            grid.addWidget(head, 0, c)
+        for r, (key, label, tip) in enumerate(ROWS, start=1):
+            name = QLabel(label)
+            name.setToolTip(tip)
+            name.setStyleSheet(f"color: {st.AXIS_PEN};")
+            grid.addWidget(name, r, 0)
+            for c, col in enumerate(COLUMNS, start=1):
+                cell = QLabel("")
+                cell.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+                cell.setToolTip(tip)
+                self._cells[(key, col)] = cell
+                if key in SPANNING_ROWS and col != "float":
+                    # One sentence over the quantized and Δ columns.
+                    if col == "quantized":
+                        cell.setWordWrap(True)
+                        grid.addWidget(cell, r, c, 1, 2)
+                    continue
+                grid.addWidget(cell, r, c)
+        grid.setColumnStretch(3, 1)
+        grid.setRowStretch(len(ROWS) + 1, 1)
+        self.numbers_section = QFrame()
+        self.numbers_section.setFrameShape(QFrame.Shape.StyledPanel)
+        self.numbers_section.setLayout(grid)
+
+        # --- depth
+        depth_title = QLabel("<b>Error along depth</b> (click a point to select its layer)")
+        depth_title.setToolTip(
+            "SQNR of each quantized layer's input: accumulated (the quantized model against "
+            "the float one) and local (that tensor quantized alone). Where the accumulated "
+            "curve falls faster, earlier error is amplified. Click a point to select the layer."
+        )
+        self.depth_view = DepthView()
+        depth_box = QVBoxLayout()
+        depth_box.setContentsMargins(0, 0, 0, 0)
+        depth_box.setSpacing(2)
+        depth_box.addWidget(depth_title)
+        depth_box.addWidget(self.depth_view, 1)
+        self.depth_section = QWidget()
+        self.depth_section.setLayout(depth_box)
+
+        # --- notes
+        self.notes_label = QLabel()
+        self.notes_label.setWordWrap(True)
+        self.notes_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.notes_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.notes_label.setStyleSheet("color: #8a5300;")
+        self.notes_section = QScrollArea()
+        self.notes_section.setWidget(self.notes_label)
+        self.notes_section.setWidgetResizable(True)
+        self.notes_section.setFrameShape(QFrame.Shape.NoFrame)
+        self.notes_section.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+        self._layout = QBoxLayout(QBoxLayout.Direction.LeftToRight, self)
+        self._layout.setContentsMargins(6, 6, 6, 6)
+        self._layout.addWidget(self.verdict_section)
+        self._layout.addWidget(self.numbers_section)
+        self._layout.addWidget(self.depth_section, 1)
+        self._layout.addWidget(self.notes_section)
+        self.set_orientation(Qt.Orientation.Horizontal)
+
+        self._on_criteria_edited(self.criteria_edit.text())
+        self.set_unavailable("Open a model (Ctrl+O) to evaluate it")
+
+    def set_orientation(self, orientation: Qt.Orientation) -> None:
+        """Side by side (docked at the bottom or top) or stacked (docked left or right)."""
+        horizontal = orientation is Qt.Orientation.Horizontal
+        self._layout.setDirection(
+            QBoxLayout.Direction.LeftToRight if horizontal else QBoxLayout.Direction.TopToBottom
+        )
+        for section, width in ((self.verdict_section, 320), (self.notes_section, 330)):
+            section.setMinimumWidth(width if horizontal else 0)
+            section.setMaximumWidth(width if horizontal else MAX_SIZE)
+        self.notes_section.setMinimumHeight(0 if horizontal else 90)
+
+    # ----------------------------------------------------------------- reading (tests)
+    def text(self, row: str, column: str = "quantized") -> str:
+        return self._cells[(row, column)].text()
+
+    @property
+    def verdicts(self) -> tuple[Verdict, ...]:
+        return self._verdicts
+
+    @property
+    def passed(self) -> bool | None:
+        return overall(self._verdicts)
+
+    def criteria(self) -> list[Criterion]:
+        return list(self._criteria)
+
+    def set_criteria_text(self, text: str) -> None:
+        self._criteria_chosen = True
+        self.criteria_edit.setText(text)
+
+    # ----------------------------------------------------------------- rendering
+    def show_outcome(self, outcome: EvaluationOutcome, local: Mapping[str, float]) -> None:
+        """Render an evaluation for the current settings; `local` maps activation -> its own
+        SQNR (dB) for the depth plot."""
+        self.outcome = outcome
+        self._stale = False
+        if not self._criteria_chosen:
+            labels = outcome.evaluation.has_labels
+            default = DEFAULT_CRITERIA if labels else DEFAULT_CRITERIA_NO_LABELS
+            if self.criteria_edit.text() != default:
+                self.criteria_edit.setText(default)  # judged below, on these numbers
+        for key, cells in outcome_texts(outcome).items():
+            for col, text in zip(COLUMNS, cells, strict=True):
+                self._cells[(key, col)].setText(text)
+        self._set_numbers_color(None)
+        self.source_label.setText(f"On {source_text(outcome)}")
+        self.source_label.setStyleSheet("")
+        self.depth_view.show_depth(outcome.evaluation.depth, local)
+        notes = outcome.evaluation.notes
+        self.notes_label.setText("\n".join(f"• {n}" for n in notes))
+        self.notes_label.setVisible(bool(notes))
+        self._update_verdict()
+
+    def set_pending(self, text: str) -> None:
+        """The settings changed: the numbers shown are for earlier settings until `text`'s
+        run delivers."""
+        self._stale = self.outcome is not None
+        self.source_label.setText(text)
+        self.source_label.setStyleSheet(f"color: {STALE_COLOR};")
+        if self._stale:
+            self._set_numbers_color(STALE_COLOR)
+        self._update_verdict()
+
+    def set_problem(self, message: str) -> None:
+        """A live evaluation failed for a reason the user can fix: say it here, inline."""
+        self.source_label.setText(f"Cannot evaluate: {message}")
+        self.source_label.setStyleSheet(f"color: {ERROR_COLOR};")
+
+    def set_unavailable(self, reason: str) -> None:
+        """Nothing to evaluate (no model, statistics or data): empty numbers, the reason."""
+        self.outcome = None
+        self._stale = False
+        for cell in self._cells.values():
+            cell.setText("")
+        self.source_label.setText(reason)
+        self.source_label.setStyleSheet(f"color: {STALE_COLOR};")
+        self.depth_view.show_depth((), {}, "No evaluation yet")
+        self.notes_label.clear()
+        self.notes_label.hide()
+        self._update_verdict()
+
+    def set_selected_tensor(self, tensor: str | None) -> None:
+        self.depth_view.set_selected(tensor)
+
+    # ----------------------------------------------------------------- internals
+    def _set_numbers_color(self, color: str | None) -> None:
+        style = "" if color is None else f"color: {color};"
+        for cell in self._cells.values():
+            cell.setStyleSheet(style)
+
+    def _on_criteria_typed(self, _text: str) -> None:
+        self._criteria_chosen = True
+
+    def _on_criteria_edited(self, text: str) -> None:
+        try:
+            criteria = parse_criteria(text)
+        except QvizError as exc:
+            self.criteria_error.setText(str(exc))
+            self.criteria_error.show()
+            self.criteria_edit.setStyleSheet(f"border: 1px solid {ERROR_COLOR};")
+            return  # keep judging by the last valid criteria until this one reads
+        self.criteria_error.hide()
+        self.criteria_edit.setStyleSheet("")
+        self._criteria = criteria
+        self._update_verdict()
+        self.criteriaChanged.emit()
+
+    def _update_verdict(self) -> None:
+        evaluation: Evaluation | None = None if self.outcome is None else self.outcome.evaluation
+        self._verdicts = () if evaluation is None else check_all(self._criteria, evaluation)
+        result = overall(self._verdicts)
+        if evaluation is None:
+            text, color = "—", NONE_COLOR
+            lines = "No evaluation yet" if self._criteria else "No criteria set"
+        elif result is None:
+            text, color = "—", NONE_COLOR
+            lines = "No acceptance criteria: type some below to get a PASS or FAIL"
+        else:
+            text, color = ("PASS", PASS_COLOR) if result else ("FAIL", FAIL_COLOR)
+            lines = "<br>".join(_verdict_html(v) for v in self._verdicts)
+        if self._stale:
+            color = STALE_COLOR
+            lines += "<br><i>(for the earlier settings: updating…)</i>"
+        self.badge.setText(text)
+        self.badge.setStyleSheet(
+            f"background: {color}; color: white; font-size: 20pt; font-weight: bold; "
+            f"border-radius: 6px; padding: 4px 10px;"
+        )
+        self.verdict_label.setText(lines)
+
+
+class ModelDock(QDockWidget):
+    """The model panel as a dock of the main window (View ▸ Model to show it again)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Model: end-to-end effect", parent)
+        self.setObjectName("model_dock")
+        self.panel = ModelPanel()
+        self.setWidget(self.panel)
+        self.dockLocationChanged.connect(self._on_area_changed)
+        self.toggleViewAction().setText("&Model Panel")
+        self.toggleViewAction().setStatusTip("Show or hide the model-level panel")
+
+    def _on_area_changed(self, area: Qt.DockWidgetArea) -> None:
+        sides = (Qt.DockWidgetArea.LeftDockWidgetArea, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.panel.set_orientation(
+            Qt.Orientation.Vertical if area in sides else Qt.Orientation.Horizontal
+        )
+
+
+def _verdict_html(v: Verdict) -> str:
+    color = PASS_COLOR if v.passed else FAIL_COLOR
+    head, _, rest = v.text.partition(":")
+    return f"<span style='color:{color}; font-weight:bold'>{head}</span>:{html.escape(rest)}"

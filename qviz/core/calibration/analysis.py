@@ -1,0 +1,121 @@
+"""From statistics and a configuration to per-tensor quantization parameters and metrics.
+
+Everything here is a pure function of the stored statistics (activations) or the exact weight
+tensor, so the GUI can call `analyze_tensor` on every click without running the model.
+Activations are quantized per tensor: that is what ONNX Runtime's INT8 kernels accept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from qviz.core.calibration.config import QuantConfig, TensorConfig
+from qviz.core.calibration.methods import choose_range
+from qviz.core.calibration.metrics import TensorMetrics, histogram_metrics
+from qviz.core.calibration.weights import ChannelMetrics, analyze_weight
+from qviz.core.errors import QvizError
+from qviz.core.model.loading import Layer, LoadedModel, TensorKind
+from qviz.core.quant.formats import FormatKind
+from qviz.core.quant.qparams import QParams, compute_qparams
+from qviz.core.stats.collect import CalibrationStats
+
+
+class TensorKey(NamedTuple):
+    """Names one quantizable tensor: a name can be both a weight and an activation in odd
+    graphs, so the kind is part of the key."""
+
+    name: str
+    kind: TensorKind
+
+
+@dataclass(frozen=True)
+class QuantTensor:
+    """One tensor qviz can quantize: a layer's weight or an activation feeding it."""
+
+    name: str
+    kind: TensorKind
+    layer: Layer
+
+    @property
+    def key(self) -> TensorKey:
+        return TensorKey(self.name, self.kind)
+
+
+@dataclass(frozen=True)
+class TensorResult:
+    name: str
+    layer: Layer
+    kind: TensorKind
+    config: TensorConfig
+    qparams: QParams
+    metrics: TensorMetrics
+    channel_metrics: ChannelMetrics | None = None
+
+
+def quant_tensors(model: LoadedModel) -> Iterator[QuantTensor]:
+    """Each quantizable tensor once, in graph order.
+
+    An activation feeding several layers is listed with its first consumer.
+    """
+    seen: set[str] = set()
+    for layer in model.layers:
+        for act in layer.activations:
+            if act not in seen:
+                seen.add(act)
+                yield QuantTensor(act, TensorKind.ACTIVATION, layer)
+        if layer.weight is not None and layer.weight not in seen:
+            seen.add(layer.weight)
+            yield QuantTensor(layer.weight, TensorKind.WEIGHT, layer)
+
+
+def check_stats_match(model: LoadedModel, stats: CalibrationStats) -> None:
+    """Statistics from another model would silently give wrong answers: refuse them."""
+    if stats.model_sha256 != model.sha256:
+        raise QvizError(
+            f"the statistics were collected on a different model file "
+            f"({stats.model_source}, sha256 {stats.model_sha256[:12]}…), not {model.source}"
+        )
+
+
+def analyze_tensor(
+    model: LoadedModel, stats: CalibrationStats, tensor: QuantTensor, cfg: TensorConfig
+) -> TensorResult:
+    """Quantization parameters and error metrics of one tensor under `cfg`."""
+    if tensor.kind is TensorKind.WEIGHT:
+        layer = tensor.layer
+        analysis = analyze_weight(
+            model.weight(tensor.name),
+            layer.channel_axis,
+            layer.reduction_axis,
+            cfg.spec,
+            cfg.granularity,
+            cfg.fmt,
+        )
+        return TensorResult(
+            tensor.name, layer, tensor.kind, cfg, analysis.qparams, analysis.metrics,
+            analysis.channel_metrics,
+        )
+    try:
+        tstats = stats.tensors[tensor.name]
+    except KeyError:
+        raise QvizError(f"no calibration statistics for activation '{tensor.name}'") from None
+    if cfg.fmt.kind is FormatKind.NF4:
+        raise QvizError("NF4 is a weight-only format; activations need an integer or FP8 format")
+    lo, hi = choose_range(tstats, cfg.spec, cfg.fmt)
+    qparams = compute_qparams(lo, hi, cfg.fmt)
+    metrics = histogram_metrics(tstats, lo, hi, cfg.fmt)
+    return TensorResult(tensor.name, tensor.layer, tensor.kind, cfg, qparams, metrics)
+
+
+def analyze(
+    model: LoadedModel, stats: CalibrationStats, config: QuantConfig
+) -> list[TensorResult]:
+    """Every quantizable tensor that `config` quantizes, in graph order."""
+    results = []
+    for tensor in quant_tensors(model):
+        cfg = config.for_tensor(tensor.name, tensor.kind)
+        if cfg.quantize:
+            results.append(analyze_tensor(model, stats, tensor, cfg))
+    return results

@@ -1,0 +1,478 @@
+"""qviz's own configuration file: what the user chose, and the exact numbers it produced.
+
+The file is JSON so it can be read, diffed and reviewed. It records the choices (defaults,
+per-tensor overrides) *and* the resulting scales and zero points of every quantized tensor, so a
+pipeline can rebuild the same Q/DQ graph without the calibration data. Loading it back gives
+the same scales bit for bit: each float32 scale is stored twice, as a readable decimal and as
+the hex of its IEEE-754 bits; the hex is what is loaded, the decimal is checked against it so a
+hand edit of one but not the other is caught instead of silently ignored.
+
+Every file carries `schema_version`. `load_config` upgrades older files one version at a time
+through `MIGRATIONS`, and refuses files written by a newer qviz rather than guessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import qviz
+from qviz.core.calibration.analysis import TensorResult, quant_tensors
+from qviz.core.calibration.config import QuantConfig, TensorConfig
+from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.calibration.metrics import TensorMetrics
+from qviz.core.errors import QvizError
+from qviz.core.files.atomic import atomic_open
+from qviz.core.model.loading import LoadedModel, TensorKind
+from qviz.core.quant.formats import Granularity, NumberFormat
+from qviz.core.quant.qparams import QParams
+
+SCHEMA_VERSION = 1
+FILE_TYPE = "qviz-config"
+
+JsonDict = dict[str, Any]
+# MIGRATIONS[n] upgrades a schema_version n document to n + 1. A new schema version adds one
+# entry here and keeps its predecessor's golden file under tests/data loading.
+MIGRATIONS: dict[int, Callable[[JsonDict], JsonDict]] = {}
+
+
+@dataclass(frozen=True)
+class SavedTensor:
+    """One quantized tensor as saved: its configuration and the exact parameters it got."""
+
+    name: str
+    kind: TensorKind
+    layer: str
+    config: TensorConfig
+    qparams: QParams
+    metrics: TensorMetrics
+
+
+@dataclass(frozen=True)
+class SavedConfig:
+    """A configuration file, loaded and upgraded to the current schema."""
+
+    quant_config: QuantConfig
+    tensors: tuple[SavedTensor, ...]
+    model_source: str
+    model_sha256: str
+    qviz_version: str
+    schema_version: int = SCHEMA_VERSION  # of the file as it was on disk, before migration
+
+    def tensor(self, name: str) -> SavedTensor:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+# --- scalars and arrays ---------------------------------------------------------------------
+
+
+def float32_hex(value: float | np.floating) -> str:
+    """The 8 hex digits of a float32's bits, most significant first (as TensorRT writes them)."""
+    return np.asarray(value, dtype=">f4").tobytes().hex()
+
+
+def float32_from_hex(text: str) -> np.float32:
+    """Inverse of `float32_hex`."""
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != 4:
+        raise QvizError(f"'{text}' is not the 8 hex digits of a float32")
+    return np.frombuffer(raw, dtype=">f4")[0].astype(np.float32)
+
+
+def encode_float(value: float) -> float | str:
+    """Strict JSON has no Infinity/NaN; an exact tensor's SQNR is +inf, so spell those out."""
+    value = float(value)
+    if math.isfinite(value):
+        return value
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def decode_float(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise QvizError(f"{what}: expected a number, got {value!r}")
+    try:
+        return float(value)
+    except ValueError:
+        raise QvizError(f"{what}: expected a number, got {value!r}") from None
+
+
+def encode_array(a: np.ndarray) -> JsonDict:
+    """A small numeric array as {dtype, shape, values}; float values as exact decimals."""
+    a = np.asarray(a)
+    if a.dtype.kind in "iub":
+        values: list[Any] = [int(v) for v in a.reshape(-1)]
+    else:
+        # repr of the float64 of a float16/32/64 (or float8) value reads back to the same value.
+        values = [encode_float(v) for v in a.astype(np.float64).reshape(-1)]
+    return {"dtype": a.dtype.name, "shape": list(a.shape), "values": values}
+
+
+def decode_array(d: Mapping[str, Any], what: str, dtype: np.dtype | None = None) -> np.ndarray:
+    try:
+        shape = tuple(int(s) for s in d["shape"])
+        raw = d["values"]
+        dt = np.dtype(dtype if dtype is not None else d["dtype"])
+    except (KeyError, TypeError, ValueError):
+        raise QvizError(f"{what}: malformed array (needs dtype, shape and values)") from None
+    values = [decode_float(v, what) for v in raw]
+    if len(values) != math.prod(shape):
+        raise QvizError(f"{what}: {len(values)} values for shape {list(shape)}")
+    return np.asarray(values, dtype=np.float64).astype(dt).reshape(shape)
+
+
+# --- configuration choices ------------------------------------------------------------------
+
+
+def encode_tensor_config(cfg: TensorConfig) -> JsonDict:
+    """The user's choices for one tensor, in the words the CLI and `NumberFormat.parse` use."""
+    spec = cfg.spec
+    return {
+        "format": cfg.fmt.spec,
+        "symmetric": cfg.fmt.symmetric,
+        "pow2_scale": cfg.fmt.pow2_scale,
+        "granularity": cfg.granularity.kind.value,
+        "group_size": cfg.granularity.group_size,
+        "method": spec.method.value,
+        "percentile": float(spec.percentile),
+        "manual_range": (
+            None if spec.manual_range is None else [float(v) for v in spec.manual_range]
+        ),
+        "quantize": cfg.quantize,
+    }
+
+
+def _bool(d: Mapping[str, Any], key: str, default: bool, what: str) -> bool:
+    # bool("false") is True: a hand-written string must not silently flip a setting.
+    value = d.get(key, default)
+    if not isinstance(value, bool):
+        raise QvizError(f"{what}: '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def decode_tensor_config(d: Mapping[str, Any], what: str) -> TensorConfig:
+    try:
+        fmt = NumberFormat.parse(
+            str(d["format"]),
+            symmetric=_bool(d, "symmetric", True, what),
+            pow2_scale=_bool(d, "pow2_scale", False, what),
+        )
+        granularity = Granularity.parse(str(d["granularity"]), int(d.get("group_size", 128)))
+        method = Method(d["method"])
+    except KeyError as exc:
+        raise QvizError(f"{what}: missing '{exc.args[0]}'") from None
+    except ValueError as exc:
+        raise QvizError(f"{what}: {exc}") from None
+    manual = d.get("manual_range")
+    manual_range = None
+    if manual is not None:
+        if not isinstance(manual, Sequence) or len(manual) != 2:
+            raise QvizError(f"{what}: manual_range must be [low, high]")
+        manual_range = (decode_float(manual[0], what), decode_float(manual[1], what))
+    spec = MethodSpec(
+        method=method,
+        percentile=decode_float(d.get("percentile", MethodSpec().percentile), what),
+        manual_range=manual_range,
+    )
+    return TensorConfig(spec, granularity, fmt, quantize=_bool(d, "quantize", True, what))
+
+
+def encode_quant_config(config: QuantConfig) -> JsonDict:
+    return {
+        "defaults": {
+            "weights": encode_tensor_config(config.weights),
+            "activations": encode_tensor_config(config.activations),
+        },
+        "overrides": {
+            name: encode_tensor_config(cfg) for name, cfg in sorted(config.overrides.items())
+        },
+    }
+
+
+def decode_quant_config(doc: Mapping[str, Any]) -> QuantConfig:
+    defaults = doc.get("defaults")
+    overrides = doc.get("overrides", {})
+    if not isinstance(defaults, Mapping) or not isinstance(overrides, Mapping):
+        raise QvizError("config file: 'defaults' and 'overrides' must be objects")
+    try:
+        weights = decode_tensor_config(defaults["weights"], "defaults.weights")
+        activations = decode_tensor_config(defaults["activations"], "defaults.activations")
+    except KeyError as exc:
+        raise QvizError(f"config file: defaults lack '{exc.args[0]}'") from None
+    return QuantConfig(
+        weights=weights,
+        activations=activations,
+        overrides={
+            str(name): decode_tensor_config(cfg, f"override '{name}'")
+            for name, cfg in overrides.items()
+        },
+    )
+
+
+# --- quantization parameters and metrics ------------------------------------------------------
+
+
+def encode_qparams(qp: QParams) -> JsonDict:
+    scale = np.asarray(qp.scale, dtype=np.float32)
+    zp = np.asarray(qp.zero_point)
+    if zp.dtype.kind in "iu":
+        zp_values: list[Any] = [int(v) for v in zp.reshape(-1)]
+    else:  # FP8 zero points: stored as the exact decimal of their (always representable) value
+        zp_values = [float(v) for v in zp.astype(np.float64).reshape(-1)]
+    return {
+        "axis": qp.axis,
+        "block_size": qp.block_size,
+        "shape": list(scale.shape),
+        "scale": [float(v) for v in scale.reshape(-1)],
+        "scale_hex": [float32_hex(v) for v in scale.reshape(-1)],
+        "zero_point": zp_values,
+        "zero_point_dtype": zp.dtype.name,
+    }
+
+
+def decode_qparams(d: Mapping[str, Any], fmt: NumberFormat, what: str) -> QParams:
+    try:
+        shape = tuple(int(s) for s in d["shape"])
+        hexes = list(d["scale_hex"])
+        decimals = list(d["scale"])
+        zps = list(d["zero_point"])
+    except (KeyError, TypeError, ValueError):
+        raise QvizError(f"{what}: needs shape, scale, scale_hex and zero_point") from None
+    n = math.prod(shape)
+    if not len(hexes) == len(decimals) == len(zps) == n:
+        raise QvizError(f"{what}: scale/zero_point lengths do not match shape {list(shape)}")
+    scale = np.array([float32_from_hex(str(h)) for h in hexes], dtype=np.float32)
+    readable = np.array([decode_float(v, what) for v in decimals], dtype=np.float64)
+    # The decimals were written from these very float32 values, so they must map back onto
+    # them exactly; a mismatch means one of the two was edited by hand.
+    mismatch = np.flatnonzero(readable.astype(np.float32) != scale)
+    if mismatch.size:
+        i = int(mismatch[0])
+        raise QvizError(
+            f"{what}: scale[{i}] is {decimals[i]} but scale_hex[{i}] is {hexes[i]} "
+            f"({float(scale[i])!r}); edit both or neither"
+        )
+    storage = np.dtype(fmt.storage_dtype)
+    if d.get("zero_point_dtype", storage.name) != storage.name:
+        raise QvizError(
+            f"{what}: zero points are {d.get('zero_point_dtype')}, but {fmt.spec} stores "
+            f"{storage.name}"
+        )
+    zp = np.array([decode_float(v, what) for v in zps], dtype=np.float64).astype(storage)
+    axis = d.get("axis")
+    block = d.get("block_size")
+    return QParams(
+        scale=scale.reshape(shape),
+        zero_point=zp.reshape(shape),
+        axis=None if axis is None else int(axis),
+        block_size=None if block is None else int(block),
+    )
+
+
+# TensorMetrics repeats the qparams' scale and zero point; the file keeps them once.
+_METRICS_FROM_QPARAMS = ("scale", "zero_point")
+
+
+def encode_metrics(m: TensorMetrics) -> JsonDict:
+    out: JsonDict = {}
+    for f in dataclasses.fields(m):
+        if f.name in _METRICS_FROM_QPARAMS:
+            continue
+        value = getattr(m, f.name)
+        if isinstance(value, np.ndarray):
+            out[f.name] = encode_array(value)
+        elif isinstance(value, int | float | np.integer | np.floating):
+            out[f.name] = encode_float(float(value))
+    return out
+
+
+def decode_metrics(d: Mapping[str, Any], qp: QParams, what: str) -> TensorMetrics:
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(TensorMetrics):
+        if f.name in _METRICS_FROM_QPARAMS:
+            kwargs[f.name] = getattr(qp, f.name)
+        elif f.name in d:
+            raw = d[f.name]
+            kwargs[f.name] = (
+                decode_array(raw, f"{what}.{f.name}")
+                if isinstance(raw, Mapping)
+                else decode_float(raw, f"{what}.{f.name}")
+            )
+        elif f.default is not dataclasses.MISSING:
+            kwargs[f.name] = f.default
+        else:
+            # A field added to TensorMetrics after the file was written: unknown, not zero.
+            kwargs[f.name] = math.nan
+    return TensorMetrics(**kwargs)
+
+
+# --- whole file ----------------------------------------------------------------------------
+
+
+def encode_result(r: TensorResult) -> JsonDict:
+    return {
+        "name": r.name,
+        "kind": r.kind.value,
+        "layer": r.layer.name,
+        **encode_tensor_config(r.config),
+        **encode_qparams(r.qparams),
+        "metrics": encode_metrics(r.metrics),
+    }
+
+
+def config_document(
+    model: LoadedModel, config: QuantConfig, results: Sequence[TensorResult]
+) -> JsonDict:
+    """The JSON document `save_config` writes (exposed for tests and for the Export dialog)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "file": FILE_TYPE,
+        "qviz_version": qviz.__version__,
+        "model": {"source": str(model.source), "sha256": model.sha256},
+        **encode_quant_config(config),
+        "tensors": [encode_result(r) for r in results],
+    }
+
+
+def save_config(
+    path: str | Path, model: LoadedModel, config: QuantConfig, results: Sequence[TensorResult]
+) -> None:
+    """Write the configuration and its exact quantization parameters, atomically."""
+    doc = config_document(model, config, results)
+    with atomic_open(path, "w") as f:
+        json.dump(doc, f, indent=1, allow_nan=False)
+        f.write("\n")
+
+
+def read_document(path: str | Path) -> JsonDict:
+    """The raw JSON of a config file, not yet migrated."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise QvizError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise QvizError(f"{path}: cannot read a qviz config file ({exc})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise QvizError(f"{path}: not a qviz config file (invalid JSON: {exc.msg})") from None
+    if not isinstance(doc, dict) or "schema_version" not in doc:
+        raise QvizError(f"{path}: not a qviz config file (no schema_version)")
+    return doc
+
+
+def migrate(doc: JsonDict, source: str = "config file") -> JsonDict:
+    """Upgrade a document to SCHEMA_VERSION through MIGRATIONS, one version at a time."""
+    version = doc.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise QvizError(f"{source}: schema_version must be an integer, got {version!r}")
+    if version > SCHEMA_VERSION:
+        raise QvizError(
+            f"{source} is schema_version {version}; this qviz reads up to {SCHEMA_VERSION}"
+        )
+    while version < SCHEMA_VERSION:
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise QvizError(f"{source}: schema_version {version} is not supported")
+        doc = step(doc)
+        version = doc["schema_version"]
+    return doc
+
+
+def decode_document(doc: JsonDict, source: str = "config file") -> SavedConfig:
+    on_disk = doc.get("schema_version")
+    doc = migrate(doc, source)
+    if doc.get("file", FILE_TYPE) != FILE_TYPE:
+        raise QvizError(f"{source}: is a '{doc.get('file')}' file, not a qviz config")
+    model = doc.get("model")
+    if not isinstance(model, Mapping) or "sha256" not in model:
+        raise QvizError(f"{source}: lacks the model's source and sha256")
+    quant_config = decode_quant_config(doc)
+    entries = doc.get("tensors", [])
+    if not isinstance(entries, list):
+        raise QvizError(f"{source}: 'tensors' must be a list")
+    tensors = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping) or "name" not in entry:
+            raise QvizError(f"{source}: tensors[{i}] has no name")
+        what = f"tensor '{entry['name']}'"
+        try:
+            kind = TensorKind(entry["kind"])
+        except (KeyError, ValueError):
+            raise QvizError(f"{what}: kind must be 'weight' or 'activation'") from None
+        cfg = decode_tensor_config(entry, what)
+        qp = decode_qparams(entry, cfg.fmt, what)
+        metrics = decode_metrics(entry.get("metrics", {}), qp, f"{what} metrics")
+        tensors.append(
+            SavedTensor(str(entry["name"]), kind, str(entry.get("layer", "")), cfg, qp, metrics)
+        )
+    return SavedConfig(
+        quant_config=quant_config,
+        tensors=tuple(tensors),
+        model_source=str(model.get("source", "")),
+        model_sha256=str(model["sha256"]),
+        qviz_version=str(doc.get("qviz_version", "")),
+        schema_version=int(on_disk),  # type: ignore[arg-type]  # checked by migrate()
+    )
+
+
+def load_config(path: str | Path) -> SavedConfig:
+    """Read a config file of any supported schema version (QvizError otherwise)."""
+    return decode_document(read_document(path), f"{path}: config file")
+
+
+def is_config_file(path: str | Path) -> bool:
+    """Cheap sniff: a JSON object (config) rather than a zip (stats file)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+    except OSError:
+        return False
+    return head.startswith(b"{")
+
+
+def results_from_saved(model: LoadedModel, saved: SavedConfig) -> list[TensorResult]:
+    """TensorResults carrying exactly the saved qparams (and saved metrics), in graph order.
+
+    This is what rebuilding a Q/DQ graph, an ORT overrides file or a TensorRT cache from a config
+    file goes through, so those exports match the file bit for bit, not a fresh recalibration.
+    """
+    if saved.model_sha256 != model.sha256:
+        raise QvizError(
+            f"the config file was made for a different model file ({saved.model_source}, "
+            f"sha256 {saved.model_sha256[:12]}…), not {model.source}"
+        )
+    by_key = {(t.name, t.kind): t for t in quant_tensors(model)}
+    results = []
+    for saved_tensor in saved.tensors:
+        tensor = by_key.get((saved_tensor.name, saved_tensor.kind))
+        if tensor is None:
+            raise QvizError(
+                f"the config file quantizes {saved_tensor.kind.value} '{saved_tensor.name}', "
+                f"which this model does not have"
+            )
+        results.append(
+            TensorResult(
+                name=saved_tensor.name,
+                layer=tensor.layer,
+                kind=saved_tensor.kind,
+                config=saved_tensor.config,
+                qparams=saved_tensor.qparams,
+                metrics=saved_tensor.metrics,
+            )
+        )
+    order = {key: i for i, key in enumerate(by_key)}
+    results.sort(key=lambda r: order[(r.name, r.kind)])
+    return results

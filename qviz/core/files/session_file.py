@@ -1,0 +1,297 @@
+"""The document qviz has open, and the session file that saves it.
+
+`Document` is the app's model in the napari sense: plain Python, no Qt. It holds the model,
+the statistics, the quantization configuration and the selection, caches one `TensorResult` per
+tensor, and turns a user's choice ("this config, for these tensors") into the list of tensors
+whose numbers changed. The Qt window renders it and calls into it; it never reaches back.
+
+Everything here that the GUI calls on a click is a pure function of stored statistics (the
+model is never run), so it takes milliseconds. Work that may take longer for a big model —
+analysing *every* tensor — is exposed as `analyze_jobs` + `store`, so the app can run the
+analysis on a worker thread and hand the results back on the GUI thread.
+
+The session file is JSON (`*.qviz.json`) with a `schema_version`. Older versions are upgraded
+one step at a time through `MIGRATIONS`; a file from a newer qviz is refused, not guessed at.
+
+Schema history:
+
+* 1 — first format: `model`, `data` (paths), `weights`/`activations`/`overrides` (the tensor
+  configs, flat), `selected` (a tensor name).
+* 2 — groups the paths under `files` (adding the stats file and the model's sha256, so a
+  changed model is noticed), reuses the config file's `defaults`/`overrides` encoding, records
+  the selected tensor's kind (a name can be both a weight and an activation in odd graphs) and
+  view settings. A session may also embed the last sensitivity report (`sensitivity`, written
+  with `report_to_json`), so re-opening it does not re-run the model; older readers ignore the
+  key, and a report that cannot be read is dropped (it is a cache, never a reason to fail).
+
+Paths are written relative to the session file's folder, so a folder holding a model, its data
+and a session can be moved or shared as a whole; absolute paths are kept when there is no
+relative path (another drive).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import qviz
+from qviz.core.calibration.config import QuantConfig
+from qviz.core.errors import QvizError
+from qviz.core.files.atomic import atomic_open
+from qviz.core.files.config_file import decode_quant_config, encode_quant_config
+from qviz.core.model.loading import TensorKind
+from qviz.core.search.sensitivity import SensitivityReport
+from qviz.core.search.sensitivity_cache import report_from_json, report_to_json
+from qviz.core.stats.stats_file import is_stats_file
+
+SCHEMA_VERSION = 2
+FILE_TYPE = "qviz-session"
+SESSION_SUFFIX = ".qviz.json"
+MODEL_SUFFIXES = frozenset({".onnx", ".pt", ".pth", ".ts", ".pt2"})
+DATA_SUFFIXES = frozenset({".npz", ".npy"})
+
+JsonDict = dict[str, Any]
+
+
+# --- what a path is -------------------------------------------------------------------------
+# --- what a path is -------------------------------------------------------------------------
+
+
+class PathKind(Enum):
+    MODEL = "model"
+    DATA = "data"
+    STATS = "stats"
+    SESSION = "session"
+
+
+def classify_path(path: str | Path) -> PathKind:
+    """What a file the user opened or dropped is, by name first and by content when needed."""
+    p = Path(path)
+    name = p.name.lower()
+    if name.endswith(SESSION_SUFFIX):
+        return PathKind.SESSION
+    if p.is_dir():
+        return PathKind.DATA  # a folder of .npz samples or of images
+    suffix = p.suffix.lower()
+    if suffix in MODEL_SUFFIXES:
+        return PathKind.MODEL
+    if suffix in DATA_SUFFIXES:
+        return PathKind.DATA
+    if suffix == ".json" and _looks_like_session(p):
+        return PathKind.SESSION
+    if is_stats_file(p):
+        return PathKind.STATS
+    raise QvizError(
+        f"{p.name}: not a file qviz opens (models: .onnx .pt .pth .ts .pt2; data: .npz .npy "
+        f"or a folder; statistics: .qvstats; sessions: {SESSION_SUFFIX})"
+    )
+
+
+def _looks_like_session(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return FILE_TYPE.encode() in head or (b'"schema_version"' in head and b'"model"' in head)
+
+
+# --- the session file -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionFile:
+    """A session as stored: where things are, and every choice the user made."""
+
+    model_path: Path | None
+    data_path: Path | None = None
+    stats_path: Path | None = None
+    model_sha256: str | None = None
+    config: QuantConfig = field(default_factory=QuantConfig)
+    selection: tuple[str, TensorKind | None] | None = None
+    log_counts: bool = False
+    schema_version: int = SCHEMA_VERSION  # of the file as it was on disk, before migration
+    sensitivity: SensitivityReport | None = None  # the last report, so it is not re-run
+
+
+def _migrate_1_to_2(doc: JsonDict) -> JsonDict:
+    """v1 kept paths and tensor configs flat; v2 groups them (see the module docstring)."""
+    selected = doc.get("selected")
+    return {
+        "schema_version": 2,
+        "file": FILE_TYPE,
+        "qviz_version": doc.get("qviz_version", ""),
+        "files": {
+            "model": doc.get("model"),
+            "model_sha256": None,  # v1 did not record it
+            "data": doc.get("data"),
+            "stats": None,
+        },
+        "config": {
+            "defaults": {"weights": doc["weights"], "activations": doc["activations"]},
+            "overrides": doc.get("overrides", {}),
+        },
+        # v1 selected by name only; the kind is resolved against the model when it loads.
+        "selection": None if selected is None else {"tensor": selected, "kind": None},
+        "view": {"log_counts": False},
+    }
+
+
+# MIGRATIONS[n] upgrades a schema_version n document to n + 1. Each old version keeps a golden
+# file under tests/data that must keep loading.
+MIGRATIONS: dict[int, Callable[[JsonDict], JsonDict]] = {1: _migrate_1_to_2}
+
+
+def migrate_session(doc: JsonDict, source: str = "session file") -> JsonDict:
+    version = doc.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise QvizError(f"{source}: schema_version must be an integer, got {version!r}")
+    if version > SCHEMA_VERSION:
+        raise QvizError(
+            f"{source} is session schema_version {version}; this qviz reads up to "
+            f"{SCHEMA_VERSION}. Update qviz to open it."
+        )
+    while version < SCHEMA_VERSION:
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise QvizError(f"{source}: session schema_version {version} is not supported")
+        try:
+            doc = step(doc)
+        except (KeyError, TypeError) as exc:
+            raise QvizError(f"{source}: damaged session file (version {version}: {exc})") from None
+        version = doc["schema_version"]
+    return doc
+
+
+def _rel(path: Path | None, base: Path) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix()
+    except ValueError:  # different drive on Windows: no relative path exists
+        return str(Path(path).resolve())
+
+
+def _abs(text: Any, base: Path, what: str) -> Path | None:
+    if text is None:
+        return None
+    if not isinstance(text, str) or not text:
+        raise QvizError(f"session file: '{what}' must be a path, got {text!r}")
+    p = Path(text)
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def session_document(session: SessionFile, base_dir: Path) -> JsonDict:
+    """The JSON `save_session` writes; paths relative to `base_dir` (the file's folder)."""
+    selection = None
+    if session.selection is not None:
+        name, kind = session.selection
+        selection = {"tensor": name, "kind": None if kind is None else kind.value}
+    doc: JsonDict = {
+        "schema_version": SCHEMA_VERSION,
+        "file": FILE_TYPE,
+        "qviz_version": qviz.__version__,
+        "files": {
+            "model": _rel(session.model_path, base_dir),
+            "model_sha256": session.model_sha256,
+            "data": _rel(session.data_path, base_dir),
+            "stats": _rel(session.stats_path, base_dir),
+        },
+        "config": encode_quant_config(session.config),
+        "selection": selection,
+        "view": {"log_counts": bool(session.log_counts)},
+    }
+    if session.sensitivity is not None:
+        doc["sensitivity"] = report_to_json(session.sensitivity)
+    return doc
+
+
+def _decode_sensitivity(value: Any) -> SensitivityReport | None:
+    """An embedded sensitivity report, or None when absent or unreadable (a cache miss)."""
+    if not isinstance(value, Mapping):
+        return None
+    try:
+        return report_from_json(value)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def decode_session(doc: JsonDict, base_dir: Path, source: str = "session file") -> SessionFile:
+    on_disk = doc.get("schema_version")
+    doc = migrate_session(doc, source)
+    if doc.get("file", FILE_TYPE) != FILE_TYPE:
+        raise QvizError(f"{source}: is a '{doc.get('file')}' file, not a qviz session")
+    files = doc.get("files")
+    if not isinstance(files, Mapping):
+        raise QvizError(f"{source}: lacks 'files'")
+    config_doc = doc.get("config")
+    if not isinstance(config_doc, Mapping):
+        raise QvizError(f"{source}: lacks 'config'")
+    config = decode_quant_config(config_doc)
+    selection = None
+    sel = doc.get("selection")
+    if isinstance(sel, Mapping) and sel.get("tensor"):
+        kind_text = sel.get("kind")
+        try:
+            kind = None if kind_text is None else TensorKind(kind_text)
+        except ValueError:
+            raise QvizError(f"{source}: selection kind must be weight or activation") from None
+        selection = (str(sel["tensor"]), kind)
+    view = doc.get("view") if isinstance(doc.get("view"), Mapping) else {}
+    sha = files.get("model_sha256")
+    return SessionFile(
+        model_path=_abs(files.get("model"), base_dir, "files.model"),
+        data_path=_abs(files.get("data"), base_dir, "files.data"),
+        stats_path=_abs(files.get("stats"), base_dir, "files.stats"),
+        model_sha256=None if sha is None else str(sha),
+        config=config,
+        selection=selection,
+        log_counts=bool(view.get("log_counts", False)),
+        schema_version=int(on_disk),  # type: ignore[arg-type]  # checked by migrate_session
+        sensitivity=_decode_sensitivity(doc.get("sensitivity")),
+    )
+
+
+def save_session(path: str | Path, session: SessionFile) -> None:
+    """Write the session atomically: a crash mid-save leaves the previous file intact."""
+    target = Path(path)
+    doc = session_document(session, target.parent)
+    with atomic_open(target, "w") as f:
+        json.dump(doc, f, indent=1, allow_nan=False)
+        f.write("\n")
+
+
+def load_session(path: str | Path) -> SessionFile:
+    """Read a session file of any supported version (QvizError with one clear line otherwise)."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise QvizError(f"session file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise QvizError(f"{p.name}: cannot read the session file ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise QvizError(f"{p.name}: not a qviz session (invalid JSON: {exc.msg})") from None
+    if not isinstance(doc, dict) or "schema_version" not in doc:
+        raise QvizError(f"{p.name}: not a qviz session (no schema_version)")
+    return decode_session(doc, p.parent, p.name)
+
+
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SESSION_SUFFIX",
+    "PathKind",
+    "SessionFile",
+    "classify_path",
+    "decode_session",
+    "load_session",
+    "save_session",
+    "session_document",
+]

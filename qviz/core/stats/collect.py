@@ -1,0 +1,183 @@
+"""Calibration: run the model once over the data and fold every activation into statistics.
+
+The graph is augmented so the tensors feeding quantizable layers are also graph outputs; each
+batch's values are folded into streaming histograms and dropped, so memory is
+tensors x bins whatever the number of samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from qviz.core.data.dataset import Dataset
+from qviz.core.errors import QvizError, first_line
+from qviz.core.model.loading import LoadedModel
+from qviz.core.progress import Progress, ProgressClock
+from qviz.core.progress import run_to_completion as run_to_completion  # re-exported
+from qviz.core.stats.tensor_stats import TensorStats, TensorStatsAccumulator
+
+
+@dataclass(frozen=True)
+class CalibrationStats:
+    """Everything calibration keeps: per-tensor statistics plus where they came from."""
+
+    model_source: str
+    model_sha256: str
+    data_description: str
+    data_is_random: bool
+    n_samples: int
+    tensors: Mapping[str, TensorStats] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
+
+
+def activation_tensors(model: LoadedModel) -> list[str]:
+    """The activation tensors that feed quantizable layers, in graph order, each once."""
+    seen: dict[str, None] = {}
+    for layer in model.layers:
+        for name in layer.activations:
+            seen.setdefault(name, None)
+    return list(seen)
+
+
+def augment_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """A copy of `model` whose graph also outputs `tensors` (graph inputs need no output)."""
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    graph = augmented.graph
+    present = {o.name for o in graph.output} | {i.name for i in graph.input}
+    known = {vi.name: vi for vi in graph.value_info}
+    for name in tensors:
+        if name in present:
+            continue
+        if name in known:
+            graph.output.append(known[name])
+        else:
+            # Element type only: shapes may vary from sample to sample.
+            vi = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            graph.output.append(vi)
+    return augmented
+
+
+def make_session(model: onnx.ModelProto, *, optimize: bool = True) -> ort.InferenceSession:
+    """A CPU session; `optimize=False` evaluates the graph op by op (used for simulation)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # ORT raises its own exception types; all mean "cannot run"
+        raise QvizError(f"ONNX Runtime cannot run this model: {first_line(exc)}") from exc
+
+
+def run_batch(
+    session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]
+) -> list[np.ndarray]:
+    try:
+        return session.run(list(outputs), dict(feeds))
+    except Exception as exc:
+        raise QvizError(f"the model failed on the data: {first_line(exc)}") from exc
+
+
+def collect_stats(
+    model: LoadedModel,
+    data: Dataset,
+    *,
+    batch_size: int = 32,
+    bins: int = 2048,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Generator[Progress, None, CalibrationStats]:
+    """Run `model` over `data`, yielding Progress after each batch; return the statistics.
+
+    Stops between batches when `should_stop()` is true (or the caller closes the generator);
+    a stopped run returns nothing usable, so callers treat `GeneratorExit`/stop as cancel.
+    """
+    names = activation_tensors(model)
+    if not names:
+        raise QvizError("the model has no quantizable layers (Conv, ConvTranspose, Gemm, MatMul)")
+    if len(data) == 0:
+        raise QvizError("the calibration data set is empty")
+    session = make_session(augment_outputs(model.model, names))
+    input_names = {i.name for i in model.inputs}
+    accumulators = {
+        n: TensorStatsAccumulator(n, bins=bins, channel_axis=model.activation_channel_axis(n))
+        for n in names
+    }
+    from_outputs = [n for n in names if n not in input_names]
+    clock = ProgressClock(len(data), "calibrating")
+    done = 0
+    yield clock.report(0)
+    # ONNX Runtime releases the GIL while it runs, so the next batch runs on a helper thread
+    # while this one is folded into the histograms: the two costs overlap instead of adding.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qviz-collect") as pool:
+        batches = iter(data.batches(batch_size))
+
+        def submit(feeds: Mapping[str, np.ndarray] | None) -> Future | None:
+            if feeds is None:
+                return None
+            if not from_outputs:  # every tensor is a graph input: nothing to run
+                done_future: Future = Future()
+                done_future.set_result([])
+                return done_future
+            return pool.submit(run_batch, session, feeds, from_outputs)
+
+        current = next(batches, None)
+        pending = submit(current)
+        while current is not None and pending is not None:
+            values = pending.result()
+            following = None if should_stop() else next(batches, None)
+            pending_next = submit(following)
+            for name, value in zip(from_outputs, values, strict=True):
+                accumulators[name].update(value)
+            for name in names:
+                if name in input_names:
+                    accumulators[name].update(current[name])
+            done += len(next(iter(current.values())))
+            yield clock.report(done)
+            if should_stop():
+                if pending_next is not None:
+                    pending_next.cancel()
+                raise CollectionCancelled()
+            current, pending = following, pending_next
+    tensors = {n: acc.finish() for n, acc in accumulators.items()}
+    notes = list(model.notes)
+    if data.is_random:
+        notes.append("calibrated on RANDOM input, not real data: ranges do not reflect real use")
+    for stats in tensors.values():
+        if stats.n_nonfinite:
+            notes.append(
+                f"{stats.name}: {stats.n_nonfinite} NaN/Inf activation values were skipped"
+            )
+        if stats.dominated_by_extremes:
+            notes.append(
+                f"{stats.name}: range dominated by extreme values "
+                f"(min {stats.min:.3g}, max {stats.max:.3g}); MinMax scales are useless here"
+            )
+    return CalibrationStats(
+        model_source=str(model.source),
+        model_sha256=model.sha256,
+        data_description=data.description,
+        data_is_random=data.is_random,
+        n_samples=done,
+        tensors=tensors,
+        notes=tuple(notes),
+    )
+
+
+class CollectionCancelled(Exception):
+    """Raised inside the generator when the caller asked it to stop."""
