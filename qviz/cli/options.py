@@ -12,7 +12,13 @@ from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.data.dataset import Dataset, Preprocess, load_data, random_data
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import LoadedModel, load_model
-from qviz.core.quant.formats import FormatKind, Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import (
+    FormatKind,
+    Granularity,
+    GranularityKind,
+    NumberFormat,
+    PerTensor,
+)
 
 CHOOSABLE_METHODS = [m.value for m in Method if m is not Method.MANUAL]
 FORMAT_FAMILIES = ["int", "uint", "fp8_e4m3fn", "fp8_e5m2", "nf4"]
@@ -77,13 +83,13 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
         raise QvizError("nf4 is a weight-only format; choose another --act-format")
     weight_method = Method(args.weight_method or "minmax")
     weights = TensorConfig(
-        spec=MethodSpec(weight_method, percentile=args.percentile),
+        spec=MethodSpec.of(weight_method, percentile=args.percentile),
         granularity=Granularity.parse(args.granularity, group_size=args.group_size),
         fmt=weight_fmt,
     )
     activations = TensorConfig(
-        spec=MethodSpec(Method(args.method), percentile=args.percentile),
-        granularity=Granularity(GranularityKind.PER_TENSOR),
+        spec=MethodSpec.of(Method(args.method), percentile=args.percentile),
+        granularity=PerTensor(),
         fmt=act_fmt,
     )
     return QuantConfig(weights=weights, activations=activations)

@@ -26,7 +26,7 @@ from qviz.core.calibration.metrics import exact_metrics, histogram_metrics
 from qviz.core.calibration.weights import analyze_weight
 from qviz.core.model.layers import Layer
 from qviz.core.model.loading import TensorKind
-from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import NumberFormat, PerAxis, PerGroup
 from qviz.core.quant.qparams import compute_qparams
 from qviz.core.stats.tensor_stats import TensorStats, compute_stats
 
@@ -76,7 +76,7 @@ def method_ranges(w: np.ndarray, stats: TensorStats, wfmt: NumberFormat, afmt: N
     return out
 
 
-WEIGHT_CFG = TensorConfig(MethodSpec(Method.MINMAX), Granularity(GranularityKind.PER_CHANNEL))
+WEIGHT_CFG = TensorConfig(MethodSpec(Method.MINMAX), PerAxis())
 ACT_CFG = TensorConfig(MethodSpec(Method.ENTROPY))
 
 
@@ -196,7 +196,7 @@ def test_channel_view_flags_the_outlier_channel(shown) -> None:
 def test_per_group_weights_get_a_heatmap(view: LayerView) -> None:
     w, stats = make_weight(), make_stats()
     cfg = TensorConfig(
-        MethodSpec(Method.MINMAX), Granularity(GranularityKind.PER_GROUP, 16),
+        MethodSpec(Method.MINMAX), PerGroup(16),
         NumberFormat(bits=4),
     )
     wr = weight_result(w, cfg)

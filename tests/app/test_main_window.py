@@ -32,7 +32,7 @@ from qviz.core.document.document import ApplyScope
 from qviz.core.errors import QvizError
 from qviz.core.files.session_file import load_session
 from qviz.core.model.loading import TensorKind, load_model
-from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat, PerTensor
 from qviz.core.stats.collect import collect_stats, run_to_completion
 from qviz.core.stats.stats_file import save_stats
 
@@ -151,7 +151,7 @@ def test_each_method_and_granularity_matches_the_core(
     controls.method_combo.setCurrentIndex(controls.method_combo.findData(method))
     controls.group_spin.setValue(8)
     for gkind in GranularityKind:
-        cfg = TensorConfig(MethodSpec(method, 99.9), Granularity(gkind, 8), NumberFormat())
+        cfg = TensorConfig(MethodSpec.of(method, 99.9), Granularity.of(gkind, 8), NumberFormat())
         try:
             expected = core_result(window, CONV_W, cfg)
         except QvizError as exc:
@@ -408,7 +408,7 @@ def test_session_round_trip_through_the_window(
 ) -> None:
     window = demo_window
     window.select_tensor(CONV_W)
-    int4_mse = TensorConfig(MethodSpec(Method.MSE), Granularity(), NumberFormat.parse("int4"))
+    int4_mse = TensorConfig(MethodSpec(Method.MSE), PerTensor(), NumberFormat.parse("int4"))
     window.apply_config(int4_mse)
     window.select_tensor(CONV_A)
     window.log_counts_action.trigger()

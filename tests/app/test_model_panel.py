@@ -26,7 +26,7 @@ from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
 from qviz.core.evaluation.evaluate import Metric, RunMode, run_to_completion
 from qviz.core.model.loading import TensorKind
-from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import NumberFormat, PerAxis
 from tests.app.evaluation_fixtures import (
     RUN_MS,
     MakeWindow,
@@ -43,7 +43,7 @@ A = TensorKind.ACTIVATION
 CONV_W = ("features.3.weight", W)
 CONV_A = ("relu", A)
 INT4_PER_CHANNEL = TensorConfig(
-    MethodSpec(Method.MINMAX), Granularity(GranularityKind.PER_CHANNEL), NumberFormat.parse("int4")
+    MethodSpec(Method.MINMAX), PerAxis(), NumberFormat.parse("int4")
 )
 
 

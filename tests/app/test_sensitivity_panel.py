@@ -27,7 +27,7 @@ from qviz.core.data.dataset import load_data
 from qviz.core.evaluation.evaluate import Metric, RunMode
 from qviz.core.files.session_file import SessionFile, load_session, save_session
 from qviz.core.model.loading import TensorKind
-from qviz.core.quant.formats import Granularity, NumberFormat
+from qviz.core.quant.formats import NumberFormat, PerTensor
 from qviz.core.search.mixed import MixedResult
 from qviz.core.search.sensitivity import SensitivityReport, run_to_completion, sensitivity
 from qviz.core.search.sensitivity_cache import SensitivityCache
@@ -205,7 +205,7 @@ def test_reopened_session_shows_the_report_without_running_it(
 
     # Changing a setting makes the report one of earlier settings: greyed, not silently wrong.
     other.select_tensor(CONV_W)
-    int4 = TensorConfig(MethodSpec(Method.MINMAX), Granularity(), NumberFormat.parse("int4"))
+    int4 = TensorConfig(MethodSpec(Method.MINMAX), PerTensor(), NumberFormat.parse("int4"))
     other.apply_config(int4)
     qtbot.waitUntil(lambda: other.doc.sensitivity_stale, timeout=CALIBRATION_MS)
     row = other.table.model.row_of(CONV_W)

@@ -544,7 +544,7 @@ def test_histogram_methods_ignore_mask_fills(method: Method) -> None:
 
 @pytest.mark.parametrize("method", list(Method))
 def test_empty_and_constant_tensors(method: Method) -> None:
-    spec = MethodSpec(method, manual_range=(-1.0, 1.0))
+    spec = MethodSpec.of(method, manual_range=(-1.0, 1.0))
     empty = TensorStatsAccumulator("e").finish()
     constant = compute_stats(np.full(100, 3.0))
     if method is Method.MANUAL:

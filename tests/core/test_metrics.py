@@ -57,7 +57,7 @@ def test_sqnr_increases_with_bits() -> None:
 @pytest.mark.parametrize("method", [Method.MINMAX, Method.PERCENTILE, Method.MSE])
 def test_histogram_metrics_agree_with_exact_metrics(fmt: NumberFormat, method: Method) -> None:
     stats = compute_stats(LAPLACE)
-    lo, hi = choose_range(stats, MethodSpec(method, percentile=99.9), fmt)
+    lo, hi = choose_range(stats, MethodSpec.of(method, percentile=99.9), fmt)
     hist = histogram_metrics(stats, lo, hi, fmt)
     exact = exact_metrics(LAPLACE, compute_qparams(lo, hi, fmt), fmt)
     assert hist.sqnr_db == pytest.approx(exact.sqnr_db, abs=0.15)

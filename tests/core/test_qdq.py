@@ -28,7 +28,14 @@ from qviz.core.graph.qdq import (
     initializer_bytes,
 )
 from qviz.core.model.loading import LoadedModel, TensorKind, from_proto
-from qviz.core.quant.formats import FormatKind, Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import (
+    FormatKind,
+    Granularity,
+    NumberFormat,
+    PerAxis,
+    PerGroup,
+    PerTensor,
+)
 from qviz.core.quant.quantize import dequantize, fake_quantize, quantize
 from qviz.core.runtime.fusion import fusion_report
 from qviz.core.stats.collect import collect_stats, run_to_completion
@@ -38,13 +45,13 @@ try:  # works whether or not tests/ is a package
 except ImportError:
     import model_factory as mf
 
-PER_TENSOR = Granularity(GranularityKind.PER_TENSOR)
-PER_CHANNEL = Granularity(GranularityKind.PER_CHANNEL)
+PER_TENSOR = PerTensor()
+PER_CHANNEL = PerAxis()
 INT8 = NumberFormat()
 
 
 def per_group(size: int) -> Granularity:
-    return Granularity(GranularityKind.PER_GROUP, size)
+    return PerGroup(size)
 
 
 def configure(

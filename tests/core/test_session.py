@@ -32,7 +32,13 @@ from qviz.core.files.session_file import (
     session_document,
 )
 from qviz.core.model.loading import LoadedModel, TensorKind, load_model
-from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import (
+    GranularityKind,
+    NumberFormat,
+    PerAxis,
+    PerGroup,
+    PerTensor,
+)
 from qviz.core.stats.collect import CalibrationStats, collect_stats, run_to_completion
 from qviz.core.stats.stats_file import save_stats
 
@@ -54,16 +60,16 @@ def test_golden_v1_session_loads_and_migrates() -> None:
     assert session.model_sha256 is None  # v1 did not record it
     cfg = session.config
     assert cfg.weights == TensorConfig(
-        MethodSpec(Method.MINMAX), Granularity(GranularityKind.PER_CHANNEL), NumberFormat()
+        MethodSpec(Method.MINMAX), PerAxis(), NumberFormat()
     )
     assert cfg.activations.spec == MethodSpec(Method.PERCENTILE, 99.9)
     assert cfg.activations.fmt == NumberFormat.parse("uint8", symmetric=False)
     w3 = cfg.overrides["features.3.weight"]
     assert w3.spec.method is Method.MSE
-    assert w3.granularity == Granularity(GranularityKind.PER_GROUP, 8)
+    assert w3.granularity == PerGroup(8)
     assert w3.fmt == NumberFormat.parse("int4")
     relu1 = cfg.overrides["relu_1"]
-    assert relu1.spec == MethodSpec(Method.MANUAL, 99.99, (0.0, 3.5))
+    assert relu1.spec == MethodSpec(Method.MANUAL, manual_range=(0.0, 3.5))
     assert session.selection == ("features.3.weight", None)
     assert session.log_counts is False
 
@@ -74,8 +80,8 @@ def test_round_trip_keeps_everything_and_writes_relative_paths(tmp_path: Path) -
     data = tmp_path / "m" / "calib.npz"
     config = (
         QuantConfig()
-        .with_default(W, TensorConfig(MethodSpec(Method.ENTROPY), Granularity(), NumberFormat()))
-        .with_override("x", TensorConfig(MethodSpec(Method.MANUAL, 99.0, (-1.5, 2.25))))
+        .with_default(W, TensorConfig(MethodSpec(Method.ENTROPY), PerTensor(), NumberFormat()))
+        .with_override("x", TensorConfig(MethodSpec(Method.MANUAL, manual_range=(-1.5, 2.25))))
     )
     session = SessionFile(
         model_path=model, data_path=data, stats_path=None, model_sha256="ab" * 32,
@@ -202,7 +208,7 @@ def test_analyze_matches_the_core_and_is_cached(
 
 
 def test_apply_scopes(doc: Document) -> None:
-    int4 = TensorConfig(MethodSpec(Method.MSE), Granularity(), NumberFormat.parse("int4"))
+    int4 = TensorConfig(MethodSpec(Method.MSE), PerTensor(), NumberFormat.parse("int4"))
     key = ("features.3.weight", W)
     doc.analyze(key)
     assert doc.apply(key, int4, ApplyScope.TENSOR) == [key]
@@ -235,7 +241,7 @@ def test_manual_range_makes_a_weight_per_tensor(doc: Document) -> None:
     assert doc.config_for(key).granularity.kind is GranularityKind.PER_CHANNEL
     doc.set_manual_range(key, -0.25, 0.25)
     cfg = doc.config_for(key)
-    assert cfg.spec == MethodSpec(Method.MANUAL, cfg.spec.percentile, (-0.25, 0.25))
+    assert cfg.spec == MethodSpec(Method.MANUAL, manual_range=(-0.25, 0.25))
     assert cfg.granularity.kind is GranularityKind.PER_TENSOR
     result = doc.analyze(key)
     assert result is not None

@@ -26,10 +26,17 @@ from PySide6.QtWidgets import (
 )
 
 from qviz.core.calibration.config import TensorConfig
-from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.calibration.methods import DEFAULT_PERCENTILE, Method, MethodSpec
 from qviz.core.document.document import ApplyScope, format_supported, granularity_supported
 from qviz.core.model.loading import TensorKind
-from qviz.core.quant.formats import FormatKind, Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import (
+    DEFAULT_GROUP_SIZE,
+    FormatKind,
+    Granularity,
+    GranularityKind,
+    NumberFormat,
+    PerGroup,
+)
 
 METHODS: tuple[tuple[Method, str, str], ...] = (
     (Method.MINMAX, "MinMax", "Clip at the observed minimum and maximum: nothing clipped, "
@@ -99,7 +106,7 @@ class ControlsPanel(QGroupBox):
         self.percentile_spin.setDecimals(4)
         self.percentile_spin.setSingleStep(0.01)
         self.percentile_spin.setSuffix(" %")
-        self.percentile_spin.setValue(MethodSpec().percentile)
+        self.percentile_spin.setValue(DEFAULT_PERCENTILE)
         self.percentile_spin.setKeyboardTracking(False)
         self.percentile_spin.setToolTip("Percentile p for the Percentile method (of |x|)")
 
@@ -116,7 +123,7 @@ class ControlsPanel(QGroupBox):
         )
         self.group_spin = QSpinBox()
         self.group_spin.setRange(1, 65536)
-        self.group_spin.setValue(Granularity().group_size)
+        self.group_spin.setValue(DEFAULT_GROUP_SIZE)
         self.group_spin.setKeyboardTracking(False)
         self.group_spin.setToolTip("Group size: values per scale along the reduction axis")
 
@@ -185,13 +192,15 @@ class ControlsPanel(QGroupBox):
             )
             self._fill_scope(info)
             _set_data(self.method_combo, cfg.spec.method)
-            self.percentile_spin.setValue(cfg.spec.percentile)
+            if cfg.spec.percentile is not None:
+                self.percentile_spin.setValue(cfg.spec.percentile)
             manual = cfg.spec.manual_range or info.current_range
             if manual is not None and all(math.isfinite(v) for v in manual):
                 self.lo_spin.setValue(manual[0])
                 self.hi_spin.setValue(manual[1])
             _set_data(self.granularity_combo, cfg.granularity.kind)
-            self.group_spin.setValue(cfg.granularity.group_size)
+            if isinstance(cfg.granularity, PerGroup):
+                self.group_spin.setValue(cfg.granularity.group_size)
             fid = cfg.fmt.kind.value if cfg.fmt.kind is not FormatKind.INT else (
                 "int" if cfg.fmt.signed else "uint"
             )
@@ -215,9 +224,9 @@ class ControlsPanel(QGroupBox):
         manual = None
         if method is Method.MANUAL:
             manual = (self.lo_spin.value(), self.hi_spin.value())
-        spec = MethodSpec(method, self.percentile_spin.value(), manual)
+        spec = MethodSpec.of(method, self.percentile_spin.value(), manual)
         gkind = self.granularity_combo.currentData()
-        granularity = Granularity(gkind, self.group_spin.value())
+        granularity = Granularity.of(gkind, self.group_spin.value())
         fid = self.format_combo.currentData()
         if fid in ("int", "uint"):
             text = f"{fid}{self.bits_spin.value()}"

@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.model.loading import TensorKind
-from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import Granularity, NumberFormat, PerAxis, PerTensor
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class TensorConfig:
     """How one tensor is quantized."""
 
     spec: MethodSpec = MethodSpec()
-    granularity: Granularity = Granularity()
+    granularity: Granularity = PerTensor()
     fmt: NumberFormat = NumberFormat()
     quantize: bool = True
 
@@ -47,14 +47,14 @@ def _frozen(mapping: Mapping[str, TensorConfig] | None) -> Mapping[str, TensorCo
 
 DEFAULT_WEIGHTS = TensorConfig(
     spec=MethodSpec(Method.MINMAX),
-    granularity=Granularity(GranularityKind.PER_CHANNEL),
+    granularity=PerAxis(),
     fmt=NumberFormat(),
 )
 # uint8 asymmetric activations with int8 symmetric weights: ONNX Runtime's default pairing,
 # which its integer kernels are built for (and which keeps all 256 codes for ReLU outputs).
 DEFAULT_ACTIVATIONS = TensorConfig(
     spec=MethodSpec(Method.ENTROPY),
-    granularity=Granularity(GranularityKind.PER_TENSOR),
+    granularity=PerTensor(),
     fmt=NumberFormat(signed=False, symmetric=False),
 )
 

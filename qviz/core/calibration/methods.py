@@ -82,34 +82,59 @@ class Method(Enum):
     MANUAL = "manual"
 
 
+DEFAULT_PERCENTILE = 99.99
+
+
 @dataclass(frozen=True)
 class MethodSpec:
-    """A method and its parameter: ``percentile`` (PERCENTILE, in (0, 100]) or
-    ``manual_range`` (MANUAL, ``lo < hi``; checked when the range is chosen, so a spec can
-    exist before the user has set a range)."""
+    """A method and the one parameter that applies to it, nothing else: ``percentile``
+    (PERCENTILE only, in (0, 100]; 99.99 when not given) or ``manual_range`` (MANUAL only,
+    ``lo < hi``; checked when the range is chosen, so a spec can exist before the user has
+    set a range). A parameter given to a method it does not apply to is a TypeError, so
+    equal choices are equal specs (and equal cache keys); :meth:`of` drops them instead, for
+    callers that hold every parameter whatever the method (a form, command-line options)."""
 
     method: Method = Method.MINMAX
-    percentile: float = 99.99
+    percentile: float | None = None
     manual_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, Method):
             raise TypeError(f"method must be a Method, not {type(self.method).__name__}")
-        p = float(self.percentile)
-        if not (0.0 < p <= 100.0):
-            raise QvizError(f"percentile must be in (0, 100], not {self.percentile}")
-        object.__setattr__(self, "percentile", p)
-        if self.manual_range is not None:
-            lo, hi = (float(v) for v in self.manual_range)
-            object.__setattr__(self, "manual_range", (lo, hi))
+        if self.method is Method.PERCENTILE:
+            p = DEFAULT_PERCENTILE if self.percentile is None else float(self.percentile)
+            if not (0.0 < p <= 100.0):
+                raise QvizError(f"percentile must be in (0, 100], not {self.percentile}")
+            object.__setattr__(self, "percentile", p)
+        elif self.percentile is not None:
+            raise TypeError(f"a percentile applies to Method.PERCENTILE, not {self.method}")
+        if self.method is Method.MANUAL:
+            if self.manual_range is not None:
+                lo, hi = (float(v) for v in self.manual_range)
+                object.__setattr__(self, "manual_range", (lo, hi))
+        elif self.manual_range is not None:
+            raise TypeError(f"a manual range applies to Method.MANUAL, not {self.method}")
+
+    @classmethod
+    def of(
+        cls,
+        method: Method,
+        percentile: float | None = None,
+        manual_range: tuple[float, float] | None = None,
+    ) -> MethodSpec:
+        """The spec for ``method``, keeping only the parameter that applies to it."""
+        return cls(
+            method,
+            percentile if method is Method.PERCENTILE else None,
+            manual_range if method is Method.MANUAL else None,
+        )
 
     @property
-    def label(self) -> str:
-        if self.method is Method.PERCENTILE:
-            return f"percentile {self.percentile:g}"
-        if self.method is Method.MANUAL and self.manual_range is not None:
-            return f"manual [{self.manual_range[0]:.4g}, {self.manual_range[1]:.4g}]"
-        return self.method.value
+    def quantile(self) -> float:
+        """The percentile as a fraction in (0, 1] (PERCENTILE only)."""
+        if self.percentile is None:
+            raise TypeError(f"{self.method} has no percentile")
+        return self.percentile / 100.0
 
 
 # ---------------------------------------------------------------------- entry points
@@ -223,7 +248,7 @@ def choose_row_ranges(
         raise ValueError(f"the {method.value} method needs histograms")
     amax = np.maximum(np.abs(lo_d), np.abs(hi_d))
     if method is Method.PERCENTILE:
-        lo, hi = _percentile_ranges(rows, lo_d, hi_d, amax, spec.percentile / 100.0, fmt)
+        lo, hi = _percentile_ranges(rows, lo_d, hi_d, amax, spec.quantile, fmt)
     elif method is Method.ENTROPY:
         lo, hi = _entropy_ranges(rows, lo_d, hi_d, amax, fmt)
     elif method is Method.MSE:

@@ -29,7 +29,7 @@ from qviz.core.calibration.methods import Method, MethodSpec, choose_range
 from qviz.core.errors import QvizError
 from qviz.core.files.session_file import SessionFile
 from qviz.core.model.loading import LoadedModel, TensorKind
-from qviz.core.quant.formats import FormatKind, Granularity, GranularityKind
+from qviz.core.quant.formats import FormatKind, GranularityKind, PerTensor
 from qviz.core.search.sensitivity import LayerSensitivity, SensitivityReport, results_digest
 from qviz.core.stats.collect import CalibrationStats
 
@@ -150,7 +150,7 @@ class Document:
         self._shapes: dict[str, tuple[int | None, ...]] = {}
         self._weights: dict[str, np.ndarray] = {}
         self._ranges: dict[
-            tuple[str, TensorKind, Method, float, NumberFormatKey], tuple[float, float]
+            tuple[str, TensorKind, MethodSpec, NumberFormatKey], tuple[float, float]
         ] = {}
         # The last sensitivity report (saved with the session) and whether the settings have
         # changed since it was measured (see `check_sensitivity`).
@@ -354,11 +354,10 @@ class Document:
         if not hi > lo:
             raise QvizError(f"the clip range must have low < high, got [{lo:.4g}, {hi:.4g}]")
         cfg = self.config_for(key)
-        spec = MethodSpec(Method.MANUAL, cfg.spec.percentile, (float(lo), float(hi)))
+        spec = MethodSpec(Method.MANUAL, manual_range=(float(lo), float(hi)))
         new = replace(cfg, spec=spec)
         if key[1] is TensorKind.WEIGHT and cfg.granularity.kind is not GranularityKind.PER_TENSOR:
-            new = replace(new, granularity=Granularity(GranularityKind.PER_TENSOR,
-                                                       cfg.granularity.group_size))
+            new = replace(new, granularity=PerTensor())
         return self.apply(key, new, ApplyScope.TENSOR)
 
     # ----------------------------------------------------------------- method markers
@@ -382,10 +381,11 @@ class Document:
         if kind is TensorKind.WEIGHT and self.element_count(key) > MAX_MARKER_WEIGHT:
             return out
         fkey = _format_key(cfg)
+        percentile = cfg.spec.percentile
         for method in (Method.MINMAX, Method.PERCENTILE, Method.ENTROPY, Method.MSE):
-            ckey = (name, kind, method, cfg.spec.percentile, fkey)
+            spec = MethodSpec.of(method, percentile)
+            ckey = (name, kind, spec, fkey)
             if ckey not in self._ranges:
-                spec = MethodSpec(method, cfg.spec.percentile)
                 try:
                     self._ranges[ckey] = self._method_range(key, spec, cfg)
                 except QvizError:
@@ -401,7 +401,7 @@ class Document:
             lo, hi = choose_range(self.stats.tensors[key[0]], spec, cfg.fmt)
             return float(lo), float(hi)
         assert self.model is not None
-        per_tensor = TensorConfig(spec, Granularity(GranularityKind.PER_TENSOR), cfg.fmt)
+        per_tensor = TensorConfig(spec, PerTensor(), cfg.fmt)
         result = analyze_tensor(self.model, _EMPTY_STATS, self._by_key[key], per_tensor)
         return float(np.min(result.metrics.lo)), float(np.max(result.metrics.hi))
 
