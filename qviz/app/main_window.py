@@ -23,7 +23,6 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
@@ -642,7 +641,7 @@ class MainWindow(QMainWindow):
         shown = doc.result(key)
         current = None
         if shown is not None:
-            current = (float(np.min(shown.metrics.lo)), float(np.max(shown.metrics.hi)))
+            current = shown.metrics.envelope
         info = TensorInfo(key[0], key[1], tensor.layer.name, tensor.layer.op_type, current)
         self.controls.set_tensor(info, doc.config_for(key))
 

@@ -85,7 +85,7 @@ def weight_histogram(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def result_range(result: TensorResult) -> tuple[float, float]:
     """The effective clip range of a result as one (lo, hi): ``TensorMetrics.lo/hi`` are
     already what the qparams cover; per-channel / per-group give the envelope."""
-    return float(np.min(result.metrics.lo)), float(np.max(result.metrics.hi))
+    return result.metrics.envelope
 
 
 class LayerView(QWidget):

@@ -62,7 +62,7 @@ def metric_texts(data: ColumnData) -> dict[str, str]:
     else:
         n = np.asarray(m.scale).size
         clip = (
-            f"{st.fmt_range(float(np.min(m.lo)), float(np.max(m.hi)))} envelope of {n} "
+            f"{st.fmt_range(*m.envelope)} envelope of {n} "
             f"{data.channel_word}s"
         )
     worst = "—"

@@ -69,6 +69,12 @@ class TensorMetrics:
     max_abs_error: float
     cosine: float
 
+    @property
+    def envelope(self) -> tuple[float, float]:
+        """The whole covered range as one (lo, hi): per-channel and per-group ranges give
+        the lowest low and the highest high."""
+        return float(np.min(self.lo)), float(np.max(self.hi))
+
 
 @dataclass(frozen=True, eq=False)
 class ErrorCurve:

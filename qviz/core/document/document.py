@@ -403,7 +403,7 @@ class Document:
         assert self.model is not None
         per_tensor = TensorConfig(spec, PerTensor(), cfg.fmt)
         result = analyze_tensor(self.model, _EMPTY_STATS, self._by_key[key], per_tensor)
-        return float(np.min(result.metrics.lo)), float(np.max(result.metrics.hi))
+        return result.metrics.envelope
 
     # ----------------------------------------------------------------- summary
     def summary(self, n_worst: int = 3) -> Summary:
