@@ -93,7 +93,7 @@ def evaluate_full(window: MainWindow) -> None:
     wait_until(lambda: ev.current is not None and not ev.is_pending)
     full: list[object] = []
     ev.evaluated.connect(lambda outcome: full.append(outcome) if outcome.full else None)
-    window.evaluate_full()
+    window.evaluation.evaluate_full()
     wait_until(lambda: bool(full) and not window.busy, 300.0)
 
 
@@ -177,14 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         window.resize(args.width, args.height)
         window.show()
         calibrated: list[bool] = []
-        window.calibrationFinished.connect(lambda: calibrated.append(True))
-        window.errorShown.connect(lambda m: sys.exit(f"error: {m}"))
-        window.open_demo()
+        window.files.calibrated.connect(lambda: calibrated.append(True))
+        window.reporter.errorShown.connect(lambda m: sys.exit(f"error: {m}"))
+        window.files.open_demo()
         wait_until(lambda: bool(calibrated) and not window.busy)
         evaluate_full(window)
 
         key = interesting_conv(window)
-        window.select_tensor(key)
+        window.doc.select(key)
         settle(app, window)
 
         view = window.layer_view
