@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 
 from qviz.app.views import plot_style as st
 from qviz.app.views.histogram_view import effective_range
-from qviz.core.calibration.methods import Method, data_extent, range_mse
+from qviz.core.calibration.methods import Method, data_extent
 from qviz.core.calibration.metrics import (
     TensorMetrics,
     error_curve,
@@ -36,6 +36,7 @@ from qviz.core.calibration.metrics import (
     histogram_metrics,
     sqnr_db,
 )
+from qviz.core.calibration.mse import range_mse
 from qviz.core.model.loading import TensorKind
 from qviz.core.quant.formats import NumberFormat
 from qviz.core.quant.qparams import compute_qparams
