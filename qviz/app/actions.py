@@ -7,71 +7,103 @@ Undo / Redo name the step they would take and are enabled only when there is one
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import QDockWidget, QMainWindow
 
-from qviz.app.views.controls import METHODS
+from qviz.app.controllers.evaluation_controller import EvaluationController
+from qviz.app.controllers.files import FileController
+from qviz.app.controllers.jobs import JobController
+from qviz.app.views.controls import METHODS, ControlsPanel
+from qviz.app.views.layer_table import LayerTable
 from qviz.core.calibration.methods import Method
-
-if TYPE_CHECKING:
-    from qviz.app.main_window import MainWindow
+from qviz.core.document.document import Document
 
 Shortcut = str | QKeySequence | QKeySequence.StandardKey
+
+
+@dataclass(frozen=True)
+class WindowParts:
+    """What the actions act on: the document, the controllers, and the window's own dialogs."""
+
+    window: QMainWindow
+    doc: Document
+    files: FileController
+    jobs: JobController
+    evaluation: EvaluationController
+    controls: ControlsPanel
+    table: LayerTable
+    docks: tuple[QDockWidget, ...]          # shown in View, in this order
+    history_dock: QDockWidget
+    open_model: Callable[[], None]
+    open_data: Callable[[], None]
+    open_eval_data: Callable[[], None]
+    open_stats: Callable[[], None]
+    open_session: Callable[[], None]
+    save_session: Callable[[], None]
+    save_session_as: Callable[[], None]
+    save_stats: Callable[[], None]
+    export: Callable[[], Any]
+    sensitivity: Callable[[], None]
+    mixed: Callable[[], Any]
+    shortcuts: Callable[[], None]
+    fill_recent: Callable[[], None]
 
 
 class WindowActions:
     """Builds the actions of one window and its menu bar."""
 
-    def __init__(self, w: MainWindow) -> None:
-        self.w = w
+    def __init__(self, parts: WindowParts) -> None:
+        self.w = parts
         self._build()
         self._menus()
-        w.doc.events.history.connect(self._sync_history)
-        w.jobs.busyChanged.connect(self.cancel.setEnabled)
+        parts.doc.events.history.connect(self._sync_history)
+        parts.jobs.busyChanged.connect(self.cancel.setEnabled)
         self._sync_history()
 
     def _action(
         self, text: str, tip: str, slot: Callable[[], Any], shortcut: Shortcut | None = None
     ) -> QAction:
-        action = QAction(text, self.w)
+        action = QAction(text, self.w.window)
         action.setToolTip(tip)
         action.setStatusTip(tip)
         if shortcut is not None:
             action.setShortcut(QKeySequence(shortcut))
         action.triggered.connect(lambda _checked=False: slot())
-        self.w.addAction(action)  # shortcuts work even while the menu bar is hidden
+        self.w.window.addAction(action)  # shortcuts work even while the menu bar is hidden
         return action
 
     def _build(self) -> None:
         a, w = self._action, self.w
         files, doc = w.files, w.doc
         self.open_model = a("Open &Model…", "Open an ONNX or PyTorch model",
-                            w.open_model_dialog, "Ctrl+O")
+                            w.open_model, "Ctrl+O")
         self.open_data = a(
             "Open Calibration &Data…", "Open calibration data (.npz, .npy or a folder) and "
-            "calibrate the model on it", w.open_data_dialog, "Ctrl+D",
+            "calibrate the model on it", w.open_data, "Ctrl+D",
         )
         self.open_eval_data = a(
             "Open &Evaluation Data…", "Open the data end-to-end numbers (evaluation, "
-            "sensitivity, mixed precision) are measured on", w.open_eval_data_dialog,
+            "sensitivity, mixed precision) are measured on", w.open_eval_data,
             "Ctrl+Shift+D",
         )
         self.open_stats = a("Open &Statistics…", "Open statistics collected earlier "
-                            "(qviz collect)", w.open_stats_dialog, "Ctrl+Shift+T")
+                            "(qviz collect)", w.open_stats, "Ctrl+Shift+T")
         self.open_session = a("Open S&ession…", "Open a saved session: model, data and every "
-                              "setting", w.open_session_dialog, "Ctrl+Shift+O")
+                              "setting", w.open_session, "Ctrl+Shift+O")
         self.open_demo = a("Open the &Demo", "Open the built-in Fashion-MNIST demo and "
                            "calibrate it", files.open_demo)
         self.save_session = a("&Save Session", "Save the model, data and every per-layer "
                               "setting", w.save_session, QKeySequence.StandardKey.Save)
         self.save_session_as = a("Save Session &As…", "Save the session under a new name",
-                                 w.save_session_as_dialog, "Ctrl+Shift+S")
+                                 w.save_session_as, "Ctrl+Shift+S")
         self.save_stats = a("Save Statistics…", "Save the calibration statistics to reuse "
-                            "without recalibrating", w.save_stats_dialog)
+                            "without recalibrating", w.save_stats)
         self.export = a("&Export…", "Write the Q/DQ model, config file, ORT overrides, "
-                        "TensorRT cache or a report", w.open_export_dialog, "Ctrl+E")
-        self.quit = a("&Quit", "Close qviz", w.close, QKeySequence.StandardKey.Quit)
+                        "TensorRT cache or a report", w.export, "Ctrl+E")
+        self.quit = a("&Quit", "Close qviz", w.window.close, QKeySequence.StandardKey.Quit)
 
         self.undo = a("&Undo", "Undo the last change of settings", doc.undo,
                       QKeySequence.StandardKey.Undo)
@@ -97,12 +129,12 @@ class WindowActions:
         self.live_evaluation.setChecked(True)
         self.sensitivity = a(
             "&Sensitivity", "Measure every layer end to end: only this layer quantized, only "
-            "this layer float (in the background; cached)", w.run_sensitivity, "F6",
+            "this layer float (in the background; cached)", w.sensitivity, "F6",
         )
         self.mixed = a(
             "&Mixed Precision…", "Find per-layer precisions (int4, int8, float) that meet an "
             "accuracy or SQNR criterion at the smallest size, measured",
-            w.open_mixed_dialog, "Ctrl+Shift+M",
+            w.mixed, "Ctrl+Shift+M",
         )
 
         self.log_counts = a("&Log Counts", "Histogram counts on a logarithmic axis (shows "
@@ -118,18 +150,18 @@ class WindowActions:
                 label, tip, lambda m=method: w.controls.choose_method(m), str(i + 1)
             )
         self.shortcuts = a("&Keyboard Shortcuts", "List the keyboard shortcuts",
-                           w.show_shortcuts, "F1")
+                           w.shortcuts, "F1")
 
     def _menus(self) -> None:
         w = self.w
-        bar = w.menuBar()
+        bar = w.window.menuBar()
         file_menu = bar.addMenu("&File")
         for action in (self.open_model, self.open_data, self.open_eval_data, self.open_stats,
                        self.open_session):
             file_menu.addAction(action)
         self.recent_menu = file_menu.addMenu("Open &Recent")
         self.recent_menu.setToolTipsVisible(True)
-        self.recent_menu.aboutToShow.connect(w.fill_recent_menu)
+        self.recent_menu.aboutToShow.connect(w.fill_recent)
         file_menu.addAction(self.open_demo)
         file_menu.addSeparator()
         for action in (self.save_session, self.save_session_as, self.save_stats):
@@ -164,7 +196,7 @@ class WindowActions:
         view_menu.addAction(self.log_counts)
         view_menu.addAction(self.filter)
         view_menu.addSeparator()
-        for dock in (w.model_dock, w.sensitivity_dock, w.history_dock):
+        for dock in w.docks:
             view_menu.addAction(dock.toggleViewAction())
 
         help_menu = bar.addMenu("&Help")

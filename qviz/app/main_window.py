@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qviz.app.actions import SHORTCUTS, WindowActions
+from qviz.app.actions import SHORTCUTS, WindowActions, WindowParts
 from qviz.app.controllers.analysis import AnalysisController
 from qviz.app.controllers.evaluation_controller import EvaluationController
 from qviz.app.controllers.files import FileController
@@ -96,7 +96,17 @@ class MainWindow(QMainWindow):
         self.mixed_dialog: MixedPrecisionDialog | None = None
         self.last_export_dialog: ExportDialog | None = None
 
-        self.commands = WindowActions(self)
+        self.commands = WindowActions(WindowParts(
+            self, doc, self.files, self.jobs, self.evaluation, self.controls, self.table,
+            (self.model_dock, self.sensitivity_dock, self.history_dock), self.history_dock,
+            open_model=self.open_model_dialog, open_data=self.open_data_dialog,
+            open_eval_data=self.open_eval_data_dialog, open_stats=self.open_stats_dialog,
+            open_session=self.open_session_dialog, save_session=self.save_session,
+            save_session_as=self.save_session_as_dialog, save_stats=self.save_stats_dialog,
+            export=self.open_export_dialog, sensitivity=self.run_sensitivity,
+            mixed=self.open_mixed_dialog, shortcuts=self.show_shortcuts,
+            fill_recent=self.fill_recent_menu,
+        ))
         self.setAcceptDrops(True)
         doc.events.model.connect(self._update_title)
         doc.events.modified.connect(lambda modified: self.setWindowModified(modified))

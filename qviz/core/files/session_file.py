@@ -245,7 +245,8 @@ def decode_session(doc: JsonDict, base_dir: Path, source: str = "session file") 
         except ValueError:
             raise QvizError(f"{source}: selection kind must be weight or activation") from None
         selection = (str(sel["tensor"]), kind)
-    view = doc.get("view") if isinstance(doc.get("view"), Mapping) else {}
+    view_entry = doc.get("view")
+    view = view_entry if isinstance(view_entry, Mapping) else {}
     sha = files.get("model_sha256")
     criteria = doc.get("criteria")
     if criteria is not None and not isinstance(criteria, str):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qviz.core.calibration.methods import Method, data_extent, range_mse
+from qviz.core.calibration.methods import Method, data_extent
 from qviz.core.calibration.metrics import (
     TensorMetrics,
     error_curve,
@@ -23,6 +23,7 @@ from qviz.core.calibration.metrics import (
     histogram_metrics,
     sqnr_db,
 )
+from qviz.core.calibration.mse import range_mse
 from qviz.core.quant.formats import NumberFormat
 from qviz.core.quant.qparams import compute_qparams
 from qviz.core.stats.tensor_stats import TensorStats, compute_stats
