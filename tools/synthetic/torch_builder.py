@@ -15,6 +15,7 @@ attention-mask input (causal only, every token valid), no biases, untied LM head
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -225,6 +226,10 @@ def write_decoder(spec: DecoderSpec, path: Path, sample: np.ndarray, *,
     try:
         onnx.save_model(model, str(tmp / path.name), save_as_external_data=external,
                         all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in tmp.iterdir():  # onnx writes the data file private (0600)
+            f.chmod(0o666 & ~umask)
         written = [path]
         if external:
             (tmp / data_name).replace(path.with_name(data_name))
