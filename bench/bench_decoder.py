@@ -63,7 +63,8 @@ def run_child(argv: list[str]) -> tuple[float, str]:
 def generate(size: str, out_dir: Path, samples: int, seq: int) -> dict[str, float | str]:
     path = out_dir / f"decoder_{size}.onnx"
     argv = [sys.executable, "tools/make_decoder.py", "-o", str(path),
-            "--calib-samples", str(samples), "--eval-samples", "0", "--data-seq", str(seq)]
+            "--calib-samples", str(samples), "--eval-samples", str(samples),
+            "--data-seq", str(seq)]
     if size != "tiny":
         argv += ["--params", size]
     wall, out = run_child(argv)
