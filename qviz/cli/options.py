@@ -11,8 +11,14 @@ from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.data.dataset import Dataset, Preprocess, load_data, random_data
 from qviz.core.errors import QvizError
-from qviz.core.model.loading import LoadedModel, load_model
-from qviz.core.quant.formats import FormatKind, Granularity, GranularityKind, NumberFormat
+from qviz.core.model.loading import LoadedModel
+from qviz.core.quant.formats import (
+    FormatKind,
+    Granularity,
+    GranularityKind,
+    NumberFormat,
+    PerTensor,
+)
 
 CHOOSABLE_METHODS = [m.value for m in Method if m is not Method.MANUAL]
 FORMAT_FAMILIES = ["int", "uint", "fp8_e4m3fn", "fp8_e5m2", "nf4"]
@@ -77,13 +83,13 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
         raise QvizError("nf4 is a weight-only format; choose another --act-format")
     weight_method = Method(args.weight_method or "minmax")
     weights = TensorConfig(
-        spec=MethodSpec(weight_method, percentile=args.percentile),
+        spec=MethodSpec.of(weight_method, percentile=args.percentile),
         granularity=Granularity.parse(args.granularity, group_size=args.group_size),
         fmt=weight_fmt,
     )
     activations = TensorConfig(
-        spec=MethodSpec(Method(args.method), percentile=args.percentile),
-        granularity=Granularity(GranularityKind.PER_TENSOR),
+        spec=MethodSpec.of(Method(args.method), percentile=args.percentile),
+        granularity=PerTensor(),
         fmt=act_fmt,
     )
     return QuantConfig(weights=weights, activations=activations)
@@ -114,10 +120,6 @@ def load_dataset(args: argparse.Namespace, model: LoadedModel) -> Dataset:
             Preprocess.from_json(Path(spec)) if spec.endswith(".json") else Preprocess.parse(spec)
         )
     return load_data(args.data, model.inputs, preprocess)
-
-
-def load_model_arg(path: str, sample_data: Path | None = None) -> LoadedModel:
-    return load_model(path)
 
 
 def add_model_and_source(parser: argparse.ArgumentParser) -> None:

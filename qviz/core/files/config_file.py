@@ -31,7 +31,7 @@ from qviz.core.calibration.metrics import TensorMetrics
 from qviz.core.errors import QvizError
 from qviz.core.files.atomic import atomic_open
 from qviz.core.model.loading import LoadedModel, TensorKind
-from qviz.core.quant.formats import Granularity, NumberFormat
+from qviz.core.quant.formats import DEFAULT_GROUP_SIZE, Granularity, NumberFormat, PerAxis, PerGroup
 from qviz.core.quant.qparams import QParams
 
 SCHEMA_VERSION = 1
@@ -138,20 +138,27 @@ def decode_array(d: Mapping[str, Any], what: str, dtype: np.dtype | None = None)
 
 def encode_tensor_config(cfg: TensorConfig) -> JsonDict:
     """The user's choices for one tensor, in the words the CLI and `NumberFormat.parse` use."""
+    # Only the parameters that apply are written (a group size for per-group, a percentile
+    # for the percentile method...): a reader never has to guess which ones count.
     spec = cfg.spec
-    return {
+    gran = cfg.granularity
+    doc: JsonDict = {
         "format": cfg.fmt.spec,
         "symmetric": cfg.fmt.symmetric,
         "pow2_scale": cfg.fmt.pow2_scale,
-        "granularity": cfg.granularity.kind.value,
-        "group_size": cfg.granularity.group_size,
-        "method": spec.method.value,
-        "percentile": float(spec.percentile),
-        "manual_range": (
-            None if spec.manual_range is None else [float(v) for v in spec.manual_range]
-        ),
-        "quantize": cfg.quantize,
+        "granularity": gran.kind.value,
     }
+    if isinstance(gran, PerGroup):
+        doc["group_size"] = gran.group_size
+    if isinstance(gran, PerAxis) and gran.axis is not None:
+        doc["granularity_axis"] = gran.axis
+    doc["method"] = spec.method.value
+    if spec.percentile is not None:
+        doc["percentile"] = float(spec.percentile)
+    if spec.manual_range is not None:
+        doc["manual_range"] = [float(v) for v in spec.manual_range]
+    doc["quantize"] = cfg.quantize
+    return doc
 
 
 def _bool(d: Mapping[str, Any], key: str, default: bool, what: str) -> bool:
@@ -169,7 +176,11 @@ def decode_tensor_config(d: Mapping[str, Any], what: str) -> TensorConfig:
             symmetric=_bool(d, "symmetric", True, what),
             pow2_scale=_bool(d, "pow2_scale", False, what),
         )
-        granularity = Granularity.parse(str(d["granularity"]), int(d.get("group_size", 128)))
+        granularity = Granularity.parse(
+            str(d["granularity"]), int(d.get("group_size", DEFAULT_GROUP_SIZE))
+        )
+        if isinstance(granularity, PerAxis) and d.get("granularity_axis") is not None:
+            granularity = PerAxis(int(d["granularity_axis"]))
         method = Method(d["method"])
     except KeyError as exc:
         raise QvizError(f"{what}: missing '{exc.args[0]}'") from None
@@ -181,9 +192,12 @@ def decode_tensor_config(d: Mapping[str, Any], what: str) -> TensorConfig:
         if not isinstance(manual, Sequence) or len(manual) != 2:
             raise QvizError(f"{what}: manual_range must be [low, high]")
         manual_range = (decode_float(manual[0], what), decode_float(manual[1], what))
-    spec = MethodSpec(
-        method=method,
-        percentile=decode_float(d.get("percentile", MethodSpec().percentile), what),
+    # Files written before the parameters were kept apart carry a percentile (and maybe a
+    # range) for every method: only the one that applies is read.
+    percentile = d.get("percentile")
+    spec = MethodSpec.of(
+        method,
+        percentile=None if percentile is None else decode_float(percentile, what),
         manual_range=manual_range,
     )
     return TensorConfig(spec, granularity, fmt, quantize=_bool(d, "quantize", True, what))
