@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from PySide6.QtGui import QAction, QKeySequence
@@ -146,9 +147,8 @@ class WindowActions:
                         w.table.focus_filter, "Ctrl+F")
         self.methods: dict[Method, QAction] = {}
         for i, (method, label, tip) in enumerate(METHODS):
-            self.methods[method] = a(
-                label, tip, lambda m=method: w.controls.choose_method(m), str(i + 1)
-            )
+            self.methods[method] = a(label, tip, partial(w.controls.choose_method, method),
+                                     str(i + 1))
         self.shortcuts = a("&Keyboard Shortcuts", "List the keyboard shortcuts",
                            w.shortcuts, "F1")
 

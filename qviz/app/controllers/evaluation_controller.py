@@ -155,7 +155,7 @@ class EvaluationController(QObject):
                 inputs, full=False, limit=limit, batch_size=batch, should_stop=should_stop
             ),
             "Live evaluation",
-            self.accept,
+            self._accept_live,
         )
         return inputs.revision
 
@@ -183,6 +183,9 @@ class EvaluationController(QObject):
                 FULL_EVALUATION_LABEL,
                 self._accept_full,
             )
+
+    def _accept_live(self, outcome: EvaluationOutcome) -> None:
+        self.accept(outcome)
 
     def _accept_full(self, outcome: EvaluationOutcome) -> None:
         if not self.accept(outcome):

@@ -180,10 +180,6 @@ class DepthView(QWidget):
         scene = self.vb.mapViewToScene(QPointF(float(i), float(self._y[i])))
         return self.plot_widget.mapFromScene(scene).toPointF()
 
-    def tick_labels(self) -> list[str]:
-        ticks = self.plot.getAxis("bottom")._tickLevels  # type: ignore[attr-defined]
-        return [label for _, label in ticks[0]] if ticks else []
-
     # ----------------------------------------------------------------- internals
     def _update_selected(self) -> None:
         if self._selected in self._tensors:

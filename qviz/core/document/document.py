@@ -302,13 +302,14 @@ class Document:
         ]
         if not changed:
             return []
-        restored = [k for k in changed if self._results.settings_changed(k, self.config_for(k))]
+        for k in changed:
+            # Drops the tensor's result, or restores the one measured for these settings
+            # before (an undo); listeners of `config` read whichever it is.
+            self._results.settings_changed(k, self.config_for(k))
         self.revision += 1
         self.measures.invalidate(self.revision)
         self._set_modified(True)
         self.events.config.emit(tuple(changed))
-        if restored:
-            self.events.results.emit(tuple(restored))
         self.measures.check_sensitivity(self._quantized_results())
         return changed
 
