@@ -188,8 +188,8 @@ def evaluate(
         if native:
             assert native_session is not None
             q_out = run_session(native_session, feeds, outputs)
-            for acc, s, q in zip(mismatch_acc, s_out, q_out, strict=True):
-                acc.update(s, q)
+            for m_acc, s, q in zip(mismatch_acc, s_out, q_out, strict=True):
+                m_acc.update(s, q)
         batch_labels = None if labels is None else labels[done : done + n]
         for acc, f, q in zip(out_acc, f_out, q_out, strict=True):
             acc.update(f, q, batch_labels)

@@ -14,6 +14,7 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any
 
+from qviz.core.jsonnum import json_float
 from qviz.core.jsonnum import json_number as _num
 from qviz.core.runtime.fusion import FusionReport
 from qviz.core.runtime.sessions import KernelPrecision
@@ -29,6 +30,8 @@ __all__ = [
     "OutputComparison",
     "RunMode",
     "frozen_metrics",
+    "metrics_from_json",
+    "metrics_to_json",
 ]
 
 
@@ -165,6 +168,21 @@ class Latency:
         return self.float_ms / self.native_ms if self.native_ms > 0 else math.inf
 
 
+def metrics_to_json(m: Mapping[Metric, float]) -> dict[str, Any]:
+    """Metrics keyed by their JSON names (infinite values spelled as qviz's files do)."""
+    return {k.value: _num(v) for k, v in m.items()}
+
+
+def metrics_from_json(d: Mapping[str, Any]) -> dict[Metric, float]:
+    """What `metrics_to_json` wrote (entries written as null are left out)."""
+    out: dict[Metric, float] = {}
+    for k, v in d.items():
+        value = json_float(v)
+        if value is not None:
+            out[Metric(k)] = value
+    return out
+
+
 def frozen_metrics(m: Mapping[Metric, float]) -> Mapping[Metric, float]:
     """A read-only copy of `m`, for the metrics frozen result types hold."""
     return MappingProxyType(dict(m))
@@ -205,17 +223,14 @@ class Evaluation:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (infinite values spelled "inf", as qviz's files do)."""
 
-        def metrics(m: Mapping[Metric, float]) -> dict[str, Any]:
-            return {k.value: _num(v) for k, v in m.items()}
-
         return {
             "mode": self.mode.value,
             "data": self.data_description,
             "samples": self.n_samples,
             "labels": self.has_labels,
-            "float": metrics(self.float_metrics),
-            "quantized": metrics(self.quantized_metrics),
-            "delta": metrics(self.delta),
+            "float": metrics_to_json(self.float_metrics),
+            "quantized": metrics_to_json(self.quantized_metrics),
+            "delta": metrics_to_json(self.delta),
             "outputs": [
                 {
                     "name": o.name,

@@ -275,10 +275,10 @@ def fusion_report(
     notes.extend(_dropped_relu_notes(qdq, optimized))
     saturating: tuple[str, ...] = ()
     if precision is KernelPrecision.DEFAULT and u8s8_may_saturate():
-        integer = {p.layer.name: p for p in qdq.layers if p.layer.name in fused_kernels}
+        fused_plans = {p.layer.name: p for p in qdq.layers if p.layer.name in fused_kernels}
         saturating = tuple(
             name
-            for name, plan in integer.items()
+            for name, plan in fused_plans.items()
             if fused_kernels[name] not in WEIGHT_ONLY_KERNELS and _saturation_prone(plan)
         )
     if saturating:

@@ -12,32 +12,22 @@ import numpy as np
 
 from qviz.core.evaluation.accumulators import OutputAccumulator, output_kind
 from qviz.core.evaluation.evaluate import model_size
-from qviz.core.evaluation.results import EvaluationCancelled, Metric, RunMode, frozen_metrics
+from qviz.core.evaluation.results import (
+    EvaluationCancelled,
+    Metric,
+    RunMode,
+    frozen_metrics,
+    metrics_from_json,
+    metrics_to_json,
+)
 from qviz.core.graph.qdq import build_qdq, initializer_bytes
-from qviz.core.jsonnum import json_float
-from qviz.core.jsonnum import json_number as _num
 from qviz.core.runtime.sessions import KernelPrecision, SessionConfig, build_session, run_session
 from qviz.core.search.reference import FloatReference
 
 if TYPE_CHECKING:
     from qviz.core.calibration.analysis import TensorResult
 
-__all__ = ["Measurement", "measure", "metrics_from_json", "metrics_to_json"]
-
-
-def metrics_to_json(m: Mapping[Metric, float]) -> dict[str, Any]:
-    """Metrics keyed by their JSON names (infinite values spelled as qviz's files do)."""
-    return {k.value: _num(v) for k, v in m.items()}
-
-
-def metrics_from_json(d: Mapping[str, Any]) -> dict[Metric, float]:
-    """What `metrics_to_json` wrote (entries written as null are left out)."""
-    out: dict[Metric, float] = {}
-    for k, v in d.items():
-        value = json_float(v)
-        if value is not None:
-            out[Metric(k)] = value
-    return out
+__all__ = ["Measurement", "measure"]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 from qviz.core.calibration.analysis import TensorResult
 from qviz.core.calibration.config import QuantConfig
 from qviz.core.evaluation.criteria import Comparison, Criterion, CriterionMetric, Verdict
-from qviz.core.evaluation.results import Evaluation, Metric, RunMode
+from qviz.core.evaluation.results import Evaluation, Metric, RunMode, metrics_to_json
 from qviz.core.jsonnum import json_number as _num
 from qviz.core.search.measure import Measurement
 from qviz.core.search.precisions import Objective, Precision
@@ -190,8 +190,8 @@ class MixedResult:
                 "samples": e.n_samples,
                 "data": e.data_description,
                 "value": _num(self.measured_value),
-                "float": {k.value: _num(v) for k, v in e.float_metrics.items()},
-                "quantized": {k.value: _num(v) for k, v in e.quantized_metrics.items()},
+                "float": metrics_to_json(e.float_metrics),
+                "quantized": metrics_to_json(e.quantized_metrics),
             },
             "size_bytes": {
                 "float": self.float_size_bytes,

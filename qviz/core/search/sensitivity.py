@@ -53,7 +53,7 @@ from qviz.core.search.reference import (
     complete_reference,
     prepare_reference,
 )
-from qviz.core.search.sensitivity_cache import CacheKey
+from qviz.core.search.sensitivity_cache import CacheKey, SensitivityCache
 from qviz.core.search.sensitivity_report import (
     LayerSensitivity,
     SensitivityReport,
@@ -66,7 +66,6 @@ from qviz.core.stats.collect import CalibrationStats
 
 if TYPE_CHECKING:
     from qviz.core.data.dataset import Dataset
-    from qviz.core.search.sensitivity_cache import SensitivityCache
 
 # The reference, the measurement and the report live in their own modules; their public
 # names are re-exported here, where callers know them from.

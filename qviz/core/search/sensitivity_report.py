@@ -15,11 +15,16 @@ from types import MappingProxyType
 from typing import Any
 
 from qviz.core.errors import QvizError
-from qviz.core.evaluation.results import Metric, frozen_metrics
+from qviz.core.evaluation.results import (
+    Metric,
+    frozen_metrics,
+    metrics_from_json,
+    metrics_to_json,
+)
 from qviz.core.jsonnum import json_float
 from qviz.core.jsonnum import json_number as _num
 from qviz.core.runtime.sessions import KernelPrecision
-from qviz.core.search.measure import Measurement, metrics_from_json, metrics_to_json
+from qviz.core.search.measure import Measurement
 
 __all__ = [
     "LayerSensitivity",
