@@ -11,7 +11,7 @@ from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.data.dataset import Dataset, Preprocess, load_data, random_data
 from qviz.core.errors import QvizError
-from qviz.core.model.loading import LoadedModel, load_model
+from qviz.core.model.loading import LoadedModel
 from qviz.core.quant.formats import (
     FormatKind,
     Granularity,
@@ -120,10 +120,6 @@ def load_dataset(args: argparse.Namespace, model: LoadedModel) -> Dataset:
             Preprocess.from_json(Path(spec)) if spec.endswith(".json") else Preprocess.parse(spec)
         )
     return load_data(args.data, model.inputs, preprocess)
-
-
-def load_model_arg(path: str, sample_data: Path | None = None) -> LoadedModel:
-    return load_model(path)
 
 
 def add_model_and_source(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from qviz.core.calibration.methods import Method, MethodSpec, choose_range, kl_divergence_curve
+from qviz.core.calibration.kl_curve import kl_divergence_curve
+from qviz.core.calibration.methods import Method, MethodSpec, choose_range
 from qviz.core.calibration.metrics import error_curve, exact_metrics, histogram_metrics
 from qviz.core.quant.formats import NumberFormat
 from qviz.core.quant.qparams import compute_qparams

@@ -1,16 +1,18 @@
 """The settings of the selected tensor: method, granularity, format, and where to apply them.
 
-A thin view: `set_tensor` shows a `TensorConfig`; any edit builds a new `TensorConfig` from the
-widgets and emits `configEdited(config, scope)`. It never computes anything itself; the window
-applies the change to the document and redraws from the stored statistics.
+A thin view of the document's selection: it shows the selected tensor's `TensorConfig` (and
+follows the document when that changes, by an edit here, a drag, an undo...). Any edit builds a
+new `TensorConfig` from the widgets and applies it to the document (`Document.apply`), one undo
+step; the document announces the change and every view redraws from it.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QStandardItemModel
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -25,9 +27,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qviz.core.calibration.config import TensorConfig
+from qviz.app.dialogs.error_dialog import ErrorReporter
+from qviz.core.calibration.analysis import TensorKey
+from qviz.core.calibration.config import TensorConfig, format_supported, granularity_supported
 from qviz.core.calibration.methods import DEFAULT_PERCENTILE, Method, MethodSpec
-from qviz.core.document.document import ApplyScope, format_supported, granularity_supported
+from qviz.core.document.document import Document
+from qviz.core.document.tensors import ApplyScope
 from qviz.core.model.loading import TensorKind
 from qviz.core.quant.formats import (
     DEFAULT_GROUP_SIZE,
@@ -82,14 +87,19 @@ class TensorInfo:
 
 
 class ControlsPanel(QGroupBox):
-    """Widgets for one TensorConfig; emits `configEdited(TensorConfig, ApplyScope)`."""
+    """Widgets for the selected tensor's TensorConfig, writing to the document."""
 
-    configEdited = Signal(object, object)
-
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, doc: Document, reporter: ErrorReporter, parent: QWidget | None = None
+    ) -> None:
         super().__init__("Quantization settings", parent)
+        self._doc = doc
+        self._reporter = reporter
         self._info: TensorInfo | None = None
         self._updating = False
+        #: Milliseconds the last edit took to reach every view (the document's listeners
+        #: redraw synchronously), as the status line reports it.
+        self.last_update_ms = float("nan")
 
         self.target_label = QLabel("No tensor selected")
         self.target_label.setWordWrap(True)
@@ -173,6 +183,27 @@ class ControlsPanel(QGroupBox):
         self.symmetric_check.toggled.connect(self._emit)
         self.apply_button.clicked.connect(self._emit)
         self.set_tensor(None, None)
+        doc.events.selection.connect(self.show_selection)
+        doc.events.model.connect(self.show_selection)
+        doc.events.config.connect(self._on_changed)
+        doc.events.results.connect(self._on_changed)
+
+    # ----------------------------------------------------------------- following the document
+    def show_selection(self) -> None:
+        doc = self._doc
+        key = doc.selection
+        if doc.model is None or key is None or not doc.has(key):
+            self.set_tensor(None, None)
+            return
+        tensor = doc.tensor(key)
+        shown = doc.result(key)
+        current = None if shown is None else shown.metrics.envelope
+        info = TensorInfo(key.name, key.kind, tensor.layer.name, tensor.layer.op_type, current)
+        self.set_tensor(info, doc.config_for(key))
+
+    def _on_changed(self, keys: tuple[TensorKey, ...]) -> None:
+        if self._doc.selection in keys:
+            self.show_selection()
 
     # ----------------------------------------------------------------- public API
     def set_tensor(self, info: TensorInfo | None, cfg: TensorConfig | None) -> None:
@@ -302,10 +333,25 @@ class ControlsPanel(QGroupBox):
         if self._updating:
             return
         cfg = self.config()
-        if cfg is None:
+        key = self._doc.selection
+        if cfg is None or key is None:
             return
         scope = ApplyScope.TENSOR if cfg.spec.method is Method.MANUAL else self.scope()
-        self.configEdited.emit(cfg, scope)
+        self.apply(cfg, scope)
+
+    def apply(self, cfg: TensorConfig, scope: ApplyScope = ApplyScope.TENSOR) -> None:
+        """Apply `cfg` to the selected tensor, its op type or all its kind (one undo step)."""
+        key = self._doc.selection
+        if key is None:
+            return
+        with self._reporter.guard("Applying the settings"):
+            started = time.perf_counter()
+            changed = self._doc.apply(key, cfg, scope)
+            self.last_update_ms = (time.perf_counter() - started) * 1000.0
+            self._reporter.status(
+                f"{self._doc.history.current.label} ({len(changed)} changed; redrawn in "
+                f"{self.last_update_ms:.0f} ms)"
+            )
 
 
 def _range_spin(tip: str) -> QDoubleSpinBox:

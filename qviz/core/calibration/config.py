@@ -7,13 +7,20 @@ precision is simply a configuration in which some tensors have `quantize=False`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.model.loading import TensorKind
-from qviz.core.quant.formats import Granularity, NumberFormat, PerAxis, PerTensor
+from qviz.core.quant.formats import (
+    FormatKind,
+    Granularity,
+    GranularityKind,
+    NumberFormat,
+    PerAxis,
+    PerTensor,
+)
 
 
 @dataclass(frozen=True)
@@ -100,3 +107,17 @@ class QuantConfig:
         if kind is TensorKind.WEIGHT:
             return replace(self, weights=cfg)
         return replace(self, activations=cfg)
+
+
+def granularity_supported(kind: TensorKind) -> Sequence[GranularityKind]:
+    """Activations are quantized per tensor: ONNX Runtime's INT8 kernels take one scale."""
+    if kind is TensorKind.ACTIVATION:
+        return (GranularityKind.PER_TENSOR,)
+    return tuple(GranularityKind)
+
+
+def format_supported(kind: TensorKind) -> Sequence[FormatKind]:
+    """NF4 is a weight-only codebook format."""
+    if kind is TensorKind.ACTIVATION:
+        return tuple(k for k in FormatKind if k is not FormatKind.NF4)
+    return tuple(FormatKind)

@@ -13,18 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from qviz.core.calibration.methods import (
-    Method,
-    MethodSpec,
-    choose_range,
-    choose_row_ranges,
-    search_mse_ranges,
-)
+from qviz.core.calibration.methods import Method, MethodSpec, choose_range, choose_row_ranges
 from qviz.core.calibration.metrics import (
     TensorMetrics,
     exact_metrics_with_output,
     sqnr_db,
 )
+from qviz.core.calibration.mse import search_mse_ranges
 from qviz.core.errors import QvizError
 from qviz.core.quant.formats import Granularity, NumberFormat, PerAxis, PerGroup, PerTensor
 from qviz.core.quant.qparams import QParams, compute_qparams

@@ -44,7 +44,3 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_open(path, "w") as f:
         f.write(text)
 
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    with atomic_open(path, "wb") as f:
-        f.write(data)

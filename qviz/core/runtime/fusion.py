@@ -25,7 +25,8 @@ from types import MappingProxyType
 
 import onnx
 
-from qviz.core.graph.qdq import QdqLayer, QdqMode, QdqModel, QdqTensor, container_dtype
+from qviz.core.graph.containers import container_dtype
+from qviz.core.graph.qdq import QdqLayer, QdqMode, QdqModel, QdqTensor
 from qviz.core.quant.formats import FormatKind
 from qviz.core.runtime.cpu import u8s8_may_saturate
 from qviz.core.runtime.sessions import (
