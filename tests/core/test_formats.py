@@ -58,20 +58,27 @@ def test_parse_accepts_aliases(text: str, expected: NumberFormat) -> None:
     assert NumberFormat.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["int9", "int1", "uint16", "int", "fp16", "", "e4m3fnuz", "nf8"])
+@pytest.mark.parametrize("text", ["int9", "int1", "uint17", "int", "fp16", "", "e4m3fnuz", "nf8"])
 def test_parse_rejects_unknown_text_with_one_line(text: str) -> None:
     with pytest.raises(QvizError) as info:
         NumberFormat.parse(text)
     message = str(info.value)
     assert "\n" not in message
     assert repr(text) in message
-    assert "int2..int8, uint2..uint8, fp8_e4m3fn, fp8_e5m2, nf4" in message
+    assert "int2..int8, int16, uint2..uint8, uint16, fp8_e4m3fn, fp8_e5m2, nf4" in message
 
 
-@pytest.mark.parametrize("bits", [0, 1, 9, 16, -8])
+@pytest.mark.parametrize("bits", [0, 1, 9, 15, 17, 32, -8])
 def test_int_bits_are_validated(bits: int) -> None:
-    with pytest.raises(QvizError, match="2 to 8 bits"):
+    with pytest.raises(QvizError, match="2 to 8 or 16 bits"):
         NumberFormat(bits=bits)
+
+
+def test_sixteen_bit_integers_have_onnx_types() -> None:
+    i16, u16 = NumberFormat.parse("int16"), NumberFormat.parse("uint16", symmetric=False)
+    assert (i16.qmin, i16.qmax, i16.storage_dtype) == (-32767, 32767, np.dtype(np.int16))
+    assert (u16.qmin, u16.qmax, u16.storage_dtype) == (0, 65535, np.dtype(np.uint16))
+    assert i16.native_activation and u16.onnx_dtype == onnx.TensorProto.UINT16
 
 
 def test_float_formats_are_normalized_to_their_fixed_shape() -> None:

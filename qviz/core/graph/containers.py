@@ -39,6 +39,8 @@ MIN_OPSET = 13
 FP8_OPSET = 19
 #: INT4/UINT4 tensors and blocked (per-group) quantization exist from opset 21.
 BLOCKED_OPSET = 21
+#: INT16/UINT16 QuantizeLinear/DequantizeLinear exist in the default domain from opset 21.
+INT16_OPSET = 21
 #: The ONNX types of the only formats with QLinear kernels on CPU.
 INT8_ONNX = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
 
@@ -96,6 +98,8 @@ def required_opset(results: Iterable[TensorResult]) -> int:
             need = max(need, FP8_OPSET)
         if fmt.onnx_dtype in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
             need = max(need, BLOCKED_OPSET)
+        if fmt.onnx_dtype in (onnx.TensorProto.INT16, onnx.TensorProto.UINT16):
+            need = max(need, INT16_OPSET)
         if r.qparams.block_size is not None:
             need = max(need, BLOCKED_OPSET)
     return need

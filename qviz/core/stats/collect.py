@@ -20,12 +20,18 @@ from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, ProgressClock
 from qviz.core.progress import run_to_completion as run_to_completion  # re-exported
 from qviz.core.runtime.sessions import SessionConfig, build_session, run_session, with_outputs
+from qviz.core.stats.channel_stats import DEFAULT_CHANNEL_BINS
+from qviz.core.stats.gram import DEFAULT_GRAM_BUDGET, GramCollector, GramStats, gram_specs
 from qviz.core.stats.tensor_stats import TensorStats, TensorStatsAccumulator
 
 
 @dataclass(frozen=True)
 class CalibrationStats:
-    """Everything calibration keeps: per-tensor statistics plus where they came from."""
+    """Everything calibration keeps: per-tensor statistics plus where they came from.
+
+    ``grams`` maps a weight name to the Gram matrix of its layer's input rows (GPTQ), when
+    collected (``collect_stats(gram=True)``); layers reading one activation share one.
+    """
 
     model_source: str
     model_sha256: str
@@ -34,9 +40,11 @@ class CalibrationStats:
     n_samples: int
     tensors: Mapping[str, TensorStats] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    grams: Mapping[str, GramStats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
+        object.__setattr__(self, "grams", MappingProxyType(dict(self.grams)))
 
 
 def activation_tensors(model: LoadedModel) -> list[str]:
@@ -55,8 +63,16 @@ def collect_stats(
     batch_size: int = 32,
     bins: int = 2048,
     should_stop: Callable[[], bool] = lambda: False,
+    channel_bins: int | None = DEFAULT_CHANNEL_BINS,
+    gram: bool = False,
+    gram_budget: int = DEFAULT_GRAM_BUDGET,
 ) -> Generator[Progress, None, CalibrationStats]:
     """Run `model` over `data`, yielding Progress after each batch; return the statistics.
+
+    Per input channel of every quantized layer the statistics keep moments and a histogram of
+    `channel_bins` bins (None: none). With `gram` the Gram matrix of every weighted layer's
+    input is kept too (GPTQ); QvizError before anything runs if they need over `gram_budget`
+    bytes.
 
     Stops between batches when `should_stop()` is true (or the caller closes the generator);
     a stopped run returns nothing usable, so callers treat `GeneratorExit`/stop as cancel.
@@ -71,9 +87,13 @@ def collect_stats(
     )
     input_names = {i.name for i in model.inputs}
     accumulators = {
-        n: TensorStatsAccumulator(n, bins=bins, channel_axis=model.activation_channel_axis(n))
+        n: TensorStatsAccumulator(
+            n, bins=bins, channel_axis=model.activation_channel_axis(n), channel_bins=channel_bins
+        )
         for n in names
     }
+    specs, gram_notes = gram_specs(model.model, model.layers) if gram else ([], [])
+    grams = GramCollector(specs, gram_budget) if gram else None
     from_outputs = [n for n in names if n not in input_names]
     clock = ProgressClock(len(data), "calibrating")
     done = 0
@@ -100,9 +120,13 @@ def collect_stats(
             pending_next = submit(following)
             for name, value in zip(from_outputs, values, strict=True):
                 accumulators[name].update(value)
+                if grams is not None:
+                    grams.update(name, value)
             for name in names:
                 if name in input_names:
                     accumulators[name].update(current[name])
+                    if grams is not None:
+                        grams.update(name, current[name])
             done += len(next(iter(current.values())))
             yield clock.report(done)
             if should_stop():
@@ -111,7 +135,7 @@ def collect_stats(
                 raise CollectionCancelled()
             current, pending = following, pending_next
     tensors = {n: acc.finish() for n, acc in accumulators.items()}
-    notes = list(model.notes)
+    notes = [*model.notes, *gram_notes]
     if data.is_random:
         notes.append("calibrated on RANDOM input, not real data: ranges do not reflect real use")
     for stats in tensors.values():
@@ -132,6 +156,7 @@ def collect_stats(
         n_samples=done,
         tensors=tensors,
         notes=tuple(notes),
+        grams=grams.finish() if grams is not None else {},
     )
 
 

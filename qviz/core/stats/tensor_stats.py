@@ -14,6 +14,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from qviz.core.stats.channel_stats import (
+    DEFAULT_CHANNEL_BINS,
+    ChannelMoments,
+    ChannelMomentsAccumulator,
+)
 from qviz.core.stats.histogram import (
     EXPONENT_BINS,
     EXTREME_THRESHOLD,
@@ -48,6 +53,10 @@ class TensorStats:
     load) counts the finite values by float32 exponent of ``|x|`` (256 bins, see
     :attr:`HistogramAccumulator.exponent_counts`); it makes :attr:`dominated_by_extremes`
     exact to a factor of two where the linear histogram's resolution is too coarse.
+
+    ``moments`` (schema 2 of the stats file; None in older files) holds per-channel counts,
+    means, mean squares and small histograms along ``channel_axis``: what the transforms
+    (SmoothQuant, equalization, bias correction) and the activation channel view read.
     """
 
     name: str
@@ -62,6 +71,7 @@ class TensorStats:
     channel_max: np.ndarray | None = None
     shapes_vary: bool = False
     exponent_counts: np.ndarray | None = None
+    moments: ChannelMoments | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "min", float(self.min))
@@ -84,6 +94,10 @@ class TensorStats:
                 raise ValueError("channel_min and channel_max differ in length")
         if self.exponent_counts is not None and self.exponent_counts.size != EXPONENT_BINS:
             raise ValueError(f"exponent_counts must have {EXPONENT_BINS} bins")
+        if self.moments is not None and (
+            self.channel_min is None or self.moments.channels != self.channel_min.size
+        ):
+            raise ValueError("per-channel moments need per-channel min/max of the same length")
 
     @property
     def abs_max(self) -> float:
@@ -142,6 +156,8 @@ class TensorStats:
             arrays["channel_max"] = np.asarray(self.channel_max)
         if self.exponent_counts is not None:
             arrays["exponent_counts"] = np.asarray(self.exponent_counts)
+        if self.moments is not None:
+            arrays.update(self.moments.to_arrays())
         return meta, arrays
 
     @classmethod
@@ -161,6 +177,7 @@ class TensorStats:
             channel_max=arrays.get("channel_max"),
             shapes_vary=bool(meta.get("shapes_vary", False)),
             exponent_counts=arrays.get("exponent_counts"),
+            moments=ChannelMoments.from_arrays(arrays),
         )
 
 
@@ -173,7 +190,8 @@ class TensorStatsAccumulator:
     per-channel statistics are dropped and the reason is added to :attr:`notes`.
     ``shapes_vary`` becomes true when a batch's shape differs from the first one's outside
     ``batch_axis`` (default 0: a short last batch is not a shape change; ``None`` compares
-    whole shapes).
+    whole shapes). ``channel_bins`` is the per-channel histogram size of :attr:`TensorStats.moments`
+    (0: moments without histograms; None: no moments at all).
     """
 
     def __init__(
@@ -183,6 +201,7 @@ class TensorStatsAccumulator:
         channel_axis: int | None = None,
         *,
         batch_axis: int | None = 0,
+        channel_bins: int | None = DEFAULT_CHANNEL_BINS,
     ) -> None:
         self.name = name
         self._hist = HistogramAccumulator(bins)
@@ -195,6 +214,7 @@ class TensorStatsAccumulator:
         self._shape: tuple[int, ...] | None = None
         self._shapes_vary = False
         self._notes: list[str] = []
+        self._moments = None if channel_bins is None else ChannelMomentsAccumulator(channel_bins)
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -205,6 +225,8 @@ class TensorStatsAccumulator:
         held = self._hist.nbytes
         if self._cmin is not None and self._cmax is not None:
             held += self._cmin.nbytes + self._cmax.nbytes
+        if self._moments is not None:
+            held += self._moments.nbytes
         return held
 
     def update(self, x: ArrayLike) -> None:
@@ -214,9 +236,12 @@ class TensorStatsAccumulator:
         if a.size == 0:
             return
         nonfinite_before = self._hist.n_nonfinite
+        extreme_before = self._hist.n_extreme
         self._hist.update(a)
         if not self._channels_dropped:
-            self._update_channels(a, has_nonfinite=self._hist.n_nonfinite > nonfinite_before)
+            has_nonfinite = self._hist.n_nonfinite > nonfinite_before
+            clean = not has_nonfinite and self._hist.n_extreme == extreme_before
+            self._update_channels(a, has_nonfinite=has_nonfinite, clean=clean)
 
     def finish(self) -> TensorStats:
         """The statistics so far (the accumulator stays usable)."""
@@ -236,6 +261,7 @@ class TensorStatsAccumulator:
             channel_max=self._cmax.copy() if channel_ok and self._cmax is not None else None,
             shapes_vary=self._shapes_vary,
             exponent_counts=hist.exponent_counts,
+            moments=self._moments.finish() if channel_ok and self._moments is not None else None,
         )
 
     # ------------------------------------------------------------------ internals
@@ -251,9 +277,10 @@ class TensorStatsAccumulator:
     def _drop_channels(self, why: str) -> None:
         self._channels_dropped = True
         self._cmin = self._cmax = None
+        self._moments = None
         self._notes.append(f"{self.name}: per-channel statistics dropped ({why})")
 
-    def _update_channels(self, a: np.ndarray, *, has_nonfinite: bool) -> None:
+    def _update_channels(self, a: np.ndarray, *, has_nonfinite: bool, clean: bool) -> None:
         assert self._channel_axis is not None
         if not -a.ndim <= self._channel_axis < a.ndim:
             self._drop_channels(
@@ -284,12 +311,22 @@ class TensorStatsAccumulator:
         else:
             np.minimum(self._cmin, bmin, out=self._cmin)
             np.maximum(self._cmax, bmax, out=self._cmax)
+        if self._moments is not None:
+            rows = np.moveaxis(a, axis, -1).reshape(-1, n_channels)
+            self._moments.update(rows, clean=clean)
 
 
 def compute_stats(
-    x: ArrayLike, name: str = "", bins: int = 2048, channel_axis: int | None = None
+    x: ArrayLike,
+    name: str = "",
+    bins: int = 2048,
+    channel_axis: int | None = None,
+    channel_bins: int | None = None,
 ) -> TensorStats:
-    """:class:`TensorStats` of one whole tensor (a weight, or a test array), in one update."""
-    acc = TensorStatsAccumulator(name, bins=bins, channel_axis=channel_axis, batch_axis=None)
+    """:class:`TensorStats` of one whole tensor (a weight, or a test array), in one update
+    (per-channel moments only when ``channel_bins`` is given)."""
+    acc = TensorStatsAccumulator(
+        name, bins=bins, channel_axis=channel_axis, batch_axis=None, channel_bins=channel_bins
+    )
     acc.update(x)
     return acc.finish()
