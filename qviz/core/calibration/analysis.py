@@ -20,6 +20,7 @@ from qviz.core.model.loading import Layer, LoadedModel, TensorKind
 from qviz.core.quant.formats import FormatKind
 from qviz.core.quant.qparams import QParams, compute_qparams
 from qviz.core.stats.collect import CalibrationStats
+from qviz.core.transforms.weight_transforms import AppliedWeight, apply_weight_transforms
 
 
 class TensorKey(NamedTuple):
@@ -52,6 +53,8 @@ class TensorResult:
     qparams: QParams
     metrics: TensorMetrics
     channel_metrics: ChannelMetrics | None = None
+    #: GPTQ's rounded values and the corrected bias, when the weight's settings ask for them.
+    applied: AppliedWeight | None = None
 
 
 def quant_tensors(model: LoadedModel) -> Iterator[QuantTensor]:
@@ -86,14 +89,16 @@ def analyze_tensor(
     statistics; an activation without them is a QvizError)."""
     if tensor.kind is TensorKind.WEIGHT:
         layer = tensor.layer
+        w = model.weight(tensor.name)
         analysis = analyze_weight(
-            model.weight(tensor.name),
-            layer.channel_axis,
-            layer.reduction_axis,
-            cfg.spec,
-            cfg.granularity,
-            cfg.fmt,
+            w, layer.channel_axis, layer.reduction_axis, cfg.spec, cfg.granularity, cfg.fmt
         )
+        if cfg.transforms.changes_weight:  # GPTQ, bias correction: qviz.core.transforms
+            metrics, channels, applied = apply_weight_transforms(
+                model, stats, layer, w, analysis, cfg
+            )
+            return TensorResult(tensor.name, layer, tensor.kind, cfg, analysis.qparams,
+                                metrics, channels, applied)
         return TensorResult(
             tensor.name, layer, tensor.kind, cfg, analysis.qparams, analysis.metrics,
             analysis.channel_metrics,

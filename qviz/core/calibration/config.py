@@ -21,22 +21,26 @@ from qviz.core.quant.formats import (
     PerAxis,
     PerTensor,
 )
+from qviz.core.transforms.settings import NO_TRANSFORMS, Transforms
 
 
 @dataclass(frozen=True)
 class TensorConfig:
-    """How one tensor is quantized."""
+    """How one tensor is quantized, and the transforms applied to it (see
+    :mod:`qviz.core.transforms.settings`)."""
 
     spec: MethodSpec = MethodSpec()
     granularity: Granularity = PerTensor()
     fmt: NumberFormat = NumberFormat()
     quantize: bool = True
+    transforms: Transforms = NO_TRANSFORMS
 
     @property
     def label(self) -> str:
         if not self.quantize:
             return "float"
-        return f"{self.fmt.label}, {self.granularity.label}, {method_label(self.spec)}"
+        text = f"{self.fmt.label}, {self.granularity.label}, {method_label(self.spec)}"
+        return f"{text}, {self.transforms.label}" if self.transforms.any else text
 
 
 def method_label(spec: MethodSpec) -> str:

@@ -117,7 +117,7 @@ def build_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
         if (owner := by_key.get((act, TensorKind.ACTIVATION))) is not None
         and receives_quantized_input(layer, owner.layer.name, quantized_weights)
     }
-    notes: list[str] = []
+    notes: list[str] = list(b.notes)  # e.g. a bias correction that found no node
     weights: dict[str, QdqTensor] = {}
     acts: dict[str, QdqTensor] = {}
     for r in sorted(results, key=lambda r: (r.layer.depth, r.kind.value)):

@@ -25,6 +25,7 @@ from qviz.core.graph.containers import (
     required_opset,
 )
 from qviz.core.graph.qdq_types import QdqMode, QdqTensor
+from qviz.core.graph.transform_edits import apply_bias_corrections, weight_values
 from qviz.core.model.layers import Layer
 from qviz.core.model.loading import LoadedModel
 from qviz.core.model.onnx_graph import (
@@ -80,6 +81,8 @@ class QdqBuilder:
         )
         self.graph = self.proto.graph
         self.names = FreshNames(self.graph)
+        # Bias correction (qviz.core.transforms): corrected biases in place before the maps.
+        self.notes = apply_bias_corrections(self.graph, self.names, self.results)
         self.nodes_by_name = {n.name: n for n in self.graph.node}
         self.initializers = {i.name: i for i in self.graph.initializer}
         self.graph_outputs = {o.name for o in self.graph.output}
@@ -172,7 +175,7 @@ class QdqBuilder:
     def quantize_weight(self, r: TensorResult) -> QdqTensor:
         if r.name not in self.initializers:
             raise QvizError(f"weight '{r.name}' is not an initializer of the model")
-        w = self.loaded.weight(r.name)
+        w = weight_values(r, self.loaded.weight)  # GPTQ's rounded values, if any
         fmt, qp = r.config.fmt, r.qparams
         if container_dtype(fmt) is None:  # NF4: no ONNX type to hold its codes
             fq = fake_quantize(w, qp, fmt).astype(np.float32)

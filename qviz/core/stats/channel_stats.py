@@ -145,31 +145,50 @@ def rescaled_histogram(moments: ChannelMoments, s: np.ndarray, bins: int) -> His
     CDFs at the target edges. With ``s = 1`` this is the tensor's histogram at the resolution
     of the channels' bins.
     """
-    rows = moments.scaled(s).rows()
-    occupied = rows.total > 0
+    scaled = moments.scaled(s)
+    assert scaled.hist_counts is not None and scaled.hist_lo is not None
+    assert scaled.hist_hi is not None
+    counts_all = scaled.hist_counts
+    occupied = counts_all.sum(axis=1) > 0
     if not occupied.any():
         return Histogram(np.zeros(bins), 0.0, 1.0)
-    lo = float(rows.lo[occupied].min())
-    hi = float(rows.hi[occupied].max())
+    lo_c, hi_c, counts = scaled.hist_lo[occupied], scaled.hist_hi[occupied], counts_all[occupied]
+    lo, hi = float(lo_c.min()), float(hi_c.max())
     edges = np.linspace(lo, hi, bins + 1)
-    # (C, bins + 1) CDF evaluations, in slices of channels so that wide tensors stay small.
-    cum = np.zeros(bins + 1)
-    index = np.flatnonzero(occupied)
-    step = max(1, (1 << 22) // (bins + 1))
-    for start in range(0, index.size, step):
-        part = index[start : start + step]
-        sub = HistogramRows(rows.counts[part], rows.lo[part], rows.hi[part])
-        cum += sub.cdf(np.broadcast_to(edges, (part.size, bins + 1))).sum(axis=0)
-    counts = np.maximum(np.diff(cum), 0.0)
-    counts[0] += max(cum[0], 0.0)
-    return Histogram(counts, lo, hi)
+    n_rows, n_bins = counts.shape
+    cum_rows = np.zeros((n_rows, n_bins + 1))
+    np.cumsum(counts, axis=1, out=cum_rows[:, 1:])
+    flat_cum, flat_counts = cum_rows.reshape(-1), counts.reshape(-1)
+    width = (hi_c - lo_c) / n_bins
+    total = np.zeros(bins + 1)
+    # Slices of channels keep the (channels, edges) temporaries small for wide tensors.
+    step = max(1, (1 << 21) // (bins + 1))
+    for start in range(0, n_rows, step):
+        part = slice(start, min(n_rows, start + step))
+        rows = np.arange(part.start, part.stop)[:, None]
+        u = (edges[None, :] - lo_c[part, None]) / width[part, None]
+        k = np.clip(np.floor(u), 0, n_bins - 1).astype(np.intp)
+        frac = np.clip(u - k, 0.0, 1.0)
+        total += (flat_cum[k + rows * (n_bins + 1)] + frac * flat_counts[k + rows * n_bins]).sum(0)
+    out = np.maximum(np.diff(total), 0.0)
+    out[0] += max(total[0], 0.0)
+    return Histogram(out, lo, hi)
+
+
+_SLICE = 1 << 20  # values per slice of a batch
+
+
+def _as_3d(x: np.ndarray, axis: int) -> np.ndarray:
+    """(outer, channels, inner): a view for contiguous batches, so that per-channel
+    reductions run over contiguous memory instead of strided axes."""
+    outer = int(np.prod(x.shape[:axis], dtype=np.int64))
+    return x.reshape(outer, x.shape[axis], -1)
 
 
 class ChannelMomentsAccumulator:
     """Streams batches into :class:`ChannelMoments`; memory ``channels x (bins + 3)`` floats.
 
-    ``bins`` = 0 keeps the moments only (no per-channel histograms). Batches come as a 2-D
-    array (rows, channels) from the caller, which owns the channel axis.
+    ``bins`` = 0 keeps the moments only (no per-channel histograms).
     """
 
     def __init__(self, bins: int = DEFAULT_CHANNEL_BINS) -> None:
@@ -189,30 +208,42 @@ class ChannelMomentsAccumulator:
         arrays = (self._count, self._sum, self._sum_sq, self._hist, self._lo, self._width)
         return sum(a.nbytes for a in arrays if a is not None)
 
-    def update(self, rows: np.ndarray, *, clean: bool) -> None:
-        """Fold a (rows, channels) batch in; the channel count must not change. ``clean``:
-        the caller knows every value is finite and below ``EXTREME_THRESHOLD`` (else each
-        value is checked)."""
-        n_channels = rows.shape[1]
+    def update(
+        self, a: np.ndarray, axis: int, *, clean: bool,
+        extent: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """Fold a batch in, channels along ``axis`` (their count must not change).
+
+        ``clean``: the caller knows every value is finite and below ``EXTREME_THRESHOLD``
+        (else each value is checked). ``extent``: the batch's per-channel (min, max) when
+        the caller has them (clean batches only).
+        """
+        n_channels = a.shape[axis]
         if self._count is None:
             self._count = np.zeros(n_channels)
             self._sum = np.zeros(n_channels)
             self._sum_sq = np.zeros(n_channels)
         assert self._sum is not None and self._sum_sq is not None
-        x = rows
+        x = a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
+        x3 = _as_3d(np.ascontiguousarray(x), axis)
         valid: np.ndarray | None = None
         if not clean:
-            finite = np.isfinite(x)
-            valid = finite & (np.abs(np.where(finite, x, 0.0)) < EXTREME_THRESHOLD)
-            x = np.where(valid, x, 0.0)
-            self._count += valid.sum(axis=0)
+            finite = np.isfinite(x3)
+            valid = finite & (np.abs(np.where(finite, x3, 0.0)) < EXTREME_THRESHOLD)
+            x3 = np.where(valid, x3, 0.0).astype(x3.dtype)
+            self._count += valid.sum(axis=(0, 2))
+            extent = None
         else:
-            self._count += x.shape[0]
-        x64 = x.astype(np.float64, copy=False)
-        self._sum += x64.sum(axis=0)
-        self._sum_sq += np.einsum("ij,ij->j", x64, x64)
+            self._count += x3.shape[0] * x3.shape[2]
+        # float64 accumulators; slices of the outer axis keep temporaries (squares, bin
+        # indices) small whatever the batch size.
+        step = max(1, _SLICE // max(1, n_channels * x3.shape[2]))
+        for i in range(0, x3.shape[0], step):
+            part = x3[i : i + step]
+            self._sum += part.sum(axis=2, dtype=np.float64).sum(axis=0)
+            self._sum_sq += np.square(part).sum(axis=2, dtype=np.float64).sum(axis=0)
         if self._bins:
-            self._update_histograms(x, valid)
+            self._update_histograms(x3, valid, extent, step)
 
     def finish(self) -> ChannelMoments | None:
         if self._count is None or self._sum is None or self._sum_sq is None:
@@ -227,8 +258,11 @@ class ChannelMomentsAccumulator:
         return ChannelMoments(self._count.copy(), mean, mean_sq, self._hist.copy(), lo, hi)
 
     # ------------------------------------------------------------------ histograms
-    def _update_histograms(self, x: np.ndarray, valid: np.ndarray | None) -> None:
-        n_channels = x.shape[1]
+    def _update_histograms(
+        self, x3: np.ndarray, valid: np.ndarray | None,
+        extent: tuple[np.ndarray, np.ndarray] | None, step: int,
+    ) -> None:
+        n_channels = x3.shape[1]
         bins = self._bins
         if self._hist is None:
             self._hist = np.zeros((n_channels, bins))
@@ -236,13 +270,17 @@ class ChannelMomentsAccumulator:
             self._width = np.ones(n_channels)
             self._started = np.zeros(n_channels, dtype=bool)
         assert self._lo is not None and self._width is not None and self._started is not None
-        if valid is None:
-            has = np.full(n_channels, x.shape[0] > 0)
-            vmin, vmax = x.min(axis=0), x.max(axis=0)
+        has: np.ndarray
+        if valid is not None:
+            has = np.asarray(valid.any(axis=(0, 2)))
+            vmin = np.where(valid, x3, np.inf).min(axis=2).min(axis=0)
+            vmax = np.where(valid, x3, -np.inf).max(axis=2).max(axis=0)
         else:
-            has = valid.any(axis=0)
-            vmin = np.where(valid, x, np.inf).min(axis=0)
-            vmax = np.where(valid, x, -np.inf).max(axis=0)
+            has = np.full(n_channels, x3.size > 0)
+            if extent is not None:
+                vmin, vmax = extent
+            else:
+                vmin, vmax = x3.min(axis=2).min(axis=0), x3.max(axis=2).max(axis=0)
         vmin = np.where(has, vmin, 0.0).astype(np.float64)
         vmax = np.where(has, vmax, 0.0).astype(np.float64)
         # Channels seen for the first time start at their exact range (a constant channel at
@@ -259,13 +297,22 @@ class ChannelMomentsAccumulator:
             self._lo[new], self._width[new] = lo[new], width[new]
             self._started[new] = True
         self._grow(has, vmin, vmax)
-        index = np.floor((x - self._lo) / self._width)
-        np.clip(index, 0, bins - 1, out=index)
-        flat = index.astype(np.intp) + bins * np.arange(n_channels)
-        if valid is not None:
-            flat = flat[valid]
-        counts = np.bincount(flat.reshape(-1), minlength=n_channels * bins)
-        self._hist += counts.reshape(n_channels, bins)
+        # float32 arithmetic where the data is float32 (half the memory traffic); a value
+        # within ~1e-7 of a bin edge may land in the neighbouring bin, as in the tensor's own
+        # histogram.
+        dtype = np.float32 if x3.dtype == np.float32 else np.float64
+        lo_c = self._lo.astype(dtype).reshape(1, -1, 1)
+        inv_c = (1.0 / self._width).astype(dtype).reshape(1, -1, 1)
+        offsets = (bins * np.arange(n_channels)).reshape(1, -1, 1)
+        for i in range(0, x3.shape[0], step):
+            scaled = np.subtract(x3[i : i + step], lo_c, dtype=dtype)
+            scaled *= inv_c
+            np.clip(scaled, 0, bins - 1, out=scaled)
+            index = scaled.astype(np.intp)
+            index += offsets
+            flat = index[valid[i : i + step]] if valid is not None else index.reshape(-1)
+            counts = np.bincount(flat, minlength=n_channels * bins)
+            self._hist += counts.reshape(n_channels, bins)
 
     def _grow(self, has: np.ndarray, vmin: np.ndarray, vmax: np.ndarray) -> None:
         """Double the width of each channel whose range the batch leaves, until it fits."""

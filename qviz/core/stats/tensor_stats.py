@@ -312,8 +312,7 @@ class TensorStatsAccumulator:
             np.minimum(self._cmin, bmin, out=self._cmin)
             np.maximum(self._cmax, bmax, out=self._cmax)
         if self._moments is not None:
-            rows = np.moveaxis(a, axis, -1).reshape(-1, n_channels)
-            self._moments.update(rows, clean=clean)
+            self._moments.update(a, axis, clean=clean, extent=(bmin, bmax))
 
 
 def compute_stats(

@@ -1,0 +1,296 @@
+"""The transformed model: every channel rescaling a configuration asks for, applied.
+
+:func:`transform_model` takes the float model, its statistics and a configuration and returns
+a :class:`TransformPlan`: the float model with SmoothQuant / equalization scales folded in (or
+explicit Muls), the statistics of the rescaled activations (exact extrema and moments; the
+tensor histogram rebuilt from the per-channel ones), the scale of each activation and why an
+activation asked for could not be rescaled (one line each; it is then left as it was). The
+rest of qviz — analysis, the Q/DQ builder, evaluation, export — runs on ``plan.model`` and
+``plan.stats`` unchanged, so what is measured is what ships.
+
+Activations are processed in graph order, each against the weights as earlier rescalings left
+them (a layer between two rescaled activations has its input channels scaled by one and its
+output channels by the other). Plans are cached by (model, statistics, configuration).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+
+import numpy as np
+
+from qviz.core.calibration.config import QuantConfig
+from qviz.core.errors import QvizError
+from qviz.core.model.loading import LoadedModel, TensorKind
+from qviz.core.stats.collect import CalibrationStats
+from qviz.core.transforms.rewrite import rewrite_model
+from qviz.core.transforms.scales import (
+    AlphaSearch,
+    ConsumerInput,
+    channel_absmax,
+    equalization_scales,
+    scale_tensor_stats,
+    search_alpha,
+    smoothquant_scales,
+)
+from qviz.core.transforms.sites import FoldKind, GraphIndex, ScalingSite, find_site
+
+__all__ = ["AppliedScaling", "ScalingKind", "TransformPlan", "transform_model"]
+
+# Ops equalization may find between the two layers of a pair.
+_EQUALIZE_CHAIN = frozenset({"Relu", "LeakyRelu", "ReLU6", "Add", "MaxPool"})
+_CACHE_SIZE = 6
+
+
+class ScalingKind(Enum):
+    SMOOTHQUANT = "smoothquant"
+    EQUALIZE = "equalize"
+
+
+@dataclass(frozen=True, eq=False)
+class AppliedScaling:
+    """One rescaled activation: ``X / scales`` (one positive value per channel)."""
+
+    site: ScalingSite
+    kind: ScalingKind
+    scales: np.ndarray
+    alpha: float | None = None  # SmoothQuant's alpha (the one "auto" chose)
+    search: AlphaSearch | None = None  # "auto": the estimated error at every alpha
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha1(self.scales.tobytes()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        if self.kind is ScalingKind.EQUALIZE:
+            return "equalized"
+        auto = " (auto)" if self.search is not None else ""
+        return f"SmoothQuant α={self.alpha:g}{auto}"
+
+
+@dataclass(frozen=True, eq=False)
+class TransformPlan:
+    """The models and statistics everything downstream runs on (see the module docstring).
+
+    ``original`` and ``original_stats`` are what came in; ``model`` and ``stats`` are them with
+    the rescalings applied (the same objects when nothing is rescaled). ``skipped`` maps an
+    activation to why its rescaling could not be expressed.
+    """
+
+    original: LoadedModel
+    original_stats: CalibrationStats | None
+    model: LoadedModel
+    stats: CalibrationStats | None
+    scalings: Mapping[str, AppliedScaling] = field(default_factory=dict)
+    skipped: Mapping[str, str] = field(default_factory=dict)
+    _contexts: Mapping[tuple[str, TensorKind], str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("scalings", "skipped", "_contexts"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+
+    @property
+    def identity(self) -> bool:
+        return not self.scalings
+
+    def context(self, name: str, kind: TensorKind) -> str:
+        """What, beyond its own settings, a tensor's analysis depends on: the digests of the
+        scales applied to it ("" when none)."""
+        return self._contexts.get((name, kind), "")
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return tuple(f"'{act}' not rescaled: {why}" for act, why in self.skipped.items())
+
+
+def _identity(model: LoadedModel, stats: CalibrationStats | None) -> TransformPlan:
+    return TransformPlan(model, stats, model, stats)
+
+
+def _activations(model: LoadedModel) -> list[str]:
+    seen: dict[str, None] = {}
+    for layer in model.layers:
+        for name in layer.activations:
+            seen.setdefault(name, None)
+    return list(seen)
+
+
+def _cache_key(model: LoadedModel, config: QuantConfig) -> tuple[object, ...] | None:
+    """The settings a plan depends on, or None when nothing is rescaled."""
+    wanted = []
+    for act in _activations(model):
+        cfg = config.for_tensor(act, TensorKind.ACTIVATION)
+        if cfg.transforms.rescales_channels:
+            wanted.append((act, cfg))
+    if not wanted:
+        return None
+    # "auto" and the error estimate read the weights' settings of every layer too.
+    weights = tuple(
+        config.for_tensor(layer.weight, TensorKind.WEIGHT)
+        for layer in model.layers if layer.weight is not None
+    )
+    return (tuple(wanted), weights)
+
+
+_LOCK = threading.Lock()
+_PLANS: OrderedDict[tuple[int, int, object], tuple[object, object, TransformPlan]] = OrderedDict()
+
+
+def transform_model(
+    model: LoadedModel, stats: CalibrationStats | None, config: QuantConfig
+) -> TransformPlan:
+    """The plan for `config` on `model` and `stats` (cached; see the module docstring).
+
+    QvizError when a rescaling needs statistics that are missing or predate per-channel
+    statistics ("recollect to use this"); a rescaling the graph cannot express is skipped
+    and said in `skipped`.
+    """
+    key = _cache_key(model, config)
+    if key is None:
+        return _identity(model, stats)
+    ckey = (id(model), id(stats), key)
+    with _LOCK:
+        hit = _PLANS.get(ckey)
+        if hit is not None and hit[0] is model and hit[1] is stats:
+            _PLANS.move_to_end(ckey)
+            return hit[2]
+    plan = _build(model, stats, config)
+    with _LOCK:
+        _PLANS[ckey] = (model, stats, plan)
+        while len(_PLANS) > _CACHE_SIZE:
+            _PLANS.popitem(last=False)
+    return plan
+
+
+def _build(
+    model: LoadedModel, stats: CalibrationStats | None, config: QuantConfig
+) -> TransformPlan:
+    index = GraphIndex(model)
+    weights: dict[str, np.ndarray] = {}
+    applied: dict[str, AppliedScaling] = {}
+    skipped: dict[str, str] = {}
+    new_stats = dict(stats.tensors) if stats is not None else {}
+    grams = dict(stats.grams) if stats is not None else {}
+    for act in _activations(model):
+        cfg = config.for_tensor(act, TensorKind.ACTIVATION)
+        t = cfg.transforms
+        if not t.rescales_channels:
+            continue
+        what = "SmoothQuant" if t.smoothquant is not None else "equalization"
+        if stats is None or act not in stats.tensors:
+            raise QvizError(f"{what} on '{act}' needs calibration statistics: calibrate first")
+        ts = stats.tensors[act]
+        if ts.moments is None or not ts.moments.has_histograms or ts.channel_min is None:
+            raise QvizError(
+                f"the statistics hold no per-channel histograms for '{act}' (collected by an "
+                f"older qviz or without them): recollect to use {what}"
+            )
+        site = find_site(index, act, ts.channel_axis, ts.moments.channels)
+        if isinstance(site, str):
+            skipped[act] = site
+            continue
+        consumers = [
+            ConsumerInput(
+                weights.get(c.weight, model.weight(c.weight)), c.axis,
+                config.for_tensor(c.weight, TensorKind.WEIGHT),
+                (c.layer.channel_axis, c.layer.reduction_axis),
+                _outputs_per_row(c.layer.weight_shape, c.axis),
+            )
+            for c in site.consumers
+        ]
+        rows = [np.moveaxis(c.weight, c.axis, 0).reshape(site.channels, -1) for c in consumers]
+        if t.smoothquant is not None:
+            search = None
+            alpha = t.smoothquant.alpha
+            if alpha is None:
+                search = search_alpha(ts, cfg, consumers)
+                alpha = search.best
+            s = smoothquant_scales(channel_absmax(ts), rows, alpha)
+            scaling = AppliedScaling(site, ScalingKind.SMOOTHQUANT, s, alpha, search)
+        else:
+            why = _equalize_refusal(site)
+            if why:
+                skipped[act] = why
+                continue
+            assert site.producer is not None and site.producer.weight is not None
+            producer_w = weights.get(site.producer.weight, model.weight(site.producer.weight))
+            axis = site.folds[0].weight_axis
+            assert axis is not None
+            produced = np.moveaxis(producer_w, axis, 0).reshape(site.channels, -1)
+            s = equalization_scales(produced, rows)
+            scaling = AppliedScaling(site, ScalingKind.EQUALIZE, s)
+        _rescale_weights(model, weights, site, scaling.scales)
+        applied[act] = scaling
+        new_stats[act] = scale_tensor_stats(ts, scaling.scales)
+        for c in site.consumers:
+            if c.weight in grams:
+                grams[c.weight] = grams[c.weight].scaled(scaling.scales)
+    if not applied:
+        return TransformPlan(model, stats, model, stats, skipped=skipped)
+    assert stats is not None
+    out_model = rewrite_model(model, weights, [(a.site, a.scales) for a in applied.values()])
+    out_stats = CalibrationStats(
+        model_source=stats.model_source, model_sha256=stats.model_sha256,
+        data_description=stats.data_description, data_is_random=stats.data_is_random,
+        n_samples=stats.n_samples, tensors=new_stats, notes=stats.notes, grams=grams,
+    )
+    return TransformPlan(model, stats, out_model, out_stats, applied, skipped, _contexts(applied))
+
+
+def _outputs_per_row(shape: tuple[int, ...] | None, axis: int) -> int:
+    if shape is None:
+        return 1
+    return int(np.prod([d for i, d in enumerate(shape) if i != axis]))
+
+
+def _equalize_refusal(site: ScalingSite) -> str:
+    """Why equalization does not apply at `site` ("" when it does)."""
+    pair = "equalization needs a Conv/Gemm/MatMul producing it through ReLU, ReLU6, LeakyReLU " \
+           "or nothing"
+    if not site.folded:
+        return f"{pair}; here: {site.mul_reason}"
+    if site.producer is None or site.folds[0].kind is not FoldKind.LAYER:
+        return f"{pair}; it is {site.expression}"
+    odd = [op for op in site.chain if op not in _EQUALIZE_CHAIN]
+    if odd:
+        return f"{pair}; there is {odd[0]} between them"
+    return ""
+
+
+def _rescale_weights(
+    model: LoadedModel, weights: dict[str, np.ndarray], site: ScalingSite, s: np.ndarray
+) -> None:
+    """Consumers' input channels times s; the producing layer's output channels divided."""
+    for c in site.consumers:
+        w = weights.get(c.weight, model.weight(c.weight)).astype(np.float64)
+        shape = [1] * w.ndim
+        shape[c.axis] = s.size
+        weights[c.weight] = (w * s.reshape(shape)).astype(np.float32)
+    first = site.folds[0] if site.folds else None
+    if first is not None and first.kind is FoldKind.LAYER and site.producer is not None:
+        name = site.producer.weight
+        assert name is not None and first.weight_axis is not None
+        w = weights.get(name, model.weight(name)).astype(np.float64)
+        shape = [1] * w.ndim
+        shape[first.weight_axis] = s.size
+        weights[name] = (w / s.reshape(shape)).astype(np.float32)
+
+
+def _contexts(applied: Mapping[str, AppliedScaling]) -> dict[tuple[str, TensorKind], str]:
+    parts: dict[tuple[str, TensorKind], list[str]] = {}
+    for act, a in applied.items():
+        tag = f"{a.kind.value}:{act}:{a.digest}"
+        parts.setdefault((act, TensorKind.ACTIVATION), []).append(tag)
+        for c in a.site.consumers:
+            parts.setdefault((c.weight, TensorKind.WEIGHT), []).append(tag)
+        if a.site.producer is not None and a.site.producer.weight is not None \
+                and a.site.folds and a.site.folds[0].kind is FoldKind.LAYER:
+            parts.setdefault((a.site.producer.weight, TensorKind.WEIGHT), []).append(tag)
+    return {k: "|".join(v) for k, v in parts.items()}
