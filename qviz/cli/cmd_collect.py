@@ -10,7 +10,9 @@ from qviz.cli.options import add_data_options, load_dataset
 from qviz.cli.progress_bar import ProgressBar
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import load_model
+from qviz.core.stats.channel_stats import DEFAULT_CHANNEL_BINS
 from qviz.core.stats.collect import collect_stats
+from qviz.core.stats.gram import DEFAULT_GRAM_BUDGET
 from qviz.core.stats.stats_file import save_stats
 
 
@@ -22,6 +24,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="stats file to write")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--bins", type=int, default=2048, help="histogram bins per tensor")
+    p.add_argument("--channel-bins", type=int, default=DEFAULT_CHANNEL_BINS,
+                   help="histogram bins per activation channel (SmoothQuant, equalization and "
+                        "the channel view read them; 0: per-channel moments only)")
+    p.add_argument("--gram", action="store_true",
+                   help="also keep the Gram matrix XᵀX of every weighted layer's input (GPTQ)")
+    p.add_argument("--gram-budget", type=float, default=DEFAULT_GRAM_BUDGET / 2**30,
+                   metavar="GIB", help="memory the Gram matrices may take, in GiB "
+                                       f"(default {DEFAULT_GRAM_BUDGET / 2**30:g})")
     p.add_argument("--state-dict", type=Path, help="state dict for a package.module:factory model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -30,9 +40,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.bins < 16:
         raise QvizError("--batch-size must be >= 1 and --bins >= 16")
+    if args.channel_bins < 0 or args.channel_bins % 2:
+        raise QvizError(f"--channel-bins must be an even number >= 0, got {args.channel_bins}")
+    if not args.gram_budget > 0:
+        raise QvizError(f"--gram-budget must be a positive number of GiB, got {args.gram_budget}")
     model, data = load_model_and_data(args)
     bar = ProgressBar(sys.stderr, enabled=not args.quiet)
-    gen = collect_stats(model, data, batch_size=args.batch_size, bins=args.bins)
+    gen = collect_stats(model, data, batch_size=args.batch_size, bins=args.bins,
+                        channel_bins=args.channel_bins, gram=args.gram,
+                        gram_budget=int(args.gram_budget * 2**30))
     while True:
         try:
             bar.update(next(gen))

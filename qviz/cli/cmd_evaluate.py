@@ -86,21 +86,28 @@ def _check_options(args: argparse.Namespace) -> list[Criterion]:
     return [Criterion.parse(text) for text in args.criterion]
 
 
-def _results(args: argparse.Namespace, model: Any) -> tuple[list[Any], str]:
-    """The analysed tensors and a description of where they come from."""
+def _results(args: argparse.Namespace, model: Any) -> tuple[Any, list[Any], str]:
+    """The model to quantize (transformed, when the settings transform it), the analysed
+    tensors and a description of where they come from."""
     if args.config is not None:
-        from qviz.core.files.config_file import load_config, results_from_saved
+        from qviz.core.files.config_file import load_config
+        from qviz.core.files.config_rebuild import saved_results
 
         saved = load_config(args.config)
-        return results_from_saved(model, saved), f"config file {args.config}"
+        plan, results = saved_results(model, saved)
+        return plan.model, results, f"config file {args.config}"
     from qviz.core.calibration.analysis import analyze, check_stats_match
     from qviz.core.stats.stats_file import load_stats
+    from qviz.core.transforms.plan import transform_model
 
     config = config_from_args(args)
     stats = load_stats(args.stats)
     check_stats_match(model, stats)
+    plan = transform_model(model, stats, config)
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
     w, a = config.weights, config.activations
-    return analyze(model, stats, config), (
+    return plan.model, analyze(plan.model, plan.stats, config), (
         f"stats file {args.stats}: weights {w.label}; activations {a.label}"
     )
 
@@ -114,12 +121,12 @@ def run(args: argparse.Namespace) -> int:
         needing = [c.spec for c in criteria if c.metric.needs_labels]
         if needing:
             raise QvizError(f"{', '.join(needing)} needs labels, and {data.description} has none")
-    results, source = _results(args, model)
+    quantized_model, results, source = _results(args, model)
     if not results:
         raise QvizError("the configuration quantizes nothing: nothing to evaluate")
     precision = KernelPrecision.PRECISE if args.precise_int8 else KernelPrecision.DEFAULT
     gen = evaluate(
-        model,
+        quantized_model,
         results,
         data,
         native=args.native,

@@ -30,17 +30,14 @@ from qviz.core.calibration.config import QuantConfig
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
 from qviz.core.evaluation.evaluate import Evaluation, evaluate
-from qviz.core.files.config_file import is_config_file, load_config, results_from_saved, save_config
-from qviz.core.files.export import (
-    TRT_DEFAULT_VERSION,
-    ExportFormat,
-    export_ort_overrides,
-    export_qdq,
-    export_trt_cache,
-)
+from qviz.core.files.config_file import is_config_file, load_config, save_config
+from qviz.core.files.config_rebuild import saved_results
+from qviz.core.files.export import TRT_DEFAULT_VERSION, ExportFormat, export_qdq
+from qviz.core.files.export_transformed import export_transformed
 from qviz.core.files.report import PageFormat, build_report, write_report
 from qviz.core.model.loading import LoadedModel, load_model
 from qviz.core.stats.stats_file import is_stats_file
+from qviz.core.transforms.plan import TransformPlan, transform_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -113,8 +110,9 @@ def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterio
 
 def load_results(
     args: argparse.Namespace,
-) -> tuple[LoadedModel, list[TensorResult], QuantConfig, str]:
-    """Model, analysed tensors, configuration and a description of where they come from."""
+) -> tuple[LoadedModel, list[TensorResult], QuantConfig, str, TransformPlan]:
+    """Model to quantize (transformed when the settings transform it), analysed tensors,
+    configuration, a description of where they come from, and the transforms' plan."""
     source: Path = args.source
     if not source.exists():
         raise QvizError(f"{source}: no such file")
@@ -124,7 +122,9 @@ def load_results(
     if is_stats_file(source):
         config = config_from_args(args)
         stats, model = open_stats_and_model(source, args.model)
-        return model, analyze(model, stats, config), config, f"stats file {source}"
+        plan = transform_model(model, stats, config)
+        results = analyze(plan.model, plan.stats, config)
+        return plan.model, results, config, f"stats file {source}", plan
     if not is_config_file(source):
         raise QvizError(f"{source} is neither a qviz stats file nor a qviz config file")
     refuse_settings_with_config(args, source, where="to a stats file", flags=_FLAGS)
@@ -133,7 +133,8 @@ def load_results(
     if not Path(model_path).exists() and ":" not in model_path:
         raise QvizError(f"the model {model_path} recorded in {source.name} is gone; pass --model")
     model = load_model(model_path)
-    return model, results_from_saved(model, saved), saved.quant_config, f"config file {source}"
+    plan, results = saved_results(model, saved)
+    return plan.model, results, saved.quant_config, f"config file {source}", plan
 
 
 def _evaluate(args: argparse.Namespace, model: LoadedModel,
@@ -153,7 +154,7 @@ def _evaluate(args: argparse.Namespace, model: LoadedModel,
 def run(args: argparse.Namespace) -> int:
     fmt = ExportFormat(args.export_format)
     criteria = _check_options(args, fmt)
-    model, results, config, origin = load_results(args)
+    model, results, config, origin, plan = load_results(args)
     if not results and fmt is not ExportFormat.CONFIG:
         raise QvizError("the configuration quantizes nothing: nothing to export")
     out: Path = args.output
@@ -162,11 +163,11 @@ def run(args: argparse.Namespace) -> int:
     if fmt is ExportFormat.QDQ:
         notes = export_qdq(model, results, out).notes
     elif fmt is ExportFormat.CONFIG:
-        save_config(out, model, config, results)
+        save_config(out, model, config, results, plan)
     elif fmt is ExportFormat.ORT_OVERRIDES:
-        export_ort_overrides(results, out, model)
+        written = export_transformed(fmt, plan, results, out, args.trt_version)
     elif fmt is ExportFormat.TRT_CACHE:
-        export_trt_cache(results, out, trt_version=args.trt_version)
+        written = export_transformed(fmt, plan, results, out, args.trt_version)
     else:
         has_data = args.data is not None or args.random is not None
         evaluation = _evaluate(args, model, results) if has_data else None
@@ -175,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         written = write_report(report, out)
         if report.outcome is not None:
             sys.stdout.write(f"verdict: {report.outcome.value}\n")
-    for note in notes:
+    for note in [*notes, *plan.notes]:
         sys.stdout.write(f"note: {note}\n")
     sys.stdout.write(f"wrote {', '.join(str(p) for p in written)} "
                      f"({len(results)} quantized tensors, {fmt.value})\n")

@@ -11,11 +11,13 @@ from typing import Any
 import numpy as np
 
 from qviz.cli.options import add_quant_options, config_from_args
+from qviz.cli.report_channels import transform_json, transform_notes
 from qviz.core.calibration.analysis import TensorResult, analyze, check_stats_match
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import LoadedModel, load_model
 from qviz.core.stats.collect import CalibrationStats
 from qviz.core.stats.stats_file import load_stats
+from qviz.core.transforms.plan import TransformPlan, transform_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,12 +46,14 @@ def open_stats_and_model(
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     stats, model = open_stats_and_model(args.stats, args.model)
-    results = analyze(model, stats, config)
+    plan = transform_model(model, stats, config)
+    assert plan.stats is not None
+    results = analyze(plan.model, plan.stats, config)
     if args.json:
-        json.dump(report_json(stats, results), sys.stdout, indent=1)
+        json.dump(report_json(plan.stats, results, plan), sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(report_table(stats, results))
+        sys.stdout.write(report_table(plan.stats, results, transform_notes(plan, results)))
     return 0
 
 
@@ -80,13 +84,17 @@ def tensor_json(r: TensorResult) -> dict[str, Any]:
     }
 
 
-def report_json(stats: CalibrationStats, results: list[TensorResult]) -> dict[str, Any]:
+def report_json(
+    stats: CalibrationStats, results: list[TensorResult], plan: TransformPlan | None = None
+) -> dict[str, Any]:
+    """The report; activations gain `outlier_channels` and `channel_absmax`, transformed
+    tensors a `transform` entry (see `report_channels`)."""
     return {
         "model": {"source": stats.model_source, "sha256": stats.model_sha256},
         "data": {"description": stats.data_description, "random": stats.data_is_random,
                  "samples": stats.n_samples},
-        "notes": list(stats.notes),
-        "tensors": [tensor_json(r) for r in results],
+        "notes": list(stats.notes) + (list(plan.notes) if plan is not None else []),
+        "tensors": [{**tensor_json(r), **transform_json(r, stats, plan)} for r in results],
     }
 
 
@@ -97,7 +105,9 @@ def _short(a: np.ndarray) -> str:
     return f"{arr.min():.3g}..{arr.max():.3g} ({arr.size})"
 
 
-def report_table(stats: CalibrationStats, results: list[TensorResult]) -> str:
+def report_table(
+    stats: CalibrationStats, results: list[TensorResult], extra_notes: list[str] | None = None
+) -> str:
     header = ["tensor", "layer", "kind", "range", "scale", "zp", "clip%", "MSE", "SQNR dB",
               "max err", "cosine"]
     rows = []
@@ -113,7 +123,7 @@ def report_table(stats: CalibrationStats, results: list[TensorResult]) -> str:
               for i, h in enumerate(header)]
     lines = [f"model: {stats.model_source}", f"data:  {stats.data_description} "
              f"({stats.n_samples} samples)"]
-    lines += [f"note:  {n}" for n in stats.notes]
+    lines += [f"note:  {n}" for n in [*stats.notes, *(extra_notes or [])]]
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines) + "\n"

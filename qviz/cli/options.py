@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from qviz.cli.transform_options import add_transform_options, apply_transform_options
 from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.data.dataset import Dataset, Preprocess, load_data, random_data
@@ -53,6 +54,7 @@ def add_quant_options(parser: argparse.ArgumentParser) -> None:
                          default=None, help="symmetric activation ranges")
     act_sym.add_argument("--act-asymmetric", dest="act_symmetric", action="store_false",
                          help="asymmetric activation ranges with a zero point")
+    add_transform_options(parser)
 
 
 def _format(family: str, bits: int, symmetric: bool, pow2: bool) -> NumberFormat:
@@ -92,7 +94,7 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
         granularity=PerTensor(),
         fmt=act_fmt,
     )
-    return QuantConfig(weights=weights, activations=activations)
+    return apply_transform_options(args, QuantConfig(weights=weights, activations=activations))
 
 
 def add_data_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:

@@ -102,7 +102,7 @@ BAD = [
     (["{stats}", "--format", "report", "--criterion", "sqnr>=3"], "--criterion needs --data"),
     (["{stats}", "--format", "ort-overrides", "--bits", "6"], "cannot express"),
     (["{stats}", "--format", "trt-cache", "--trt-version", "8.6"], "must be digits"),
-    (["{future}", "--format", "qdq"], "schema_version 7; this qviz reads up to 1"),
+    (["{future}", "--format", "qdq"], "schema_version 7; this qviz reads up to 2"),
     (["{stats}", "--format", "qdq", "--model", "{missing}"], "--model .*: no such file"),
 ]
 

@@ -138,7 +138,7 @@ def test_saving_twice_gives_identical_bytes(conv_net, tmp_path: Path) -> None:
 def test_file_is_readable_json_with_decimals_and_hex(conv_net) -> None:
     model, results, config = conv_net
     doc = config_document(model, config, results)
-    assert doc["schema_version"] == 1 and doc["file"] == "qviz-config"
+    assert doc["schema_version"] == 2 and doc["file"] == "qviz-config"
     assert set(doc["defaults"]) == {"weights", "activations"}
     assert doc["overrides"]["r1"]["quantize"] is False
     entry = next(t for t in doc["tensors"] if t["name"] == "conv1.weight")
@@ -189,7 +189,7 @@ def test_future_version_is_refused(tmp_path: Path) -> None:
     doc["schema_version"] = 7
     path = tmp_path / "future.json"
     path.write_text(json.dumps(doc))
-    with pytest.raises(QvizError, match="config file is schema_version 7; this qviz reads up to 1"):
+    with pytest.raises(QvizError, match="config file is schema_version 7; this qviz reads up to 2"):
         load_config(path)
 
 
@@ -281,3 +281,34 @@ def write_golden(path: Path = GOLDEN_V1) -> None:
     doc = json.loads(path.read_text())
     doc["model"]["source"] = "conv_net.onnx (tests/core/model_factory.make_conv_net())"
     path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+GOLDEN_V2 = GOLDEN_V1.with_name("config_v2.json")
+
+
+def test_golden_v2_file_with_transforms_rebuilds_them() -> None:
+    """Schema 2 (transforms) pinned: SmoothQuant auto on both activations of the 16-wide
+    block, bias correction on both weights. It rebuilds the transformed model from the file
+    alone: the rescaled LayerNorm, the corrected biases, the saved scales."""
+    from qviz.core.files.config_rebuild import saved_results
+    from qviz.core.graph.qdq import build_qdq
+
+    saved = load_config(GOLDEN_V2)
+    assert saved.schema_version == 2
+    assert [r.activation for r in saved.rescalings] == ["block.norm.output", "gelu.out"]
+    assert saved.quant_config.activations.transforms.smoothquant is not None
+    model = load_model(GOLDEN_V1.with_name("block16.onnx"))
+    plan, results = saved_results(model, saved)
+    norm = plan.scalings["block.norm.output"]
+    np.testing.assert_array_equal(norm.scales, saved.rescalings[0].scales)
+    gamma = plan.model.weight("block.norm.weight")
+    np.testing.assert_allclose(gamma, model.weight("block.norm.weight") / norm.scales,
+                               rtol=1e-6)
+    biased = [r for r in results if r.applied is not None and r.applied.bias is not None]
+    assert len(biased) == 2
+    qdq = build_qdq(plan.model, results)
+    inits = {i.name: i for i in qdq.model.graph.initializer}
+    from onnx import numpy_helper
+
+    fc1_bias = numpy_helper.to_array(inits["block.mlp.fc1.bias"])
+    np.testing.assert_array_equal(fc1_bias, biased[0].applied.bias)  # type: ignore[union-attr]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from qviz.core.files.session_file import (
     session_document,
 )
 from qviz.core.model.loading import TensorKind
+from qviz.core.transforms.settings import SmoothQuant, Transforms
 from qviz.core.quant.formats import (
     NumberFormat,
     PerAxis,
@@ -70,6 +73,31 @@ def test_golden_v2_session_loads_and_migrates() -> None:
     assert session.config.overrides["features.3.weight"].granularity == PerGroup(8)
     assert session.selection == ("features.3.weight", W)
     assert session.log_counts is True
+
+
+def test_golden_v3_session_loads_and_migrates() -> None:
+    """Written by qviz before transforms (schema 3): opens with none."""
+    session = load_session(DATA / "session_v3.qviz.json")
+    assert session.schema_version == 3
+    assert session.eval_data_path == demo_paths().data.resolve()
+    assert session.criteria == "accuracy_drop<=1"
+    cfg = session.config
+    assert cfg.overrides["features.3.weight"].granularity == PerGroup(8)
+    assert not any(c.transforms.any for c in (cfg.weights, cfg.activations,
+                                               *cfg.overrides.values()))
+
+
+def test_transforms_round_trip(tmp_path: Path) -> None:
+    w = replace(QuantConfig().weights, transforms=Transforms(gptq=True, bias_correction=True))
+    a = replace(QuantConfig().activations, transforms=Transforms(equalize=True))
+    sq = replace(a, transforms=Transforms(smoothquant=SmoothQuant(None)))
+    config = QuantConfig(weights=w, activations=a).with_override("x", sq)
+    session = SessionFile(model_path=tmp_path / "m.onnx", config=config)
+    path = tmp_path / "t.qviz.json"
+    save_session(path, session)
+    doc = json.loads(path.read_text())
+    assert doc["config"]["overrides"]["x"]["transforms"]["smoothquant"] == "auto"
+    assert load_session(path).config == config
 
 
 def test_round_trip_keeps_everything_and_writes_relative_paths(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from qviz.core.search.sensitivity import SensitivityReport, sensitivity
 from qviz.core.search.sensitivity_cache import SensitivityCache
 from qviz.core.stats.collect import CalibrationStats, collect_stats
 from qviz.core.stats.stats_file import load_stats
+from qviz.core.transforms.plan import transform_model
 
 ShouldStop = Callable[[], bool]
 # The mixed-precision answer's confirmation and its baseline run at the core's batch size.
@@ -169,7 +170,9 @@ def evaluation_job(
     model = inputs.model
     yield Progress(0, 0, 0.0, None, f"reading {inputs.data_path.name}")
     dataset = load_data(inputs.data_path, model.inputs)
-    results = analyze(model, inputs.stats, inputs.config, inputs.known)
+    plan = transform_model(model, inputs.stats, inputs.config)  # SmoothQuant, equalization
+    model = plan.model
+    results = analyze(model, plan.stats, inputs.config, inputs.known)
     evaluation = yield from evaluate(
         model, results, dataset, native=full, limit=None if full else limit,
         batch_size=batch_size, latency=full, should_stop=should_stop,
@@ -248,8 +251,9 @@ def mixed_job(
     if baseline.index == result.chosen.index or result.evaluation is None:
         return MixedOutcome(result, None)
     label = f"measuring {baseline.label} on every sample"
+    plan = transform_model(model, stats, baseline.config)
     gen = evaluate(
-        model, analyze(model, stats, baseline.config), data,
+        plan.model, analyze(plan.model, plan.stats, baseline.config), data,
         native=result.evaluation.mode is RunMode.NATIVE, precision=result.evaluation.precision,
         batch_size=MIXED_BATCH, latency=False, should_stop=should_stop,
     )  # fmt: skip

@@ -30,17 +30,35 @@ from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.calibration.metrics import TensorMetrics
 from qviz.core.errors import QvizError
 from qviz.core.files.atomic import atomic_open
+from qviz.core.files.config_transforms import (
+    SavedRescaling,
+    decode_bias,
+    decode_rescalings,
+    decode_transforms,
+    encode_bias,
+    encode_rescalings,
+    encode_transforms,
+)
+from qviz.core.files.float_hex import float32_from_hex, float32_hex  # re-exported
 from qviz.core.model.loading import LoadedModel, TensorKind
 from qviz.core.quant.formats import DEFAULT_GROUP_SIZE, Granularity, NumberFormat, PerAxis, PerGroup
 from qviz.core.quant.qparams import QParams
+from qviz.core.transforms.plan import TransformPlan
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FILE_TYPE = "qviz-config"
 
 JsonDict = dict[str, Any]
+
+
+def _migrate_1_to_2(doc: JsonDict) -> JsonDict:
+    # Version 2 adds transforms (see config_transforms); a version-1 file has none.
+    return {**doc, "schema_version": 2, "rescalings": []}
+
+
 # MIGRATIONS[n] upgrades a schema_version n document to n + 1. A new schema version adds one
 # entry here and keeps its predecessor's golden file under tests/data loading.
-MIGRATIONS: dict[int, Callable[[JsonDict], JsonDict]] = {}
+MIGRATIONS: dict[int, Callable[[JsonDict], JsonDict]] = {1: _migrate_1_to_2}
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,7 @@ class SavedTensor:
     config: TensorConfig
     qparams: QParams
     metrics: TensorMetrics
+    corrected_bias: np.ndarray | None = None  # bias correction's values (schema 2)
 
 
 @dataclass(frozen=True)
@@ -65,6 +84,14 @@ class SavedConfig:
     model_sha256: str
     qviz_version: str
     schema_version: int = SCHEMA_VERSION  # of the file as it was on disk, before migration
+    rescalings: tuple[SavedRescaling, ...] = ()  # SmoothQuant / equalization scales
+
+    @property
+    def transformed(self) -> bool:
+        """Whether rebuilding it needs the transformed model (`config_rebuild`)."""
+        return bool(self.rescalings) or any(
+            t.corrected_bias is not None or t.config.transforms.gptq for t in self.tensors
+        )
 
     def tensor(self, name: str) -> SavedTensor:
         for t in self.tensors:
@@ -74,22 +101,6 @@ class SavedConfig:
 
 
 # --- scalars and arrays ---------------------------------------------------------------------
-
-
-def float32_hex(value: float | np.floating) -> str:
-    """The 8 hex digits of a float32's bits, most significant first (as TensorRT writes them)."""
-    return np.asarray(value, dtype=">f4").tobytes().hex()
-
-
-def float32_from_hex(text: str) -> np.float32:
-    """Inverse of `float32_hex`."""
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raw = b""
-    if len(raw) != 4:
-        raise QvizError(f"'{text}' is not the 8 hex digits of a float32")
-    return np.frombuffer(raw, dtype=">f4")[0].astype(np.float32)
 
 
 def encode_float(value: float) -> float | str:
@@ -158,6 +169,9 @@ def encode_tensor_config(cfg: TensorConfig) -> JsonDict:
     if spec.manual_range is not None:
         doc["manual_range"] = [float(v) for v in spec.manual_range]
     doc["quantize"] = cfg.quantize
+    transforms = encode_transforms(cfg.transforms)
+    if transforms is not None:
+        doc["transforms"] = transforms
     return doc
 
 
@@ -200,7 +214,8 @@ def decode_tensor_config(d: Mapping[str, Any], what: str) -> TensorConfig:
         percentile=None if percentile is None else decode_float(percentile, what),
         manual_range=manual_range,
     )
-    return TensorConfig(spec, granularity, fmt, quantize=_bool(d, "quantize", True, what))
+    return TensorConfig(spec, granularity, fmt, quantize=_bool(d, "quantize", True, what),
+                        transforms=decode_transforms(d.get("transforms"), what))
 
 
 def encode_quant_config(config: QuantConfig) -> JsonDict:
@@ -336,7 +351,7 @@ def decode_metrics(d: Mapping[str, Any], qp: QParams, what: str) -> TensorMetric
 
 
 def encode_result(r: TensorResult) -> JsonDict:
-    return {
+    doc = {
         "name": r.name,
         "kind": r.kind.value,
         "layer": r.layer.name,
@@ -344,27 +359,41 @@ def encode_result(r: TensorResult) -> JsonDict:
         **encode_qparams(r.qparams),
         "metrics": encode_metrics(r.metrics),
     }
+    if r.applied is not None and r.applied.bias is not None:
+        doc["corrected_bias"] = encode_bias(r.applied.bias)
+    if r.applied is not None and r.applied.values is not None:
+        doc["gptq"] = True
+    return doc
 
 
 def config_document(
-    model: LoadedModel, config: QuantConfig, results: Sequence[TensorResult]
+    model: LoadedModel,
+    config: QuantConfig,
+    results: Sequence[TensorResult],
+    plan: TransformPlan | None = None,
 ) -> JsonDict:
-    """The JSON document `save_config` writes (exposed for tests and for the Export dialog)."""
+    """The JSON document `save_config` writes (exposed for tests and for the Export dialog);
+    `plan`: the transforms the results were measured with (their scales are recorded)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "file": FILE_TYPE,
         "qviz_version": qviz.__version__,
         "model": {"source": str(model.source), "sha256": model.sha256},
         **encode_quant_config(config),
+        "rescalings": encode_rescalings(plan),
         "tensors": [encode_result(r) for r in results],
     }
 
 
 def save_config(
-    path: str | Path, model: LoadedModel, config: QuantConfig, results: Sequence[TensorResult]
+    path: str | Path,
+    model: LoadedModel,
+    config: QuantConfig,
+    results: Sequence[TensorResult],
+    plan: TransformPlan | None = None,
 ) -> None:
     """Write the configuration and its exact quantization parameters, atomically."""
-    doc = config_document(model, config, results)
+    doc = config_document(model, config, results, plan)
     with atomic_open(path, "w") as f:
         json.dump(doc, f, indent=1, allow_nan=False)
         f.write("\n")
@@ -430,7 +459,8 @@ def decode_document(doc: JsonDict, source: str = "config file") -> SavedConfig:
         qp = decode_qparams(entry, cfg.fmt, what)
         metrics = decode_metrics(entry.get("metrics", {}), qp, f"{what} metrics")
         tensors.append(
-            SavedTensor(str(entry["name"]), kind, str(entry.get("layer", "")), cfg, qp, metrics)
+            SavedTensor(str(entry["name"]), kind, str(entry.get("layer", "")), cfg, qp, metrics,
+                        decode_bias(entry.get("corrected_bias"), what))
         )
     return SavedConfig(
         quant_config=quant_config,
@@ -439,6 +469,7 @@ def decode_document(doc: JsonDict, source: str = "config file") -> SavedConfig:
         model_sha256=str(model["sha256"]),
         qviz_version=str(doc.get("qviz_version", "")),
         schema_version=int(on_disk),  # type: ignore[arg-type]  # checked by migrate()
+        rescalings=decode_rescalings(doc.get("rescalings"), source),
     )
 
 
@@ -462,7 +493,10 @@ def results_from_saved(model: LoadedModel, saved: SavedConfig) -> list[TensorRes
 
     This is what rebuilding a Q/DQ graph, an ORT overrides file or a TensorRT cache from a config
     file goes through, so those exports match the file bit for bit, not a fresh recalibration.
+    A file with transforms needs the transformed model too: `config_rebuild.saved_results`.
     """
+    if saved.transformed:
+        raise QvizError("the config file records transforms: rebuild it with saved_results")
     if saved.model_sha256 != model.sha256:
         raise QvizError(
             f"the config file was made for a different model file ({saved.model_source}, "

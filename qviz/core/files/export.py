@@ -101,6 +101,8 @@ _ORT_QUANT_TYPES: dict[tuple[FormatKind, int, bool], str] = {
     (FormatKind.INT, 4, True): "QInt4",
     (FormatKind.INT, 4, False): "QUInt4",
     (FormatKind.FP8_E4M3FN, 8, True): "QFLOAT8E4M3FN",
+    (FormatKind.INT, 16, True): "QInt16",
+    (FormatKind.INT, 16, False): "QUInt16",
 }
 
 

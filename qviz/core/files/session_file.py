@@ -15,6 +15,8 @@ Schema history:
   key, and a report that cannot be read is dropped (it is a cache, never a reason to fail).
 * 3 — adds the evaluation data (`files.eval_data`; null measures on the calibration data) and
   the acceptance criteria the user typed (`criteria`; null keeps the defaults).
+* 4 — tensor configurations may carry `transforms` (SmoothQuant, equalization, GPTQ, bias
+  correction; the config file's encoding, see `config_transforms`); a v3 session has none.
 
 Paths are written relative to the session file's folder, so a folder holding a model, its data
 and a session can be moved or shared as a whole; absolute paths are kept when there is no
@@ -41,7 +43,7 @@ from qviz.core.search.sensitivity import SensitivityReport
 from qviz.core.search.sensitivity_cache import report_from_json, report_to_json
 from qviz.core.stats.stats_file import is_stats_file
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 FILE_TYPE = "qviz-session"
 SESSION_SUFFIX = ".qviz.json"
 MODEL_SUFFIXES = frozenset({".onnx", ".pt", ".pth", ".ts", ".pt2"})
@@ -143,9 +145,16 @@ def _migrate_2_to_3(doc: JsonDict) -> JsonDict:
     return {**doc, "schema_version": 3, "files": files, "criteria": None}
 
 
+def _migrate_3_to_4(doc: JsonDict) -> JsonDict:
+    """v4 lets tensor configurations carry transforms; a v3 session has none to add."""
+    return {**doc, "schema_version": 4}
+
+
 # MIGRATIONS[n] upgrades a schema_version n document to n + 1. Each old version keeps a golden
 # file under tests/data that must keep loading.
-MIGRATIONS: dict[int, Callable[[JsonDict], JsonDict]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+MIGRATIONS: dict[int, Callable[[JsonDict], JsonDict]] = {
+    1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4,
+}
 
 
 def migrate_session(doc: JsonDict, source: str = "session file") -> JsonDict:

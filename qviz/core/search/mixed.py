@@ -74,6 +74,7 @@ from qviz.core.search.reference import (
 from qviz.core.search.sensitivity import layer_sensitivity, module_path
 from qviz.core.search.sensitivity_report import SensitivityReport
 from qviz.core.stats.collect import CalibrationStats
+from qviz.core.transforms.plan import transform_model
 
 if TYPE_CHECKING:
     from qviz.core.data.dataset import Dataset
@@ -229,6 +230,11 @@ def mixed_precision(
     if confirm_limit is not None and confirm_limit < 1:
         raise QvizError(f"the confirmation sample limit must be at least 1, got {confirm_limit}")
     check_stats_match(model, stats)
+    # Transforms (SmoothQuant, equalization) are chosen once, from the base settings: every
+    # candidate is measured on the same transformed model.
+    plan = transform_model(model, stats, base)
+    assert plan.stats is not None
+    model, stats = plan.model, plan.stats
 
     ref = yield from prepare_reference(
         model,

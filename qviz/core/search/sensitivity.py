@@ -40,7 +40,8 @@ from qviz.core.calibration.analysis import TensorResult, analyze, check_stats_ma
 from qviz.core.calibration.config import QuantConfig
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.results import Metric, RunMode
-from qviz.core.files.config_file import SavedConfig, results_from_saved
+from qviz.core.files.config_file import SavedConfig
+from qviz.core.files.config_rebuild import saved_results
 from qviz.core.graph.qdq import initializer_bytes
 from qviz.core.model.loading import Layer, LoadedModel, TensorKind
 from qviz.core.progress import Progress, ProgressClock, run_to_completion
@@ -63,6 +64,7 @@ from qviz.core.search.sensitivity_report import (
     higher_is_better,
 )
 from qviz.core.stats.collect import CalibrationStats
+from qviz.core.transforms.plan import transform_model
 
 if TYPE_CHECKING:
     from qviz.core.data.dataset import Dataset
@@ -292,17 +294,20 @@ def layer_sensitivity(
 
 def resolve_results(
     model: LoadedModel, source: CalibrationStats | SavedConfig, config: QuantConfig | None
-) -> list[TensorResult]:
-    """The analysed tensors of a stats file plus a configuration, or of a saved config file
-    (whose exact scales are used; `config` must then be None)."""
+) -> tuple[LoadedModel, list[TensorResult]]:
+    """The model to quantize (transformed when the settings transform it) and the analysed
+    tensors of a stats file plus a configuration, or of a saved config file (whose exact
+    scales are used; `config` must then be None)."""
     if isinstance(source, SavedConfig):
         if config is not None:
             raise QvizError("a saved config file holds its own settings: pass no QuantConfig")
-        return results_from_saved(model, source)
+        plan, results = saved_results(model, source)
+        return plan.model, results
     if config is None:
         raise QvizError("statistics need a QuantConfig to say how to quantize")
     check_stats_match(model, source)
-    return analyze(model, source, config)
+    plan = transform_model(model, source, config)
+    return plan.model, analyze(plan.model, plan.stats, config)
 
 
 def sensitivity(
@@ -324,10 +329,10 @@ def sensitivity(
     Yields `Progress`; returns the `SensitivityReport`; raises `EvaluationCancelled` when
     `should_stop()` turns true between batches. See `layer_sensitivity` for the options.
     """
-    results = resolve_results(model, source, config)
+    quantized_model, results = resolve_results(model, source, config)
     return (
         yield from layer_sensitivity(
-            model,
+            quantized_model,
             results,
             data,
             metric=metric,

@@ -20,6 +20,7 @@ import onnx
 
 from qviz.core.errors import QvizError
 from qviz.core.model.layers import Layer
+from qviz.core.text import fmt_bytes
 
 __all__ = [
     "DEFAULT_GRAM_BUDGET",
@@ -163,8 +164,8 @@ class GramCollector:
         need = gram_bytes(specs)
         if need > budget:
             raise QvizError(
-                f"the Gram matrices GPTQ needs take {need / 2**30:.2f} GiB, over the budget of "
-                f"{budget / 2**30:.2f} GiB: raise it (--gram-budget GIB) or collect without them"
+                f"the Gram matrices GPTQ needs take {fmt_bytes(need)}, over the budget of "
+                f"{fmt_bytes(budget)}: raise it (--gram-budget GIB) or collect without them"
             )
         self.specs = specs
         self._by_activation: dict[str, list[GramSpec]] = {}

@@ -41,7 +41,13 @@ from qviz.core.transforms.scales import (
 )
 from qviz.core.transforms.sites import FoldKind, GraphIndex, ScalingSite, find_site
 
-__all__ = ["AppliedScaling", "ScalingKind", "TransformPlan", "transform_model"]
+__all__ = [
+    "AppliedScaling",
+    "ScalingKind",
+    "TransformPlan",
+    "plan_from_scales",
+    "transform_model",
+]
 
 # Ops equalization may find between the two layers of a pair.
 _EQUALIZE_CHAIN = frozenset({"Relu", "LeakyRelu", "ReLU6", "Add", "MaxPool"})
@@ -242,6 +248,33 @@ def _build(
         n_samples=stats.n_samples, tensors=new_stats, notes=stats.notes, grams=grams,
     )
     return TransformPlan(model, stats, out_model, out_stats, applied, skipped, _contexts(applied))
+
+
+def plan_from_scales(
+    model: LoadedModel, scalings: Mapping[str, tuple[ScalingKind, np.ndarray, float | None]]
+) -> TransformPlan:
+    """The plan that applies given scales (a config file's) without any statistics: the same
+    sites :func:`transform_model` finds, the same edits; QvizError when one cannot be
+    expressed on this model any more."""
+    if not scalings:
+        return _identity(model, None)
+    index = GraphIndex(model)
+    weights: dict[str, np.ndarray] = {}
+    applied: dict[str, AppliedScaling] = {}
+    for act in _activations(model):
+        if act not in scalings:
+            continue
+        kind, s, alpha = scalings[act]
+        site = find_site(index, act, model.activation_channel_axis(act), s.size)
+        if isinstance(site, str):
+            raise QvizError(f"the rescaling of '{act}' cannot be applied to this model: {site}")
+        _rescale_weights(model, weights, site, s)
+        applied[act] = AppliedScaling(site, kind, np.asarray(s, dtype=np.float64), alpha)
+    missing = sorted(set(scalings) - set(applied))
+    if missing:
+        raise QvizError(f"the model has no quantized activation '{missing[0]}' to rescale")
+    out_model = rewrite_model(model, weights, [(a.site, a.scales) for a in applied.values()])
+    return TransformPlan(model, None, out_model, None, applied, {}, _contexts(applied))
 
 
 def _outputs_per_row(shape: tuple[int, ...] | None, axis: int) -> int:
