@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,13 +22,13 @@ from qviz.core.files.session_file import (
     session_document,
 )
 from qviz.core.model.loading import TensorKind
-from qviz.core.transforms.settings import SmoothQuant, Transforms
 from qviz.core.quant.formats import (
     NumberFormat,
     PerAxis,
     PerGroup,
     PerTensor,
 )
+from qviz.core.transforms.settings import SmoothQuant, Transforms
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 W = TensorKind.WEIGHT

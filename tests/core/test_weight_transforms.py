@@ -30,8 +30,10 @@ from tools.synthetic.block import BlockSpec, block_proto
 ACTS = replace(QuantConfig().activations, spec=MethodSpec(Method.MSE))
 
 
-def _config(fmt: NumberFormat = NumberFormat(bits=4), granularity=None, **transforms: object
-            ) -> QuantConfig:
+INT4 = NumberFormat(bits=4)
+
+
+def _config(fmt: NumberFormat = INT4, granularity=None, **transforms: object) -> QuantConfig:
     w = QuantConfig().weights
     w = replace(w, fmt=fmt, granularity=granularity or w.granularity,
                 transforms=Transforms(**transforms))  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ a file with GPTQ is refused here with one line saying to export from the statist
 from __future__ import annotations
 
 import math
+
 from qviz.core.calibration.analysis import TensorResult, quant_tensors
 from qviz.core.errors import QvizError
 from qviz.core.files.config_file import SavedConfig
