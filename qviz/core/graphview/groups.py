@@ -1,0 +1,279 @@
+"""Grouping the graph by module path, and what is visible with some groups collapsed.
+
+Every module path prefix shared by at least two nodes is a group (``model`` → ``model.layers``
+→ ``model.layers.3`` → ``model.layers.3.self_attn``). A prefix with a single sub-prefix and no
+node of its own adds nothing, so it is merged into its child (``model.layers`` is one group
+when ``model`` holds nothing else); a prefix holding one node is not a group (the node sits in
+the parent). Graph inputs and outputs sit at the top.
+
+A *collapsed* group is drawn as one node standing for everything inside it; an *expanded*
+group shows its children. `visible_graph` gives the items and the edges between them for a set
+of expanded groups; `default_expanded` picks the deepest uniform depth that keeps the drawing
+under a node budget, so a 1,500-node decoder opens as its blocks, a 12-node CNN whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from qviz.core.graphview.opgraph import NodeKind, OpEdge, OpGraph, OpNode
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "Group",
+    "GroupTree",
+    "VisibleEdge",
+    "VisibleGraph",
+    "VisibleItem",
+    "default_expanded",
+    "group_tree",
+    "short_name",
+    "visible_graph",
+]
+
+#: The default drawing shows at most this many items (nodes and collapsed groups).
+DEFAULT_BUDGET = 150
+
+
+@dataclass(frozen=True)
+class Group:
+    """A module path prefix: ``children`` are group and node ids, in graph order."""
+
+    id: str
+    path: tuple[str, ...]
+    label: str
+    parent: str | None
+    children: tuple[str, ...]
+    n_ops: int
+    depth: int
+    first_index: int
+
+    @property
+    def dotted(self) -> str:
+        return ".".join(self.path)
+
+
+@dataclass(frozen=True, eq=False)
+class GroupTree:
+    """The groups of one graph: ``top`` lists the items at the top level, in graph order."""
+
+    groups: Mapping[str, Group]
+    top: tuple[str, ...]
+    _parent: Mapping[str, str] = field(repr=False)
+    _nodes: Mapping[str, tuple[str, ...]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        nodes: dict[str, tuple[str, ...]] = {}
+        # Deepest first, so each group's node list is built from its children's.
+        for g in sorted(self.groups.values(), key=lambda g: -g.depth):
+            out: list[str] = []
+            for c in g.children:
+                out.extend(nodes[c] if c in self.groups else (c,))
+            nodes[g.id] = tuple(out)
+        object.__setattr__(self, "_nodes", MappingProxyType(nodes))
+
+    def parent(self, item: str) -> str | None:
+        """The group directly holding a node or group (None at the top)."""
+        return self._parent.get(item)
+
+    def ancestors(self, item: str) -> tuple[str, ...]:
+        """The groups holding ``item``, innermost first."""
+        out = []
+        g = self._parent.get(item)
+        while g is not None:
+            out.append(g)
+            g = self._parent.get(g)
+        return tuple(out)
+
+    def nodes_in(self, group: str) -> tuple[str, ...]:
+        """Every node inside ``group``, at any depth, in graph order."""
+        return self._nodes[group]
+
+    def children(self, group: str | None) -> tuple[str, ...]:
+        return self.top if group is None else self.groups[group].children
+
+    @property
+    def max_depth(self) -> int:
+        return max((g.depth for g in self.groups.values()), default=-1)
+
+    def effective(self, expanded: Iterable[str]) -> frozenset[str]:
+        """The expanded groups that are shown (those whose every ancestor is expanded too):
+        two sets with the same effective part draw the same picture."""
+        wanted = {g for g in expanded if g in self.groups}
+        return frozenset(g for g in wanted if all(a in wanted for a in self.ancestors(g)))
+
+    def representative(self, expanded: frozenset[str], item: str) -> str:
+        """The visible item that stands for ``item``: its outermost collapsed group, or
+        itself when every group holding it is expanded."""
+        rep = item
+        for g in self.ancestors(item):  # innermost first: the last collapsed one wins
+            if g not in expanded:
+                rep = g
+        return rep
+
+    def reveal(self, expanded: Iterable[str], item: str) -> frozenset[str]:
+        """``expanded`` plus every group holding ``item``, so that it is drawn."""
+        return frozenset(expanded) | frozenset(self.ancestors(item))
+
+
+@dataclass(frozen=True)
+class VisibleItem:
+    """A node or a collapsed group as drawn: a title (op type or group label) and a subtitle
+    (a short node name, or how many nodes the group holds)."""
+
+    id: str
+    is_group: bool
+    title: str
+    subtitle: str
+    first_index: int
+
+
+@dataclass(frozen=True)
+class VisibleEdge:
+    """An edge between two visible items, standing for every graph edge between them."""
+
+    src: str
+    dst: str
+    edges: tuple[OpEdge, ...]
+
+
+@dataclass(frozen=True)
+class VisibleGraph:
+    items: tuple[VisibleItem, ...]
+    edges: tuple[VisibleEdge, ...]
+    expanded: frozenset[str]
+
+
+def _order_key(node: OpNode) -> float:
+    # Inputs first, outputs last, nodes in graph order between.
+    if node.kind is NodeKind.INPUT:
+        return -1.0
+    if node.kind is NodeKind.OUTPUT:
+        return float("inf")
+    return float(node.index)
+
+
+def group_tree(graph: OpGraph) -> GroupTree:
+    """The groups of ``graph`` by its nodes' module paths (see the module docstring)."""
+    # A trie of path segments; each trie node lists the graph nodes whose path ends there.
+    trie: dict[tuple[str, ...], list[str]] = {(): []}
+    kids: dict[tuple[str, ...], list[str]] = {(): []}
+    count: dict[tuple[str, ...], int] = {(): 0}
+    for node in graph:
+        path = node.path if node.kind is NodeKind.OP else ()
+        for i in range(len(path) + 1):
+            prefix = path[:i]
+            if prefix not in trie:
+                trie[prefix], kids[prefix], count[prefix] = [], [], 0
+                kids[path[: i - 1]].append(path[i - 1])
+            count[prefix] += 1
+        trie[path].append(node.id)
+    order = {n.id: _order_key(n) for n in graph}
+    groups: dict[str, Group] = {}
+    parent: dict[str, str] = {}
+
+    def first(item: str) -> float:
+        return groups[item].first_index if item in groups else order[item]
+
+    def build(path: tuple[str, ...], label: tuple[str, ...], up: str | None,
+              depth: int) -> list[str]:
+        """The items the trie node at ``path`` contributes to its parent group ``up``."""
+        subs = kids[path]
+        if path and not trie[path] and len(subs) == 1:  # nothing of its own: merge down
+            seg = subs[0]
+            return build((*path, seg), (*label, seg), up, depth)
+        if path and count[path] < 2:
+            # One node under this prefix: no group; the node (and any subtree) goes up.
+            items = list(trie[path])
+            for seg in subs:
+                items += build((*path, seg), (seg,), up, depth)
+            return items
+        gid = f"g:{'.'.join(path)}" if path else ""
+        inner = gid or None
+        items = list(trie[path])
+        for seg in subs:
+            items += build((*path, seg), (seg,), inner, depth + 1 if path else 0)
+        items.sort(key=first)
+        if not path:
+            return items
+        for it in items:
+            parent[it] = gid
+        text = ".".join(label)
+        if text.isdigit() and len(path) > len(label):
+            text = f"{path[-len(label) - 1]}.{text}"  # "layers.3", not "3"
+        groups[gid] = Group(gid, path, text, up, tuple(items), count[path], depth,
+                            int(min(first(i) for i in items)))
+        return [gid]
+
+    top = build((), (), None, 0)
+    return GroupTree(MappingProxyType(groups), tuple(top), MappingProxyType(parent))
+
+
+def default_expanded(tree: GroupTree, budget: int = DEFAULT_BUDGET) -> frozenset[str]:
+    """Every group above the deepest uniform depth whose drawing stays within ``budget``
+    items (at least the top level is drawn, however many items it has)."""
+    best: frozenset[str] = frozenset()
+    for depth in range(tree.max_depth + 1):
+        expanded = frozenset(g for g, grp in tree.groups.items() if grp.depth <= depth)
+        if _visible_count(tree, expanded) > budget:
+            break
+        best = expanded
+    return best
+
+
+def _visible_count(tree: GroupTree, expanded: frozenset[str]) -> int:
+    n = 0
+    stack = list(tree.top)
+    while stack:
+        item = stack.pop()
+        if item in tree.groups and item in expanded:
+            stack.extend(tree.groups[item].children)
+        else:
+            n += 1
+    return n
+
+
+def short_name(node: OpNode) -> str:
+    """What a node is called on its box: the qviz layer name for a torch layer, else its torch
+    module path, else the last scope of an exporter-style name (``q_proj``), else its name."""
+    if node.kind is not NodeKind.OP:
+        return node.name
+    if node.layer is not None and "/" not in node.layer:
+        return node.layer
+    if node.module:
+        return node.module
+    parts = [p for p in node.name.split("/") if p]
+    if len(parts) >= 2:
+        return parts[-2]
+    return node.name
+
+
+def visible_graph(graph: OpGraph, tree: GroupTree, expanded: Iterable[str]) -> VisibleGraph:
+    """What is drawn with ``expanded`` groups open (see the module docstring)."""
+    shown = tree.effective(expanded)
+    items: list[VisibleItem] = []
+    stack = list(reversed(tree.top))
+    while stack:
+        item = stack.pop()
+        if item in tree.groups:
+            grp = tree.groups[item]
+            if item in shown:
+                stack.extend(reversed(grp.children))
+                continue
+            items.append(VisibleItem(item, True, grp.label, f"{grp.n_ops} nodes",
+                                     grp.first_index))
+        else:
+            node = graph.node(item)
+            items.append(VisibleItem(item, False, node.op_type, short_name(node),
+                                     int(_order_key(node)) if node.kind is NodeKind.OP else
+                                     (-1 if node.kind is NodeKind.INPUT else len(graph))))
+    rep = {n.id: tree.representative(shown, n.id) for n in graph}
+    joined: dict[tuple[str, str], list[OpEdge]] = {}
+    for e in graph.edges:
+        a, b = rep[e.src], rep[e.dst]
+        if a != b:
+            joined.setdefault((a, b), []).append(e)
+    edges = tuple(VisibleEdge(a, b, tuple(es)) for (a, b), es in joined.items())
+    return VisibleGraph(tuple(items), edges, shown)
