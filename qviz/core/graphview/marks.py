@@ -17,10 +17,11 @@ from qviz.core.calibration.analysis import TensorKey
 from qviz.core.document.document import Document
 from qviz.core.graph.qdq import receives_quantized_input
 from qviz.core.graphview.opgraph import OpGraph
+from qviz.core.model.layers import Layer
 from qviz.core.model.loading import TensorKind
 from qviz.core.runtime.fusion import INTEGER_KERNELS, WEIGHT_ONLY_KERNELS
 
-__all__ = ["QuantMarks", "quant_marks"]
+__all__ = ["QuantMarks", "layer_quantized_keys", "quant_marks", "quantized_weights"]
 
 
 @dataclass(frozen=True)
@@ -41,18 +42,40 @@ class QuantMarks:
         return (src, dst, tensor) in self.qdq_edges
 
 
+def quantized_weights(doc: Document) -> set[str]:
+    """The weights the configuration quantizes."""
+    if doc.model is None:
+        return set()
+    return {
+        layer.weight for layer in doc.model.layers
+        if layer.weight is not None
+        and doc.has(key := TensorKey(layer.weight, TensorKind.WEIGHT))
+        and doc.config_for(key).quantize
+    }
+
+
+def layer_quantized_keys(doc: Document, layer: Layer, q_weights: set[str]) -> list[TensorKey]:
+    """The tensors ``layer`` reads quantized: its weight when quantized, and each input
+    activation that is quantized and that this layer reads through its Q/DQ (a layer whose
+    weight is kept float reads float inputs, unless the activation is its own)."""
+    keys = []
+    if layer.weight is not None and layer.weight in q_weights:
+        keys.append(TensorKey(layer.weight, TensorKind.WEIGHT))
+    for act in layer.activations:
+        key = TensorKey(act, TensorKind.ACTIVATION)
+        if (doc.has(key) and doc.config_for(key).quantize
+                and receives_quantized_input(layer, doc.tensor(key).layer.name, q_weights)):
+            keys.append(key)
+    return keys
+
+
 def quant_marks(doc: Document, graph: OpGraph) -> QuantMarks:
     """The marks for the document's current configuration and fusion report."""
     model = doc.model
     if model is None:
         return QuantMarks(frozenset(), frozenset(), {}, frozenset(), {}, False)
     layers = {layer.name: layer for layer in model.layers}
-    q_weights = {
-        layer.weight for layer in model.layers
-        if layer.weight is not None
-        and doc.has(key := TensorKey(layer.weight, TensorKind.WEIGHT))
-        and doc.config_for(key).quantize
-    }
+    q_weights = quantized_weights(doc)
     quantized: set[str] = set()
     kept_float: set[str] = set()
     formats: dict[str, str] = {}
@@ -61,13 +84,8 @@ def quant_marks(doc: Document, graph: OpGraph) -> QuantMarks:
         nid = graph.node_of_layer(name)
         if nid is None:
             continue
-        inputs = set()
-        for act in layer.activations:
-            key = TensorKey(act, TensorKind.ACTIVATION)
-            if not doc.has(key) or not doc.config_for(key).quantize:
-                continue
-            if receives_quantized_input(layer, doc.tensor(key).layer.name, q_weights):
-                inputs.add(act)
+        inputs = {k.name for k in layer_quantized_keys(doc, layer, q_weights)
+                  if k.kind is TensorKind.ACTIVATION}
         reads_quantized[nid] = inputs
         if layer.weight in q_weights:
             assert layer.weight is not None

@@ -9,7 +9,7 @@ function registered here.
 
 Built in:
 
-* local SQNR — the worst SQNR of the tensors the layer quantizes (its weight and inputs);
+* local SQNR — the worst SQNR of the tensors the layer reads quantized (weight, inputs);
 * clipped — the largest fraction of a quantized tensor's values outside its clip range;
 * sensitivity — the task metric's drop with only this layer quantized, or its recovery with
   only this layer float (the last sensitivity report);
@@ -29,6 +29,7 @@ from qviz.core.calibration.analysis import TensorKey
 from qviz.core.document.document import Document
 from qviz.core.evaluation.display import fmt_metric, fmt_metric_change, metric_unit
 from qviz.core.graphview.groups import GroupTree
+from qviz.core.graphview.marks import layer_quantized_keys, quantized_weights
 from qviz.core.graphview.opgraph import OpGraph
 from qviz.core.graphview.scales import ColourScale
 from qviz.core.model.layers import Layer
@@ -43,7 +44,6 @@ __all__ = [
     "NodeReadings",
     "Reading",
     "group_readings",
-    "quantized_keys",
     "read_measure",
 ]
 
@@ -99,15 +99,6 @@ class Measure:
     read: Callable[[Document, OpGraph], NodeReadings] = field(repr=False)
 
 
-def quantized_keys(doc: Document, layer: Layer) -> list[TensorKey]:
-    """The tensors of ``layer`` the configuration quantizes: its weight and its inputs."""
-    keys = []
-    if layer.weight is not None:
-        keys.append(TensorKey(layer.weight, TensorKind.WEIGHT))
-    keys += [TensorKey(a, TensorKind.ACTIVATION) for a in layer.activations]
-    return [k for k in keys if doc.has(k) and doc.config_for(k).quantize]
-
-
 def _layers(doc: Document, graph: OpGraph) -> list[tuple[str, Layer]]:
     """(node id, layer) for every layer of the document's model that is a node here."""
     if doc.model is None:
@@ -127,8 +118,9 @@ def _tensor_readings(
 ) -> NodeReadings:
     """Readings from each quantized tensor's own number (SQNR, clipped fraction)."""
     readings: dict[str, Reading] = {}
+    q_weights = quantized_weights(doc)
     for nid, layer in _layers(doc, graph):
-        keys = quantized_keys(doc, layer)
+        keys = layer_quantized_keys(doc, layer, q_weights)
         if not keys:
             continue  # kept float: no reading, drawn as float
         values, lines = [], []
