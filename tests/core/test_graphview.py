@@ -147,7 +147,11 @@ def test_a_large_stack_opens_as_its_blocks(stack: LoadedModel) -> None:
     assert inside + sum(len(e.edges) for e in visible.edges) == len(g.edges)
 
     assert default_expanded(tree, budget=10**6) == frozenset(tree.groups)
-    assert default_expanded(tree, budget=1) == frozenset()
+    # A budget the blocks do not fit: still the blocks, not one node "layers" (too sparse).
+    assert default_expanded(tree, budget=20) == shown
+    # The top level alone (input, model, LM head, output) is sparse: one level is opened.
+    assert len(tree.top) == 4
+    assert default_expanded(tree, budget=1) == {"g:model"}
 
 
 def test_expanding_collapsing_and_revealing(stack: LoadedModel) -> None:

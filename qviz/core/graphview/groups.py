@@ -33,8 +33,12 @@ __all__ = [
     "visible_graph",
 ]
 
-#: The default drawing shows at most this many items (nodes and collapsed groups).
+#: The default drawing shows at most this many items (nodes and collapsed groups)...
 DEFAULT_BUDGET = 150
+#: ...unless that leaves fewer than SPARSE items (a 300-block stack would be one node "layers"):
+#: then one level deeper, up to HARD_BUDGET items.
+SPARSE = 12
+HARD_BUDGET = 600
 
 
 @dataclass(frozen=True)
@@ -213,13 +217,18 @@ def group_tree(graph: OpGraph) -> GroupTree:
 
 def default_expanded(tree: GroupTree, budget: int = DEFAULT_BUDGET) -> frozenset[str]:
     """Every group above the deepest uniform depth whose drawing stays within ``budget``
-    items (at least the top level is drawn, however many items it has)."""
+    items (at least the top level is drawn, however many items it has); a drawing of fewer
+    than `SPARSE` items goes one level deeper if that stays within `HARD_BUDGET`."""
     best: frozenset[str] = frozenset()
+    count = _visible_count(tree, best)
     for depth in range(tree.max_depth + 1):
         expanded = frozenset(g for g, grp in tree.groups.items() if grp.depth <= depth)
-        if _visible_count(tree, expanded) > budget:
+        n = _visible_count(tree, expanded)
+        if n > budget:
+            if count < SPARSE and n <= max(HARD_BUDGET, budget):
+                best = expanded
             break
-        best = expanded
+        best, count = expanded, n
     return best
 
 

@@ -30,12 +30,12 @@ __all__ = ["Box", "Frame", "GraphLayout", "LayoutCache", "Route", "layout_graph"
 
 # Nominal metrics of the node font (the app draws in about 9 pt).
 CHAR_W = 7.0
-NODE_H = 38.0
-GROUP_H = 44.0
-MIN_W, MAX_W = 64.0, 200.0
+NODE_H = 50.0
+GROUP_H = 54.0
+MIN_W, MAX_W = 78.0, 210.0
 X_SPACE = 28.0
-Y_SPACE = 40.0  # room between ranks for edges and a frame's label
-FRAME_PAD = 10.0
+Y_SPACE = 48.0  # room between ranks for edges and a frame's label
+FRAME_PAD = 16.0  # keeps a frame's label clear of the Q/DQ marks on edges entering it
 FRAME_LABEL_H = 16.0
 COMPONENT_GAP = 60.0
 MARGIN = 20.0

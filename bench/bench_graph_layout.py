@@ -1,0 +1,91 @@
+"""How fast the graph view lays out graphs, on the demo and on 1k- and 5k-node decoders.
+
+For each model (the built-in demo; transformer stacks of 27 and 132 blocks from
+``tests/core/graph_factory.py``, 1,034 and 5,024 nodes, named as PyTorch's exporter names
+them):
+
+* build — the node graph and its groups (`ModelGraph`: once per opened model);
+* default — the first drawing, groups collapsed to the default depth (what View ▸ Graph
+  shows): items drawn and grandalf's Sugiyama layout time;
+* cached — the same drawing asked again (the `LayoutCache`);
+* open one — one more group opened (double-click on a block);
+* all open — every group open: the whole graph flat (no view does this at once; it bounds
+  what opening groups one by one can cost). ``--skip-all-open`` leaves it out.
+
+Usage::
+
+    .venv/bin/python bench/bench_graph_layout.py [--skip-all-open]
+
+Prints seconds of CPU time of this process (the better figure on a shared machine) and wall
+time. Layout is pure Python (grandalf); the numbers scale with the items drawn, not the
+model's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from qviz.core.demo import demo_paths  # noqa: E402
+from qviz.core.graphview.layout import GraphLayout, LayoutCache  # noqa: E402
+from qviz.core.graphview.model_graph import ModelGraph  # noqa: E402
+from qviz.core.model.loading import LoadedModel, load_model  # noqa: E402
+from tests.core.graph_factory import make_transformer_stack  # noqa: E402
+from tests.core.model_factory import save  # noqa: E402
+
+
+def timed(fn: Callable[[], object]) -> tuple[object, float, float]:
+    c0, w0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, time.process_time() - c0, time.perf_counter() - w0
+
+
+def row(name: str, what: str, drawn: int, cpu: float, wall: float) -> None:
+    print(f"{name:<14} {what:<10} {drawn:>7,} {cpu:>9.3f} {wall:>9.3f}")
+
+
+def bench(name: str, model: LoadedModel, all_open: bool) -> None:
+    mg, cpu, wall = timed(lambda: ModelGraph(model, LayoutCache()))
+    assert isinstance(mg, ModelGraph)
+    row(name, "build", mg.graph.n_ops, cpu, wall)
+    layout, cpu, wall = timed(lambda: mg.layout(mg.default_expanded))
+    assert isinstance(layout, GraphLayout)
+    row(name, "default", len(layout.boxes), cpu, wall)
+    _, cpu, wall = timed(lambda: mg.layout(mg.default_expanded))
+    row(name, "cached", len(layout.boxes), cpu, wall)
+    closed = [it.id for it in layout.visible.items if it.is_group]
+    if closed:
+        opened = mg.toggle(mg.default_expanded, closed[len(closed) // 2])
+        one, cpu, wall = timed(lambda: mg.layout(opened))
+        assert isinstance(one, GraphLayout)
+        row(name, "open one", len(one.boxes), cpu, wall)
+    if all_open:
+        whole, cpu, wall = timed(lambda: mg.layout(mg.tree.groups))
+        assert isinstance(whole, GraphLayout)
+        row(name, "all open", len(whole.boxes), cpu, wall)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-all-open", action="store_true",
+                        help="do not lay out the whole graph flat")
+    args = parser.parse_args(argv)
+    print(f"{'model':<14} {'drawing':<10} {'items':>7} {'cpu s':>9} {'wall s':>9}")
+    bench("demo", load_model(demo_paths().model), not args.skip_all_open)
+    with tempfile.TemporaryDirectory() as tmp:
+        for blocks in (27, 132):
+            path = save(make_transformer_stack(blocks), Path(tmp) / f"stack{blocks}.onnx")
+            model = load_model(path)
+            bench(f"stack {blocks}", model, not args.skip_all_open)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
