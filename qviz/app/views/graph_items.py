@@ -126,7 +126,7 @@ class NodeItem(QGraphicsItem):
         if lod < TEXT_LOD:
             return
         text = TEXT if (s.quantized or self.is_group) else FLOAT_TEXT
-        inner = rect.adjusted(6.0, 3.0, -6.0, -3.0)
+        inner = rect.adjusted(6.0, 5.0, -6.0, -2.0)  # the top edge holds the badges
         lines = [(self.title, label_font(9.0, bold=True)), (self.subtitle, label_font(8.0))]
         if s.value_text:
             lines.append((s.value_text, label_font(8.0, bold=True)))

@@ -236,28 +236,33 @@ class GraphView(QWidget):
 
     def refresh(self) -> None:
         """Catch up with the document: the model's drawing, the styles, the selection."""
+        new_model = False
         if self._stale_model:
             self._stale_model = False
-            self._load_model()
+            new_model = self._load_model()
         if self._stale_style:
             self.refresh_style()
         self._mark_items(reveal=True)
+        if new_model:
+            # After the legend has its text and the canvas its final size.
+            QTimer.singleShot(0, self._initial_view)
 
-    def _load_model(self) -> None:
+    def _load_model(self) -> bool:
+        """Make the drawing of a newly opened model; False when there is none to make."""
         model = self._doc.model
         if self.model_graph is not None and self.model_graph.model is model:
-            return
+            return False
         self._clear()
         if model is None:
             self.model_graph = None
             self.status_label.setText("No model open")
-            return
+            return False
         self.model_graph = ModelGraph(model, self._cache)
         self.expanded = self.model_graph.default_expanded
         self.matches, self._match = (), -1
         self._apply_layout()
         self._stale_style = True
-        self._initial_view()
+        return True
 
     def _clear(self) -> None:
         self.scene.clear()

@@ -132,6 +132,7 @@ class VisibleItem:
     title: str
     subtitle: str
     first_index: int
+    is_layer: bool = False  # a layer qviz quantizes: its box has room for two badges
 
 
 @dataclass(frozen=True)
@@ -275,9 +276,10 @@ def visible_graph(graph: OpGraph, tree: GroupTree, expanded: Iterable[str]) -> V
                                      grp.first_index))
         else:
             node = graph.node(item)
-            items.append(VisibleItem(item, False, node.op_type, short_name(node),
-                                     int(_order_key(node)) if node.kind is NodeKind.OP else
-                                     (-1 if node.kind is NodeKind.INPUT else len(graph))))
+            index = (node.index if node.kind is NodeKind.OP
+                     else -1 if node.kind is NodeKind.INPUT else len(graph))
+            items.append(VisibleItem(item, False, node.op_type, short_name(node), index,
+                                     node.layer is not None))
     rep = {n.id: tree.representative(shown, n.id) for n in graph}
     joined: dict[tuple[str, str], list[OpEdge]] = {}
     for e in graph.edges:

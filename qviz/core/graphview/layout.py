@@ -30,11 +30,12 @@ __all__ = ["Box", "Frame", "GraphLayout", "LayoutCache", "Route", "layout_graph"
 
 # Nominal metrics of the node font (the app draws in about 9 pt).
 CHAR_W = 7.0
-NODE_H = 50.0
-GROUP_H = 54.0
+NODE_H = 48.0  # three lines: op type, name, the measure's reading
+GROUP_H = 52.0
 MIN_W, MAX_W = 78.0, 210.0
+LAYER_MIN_W = 124.0  # a weight format and a kernel name fit on its top edge
 X_SPACE = 28.0
-Y_SPACE = 48.0  # room between ranks for edges and a frame's label
+Y_SPACE = 32.0  # room between ranks for edges and a frame's label
 FRAME_PAD = 16.0  # keeps a frame's label clear of the Q/DQ marks on edges entering it
 FRAME_LABEL_H = 16.0
 COMPONENT_GAP = 60.0
@@ -106,7 +107,7 @@ class _EdgeView:
 
 def item_size(item: VisibleItem) -> tuple[float, float]:
     chars = max(len(item.title), len(item.subtitle))
-    w = min(MAX_W, max(MIN_W, chars * CHAR_W + 20.0))
+    w = min(MAX_W, max(LAYER_MIN_W if item.is_layer else MIN_W, chars * CHAR_W + 20.0))
     return (w, GROUP_H if item.is_group else NODE_H)
 
 
