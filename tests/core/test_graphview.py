@@ -275,3 +275,29 @@ def test_search_by_name_op_tensor_and_module_path(demo: LoadedModel, stack: Load
     assert len(found) == 6
     assert all(big.tree.representative(big.default_expanded, n) == "g:model.layers.12"
                for n in found)
+
+
+def test_a_graph_without_module_paths_is_split_in_graph_order() -> None:
+    n = 1000
+    nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"], name=f"Relu_{i}")
+             for i in range(n)]
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("t0", onnx.TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info(f"t{n}", onnx.TensorProto.FLOAT, [2])])
+    model = LoadedModel(helper.make_model(graph), Path("chain.onnx"), "2" * 64, (), (f"t{n}",),
+                        ())
+    mg = ModelGraph(model)
+    tree = mg.tree
+    assert all(len(tree.children(g)) <= 120 for g in (None, *tree.groups))
+    assert len(tree.top) == 21  # 1,002 items (input, 1,000 ops, output) in runs of 50
+    first = tree.groups[tree.top[0]]
+    assert first.label == "ops 1–49" and first.children[0] == "in:t0"
+    assert tree.groups[tree.top[1]].label == "ops 50–99"
+    assert sorted(n for g in tree.top for n in tree.nodes_in(g)) == sorted(x.id for x in mg.graph)
+    layout = mg.layout(mg.default_expanded)
+    assert len(layout.boxes) == 21
+    check_layout(layout)
+    # Opening one run shows its 50 nodes between its neighbours.
+    opened = mg.layout(mg.toggle(mg.default_expanded, tree.top[3]))
+    assert len(opened.boxes) == 20 + 50
+    check_layout(opened)

@@ -6,6 +6,9 @@ node of its own adds nothing, so it is merged into its child (``model.layers`` i
 when ``model`` holds nothing else); a prefix holding one node is not a group (the node sits in
 the parent). Graph inputs and outputs sit at the top.
 
+A level holding more than `MAX_CHILDREN` items (a graph whose nodes carry no module path, say)
+is split into runs of `CHUNK` items in graph order.
+
 A *collapsed* group is drawn as one node standing for everything inside it; an *expanded*
 group shows its children. `visible_graph` gives the items and the edges between them for a set
 of expanded groups; `default_expanded` picks the deepest uniform depth that keeps the drawing
@@ -14,8 +17,9 @@ under a node budget, so a 1,500-node decoder opens as its blocks, a 12-node CNN 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from qviz.core.graphview.opgraph import NodeKind, OpEdge, OpGraph, OpNode
@@ -39,6 +43,9 @@ DEFAULT_BUDGET = 150
 #: then one level deeper, up to HARD_BUDGET items.
 SPARSE = 12
 HARD_BUDGET = 600
+#: A level with more items than this is split into runs of CHUNK items in graph order.
+MAX_CHILDREN = 120
+CHUNK = 50
 
 
 @dataclass(frozen=True)
@@ -213,7 +220,50 @@ def group_tree(graph: OpGraph) -> GroupTree:
         return [gid]
 
     top = build((), (), None, 0)
-    return GroupTree(MappingProxyType(groups), tuple(top), MappingProxyType(parent))
+    return _chunked(groups, top, order)
+
+
+def _chunked(old: Mapping[str, Group], top: Sequence[str], order: Mapping[str, float]) -> GroupTree:
+    """The tree with every level of more than `MAX_CHILDREN` items split into runs of `CHUNK`
+    items in graph order ("ops 1–50", "ops 51–100"...), depths renumbered: a graph whose
+    nodes carry no module path (or a module with hundreds of direct ops) must not draw
+    thousands of items at once."""
+    groups: dict[str, Group] = {}
+    parent: dict[str, str] = {}
+
+    def ops(item: str) -> list[float]:
+        if item in old:
+            return [i for c in old[item].children for i in ops(c)]
+        return [order[item]]
+
+    def first(item: str) -> float:
+        return groups[item].first_index if item in groups else order[item]
+
+    def place(children: Sequence[str], up: str | None, depth: int) -> tuple[str, ...]:
+        if len(children) <= MAX_CHILDREN:
+            for c in children:
+                if c in old:
+                    kids = place(old[c].children, c, depth + 1)
+                    groups[c] = replace(old[c], parent=up, depth=depth, children=kids)
+                    parent.update(dict.fromkeys(kids, c))
+            return tuple(children)
+        out = []
+        base = old[up].path if up is not None else ()
+        for j, k in enumerate(range(0, len(children), CHUNK), 1):
+            run = children[k:k + CHUNK]
+            cid = f"{up or 'g:'}#{j}"
+            kids = place(run, cid, depth + 1)
+            positions = [i for it in run for i in ops(it) if 0 <= i < math.inf]
+            label = (f"ops {int(min(positions)) + 1}–{int(max(positions)) + 1}" if positions
+                     else f"part {j}")
+            groups[cid] = Group(cid, (*base, f"#{j}"), label, up, kids, len(positions), depth,
+                                int(min(first(i) for i in kids)))
+            parent.update(dict.fromkeys(kids, cid))
+            out.append(cid)
+        return tuple(out)
+
+    new_top = place(tuple(top), None, 0)
+    return GroupTree(MappingProxyType(groups), new_top, MappingProxyType(parent))
 
 
 def default_expanded(tree: GroupTree, budget: int = DEFAULT_BUDGET) -> frozenset[str]:
