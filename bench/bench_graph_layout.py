@@ -10,7 +10,10 @@ them):
 * cached — the same drawing asked again (the `LayoutCache`);
 * open one — one more group opened (double-click on a block);
 * all open — every group open: the whole graph flat (no view does this at once; it bounds
-  what opening groups one by one can cost). ``--skip-all-open`` leaves it out.
+  what opening groups one by one can cost). ``--skip-all-open`` leaves it out;
+* restyle — what the view computes after a change of settings: the local-SQNR readings of
+  every node and group and the Q/DQ marks (every weight measured beforehand; the demo also
+  has its activations, from its calibration data).
 
 Usage::
 
@@ -33,10 +36,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from qviz.core.data.dataset import load_data  # noqa: E402
 from qviz.core.demo import demo_paths  # noqa: E402
+from qviz.core.document.document import Document  # noqa: E402
 from qviz.core.graphview.layout import GraphLayout, LayoutCache  # noqa: E402
+from qviz.core.graphview.marks import quant_marks  # noqa: E402
+from qviz.core.graphview.measures import NodeMeasure, group_readings, read_measure  # noqa: E402
 from qviz.core.graphview.model_graph import ModelGraph  # noqa: E402
 from qviz.core.model.loading import LoadedModel, load_model  # noqa: E402
+from qviz.core.stats.collect import collect_stats, run_to_completion  # noqa: E402
 from tests.core.graph_factory import make_transformer_stack  # noqa: E402
 from tests.core.model_factory import save  # noqa: E402
 
@@ -51,7 +59,13 @@ def row(name: str, what: str, drawn: int, cpu: float, wall: float) -> None:
     print(f"{name:<14} {what:<10} {drawn:>7,} {cpu:>9.3f} {wall:>9.3f}")
 
 
-def bench(name: str, model: LoadedModel, all_open: bool) -> None:
+def restyle(doc: Document, mg: ModelGraph) -> None:
+    readings = read_measure(doc, mg.graph, NodeMeasure.SQNR)
+    group_readings(readings, mg.tree)
+    quant_marks(doc, mg.graph)
+
+
+def bench(name: str, model: LoadedModel, all_open: bool, data: Path | None = None) -> None:
     mg, cpu, wall = timed(lambda: ModelGraph(model, LayoutCache()))
     assert isinstance(mg, ModelGraph)
     row(name, "build", mg.graph.n_ops, cpu, wall)
@@ -70,6 +84,14 @@ def bench(name: str, model: LoadedModel, all_open: bool) -> None:
         whole, cpu, wall = timed(lambda: mg.layout(mg.tree.groups))
         assert isinstance(whole, GraphLayout)
         row(name, "all open", len(whole.boxes), cpu, wall)
+    doc = Document()
+    doc.set_model(model, model.source)
+    if data is not None:
+        doc.set_stats(run_to_completion(collect_stats(model, load_data(data, model.inputs))))
+    for t in doc.tensors:
+        doc.analyze(t.key)
+    _, cpu, wall = timed(lambda: restyle(doc, mg))
+    row(name, "restyle", mg.graph.n_ops, cpu, wall)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not lay out the whole graph flat")
     args = parser.parse_args(argv)
     print(f"{'model':<14} {'drawing':<10} {'items':>7} {'cpu s':>9} {'wall s':>9}")
-    bench("demo", load_model(demo_paths().model), not args.skip_all_open)
+    demo = demo_paths()
+    bench("demo", load_model(demo.model), not args.skip_all_open, demo.data)
     with tempfile.TemporaryDirectory() as tmp:
         for blocks in (27, 132):
             path = save(make_transformer_stack(blocks), Path(tmp) / f"stack{blocks}.onnx")
