@@ -1,8 +1,7 @@
 """How fast the graph view lays out graphs, on the demo and on 1k- and 5k-node decoders.
 
-For each model (the built-in demo; transformer stacks of 27 and 132 blocks from
-``tests/core/graph_factory.py``, 1,034 and 5,024 nodes, named as PyTorch's exporter names
-them):
+For each model (the built-in demo; the synthetic decoder of ``tools/make_decoder.py`` with
+24 and 100 layers, 1,263 and 5,215 nodes, built directly as ONNX):
 
 * build — the node graph and its groups (`ModelGraph`: once per opened model);
 * default — the first drawing, groups collapsed to the default depth (what View ▸ Graph
@@ -45,8 +44,7 @@ from qviz.core.graphview.measures import NodeMeasure, group_readings, read_measu
 from qviz.core.graphview.model_graph import ModelGraph  # noqa: E402
 from qviz.core.model.loading import LoadedModel, load_model  # noqa: E402
 from qviz.core.stats.collect import collect_stats, run_to_completion  # noqa: E402
-from tests.core.graph_factory import make_transformer_stack  # noqa: E402
-from tests.core.model_factory import save  # noqa: E402
+from tools.make_decoder import decoder_spec, write_decoder  # noqa: E402
 
 
 def timed(fn: Callable[[], object]) -> tuple[object, float, float]:
@@ -103,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     demo = demo_paths()
     bench("demo", load_model(demo.model), not args.skip_all_open, demo.data)
     with tempfile.TemporaryDirectory() as tmp:
-        for blocks in (27, 132):
-            path = save(make_transformer_stack(blocks), Path(tmp) / f"stack{blocks}.onnx")
-            model = load_model(path)
-            bench(f"stack {blocks}", model, not args.skip_all_open)
+        for layers in (24, 100):
+            path = Path(tmp) / f"decoder{layers}.onnx"
+            write_decoder(decoder_spec(layers=layers), path, builder="onnx", calib_samples=0,
+                          eval_samples=0)
+            bench(f"decoder {layers}", load_model(path), not args.skip_all_open)
     return 0
 
 

@@ -19,12 +19,13 @@ from qviz.core.graphview.groups import (
     short_name,
     visible_graph,
 )
-from qviz.core.graphview.layout import FRAME_LABEL_H, GraphLayout, LayoutCache, layout_graph
+from qviz.core.graphview.layout import FRAME_LABEL_H, GraphLayout, LayoutCache
 from qviz.core.graphview.model_graph import ModelGraph
 from qviz.core.graphview.opgraph import NodeKind, node_scope, op_graph
 from qviz.core.model.loading import LoadedModel, load_model
 from tests.core.graph_factory import NODES_PER_BLOCK, make_transformer_stack
 from tests.core.model_factory import save
+from tools.make_decoder import decoder_spec, write_decoder
 
 BLOCKS = 40
 
@@ -38,6 +39,15 @@ def demo() -> LoadedModel:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     path = tmp_path_factory.mktemp("stack") / "stack.onnx"
     return load_model(save(make_transformer_stack(BLOCKS), path))
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """The synthetic decoder (tools/make_decoder.py), 24 layers: 1,263 nodes."""
+    path = tmp_path_factory.mktemp("decoder") / "decoder.onnx"
+    write_decoder(decoder_spec(layers=24), path, builder="onnx", calib_samples=0,
+                  eval_samples=0)
+    return load_model(path)
 
 
 # --------------------------------------------------------------------------- the graph
@@ -73,6 +83,8 @@ def test_module_paths_come_from_torch_metadata_then_exporter_names() -> None:
     assert node_scope(torch_node) == ("encoder", "layers", "3")
     named = helper.make_node("MatMul", ["a", "w"], ["b"], name="/model/layers.0/mlp/up_proj/MatMul")
     assert node_scope(named) == ("model", "layers", "0", "mlp", "up_proj")
+    dotted = helper.make_node("MatMul", ["a", "w"], ["b"], name="model.layers.0.mlp.up_proj")
+    assert node_scope(dotted) == ("model", "layers", "0", "mlp", "up_proj")
     assert node_scope(helper.make_node("Relu", ["a"], ["b"], name="Relu_3")) == ()
 
 
@@ -185,11 +197,23 @@ def check_layout(layout: GraphLayout) -> None:
     downward, frames around their groups' items."""
     boxes = layout.boxes
     assert set(boxes) == {it.id for it in layout.visible.items}
-    rects = [(b.x, b.y, b.w, b.h) for b in boxes.values()]
-    for a, b in itertools.combinations(rects, 2):
-        assert not _overlap(a, b)
+    # No two boxes overlap: sweep by top edge, comparing each box with those still open.
+    rects = sorted((b.y, b.x, b.w, b.h) for b in boxes.values())
+    open_: list[tuple[float, float, float, float]] = []
+    for y, x, w, h in rects:
+        open_ = [r for r in open_ if r[0] + r[3] > y]
+        assert not any(_overlap((x, y, w, h), (r[1], r[0], r[2], r[3])) for r in open_)
+        open_.append((y, x, w, h))
     down = 0
+    stubs = [r for r in layout.routes if r.auxiliary]
+    for route in stubs:  # a short arrow into the top of its target
+        dst = boxes[route.edge.dst]
+        (x0, y0), (x1, y1) = route.points
+        assert x0 == x1 and dst.x < x1 < dst.x + dst.w and y1 == dst.y and y0 < y1
+    assert len({r.edge.dst for r in stubs}) == len(stubs)  # one per target
     for route in layout.routes:
+        if route.auxiliary:
+            continue
         src, dst = boxes[route.edge.src], boxes[route.edge.dst]
         (x0, y0), (x1, y1) = route.points[0], route.points[-1]
         assert src.x - 1e-6 <= x0 <= src.x + src.w + 1e-6
@@ -197,7 +221,7 @@ def check_layout(layout: GraphLayout) -> None:
         assert dst.x - 1e-6 <= x1 <= dst.x + dst.w + 1e-6
         assert dst.y - 1e-6 <= y1 <= dst.y + dst.h + 1e-6
         down += dst.y > src.y
-    assert down == len(layout.routes)  # a DAG is drawn top to bottom
+    assert down == len(layout.routes) - len(stubs)  # a DAG is drawn top to bottom
     assert 0 <= min(b.x for b in boxes.values()) and 0 <= min(b.y for b in boxes.values())
     assert max(b.x + b.w for b in boxes.values()) <= layout.width
     assert max(b.y + b.h for b in boxes.values()) <= layout.height
@@ -234,13 +258,33 @@ def test_stack_layouts_are_fast_and_cached(stack: LoadedModel) -> None:
     check_layout(again)
 
 
-def test_the_whole_stack_expanded_lays_out_in_seconds(stack: LoadedModel) -> None:
-    g = op_graph(stack)
-    tree = group_tree(g)
-    layout = layout_graph(visible_graph(g, tree, tree.groups), tree)
-    assert len(layout.boxes) == len(g) > 1500
-    assert layout.seconds < 60.0  # about 2 s here (bench/bench_graph_layout.py)
-    assert len(layout.frames) == len(tree.groups)
+def test_the_synthetic_decoder_opens_as_its_blocks_with_its_shared_tables_as_stubs(
+    decoder: LoadedModel,
+) -> None:
+    mg = ModelGraph(decoder)
+    assert mg.graph.n_ops > 1000
+    blocks = [f"g:model.layers.{i}" for i in range(24)]
+    assert all(mg.tree.groups[b].label == f"layers.{i}" for i, b in enumerate(blocks))
+    layout = mg.layout(mg.default_expanded)
+    assert set(blocks) <= set(layout.boxes) and len(layout.boxes) <= 150
+    check_layout(layout)
+    # The causal mask and the rotary tables feed every block: stubs, not 24 long lines each.
+    stubs = [r for r in layout.routes if r.auxiliary]
+    assert {r.edge.dst for r in stubs} >= set(blocks[2:])
+    assert all(r.label for r in stubs)
+    fed = {e.src for r in stubs for e in r.edge.edges}
+    assert {mg.graph.node(n).op_type for n in fed} >= {"Slice"}
+    # Every graph edge is still drawn once: as a line, in a stub, or inside a collapsed group.
+    drawn = sum(len(r.edge.edges) for r in layout.routes)
+    inside = sum(1 for e in mg.graph.edges
+                 if mg.representative(mg.default_expanded, e.src)
+                 == mg.representative(mg.default_expanded, e.dst))
+    assert drawn + inside == len(mg.graph.edges)
+    # All of it open: seconds, not the 25 s the fan-out edges cost when routed.
+    whole = mg.layout(mg.tree.groups)
+    assert len(whole.boxes) == len(mg.graph) and whole.seconds < 30.0  # about 1.2 s here
+    assert len(whole.frames) == len(mg.tree.groups)
+    check_layout(whole)
 
 
 def test_disconnected_parts_are_put_side_by_side() -> None:

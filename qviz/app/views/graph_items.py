@@ -39,6 +39,7 @@ FRAME_BORDER = QColor("#b0bec5")
 # Below this zoom, nodes are drawn as coloured boxes only.
 TEXT_LOD = 0.45
 STALE_ALPHA = 110
+STUB_LABEL_W = 90.0
 
 Z_FRAME, Z_EDGE, Z_NODE = -10.0, 0.0, 10.0
 
@@ -192,7 +193,8 @@ class FrameItem(QGraphicsRectItem):
 
 class EdgeItem(QGraphicsPathItem):
     """A polyline with an arrowhead; edges carrying quantized values are purple and thicker,
-    with a diamond (the Q/DQ pair) just before the target."""
+    with a diamond (the Q/DQ pair) just before the target. An auxiliary edge is a short dashed
+    stub into its target, its source's name above it."""
 
     def __init__(self, route: Route) -> None:
         super().__init__()
@@ -235,16 +237,34 @@ class EdgeItem(QGraphicsPathItem):
         self.prepareGeometryChange()
         self.setPath(path)
         colour = QDQ_EDGE if self.quantized else EDGE
-        self.setPen(QPen(colour, 2.0 if self.quantized else 1.2))
+        style = Qt.PenStyle.DashLine if self.route.auxiliary else Qt.PenStyle.SolidLine
+        self.setPen(QPen(colour, 2.0 if self.quantized else 1.2, style))
+        if self.route.auxiliary:
+            self.setToolTip(f"from {self.route.label} (drawn as a stub: it feeds many nodes "
+                            "far below)")
 
     def boundingRect(self) -> QRectF:
-        return super().boundingRect().adjusted(-10.0, -10.0, 10.0, 10.0)
+        pad = STUB_LABEL_W / 2 if self.route.auxiliary else 10.0
+        return super().boundingRect().adjusted(-pad, -22.0, pad, 10.0)
 
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem,
               widget: QWidget | None = None) -> None:
         painter.setPen(self.pen())
         painter.setBrush(Qt.BrushStyle.NoBrush)
         painter.drawPath(self.path())
+        solid = QPen(self.pen())
+        solid.setStyle(Qt.PenStyle.SolidLine)
+        painter.setPen(solid)
         painter.setBrush(QBrush(self.pen().color()))
         for poly in self._marks:
             painter.drawPolygon(poly)
+        if self.route.auxiliary and self.route.label and (
+                option.levelOfDetailFromTransform(painter.worldTransform()) >= TEXT_LOD):
+            x, y = self.route.points[0]
+            font = label_font(7.0)
+            painter.setFont(font)
+            painter.setPen(FLOAT_TEXT)
+            text = QFontMetricsF(font).elidedText(self.route.label, Qt.TextElideMode.ElideLeft,
+                                                  STUB_LABEL_W)
+            painter.drawText(QRectF(x - STUB_LABEL_W / 2, y - 12.0, STUB_LABEL_W, 11.0),
+                             Qt.AlignmentFlag.AlignCenter, text)

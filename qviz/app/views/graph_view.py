@@ -133,7 +133,7 @@ class GraphView(QWidget):
         self.expanded: frozenset[str] = frozenset()
         self.layout_shown: GraphLayout | None = None
         self.nodes: dict[str, NodeItem] = {}
-        self.edges: dict[tuple[str, str], EdgeItem] = {}
+        self.edges: dict[tuple[str, str, bool], EdgeItem] = {}
         self.frames: dict[str, FrameItem] = {}
         self.measure = NodeMeasure.SQNR
         self.readings: NodeReadings | None = None
@@ -295,15 +295,15 @@ class GraphView(QWidget):
             else:
                 self.frames[gid] = FrameItem(frame)
                 self.scene.addItem(self.frames[gid])
-        routes = {(r.edge.src, r.edge.dst): r for r in layout.routes}
-        for pair in set(self.edges) - set(routes):
-            self.scene.removeItem(self.edges.pop(pair))
-        for pair, route in routes.items():
-            if pair in self.edges:
-                self.edges[pair].set_route(route)
+        routes = {(r.edge.src, r.edge.dst, r.auxiliary): r for r in layout.routes}
+        for key in set(self.edges) - set(routes):
+            self.scene.removeItem(self.edges.pop(key))
+        for key, route in routes.items():
+            if key in self.edges:
+                self.edges[key].set_route(route)
             else:
-                self.edges[pair] = EdgeItem(route)
-                self.scene.addItem(self.edges[pair])
+                self.edges[key] = EdgeItem(route)
+                self.scene.addItem(self.edges[key])
         self.scene.setSceneRect(QRectF(0.0, 0.0, layout.width, layout.height))
         self._update_status()
 

@@ -295,18 +295,29 @@ def _visible_count(tree: GroupTree, expanded: frozenset[str]) -> int:
     return n
 
 
+def _tail(path: str) -> str:
+    """The last module of a dotted path, with its container when it is a list index:
+    ``model.layers.2.self_attn`` → ``self_attn``, ``features.3`` → ``features.3``,
+    ``encoder.attn (matmul_1)`` → ``attn (matmul_1)``."""
+    base, paren, rest = path.partition(" (")
+    segs = base.split(".")
+    tail = ".".join(segs[-2:]) if len(segs) > 1 and segs[-1].isdigit() else segs[-1]
+    return tail + paren + rest
+
+
 def short_name(node: OpNode) -> str:
-    """What a node is called on its box: the qviz layer name for a torch layer, else its torch
-    module path, else the last scope of an exporter-style name (``q_proj``), else its name."""
+    """What a node is called on its box (its group's frame says where it is): the last
+    module of its qviz layer name or torch module path, else the last scope of an
+    exporter-style name (``q_proj``), else its name."""
     if node.kind is not NodeKind.OP:
         return node.name
     if node.layer is not None and "/" not in node.layer:
-        return node.layer
+        return _tail(node.layer)
     if node.module:
-        return node.module
+        return _tail(node.module)
     parts = [p for p in node.name.split("/") if p]
     if len(parts) >= 2:
-        return parts[-2]
+        return _tail(parts[-2])
     return node.name
 
 

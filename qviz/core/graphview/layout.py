@@ -40,6 +40,13 @@ FRAME_PAD = 16.0  # keeps a frame's label clear of the Q/DQ marks on edges enter
 FRAME_LABEL_H = 16.0
 COMPONENT_GAP = 60.0
 MARGIN = 20.0
+# An edge whose source feeds at least AUX_FANOUT items and that skips a rank is auxiliary:
+# routed through every rank it crosses, the 24 uses of one decoder's rotary table cost
+# grandalf tens of thousands of dummy points (25 s instead of 1 s) and draw a fan of long
+# lines across the whole model.
+AUX_FANOUT = 8
+AUX_SPAN = 1
+STUB = 18.0
 
 Point = tuple[float, float]
 
@@ -61,10 +68,14 @@ class Box:
 
 @dataclass(frozen=True)
 class Route:
-    """Where an edge runs: from the border of its source's box to its target's."""
+    """Where an edge runs: from the border of its source's box to its target's. An
+    ``auxiliary`` edge (from a node feeding many others far below: shapes, masks, rotary
+    tables) is drawn as a short stub into its target only, labelled with its source."""
 
     edge: VisibleEdge
     points: tuple[Point, ...]
+    auxiliary: bool = False
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -130,8 +141,11 @@ def layout_graph(visible: VisibleGraph, tree: GroupTree) -> GraphLayout:
         v = Vertex(item.id)
         v.view = _VertexView(*item_size(item))
         vertices[item.id] = v
+    auxiliary = _auxiliary(visible)
     edges: list[tuple[VisibleEdge, Edge]] = []
     for ve in visible.edges:
+        if (ve.src, ve.dst) in auxiliary:
+            continue
         e = Edge(vertices[ve.src], vertices[ve.dst])
         e.view = _EdgeView()
         edges.append((ve, e))
@@ -173,12 +187,72 @@ def layout_graph(visible: VisibleGraph, tree: GroupTree) -> GraphLayout:
         pts[0] = _clip(sb.centre, (sb.w / 2, sb.h / 2), pts[1])
         pts[-1] = _clip(tb.centre, (tb.w / 2, tb.h / 2), pts[-2])
         routes.append(Route(ve, tuple(pts)))
+    routes += _stubs(visible, auxiliary, boxes)
     width = max([b.x + b.w for b in boxes.values()] + [f.x + f.w for f in frames] + [0.0])
     height = max([b.y + b.h for b in boxes.values()] + [f.y + f.h for f in frames] + [0.0])
     return GraphLayout(
         visible, MappingProxyType(boxes), tuple(routes), tuple(frames),
         width + MARGIN, height + MARGIN, time.perf_counter() - start,
     )
+
+
+def _ranks(visible: VisibleGraph) -> dict[str, int]:
+    """Longest-path ranks (as the Sugiyama layout's first pass ranks); a cycle that
+    collapsing groups made is broken at its item earliest in graph order."""
+    ins: dict[str, set[str]] = {it.id: set() for it in visible.items}
+    outs: dict[str, list[str]] = {it.id: [] for it in visible.items}
+    for e in visible.edges:
+        ins[e.dst].add(e.src)
+        outs[e.src].append(e.dst)
+    first = {it.id: it.first_index for it in visible.items}
+    rank: dict[str, int] = {}
+    waiting = {k: len(v) for k, v in ins.items()}
+    ready = [k for k, n in waiting.items() if n == 0]
+    while len(rank) < len(ins):
+        if not ready:  # a cycle: start it where the graph does
+            ready = [min((k for k in ins if k not in rank), key=lambda k: first[k])]
+        nxt: list[str] = []
+        for item in ready:
+            if item in rank:
+                continue
+            rank[item] = max((rank[s] + 1 for s in ins[item] if s in rank), default=0)
+            for d in outs[item]:
+                waiting[d] -= 1
+                if waiting[d] == 0 and d not in rank:
+                    nxt.append(d)
+        ready = nxt
+    return rank
+
+
+def _auxiliary(visible: VisibleGraph) -> set[tuple[str, str]]:
+    """The (src, dst) pairs drawn as stubs (see AUX_FANOUT)."""
+    fanout: dict[str, int] = {}
+    for e in visible.edges:
+        fanout[e.src] = fanout.get(e.src, 0) + 1
+    if max(fanout.values(), default=0) < AUX_FANOUT:
+        return set()
+    rank = _ranks(visible)
+    return {(e.src, e.dst) for e in visible.edges
+            if fanout[e.src] >= AUX_FANOUT and rank[e.dst] - rank[e.src] > AUX_SPAN}
+
+
+def _stubs(visible: VisibleGraph, auxiliary: set[tuple[str, str]],
+           boxes: Mapping[str, Box]) -> list[Route]:
+    """One short arrow into the top of each target of auxiliary edges, standing for all of
+    them and labelled with their sources."""
+    into: dict[str, list[VisibleEdge]] = {}
+    for e in visible.edges:
+        if (e.src, e.dst) in auxiliary:
+            into.setdefault(e.dst, []).append(e)
+    titles = {it.id: it.title for it in visible.items}
+    routes = []
+    for dst, stubs in into.items():
+        b = boxes[dst]
+        x = b.x + b.w * 0.75  # off the centre, where edges from the rank above arrive
+        joined = VisibleEdge(stubs[0].src, dst, tuple(e for s in stubs for e in s.edges))
+        label = ", ".join(dict.fromkeys(titles[s.src] for s in stubs))
+        routes.append(Route(joined, ((x, b.y - STUB), (x, b.y)), True, label))
+    return routes
 
 
 def _frames(visible: VisibleGraph, tree: GroupTree, boxes: Mapping[str, Box]) -> list[Frame]:

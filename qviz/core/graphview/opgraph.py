@@ -10,11 +10,13 @@ Each node carries its module path, split into segments, for grouping: the PyTorc
 the exporter recorded (``features.3`` → ``("features", "3")``, see
 `qviz.core.model.layers.module_path`), else the scope in an exporter-style node name
 (``/model/layers.3/self_attn/q_proj/MatMul`` → ``("model", "layers", "3", "self_attn",
-"q_proj")``), else none (the node sits at the top).
+"q_proj")``), else a dotted name that is itself a module path (``model.layers.3.mlp.up_proj``),
+else none (the node sits at the top).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -25,6 +27,9 @@ import onnx
 from qviz.core.model.layers import module_path
 from qviz.core.model.loading import LoadedModel
 from qviz.core.model.onnx_graph import all_graphs, node_name
+
+# "model.layers.3.mlp": identifiers (or list indices) joined by dots.
+_DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.\w+)+")
 
 __all__ = ["NodeKind", "OpEdge", "OpGraph", "OpNode", "node_scope", "op_graph"]
 
@@ -109,6 +114,8 @@ def node_scope(node: onnx.NodeProto) -> tuple[str, ...]:
         parts = [scope]
     elif "/" in node.name:
         parts = node.name.strip("/").split("/")[:-1]  # the last part is the op itself
+    elif _DOTTED.fullmatch(node.name):
+        parts = [node.name]  # a node named after the module it is ("encoder.layers.3.fc1")
     else:
         return ()
     return tuple(seg for part in parts for seg in part.split(".") if seg)
