@@ -318,7 +318,7 @@ def short_name(node: OpNode) -> str:
     parts = [p for p in node.name.split("/") if p]
     if len(parts) >= 2:
         return _tail(parts[-2])
-    return node.name
+    return _tail(node.name) if node.path else node.name  # "model.embed_tokens"
 
 
 def visible_graph(graph: OpGraph, tree: GroupTree, expanded: Iterable[str]) -> VisibleGraph:
