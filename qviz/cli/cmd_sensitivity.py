@@ -32,7 +32,7 @@ from qviz.cli.progress_bar import ProgressBar
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.evaluate import Metric
 from qviz.core.progress import Progress, format_seconds
-from qviz.core.runtime.fusion import KernelPrecision
+from qviz.core.runtime.sessions import KernelPrecision
 from qviz.core.search.sensitivity import DEFAULT_LIMIT, SensitivityReport, float_value
 from qviz.core.search.sensitivity_cache import SensitivityCache
 

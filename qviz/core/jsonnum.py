@@ -13,3 +13,10 @@ def json_number(value: float | None) -> float | str | None:
     if math.isfinite(value):
         return value
     return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def json_float(value: float | str | None) -> float | None:
+    """The number `json_number` wrote ("inf", "-inf" and "nan" included); None stays None."""
+    if value is None:
+        return None
+    return float(value)
