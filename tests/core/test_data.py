@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from qviz.core.data import arrays as arrays_module
 from qviz.core.data import dataset as data_module
 from qviz.core.data.dataset import (
     Dataset,
@@ -88,7 +89,7 @@ def test_compressed_npz_streams(tmp_path: Path) -> None:
     x = images(9).astype(np.float32)
     np.savez_compressed(tmp_path / "d.npz", x=x, labels=np.arange(9) % 3)
     ds = load_data(tmp_path / "d.npz", IMAGE_INPUT)
-    assert isinstance(ds._chunks[0].arrays["x"], data_module._ZipStream)
+    assert isinstance(ds._chunks[0].arrays["x"], arrays_module.ZipStream)
     for size in (1, 4, 9, 20):
         np.testing.assert_array_equal(collect(ds, size), x)
     np.testing.assert_array_equal(ds.first_sample()["x"], x[:1])
