@@ -112,7 +112,7 @@ class SensitivityCache:
             "key": key.to_json(),
             "report": report_to_json(report),
         }
-        with atomic_open(path, "w") as f:
+        with atomic_open(path, "w", make_parents=True) as f:
             json.dump(doc, f, indent=1, allow_nan=False)
             f.write("\n")
         self.stores += 1
