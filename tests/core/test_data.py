@@ -26,8 +26,8 @@ from qviz.core.model.loading import InputSpec
 F32 = np.dtype(np.float32)
 IMAGE_INPUT = (InputSpec("x", (None, 3, 8, 8), F32),)
 SEQ_INPUTS = (
-    InputSpec("x", (None, None, 8), F32),
-    InputSpec("mask", (None, None), F32),
+    InputSpec("x", (None, None, 8), F32, ("N", "S", None)),
+    InputSpec("mask", (None, None), F32, ("N", "S")),
 )
 
 
@@ -193,10 +193,10 @@ def test_npy_for_multi_input_model(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("shape", "message"),
     [
-        ((4, 3, 8, 9), r"axis 3: 9 != 8"),
-        ((4, 1, 8, 8), r"axis 1: 1 != 3"),
-        ((4, 3, 8), r"expects rank 4"),
-        ((4, 1, 3, 8, 8), r"expects rank 4"),
+        ((4, 3, 8, 9), r"axis 3 is 9 where the model needs 8"),
+        ((4, 1, 8, 8), r"axis 1 is 1 where the model needs 3"),
+        ((4, 3, 8), r"give N samples as \(\?, 3, 8, 8\)"),
+        ((4, 1, 3, 8, 8), r"give N samples as \(\?, 3, 8, 8\)"),
     ],
 )
 def test_shape_mismatch(tmp_path: Path, shape: tuple[int, ...], message: str) -> None:

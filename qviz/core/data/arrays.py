@@ -204,3 +204,20 @@ def _open_member(path: Path, f: IO[bytes], info: zipfile.ZipInfo) -> LazyArray:
     return InMemory(mm)
 
 
+
+
+class Repeated(LazyArray):
+    """One value given once (without a sample axis), seen as the same value for n samples."""
+
+    def __init__(self, value: np.ndarray, n: int) -> None:
+        self.value = np.asarray(value)
+        self.shape = (n, *self.value.shape)
+        self.dtype = self.value.dtype
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        count = max(0, min(stop, self.shape[0]) - start)
+        return np.broadcast_to(self.value, (count, *self.value.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.value.nbytes)

@@ -1,4 +1,9 @@
-"""Data arrays checked against the model's inputs: names, ranks, fixed sizes, types, labels."""
+"""Data arrays checked against the model's inputs: names, ranks, fixed sizes, types, labels.
+
+Each input's batch axis is decided first (`qviz.core.data.layout`); an array then has a
+leading sample axis (one more axis than one sample has), or is given once (a sample's shape:
+the same for every sample), and an input fed whole gets exactly its own shape.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from qviz.core.data.arrays import AddSampleAxis, LazyArray
+from qviz.core.data.arrays import AddSampleAxis, LazyArray, Repeated
 from qviz.core.data.batching import Chunk
+from qviz.core.data.layout import InputFeed, default_feeds, shape_text
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import InputSpec
 
@@ -15,40 +21,54 @@ LABELS_KEY = "labels"
 
 
 def resolve_names(
-    keys: Sequence[str], inputs: tuple[InputSpec, ...], where: str
+    keys: Sequence[str], feeds: Sequence[InputFeed], where: str, *, model_known: bool = True
 ) -> dict[str, str]:
-    """Map model input name -> data key."""
-    if not inputs:
+    """Map model input name -> data key, for the inputs the data must give (not --const)."""
+    if not model_known:
         return {k: k for k in keys}
-    names = [i.name for i in inputs]
-    if len(inputs) == 1:
-        if names[0] in keys:
-            extra = [k for k in keys if k != names[0]]
+    given_twice = [f.name for f in feeds if f.constant is not None and f.name in keys]
+    if given_twice:
+        raise QvizError(
+            f"input '{given_twice[0]}' is given both by --const and by {where}; keep one"
+        )
+    needed = [f.name for f in feeds if f.constant is None]
+    all_names = ", ".join(f.name for f in feeds)
+    if not needed:
+        if keys:
+            raise QvizError(
+                f"{where} has arrays the model does not take: {', '.join(keys)} (every input "
+                f"is given by --const; labels go under '{LABELS_KEY}')"
+            )
+        return {}
+    if len(needed) == 1:
+        name = needed[0]
+        if name in keys:
+            extra = [k for k in keys if k != name]
             if extra:
                 raise QvizError(
                     f"{where} has arrays the model does not take: {', '.join(extra)} "
-                    f"(its input is '{names[0]}'; labels go under '{LABELS_KEY}')"
+                    f"(its input is '{name}'; labels go under '{LABELS_KEY}')"
                 )
-            return {names[0]: names[0]}
-        if len(keys) == 1:
-            return {names[0]: keys[0]}
+            return {name: name}
+        if len(keys) == 1 and len(feeds) == 1:
+            return {name: keys[0]}
         raise QvizError(
             f"{where} has arrays {', '.join(keys) or '(none)'}, but the model's input is "
-            f"'{names[0]}'"
+            f"'{name}'" + (f" (inputs: {all_names})" if len(feeds) > 1 else "")
         )
-    missing = [n for n in names if n not in keys]
+    missing = [n for n in needed if n not in keys]
     if missing:
         raise QvizError(
             f"{where} has no array for input '{missing[0]}' "
-            f"(model inputs: {', '.join(names)}; data has: {', '.join(keys) or 'nothing'})"
+            f"(model inputs: {all_names}; data has: {', '.join(keys) or 'nothing'})"
         )
-    extra = [k for k in keys if k not in names]
+    extra = [k for k in keys if k not in needed]
     if extra:
         raise QvizError(
             f"{where} has arrays the model does not take: {', '.join(extra)} "
-            f"(model inputs: {', '.join(names)}; labels go under '{LABELS_KEY}')"
+            f"(model inputs: {all_names}; labels go under '{LABELS_KEY}')"
         )
-    return {n: n for n in names}
+    return {n: n for n in needed}
 
 
 def castable(src: np.dtype, dst: np.dtype) -> bool:
@@ -64,69 +84,153 @@ def castable(src: np.dtype, dst: np.dtype) -> bool:
     return False
 
 
-def shape_text(shape: Sequence[int | None]) -> str:
-    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
-
-
-def check_array(arr: LazyArray, spec: InputSpec, where: str, *, one_sample: bool) -> LazyArray:
-    """Validate rank, fixed sizes and dtype; return the array with its sample axis."""
+def _check_dtype(arr: LazyArray, spec: InputSpec, where: str) -> None:
     if not castable(arr.dtype, spec.dtype):
         raise QvizError(
             f"input '{spec.name}' expects {spec.dtype} but {where} holds {arr.dtype} "
             "(no safe conversion)"
         )
-    if not spec.shape:
-        return arr  # the model does not declare a shape: nothing to check
-    rank = len(spec.shape)
-    if one_sample and len(arr.shape) == rank - 1:
-        arr = AddSampleAxis(arr)
-    if len(arr.shape) != rank:
-        raise QvizError(
-            f"input '{spec.name}' expects rank {rank} {shape_text(spec.shape)} (the first axis "
-            f"being samples), but {where} has shape {tuple(arr.shape)}"
-        )
-    for axis in range(1, rank):
-        want = spec.shape[axis]
-        if want is not None and arr.shape[axis] != want:
+
+
+def _mismatch(got: tuple[int, ...], want: tuple[int | None, ...], offset: int) -> str | None:
+    """'its axis K is X where the model needs Y' for the first fixed size that differs."""
+    for axis, (g, w) in enumerate(zip(got[offset:], want, strict=True)):
+        if w is not None and g != w:
+            return f"its axis {axis + offset} is {g} where the model needs {w}"
+    return None
+
+
+def _per_sample_words(feed: InputFeed) -> str:
+    return f"per sample (batch axis {feed.batch_axis} of {shape_text(feed.spec.shape)})"
+
+
+def check_batched(arr: LazyArray, feed: InputFeed, where: str) -> bool:
+    """Check an array for a batched input; True when it has a leading sample axis, False
+    when it is one sample's value given once."""
+    _check_dtype(arr, feed.spec, where)
+    sample = feed.sample_shape
+    shape = tuple(arr.shape)
+    if sample is None:  # the model declares no shape: the data's leading axis is samples
+        assert feed.batch_axis is not None
+        if len(shape) < feed.batch_axis + 1:
             raise QvizError(
-                f"input '{spec.name}' expects shape {shape_text(spec.shape)} but {where} has "
-                f"{tuple(arr.shape)} (axis {axis}: {arr.shape[axis]} != {want})"
+                f"input '{feed.name}' is batched along axis {feed.batch_axis}, but {where} has "
+                f"shape {shape_text(shape)}"
             )
-    return arr
+        return True
+    head = f"input '{feed.name}' takes {shape_text(sample)} {_per_sample_words(feed)}, but "
+    if len(shape) == len(sample) + 1:
+        wrong = _mismatch(shape, sample, 1)
+        if wrong is None:
+            return True
+        raise QvizError(f"{head}{where} has shape {shape_text(shape)}: {wrong}")
+    if len(shape) == len(sample) and _mismatch(shape, sample, 0) is None:
+        return False
+    raise QvizError(
+        f"{head}{where} has shape {shape_text(shape)}: give N samples as "
+        f"{shape_text((None, *sample))} (samples first), or one value of {shape_text(sample)} "
+        "for every sample"
+    )
+
+
+def check_whole(arr: LazyArray, feed: InputFeed, where: str) -> np.ndarray:
+    """The value of an input fed whole (no batch axis), checked against its shape."""
+    _check_dtype(arr, feed.spec, where)
+    shape = tuple(arr.shape)
+    if feed.spec.has_shape:
+        want = feed.spec.shape
+        if len(shape) != len(want):
+            kind = "a scalar" if not want else f"fed whole as {shape_text(want)}"
+            hint = (
+                f"give one array of shape {shape_text(want)} (no sample axis)"
+                + (f" or --const {feed.name}=VALUE" if not want else "")
+                + f", or state its batch axis with --batch-axis {feed.name}=AXIS"
+            )
+            raise QvizError(
+                f"input '{feed.name}' is {kind} (no batch axis: {feed.reason.value}), but "
+                f"{where} has shape {shape_text(shape)}: {hint}"
+            )
+        wrong = _mismatch(shape, want, 0)
+        if wrong is not None:
+            raise QvizError(
+                f"input '{feed.name}' is fed whole as {shape_text(want)}, but {where} has "
+                f"shape {shape_text(shape)}: {wrong}"
+            )
+    return np.asarray(arr.read_all())
+
+
+def constant_value(feed: InputFeed) -> np.ndarray:
+    """The array ``--const NAME=VALUE`` stands for: one sample's shape (or the whole shape),
+    every element VALUE."""
+    assert feed.constant is not None
+    shape = feed.sample_shape
+    if shape is None or any(d is None for d in shape):
+        shown = "unknown" if shape is None else shape_text(shape)
+        raise QvizError(
+            f"--const {feed.name}: the input's shape {shown} is not fully known; give its "
+            "value in the data instead"
+        )
+    return np.full(tuple(int(d) for d in shape if d is not None), feed.constant,
+                   dtype=feed.spec.dtype)
 
 
 def chunk_from_arrays(
     found: Mapping[str, LazyArray],
     names: Mapping[str, str],
-    inputs: tuple[InputSpec, ...],
+    feeds: Sequence[InputFeed],
     where: str,
     *,
-    one_sample: bool,
-) -> Chunk:
-    arrays: dict[str, LazyArray] = {}
-    for model_name, key in names.items():
+    folder: bool,
+    model_known: bool = True,
+) -> tuple[Chunk, dict[str, np.ndarray]]:
+    """One file's arrays checked against the feeds: a Chunk of the batched inputs (arrays
+    with a sample axis) and the values of the inputs fed whole.
+
+    An array given once is one sample in a folder file, and the same value for every
+    sample of a single data file.
+    """
+    samples: dict[str, LazyArray] = {}
+    once: dict[str, np.ndarray] = {}
+    whole: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        if feed.constant is not None:
+            value = constant_value(feed)
+            (once if feed.batched else whole)[feed.name] = value
+            continue
+        key = names[feed.name]
         arr = found[key]
-        spec = next((s for s in inputs if s.name == model_name), None)
-        if spec is not None:
-            arr = check_array(arr, spec, f"{where} ['{key}']" if key else where,
-                               one_sample=one_sample)
-        elif not arr.shape:
-            raise QvizError(f"{where} ['{key}'] is a single value, not samples")
-        arrays[model_name] = arr
-    counts = {name: a.shape[0] if a.shape else 1 for name, a in arrays.items()}
+        label = f"{where} ['{key}']" if key else where
+        if not model_known:
+            if not arr.shape:
+                raise QvizError(f"{label} is a single value, not samples")
+            samples[feed.name] = arr
+        elif not feed.batched:
+            whole[feed.name] = check_whole(arr, feed, label)
+        elif check_batched(arr, feed, label):
+            samples[feed.name] = arr
+        elif folder:
+            samples[feed.name] = AddSampleAxis(arr)
+        else:
+            once[feed.name] = np.asarray(arr.read_all())
+    counts = {name: a.shape[0] for name, a in samples.items()}
     if len(set(counts.values())) > 1:
         listing = ", ".join(f"{k}: {v}" for k, v in counts.items())
         raise QvizError(f"{where}: inputs have different sample counts ({listing})")
-    return Chunk(next(iter(counts.values()), 0), arrays, where)
+    n = next(iter(counts.values()), 1)
+    for name, value in once.items():
+        samples[name] = Repeated(value, n)
+    return Chunk(n, samples, where), whole
 
 
 def default_specs(
     names: Mapping[str, str], found: Mapping[str, LazyArray]
-) -> tuple[InputSpec, ...]:
-    """Input specs read off the data itself (when the model's inputs are not known yet)."""
-    return tuple(
-        InputSpec(name, (None, *found[key].shape[1:]), found[key].dtype)
-        for name, key in names.items()
+) -> tuple[InputFeed, ...]:
+    """Feeds read off the data itself (when the model's inputs are not known yet)."""
+    return default_feeds(
+        tuple(
+            InputSpec(name, (None, *found[key].shape[1:]), found[key].dtype)
+            for name, key in names.items()
+        )
     )
 
 

@@ -18,6 +18,7 @@ from qviz.core.data.checks import (
     resolve_names,
 )
 from qviz.core.data.images import IMAGE_SUFFIXES, Preprocess, load_images
+from qviz.core.data.layout import InputFeed, count_text
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import InputSpec
 
@@ -27,7 +28,10 @@ def natural_key(path: Path) -> list[Any]:
 
 
 def load_folder(
-    folder: Path, inputs: tuple[InputSpec, ...], preprocess: Preprocess | None
+    folder: Path,
+    inputs: tuple[InputSpec, ...],
+    feeds: tuple[InputFeed, ...],
+    preprocess: Preprocess | None,
 ) -> Dataset:
     try:
         entries = sorted(folder.iterdir(), key=natural_key)
@@ -39,9 +43,9 @@ def load_folder(
     if npz and images:
         raise QvizError(f"data folder '{folder.name}' mixes .npz files and images; use one kind")
     if npz:
-        return load_npz_folder(folder, npz, inputs)
+        return load_npz_folder(folder, npz, inputs, feeds)
     if images:
-        return load_images(folder, [(f, None) for f in images], None, inputs, preprocess)
+        return load_images(folder, [(f, None) for f in images], None, inputs, feeds, preprocess)
     # One subfolder per class (ImageNet style).
     classes = [e for e in entries if e.is_dir() and not e.name.startswith(".")]
     labelled: list[tuple[Path, int | None]] = []
@@ -55,31 +59,46 @@ def load_folder(
             labelled += [(f, len(class_names)) for f in found]
             class_names.append(d.name)
     if labelled:
-        return load_images(folder, labelled, tuple(class_names), inputs, preprocess)
+        return load_images(folder, labelled, tuple(class_names), inputs, feeds, preprocess)
     raise QvizError(f"the data set is empty: no .npz files or images in '{folder}'")
 
 
-def load_npz_folder(folder: Path, files: list[Path], inputs: tuple[InputSpec, ...]) -> Dataset:
+def load_npz_folder(
+    folder: Path, files: list[Path], inputs: tuple[InputSpec, ...], feeds: tuple[InputFeed, ...]
+) -> Dataset:
     chunks: list[Chunk] = []
     labels: list[np.ndarray] = []
     names: dict[str, str] | None = None
     has_labels: bool | None = None
-    specs = inputs
+    whole: dict[str, np.ndarray] | None = None
+    model_known = bool(inputs)
     for f in files:
         found = open_npz(f)
         where = f"'{folder.name}/{f.name}'"
         keys = [k for k in found if k != LABELS_KEY]
         if names is None:
-            names = resolve_names(keys, inputs, where)
+            names = resolve_names(keys, feeds, where, model_known=model_known)
             has_labels = LABELS_KEY in found
-            if not inputs:
-                specs = default_specs(names, found)
+            if not model_known:
+                feeds = default_specs(names, found)
         elif sorted(keys) != sorted(names.values()):
             raise QvizError(
                 f"{where} has arrays {', '.join(keys)}; the first file had "
                 f"{', '.join(names.values())}"
             )
-        chunk = chunk_from_arrays(found, names, inputs, where, one_sample=True)
+        chunk, file_whole = chunk_from_arrays(
+            found, names, feeds, where, folder=True, model_known=model_known
+        )
+        if whole is None:
+            whole = file_whole
+        for name, value in file_whole.items():
+            # An input fed whole takes one array for the whole data set.
+            if value.shape != whole[name].shape or not np.array_equal(value, whole[name]):
+                raise QvizError(
+                    f"{where}: input '{name}' has no batch axis (fed whole), but its value "
+                    "differs from the first file's; give it once (--const) or state its batch "
+                    f"axis with --batch-axis {name}=AXIS"
+                )
         if chunk.n == 0:
             continue
         chunks.append(chunk)
@@ -90,12 +109,16 @@ def load_npz_folder(folder: Path, files: list[Path], inputs: tuple[InputSpec, ..
             assert file_labels is not None
             labels.append(file_labels.reshape(chunk.n, *file_labels.shape[1:]))
     n = sum(c.n for c in chunks)
-    description = f"folder {folder.name}/: {len(files)} .npz files, {n} samples" + (
-        ", with labels" if has_labels else ""
-    )
-    return Dataset(
-        inputs=specs,
+    dataset = Dataset(
+        inputs=tuple(f.spec for f in feeds),
         chunks=chunks,
-        description=description,
+        description=folder.name,
         labels=np.concatenate(labels) if labels else None,
+        feeds=feeds,
+        whole=whole or {},
     )
+    dataset.description = (
+        f"folder {folder.name}/: {len(files)} .npz files, {count_text(n, 'sample')} "
+        f"({dataset.layout_text()})" + (", with labels" if has_labels else "")
+    )
+    return dataset

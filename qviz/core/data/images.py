@@ -15,7 +15,8 @@ import numpy as np
 
 from qviz.core.data.arrays import InMemory
 from qviz.core.data.batching import Chunk, Dataset
-from qviz.core.data.checks import check_array, shape_text
+from qviz.core.data.checks import check_batched
+from qviz.core.data.layout import FeedReason, InputFeed, shape_text
 from qviz.core.data.png import decode_png
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import InputSpec
@@ -287,21 +288,31 @@ def load_images(
     files: list[tuple[Path, int | None]],
     class_names: tuple[str, ...] | None,
     inputs: tuple[InputSpec, ...],
+    feeds: tuple[InputFeed, ...],
     preprocess: Preprocess | None,
 ) -> Dataset:
     plan, name = plan_images(inputs, preprocess)
     chunks: list[Chunk] = [ImageChunk(f, name, plan) for f, _ in files]
     # Decode the first image now: an unreadable format or a shape mismatch shows at load.
     first = plan.apply(read_image(files[0][0]))
-    spec = inputs[0] if inputs else InputSpec(name, (None, *first.shape[1:]), np.dtype(np.float32))
-    check_array(InMemory(first), spec, f"'{files[0][0].name}'", one_sample=False)
+    if feeds:
+        feed = feeds[0]
+        if feed.batch_axis != 0:
+            raise QvizError(
+                f"input '{feed.name}' {shape_text(feed.spec.shape)} is batched along axis "
+                f"{feed.batch_axis}; image folders feed inputs batched along axis 0"
+            )
+    else:
+        spec = InputSpec(name, (None, *first.shape[1:]), np.dtype(np.float32))
+        feed = InputFeed(spec, 0, FeedReason.FROM_DATA)
+    check_batched(InMemory(first), feed, f"'{files[0][0].name}'")
     labels = None
     if class_names is not None:
         labels = np.array([label for _, label in files], dtype=np.int64)
     classes = f" in {len(class_names)} classes" if class_names else ""
     description = f"folder {folder.name}/: {len(files)} images{classes}, {plan.prep.describe()}"
     return Dataset(
-        inputs=(spec,), chunks=chunks, description=description, labels=labels,
+        inputs=(feed.spec,), feeds=(feed,), chunks=chunks, description=description, labels=labels,
         class_names=class_names,
     )
 

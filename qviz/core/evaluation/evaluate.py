@@ -567,14 +567,6 @@ def measure_latency(
 # --------------------------------------------------------------------------- evaluate
 
 
-def _truncate(feeds: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    return {k: v[:n] for k, v in feeds.items()}
-
-
-def _batch_len(feeds: Mapping[str, np.ndarray]) -> int:
-    return len(next(iter(feeds.values())))
-
-
 def model_size(model: LoadedModel, qdq: QdqModel) -> ModelSize:
     """Initializer bytes of the float and Q/DQ graphs (simulated weights at nominal width)."""
     nominal = {t.stored_name: float(t.fmt.bits) for t in qdq.simulated if t.stored_name is not None}
@@ -651,10 +643,10 @@ def evaluate(
     for feeds in data.batches(batch_size):
         if should_stop():
             raise EvaluationCancelled()
-        n = min(_batch_len(feeds), total - done)
+        n = min(data.samples_in(feeds), total - done)
         if n <= 0:
             break
-        feeds = _truncate(feeds, n)
+        feeds = data.head(feeds, n)
         if first_batch is None:
             first_batch = feeds
         f_values = _run(float_session, outputs + float_depth, feeds)
@@ -693,7 +685,7 @@ def evaluate(
         f_ms, n_ms = measure_latency(
             plain_float, native_session, first_batch, repeats=latency_repeats
         )
-        measured = Latency(f_ms, n_ms, _batch_len(first_batch), latency_repeats, precision)
+        measured = Latency(f_ms, n_ms, data.samples_in(first_batch), latency_repeats, precision)
 
     comparisons = tuple(a.result() for a in out_acc)
     primary = comparisons[0]

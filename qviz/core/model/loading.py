@@ -100,11 +100,19 @@ class TensorKind(Enum):
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One model input: ``None`` in ``shape`` marks a dynamic dimension (batch, length...)."""
+    """One model input: ``None`` in ``shape`` marks a dynamic dimension (batch, length...).
+
+    ``dim_names`` holds the symbolic name of each dynamic dimension ("batch", "N"...; None
+    where the file gives none), or is empty when unknown. ``has_shape`` is False when the
+    model declares no shape at all (``shape`` is then empty, like a scalar's).
+    """
 
     name: str
     shape: tuple[int | None, ...]
     dtype: np.dtype
+    # Names are metadata: two inputs of equal shape and type are equal.
+    dim_names: tuple[str | None, ...] = field(default=(), compare=False)
+    has_shape: bool = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -564,11 +572,18 @@ def _input_spec(vi: onnx.ValueInfoProto) -> InputSpec:
     except (KeyError, TypeError) as exc:
         raise QvizError(f"model input '{vi.name}' has an unsupported element type") from exc
     shape: tuple[int | None, ...] = ()
+    names: tuple[str | None, ...] = ()
     if tt.HasField("shape"):
+        # A negative size (-1) is how some exporters spell a dynamic dimension.
         shape = tuple(
-            int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim
+            int(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0 else None
+            for d in tt.shape.dim
         )
-    return InputSpec(vi.name, shape, dtype)
+        names = tuple(
+            d.dim_param if d.HasField("dim_param") and d.dim_param else None
+            for d in tt.shape.dim
+        )
+    return InputSpec(vi.name, shape, dtype, names, has_shape=tt.HasField("shape"))
 
 
 def _shapes(graph: onnx.GraphProto) -> dict[str, tuple[int | None, ...]]:

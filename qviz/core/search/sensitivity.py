@@ -192,10 +192,10 @@ def _read_batches(data: Dataset, total: int, batch_size: int) -> Iterator[_Batch
     done = 0
     labels = data.labels
     for feeds in data.batches(batch_size):
-        n = min(len(next(iter(feeds.values()))), total - done)
+        n = min(data.samples_in(feeds), total - done)
         if n <= 0:
             break
-        feeds = {k: v[:n] for k, v in feeds.items()}
+        feeds = data.head(feeds, n)
         yield _Batch(feeds, None, None if labels is None else labels[done : done + n])
         done += n
         if done >= total:
@@ -250,7 +250,7 @@ def prepare_reference(
             raise EvaluationCancelled()
         _hash_batch(h, b)
         n_batches += 1
-        done += len(next(iter(b.feeds.values())))
+        done += data.samples_in(b.feeds)
         if not streaming:
             kept_bytes += sum(v.nbytes for v in b.feeds.values())
             if kept_bytes > memory_budget:
@@ -311,7 +311,7 @@ def complete_reference(
                 streaming, kept = True, []
             else:
                 kept.append(replace(b, outputs=outs))
-        done += len(next(iter(b.feeds.values())))
+        done += ref.data.samples_in(b.feeds)
         yield clock.report(done)
     comparison = acc.result()
     float_metrics: dict[Metric, float] = {}

@@ -147,7 +147,7 @@ def collect_stats(
             for name in names:
                 if name in input_names:
                     accumulators[name].update(current[name])
-            done += len(next(iter(current.values())))
+            done += data.samples_in(current)
             yield clock.report(done)
             if should_stop():
                 if pending_next is not None:
