@@ -372,7 +372,7 @@ def test_preprocess_json_round_trip(tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text(json.dumps(p.to_dict()))
     assert Preprocess.from_json(tmp_path / "p.json") == p
     (tmp_path / "bad.json").write_text("{nope")
-    with pytest.raises(QvizError, match="not valid JSON"):
+    with pytest.raises(QvizError, match="invalid JSON"):
         Preprocess.from_json(tmp_path / "bad.json")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -19,11 +18,14 @@ from qviz.core.data.checks import check_batched
 from qviz.core.data.layout import FeedReason, InputFeed, shape_text
 from qviz.core.data.png import decode_png
 from qviz.core.errors import QvizError
+from qviz.core.files.validate import read_json
 from qviz.core.model.loading import InputSpec
 
 PNG_SUFFIXES = frozenset({".png"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 _LAYOUTS = ("NCHW", "NHWC")
+#: Larger images are typos (and a resize would need gigabytes).
+MAX_IMAGE_SIDE = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,24 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if self.size is not None:
-            if len(self.size) != 2 or any(int(s) < 1 for s in self.size):
-                raise QvizError(f"preprocess size must be two positive integers, got {self.size}")
-            object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+            size = tuple(self.size)
+            if (
+                len(size) != 2
+                or not all(isinstance(s, int) and not isinstance(s, bool) for s in size)
+                or not all(1 <= s <= MAX_IMAGE_SIDE for s in size)
+            ):
+                raise QvizError(
+                    f"preprocess size must be two integers in 1..{MAX_IMAGE_SIDE}, got {self.size}"
+                )
+            object.__setattr__(self, "size", (int(size[0]), int(size[1])))
+        try:
+            object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+            object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+            object.__setattr__(self, "scale", float(self.scale))
+        except (TypeError, ValueError) as exc:
+            raise QvizError(f"preprocess scale, mean and std must be numbers ({exc})") from None
+        if not all(math.isfinite(m) for m in self.mean):
+            raise QvizError(f"preprocess mean must be finite, got {self.mean}")
         object.__setattr__(self, "layout", str(self.layout).upper())
         if self.layout not in _LAYOUTS:
             raise QvizError(f"preprocess layout must be NCHW or NHWC, got '{self.layout}'")
@@ -101,7 +116,7 @@ class Preprocess:
                 kwargs["layout"] = str(data["layout"])
             if "grayscale" in data:
                 kwargs["grayscale"] = bool(data["grayscale"])
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, ZeroDivisionError) as exc:
             raise QvizError(f"bad preprocess setting: {exc}") from exc
         return cls(**kwargs)
 
@@ -109,12 +124,7 @@ class Preprocess:
     def from_json(cls, path: str | Path) -> Preprocess:
         """Read a JSON object with the field names (``{"size": [224, 224], ...}``)."""
         p = Path(path)
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise QvizError(f"cannot read preprocess file '{p}': {exc.strerror or exc}") from exc
-        except json.JSONDecodeError as exc:
-            raise QvizError(f"preprocess file '{p.name}' is not valid JSON: {exc.msg}") from exc
+        data = read_json(p, "a preprocess file", max_bytes=1 << 20)
         if not isinstance(data, dict):
             raise QvizError(f"preprocess file '{p.name}' must hold a JSON object")
         return cls.from_dict(data)

@@ -23,8 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from qviz.core.errors import QvizError
 from qviz.core.evaluation.evaluate import Metric, RunMode
 from qviz.core.files.atomic import atomic_open
+from qviz.core.files.validate import parse_json
 from qviz.core.jsonnum import json_number as _num
 from qviz.core.runtime.fusion import KernelPrecision
 from qviz.core.search.sensitivity import LayerSensitivity, Measurement, SensitivityReport
@@ -90,8 +92,8 @@ class SensitivityCache:
     def load(self, key: CacheKey) -> SensitivityReport | None:
         path = self.path_for(key)
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            doc = parse_json(path.read_bytes(), str(path))
+        except (OSError, QvizError):
             return None
         if not isinstance(doc, dict) or doc.get("file") != FILE_TYPE:
             return None
@@ -99,7 +101,7 @@ class SensitivityCache:
             return None  # another qviz's layout, or a digest collision: just re-run
         try:
             report = report_from_json(doc["report"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             return None
         self.hits += 1
         return report
@@ -127,8 +129,25 @@ def _float(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return float(value)  # "inf", "-inf", "nan"
+        if value not in ("inf", "-inf", "nan"):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {value!r}")
     return float(value)
+
+
+def _count(value: Any, low: int = 0) -> int:
+    """A JSON integer >= low (files are untrusted: "5", 2.5, true and -1 are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"expected an integer >= {low}, got {value!r}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected text, got {value!r}")
+    return value
 
 
 def _metrics_json(m: Mapping[Metric, float]) -> dict[str, Any]:
@@ -158,8 +177,8 @@ def measurement_from_json(d: Mapping[str, Any]) -> Measurement:
     return Measurement(
         metrics=_metrics_from(d["metrics"]),
         mode=None if d["mode"] is None else RunMode(d["mode"]),
-        size_bytes=int(d["size_bytes"]),
-        n_samples=int(d["samples"]),
+        size_bytes=_count(d["size_bytes"]),
+        n_samples=_count(d["samples"], 1),
         precision=KernelPrecision(d["precision"]),
     )
 
@@ -206,16 +225,19 @@ def report_to_json(r: SensitivityReport) -> dict[str, Any]:
 
 
 def report_from_json(d: Mapping[str, Any]) -> SensitivityReport:
-    """The report `report_to_json` wrote (``cached=True``); KeyError/ValueError if malformed."""
+    """The report `report_to_json` wrote (``cached=True``); KeyError/ValueError/TypeError if
+    malformed (counts must be non-negative integers, at least one sample, numbers numbers)."""
+    if not isinstance(d["layers"], list) or not isinstance(d["notes"], list):
+        raise ValueError("layers and notes must be lists")
     layers = tuple(
         LayerSensitivity(
-            name=str(s["name"]),
-            node_name=str(s["node_name"]),
-            op_type=str(s["op_type"]),
-            depth=int(s["depth"]),
-            module_path=None if s["module_path"] is None else str(s["module_path"]),
-            tensors=tuple(str(t) for t in s["tensors"]),
-            param_count=int(s["param_count"]),
+            name=_text(s["name"]),
+            node_name=_text(s["node_name"]),
+            op_type=_text(s["op_type"]),
+            depth=_count(s["depth"]),
+            module_path=None if s["module_path"] is None else _text(s["module_path"]),
+            tensors=tuple(_text(t) for t in s["tensors"]),
+            param_count=_count(s["param_count"]),
             weight_sqnr_db=_float(s["weight_sqnr_db"]),
             activation_sqnr_db=_float(s["activation_sqnr_db"]),
             quantized_only=measurement_from_json(s["quantized_only"]),
@@ -228,17 +250,17 @@ def report_from_json(d: Mapping[str, Any]) -> SensitivityReport:
         layers=layers,
         quantized=measurement_from_json(d["quantized"]),
         float_metrics=_metrics_from(d["float_metrics"]),
-        n_samples=int(d["samples"]),
-        data_description=str(d["data"]),
-        data_digest=str(d["data_digest"]),
-        results_digest=str(d["results_digest"]),
-        model_sha256=str(d["model_sha256"]),
-        float_size_bytes=int(d["float_size_bytes"]),
-        native=bool(d["native"]),
+        n_samples=_count(d["samples"], 1),
+        data_description=_text(d["data"]),
+        data_digest=_text(d["data_digest"]),
+        results_digest=_text(d["results_digest"]),
+        model_sha256=_text(d["model_sha256"]),
+        float_size_bytes=_count(d["float_size_bytes"]),
+        native=d["native"] is True,
         precision=KernelPrecision(d["precision"]),
-        n_runs=int(d["runs"]),
-        elapsed_s=float(_float(d["elapsed_s"]) or 0.0),
-        notes=tuple(str(n) for n in d["notes"]),
+        n_runs=_count(d["runs"]),
+        elapsed_s=max(0.0, float(_float(d["elapsed_s"]) or 0.0)),
+        notes=tuple(_text(n) for n in d["notes"]),
         cached=True,
     )
     # drop/recovery are derived: recompute them rather than trust the file.
