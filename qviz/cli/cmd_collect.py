@@ -7,7 +7,6 @@ import sys
 
 from qviz.cli.common import checked_output, drive, load_model_and_data
 from qviz.cli.options import (
-    MAX_BINS,
     MIN_BINS,
     add_data_options,
     batch_size_type,
@@ -15,6 +14,7 @@ from qviz.cli.options import (
     int_in,
     output_path,
 )
+from qviz.core.files.validate import MAX_BINS
 from qviz.core.stats.collect import collect_stats
 from qviz.core.stats.stats_file import save_stats
 

@@ -16,6 +16,7 @@ from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.data.dataset import Dataset, FeedLayout, Preprocess, load_data, random_data
 from qviz.core.errors import QvizError
+from qviz.core.files.validate import MAX_GROUP_SIZE
 from qviz.core.model.loading import LoadedModel
 from qviz.core.quant.formats import FormatKind, Granularity, GranularityKind, NumberFormat
 from qviz.core.runtime.fusion import KernelPrecision
@@ -24,11 +25,8 @@ from qviz.core.search.sensitivity_cache import SensitivityCache
 
 CHOOSABLE_METHODS = [m.value for m in Method if m is not Method.MANUAL]
 FORMAT_FAMILIES = ["int", "uint", "fp8_e4m3fn", "fp8_e5m2", "nf4"]
-#: Histogram bins per tensor: memory is tensors x bins, so the bound keeps it sane.
-MAX_BINS = 1 << 16
 MIN_BINS = 16
 MAX_BATCH_SIZE = 1 << 20
-MAX_GROUP_SIZE = 1 << 24
 #: Sample counts (--random, --limit...) beyond this are typos rather than data sets.
 MAX_SAMPLES = 1 << 40
 
