@@ -33,12 +33,13 @@ from PySide6.QtCore import QEventLoop, QSettings, QTimer
 from PySide6.QtWidgets import QApplication
 
 from qviz.app.main_window import MainWindow
+from qviz.core.calibration.analysis import TensorKey
 from qviz.core.calibration.methods import Method
 from qviz.core.model.loading import TensorKind
 from qviz.core.quant.formats import GranularityKind
 
-LAYER_WEIGHT = ("features.6.weight", TensorKind.WEIGHT)
-LAYER_ACTIVATION = ("relu_1", TensorKind.ACTIVATION)
+LAYER_WEIGHT = TensorKey("features.6.weight", TensorKind.WEIGHT)
+LAYER_ACTIVATION = TensorKey("relu_1", TensorKind.ACTIVATION)
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 120.0) -> None:
@@ -107,14 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         window.resize(1600, 1000)
         window.show()
         calibrated: list[bool] = []
-        window.calibrationFinished.connect(lambda: calibrated.append(True))
-        window.errorShown.connect(lambda m: sys.exit(f"error: {m}"))
-        window.open_demo()
+        window.files.calibrated.connect(lambda: calibrated.append(True))
+        window.reporter.errorShown.connect(lambda m: sys.exit(f"error: {m}"))
+        window.files.open_demo()
         wait_until(lambda: bool(calibrated) and not window.busy)
 
         results: dict[str, dict[str, list[float]]] = {}
         for label, key in (("weight", LAYER_WEIGHT), ("activation", LAYER_ACTIVATION)):
-            window.select_tensor(key)
+            window.doc.select(key)
             app.processEvents()
             changes = single_control_changes(window, key[1], args.changes + 10)
             update_ms: list[float] = []

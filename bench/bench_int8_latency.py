@@ -31,7 +31,7 @@ from qviz.core.data.dataset import load_data  # noqa: E402
 from qviz.core.demo import demo_paths  # noqa: E402
 from qviz.core.graph.qdq import build_qdq  # noqa: E402
 from qviz.core.model.loading import load_model  # noqa: E402
-from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat  # noqa: E402
+from qviz.core.quant.formats import NumberFormat, PerAxis, PerTensor  # noqa: E402
 from qviz.core.runtime.fusion import fusion_report, u8s8_may_saturate  # noqa: E402
 from qviz.core.stats.collect import collect_stats, run_to_completion  # noqa: E402
 
@@ -86,8 +86,8 @@ def main() -> None:
     float_bytes = model.model.SerializeToString()
     for name, (wfmt, afmt) in configs.items():
         cfg = QuantConfig(
-            TensorConfig(MethodSpec(Method.MINMAX), Granularity(GranularityKind.PER_CHANNEL), wfmt),
-            TensorConfig(MethodSpec(Method.MSE), Granularity(), afmt),
+            TensorConfig(MethodSpec(Method.MINMAX), PerAxis(), wfmt),
+            TensorConfig(MethodSpec(Method.MSE), PerTensor(), afmt),
         )
         qdq = build_qdq(model, analyze(model, stats, cfg))
         report = fusion_report(qdq)

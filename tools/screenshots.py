@@ -80,7 +80,7 @@ def interesting_conv(window: MainWindow) -> TensorKey:
             continue
         sqnr = float(result.metrics.sqnr_db)
         if not math.isnan(sqnr) and (best is None or sqnr < best[0]):
-            best = (sqnr, (layer.weight, TensorKind.WEIGHT))
+            best = (sqnr, TensorKey(layer.weight, TensorKind.WEIGHT))
     if best is None:
         raise SystemExit("no conv layer with statistics in the demo")
     return best[1]
@@ -93,7 +93,7 @@ def evaluate_full(window: MainWindow) -> None:
     wait_until(lambda: ev.current is not None and not ev.is_pending)
     full: list[object] = []
     ev.evaluated.connect(lambda outcome: full.append(outcome) if outcome.full else None)
-    window.evaluate_full()
+    window.evaluation.evaluate_full()
     wait_until(lambda: bool(full) and not window.busy, 300.0)
 
 
@@ -134,21 +134,22 @@ def sensitivity_shots(app: QApplication, window: MainWindow, out: Path, cache: P
     ctl.cache = SensitivityCache(cache)  # measured now, not read from the user's cache
     reports: list[object] = []
     ctl.sensitivityFinished.connect(reports.append)
-    ctl.run_sensitivity()
+    window.run_sensitivity()
     wait_until(lambda: bool(reports) and not ctl.busy, 300.0)
-    top = ctl.doc.sensitivity.ranking()[0]  # type: ignore[union-attr]
-    ctl.select_layer(top.name)
+    report = window.doc.measures.sensitivity
+    assert report is not None
+    window.doc.select(window.doc.index.keys_of_layer(report.ranking()[0].name)[0])
     wait_until(lambda: not window.busy)
     settle(app, window)
     save(window, out / "sensitivity.png")
 
     results: list[object] = []
     ctl.mixedFinished.connect(results.append)
-    dialog = ctl.open_mixed_dialog()
+    dialog = window.open_mixed_dialog()
     dialog.set_request("accuracy_drop<=0.5", ("int4", "int8", "float"))
     dialog.run_button.click()
     wait_until(lambda: bool(results) and not ctl.busy, 600.0)
-    ctl.apply_chosen()
+    dialog.apply_button.click()
     wait_until(lambda: not window.busy)
     settle(app, dialog)
     save(dialog, out / "pareto.png")
@@ -177,29 +178,29 @@ def main(argv: list[str] | None = None) -> int:
         window.resize(args.width, args.height)
         window.show()
         calibrated: list[bool] = []
-        window.calibrationFinished.connect(lambda: calibrated.append(True))
-        window.errorShown.connect(lambda m: sys.exit(f"error: {m}"))
-        window.open_demo()
+        window.files.calibrated.connect(lambda: calibrated.append(True))
+        window.reporter.errorShown.connect(lambda m: sys.exit(f"error: {m}"))
+        window.files.open_demo()
         wait_until(lambda: bool(calibrated) and not window.busy)
         evaluate_full(window)
 
         key = interesting_conv(window)
-        window.select_tensor(key)
+        window.doc.select(key)
         settle(app, window)
 
         view = window.layer_view
         shots = {
             "main_window.png": window,
             "layer_view.png": view,
-            "error_curve.png": view.error_curve,  # type: ignore[attr-defined]
-            "per_channel.png": view.channel_view,  # type: ignore[attr-defined]
+            "error_curve.png": view.error_curve,
+            "per_channel.png": view.channel_view,
         }
         for name, widget in shots.items():
             path = args.out / name
             if not widget.grab().save(str(path)):
                 raise SystemExit(f"could not write {path}")
             print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
-        print(f"selected {key[0]}; status: {window.status_text()}")
+        print(f"selected {key.name}; status: {window.status_text()}")
         model_panel_shots(app, window, args.out, Path(tmp))
         sensitivity_shots(app, window, args.out, Path(tmp) / "sensitivity-cache")
         window.close()

@@ -88,7 +88,7 @@ def report_table(stats: CalibrationStats, results: list[TensorResult]) -> str:
     rows = []
     for r in results:
         m = r.metrics
-        lo, hi = np.min(m.lo), np.max(m.hi)
+        lo, hi = m.envelope
         rows.append([
             r.name, r.layer.name, r.kind.value, f"[{lo:.4g}, {hi:.4g}]", _short(m.scale),
             _short(m.zero_point), f"{100 * m.clipped_fraction:.3f}", f"{m.mse:.3g}",

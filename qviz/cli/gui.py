@@ -72,7 +72,7 @@ def run_gui(argv: Sequence[str]) -> int:
     def start() -> None:
         path: Path | None = args.path
         if path is None:
-            window.open_demo()
+            window.files.open_demo()
             return
         try:
             kind = classify_path(path)
@@ -80,9 +80,9 @@ def run_gui(argv: Sequence[str]) -> int:
             window.reporter.report(exc)
             return
         if kind is PathKind.MODEL:
-            window.open_model(path, data_path=args.data)
+            window.files.open_model(path, data_path=args.data)
         else:
-            window.open_path(path)
+            window.files.open_path(path)
 
     window.show()
     # Start once the event loop runs, so the window is on screen before any work begins.

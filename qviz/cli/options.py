@@ -18,7 +18,13 @@ from qviz.core.data.dataset import Dataset, FeedLayout, Preprocess, load_data, r
 from qviz.core.errors import QvizError
 from qviz.core.files.validate import MAX_GROUP_SIZE
 from qviz.core.model.loading import LoadedModel
-from qviz.core.quant.formats import FormatKind, Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import (
+    FormatKind,
+    Granularity,
+    GranularityKind,
+    NumberFormat,
+    PerTensor,
+)
 from qviz.core.runtime.fusion import KernelPrecision
 from qviz.core.search.sensitivity import DEFAULT_LIMIT
 from qviz.core.search.sensitivity_cache import SensitivityCache
@@ -144,13 +150,13 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
         raise QvizError("nf4 is a weight-only format; choose another --act-format")
     weight_method = Method(args.weight_method or "minmax")
     weights = TensorConfig(
-        spec=MethodSpec(weight_method, percentile=args.percentile),
+        spec=MethodSpec.of(weight_method, percentile=args.percentile),
         granularity=Granularity.parse(args.granularity, group_size=args.group_size),
         fmt=weight_fmt,
     )
     activations = TensorConfig(
-        spec=MethodSpec(Method(args.method), percentile=args.percentile),
-        granularity=Granularity(GranularityKind.PER_TENSOR),
+        spec=MethodSpec.of(Method(args.method), percentile=args.percentile),
+        granularity=PerTensor(),
         fmt=act_fmt,
     )
     return QuantConfig(weights=weights, activations=activations)

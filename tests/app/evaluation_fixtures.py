@@ -65,7 +65,7 @@ def evaluated_window(qtbot: QtBot, make_window: MakeWindow, demo_stats_file: Pat
     window = make_window()
     demo = demo_paths()
     with qtbot.waitSignal(window.evaluation.evaluated, timeout=RUN_MS):
-        window.open_model(demo.model, data_path=demo.data, stats_path=demo_stats_file)
+        window.files.open_model(demo.model, data_path=demo.data, stats_path=demo_stats_file)
     qtbot.waitUntil(lambda: not window.busy, timeout=RUN_MS)
     return window
 

@@ -13,7 +13,7 @@ from pytestqt.qtbot import QtBot
 
 from qviz.app.dialogs.export_dialog import ExportDialog, ExportResult, default_name
 from qviz.app.main_window import MainWindow
-from qviz.core.calibration.analysis import analyze
+from qviz.core.calibration.analysis import TensorKey, analyze
 from qviz.core.files.config_file import load_config, results_from_saved
 from qviz.core.files.export import ExportFormat, load_ort_overrides, read_trt_cache, trt_scale
 from qviz.core.model.loading import TensorKind
@@ -100,7 +100,7 @@ def test_every_format_is_written_and_reads_back(
     assert report["evaluation"]["samples"] == current.evaluation.n_samples
     assert report["verdict"] == ("PASS" if window.model_panel.passed else "FAIL")
     assert [c["criterion"] for c in report["criteria"]] == [
-        c.spec for c in window.model_panel.criteria()
+        c.spec for c in window.doc.measures.criteria
     ]
     assert (tmp_path / "out" / "report.depth.svg").is_file()
 
@@ -123,7 +123,7 @@ def test_a_bad_path_is_reported_and_the_app_keeps_working(
     dialog = open_dialog(window)
     dialog.set_format(ExportFormat.QDQ)
     dialog.set_path(blocker_file / "model.onnx")  # a folder that is a file
-    with qtbot.waitSignal(window.errorShown, timeout=RUN_MS) as blocker:
+    with qtbot.waitSignal(window.reporter.errorShown, timeout=RUN_MS) as blocker:
         dialog.export_now()
     message = blocker.args[0]
     assert "cannot write" in message and "bug" not in message
@@ -136,7 +136,7 @@ def test_a_bad_path_is_reported_and_the_app_keeps_working(
     # A suffix a report cannot have: refused with one clear line, nothing written.
     dialog.set_format(ExportFormat.REPORT)
     dialog.set_path(tmp_path / "report.pdf")
-    with qtbot.waitSignal(window.errorShown, timeout=RUN_MS) as blocker:
+    with qtbot.waitSignal(window.reporter.errorShown, timeout=RUN_MS) as blocker:
         dialog.export_now()
     assert ".pdf" in blocker.args[0]
     assert not (tmp_path / "report.pdf").exists()
@@ -145,11 +145,11 @@ def test_a_bad_path_is_reported_and_the_app_keeps_working(
     export(qtbot, dialog, ExportFormat.QDQ, tmp_path / "good.onnx")
     onnx.load(str(tmp_path / "good.onnx"))
     dialog.close()
-    key = ("features.3.weight", TensorKind.WEIGHT)
-    window.select_tensor(key)
+    key = TensorKey("features.3.weight", TensorKind.WEIGHT)
+    window.doc.select(key)
     cfg = window.doc.config_for(key)
     with qtbot.waitSignal(window.evaluation.evaluated, timeout=RUN_MS):
-        window.apply_config(replace(cfg, fmt=NumberFormat.parse("int4")))
+        window.controls.apply(replace(cfg, fmt=NumberFormat.parse("int4")))
 
 
 def test_default_names_follow_the_format_until_the_user_types_one(

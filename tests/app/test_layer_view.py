@@ -13,20 +13,23 @@ from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtTest import QTest
 from pytestqt.qtbot import QtBot
 
-from qviz.app.views import layer_view as layer_view_module
+from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.app.views import plot_style as st
 from qviz.app.views.error_curve_view import KL, MSE, SQNR
-from qviz.app.views.histogram_view import effective_range
 from qviz.app.views.layer_view import LayerView
-from qviz.app.views.metrics_panel import metric_texts
 from qviz.core.calibration.analysis import TensorResult
 from qviz.core.calibration.config import TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec, choose_range
 from qviz.core.calibration.metrics import exact_metrics, histogram_metrics
 from qviz.core.calibration.weights import analyze_weight
+from qviz.core.document.document import Document
+from qviz.core.layerdata import layer as layer_module
+from qviz.core.layerdata.columns import metric_texts
+from qviz.core.layerdata.layer import LayerPlots
+from qviz.core.layerdata.ranges import effective_range
 from qviz.core.model.layers import Layer
 from qviz.core.model.loading import TensorKind
-from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import NumberFormat, PerAxis, PerGroup
 from qviz.core.quant.qparams import compute_qparams
 from qviz.core.stats.tensor_stats import TensorStats, compute_stats
 
@@ -76,13 +79,29 @@ def method_ranges(w: np.ndarray, stats: TensorStats, wfmt: NumberFormat, afmt: N
     return out
 
 
-WEIGHT_CFG = TensorConfig(MethodSpec(Method.MINMAX), Granularity(GranularityKind.PER_CHANNEL))
+WEIGHT_CFG = TensorConfig(MethodSpec(Method.MINMAX), PerAxis())
 ACT_CFG = TensorConfig(MethodSpec(Method.ENTROPY))
+
+
+def show(
+    view: LayerView,
+    wr: TensorResult | None,
+    w: np.ndarray | None,
+    ar: TensorResult | None,
+    stats: TensorStats | None,
+    ranges: dict,
+) -> None:
+    """Show a layer built from these results, as the document would build it."""
+    by_kind: dict[str, dict] = {WEIGHT_NAME: {}, ACT_NAME: {}}
+    for (name, method), rng in ranges.items():
+        by_kind[name][method] = rng
+    data = LayerPlots().layer_data(wr, w, ar, stats, by_kind[WEIGHT_NAME], by_kind[ACT_NAME])
+    view.show_layer(data)
 
 
 @pytest.fixture
 def view(qtbot: QtBot) -> LayerView:
-    v = LayerView()
+    v = LayerView(Document(), ErrorReporter())
     qtbot.addWidget(v)
     v.resize(1400, 900)
     v.show()
@@ -96,7 +115,7 @@ def shown(view: LayerView) -> tuple:
     w, stats = make_weight(), make_stats()
     wr, ar = weight_result(w, WEIGHT_CFG), activation_result(stats, ACT_CFG)
     ranges = method_ranges(w, stats, WEIGHT_CFG.fmt, ACT_CFG.fmt)
-    view.show_layer(wr, w, ar, stats, ranges)
+    show(view, wr, w, ar, stats, ranges)
     return view, w, stats, wr, ar, ranges
 
 
@@ -196,11 +215,11 @@ def test_channel_view_flags_the_outlier_channel(shown) -> None:
 def test_per_group_weights_get_a_heatmap(view: LayerView) -> None:
     w, stats = make_weight(), make_stats()
     cfg = TensorConfig(
-        MethodSpec(Method.MINMAX), Granularity(GranularityKind.PER_GROUP, 16),
+        MethodSpec(Method.MINMAX), PerGroup(16),
         NumberFormat(bits=4),
     )
     wr = weight_result(w, cfg)
-    view.show_layer(wr, w, activation_result(stats, ACT_CFG), stats, {})
+    show(view, wr, w, activation_result(stats, ACT_CFG), stats, {})
     data = view.channel_view.data
     assert data is not None and data.group_sqnr_db is not None
     assert data.group_sqnr_db.shape == (16, 4)
@@ -273,7 +292,7 @@ def test_asymmetric_band_is_widened_to_include_zero(qtbot: QtBot, view: LayerVie
     stats = make_stats()
     fmt = NumberFormat(bits=8, signed=False, symmetric=False)
     cfg = TensorConfig(MethodSpec(Method.PERCENTILE), fmt=fmt)
-    view.show_layer(None, None, activation_result(stats, cfg), stats, {})
+    show(view, None, None, activation_result(stats, cfg), stats, {})
     with qtbot.waitSignal(view.clipRangeEdited, timeout=1000) as blocker:
         view.activation_hist.set_region(0.3, 3.0)
     _, _, lo, hi = blocker.args
@@ -304,7 +323,7 @@ def test_huge_weights_preview_from_a_histogram_and_finish_exact(
 ) -> None:
     view, w, *_ = shown
     fmt = WEIGHT_CFG.fmt
-    monkeypatch.setattr(layer_view_module, "EXACT_PREVIEW_MAX", 100)  # 1024 values: "huge"
+    monkeypatch.setattr(layer_module, "EXACT_PREVIEW_MAX", 100)  # 1024 values: "huge"
     hist = view.weight_hist
     hist.region.lines[1].setValue(0.1)  # mid-drag: one bound moved, button still held
     lo, hi = hist.region_values()
@@ -321,7 +340,7 @@ def test_huge_weights_preview_from_a_histogram_and_finish_exact(
 def test_show_layer_does_not_emit_edits(qtbot: QtBot, shown) -> None:
     view, w, stats, wr, ar, ranges = shown
     with qtbot.assertNotEmitted(view.clipRangeEdited):
-        view.show_layer(wr, w, ar, stats, ranges)
+        show(view, wr, w, ar, stats, ranges)
 
 
 # --------------------------------------------------------------------------- grid, log, clear
@@ -342,7 +361,7 @@ def test_grid_appears_only_when_zoomed_in(shown) -> None:
 def test_coarse_formats_show_the_grid_at_once(view: LayerView) -> None:
     w = make_weight()
     cfg = TensorConfig(MethodSpec(Method.MSE), fmt=NumberFormat(bits=4))
-    view.show_layer(weight_result(w, cfg), w, None, None, {})
+    show(view, weight_result(w, cfg), w, None, None, {})
     assert view.weight_hist.grid_visible  # 16 levels: always readable
     assert view.weight_hist.grid_line_count <= 16
     assert "scale" in view.weight_hist.info and "step" in view.weight_hist.info
@@ -374,7 +393,7 @@ def test_clear_and_missing_tensors(shown) -> None:
     assert view.error_curve.curve_data(W) is None
     assert view.channel_view.data is None
     # A layer with a weight but no activation statistics (not calibrated yet).
-    view.show_layer(wr, w, None, None, {})
+    show(view, wr, w, None, None, {})
     assert view.metrics_panel.text(A, "tensor") == "not calibrated"
     assert view.error_curve.tensor_kind is W
     assert not view.activation_hist.region.isVisible()
@@ -384,7 +403,7 @@ def test_metric_texts_round_trip_the_result() -> None:
     """The Qt-free formatter behind the panel: per-tensor values verbatim."""
     stats = make_stats()
     ar = activation_result(stats, ACT_CFG)
-    from qviz.app.views.metrics_panel import ColumnData
+    from qviz.core.layerdata.columns import ColumnData
 
     texts = metric_texts(ColumnData(ar.name, ar.config.label, ar.metrics))
     assert texts["scale"] == st.fmt_num(float(ar.metrics.scale))

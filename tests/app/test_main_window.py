@@ -18,11 +18,12 @@ from PySide6.QtWidgets import QWidget
 from pytestqt.qtbot import QtBot
 
 from qviz.app import main_window as main_window_module
+from qviz.app.controllers import files as files_module
 from qviz.app.main_window import MainWindow
 from qviz.app.recent_files import RecentFiles
 from qviz.app.views import plot_style as st
 from qviz.app.views.layer_table import Column
-from qviz.core.calibration.analysis import TensorResult, analyze_tensor
+from qviz.core.calibration.analysis import TensorKey, TensorResult, analyze_tensor
 from qviz.core.calibration.config import TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.calibration.metrics import histogram_metrics
@@ -32,14 +33,14 @@ from qviz.core.document.document import ApplyScope
 from qviz.core.errors import QvizError
 from qviz.core.files.session_file import load_session
 from qviz.core.model.loading import TensorKind, load_model
-from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat, PerTensor
 from qviz.core.stats.collect import collect_stats, run_to_completion
 from qviz.core.stats.stats_file import save_stats
 
 W = TensorKind.WEIGHT
 A = TensorKind.ACTIVATION
-CONV_W = ("features.3.weight", W)
-CONV_A = ("relu", A)
+CONV_W = TensorKey("features.3.weight", W)
+CONV_A = TensorKey("relu", A)
 CALIBRATION_MS = 60_000
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -69,8 +70,8 @@ def make_window(qtbot: QtBot, tmp_path: Path) -> Iterator[MakeWindow]:
 
 
 def open_demo(qtbot: QtBot, window: MainWindow) -> None:
-    with qtbot.waitSignal(window.calibrationFinished, timeout=CALIBRATION_MS):
-        window.open_demo()
+    with qtbot.waitSignal(window.files.calibrated, timeout=CALIBRATION_MS):
+        window.files.open_demo()
     qtbot.waitUntil(lambda: not window.busy, timeout=CALIBRATION_MS)
 
 
@@ -91,8 +92,8 @@ def demo_stats_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_window(qtbot: QtBot, make_window: MakeWindow, demo_stats_file: Path) -> MainWindow:
     """A window showing the demo with its statistics, every tensor measured."""
     window = make_window()
-    with qtbot.waitSignal(window.calibrationFinished, timeout=CALIBRATION_MS):
-        window.open_stats(demo_stats_file)
+    with qtbot.waitSignal(window.files.calibrated, timeout=CALIBRATION_MS):
+        window.files.open_stats(demo_stats_file)
     qtbot.waitUntil(lambda: not window.busy, timeout=CALIBRATION_MS)
     return window
 
@@ -134,7 +135,7 @@ def test_demo_opens_calibrates_and_fills_the_table(qtbot: QtBot, make_window: Ma
         assert window.table.cell_text(key, Column.SQNR) == st.fmt_num(expected.metrics.sqnr_db)
     summary = window.table.summary_label.text()
     assert "12 tensors" in summary and "weighted SQNR" in summary and "worst" in summary
-    assert not window.progress_bar.isVisible()
+    assert not window.job_status.progress_bar.isVisible()
     assert "Statistics ready" in window.status_text()
 
 
@@ -144,20 +145,20 @@ def test_each_method_and_granularity_matches_the_core(
 ) -> None:
     window = demo_window
     controls = window.controls
-    window.select_tensor(CONV_W)
+    window.doc.select(CONV_W)
     assert window.doc.selection == CONV_W
     # Through the widgets, as a user would.
     controls.percentile_spin.setValue(99.9)
     controls.method_combo.setCurrentIndex(controls.method_combo.findData(method))
     controls.group_spin.setValue(8)
     for gkind in GranularityKind:
-        cfg = TensorConfig(MethodSpec(method, 99.9), Granularity(gkind, 8), NumberFormat())
+        cfg = TensorConfig(MethodSpec.of(method, 99.9), Granularity.of(gkind, 8), NumberFormat())
         try:
             expected = core_result(window, CONV_W, cfg)
         except QvizError as exc:
             # A combination the core refuses (per-group Entropy): the same one clear
             # message, and the row says so.
-            with qtbot.waitSignal(window.errorShown, timeout=5_000) as blocker:
+            with qtbot.waitSignal(window.reporter.errorShown, timeout=5_000) as blocker:
                 controls.granularity_combo.setCurrentIndex(
                     controls.granularity_combo.findData(gkind)
                 )
@@ -171,7 +172,7 @@ def test_each_method_and_granularity_matches_the_core(
         assert window.table.cell_text(CONV_W, Column.GRANULARITY) == cfg.granularity.label
 
     # The activation of the same layer, per-tensor only.
-    window.select_tensor(CONV_A)
+    window.doc.select(CONV_A)
     controls.method_combo.setCurrentIndex(controls.method_combo.findData(method))
     expected_cfg = TensorConfig(MethodSpec(method, 99.9 if method is Method.PERCENTILE else
                                            window.doc.config_for(CONV_A).spec.percentile))
@@ -184,7 +185,7 @@ def test_each_method_and_granularity_matches_the_core(
 def test_format_bits_and_symmetry_follow_the_controls(demo_window: MainWindow) -> None:
     window = demo_window
     controls = window.controls
-    window.select_tensor(CONV_A)
+    window.doc.select(CONV_A)
     controls.format_combo.setCurrentIndex(controls.format_combo.findData("uint"))
     controls.bits_spin.setValue(4)
     controls.symmetric_check.setChecked(False)
@@ -199,9 +200,9 @@ def test_format_bits_and_symmetry_follow_the_controls(demo_window: MainWindow) -
 def test_apply_to_all_layers_of_an_op_type(qtbot: QtBot, demo_window: MainWindow) -> None:
     window = demo_window
     controls = window.controls
-    window.select_tensor(CONV_W)
+    window.doc.select(CONV_W)
     controls.set_scope(ApplyScope.OP_TYPE)
-    with qtbot.waitSignal(window.analysisFinished, timeout=CALIBRATION_MS):
+    with qtbot.waitSignal(window.analysis.finished, timeout=CALIBRATION_MS):
         controls.bits_spin.setValue(4)
     int4 = NumberFormat.parse("int4")
     conv_weights = [t.key for t in window.doc.tensors if t.kind is W and t.layer.op_type == "Conv"]
@@ -212,12 +213,12 @@ def test_apply_to_all_layers_of_an_op_type(qtbot: QtBot, demo_window: MainWindow
         assert window.table.cell_text(key, Column.FORMAT) == int4.label
         expected = core_result(window, key, cfg)
         assert window.table.cell_text(key, Column.SQNR) == st.fmt_num(expected.metrics.sqnr_db)
-    assert window.doc.config_for(("classifier.0.weight", W)).fmt == NumberFormat()
+    assert window.doc.config_for(TensorKey("classifier.0.weight", W)).fmt == NumberFormat()
 
 
 def test_dragging_the_clip_region_moves_the_metrics(demo_window: MainWindow) -> None:
     window = demo_window
-    window.select_tensor(CONV_A)
+    window.doc.select(CONV_A)
     hist = window.layer_view.activation_hist  # type: ignore[attr-defined]
     stats = window.doc.stats.tensors["relu"]  # type: ignore[union-attr]
     before = window.doc.result(CONV_A)
@@ -245,7 +246,7 @@ def test_dragging_the_clip_region_moves_the_metrics(demo_window: MainWindow) -> 
 
 def test_dragging_a_per_channel_weight_band_sets_one_manual_range(demo_window: MainWindow) -> None:
     window = demo_window
-    window.select_tensor(CONV_W)
+    window.doc.select(CONV_W)
     hist = window.layer_view.weight_hist  # type: ignore[attr-defined]
     hist.set_region(-0.1, 0.1)
     cfg = window.doc.config_for(CONV_W)
@@ -256,23 +257,23 @@ def test_dragging_a_per_channel_weight_band_sets_one_manual_range(demo_window: M
 
 def test_keyboard_shortcuts_choose_methods_and_toggle_log(demo_window: MainWindow) -> None:
     window = demo_window
-    window.select_tensor(CONV_A)
-    assert window.method_actions[Method.MSE].shortcut().toString() == "4"
-    window.method_actions[Method.MSE].trigger()
+    window.doc.select(CONV_A)
+    assert window.commands.methods[Method.MSE].shortcut().toString() == "4"
+    window.commands.methods[Method.MSE].trigger()
     assert window.doc.config_for(CONV_A).spec.method is Method.MSE
-    assert window.log_counts_action.shortcut().toString() == "Ctrl+L"
-    window.log_counts_action.trigger()
+    assert window.commands.log_counts.shortcut().toString() == "Ctrl+L"
+    window.commands.log_counts.trigger()
     assert window.layer_view.activation_hist.log_counts  # type: ignore[attr-defined]
-    assert window.cancel_action.shortcut().toString() == "Esc"
-    assert window.open_model_action.shortcut().toString() == "Ctrl+O"
-    assert window.open_data_action.shortcut().toString() == "Ctrl+D"
-    assert window.filter_action.shortcut().toString() == "Ctrl+F"
+    assert window.commands.cancel.shortcut().toString() == "Esc"
+    assert window.commands.open_model.shortcut().toString() == "Ctrl+O"
+    assert window.commands.open_data.shortcut().toString() == "Ctrl+D"
+    assert window.commands.filter.shortcut().toString() == "Ctrl+F"
 
 
 def test_every_control_explains_itself(make_window: MakeWindow) -> None:
     window = make_window()
     widgets: list[QWidget] = [*window.controls._inputs(), window.table.filter_edit,
-                              window.cancel_button, window.progress_bar]
+                              window.job_status.cancel_button, window.job_status.progress_bar]
     for w in widgets:
         assert w.toolTip(), f"{type(w).__name__} has no tooltip"
     for action in window.actions():
@@ -304,29 +305,29 @@ def test_table_sorts_by_sqnr_and_filters(demo_window: MainWindow) -> None:
 def test_cancel_a_calibration_midway(qtbot: QtBot, make_window: MakeWindow) -> None:
     window = make_window(batch_size=1)  # 2000 batches: a long run to cancel
     demo = demo_paths()
-    with qtbot.waitSignal(window.modelLoaded, timeout=CALIBRATION_MS):
-        window.open_model(demo.model)
+    with qtbot.waitSignal(window.files.modelLoaded, timeout=CALIBRATION_MS):
+        window.files.open_model(demo.model)
     progress: list[int] = []
     window.jobs.progressed.connect(lambda p: progress.append(p.done))
     with qtbot.waitSignal(
         window.jobs.progressed, timeout=CALIBRATION_MS, check_params_cb=lambda p: p.done >= 3
     ):
-        window.open_data(demo.data)
-    assert window.is_calibrating and window.cancel_button.isVisible()
+        window.files.open_data(demo.data)
+    assert window.is_calibrating and window.job_status.cancel_button.isVisible()
     done_at_cancel = progress[-1]
-    with qtbot.waitSignal(window.calibrationCancelled, timeout=CALIBRATION_MS):
-        window.cancel_action.trigger()  # Esc
+    with qtbot.waitSignal(window.files.calibrationCancelled, timeout=CALIBRATION_MS):
+        window.commands.cancel.trigger()  # Esc
     assert window.doc.stats is None
     # Stopped within a batch or so of the request (signals already queued may trail).
     assert max(progress) < 2000
     assert "cancelled" in window.status_text().lower()
     qtbot.waitUntil(lambda: not window.busy, timeout=CALIBRATION_MS)
-    assert not window.progress_bar.isVisible()
+    assert not window.job_status.progress_bar.isVisible()
     assert done_at_cancel < 2000
     # Still usable: calibrate for real.
     window.batch_size = 500
-    with qtbot.waitSignal(window.calibrationFinished, timeout=CALIBRATION_MS):
-        window.recalibrate()
+    with qtbot.waitSignal(window.files.calibrated, timeout=CALIBRATION_MS):
+        window.files.recalibrate()
     assert window.doc.stats is not None
 
 
@@ -335,7 +336,7 @@ def test_close_during_calibration_ends_cleanly(qtbot: QtBot, make_window: MakeWi
     with qtbot.waitSignal(
         window.jobs.progressed, timeout=CALIBRATION_MS, check_params_cb=lambda p: p.done >= 2
     ):
-        window.open_demo()
+        window.files.open_demo()
     assert window.jobs.is_busy
     window.close()
     assert window.jobs.live_threads() == 0
@@ -349,8 +350,8 @@ def test_bad_model_shows_an_error_and_the_app_still_works(
     window = make_window()
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"this is not a protobuf" * 10)
-    with qtbot.waitSignal(window.errorShown, timeout=CALIBRATION_MS) as blocker:
-        window.open_model(bad)
+    with qtbot.waitSignal(window.reporter.errorShown, timeout=CALIBRATION_MS) as blocker:
+        window.files.open_model(bad)
     message = blocker.args[0]
     assert "broken.onnx" in message and "\n" not in message
     assert window.reporter.dialog is not None and window.reporter.dialog.text() == message
@@ -366,10 +367,10 @@ def test_a_bug_in_a_worker_is_reported_with_details(
     def broken_loader(path: object) -> None:
         raise ZeroDivisionError("oops")
 
-    monkeypatch.setattr(main_window_module, "load_model", broken_loader)
+    monkeypatch.setattr(files_module, "load_model", broken_loader)
     window = make_window()
-    with qtbot.waitSignal(window.errorShown, timeout=CALIBRATION_MS) as blocker:
-        window.open_demo()
+    with qtbot.waitSignal(window.reporter.errorShown, timeout=CALIBRATION_MS) as blocker:
+        window.files.open_demo()
     assert "ZeroDivisionError" in blocker.args[0] and "bug" in blocker.args[0]
     assert "Traceback" in window.reporter.last_details
     assert not window.busy
@@ -381,8 +382,8 @@ def test_unknown_file_dropped_is_an_error_not_a_crash(
     window = make_window()
     odd = tmp_path / "notes.txt"
     odd.write_text("hello")
-    with qtbot.waitSignal(window.errorShown, timeout=5_000):
-        window.open_path(odd)
+    with qtbot.waitSignal(window.reporter.errorShown, timeout=5_000):
+        window.files.open_path(odd)
 
 
 def test_drop_a_model_and_its_data(qtbot: QtBot, make_window: MakeWindow) -> None:
@@ -394,7 +395,7 @@ def test_drop_a_model_and_its_data(qtbot: QtBot, make_window: MakeWindow) -> Non
         QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
         Qt.KeyboardModifier.NoModifier,
     )
-    with qtbot.waitSignal(window.calibrationFinished, timeout=CALIBRATION_MS):
+    with qtbot.waitSignal(window.files.calibrated, timeout=CALIBRATION_MS):
         window.dropEvent(event)
     assert window.doc.data_path == demo.data
     qtbot.waitUntil(lambda: not window.busy, timeout=CALIBRATION_MS)
@@ -407,24 +408,24 @@ def test_session_round_trip_through_the_window(
     qtbot: QtBot, demo_window: MainWindow, make_window: MakeWindow, tmp_path: Path
 ) -> None:
     window = demo_window
-    window.select_tensor(CONV_W)
-    int4_mse = TensorConfig(MethodSpec(Method.MSE), Granularity(), NumberFormat.parse("int4"))
-    window.apply_config(int4_mse)
-    window.select_tensor(CONV_A)
-    window.log_counts_action.trigger()
+    window.doc.select(CONV_W)
+    int4_mse = TensorConfig(MethodSpec(Method.MSE), PerTensor(), NumberFormat.parse("int4"))
+    window.controls.apply(int4_mse)
+    window.doc.select(CONV_A)
+    window.commands.log_counts.trigger()
     stats_path = tmp_path / "demo.qvstats"
-    window.save_stats_to(stats_path)
+    window.files.save_stats_to(stats_path)
     path = tmp_path / "s.qviz.json"
-    window.save_session_to(path)
+    window.files.save_session_to(path)
     assert not window.isWindowModified()
     assert load_session(path).stats_path == stats_path.resolve()
 
     other = make_window()
-    with qtbot.waitSignal(other.calibrationFinished, timeout=CALIBRATION_MS):
-        other.open_path(path)
+    with qtbot.waitSignal(other.files.calibrated, timeout=CALIBRATION_MS):
+        other.files.open_path(path)
     assert other.doc.config == window.doc.config
     assert other.doc.selection == CONV_A
-    assert other.log_counts_action.isChecked()
+    assert other.commands.log_counts.isChecked()
     assert other.doc.stats is not None and other.doc.stats_path == stats_path.resolve()
     qtbot.waitUntil(lambda: not other.busy, timeout=CALIBRATION_MS)
     assert other.table.cell_text(CONV_W, Column.SQNR) == window.table.cell_text(CONV_W, Column.SQNR)
@@ -432,13 +433,13 @@ def test_session_round_trip_through_the_window(
 
 def test_golden_v1_session_opens(qtbot: QtBot, make_window: MakeWindow) -> None:
     window = make_window()
-    with qtbot.waitSignal(window.calibrationFinished, timeout=CALIBRATION_MS):
-        window.open_session(DATA / "session_v1.qviz.json")
+    with qtbot.waitSignal(window.files.calibrated, timeout=CALIBRATION_MS):
+        window.files.open_session(DATA / "session_v1.qviz.json")
     qtbot.waitUntil(lambda: not window.busy, timeout=CALIBRATION_MS)
     assert window.doc.selection == CONV_W
     assert window.table.cell_text(CONV_W, Column.METHOD) == "mse"
     assert window.table.cell_text(CONV_W, Column.GRANULARITY) == "per-group (8)"
-    assert window.table.cell_text(("relu_1", A), Column.METHOD) == "manual [0, 3.5]"
+    assert window.table.cell_text(TensorKey("relu_1", A), Column.METHOD) == "manual [0, 3.5]"
     assert window.controls.method_combo.currentData() is Method.MSE
 
 
@@ -446,10 +447,10 @@ def test_stats_file_opens_with_its_model(
     qtbot: QtBot, demo_window: MainWindow, make_window: MakeWindow, tmp_path: Path
 ) -> None:
     path = tmp_path / "demo.qvstats"
-    demo_window.save_stats_to(path)
+    demo_window.files.save_stats_to(path)
     other = make_window()
-    with qtbot.waitSignal(other.calibrationFinished, timeout=CALIBRATION_MS):
-        other.open_path(path)
+    with qtbot.waitSignal(other.files.calibrated, timeout=CALIBRATION_MS):
+        other.files.open_path(path)
     assert other.doc.model is not None
     assert other.doc.stats is not None and other.doc.stats.n_samples == 2000
 
@@ -463,8 +464,8 @@ def test_recent_files_are_remembered(qtbot: QtBot, make_window: MakeWindow) -> N
     # A fresh reader of the same settings file (the next run) sees them too.
     again = RecentFiles(demo_window.recent._settings)
     assert again.paths() == recent
-    demo_window._fill_recent_menu()
-    names = [a.text() for a in demo_window.recent_menu.actions()]
+    demo_window.fill_recent_menu()
+    names = [a.text() for a in demo_window.commands.recent_menu.actions()]
     assert "model.onnx" in names and "data.npz" in names
 
 

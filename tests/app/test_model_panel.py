@@ -13,20 +13,22 @@ from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 from pytestqt.qtbot import QtBot
 
-from qviz.app.controllers.evaluation_controller import LIVE_LIMIT, EvaluationOutcome
-from qviz.app.main_window import FULL_EVALUATION_LABEL, MainWindow
+from qviz.app.controllers.evaluation_controller import FULL_EVALUATION_LABEL, LIVE_LIMIT
+from qviz.app.main_window import MainWindow
 from qviz.app.views import plot_style as st
 from qviz.app.views.layer_table import STALE_FG, Column
-from qviz.app.views.model_panel import fmt_pct_value, fmt_points, outcome_texts, parse_criteria
+from qviz.app.views.model_panel import fmt_pct_value, fmt_points, outcome_texts
+from qviz.core.calibration.analysis import TensorKey
 from qviz.core.calibration.config import TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.demo import demo_paths
-from qviz.core.document.document import ApplyScope
+from qviz.core.document.document import ApplyScope, Document
+from qviz.core.document.jobs import EvaluationOutcome, evaluation_job
 from qviz.core.errors import QvizError
-from qviz.core.evaluation.criteria import Criterion
+from qviz.core.evaluation.criteria import DEFAULT_CRITERIA_NO_LABELS, Criterion, parse_criteria
 from qviz.core.evaluation.evaluate import Metric, RunMode, run_to_completion
 from qviz.core.model.loading import TensorKind
-from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import NumberFormat, PerAxis
 from tests.app.evaluation_fixtures import (
     RUN_MS,
     MakeWindow,
@@ -40,10 +42,10 @@ __all__ = ["demo_stats_file", "evaluated_window", "make_window"]  # fixtures use
 
 W = TensorKind.WEIGHT
 A = TensorKind.ACTIVATION
-CONV_W = ("features.3.weight", W)
-CONV_A = ("relu", A)
+CONV_W = TensorKey("features.3.weight", W)
+CONV_A = TensorKey("relu", A)
 INT4_PER_CHANNEL = TensorConfig(
-    MethodSpec(Method.MINMAX), Granularity(GranularityKind.PER_CHANNEL), NumberFormat.parse("int4")
+    MethodSpec(Method.MINMAX), PerAxis(), NumberFormat.parse("int4")
 )
 
 
@@ -66,7 +68,7 @@ def test_live_evaluation_after_calibration_matches_the_core(
 ) -> None:
     window = make_window()
     with qtbot.waitSignal(window.evaluation.evaluated, timeout=RUN_MS) as blocker:
-        window.open_demo()  # calibrates, then the live evaluation follows by itself
+        window.files.open_demo()  # calibrates, then the live evaluation follows by itself
     outcome = blocker.args[0]
     assert isinstance(outcome, EvaluationOutcome)
     assert not outcome.full and outcome.evaluation.mode is RunMode.SIMULATION
@@ -106,18 +108,18 @@ def test_a_settings_change_re_evaluates_once_and_drops_superseded_runs(
     assert first is not None
 
     # A run for settings A starts at once; then the settings change again before it ends.
-    window.select_tensor(CONV_W)
-    window.apply_config(INT4_PER_CHANNEL, ApplyScope.ALL)
-    generation_a = ev.evaluate_live_now()
-    assert generation_a is not None and ev.live.is_busy
+    window.doc.select(CONV_W)
+    window.controls.apply(INT4_PER_CHANNEL, ApplyScope.ALL)
+    revision_a = ev.evaluate_live_now()
+    assert revision_a is not None and ev.live.is_busy
     config_a = window.doc.config
-    window.select_tensor(CONV_A)
-    window.apply_config(
+    window.doc.select(CONV_A)
+    window.controls.apply(
         replace(window.doc.config_for(CONV_A), spec=MethodSpec(Method.PERCENTILE, 99.9)),
         ApplyScope.ALL,
     )
     config_b = window.doc.config
-    assert config_b != config_a and ev.generation > generation_a
+    assert config_b != config_a and window.doc.revision > revision_a
     assert window.model_panel.badge.text() in ("PASS", "FAIL")  # earlier numbers, greyed...
     assert "Updating" in window.model_panel.source_label.text()  # ...while the new run goes
 
@@ -127,7 +129,7 @@ def test_a_settings_change_re_evaluates_once_and_drops_superseded_runs(
     outcome = blocker.args[0]
     # Only the run for the latest settings reached the panel; A's run was superseded.
     assert shown == [outcome]
-    assert outcome.config == config_b and outcome.generation == ev.generation
+    assert outcome.config == config_b and outcome.revision == window.doc.revision
     expected = core_evaluation(window, config_b)
     assert dict(outcome.evaluation.quantized_metrics) == dict(expected.quantized_metrics)
     assert_panel_shows(
@@ -135,14 +137,17 @@ def test_a_settings_change_re_evaluates_once_and_drops_superseded_runs(
         expected.float_metrics[Metric.ACCURACY], expected.delta[Metric.ACCURACY],
     )
 
-    # A result computed for earlier settings is dropped by the generation counter, whichever
+    # A result computed for earlier settings is dropped by the document's revision, whichever
     # runner delivers it: here a full evaluation computed before one more change.
-    value = run_to_completion(ev.full_job()(lambda: False))
-    window.apply_config(
+    inputs = window.doc.measure_inputs("Evaluation")
+    value = run_to_completion(evaluation_job(
+        inputs, full=True, limit=None, batch_size=64, should_stop=lambda: False
+    ))
+    window.controls.apply(
         replace(window.doc.config_for(CONV_A), spec=MethodSpec(Method.MSE)), ApplyScope.ALL
     )
-    assert ev.accept_full(value) is None
-    assert dropped == [value.outcome.generation]
+    assert not ev.accept(value)
+    assert dropped == [value.revision]
     assert window.model_panel.outcome is outcome  # nothing from the stale run was shown
     with qtbot.waitSignal(ev.evaluated, timeout=RUN_MS):
         pass  # the latest change's own live run still arrives
@@ -196,7 +201,7 @@ def test_clicking_a_depth_point_selects_its_layer(
 ) -> None:
     window = evaluated_window
     view = window.model_panel.depth_view
-    window.select_tensor(("features.9.weight", W))
+    window.doc.select(TensorKey("features.9.weight", W))
     qtbot.waitUntil(lambda: view.point_position("relu") is not None)
     pos = view.point_position("relu")
     assert pos is not None
@@ -219,8 +224,9 @@ def test_full_evaluation_fills_latency_fusion_and_the_table(
     panel = window.model_panel
     assert window.table.cell_text(CONV_W, Column.NATIVE) == ""
     with qtbot.waitSignal(window.evaluation.evaluated, timeout=RUN_MS) as blocker:
-        window.evaluate_action.trigger()
-        assert window.jobs.label == FULL_EVALUATION_LABEL and window.progress_bar.isVisible()
+        window.commands.evaluate.trigger()
+        assert window.jobs.label == FULL_EVALUATION_LABEL
+        assert window.job_status.progress_bar.isVisible()
     outcome = blocker.args[0]
     qtbot.waitUntil(lambda: not window.jobs.is_busy, timeout=RUN_MS)
     ev = outcome.evaluation
@@ -247,8 +253,8 @@ def test_full_evaluation_fills_latency_fusion_and_the_table(
     qtbot.waitUntil(lambda: not ev_ctrl.live.is_busy, timeout=RUN_MS)
     assert panel.outcome is outcome
     # A change greys the fusion column: it was measured for the earlier settings.
-    window.select_tensor(CONV_W)
-    window.apply_config(INT4_PER_CHANNEL, ApplyScope.TENSOR)
+    window.doc.select(CONV_W)
+    window.controls.apply(INT4_PER_CHANNEL, ApplyScope.TENSOR)
     model = window.table.model
     index = model.index(model.row_of(CONV_W), Column.NATIVE)
     assert model.data(index, Qt.ItemDataRole.ForegroundRole).color() == STALE_FG
@@ -265,14 +271,14 @@ def test_cancelling_the_full_evaluation_keeps_the_live_numbers(
     before = window.evaluation.current
     assert before is not None
     with qtbot.waitSignal(window.jobs.progressed, timeout=RUN_MS):
-        window.evaluate_full()
+        window.evaluation.evaluate_full()
     with qtbot.waitSignal(window.jobs.cancelled, timeout=RUN_MS):
-        window.cancel_run()
+        window.jobs.cancel()
     assert "cancelled" in window.status_text()
     assert window.evaluation.current is before
     assert window.model_panel.outcome is before
     qtbot.waitUntil(lambda: not window.jobs.is_busy, timeout=RUN_MS)
-    assert not window.progress_bar.isVisible()
+    assert not window.job_status.progress_bar.isVisible()
     assert window.reporter.last_message == ""  # a cancel is not an error
 
 
@@ -280,26 +286,28 @@ def test_without_evaluation_data_the_panel_says_what_to_do(
     qtbot: QtBot, make_window: MakeWindow, demo_stats_file
 ) -> None:
     window = make_window()
-    with qtbot.waitSignal(window.calibrationFinished, timeout=RUN_MS):
-        window.open_stats(demo_stats_file)  # statistics, but no data to evaluate on
+    with qtbot.waitSignal(window.files.calibrated, timeout=RUN_MS):
+        window.files.open_stats(demo_stats_file)  # statistics, but no data to evaluate on
     panel = window.model_panel
     assert window.evaluation.current is None and not window.evaluation.is_pending
     assert "Ctrl+D" in panel.source_label.text()
     assert panel.badge.text() == "—"
-    with qtbot.waitSignal(window.errorShown, timeout=5_000) as blocker:
-        window.evaluate_full()
+    with qtbot.waitSignal(window.reporter.errorShown, timeout=5_000) as blocker:
+        window.evaluation.evaluate_full()
     assert "Ctrl+D" in blocker.args[0]
     # Opening the data (which recalibrates) brings the live numbers.
     with qtbot.waitSignal(window.evaluation.evaluated, timeout=RUN_MS):
-        window.open_data(demo_paths().data)
+        window.files.open_data(demo_paths().data)
     assert panel.text("accuracy") != ""
 
 
 def test_without_labels_the_panel_judges_the_output(qtbot: QtBot, demo_stats_file) -> None:
     """A data set without labels: no accuracy row, agreement and output numbers instead, and
     the untouched default criterion becomes one on the output."""
-    from qviz.app.controllers.evaluation_controller import EvaluationOutcome
-    from qviz.app.views.model_panel import DEFAULT_CRITERIA_NO_LABELS, ModelPanel
+    from qviz.app.controllers.evaluation_controller import EvaluationController
+    from qviz.app.controllers.jobs import JobController
+    from qviz.app.dialogs.error_dialog import ErrorReporter
+    from qviz.app.views.model_panel import ModelPanel
     from qviz.core.calibration.analysis import analyze
     from qviz.core.calibration.config import QuantConfig
     from qviz.core.data.dataset import random_data
@@ -312,10 +320,12 @@ def test_without_labels_the_panel_judges_the_output(qtbot: QtBot, demo_stats_fil
     data = random_data(model.inputs, 64)
     ev = run_to_completion(evaluate(model, results, data, latency=False))
     assert not ev.has_labels
-    outcome = EvaluationOutcome(ev, tuple(results), QuantConfig(), False, 1, 0.1, "random")
-    panel = ModelPanel()
+    doc = Document()
+    reporter = ErrorReporter()
+    panel = ModelPanel(doc, EvaluationController(doc, JobController(reporter), reporter))
     qtbot.addWidget(panel)
-    panel.show_outcome(outcome, {})
+    outcome = EvaluationOutcome(ev, tuple(results), QuantConfig(), False, doc.revision, 0.1, "x")
+    assert doc.accept_evaluation(outcome)  # the panel follows the document
     assert panel.text("accuracy") == "— (no labels)"
     assert panel.text("agreement") == fmt_pct_value(ev.quantized_metrics[Metric.AGREEMENT])
     assert panel.criteria_edit.text() == DEFAULT_CRITERIA_NO_LABELS
@@ -323,6 +333,6 @@ def test_without_labels_the_panel_judges_the_output(qtbot: QtBot, demo_stats_fil
     assert [v.text for v in panel.verdicts] == [verdict.text]
     # Criteria the user chose are kept, and say why they cannot be judged.
     panel.set_criteria_text("accuracy_drop<=1")
-    panel.show_outcome(outcome, {})
+    assert doc.accept_evaluation(outcome)
     assert panel.criteria_edit.text() == "accuracy_drop<=1"
     assert panel.badge.text() == "FAIL" and "no labels" in panel.verdicts[0].text

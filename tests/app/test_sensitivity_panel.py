@@ -20,20 +20,21 @@ from pytestqt.qtbot import QtBot
 from qviz.app.controllers.sensitivity_controller import SensitivityController
 from qviz.app.main_window import MainWindow
 from qviz.app.views.layer_table import SORT_ROLE, STALE_FG, Column
-from qviz.app.views.pareto_view import fmt_bytes
+from qviz.core.calibration.analysis import TensorKey
 from qviz.core.calibration.config import TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.data.dataset import load_data
 from qviz.core.evaluation.evaluate import Metric, RunMode
 from qviz.core.files.session_file import SessionFile, load_session, save_session
 from qviz.core.model.loading import TensorKind
-from qviz.core.quant.formats import Granularity, NumberFormat
+from qviz.core.quant.formats import NumberFormat, PerTensor
 from qviz.core.search.mixed import MixedResult
 from qviz.core.search.sensitivity import SensitivityReport, run_to_completion, sensitivity
 from qviz.core.search.sensitivity_cache import SensitivityCache
+from qviz.core.text import fmt_bytes
 
 W = TensorKind.WEIGHT
-CONV_W = ("features.3.weight", W)
+CONV_W = TensorKey("features.3.weight", W)
 LIMIT = 256
 CALIBRATION_MS = 60_000
 RUN_MS = 120_000
@@ -54,11 +55,11 @@ def make_window(qtbot: QtBot, tmp_path: Path) -> Iterator[MakeWindow]:
         window.show()
         # The window's live re-evaluation (another panel) would share the two CPUs with the
         # runs measured here; these tests are about sensitivity and mixed precision.
-        live = getattr(window, "live_evaluation_action", None)
+        live = window.commands.live_evaluation
         if live is not None and live.isChecked():
             live.trigger()
         controller(window).cache = SensitivityCache(tmp_path / f"cache{len(windows)}")
-        controller(window).panel.limit_spin.setValue(LIMIT)
+        window.sensitivity_panel.limit_spin.setValue(LIMIT)
         windows.append(window)
         return window
 
@@ -78,15 +79,15 @@ def controller(window: MainWindow) -> SensitivityController:
 
 def calibrated_demo(qtbot: QtBot, make_window: MakeWindow) -> MainWindow:
     window = make_window()
-    with qtbot.waitSignal(window.calibrationFinished, timeout=CALIBRATION_MS):
-        window.open_demo()
+    with qtbot.waitSignal(window.files.calibrated, timeout=CALIBRATION_MS):
+        window.files.open_demo()
     qtbot.waitUntil(lambda: not window.busy, timeout=CALIBRATION_MS)
     return window
 
 
 def run_sensitivity(qtbot: QtBot, window: MainWindow) -> SensitivityReport:
     with qtbot.waitSignal(controller(window).sensitivityFinished, timeout=RUN_MS) as blocker:
-        controller(window).sensitivity_action.trigger()
+        window.commands.sensitivity.trigger()
     report = blocker.args[0]
     assert isinstance(report, SensitivityReport)
     return report
@@ -114,13 +115,13 @@ def test_sensitivity_fills_the_table_and_the_chart_and_is_cached(
     ctl = controller(window)
     table = window.table
     assert table.view.isColumnHidden(Column.DROP)  # nothing to show before a run
-    assert ctl.sensitivity_action.shortcut().toString() == "F6"
+    assert window.commands.sensitivity.shortcut().toString() == "F6"
 
     report = run_sensitivity(qtbot, window)
     doc = window.doc
-    assert doc.sensitivity is report and not report.cached
+    assert doc.measures.sensitivity is report and not report.cached
     assert report.metric is Metric.ACCURACY and report.n_samples == LIMIT
-    assert ctl.dock.isVisible() and not table.view.isColumnHidden(Column.RECOVERY)
+    assert window.sensitivity_dock.isVisible() and not table.view.isColumnHidden(Column.RECOVERY)
 
     # The core, run on its own with the document's model, statistics, settings and data.
     assert doc.model is not None and doc.stats is not None and doc.data_path is not None
@@ -150,7 +151,7 @@ def test_sensitivity_fills_the_table_and_the_chart_and_is_cached(
     assert header.visualIndex(Column.DROP) == header.visualIndex(Column.CLIPPED) + 1
 
     # The chart: bars along depth with the same numbers; clicking one selects its layer.
-    chart = ctl.panel.chart
+    chart = window.sensitivity_panel.chart
     by_depth = sorted(core.layers, key=lambda s: s.depth)
     assert chart.layer_names() == [s.name for s in by_depth]
     heights = list(chart.recovery_bars.opts["height"])
@@ -165,7 +166,8 @@ def test_sensitivity_fills_the_table_and_the_chart_and_is_cached(
         assert table.current_key() == selected
         assert chart.current_band.isVisible()
         assert chart.current_band.getRegion() == (pytest.approx(i - 0.5), pytest.approx(i + 0.5))
-    assert f"accuracy (%) on {LIMIT} samples of data.npz" in ctl.panel.summary.text()
+    summary = window.sensitivity_panel.summary.text()
+    assert f"accuracy (%) on {LIMIT} samples of data.npz" in summary
     # A real mouse click on a bar does the same.
     y_mid = sum(chart.plot.getViewBox().viewRange()[1]) / 2
     click_plot(qtbot, chart.plot_widget, 1 + 0.2, y_mid)
@@ -176,7 +178,7 @@ def test_sensitivity_fills_the_table_and_the_chart_and_is_cached(
     again = run_sensitivity(qtbot, window)
     assert again.cached and ctl.cache.hits == 1 and ctl.cache.stores == 1
     assert [s.recovery for s in again.layers] == [s.recovery for s in report.layers]
-    assert "cache" in ctl.panel.summary.text()
+    assert "cache" in window.sensitivity_panel.summary.text()
 
 
 def test_reopened_session_shows_the_report_without_running_it(
@@ -185,58 +187,59 @@ def test_reopened_session_shows_the_report_without_running_it(
     window = calibrated_demo(qtbot, make_window)
     report = run_sensitivity(qtbot, window)
     path = tmp_path / "s.qviz.json"
-    window.save_session_to(path)
+    window.files.save_session_to(path)
     assert "sensitivity" in json.loads(path.read_text())
 
     other = make_window()
     ctl = controller(other)
-    with qtbot.waitSignal(other.calibrationFinished, timeout=CALIBRATION_MS):
-        other.open_path(path)
+    with qtbot.waitSignal(other.files.calibrated, timeout=CALIBRATION_MS):
+        other.files.open_path(path)
     qtbot.waitUntil(lambda: not other.busy, timeout=CALIBRATION_MS)
-    loaded = other.doc.sensitivity
+    loaded = other.doc.measures.sensitivity
     assert loaded is not None and loaded.cached
     assert ctl.runner.generation == 0  # nothing was run: the session carried it
-    assert other.doc.sensitivity_current() is True and not other.doc.sensitivity_stale
-    assert ctl.dock.isVisible()
-    assert ctl.panel.chart.layer_names() == [s.name for s in report.layers]
+    assert not other.doc.measures.sensitivity_stale
+    assert other.sensitivity_dock.isVisible()
+    assert other.sensitivity_panel.chart.layer_names() == [s.name for s in report.layers]
     for key in window.table.visible_keys():
         for col in (Column.DROP, Column.RECOVERY):
             assert other.table.cell_text(key, col) == window.table.cell_text(key, col)
 
     # Changing a setting makes the report one of earlier settings: greyed, not silently wrong.
-    other.select_tensor(CONV_W)
-    int4 = TensorConfig(MethodSpec(Method.MINMAX), Granularity(), NumberFormat.parse("int4"))
-    other.apply_config(int4)
-    qtbot.waitUntil(lambda: other.doc.sensitivity_stale, timeout=CALIBRATION_MS)
+    other.doc.select(CONV_W)
+    int4 = TensorConfig(MethodSpec(Method.MINMAX), PerTensor(), NumberFormat.parse("int4"))
+    other.controls.apply(int4)
+    qtbot.waitUntil(lambda: other.doc.measures.sensitivity_stale, timeout=CALIBRATION_MS)
     row = other.table.model.row_of(CONV_W)
     index = other.table.model.index(row, Column.DROP)  # type: ignore[arg-type]
     brush = other.table.model.data(index, Qt.ItemDataRole.ForegroundRole)
     assert brush is not None and brush.color() == STALE_FG
-    assert "earlier settings" in ctl.panel.summary.text()
+    assert "earlier settings" in other.sensitivity_panel.summary.text()
 
 
 def test_cancel_sensitivity_midway(qtbot: QtBot, make_window: MakeWindow) -> None:
     window = calibrated_demo(qtbot, make_window)
     ctl = controller(window)
-    ctl.panel.limit_spin.setValue(2000)  # a long run to cancel
+    window.sensitivity_panel.limit_spin.setValue(2000)  # a long run to cancel
     with qtbot.waitSignal(
         ctl.runner.progressed, timeout=RUN_MS, check_params_cb=lambda p: p.done > 0
     ):
-        ctl.run_sensitivity()
-    assert ctl.panel.cancel_button.isVisible()
+        window.run_sensitivity()
+    assert window.sensitivity_panel.cancel_button.isVisible()
     with qtbot.waitSignal(ctl.sensitivityCancelled, timeout=RUN_MS):
-        ctl.panel.cancel_button.click()
+        window.sensitivity_panel.cancel_button.click()
     qtbot.waitUntil(lambda: not ctl.busy, timeout=RUN_MS)
-    assert window.doc.sensitivity is None
-    assert not ctl.panel.cancel_button.isVisible() and ctl.panel.run_button.isEnabled()
+    assert window.doc.measures.sensitivity is None
+    panel = window.sensitivity_panel
+    assert not panel.cancel_button.isVisible() and panel.run_button.isEnabled()
 
 
 def test_sensitivity_without_data_is_one_clear_error(
     qtbot: QtBot, make_window: MakeWindow
 ) -> None:
     window = make_window()
-    with qtbot.waitSignal(window.errorShown, timeout=5_000) as blocker:
-        controller(window).sensitivity_action.trigger()
+    with qtbot.waitSignal(window.reporter.errorShown, timeout=5_000) as blocker:
+        window.commands.sensitivity.trigger()
     assert "needs a model" in blocker.args[0]
     assert not controller(window).busy
 
@@ -249,8 +252,8 @@ def test_mixed_precision_finds_a_passing_mix_and_points_apply(
 ) -> None:
     window = calibrated_demo(qtbot, make_window)
     ctl = controller(window)
-    ctl.mixed_action.trigger()
-    dialog = ctl.dialog
+    window.commands.mixed.trigger()
+    dialog = window.mixed_dialog
     assert dialog is not None and dialog.isVisible()
     dialog.set_request("accuracy_drop<=0.5", ("int4", "int8", "float"), limit=LIMIT)
     assert dialog.run_button.isEnabled()
@@ -261,7 +264,7 @@ def test_mixed_precision_finds_a_passing_mix_and_points_apply(
 
     # The proof: 4-bit weights everywhere fail, measured on every sample; the mix meets it.
     assert result.baseline.label == "all int4" and not result.baseline.passed
-    base = ctl.baseline_evaluation
+    base = window.doc.measures.mixed.baseline
     assert base is not None and base.n_samples == 2000
     assert base.accuracy_drop is not None and base.accuracy_drop > 0.5
     e = result.evaluation
@@ -330,7 +333,7 @@ def test_mixed_precision_finds_a_passing_mix_and_points_apply(
 def test_mixed_precision_cancel_and_bad_criterion(qtbot: QtBot, make_window: MakeWindow) -> None:
     window = calibrated_demo(qtbot, make_window)
     ctl = controller(window)
-    dialog = ctl.open_mixed_dialog()
+    dialog = window.open_mixed_dialog()
     dialog.set_request("accuracy drop <= lots")
     assert not dialog.run_button.isEnabled()
     assert "cannot read criterion" in dialog.criterion_hint.text()
@@ -345,7 +348,7 @@ def test_mixed_precision_cancel_and_bad_criterion(qtbot: QtBot, make_window: Mak
     with qtbot.waitSignal(ctl.mixedCancelled, timeout=RUN_MS):
         dialog.cancel_button.click()
     qtbot.waitUntil(lambda: not ctl.busy, timeout=RUN_MS)
-    assert ctl.mixed_result is None
+    assert window.doc.measures.mixed is None
     assert "cancelled" in dialog.verdict_label.text()
     assert dialog.run_button.isEnabled()
 

@@ -16,7 +16,7 @@ from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.demo import demo_paths
 from qviz.core.model.loading import load_model
-from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import NumberFormat, PerAxis, PerTensor
 from qviz.core.stats.stats_file import load_stats
 
 
@@ -48,9 +48,9 @@ def test_report_json_matches_core(demo_stats: Path, capsys: pytest.CaptureFixtur
     # The CLI must print exactly what the core computes for the same settings.
     model = load_model(demo_paths().model)
     cfg = QuantConfig(
-        weights=TensorConfig(MethodSpec(Method.MINMAX, 99.9),
-                             Granularity(GranularityKind.PER_CHANNEL), NumberFormat()),
-        activations=TensorConfig(MethodSpec(Method.PERCENTILE, 99.9), Granularity(),
+        weights=TensorConfig(MethodSpec(Method.MINMAX),
+                             PerAxis(), NumberFormat()),
+        activations=TensorConfig(MethodSpec(Method.PERCENTILE, 99.9), PerTensor(),
                                  NumberFormat(signed=False, symmetric=False)),
     )
     results = analyze(model, load_stats(demo_stats), cfg)

@@ -16,7 +16,7 @@ from qviz.core.demo import DEMO_DIR, demo_paths
 from qviz.core.evaluation.evaluate import Metric, evaluate, run_to_completion
 from qviz.core.files.config_file import load_config, results_from_saved, save_config
 from qviz.core.model.loading import load_model
-from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import NumberFormat, PerAxis, PerTensor
 from qviz.core.stats.stats_file import load_stats
 
 LIMIT = "200"
@@ -44,11 +44,11 @@ def base_args(stats: Path) -> list[str]:
 def mse_config() -> QuantConfig:
     return QuantConfig(
         weights=TensorConfig(
-            MethodSpec(Method.MINMAX), Granularity(GranularityKind.PER_CHANNEL), NumberFormat()
+            MethodSpec(Method.MINMAX), PerAxis(), NumberFormat()
         ),
         # The CLI's default activations: unsigned asymmetric beside signed weights.
         activations=TensorConfig(
-            MethodSpec(Method.MSE), Granularity(), NumberFormat(signed=False, symmetric=False)
+            MethodSpec(Method.MSE), PerTensor(), NumberFormat(signed=False, symmetric=False)
         ),
     )
 

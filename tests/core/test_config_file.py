@@ -27,7 +27,12 @@ from qviz.core.files.config_file import (
     save_config,
 )
 from qviz.core.model.loading import LoadedModel, TensorKind, load_model
-from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import (
+    NumberFormat,
+    PerAxis,
+    PerGroup,
+    PerTensor,
+)
 from qviz.core.stats.collect import collect_stats, run_to_completion
 
 try:  # works whether or not tests/ is a package
@@ -42,25 +47,25 @@ def mixed_config() -> QuantConfig:
     """Every kind of choice the file must carry: formats, symmetry, granularities, methods."""
     return QuantConfig(
         weights=TensorConfig(
-            MethodSpec(Method.MINMAX), Granularity(GranularityKind.PER_CHANNEL), NumberFormat()
+            MethodSpec(Method.MINMAX), PerAxis(), NumberFormat()
         ),
         activations=TensorConfig(
             MethodSpec(Method.PERCENTILE, percentile=99.9),
-            Granularity(),
+            PerTensor(),
             NumberFormat.parse("uint8", symmetric=False),
         ),
         overrides={
             "conv2.weight": TensorConfig(
                 MethodSpec(Method.MSE),
-                Granularity(GranularityKind.PER_GROUP, group_size=4),
+                PerGroup(4),
                 NumberFormat.parse("int4"),
             ),
             "fc.weight": TensorConfig(
-                MethodSpec(Method.MINMAX), Granularity(), NumberFormat.parse("fp8_e4m3fn")
+                MethodSpec(Method.MINMAX), PerTensor(), NumberFormat.parse("fp8_e4m3fn")
             ),
             "flat": TensorConfig(
                 MethodSpec(Method.MANUAL, manual_range=(-0.25, 1.0 / 3.0)),
-                Granularity(),
+                PerTensor(),
                 NumberFormat.parse("int8", pow2_scale=True),
             ),
             "r1": TensorConfig(MethodSpec(Method.ENTROPY), quantize=False),

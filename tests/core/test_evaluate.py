@@ -33,7 +33,7 @@ from qviz.core.evaluation.evaluate import (
 )
 from qviz.core.graph.qdq import build_qdq, save_qdq_model
 from qviz.core.model.loading import LoadedModel, from_proto, load_model
-from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat, PerAxis, PerTensor
 from qviz.core.quant.quantize import fake_quantize
 from qviz.core.runtime.fusion import KernelPrecision, u8s8_may_saturate
 from qviz.core.stats.collect import CalibrationStats, collect_stats
@@ -57,8 +57,8 @@ def config(
 ) -> QuantConfig:
     fmt = NumberFormat(bits=bits)
     return QuantConfig(
-        weights=TensorConfig(MethodSpec(Method.MINMAX), Granularity(weights), fmt),
-        activations=TensorConfig(MethodSpec(method), Granularity(), fmt),
+        weights=TensorConfig(MethodSpec(Method.MINMAX), Granularity.of(weights), fmt),
+        activations=TensorConfig(MethodSpec(method), PerTensor(), fmt),
     )
 
 
@@ -212,12 +212,12 @@ def test_demo_int7_weights_fuse_natively_without_saturation(
     cfg = QuantConfig(
         weights=TensorConfig(
             MethodSpec(Method.MINMAX),
-            Granularity(GranularityKind.PER_CHANNEL),
+            PerAxis(),
             NumberFormat(bits=7),
         ),
         activations=TensorConfig(
             MethodSpec(Method.MINMAX),
-            Granularity(),
+            PerTensor(),
             NumberFormat(bits=8, signed=False, symmetric=False),
         ),
     )

@@ -28,7 +28,13 @@ from qviz.core.files import export as export
 from qviz.core.files import svg
 from qviz.core.files.report import Outcome, build_report, write_report
 from qviz.core.model.loading import LoadedModel, TensorKind, load_model
-from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import (
+    Granularity,
+    NumberFormat,
+    PerAxis,
+    PerGroup,
+    PerTensor,
+)
 from qviz.core.quant.quantize import quantize
 from qviz.core.stats.collect import collect_stats, run_to_completion
 
@@ -43,7 +49,7 @@ ASYM_U8 = NumberFormat.parse("uint8", symmetric=False)
 def config(weights: Granularity, activations: NumberFormat) -> QuantConfig:
     return QuantConfig(
         weights=TensorConfig(MethodSpec(Method.MINMAX), weights, NumberFormat()),
-        activations=TensorConfig(MethodSpec(Method.PERCENTILE, 99.9), Granularity(), activations),
+        activations=TensorConfig(MethodSpec(Method.PERCENTILE, 99.9), PerTensor(), activations),
     )
 
 
@@ -74,8 +80,8 @@ def _initializers(path: Path) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize(
     ("weights", "activations"),
     [
-        (Granularity(GranularityKind.PER_CHANNEL), ASYM_U8),
-        (Granularity(GranularityKind.PER_TENSOR), NumberFormat()),
+        (PerAxis(), ASYM_U8),
+        (PerTensor(), NumberFormat()),
     ],
     ids=["per-channel-w_uint8-asym-a", "per-tensor-w_int8-sym-a"],
 )
@@ -114,7 +120,7 @@ def test_quantize_static_with_overrides_reproduces_qviz(
 
 def test_ort_overrides_json_types(conv_net, tmp_path: Path) -> None:
     model, _, stats = conv_net
-    results = analyze(model, stats, config(Granularity(GranularityKind.PER_CHANNEL), ASYM_U8))
+    results = analyze(model, stats, config(PerAxis(), ASYM_U8))
     path = tmp_path / "o.json"
     export.export_ort_overrides(results, path, model)
     doc = json.loads(path.read_text())
@@ -132,8 +138,8 @@ def test_ort_overrides_json_types(conv_net, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "override",
     [
-        TensorConfig(MethodSpec(), Granularity(), NumberFormat.parse("int6")),
-        TensorConfig(MethodSpec(), Granularity(GranularityKind.PER_GROUP, 2),
+        TensorConfig(MethodSpec(), PerTensor(), NumberFormat.parse("int6")),
+        TensorConfig(MethodSpec(), PerGroup(2),
                      NumberFormat.parse("int4")),
     ],
     ids=["int6", "per-group"],
@@ -155,8 +161,8 @@ def test_ort_overrides_refuse_what_ort_cannot_express(
 
 def test_trt_cache_parses_back_to_the_float32_scales(conv_net, tmp_path: Path) -> None:
     model, _, stats = conv_net
-    cfg = config(Granularity(GranularityKind.PER_CHANNEL), NumberFormat()).with_override(
-        "r1", TensorConfig(MethodSpec(Method.MINMAX), Granularity(), ASYM_U8)
+    cfg = config(PerAxis(), NumberFormat()).with_override(
+        "r1", TensorConfig(MethodSpec(Method.MINMAX), PerTensor(), ASYM_U8)
     )
     results = analyze(model, stats, cfg)
     path = tmp_path / "calib.cache"

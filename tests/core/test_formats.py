@@ -19,6 +19,9 @@ from qviz.core.quant.formats import (
     Granularity,
     GranularityKind,
     NumberFormat,
+    PerAxis,
+    PerGroup,
+    PerTensor,
 )
 from qviz.core.quant.qparams import QParams, blocked_shape, compute_qparams
 from qviz.core.quant.quantize import dequantize, fake_quantize, quantization_levels, quantize
@@ -147,26 +150,32 @@ def test_runtime_types(spec: str, onnx_dtype: int | None, storage: type) -> None
 @pytest.mark.parametrize(
     "granularity",
     [
-        Granularity(),
-        Granularity(GranularityKind.PER_CHANNEL),
-        Granularity(GranularityKind.PER_GROUP, 128),
-        Granularity(GranularityKind.PER_GROUP, 32),
+        PerTensor(),
+        PerAxis(),
+        PerGroup(128),
+        PerGroup(32),
     ],
 )
 def test_granularity_label_round_trip(granularity: Granularity) -> None:
-    assert Granularity.parse(granularity.label, granularity.group_size) == granularity
-    if granularity.kind is GranularityKind.PER_GROUP:
+    assert Granularity.parse(granularity.label) == granularity
+    if isinstance(granularity, PerGroup):
         # The size written in the label wins over the argument.
-        assert Granularity.parse(granularity.label) == granularity
+        assert Granularity.parse(granularity.label, group_size=7) == granularity
+
+
+def test_granularity_members_carry_only_their_parameter() -> None:
+    assert not hasattr(PerTensor(), "group_size") and not hasattr(PerAxis(), "group_size")
+    assert Granularity.of(GranularityKind.PER_GROUP, 16) == PerGroup(16)
+    assert Granularity.of(GranularityKind.PER_CHANNEL, 16) == PerAxis()
+    assert PerAxis(1).label == "per-axis (1)" and PerAxis(1) != PerAxis()
 
 
 def test_granularity_labels_and_aliases() -> None:
-    assert Granularity().label == "per-tensor"
-    assert Granularity(GranularityKind.PER_CHANNEL).label == "per-channel"
-    assert Granularity(GranularityKind.PER_GROUP).label == "per-group (128)"
+    assert PerTensor().label == "per-tensor"
+    assert PerAxis().label == "per-channel"
+    assert PerGroup().label == "per-group (128)"
     assert Granularity.parse("Per Channel").kind is GranularityKind.PER_CHANNEL
-    assert Granularity.parse("per_group", group_size=64) == Granularity(
-        GranularityKind.PER_GROUP, 64
+    assert Granularity.parse("per_group", group_size=64) == PerGroup(64
     )
     assert Granularity.parse("group32").group_size == 32
 
@@ -179,7 +188,7 @@ def test_granularity_rejects_unknown_text(text: str) -> None:
 
 def test_granularity_group_size_must_be_positive() -> None:
     with pytest.raises(QvizError):
-        Granularity(GranularityKind.PER_GROUP, 0)
+        PerGroup(0)
 
 
 # --------------------------------------------------------------------------- NF4

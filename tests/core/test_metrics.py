@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from qviz.core.calibration.methods import Method, MethodSpec, choose_range, kl_divergence_curve
+from qviz.core.calibration.kl_curve import kl_divergence_curve
+from qviz.core.calibration.methods import Method, MethodSpec, choose_range
 from qviz.core.calibration.metrics import error_curve, exact_metrics, histogram_metrics
 from qviz.core.quant.formats import NumberFormat
 from qviz.core.quant.qparams import compute_qparams
@@ -57,7 +58,7 @@ def test_sqnr_increases_with_bits() -> None:
 @pytest.mark.parametrize("method", [Method.MINMAX, Method.PERCENTILE, Method.MSE])
 def test_histogram_metrics_agree_with_exact_metrics(fmt: NumberFormat, method: Method) -> None:
     stats = compute_stats(LAPLACE)
-    lo, hi = choose_range(stats, MethodSpec(method, percentile=99.9), fmt)
+    lo, hi = choose_range(stats, MethodSpec.of(method, percentile=99.9), fmt)
     hist = histogram_metrics(stats, lo, hi, fmt)
     exact = exact_metrics(LAPLACE, compute_qparams(lo, hi, fmt), fmt)
     assert hist.sqnr_db == pytest.approx(exact.sqnr_db, abs=0.15)

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qviz.core.errors import QvizError
-from qviz.core.model import loading as model_module
+from qviz.core.model import onnx_graph
 from qviz.core.model.loading import InputSpec, LoadedModel, TensorKind, from_proto, load_model
 
 try:  # works whether or not tests/ is a package
@@ -156,7 +156,7 @@ def test_upgrade_keeps_large_weights_exactly(
 ) -> None:
     # Large tensors go through the converter as placeholders and are put back afterwards;
     # with the threshold at 0 the copy-without-weights path for huge models is taken too.
-    monkeypatch.setattr(model_module, "_COPY_WHOLE_BYTES", copy_whole_bytes)
+    monkeypatch.setattr(onnx_graph, "COPY_WHOLE_BYTES", copy_whole_bytes)
     old = from_proto(mf.make_mlp(opset=11))
     new = from_proto(mf.make_mlp(opset=17))
     assert any("upgraded" in n for n in old.notes)

@@ -9,14 +9,20 @@ from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.calibration.metrics import exact_metrics
 from qviz.core.calibration.weights import analyze_weight
 from qviz.core.errors import QvizError
-from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import (
+    Granularity,
+    NumberFormat,
+    PerAxis,
+    PerGroup,
+    PerTensor,
+)
 from qviz.core.quant.qparams import compute_qparams
 from qviz.core.quant.quantize import fake_quantize
 
 INT8 = NumberFormat.parse("int8")
 INT4_ASYM = NumberFormat.parse("int4", symmetric=False)
-PER_TENSOR = Granularity(GranularityKind.PER_TENSOR)
-PER_CHANNEL = Granularity(GranularityKind.PER_CHANNEL)
+PER_TENSOR = PerTensor()
+PER_CHANNEL = PerAxis()
 MINMAX = MethodSpec(Method.MINMAX)
 
 
@@ -75,7 +81,7 @@ def test_per_group_blocks_along_the_reduction_axis() -> None:
     # MatMul weight [K=100, N=4]: reduction axis 0, output channels axis 1; blocks of 32
     # leave a short last block of 4.
     w = np.random.default_rng(3).standard_normal((100, 4)).astype(np.float32)
-    group = Granularity(GranularityKind.PER_GROUP, group_size=32)
+    group = PerGroup(32)
     analysis = analyze_weight(w, 1, 0, MINMAX, group, INT4_ASYM)
     qp = analysis.qparams
     assert qp.scale.shape == (4, 4) and qp.axis == 0 and qp.block_size == 32
@@ -103,7 +109,7 @@ def test_per_group_blocks_along_the_reduction_axis() -> None:
 def test_other_methods_per_row(granularity: str, method: Method) -> None:
     w = np.random.default_rng(4).laplace(size=(8, 256)).astype(np.float32)
     gran = Granularity.parse(granularity, group_size=64)
-    spec = MethodSpec(method, percentile=99.0, manual_range=(-2.0, 2.0))
+    spec = MethodSpec.of(method, percentile=99.0, manual_range=(-2.0, 2.0))
     analysis = analyze_weight(w, 0, 1, spec, gran, INT8)
     minmax = analyze_weight(w, 0, 1, MINMAX, gran, INT8)
     if method is Method.MSE:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import shiboken6
 from PySide6.QtCore import QObject, QThreadPool, Signal
@@ -29,9 +29,10 @@ from superqt.utils import GeneratorWorker
 from qviz.core.evaluation.evaluate import EvaluationCancelled
 from qviz.core.stats.collect import CollectionCancelled
 
+T = TypeVar("T")
 ShouldStop = Callable[[], bool]
 # A job: given the stop flag's reader, make the generator to run (not yet started).
-JobFactory = Callable[[ShouldStop], Generator[Any, None, Any]]
+JobFactory = Callable[[ShouldStop], Generator[Any, None, T]]
 
 
 class RunCancelled(Exception):
@@ -96,6 +97,7 @@ class _Run:
     label: str
     worker: _Worker
     stop: threading.Event
+    done: Callable[[Any], None] | None = None
     started_at: float = field(default_factory=time.perf_counter)
 
 
@@ -110,16 +112,16 @@ def is_cancellation(exc: BaseException) -> bool:
     return isinstance(exc, RunCancelled | CollectionCancelled | EvaluationCancelled)
 
 
-def call_as_job(fn: Callable[[], Any]) -> JobFactory:
+def call_as_job(fn: Callable[[], T]) -> JobFactory[T]:
     """A one-shot function (load a model, read a file) as a job with no progress to report."""
 
-    def make(should_stop: ShouldStop) -> Generator[Any, None, Any]:
+    def make(should_stop: ShouldStop) -> Generator[Any, None, T]:
         return _one_shot(fn)
 
     return make
 
 
-def _one_shot(fn: Callable[[], Any]) -> Generator[Any, None, Any]:
+def _one_shot(fn: Callable[[], T]) -> Generator[Any, None, T]:
     return fn()
     yield  # makes this a generator function; never reached
 
@@ -129,7 +131,9 @@ class BackgroundRunner(QObject):
 
     Signals are emitted on the GUI thread and only for the current run:
     `progressed(item)` per yield, then exactly one of `succeeded(value)`, `failed(exc)` or
-    `cancelled()`, then `finished()`. `busyChanged(bool)` follows `is_busy`.
+    `cancelled()`, then `finished()`. `busyChanged(bool)` follows `is_busy`. A run may also
+    name a typed `done` callback for its own value (called before `succeeded`), so a caller
+    never has to check what a generic signal carried.
     """
 
     progressed = Signal(object)
@@ -166,15 +170,19 @@ class BackgroundRunner(QObject):
         return sum(1 for run in self._live.values() if not run.worker.left_thread.is_set())
 
     # ----------------------------------------------------------------- control
-    def start(self, make: JobFactory, label: str = "") -> int:
-        """Start `make(should_stop)` on a pool thread; returns the run's generation."""
+    def start(
+        self, make: JobFactory[T], label: str = "", done: Callable[[T], None] | None = None
+    ) -> int:
+        """Start `make(should_stop)` on a pool thread; `done(value)` is called on the GUI
+        thread with what it returns, if it is still the current run. Returns the run's
+        generation."""
         was_busy = self._current is not None
         self._supersede()
         self._generation += 1
         gen = self._generation
         stop = threading.Event()
         worker = _Worker(make, stop)
-        run = _Run(gen, label, worker, stop)
+        run = _Run(gen, label, worker, stop, done)
         worker.yielded.connect(partial(self._on_yielded, gen))
         worker.returned.connect(partial(self._on_returned, gen))
         worker.errored.connect(partial(self._on_errored, gen))
@@ -243,8 +251,16 @@ class BackgroundRunner(QObject):
             self.progressed.emit(item)
 
     def _on_returned(self, gen: int, value: object) -> None:
-        if self._is_current(gen):
-            self.succeeded.emit(value)
+        run = self._current
+        if run is not None and run.generation == gen:
+            if run.done is not None:
+                try:
+                    run.done(value)
+                except Exception as exc:  # an exception must not escape a Qt slot
+                    self.failed.emit(exc)
+                    return
+            if self._is_current(gen):  # `done` may have started another run
+                self.succeeded.emit(value)
 
     def _on_errored(self, gen: int, exc: BaseException) -> None:
         if not self._is_current(gen):

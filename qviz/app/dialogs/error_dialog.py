@@ -1,4 +1,5 @@
-"""The one error reporter: every failure the user should see goes through `ErrorReporter.report`.
+"""The one error reporter: every failure the user should see goes through `ErrorReporter.report`,
+and every one-line status message through `ErrorReporter.status` (the window shows both).
 
 A `QvizError` is the user's problem described in one line (a bad file, a format a tensor cannot
 take) and is shown as is. Anything else is a bug in qviz: the one-line message names what
@@ -11,8 +12,10 @@ and tests are never blocked by it; they observe `errorShown(message)` instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import traceback
+from collections.abc import Iterator
 
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QMessageBox, QWidget
@@ -38,9 +41,11 @@ def describe_error(error: BaseException | str, context: str = "") -> tuple[str, 
 
 
 class ErrorReporter(QObject):
-    """Shows errors to the user, one dialog at a time, and announces each on `errorShown`."""
+    """Shows errors to the user, one dialog at a time, and announces each on `errorShown`;
+    passes status lines on `statusMessage` (the window's status bar shows them)."""
 
     errorShown = Signal(str)
+    statusMessage = Signal(str)
 
     def __init__(self, parent_widget: QWidget | None = None) -> None:
         super().__init__(parent_widget)
@@ -58,6 +63,18 @@ class ErrorReporter(QObject):
         self._show(message, details)
         self.errorShown.emit(message)
         return message
+
+    def status(self, text: str) -> None:
+        """A one-line status message ("Statistics ready: …")."""
+        self.statusMessage.emit(text)
+
+    @contextlib.contextmanager
+    def guard(self, context: str) -> Iterator[None]:
+        """Report any error of a GUI-thread action; the app stays as it was, usable."""
+        try:
+            yield
+        except Exception as exc:  # one reporter for everything, then carry on
+            self.report(exc, context)
 
     def _show(self, message: str, details: str) -> None:
         box = self._box

@@ -35,11 +35,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qviz.app.controllers.evaluation_controller import EvaluationOutcome
 from qviz.app.controllers.workers import BackgroundRunner, call_as_job
 from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.core.calibration.analysis import analyze
 from qviz.core.calibration.config import QuantConfig
+from qviz.core.document.jobs import EvaluationOutcome
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
 from qviz.core.evaluation.evaluate import Evaluation

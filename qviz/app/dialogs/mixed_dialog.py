@@ -1,21 +1,20 @@
 """Run ▸ Mixed precision…: ask for a criterion, search, show the measured answer and the trade-off.
 
-The dialog is a view. It turns the form into a `MixedRequest` (`runRequested`), shows the
-search's progress, and then its `MixedResult`: PASS or FAIL with the numbers of the confirming
-evaluation, the size, the layers whose precision changed — named by graph node and torch
-module path, so the recommendation can be acted on in any runtime — and the Pareto plot of
-every configuration tried. Clicking a point (or "Apply the answer") asks the controller to
-apply that configuration to the document, where it can be inspected layer by layer and
-exported.
+The dialog is a view of the document's mixed-precision answer. It turns the form into a
+`MixedRequest` for the controller, shows the search's progress, and then the answer: PASS or
+FAIL with the numbers of the confirming evaluation, the size, the layers whose precision
+changed — named by graph node and torch module path, so the recommendation can be acted on in
+any runtime — and the Pareto plot of every configuration tried. Clicking a point (or "Apply
+the answer") applies that configuration to the document as one undoable step, where it can be
+inspected layer by layer and exported.
 """
 
 from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QBrush, QColor, QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -37,22 +36,30 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from qviz.app.controllers.sensitivity_controller import SensitivityController
 from qviz.app.views import plot_style as st
 from qviz.app.views.pareto_view import (
     FAIL_COLOR,
     PASS_COLOR,
     ParetoView,
-    fmt_bytes,
-    fmt_value,
     point_text,
     short_data_name,
 )
+from qviz.core.document.document import Document
+from qviz.core.document.jobs import MixedRequest
 from qviz.core.errors import QvizError
-from qviz.core.evaluation.criteria import Criterion, CriterionMetric
+from qviz.core.evaluation.criteria import Criterion
 from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode
 from qviz.core.progress import Progress, format_seconds
-from qviz.core.search.mixed import MixedResult, Objective, ParetoPoint
+from qviz.core.search.mixed import (
+    MixedResult,
+    Objective,
+    ParetoPoint,
+    criterion_metric,
+    parse_precisions,
+)
 from qviz.core.search.sensitivity import DEFAULT_LIMIT
+from qviz.core.text import fmt_bytes, fmt_decimals
 
 PRECISIONS: tuple[tuple[str, str], ...] = (
     ("int4", "4-bit integer weights, int8 activations"),
@@ -65,25 +72,6 @@ MAX_NOTES = 2  # shown under the answer; every note is in the tooltip
 CHOICE_COLUMNS = ("Layer", "Precision", "Graph node", "Torch module", "Op", "Tensors")
 
 
-@dataclass(frozen=True)
-class MixedRequest:
-    """What the user asked the search for."""
-
-    criterion: Criterion
-    allowed: str  # "int4,int8,float"
-    objective: Objective
-    limit: int
-
-
-def _metric_of(criterion: Criterion) -> Metric:
-    return {
-        CriterionMetric.ACCURACY_DROP: Metric.ACCURACY,
-        CriterionMetric.OUTPUT_COSINE: Metric.COSINE,
-        CriterionMetric.OUTPUT_SQNR: Metric.SQNR,
-        CriterionMetric.AGREEMENT: Metric.AGREEMENT,
-    }[criterion.metric]
-
-
 def verdict_text(criterion: Criterion, evaluation: Evaluation) -> tuple[bool, str]:
     """PASS/FAIL and the number behind it, e.g. "PASS: accuracy drop 0.15 points ≤ 0.50"."""
     v = criterion.check(evaluation)
@@ -92,14 +80,14 @@ def verdict_text(criterion: Criterion, evaluation: Evaluation) -> tuple[bool, st
     bar = f"{criterion.comparison.symbol} {criterion.threshold:.{digits}f}"
     if v.value is None:
         return False, v.text
-    shown = f"{criterion.metric.label} {fmt_value(v.value, digits)}{criterion.metric.unit}"
+    shown = f"{criterion.metric.label} {fmt_decimals(v.value, digits)}{criterion.metric.unit}"
     return v.passed, (f"PASS: {shown} {bar}" if v.passed else f"FAIL: {shown}, not {bar}")
 
 
 def measured_text(criterion: Criterion, e: Evaluation) -> str:
     """An evaluation's number for `criterion`, in words (plain text)."""
     mode = "native INT8 kernels" if e.mode is RunMode.NATIVE else "the simulation"
-    metric = _metric_of(criterion)
+    metric = criterion_metric(criterion)
     q = e.quantized_metrics.get(metric, math.nan)
     where = f"all {e.n_samples} samples of {short_data_name(e.data_description)}"
     if metric is Metric.ACCURACY:
@@ -107,7 +95,7 @@ def measured_text(criterion: Criterion, e: Evaluation) -> str:
         return f"accuracy {q:.2f} % (float {f:.2f} %) on {where}, run with {mode}"
     digits = criterion.metric.digits()
     return (
-        f"{criterion.metric.label} {fmt_value(q, digits)}{criterion.metric.unit} on {where}, "
+        f"{criterion.metric.label} {fmt_decimals(q, digits)}{criterion.metric.unit} on {where}, "
         f"run with {mode}"
     )
 
@@ -133,13 +121,12 @@ def changes_text(result: MixedResult) -> str:
 class MixedPrecisionDialog(QDialog):
     """Non-modal: the document stays usable while the search runs and after it."""
 
-    runRequested = Signal(object)  # MixedRequest
-    cancelRequested = Signal()
-    pointClicked = Signal(object)  # ParetoPoint: apply its configuration
-    applyChosenRequested = Signal()
-
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, doc: Document, controller: SensitivityController, parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
+        self._doc = doc
+        self._controller = controller
         self.setWindowTitle("Mixed precision — qviz")
         self.setModal(False)
         self.resize(1280, 720)
@@ -190,7 +177,7 @@ class MixedPrecisionDialog(QDialog):
         self.run_button.clicked.connect(self._on_run)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop the search at the end of the current batch")
-        self.cancel_button.clicked.connect(self.cancelRequested)
+        self.cancel_button.clicked.connect(controller.mixed_runner.cancel)
         self.cancel_button.setEnabled(False)
         self.progress = QProgressBar()
         self.progress.setTextVisible(True)
@@ -253,7 +240,7 @@ class MixedPrecisionDialog(QDialog):
             "Make the answer's configuration the current settings: inspect it layer by layer "
             "in the table and export it"
         )
-        self.apply_button.clicked.connect(self.applyChosenRequested)
+        self.apply_button.clicked.connect(self._apply_chosen)
         self.apply_button.setEnabled(False)
 
         left = QWidget()
@@ -266,7 +253,7 @@ class MixedPrecisionDialog(QDialog):
         left_layout.addWidget(self.apply_button)
 
         self.pareto = ParetoView()
-        self.pareto.pointClicked.connect(self.pointClicked)
+        self.pareto.pointClicked.connect(controller.apply_point)
         self.applied_label = QLabel()
         self.applied_label.setWordWrap(True)
         self.applied_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -289,6 +276,15 @@ class MixedPrecisionDialog(QDialog):
         layout.addWidget(self.splitter, 1)
         self._validate()
 
+        controller.mixedBusy.connect(self.set_running)
+        controller.mixedProgress.connect(self.show_progress)
+        controller.mixedCancelled.connect(lambda: self.show_message("Search cancelled."))
+        controller.mixedFailed.connect(lambda m: self.show_message(f"Failed: {m}"))
+        controller.configApplied.connect(self._on_applied)
+        doc.events.mixed.connect(self._on_mixed)
+        self.set_running(controller.mixed_runner.is_busy)
+        self._on_mixed()
+
     # ----------------------------------------------------------------- the form
     def request(self) -> MixedRequest:
         """The form as a request; QvizError with one clear line when it is not valid."""
@@ -298,7 +294,7 @@ class MixedPrecisionDialog(QDialog):
             raise QvizError("allow at least one quantized precision (int4 or int8)")
         limit = int(self.limit_spin.value())
         objective = self.objective_combo.currentData()
-        return MixedRequest(criterion, ",".join(allowed), objective, limit)
+        return MixedRequest(criterion, parse_precisions(allowed), objective, limit)
 
     def set_request(
         self,
@@ -338,7 +334,21 @@ class MixedPrecisionDialog(QDialog):
             req = self.request()
         except QvizError:
             return  # the hint already says why, and the button is disabled
-        self.runRequested.emit(req)
+        self._controller.run_mixed(req)
+
+    def _apply_chosen(self) -> None:
+        if self._result is not None:
+            self._controller.apply_point(self._result.chosen)
+
+    def _on_mixed(self) -> None:
+        outcome = self._doc.measures.mixed
+        if outcome is None:
+            self.clear_result()
+        else:
+            self.show_result(outcome.result, outcome.baseline)
+
+    def _on_applied(self, point: ParetoPoint) -> None:
+        self.set_applied(point, self._result)
 
     # ----------------------------------------------------------------- feedback
     def set_running(self, running: bool) -> None:
@@ -389,7 +399,7 @@ class MixedPrecisionDialog(QDialog):
             )
         else:
             base_line = (
-                f"{base.label}: {c.metric.label} {fmt_value(base.value, c.metric.digits())}"
+                f"{base.label}: {c.metric.label} {fmt_decimals(base.value, c.metric.digits())}"
                 f"{c.metric.unit} on the {base.measurement.n_samples} search samples — "
                 f"{'meets' if base.passed else 'fails'} {c.spec}."
             )

@@ -1,16 +1,18 @@
 """The settings of the selected tensor: method, granularity, format, and where to apply them.
 
-A thin view: `set_tensor` shows a `TensorConfig`; any edit builds a new `TensorConfig` from the
-widgets and emits `configEdited(config, scope)`. It never computes anything itself; the window
-applies the change to the document and redraws from the stored statistics.
+A thin view of the document's selection: it shows the selected tensor's `TensorConfig` (and
+follows the document when that changes, by an edit here, a drag, an undo...). Any edit builds a
+new `TensorConfig` from the widgets and applies it to the document (`Document.apply`), one undo
+step; the document announces the change and every view redraws from it.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QStandardItemModel
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -25,11 +27,21 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qviz.core.calibration.config import TensorConfig
-from qviz.core.calibration.methods import Method, MethodSpec
-from qviz.core.document.document import ApplyScope, format_supported, granularity_supported
+from qviz.app.dialogs.error_dialog import ErrorReporter
+from qviz.core.calibration.analysis import TensorKey
+from qviz.core.calibration.config import TensorConfig, format_supported, granularity_supported
+from qviz.core.calibration.methods import DEFAULT_PERCENTILE, Method, MethodSpec
+from qviz.core.document.document import Document
+from qviz.core.document.tensors import ApplyScope
 from qviz.core.model.loading import TensorKind
-from qviz.core.quant.formats import FormatKind, Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import (
+    DEFAULT_GROUP_SIZE,
+    FormatKind,
+    Granularity,
+    GranularityKind,
+    NumberFormat,
+    PerGroup,
+)
 
 METHODS: tuple[tuple[Method, str, str], ...] = (
     (Method.MINMAX, "MinMax", "Clip at the observed minimum and maximum: nothing clipped, "
@@ -75,14 +87,19 @@ class TensorInfo:
 
 
 class ControlsPanel(QGroupBox):
-    """Widgets for one TensorConfig; emits `configEdited(TensorConfig, ApplyScope)`."""
+    """Widgets for the selected tensor's TensorConfig, writing to the document."""
 
-    configEdited = Signal(object, object)
-
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, doc: Document, reporter: ErrorReporter, parent: QWidget | None = None
+    ) -> None:
         super().__init__("Quantization settings", parent)
+        self._doc = doc
+        self._reporter = reporter
         self._info: TensorInfo | None = None
         self._updating = False
+        #: Milliseconds the last edit took to reach every view (the document's listeners
+        #: redraw synchronously), as the status line reports it.
+        self.last_update_ms = float("nan")
 
         self.target_label = QLabel("No tensor selected")
         self.target_label.setWordWrap(True)
@@ -99,7 +116,7 @@ class ControlsPanel(QGroupBox):
         self.percentile_spin.setDecimals(4)
         self.percentile_spin.setSingleStep(0.01)
         self.percentile_spin.setSuffix(" %")
-        self.percentile_spin.setValue(MethodSpec().percentile)
+        self.percentile_spin.setValue(DEFAULT_PERCENTILE)
         self.percentile_spin.setKeyboardTracking(False)
         self.percentile_spin.setToolTip("Percentile p for the Percentile method (of |x|)")
 
@@ -116,7 +133,7 @@ class ControlsPanel(QGroupBox):
         )
         self.group_spin = QSpinBox()
         self.group_spin.setRange(1, 65536)
-        self.group_spin.setValue(Granularity().group_size)
+        self.group_spin.setValue(DEFAULT_GROUP_SIZE)
         self.group_spin.setKeyboardTracking(False)
         self.group_spin.setToolTip("Group size: values per scale along the reduction axis")
 
@@ -166,6 +183,27 @@ class ControlsPanel(QGroupBox):
         self.symmetric_check.toggled.connect(self._emit)
         self.apply_button.clicked.connect(self._emit)
         self.set_tensor(None, None)
+        doc.events.selection.connect(self.show_selection)
+        doc.events.model.connect(self.show_selection)
+        doc.events.config.connect(self._on_changed)
+        doc.events.results.connect(self._on_changed)
+
+    # ----------------------------------------------------------------- following the document
+    def show_selection(self) -> None:
+        doc = self._doc
+        key = doc.selection
+        if doc.model is None or key is None or not doc.has(key):
+            self.set_tensor(None, None)
+            return
+        tensor = doc.tensor(key)
+        shown = doc.result(key)
+        current = None if shown is None else shown.metrics.envelope
+        info = TensorInfo(key.name, key.kind, tensor.layer.name, tensor.layer.op_type, current)
+        self.set_tensor(info, doc.config_for(key))
+
+    def _on_changed(self, keys: tuple[TensorKey, ...]) -> None:
+        if self._doc.selection in keys:
+            self.show_selection()
 
     # ----------------------------------------------------------------- public API
     def set_tensor(self, info: TensorInfo | None, cfg: TensorConfig | None) -> None:
@@ -185,13 +223,15 @@ class ControlsPanel(QGroupBox):
             )
             self._fill_scope(info)
             _set_data(self.method_combo, cfg.spec.method)
-            self.percentile_spin.setValue(cfg.spec.percentile)
+            if cfg.spec.percentile is not None:
+                self.percentile_spin.setValue(cfg.spec.percentile)
             manual = cfg.spec.manual_range or info.current_range
             if manual is not None and all(math.isfinite(v) for v in manual):
                 self.lo_spin.setValue(manual[0])
                 self.hi_spin.setValue(manual[1])
             _set_data(self.granularity_combo, cfg.granularity.kind)
-            self.group_spin.setValue(cfg.granularity.group_size)
+            if isinstance(cfg.granularity, PerGroup):
+                self.group_spin.setValue(cfg.granularity.group_size)
             fid = cfg.fmt.kind.value if cfg.fmt.kind is not FormatKind.INT else (
                 "int" if cfg.fmt.signed else "uint"
             )
@@ -215,9 +255,9 @@ class ControlsPanel(QGroupBox):
         manual = None
         if method is Method.MANUAL:
             manual = (self.lo_spin.value(), self.hi_spin.value())
-        spec = MethodSpec(method, self.percentile_spin.value(), manual)
+        spec = MethodSpec.of(method, self.percentile_spin.value(), manual)
         gkind = self.granularity_combo.currentData()
-        granularity = Granularity(gkind, self.group_spin.value())
+        granularity = Granularity.of(gkind, self.group_spin.value())
         fid = self.format_combo.currentData()
         if fid in ("int", "uint"):
             text = f"{fid}{self.bits_spin.value()}"
@@ -293,10 +333,25 @@ class ControlsPanel(QGroupBox):
         if self._updating:
             return
         cfg = self.config()
-        if cfg is None:
+        key = self._doc.selection
+        if cfg is None or key is None:
             return
         scope = ApplyScope.TENSOR if cfg.spec.method is Method.MANUAL else self.scope()
-        self.configEdited.emit(cfg, scope)
+        self.apply(cfg, scope)
+
+    def apply(self, cfg: TensorConfig, scope: ApplyScope = ApplyScope.TENSOR) -> None:
+        """Apply `cfg` to the selected tensor, its op type or all its kind (one undo step)."""
+        key = self._doc.selection
+        if key is None:
+            return
+        with self._reporter.guard("Applying the settings"):
+            started = time.perf_counter()
+            changed = self._doc.apply(key, cfg, scope)
+            self.last_update_ms = (time.perf_counter() - started) * 1000.0
+            self._reporter.status(
+                f"{self._doc.history.current.label} ({len(changed)} changed; redrawn in "
+                f"{self.last_update_ms:.0f} ms)"
+            )
 
 
 def _range_spin(tip: str) -> QDoubleSpinBox:

@@ -11,7 +11,6 @@ preview) and stores the range on ``regionEdited`` (drag finished).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pyqtgraph as pg
@@ -19,9 +18,9 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from qviz.app.views import plot_style as st
-from qviz.core.quant.formats import FormatKind, NumberFormat
-from qviz.core.quant.qparams import QParams, compute_qparams
-from qviz.core.quant.quantize import quantization_levels
+from qviz.core.layerdata.ranges import GridInfo, effective_range, grid_info, range_grid
+from qviz.core.quant.formats import NumberFormat
+from qviz.core.quant.qparams import QParams
 
 # Draw the grid only when this few levels are visible: beyond that the lines merge into a
 # grey wash that hides the histogram and tells the user nothing.
@@ -31,45 +30,6 @@ MIN_GRID_SPACING_PX = 6.0
 SPIKE_RATIO = 8.0
 _EMPTY_STEP_X = np.zeros(1)
 _EMPTY_STEP_Y = np.zeros(0)
-
-
-# ----------------------------------------------------------------------------- pure helpers
-def effective_range(lo: float, hi: float, fmt: NumberFormat) -> tuple[float, float]:
-    """The range the quantizer really covers for a chosen (lo, hi).
-
-    What ``compute_qparams`` maps onto [qmin, qmax]: widened to include 0, symmetrised for
-    symmetric formats (a symmetric int8 grid over a ReLU output really spans [-c, c]), with
-    the zero point rounded. These are the numbers ``TensorMetrics.lo/hi`` report, so the
-    band, the error-curve markers and the metrics panel all agree.
-    """
-    qp = compute_qparams(lo, hi, fmt)
-    scale = float(qp.scale)
-    zp = float(np.asarray(qp.zero_point).astype(np.float64))
-    return (fmt.qmin - zp) * scale, (fmt.qmax - zp) * scale
-
-
-def step_size(levels: np.ndarray, fmt: NumberFormat, scale: float) -> float:
-    """Step between levels: the scale for INT, the largest gap for FP8 / NF4 (non-uniform)."""
-    if fmt.kind is FormatKind.INT or levels.size < 2:
-        return float(scale)
-    return float(np.max(np.diff(levels)))
-
-
-@dataclass(frozen=True)
-class GridInfo:
-    """What the text item says about one per-tensor quantizer."""
-
-    scale: float
-    zero_point: float
-    step: float
-    levels: np.ndarray  # every representable value, sorted
-
-
-def grid_info(qp: QParams, fmt: NumberFormat) -> GridInfo:
-    scale = float(np.asarray(qp.scale).reshape(-1)[0])
-    zp = float(np.asarray(qp.zero_point).astype(np.float64).reshape(-1)[0])
-    levels = np.asarray(quantization_levels(scale, zp, fmt), dtype=np.float64)
-    return GridInfo(scale, zp, step_size(levels, fmt, scale), levels)
 
 
 # ----------------------------------------------------------------------------- count axis
@@ -523,7 +483,7 @@ class HistogramView(QWidget):
             # A drag always means one per-tensor range (Manual): preview that quantizer.
             self._per_tensor = True
             self._scales_text = ""
-            self._grid = grid_info(compute_qparams(lo, hi, self._fmt), self._fmt)
+            self._grid = range_grid(lo, hi, self._fmt)
         self._write_info(lo, hi, preview=True)
         self._update_grid()
         self.regionChanging.emit(lo, hi)

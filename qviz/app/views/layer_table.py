@@ -1,9 +1,10 @@
 """The layer table: one row per quantizable tensor, sortable and filterable.
 
-`LayerTableModel` reads everything from the `Document` (it keeps no copy of the numbers), so
-after a settings change the window only tells it which tensors changed and it emits
-`dataChanged` for those rows; a `QSortFilterProxyModel` sorts by the raw numbers (not the
-text) and filters by substring over every column.
+`LayerTableModel` reads everything from the `Document` (it keeps no copy of the numbers) and
+follows its events: a change of settings or new results repaint just the rows of the tensors
+named; a new sensitivity report or evaluation repaints its columns. A
+`QSortFilterProxyModel` sorts by the raw numbers (not the text) and filters by substring over
+every column. Selecting a row selects the tensor in the document, and the other way round.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from PySide6.QtCore import (
     QPersistentModelIndex,
     QSortFilterProxyModel,
     Qt,
-    Signal,
 )
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
@@ -34,10 +34,15 @@ from PySide6.QtWidgets import (
 )
 
 from qviz.app.views import plot_style as st
+from qviz.core.calibration.analysis import TensorKey
 from qviz.core.calibration.config import method_label
-from qviz.core.document.document import Document, Summary, TensorKey
+from qviz.core.document.document import Document
+from qviz.core.document.summary import Summary
+from qviz.core.evaluation.display import fmt_metric_change
 from qviz.core.model.loading import TensorKind
 from qviz.core.runtime.fusion import WEIGHT_ONLY_KERNELS, FusionReport
+from qviz.core.search.sensitivity import LayerSensitivity
+from qviz.core.text import fmt_count, fmt_shape
 
 # SQNR colour scale. 35 dB is about int8 per-channel quality on a well-behaved tensor; below
 # 20 dB the quantization noise is a tenth of the signal's power, which visibly hurts most
@@ -125,22 +130,6 @@ def sqnr_background(sqnr_db: float) -> QColor | None:
     return BAD_BG
 
 
-def format_count(n: float) -> str:
-    if n <= 0:
-        return "—"
-    if n >= 1e6:
-        return f"{n / 1e6:.3g} M"
-    if n >= 1e4:
-        return f"{n / 1e3:.3g} k"
-    return f"{n:.0f}"
-
-
-def format_shape(shape: tuple[int | None, ...] | None) -> str:
-    if shape is None:
-        return "—"
-    return "×".join("?" if d is None else str(d) for d in shape)
-
-
 class LayerTableModel(QAbstractTableModel):
     """Rows are the document's tensors in graph order; data is read from the document."""
 
@@ -149,9 +138,7 @@ class LayerTableModel(QAbstractTableModel):
         self._doc = doc
         self._keys: list[TensorKey] = []
         self._row: dict[TensorKey, int] = {}
-        # The last native evaluation's fusion report, and whether it is for these settings.
-        self._fusion: FusionReport | None = None
-        self._fusion_current = False
+        self.fusion_shown = False
 
     # ----------------------------------------------------------------- updates
     def reset(self) -> None:
@@ -182,9 +169,6 @@ class LayerTableModel(QAbstractTableModel):
             self.dataChanged.emit(self.index(start, first), self.index(prev, last))
             if r is not None:
                 start = prev = r
-
-    def key_at(self, row: int) -> TensorKey:
-        return self._keys[row]
 
     def row_of(self, key: TensorKey) -> int | None:
         return self._row.get(key)
@@ -234,7 +218,7 @@ class LayerTableModel(QAbstractTableModel):
         if (
             role == Qt.ItemDataRole.ForegroundRole
             and col in SENSITIVITY_COLUMNS
-            and self._doc.sensitivity_stale
+            and self._doc.measures.sensitivity_stale
         ):
             return QBrush(STALE_FG)
         return None
@@ -251,9 +235,9 @@ class LayerTableModel(QAbstractTableModel):
         if col is Column.OP:
             return tensor.layer.op_type
         if col is Column.SHAPE:
-            return format_shape(doc.shape(key))
+            return fmt_shape(doc.shape(key))
         if col is Column.PARAMS:
-            return format_count(doc.element_count(key)) if key[1] is TensorKind.WEIGHT else ""
+            return fmt_count(doc.element_count(key)) if key[1] is TensorKind.WEIGHT else ""
         if col in SENSITIVITY_COLUMNS:
             return sensitivity_text(doc, key, col)
         cfg = doc.config_for(key)
@@ -313,44 +297,26 @@ class LayerTableModel(QAbstractTableModel):
             return sensitivity_tooltip(doc, key)
         return None
 
-    def refresh_sensitivity(self) -> None:
-        """A new sensitivity report, another metric, or its staleness changed."""
+    def refresh_columns(self, first: Column, last: Column) -> None:
+        """Every row of these columns changed (a sensitivity report, a fusion report)."""
         if self._keys:
-            self.dataChanged.emit(
-                self.index(0, min(SENSITIVITY_COLUMNS)),
-                self.index(len(self._keys) - 1, max(SENSITIVITY_COLUMNS)),
-            )
+            self.dataChanged.emit(self.index(0, first), self.index(len(self._keys) - 1, last))
 
     # ----------------------------------------------------------------- sim vs native
-    def set_fusion(self, report: FusionReport | None, current: bool = True) -> None:
-        """Show a native evaluation's fusion report (`current`: for the settings shown)."""
-        self._fusion = report
-        self._fusion_current = current
-        if self._keys:
-            last = len(self._keys) - 1
-            self.dataChanged.emit(self.index(0, Column.NATIVE), self.index(last, Column.NATIVE))
-
-    def mark_fusion_stale(self) -> None:
-        if self._fusion is not None and self._fusion_current:
-            self.set_fusion(self._fusion, current=False)
-
     def _native_data(self, key: TensorKey, role: int) -> Any:
         layer = self._doc.tensor(key).layer.name
+        fusion = self._doc.measures.fusion
+        current = self._doc.measures.fusion_current
         if role in (Qt.ItemDataRole.DisplayRole, SORT_ROLE):
-            return native_text(self._fusion, layer)
+            return native_text(fusion, layer)
         if role == Qt.ItemDataRole.ToolTipRole:
-            return native_tooltip(self._fusion, layer, self._fusion_current)
-        if role == Qt.ItemDataRole.ForegroundRole and self._fusion is not None:
-            if not self._fusion_current:
-                return QBrush(STALE_FG)
-        if (
-            role == Qt.ItemDataRole.BackgroundRole
-            and self._fusion is not None
-            and self._fusion_current
-        ):
-            if layer in self._fusion.saturating:
+            return native_tooltip(fusion, layer, current)
+        if role == Qt.ItemDataRole.ForegroundRole and fusion is not None and not current:
+            return QBrush(STALE_FG)
+        if role == Qt.ItemDataRole.BackgroundRole and fusion is not None and current:
+            if layer in fusion.saturating:
                 return QBrush(FAIR_BG)
-            if layer in self._fusion.unfused:
+            if layer in fusion.unfused:
                 return QBrush(BAD_BG)
         return None
 
@@ -393,26 +359,27 @@ def native_tooltip(report: FusionReport | None, layer: str, current: bool) -> st
     return text
 
 
+def sensitivity_row(doc: Document, key: TensorKey) -> LayerSensitivity | None:
+    return doc.measures.sensitivity_row(doc.tensor(key).layer.name)
+
+
 def sensitivity_value(doc: Document, key: TensorKey, col: Column) -> float | None:
     """The number a sensitivity column holds for a tensor's layer (None: nothing to show)."""
-    row = doc.sensitivity_for(key)
+    row = sensitivity_row(doc, key)
     if row is None:
         return None
     return row.drop if col is Column.DROP else row.recovery
 
 
 def sensitivity_text(doc: Document, key: TensorKey, col: Column) -> str:
-    value = sensitivity_value(doc, key, col)
-    if value is None or doc.sensitivity is None:
-        return "" if doc.sensitivity is None or doc.sensitivity_for(key) is None else "—"
-    digits = 5 if doc.sensitivity.metric.value in ("output_cosine", "output_kl") else 2
-    if math.isnan(value):
-        return "—"
-    return f"{value:+.{digits}f}".replace("-", "−")
+    report = doc.measures.sensitivity
+    if report is None or sensitivity_row(doc, key) is None:
+        return ""
+    return fmt_metric_change(sensitivity_value(doc, key, col), report.metric)
 
 
 def sensitivity_tooltip(doc: Document, key: TensorKey) -> str | None:
-    report, row = doc.sensitivity, doc.sensitivity_for(key)
+    report, row = doc.measures.sensitivity, sensitivity_row(doc, key)
     if report is None:
         return "Run ▸ Sensitivity to measure how much each layer matters end to end"
     if row is None:
@@ -425,15 +392,13 @@ def sensitivity_tooltip(doc: Document, key: TensorKey) -> str | None:
         f"only this layer quantized: {st.fmt_num(row.quantized_only.value(m))}",
         f"only this layer float: {st.fmt_num(row.float_only.value(m))}",
     ]
-    if doc.sensitivity_stale:
+    if doc.measures.sensitivity_stale:
         lines.append("Measured for earlier settings: run Sensitivity again.")
     return "\n".join(lines)
 
 
 class LayerTable(QWidget):
-    """Filter box, the table and the summary line; emits `tensorSelected(key)`."""
-
-    tensorSelected = Signal(object)
+    """Filter box, the table and the summary line, following the document."""
 
     def __init__(self, doc: Document, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -489,36 +454,58 @@ class LayerTable(QWidget):
         layout.addWidget(self.view, 1)
         layout.addWidget(self.summary_label)
 
-    # ----------------------------------------------------------------- public API
+        # The sensitivity columns sit right after Clipped: end to end beside local.
+        for offset, col in enumerate(SENSITIVITY_COLUMNS):
+            header.moveSection(
+                header.visualIndex(col), header.visualIndex(Column.CLIPPED) + 1 + offset
+            )
+        events = doc.events
+        events.model.connect(self.reset)
+        events.config.connect(self._on_changed)
+        events.results.connect(self._on_changed)
+        events.stats.connect(self._on_stats)
+        events.selection.connect(self._on_selection)
+        events.sensitivity.connect(self.refresh_sensitivity)
+        events.evaluation.connect(self.refresh_fusion)
+        self.refresh_sensitivity()
+
+    # ----------------------------------------------------------------- following the document
     def reset(self) -> None:
         self.model.reset()
         self._fit_columns()
         self.update_summary()
+        self._on_selection()
 
-    def refresh(self, keys: list[TensorKey] | None = None) -> None:
-        self.model.refresh(keys)
+    def _on_changed(self, keys: tuple[TensorKey, ...]) -> None:
+        self.model.refresh(list(keys))
+        self.update_summary()
+
+    def _on_stats(self) -> None:
+        self.model.refresh()
+        self.update_summary()
+
+    def _on_selection(self) -> None:
+        self.select(self._doc.selection)
 
     def refresh_sensitivity(self) -> None:
         """Show the document's sensitivity report in its columns (hidden while there is none)."""
+        hidden = self._doc.measures.sensitivity is None
         for col in SENSITIVITY_COLUMNS:
-            hidden = self._doc.sensitivity is None
             was_hidden = self.view.isColumnHidden(col)
             self.view.setColumnHidden(col, hidden)
             if was_hidden and not hidden:
                 self.view.resizeColumnToContents(col)
-        self.model.refresh_sensitivity()
+        self.model.refresh_columns(min(SENSITIVITY_COLUMNS), max(SENSITIVITY_COLUMNS))
 
-    def set_fusion(self, report: FusionReport | None, current: bool = True) -> None:
-        """Fill the sim-vs-native column from a native evaluation's fusion report."""
-        self.model.set_fusion(report, current)
-        if report is not None:
+    def refresh_fusion(self) -> None:
+        """The sim-vs-native column follows the last native evaluation's fusion report."""
+        had = self.model.fusion_shown
+        self.model.fusion_shown = self._doc.measures.fusion is not None
+        self.model.refresh_columns(Column.NATIVE, Column.NATIVE)
+        if self.model.fusion_shown and not had:
             self.view.resizeColumnToContents(Column.NATIVE)
             header = self.view.horizontalHeader()
             header.resizeSection(Column.NATIVE, min(header.sectionSize(Column.NATIVE), 170))
-
-    def mark_fusion_stale(self) -> None:
-        """The settings changed since the fusion report was measured: grey it."""
-        self.model.mark_fusion_stale()
 
     def select(self, key: TensorKey | None) -> None:
         """Make `key` the current row (no signal if it already is)."""
@@ -568,7 +555,7 @@ class LayerTable(QWidget):
     # ----------------------------------------------------------------- internals
     def _on_current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
         if current.isValid():
-            self.tensorSelected.emit(self.proxy.data(current, KEY_ROLE))
+            self._doc.select(self.proxy.data(current, KEY_ROLE))
 
     def _fit_columns(self) -> None:
         self.view.resizeColumnsToContents()

@@ -7,15 +7,13 @@ shows either a stored result (a ``TensorResult``) or, while a clip range is bein
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QSizePolicy, QWidget
 
 from qviz.app.views import plot_style as st
-from qviz.core.calibration.metrics import TensorMetrics
+from qviz.core.layerdata.columns import ColumnData, metric_texts
 from qviz.core.model.loading import TensorKind
 
 # Row keys, in display order, with their labels. Tests and screenshots address cells by key.
@@ -38,52 +36,6 @@ _TITLES = {TensorKind.WEIGHT: "Weight", TensorKind.ACTIVATION: "Activation"}
 _COLORS = {TensorKind.WEIGHT: st.WEIGHT_COLOR, TensorKind.ACTIVATION: st.ACTIVATION_COLOR}
 PREVIEW_COLOR = "#a05a00"
 MAX_NAME_CHARS = 48
-
-
-@dataclass(frozen=True)
-class ColumnData:
-    """What one column shows; built from a TensorResult or from a drag preview."""
-
-    tensor: str
-    config: str
-    metrics: TensorMetrics
-    channel_sqnr: np.ndarray | None = None  # per output channel, for "worst channel"
-    channel_word: str = "channel"  # what the clip envelope is over: "channel" or "group"
-    preview: bool = False
-    approximate: bool = False  # preview from a histogram of a huge weight (exact on release)
-
-
-def metric_texts(data: ColumnData) -> dict[str, str]:
-    """Every cell of a column as text (Qt-free, so tests can compare numbers directly)."""
-    m = data.metrics
-    per_tensor = np.asarray(m.scale).size == 1
-    if per_tensor:
-        clip = st.fmt_range(float(np.asarray(m.lo).min()), float(np.asarray(m.hi).max()))
-    else:
-        n = np.asarray(m.scale).size
-        clip = (
-            f"{st.fmt_range(float(np.min(m.lo)), float(np.max(m.hi)))} envelope of {n} "
-            f"{data.channel_word}s"
-        )
-    worst = "—"
-    if data.channel_sqnr is not None and np.asarray(data.channel_sqnr).size > 1:
-        sq = np.asarray(data.channel_sqnr, dtype=np.float64).ravel()
-        i = int(np.nanargmin(sq))
-        worst = f"#{i}: {st.fmt_db(float(sq[i]))}"
-    return {
-        "tensor": data.tensor,
-        "config": data.config,
-        "scale": st.summarize(m.scale),
-        "zero_point": st.summarize(np.asarray(m.zero_point, dtype=np.float64), st.fmt_zero_point),
-        "step": st.summarize(m.step),
-        "clip": clip,
-        "clipped": st.fmt_pct(m.clipped_fraction),
-        "mse": st.fmt_num(m.mse),
-        "sqnr": st.fmt_db(m.sqnr_db),
-        "worst": worst,
-        "max_abs_error": st.fmt_num(m.max_abs_error),
-        "cosine": f"{float(m.cosine):.6f}",
-    }
 
 
 def elide_middle(text: str, limit: int = MAX_NAME_CHARS) -> str:

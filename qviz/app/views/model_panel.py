@@ -6,21 +6,21 @@ evaluation). Below: float vs quantized accuracy (or top-1 agreement when the dat
 labels), output SQNR, cosine and KL, model size, latency and the layers ONNX Runtime fused
 (full evaluation only), the error along depth, and the evaluation's notes.
 
-The panel is a view: `show_outcome` renders an `EvaluationOutcome`; the texts come from
-`outcome_texts`, a Qt-free function tests compare with the core's numbers. Criteria are
-parsed with `Criterion.parse` as they are typed; a bad one is named inline and the badge
-waits for a valid list.
+The panel is a view of the document's evaluation and criteria, plus the live-evaluation
+controller's status ("updating…", "cannot evaluate: …"). The texts come from
+`outcome_texts`, a Qt-free function tests compare with the core's numbers. Criteria typed here
+go into the document as they are typed; a bad one is named inline and the criteria in force
+stay until the list reads.
 """
 
 from __future__ import annotations
 
 import html
 import math
-import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QBoxLayout,
     QDockWidget,
@@ -36,16 +36,22 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qviz.app.controllers.evaluation_controller import EvaluationOutcome
+from qviz.app.controllers.evaluation_controller import (
+    EvaluationController,
+    LiveState,
+    LiveStatus,
+)
 from qviz.app.views import plot_style as st
 from qviz.app.views.depth_view import DepthView
+from qviz.core.calibration.analysis import TensorKey
+from qviz.core.document.document import Document
+from qviz.core.document.jobs import EvaluationOutcome
 from qviz.core.errors import QvizError
-from qviz.core.evaluation.criteria import Criterion, Verdict, check_all
-from qviz.core.evaluation.evaluate import Evaluation, Metric
+from qviz.core.evaluation.criteria import Verdict, check_all, overall
+from qviz.core.evaluation.evaluate import Metric
+from qviz.core.model.loading import TensorKind
+from qviz.core.text import fmt_bytes
 
-DEFAULT_CRITERIA = "accuracy_drop<=1"
-# Without labels there is no accuracy: the default bar is then on the output itself.
-DEFAULT_CRITERIA_NO_LABELS = "cosine>=0.99"
 PASS_COLOR = "#2e7d32"
 FAIL_COLOR = "#c62828"
 NONE_COLOR = "#9e9e9e"
@@ -72,14 +78,6 @@ FULL_ONLY = "— (Evaluate, Ctrl+R)"
 MAX_SIZE = 16_777_215  # QWIDGETSIZE_MAX
 # Rows whose quantized cell is one sentence over the quantized and Δ columns.
 SPANNING_ROWS = frozenset({"fused", "mismatch"})
-
-
-def fmt_bytes(n: int) -> str:
-    if n >= 1 << 20:
-        return f"{n / (1 << 20):.2f} MiB"
-    if n >= 1 << 10:
-        return f"{n / (1 << 10):.1f} KiB"
-    return f"{n} B"
 
 
 def fmt_pct_value(value: float | None) -> str:
@@ -162,31 +160,19 @@ def source_text(outcome: EvaluationOutcome) -> str:
     return f"{outcome.label} of {outcome.data_name} · {outcome.elapsed_s:.1f} s"
 
 
-def parse_criteria(text: str) -> list[Criterion]:
-    """Criteria separated by ';', ',' or new lines; QvizError names the first bad one."""
-    parts = [p.strip() for p in re.split(r"[;,\n]", text) if p.strip()]
-    return [Criterion.parse(p) for p in parts]
-
-
-def overall(verdicts: Sequence[Verdict]) -> bool | None:
-    """True when every criterion passes, False when one fails, None without criteria."""
-    if not verdicts:
-        return None
-    return all(v.passed for v in verdicts)
-
-
 class ModelPanel(QWidget):
     """Badge, criteria, the numbers table, the depth plot and notes."""
 
-    criteriaChanged = Signal()
-    evaluateRequested = Signal()
-
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, doc: Document, evaluation: EvaluationController, parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
-        self.outcome: EvaluationOutcome | None = None
-        self._criteria: list[Criterion] = []
+        self._doc = doc
+        self._evaluation = evaluation
+        self.outcome: EvaluationOutcome | None = None  # shown (maybe for earlier settings)
         self._verdicts: tuple[Verdict, ...] = ()
         self._stale = False
+        self._showing_criteria = False
 
         # --- verdict
         self.badge = QLabel("—")
@@ -214,7 +200,7 @@ class ModelPanel(QWidget):
         top.addLayout(verdict_text, 1)
 
         # --- criteria
-        self.criteria_edit = QLineEdit(DEFAULT_CRITERIA)
+        self.criteria_edit = QLineEdit(doc.measures.effective_criteria_text)
         self.criteria_edit.setPlaceholderText("accuracy_drop<=0.5; cosine>=0.99")
         self.criteria_edit.setClearButtonEnabled(True)
         self.criteria_edit.setToolTip(
@@ -225,9 +211,7 @@ class ModelPanel(QWidget):
         self.criteria_error.setWordWrap(True)
         self.criteria_error.setStyleSheet(f"color: {ERROR_COLOR};")
         self.criteria_error.hide()
-        self.criteria_edit.textChanged.connect(self._on_criteria_edited)
-        self._criteria_chosen = False  # the user typed criteria: never replace them
-        self.criteria_edit.textEdited.connect(self._on_criteria_typed)
+        self.criteria_edit.textEdited.connect(self._on_criteria_edited)
         criteria_row = QHBoxLayout()
         criteria_label = QLabel("Criteria")
         criteria_label.setToolTip(self.criteria_edit.toolTip())
@@ -240,7 +224,7 @@ class ModelPanel(QWidget):
             "Every sample, ONNX Runtime's fused INT8 kernels, fusion report and latency "
             "(Ctrl+R); progress and Cancel in the status bar"
         )
-        self.evaluate_button.clicked.connect(self.evaluateRequested)
+        self.evaluate_button.clicked.connect(evaluation.evaluate_full)
         buttons = QHBoxLayout()
         buttons.addWidget(self.evaluate_button)
         buttons.addStretch(1)
@@ -322,8 +306,48 @@ class ModelPanel(QWidget):
         self._layout.addWidget(self.notes_section)
         self.set_orientation(Qt.Orientation.Horizontal)
 
-        self._on_criteria_edited(self.criteria_edit.text())
         self.set_unavailable("Open a model (Ctrl+O) to evaluate it")
+        self.depth_view.layerClicked.connect(self._select_input)
+        evaluation.statusChanged.connect(self._on_status)
+        doc.events.evaluation.connect(self._on_evaluation)
+        doc.events.criteria.connect(self._on_criteria)
+        doc.events.selection.connect(self._ring_selected_layer)
+        doc.events.model.connect(self._ring_selected_layer)
+
+    # ----------------------------------------------------------------- following the document
+    def _on_evaluation(self) -> None:
+        outcome = self._doc.measures.evaluation
+        if outcome is not None:
+            local = {
+                r.name: float(r.metrics.sqnr_db)
+                for r in outcome.results
+                if r.kind is TensorKind.ACTIVATION
+            }
+            self.show_outcome(outcome, local)
+
+    def _on_status(self, status: LiveStatus) -> None:
+        if status.state is LiveState.PENDING:
+            self.set_pending(status.text)
+        elif status.state is LiveState.UNAVAILABLE:
+            self.set_unavailable(status.text)
+        elif status.state is LiveState.PROBLEM:
+            self.set_problem(status.text)
+
+    def _on_criteria(self) -> None:
+        text = self._doc.measures.effective_criteria_text
+        if text != self.criteria_edit.text() and not self.criteria_edit.hasFocus():
+            self.criteria_edit.setText(text)
+        self._update_verdict()
+
+    def _ring_selected_layer(self) -> None:
+        """Ring, on the depth plot, the input of the layer shown in the layer view."""
+        acts = [k.name for k in self._doc.visible_keys() if k.kind is TensorKind.ACTIVATION]
+        self.set_selected_tensor(acts[0] if acts else None)
+
+    def _select_input(self, tensor: str) -> None:
+        key = TensorKey(tensor, TensorKind.ACTIVATION)
+        if self._doc.has(key):
+            self._doc.select(key)
 
     def set_orientation(self, orientation: Qt.Orientation) -> None:
         """Side by side (docked at the bottom or top) or stacked (docked left or right)."""
@@ -348,12 +372,10 @@ class ModelPanel(QWidget):
     def passed(self) -> bool | None:
         return overall(self._verdicts)
 
-    def criteria(self) -> list[Criterion]:
-        return list(self._criteria)
-
     def set_criteria_text(self, text: str) -> None:
-        self._criteria_chosen = True
+        """Type `text` into the criteria box, as a user would."""
         self.criteria_edit.setText(text)
+        self._on_criteria_edited(text)
 
     # ----------------------------------------------------------------- rendering
     def show_outcome(self, outcome: EvaluationOutcome, local: Mapping[str, float]) -> None:
@@ -361,11 +383,9 @@ class ModelPanel(QWidget):
         SQNR (dB) for the depth plot."""
         self.outcome = outcome
         self._stale = False
-        if not self._criteria_chosen:
-            labels = outcome.evaluation.has_labels
-            default = DEFAULT_CRITERIA if labels else DEFAULT_CRITERIA_NO_LABELS
-            if self.criteria_edit.text() != default:
-                self.criteria_edit.setText(default)  # judged below, on these numbers
+        text = self._doc.measures.effective_criteria_text  # the defaults follow the labels
+        if text != self.criteria_edit.text() and not self.criteria_edit.hasFocus():
+            self.criteria_edit.setText(text)
         for key, cells in outcome_texts(outcome).items():
             for col, text in zip(COLUMNS, cells, strict=True):
                 self._cells[(key, col)].setText(text)
@@ -415,30 +435,25 @@ class ModelPanel(QWidget):
         for cell in self._cells.values():
             cell.setStyleSheet(style)
 
-    def _on_criteria_typed(self, _text: str) -> None:
-        self._criteria_chosen = True
-
     def _on_criteria_edited(self, text: str) -> None:
         try:
-            criteria = parse_criteria(text)
+            self._doc.set_criteria_text(text)
         except QvizError as exc:
             self.criteria_error.setText(str(exc))
             self.criteria_error.show()
             self.criteria_edit.setStyleSheet(f"border: 1px solid {ERROR_COLOR};")
-            return  # keep judging by the last valid criteria until this one reads
+            return  # the document keeps judging by the last valid criteria
         self.criteria_error.hide()
         self.criteria_edit.setStyleSheet("")
-        self._criteria = criteria
-        self._update_verdict()
-        self.criteriaChanged.emit()
 
     def _update_verdict(self) -> None:
-        evaluation: Evaluation | None = None if self.outcome is None else self.outcome.evaluation
-        self._verdicts = () if evaluation is None else check_all(self._criteria, evaluation)
+        criteria = self._doc.measures.criteria
+        evaluation = None if self.outcome is None else self.outcome.evaluation
+        self._verdicts = () if evaluation is None else check_all(criteria, evaluation)
         result = overall(self._verdicts)
         if evaluation is None:
             text, color = "—", NONE_COLOR
-            lines = "No evaluation yet" if self._criteria else "No criteria set"
+            lines = "No evaluation yet" if criteria else "No criteria set"
         elif result is None:
             text, color = "—", NONE_COLOR
             lines = "No acceptance criteria: type some below to get a PASS or FAIL"
@@ -459,10 +474,12 @@ class ModelPanel(QWidget):
 class ModelDock(QDockWidget):
     """The model panel as a dock of the main window (View ▸ Model to show it again)."""
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, doc: Document, evaluation: EvaluationController, parent: QWidget | None = None
+    ) -> None:
         super().__init__("Model: end-to-end effect", parent)
         self.setObjectName("model_dock")
-        self.panel = ModelPanel()
+        self.panel = ModelPanel(doc, evaluation)
         self.setWidget(self.panel)
         self.dockLocationChanged.connect(self._on_area_changed)
         self.toggleViewAction().setText("&Model Panel")

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 from qviz.app.views import plot_style as st
 from qviz.core.evaluation.criteria import Comparison
 from qviz.core.search.mixed import MixedResult, ParetoPoint
+from qviz.core.text import KIB, fmt_bytes, fmt_decimals
 
 PASS_COLOR = "#2e7d32"
 FAIL_COLOR = "#c62828"
@@ -31,27 +32,6 @@ FRONT_COLOR = "#455a64"
 CHOSEN_COLOR = "#000000"
 APPLIED_COLOR = "#e08600"
 PASS_REGION = (46, 125, 50, 22)
-KIB = 1024.0
-
-
-def fmt_bytes(n: float) -> str:
-    """Sizes as people read them: 220.0 KiB, 1.66 MiB."""
-    if n >= KIB * KIB:
-        return f"{n / (KIB * KIB):.3g} MiB"
-    if n >= KIB:
-        return f"{n / KIB:.4g} KiB"
-    return f"{n:.0f} B"
-
-
-def fmt_value(value: float, digits: int) -> str:
-    """A criterion's number at its precision; a rounding residue never reads "−0.00"."""
-    if math.isnan(value):
-        return "not measured"
-    if math.isinf(value):
-        return "∞" if value > 0 else "−∞"
-    if abs(value) < 0.5 * 10.0**-digits:
-        value = 0.0
-    return f"{value:.{digits}f}".replace("-", "−")
 
 
 def short_data_name(description: str) -> str:
@@ -67,7 +47,7 @@ def point_text(p: ParetoPoint, result: MixedResult) -> str:
     floats = f", {n} layer{'s' if n != 1 else ''} float" if n else ""
     return (
         f"#{p.index} {p.label}: {fmt_bytes(p.size_bytes)}, {c.metric.label} "
-        f"{fmt_value(p.value, c.metric.digits())}{c.metric.unit} on "
+        f"{fmt_decimals(p.value, c.metric.digits())}{c.metric.unit} on "
         f"{p.measurement.n_samples} samples ({verdict} {c.spec}){floats}"
     )
 
@@ -194,7 +174,7 @@ class ParetoView(QWidget):
             self.confirmed.setData([result.size_bytes / KIB], [measured])
             self.confirmed_label.setText(
                 f"confirmed on all {result.evaluation.n_samples}: "
-                f"{fmt_value(measured, c.metric.digits())}"
+                f"{fmt_decimals(measured, c.metric.digits())}"
             )
             self.confirmed_label.setPos(result.size_bytes / KIB, measured)
         else:

@@ -7,12 +7,10 @@ written the same way.
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pyqtgraph as pg
 from PySide6.QtGui import QColor, QFont
 
+from qviz.core import text
 from qviz.core.calibration.methods import Method
 
 # Light theme: plots sit next to ordinary widgets (tables, forms), and a white background
@@ -136,50 +134,11 @@ def color(hex_or_rgba: str | tuple[int, ...], alpha: int | None = None) -> QColo
 
 
 # ----------------------------------------------------------------------------- numbers
-def fmt_num(x: float | np.floating, digits: int = 4) -> str:
-    """A number as a person reads it: 4 significant digits, no '-0', 'inf' spelled out."""
-    x = float(x)
-    if math.isnan(x):
-        return "—"
-    if math.isinf(x):
-        return "∞" if x > 0 else "−∞"
-    if x == 0:
-        return "0"
-    text = f"{x:.{digits}g}"
-    return text.replace("-", "−")
-
-
-def fmt_db(x: float) -> str:
-    if math.isinf(x) and x > 0:
-        return "∞ dB (lossless)"
-    return f"{fmt_num(x, 4)} dB"
-
-
-def fmt_pct(fraction: float) -> str:
-    """A clipped fraction as a percentage; tiny non-zero fractions stay visibly non-zero."""
-    pct = 100.0 * float(fraction)
-    if pct == 0:
-        return "0 %"
-    if pct < 0.001:
-        return "< 0.001 %"
-    return f"{pct:.3g} %"
-
-
-def fmt_range(lo: float, hi: float) -> str:
-    return f"[{fmt_num(lo)}, {fmt_num(hi)}]"
-
-
-def fmt_zero_point(zp: float | np.generic) -> str:
-    # FP8 zero points are stored as float8; show them as plain numbers.
-    value = float(zp)
-    return str(int(value)) if value == int(value) else fmt_num(value)
-
-
-def summarize(values: np.ndarray, fmt=fmt_num) -> str:
-    """Per-channel values in one cell: 'min / median / max' (a single value as itself)."""
-    flat = np.asarray(values, dtype=np.float64).ravel()
-    if flat.size == 0:
-        return "—"
-    if flat.size == 1 or np.all(flat == flat[0]):
-        return fmt(flat[0])
-    return f"{fmt(flat.min())} / {fmt(float(np.median(flat)))} / {fmt(flat.max())}"
+# One set of number formatters for the app, the CLI and the reports (qviz.core.text); the
+# views reach them through this module with the rest of the style.
+fmt_num = text.fmt_num
+fmt_db = text.fmt_db
+fmt_pct = text.fmt_pct
+fmt_range = text.fmt_range
+fmt_zero_point = text.fmt_zero_point
+summarize = text.summarize

@@ -11,8 +11,9 @@ of its input activation. Reading the two together shows when local error predict
 harm (a low-SQNR layer with tall bars) and when it does not (low SQNR, no bars: the network
 absorbs it; or high SQNR and tall bars: a small error in a place that matters).
 
-The view only draws a `SensitivityReport`; clicking a bar announces the layer (`layerClicked`)
-and the window selects it. Items are created once and updated in place.
+The panel draws the document's `SensitivityReport` (and says when it was measured for
+earlier settings); clicking a bar selects that layer in the document. Items are created once
+and updated in place.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from qviz.app.controllers.sensitivity_controller import SensitivityController
 from qviz.app.views import plot_style as st
+from qviz.core.document.document import Document
+from qviz.core.evaluation.display import fmt_metric, fmt_metric_change, metric_unit
 from qviz.core.evaluation.evaluate import Metric
 from qviz.core.progress import Progress, format_seconds
 from qviz.core.search.sensitivity import DEFAULT_LIMIT, LayerSensitivity, SensitivityReport
@@ -54,40 +58,6 @@ METRICS: tuple[Metric, ...] = (
 )  # fmt: skip
 
 
-def metric_unit(metric: Metric) -> str:
-    """What a bar's height is measured in."""
-    return {
-        Metric.ACCURACY: "accuracy points",
-        Metric.AGREEMENT: "agreement points",
-        Metric.SQNR: "output SQNR dB",
-        Metric.COSINE: "output cosine",
-        Metric.KL: "KL (nats)",
-        Metric.MAX_ABS_ERROR: "max |error|",
-    }[metric]
-
-
-def fmt_signed(value: float | None, metric: Metric) -> str:
-    if value is None or math.isnan(value):
-        return "—"
-    digits = 5 if metric in (Metric.COSINE, Metric.KL) else 2
-    return f"{value:+.{digits}f}".replace("-", "−")
-
-
-def fmt_metric(value: float, metric: Metric) -> str:
-    """A metric's value as the CLI and the evaluation panel write it (93.75 %, 18.19 dB)."""
-    if math.isnan(value):
-        return "—"
-    if math.isinf(value):
-        return "∞" if value > 0 else "−∞"
-    if metric in (Metric.ACCURACY, Metric.AGREEMENT):
-        return f"{value:.2f} %"
-    if metric is Metric.SQNR:
-        return f"{value:.2f} dB"
-    if metric in (Metric.COSINE, Metric.KL):
-        return f"{value:.5f}"
-    return st.fmt_num(value)
-
-
 def _finite(values: Sequence[float | None]) -> np.ndarray:
     return np.array([v if v is not None and math.isfinite(v) else np.nan for v in values], float)
 
@@ -102,10 +72,10 @@ def layer_tooltip(s: LayerSensitivity, report: SensitivityReport) -> str:
     if s.module_path:
         lines.append(f"torch module {s.module_path}")
     lines += [
-        f"Δ if quantized alone: {fmt_signed(s.drop, m)} "
+        f"Δ if quantized alone: {fmt_metric_change(s.drop, m)} "
         f"({fmt_metric(s.quantized_only.value(m), m)} vs float "
         f"{fmt_metric(report.float_value, m)})",
-        f"recovery if float: {fmt_signed(s.recovery, m)} "
+        f"recovery if float: {fmt_metric_change(s.recovery, m)} "
         f"({fmt_metric(s.float_only.value(m), m)} vs all quantized "
         f"{fmt_metric(report.quantized_value, m)})",
         "local SQNR: weight "
@@ -341,25 +311,25 @@ class SensitivityChart(QWidget):
 class SensitivityPanel(QWidget):
     """The sensitivity dock's contents: run controls, what was measured, and the chart.
 
-    A thin view: it emits what the user asks for (`runRequested`, `cancelRequested`,
-    `metricChosen`) and shows what it is given.
+    Draws the document's report; its buttons call the controller; a bar click selects the
+    layer in the document.
     """
 
-    runRequested = Signal()
-    cancelRequested = Signal()
-    metricChosen = Signal(object)  # Metric
-
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, doc: Document, controller: SensitivityController, parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
+        self._doc = doc
+        self._controller = controller
         self.run_button = QPushButton("Measure")
         self.run_button.setToolTip(
             "For every quantized layer, run the model with only that layer quantized and with "
             "only that layer kept float (F6). Cached: the same settings never run twice."
         )
-        self.run_button.clicked.connect(self.runRequested)
+        self.run_button.clicked.connect(self.run)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop the measurement at the end of the current batch")
-        self.cancel_button.clicked.connect(self.cancelRequested)
+        self.cancel_button.clicked.connect(controller.runner.cancel)
         self.cancel_button.hide()
         self.limit_spin = QSpinBox()
         self.limit_spin.setRange(16, 1_000_000)
@@ -382,7 +352,7 @@ class SensitivityPanel(QWidget):
             "runs: switching re-ranks without running anything."
         )
         self.metric_combo.activated.connect(
-            lambda i: self.metricChosen.emit(self.metric_combo.itemData(i))
+            lambda i: controller.set_metric(self.metric_combo.itemData(i))
         )
         self.progress = QProgressBar()
         self.progress.setTextVisible(True)
@@ -415,7 +385,33 @@ class SensitivityPanel(QWidget):
         layout.addWidget(self.summary)
         layout.addWidget(self.notes)
         layout.addWidget(self.chart, 1)
-        self.show_report(None)
+
+        self.chart.layerClicked.connect(self._select_layer)
+        controller.sensitivityBusy.connect(self.set_running)
+        controller.sensitivityProgress.connect(self.show_progress)
+        doc.events.sensitivity.connect(self.refresh)
+        doc.events.model.connect(self.refresh)
+        doc.events.selection.connect(self._show_selection)
+        self.refresh()
+
+    def run(self) -> None:
+        self._controller.run_sensitivity(self.limit)
+
+    def refresh(self) -> None:
+        m = self._doc.measures
+        self.show_report(m.sensitivity, m.sensitivity_stale)
+        self._show_selection()
+
+    def _show_selection(self) -> None:
+        key = self._doc.selection
+        has = key is not None and self._doc.has(key)
+        self.chart.set_current(self._doc.tensor(key).layer.name if has and key else None)
+
+    def _select_layer(self, name: str) -> None:
+        """A bar was clicked: select the layer's weight (or its first tensor)."""
+        keys = self._doc.index.keys_of_layer(name)
+        if keys:
+            self._doc.select(keys[0])
 
     @property
     def limit(self) -> int:

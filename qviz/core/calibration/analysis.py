@@ -7,7 +7,7 @@ Activations are quantized per tensor: that is what ONNX Runtime's INT8 kernels a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -80,9 +80,10 @@ def check_stats_match(model: LoadedModel, stats: CalibrationStats) -> None:
 
 
 def analyze_tensor(
-    model: LoadedModel, stats: CalibrationStats, tensor: QuantTensor, cfg: TensorConfig
+    model: LoadedModel, stats: CalibrationStats | None, tensor: QuantTensor, cfg: TensorConfig
 ) -> TensorResult:
-    """Quantization parameters and error metrics of one tensor under `cfg`."""
+    """Quantization parameters and error metrics of one tensor under `cfg` (weights need no
+    statistics; an activation without them is a QvizError)."""
     if tensor.kind is TensorKind.WEIGHT:
         layer = tensor.layer
         analysis = analyze_weight(
@@ -98,6 +99,8 @@ def analyze_tensor(
             analysis.channel_metrics,
         )
     try:
+        if stats is None:
+            raise KeyError(tensor.name)
         tstats = stats.tensors[tensor.name]
     except KeyError:
         raise QvizError(f"no calibration statistics for activation '{tensor.name}'") from None
@@ -110,12 +113,23 @@ def analyze_tensor(
 
 
 def analyze(
-    model: LoadedModel, stats: CalibrationStats, config: QuantConfig
+    model: LoadedModel,
+    stats: CalibrationStats | None,
+    config: QuantConfig,
+    known: Mapping[TensorKey, TensorResult] | None = None,
 ) -> list[TensorResult]:
-    """Every quantizable tensor that `config` quantizes, in graph order."""
+    """Every quantizable tensor that `config` quantizes, in graph order. Results in `known`
+    that were computed for the same settings are reused (the app's document passes what it
+    has already measured, so an evaluation analyses only what is missing)."""
     results = []
+    known = known or {}
     for tensor in quant_tensors(model):
         cfg = config.for_tensor(tensor.name, tensor.kind)
-        if cfg.quantize:
+        if not cfg.quantize:
+            continue
+        done = known.get(tensor.key)
+        if done is not None and done.config == cfg:
+            results.append(done)
+        else:
             results.append(analyze_tensor(model, stats, tensor, cfg))
     return results

@@ -7,13 +7,20 @@ precision is simply a configuration in which some tensors have `quantize=False`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.model.loading import TensorKind
-from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import (
+    FormatKind,
+    Granularity,
+    GranularityKind,
+    NumberFormat,
+    PerAxis,
+    PerTensor,
+)
 
 
 @dataclass(frozen=True)
@@ -21,7 +28,7 @@ class TensorConfig:
     """How one tensor is quantized."""
 
     spec: MethodSpec = MethodSpec()
-    granularity: Granularity = Granularity()
+    granularity: Granularity = PerTensor()
     fmt: NumberFormat = NumberFormat()
     quantize: bool = True
 
@@ -47,14 +54,14 @@ def _frozen(mapping: Mapping[str, TensorConfig] | None) -> Mapping[str, TensorCo
 
 DEFAULT_WEIGHTS = TensorConfig(
     spec=MethodSpec(Method.MINMAX),
-    granularity=Granularity(GranularityKind.PER_CHANNEL),
+    granularity=PerAxis(),
     fmt=NumberFormat(),
 )
 # uint8 asymmetric activations with int8 symmetric weights: ONNX Runtime's default pairing,
 # which its integer kernels are built for (and which keeps all 256 codes for ReLU outputs).
 DEFAULT_ACTIVATIONS = TensorConfig(
     spec=MethodSpec(Method.ENTROPY),
-    granularity=Granularity(GranularityKind.PER_TENSOR),
+    granularity=PerTensor(),
     fmt=NumberFormat(signed=False, symmetric=False),
 )
 
@@ -100,3 +107,17 @@ class QuantConfig:
         if kind is TensorKind.WEIGHT:
             return replace(self, weights=cfg)
         return replace(self, activations=cfg)
+
+
+def granularity_supported(kind: TensorKind) -> Sequence[GranularityKind]:
+    """Activations are quantized per tensor: ONNX Runtime's INT8 kernels take one scale."""
+    if kind is TensorKind.ACTIVATION:
+        return (GranularityKind.PER_TENSOR,)
+    return tuple(GranularityKind)
+
+
+def format_supported(kind: TensorKind) -> Sequence[FormatKind]:
+    """NF4 is a weight-only codebook format."""
+    if kind is TensorKind.ACTIVATION:
+        return tuple(k for k in FormatKind if k is not FormatKind.NF4)
+    return tuple(FormatKind)

@@ -16,13 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from qviz.core.calibration.methods import (
-    data_extent,
-    entropy_levels,
-    kl_divergence_curve,
-    range_mse,
-    scaled_ranges,
-)
+from qviz.core.calibration.kl_curve import entropy_levels, kl_divergence_curve
+from qviz.core.calibration.methods import data_extent
+from qviz.core.calibration.mse import range_mse, scaled_ranges
 from qviz.core.quant.formats import FormatKind, NumberFormat
 from qviz.core.quant.qparams import QParams, compute_qparams
 from qviz.core.quant.quantize import fake_quantize, quantization_levels
@@ -68,6 +64,12 @@ class TensorMetrics:
     sqnr_db: float
     max_abs_error: float
     cosine: float
+
+    @property
+    def envelope(self) -> tuple[float, float]:
+        """The whole covered range as one (lo, hi): per-channel and per-group ranges give
+        the lowest low and the highest high."""
+        return float(np.min(self.lo)), float(np.max(self.hi))
 
 
 @dataclass(frozen=True, eq=False)

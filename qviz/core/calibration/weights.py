@@ -13,20 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from qviz.core.calibration.methods import (
-    Method,
-    MethodSpec,
-    choose_range,
-    choose_row_ranges,
-    search_mse_ranges,
-)
+from qviz.core.calibration.methods import Method, MethodSpec, choose_range, choose_row_ranges
 from qviz.core.calibration.metrics import (
     TensorMetrics,
     exact_metrics_with_output,
     sqnr_db,
 )
+from qviz.core.calibration.mse import search_mse_ranges
 from qviz.core.errors import QvizError
-from qviz.core.quant.formats import Granularity, GranularityKind, NumberFormat
+from qviz.core.quant.formats import Granularity, NumberFormat, PerAxis, PerGroup, PerTensor
 from qviz.core.quant.qparams import QParams, compute_qparams
 from qviz.core.stats.histogram import HistogramRows
 from qviz.core.stats.tensor_stats import compute_stats
@@ -103,18 +98,18 @@ def analyze_weight(
         raise QvizError("the weight contains NaN or Inf values")
     ch = _normalize_axis(channel_axis, arr.ndim, "channel")
     red = _normalize_axis(reduction_axis, arr.ndim, "reduction")
-    kind = granularity.kind
-
-    if kind is GranularityKind.PER_TENSOR:
+    if isinstance(granularity, PerTensor):
         lo, hi = choose_range(compute_stats(arr, channel_axis=ch), spec, fmt)
         qp = compute_qparams(lo, hi, fmt)
-    elif kind is GranularityKind.PER_CHANNEL:
-        if ch is None:
+    elif isinstance(granularity, PerAxis):
+        axis = ch if granularity.axis is None else _normalize_axis(granularity.axis, arr.ndim, "")
+        if axis is None:
             raise QvizError("per-channel quantization needs a weight with an output-channel axis")
-        rows = np.moveaxis(arr, ch, 0).reshape(arr.shape[ch], -1)
+        rows = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1)
         lo_r, hi_r = _row_ranges(rows, spec, fmt)
-        qp = compute_qparams(lo_r, hi_r, fmt, axis=ch)
+        qp = compute_qparams(lo_r, hi_r, fmt, axis=axis)
     else:
+        assert isinstance(granularity, PerGroup)
         if red is None:
             raise QvizError("per-group quantization needs a weight with a reduction axis")
         if spec.method is Method.ENTROPY:
@@ -148,7 +143,7 @@ def _row_ranges(
     if method in (Method.MINMAX, Method.MANUAL):
         return choose_row_ranges(None, vmin, vmax, spec, fmt)
     if method is Method.PERCENTILE:
-        lo, hi = _exact_percentile_rows(x, vmin, vmax, spec.percentile / 100.0, fmt)
+        lo, hi = _exact_percentile_rows(x, vmin, vmax, spec.quantile, fmt)
     elif method is Method.MSE and x.shape[1] <= _EXACT_MSE_VALUES:
         lo, hi = search_mse_ranges(
             np.nan_to_num(x), valid.astype(np.float64), vmin, vmax, fmt, *_ROW_MSE_GRID

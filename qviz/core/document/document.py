@@ -1,183 +1,161 @@
-"""The document qviz has open: model, statistics, configuration, selection and cached results.
+"""The document: everything an open session is, as one evented, Qt-free model.
 
-`Document` is the app's model in the napari sense: plain Python, no Qt. It holds the model,
-the statistics, the quantization configuration and the selection, caches one `TensorResult` per
-tensor, and turns a user's choice ("this config, for these tensors") into the list of tensors
-whose numbers changed. The Qt window renders it and calls into it; it never reaches back.
+It holds the model, the calibration and evaluation data, the statistics, the configuration
+(undoable, one snapshot per user action), the selection, the per-tensor results, the latest
+end-to-end evaluation and fusion report, the acceptance criteria, the sensitivity report and
+the mixed-precision answer, and caches of what is derived from them. Controls write to it
+through its methods; views subscribe to `events` and read it; long jobs take frozen inputs
+from it (`measure_inputs`) and hand their results back through `accept_*`, which drop anything
+computed for an older `revision`.
+
+Only one thread changes it (the app's GUI thread); events are emitted on that thread.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Generator, Iterable, Sequence
-from dataclasses import dataclass, replace
-from enum import Enum
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from qviz.core.calibration.analysis import (
-    QuantTensor,
-    TensorKey,
-    TensorResult,
-    analyze_tensor,
-    quant_tensors,
-)
+from qviz.core.calibration.analysis import QuantTensor, TensorKey, TensorResult, analyze_tensor
 from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec, choose_range
+from qviz.core.document.events import DocumentEvents
+from qviz.core.document.history import History, HistoryEntry
+from qviz.core.document.jobs import (
+    AnalysisJob,
+    AnalysisOutcome,
+    EvaluationOutcome,
+    MeasureInputs,
+    MixedOutcome,
+)
+from qviz.core.document.measures import MeasurementState
+from qviz.core.document.results import ResultStore
+from qviz.core.document.summary import Summary, summarize
+from qviz.core.document.tensors import ApplyScope, TensorIndex
 from qviz.core.errors import QvizError
+from qviz.core.evaluation.criteria import Criterion
 from qviz.core.files.session_file import SessionFile
+from qviz.core.layerdata.layer import LayerData, LayerPlots
 from qviz.core.model.loading import LoadedModel, TensorKind
-from qviz.core.quant.formats import FormatKind, Granularity, GranularityKind
-from qviz.core.search.sensitivity import LayerSensitivity, SensitivityReport, results_digest
+from qviz.core.quant.formats import FormatKind, PerTensor
 from qviz.core.stats.collect import CalibrationStats
+from qviz.core.stats.tensor_stats import TensorStats
 
 # Method markers for weights cost one pass over the tensor per method; skip huge ones.
 MAX_MARKER_WEIGHT = 4_000_000
+MARKER_METHODS = (Method.MINMAX, Method.PERCENTILE, Method.ENTROPY, Method.MSE)
 
-
-# --- what a path is -------------------------------------------------------------------------
-# --- summaries ------------------------------------------------------------------------------
-
-
-def weighted_sqnr_db(values: Iterable[tuple[float, float]]) -> float:
-    """Model-wide SQNR from (per-tensor SQNR in dB, weight) pairs.
-
-    Averaged in the power domain, not in dB: each tensor's noise-to-signal ratio
-    10^(-SQNR/10) is averaged with its weight (element count), and the mean converted back to
-    dB. A dB average would let one very clean tensor hide one ruined one; the power mean is
-    dominated by the noisy tensor, as the model's output will be. Tensors with no finite or
-    infinite SQNR (NaN) are left out; an exact tensor (SQNR +inf) adds zero noise.
-    """
-    total_w = 0.0
-    total_nsr = 0.0
-    for sqnr, weight in values:
-        if math.isnan(sqnr) or weight <= 0:
-            continue
-        total_w += weight
-        total_nsr += weight * (0.0 if math.isinf(sqnr) and sqnr > 0 else 10.0 ** (-sqnr / 10.0))
-    if total_w == 0:
-        return math.nan
-    if total_nsr == 0:
-        return math.inf
-    return -10.0 * math.log10(total_nsr / total_w)
-
-
-@dataclass(frozen=True)
-class Summary:
-    n_tensors: int
-    n_weights: int
-    n_activations: int
-    n_analyzed: int
-    worst: tuple[tuple[TensorKey, float], ...]  # lowest SQNR first
-    weighted_sqnr_db: float
-
-
-class ApplyScope(Enum):
-    """Which tensors a change of settings applies to (always tensors of the selected kind)."""
-
-    TENSOR = "tensor"
-    OP_TYPE = "op-type"
-    ALL = "all"
-
-
-@dataclass(frozen=True)
-class AnalysisJob:
-    """Everything one `analyze_tensor` call needs: immutable, safe to hand to a worker thread."""
-
-    key: TensorKey
-    tensor: QuantTensor
-    config: TensorConfig
-
-
-def analyze_in_batches(
-    model: LoadedModel,
-    stats: CalibrationStats | None,
-    jobs: Sequence[AnalysisJob],
-    *,
-    batch_seconds: float = 0.05,
-) -> Generator[list[tuple[TensorKey, TensorResult | QvizError]], None, int]:
-    """Run `jobs`, yielding their outcomes in batches of about `batch_seconds` of work.
-
-    Meant for a worker thread: each yield is a point where the run can be stopped, and
-    batching keeps a model with thousands of tiny tensors from flooding the GUI thread with
-    one signal per tensor. A QvizError is an outcome (shown in the tensor's row), not a failure
-    of the run. Returns the number of jobs done.
-    """
-    stats = stats if stats is not None else _EMPTY_STATS
-    batch: list[tuple[TensorKey, TensorResult | QvizError]] = []
-    started = time.perf_counter()
-    for job in jobs:
-        try:
-            outcome: TensorResult | QvizError = analyze_tensor(model, stats, job.tensor, job.config)
-        except QvizError as exc:
-            outcome = exc
-        batch.append((job.key, outcome))
-        if time.perf_counter() - started >= batch_seconds:
-            yield batch
-            batch = []
-            started = time.perf_counter()
-    if batch:
-        yield batch
-    return len(jobs)
-
-
-# --- the document ---------------------------------------------------------------------------
+ConfigHistory = History[QuantConfig, TensorKey]
 
 
 class Document:
-    """The open model, its statistics, the configuration and selection, and cached results.
-
-    Mutated only from the GUI thread; worker threads get immutable `AnalysisJob`s and the
-    model/statistics (frozen objects) and their results come back through `store`, which
-    drops any result whose configuration is no longer the current one.
-    """
+    """An open session (see the module docstring). Attributes are read-only from outside:
+    change them through the methods, which announce the change on `events`."""
 
     def __init__(self) -> None:
+        self.events = DocumentEvents()
         self.model: LoadedModel | None = None
         self.model_path: Path | None = None
-        self.data_path: Path | None = None
+        self.data_path: Path | None = None          # calibration data
+        self.eval_data_path: Path | None = None     # evaluation data (None: the calibration data)
         self.stats_path: Path | None = None
         self.stats: CalibrationStats | None = None
-        self.config = QuantConfig()
         self.selection: TensorKey | None = None
         self.log_counts = False
-        self.tensors: tuple[QuantTensor, ...] = ()
-        self._by_key: dict[TensorKey, QuantTensor] = {}
-        self._results: dict[TensorKey, TensorResult] = {}
-        self._errors: dict[TensorKey, str] = {}
-        self._shapes: dict[str, tuple[int | None, ...]] = {}
-        self._weights: dict[str, np.ndarray] = {}
-        self._ranges: dict[
-            tuple[str, TensorKind, Method, float, NumberFormatKey], tuple[float, float]
-        ] = {}
-        # The last sensitivity report (saved with the session) and whether the settings have
-        # changed since it was measured (see `check_sensitivity`).
-        self.sensitivity: SensitivityReport | None = None
-        self.sensitivity_stale = False
+        #: Bumped by everything that changes what the model computes when quantized.
+        self.revision = 0
+        self.history: ConfigHistory = History(QuantConfig())
+        self.measures = MeasurementState(self.events)
+        self.modified = False
+        self._index = TensorIndex(None)
+        self._results = ResultStore()
+        self._plots = LayerPlots()
+        self._ranges: dict[tuple[TensorKey, MethodSpec, str, bool, bool], tuple[float, float]] = {}
 
-    # ----------------------------------------------------------------- opening
+    # ================================================================= reading
+    @property
+    def config(self) -> QuantConfig:
+        return self.history.current.state
+
+    @property
+    def tensors(self) -> tuple[QuantTensor, ...]:
+        return self._index.tensors
+
+    @property
+    def index(self) -> TensorIndex:
+        return self._index
+
+    def tensor(self, key: TensorKey) -> QuantTensor:
+        return self._index.tensor(key)
+
+    def has(self, key: object) -> bool:
+        return key in self._index
+
+    def find(self, name: str, kind: TensorKind | None = None) -> TensorKey | None:
+        return self._index.find(name, kind)
+
+    def config_for(self, key: TensorKey) -> TensorConfig:
+        return self.config.for_tensor(key.name, key.kind)
+
+    def can_analyze(self, key: TensorKey) -> bool:
+        """Weights need only the model; activations need statistics."""
+        if key.kind is TensorKind.WEIGHT:
+            return self.model is not None
+        return self.stats is not None and key.name in self.stats.tensors
+
+    def result(self, key: TensorKey) -> TensorResult | None:
+        return self._results.result(key)
+
+    def error(self, key: TensorKey) -> str | None:
+        return self._results.error(key)
+
+    def shape(self, key: TensorKey) -> tuple[int | None, ...] | None:
+        return self._index.shape(key)
+
+    def element_count(self, key: TensorKey) -> float:
+        return self._index.element_count(key, self.stats)
+
+    def visible_keys(self) -> list[TensorKey]:
+        """The selected layer's weight and activation: what the layer view shows."""
+        key = self.selection
+        if key is None or key not in self._index:
+            return []
+        return self._index.layer_keys(key)
+
+    @property
+    def evaluation_path(self) -> Path | None:
+        """The data end-to-end numbers are measured on."""
+        return self.eval_data_path or self.data_path
+
+    # ================================================================= opening
     def set_model(self, model: LoadedModel, path: Path | None = None) -> None:
-        """A new model: statistics from the old one no longer apply; settings are kept."""
+        """A new model: its statistics, results and measurements start empty; the settings
+        are kept (they are per tensor name) and the history starts again from them."""
         self.model = model
         self.model_path = Path(path) if path is not None else Path(model.source)
         self.stats = None
         self.stats_path = None
-        self.tensors = tuple(quant_tensors(model))
-        self._by_key = {t.key: t for t in self.tensors}
+        self._index = TensorIndex(model)
         self._results.clear()
-        self._errors.clear()
-        self._weights.clear()
+        self._results.set_limit(len(self._index))
+        self._plots.clear()
         self._ranges.clear()
-        self._shapes = _value_shapes(model)
-        if self.selection not in self._by_key:
-            self.selection = self.tensors[0].key if self.tensors else None
-        if self.sensitivity is not None and self.sensitivity.model_sha256 != model.sha256:
-            self.set_sensitivity(None)
+        self.history.reset(self.config)
+        if self.selection not in self._index:
+            self.selection = self._index.tensors[0].key if self._index.tensors else None
+        self.revision += 1
+        self.measures.model_changed(model.sha256, self.revision)
+        self._set_modified(False)
+        self.events.model.emit()
+        self.events.history.emit()
+        self.events.selection.emit()
 
-    def set_stats(self, stats: CalibrationStats, path: Path | None = None) -> list[TensorKey]:
-        """Statistics for the current model; returns the activation tensors to re-analyse."""
+    def set_stats(self, stats: CalibrationStats, path: Path | None = None) -> None:
+        """Statistics for the current model (QvizError if they belong to another model)."""
         if self.model is None:
             raise QvizError("open a model before its statistics")
         from qviz.core.calibration.analysis import check_stats_match
@@ -186,362 +164,378 @@ class Document:
         self.stats = stats
         self.stats_path = path
         self._ranges.clear()
-        stale = [k for k in self._by_key if k[1] is TensorKind.ACTIVATION]
-        for key in stale:
-            self._results.pop(key, None)
-            self._errors.pop(key, None)
-        return stale
+        self._results.clear(TensorKind.ACTIVATION)
+        self.revision += 1
+        self.measures.invalidate(self.revision)
+        self.events.stats.emit()
 
-    def clear_stats(self) -> None:
-        self.stats = None
-        self.stats_path = None
-        for key in [k for k in self._results if k[1] is TensorKind.ACTIVATION]:
-            del self._results[key]
+    def stats_saved(self, path: Path) -> None:
+        """The statistics were written to `path` (a session saved now refers to it)."""
+        self.stats_path = Path(path)
+        self._set_modified(True)
 
-    # ----------------------------------------------------------------- lookups
-    def tensor(self, key: TensorKey) -> QuantTensor:
-        return self._by_key[key]
+    def set_data_path(self, path: Path | None) -> None:
+        """The calibration data (calibrating on it is the app's job)."""
+        self.data_path = None if path is None else Path(path)
+        self._data_changed()
 
-    def has(self, key: TensorKey) -> bool:
-        return key in self._by_key
+    def set_eval_data_path(self, path: Path | None) -> None:
+        """The evaluation data; None measures on the calibration data."""
+        self.eval_data_path = None if path is None else Path(path)
+        self._data_changed()
 
-    def find(self, name: str, kind: TensorKind | None = None) -> TensorKey | None:
-        """The key of a tensor by name (first match when `kind` is unknown, as in v1 files)."""
-        for key in self._by_key:
-            if key[0] == name and (kind is None or key[1] is kind):
-                return key
-        return None
+    def _data_changed(self) -> None:
+        self.revision += 1
+        self.measures.invalidate(self.revision)
+        self._set_modified(True)
+        self.events.data.emit()
 
-    def config_for(self, key: TensorKey) -> TensorConfig:
-        return self.config.for_tensor(key[0], key[1])
+    # ================================================================= selection and view
+    def select(self, key: TensorKey | tuple[str, TensorKind] | None) -> None:
+        if key is not None:
+            key = TensorKey(*key)  # a plain (name, kind) pair is accepted
+        if key is not None and key not in self._index:
+            raise QvizError(f"no tensor {key.name!r} ({key.kind.value}) in this model")
+        if key != self.selection:
+            self.selection = key
+            self.events.selection.emit()
 
-    def can_analyze(self, key: TensorKey) -> bool:
-        """Weights need only the model; activations need statistics."""
-        if key[1] is TensorKind.WEIGHT:
-            return self.model is not None
-        return self.stats is not None and key[0] in self.stats.tensors
+    def set_log_counts(self, on: bool) -> None:
+        if on != self.log_counts:
+            self.log_counts = on
+            self.events.view.emit()
 
-    def result(self, key: TensorKey) -> TensorResult | None:
-        return self._results.get(key)
+    def set_criteria_text(self, text: str | None) -> tuple[Criterion, ...]:
+        """The acceptance criteria typed by the user (None: the defaults); QvizError names the
+        first that does not read, and the criteria in force stay as they were."""
+        criteria = self.measures.set_criteria_text(text)
+        self._set_modified(True)
+        return criteria
 
-    def error(self, key: TensorKey) -> str | None:
-        return self._errors.get(key)
-
-    def shape(self, key: TensorKey) -> tuple[int | None, ...] | None:
-        tensor = self._by_key[key]
-        if key[1] is TensorKind.WEIGHT:
-            return tensor.layer.weight_shape
-        return self._shapes.get(key[0])
-
-    def element_count(self, key: TensorKey) -> float:
-        """Weights: parameters. Activations: values per sample (from the statistics)."""
-        tensor = self._by_key[key]
-        if key[1] is TensorKind.WEIGHT:
-            shape = tensor.layer.weight_shape or ()
-            return float(math.prod(shape)) if shape else 0.0
-        if self.stats is not None and key[0] in self.stats.tensors and self.stats.n_samples:
-            return self.stats.tensors[key[0]].count / self.stats.n_samples
-        shape = self._shapes.get(key[0])
-        if shape and all(isinstance(d, int) for d in shape[1:]):
-            return float(math.prod(shape[1:]))  # leading axis is the batch
-        return 0.0
-
-    def weight_values(self, name: str) -> np.ndarray:
-        """The float weight tensor (cached: the layer view needs it on every redraw)."""
-        if name not in self._weights:
-            assert self.model is not None
-            self._weights[name] = self.model.weight(name)
-        return self._weights[name]
-
-    def op_types(self) -> list[str]:
-        return sorted({t.layer.op_type for t in self.tensors})
-
-    # ----------------------------------------------------------------- analysis
-    def analyze(self, key: TensorKey) -> TensorResult | None:
-        """Analyse one tensor now (milliseconds) and cache it; None if it cannot be yet.
-
-        A QvizError (e.g. a format the tensor cannot take) is kept as the tensor's error text
-        and shown in its row; anything else is a bug and propagates to the error reporter.
-        """
-        if self.model is None or not self.can_analyze(key):
-            return None
-        cfg = self.config_for(key)
-        stats = self.stats if self.stats is not None else _EMPTY_STATS
-        try:
-            result = analyze_tensor(self.model, stats, self._by_key[key], cfg)
-        except QvizError as exc:
-            self._results.pop(key, None)
-            self._errors[key] = str(exc)
-            return None
-        self._results[key] = result
-        self._errors.pop(key, None)
-        return result
-
-    def analyze_jobs(self, keys: Iterable[TensorKey] | None = None) -> list[AnalysisJob]:
-        """Jobs for the given tensors (default: every one lacking a result) that can run now."""
-        wanted = self._by_key if keys is None else keys
-        jobs = []
-        for key in wanted:
-            if key not in self._by_key or not self.can_analyze(key):
-                continue
-            if keys is None and (key in self._results or key in self._errors):
-                continue
-            jobs.append(AnalysisJob(key, self._by_key[key], self.config_for(key)))
-        return jobs
-
-    def store(self, key: TensorKey, outcome: TensorResult | QvizError) -> bool:
-        """Keep a result computed elsewhere, unless the configuration changed meanwhile."""
-        if key not in self._by_key:
-            return False
-        if isinstance(outcome, QvizError):
-            self._errors[key] = str(outcome)
-            self._results.pop(key, None)
-            return True
-        if outcome.config != self.config_for(key):
-            return False  # superseded by a newer choice; its own job will deliver
-        self._results[key] = outcome
-        self._errors.pop(key, None)
-        return True
-
-    # ----------------------------------------------------------------- changing settings
-    def scope_keys(self, key: TensorKey, scope: ApplyScope) -> list[TensorKey]:
-        """The tensors a change to `key` under `scope` affects (same kind as `key`)."""
-        kind = key[1]
-        if scope is ApplyScope.TENSOR:
-            return [key]
-        if scope is ApplyScope.OP_TYPE:
-            op = self._by_key[key].layer.op_type
-            return [k for k, t in self._by_key.items() if k[1] is kind and t.layer.op_type == op]
-        return [k for k in self._by_key if k[1] is kind]
-
+    # ================================================================= settings (undoable)
     def apply(self, key: TensorKey, cfg: TensorConfig, scope: ApplyScope) -> list[TensorKey]:
-        """Set `cfg` on `key`, its op type, or every tensor of its kind; returns the changed keys.
+        """Set `cfg` on `key`, its op type, or every tensor of its kind (one undo step);
+        returns the changed keys.
 
         "All" changes the default for the kind and drops that kind's overrides, so tensors
         added to the default later follow it; the other scopes write overrides.
         """
-        kind = key[1]
-        affected = self.scope_keys(key, scope)
+        affected = self._index.scope_keys(key, scope)
         if scope is ApplyScope.ALL:
-            config = self.config.with_default(kind, cfg)
-            for name, _ in affected:
-                if name in config.overrides:
-                    config = config.without_override(name)
+            config = self.config.with_default(key.kind, cfg)
+            for k in affected:
+                if k.name in config.overrides:
+                    config = config.without_override(k.name)
         else:
             config = self.config
-            for name, _ in affected:
-                config = config.with_override(name, cfg)
-        return self.set_config(config)
-
-    def set_config(self, config: QuantConfig) -> list[TensorKey]:
-        """Replace the whole configuration; returns the tensors whose settings changed."""
-        old = self.config
-        self.config = config
-        changed = [
-            k for k in self._by_key if old.for_tensor(k[0], k[1]) != config.for_tensor(k[0], k[1])
-        ]
-        for key in changed:
-            self._results.pop(key, None)
-            self._errors.pop(key, None)
-        return changed
+            for k in affected:
+                config = config.with_override(k.name, cfg)
+        where = {
+            ApplyScope.TENSOR: key.name,
+            ApplyScope.OP_TYPE: f"every {self._index.tensor(key).layer.op_type} {key.kind.value}",
+            ApplyScope.ALL: f"every {key.kind.value}",
+        }[scope]
+        return self.set_config(config, f"{cfg.label} → {where}", focus=key)
 
     def set_manual_range(self, key: TensorKey, lo: float, hi: float) -> list[TensorKey]:
-        """A clip range dragged by hand: the tensor switches to the Manual method.
+        """A clip range dragged or typed: the tensor switches to Manual (one undo step).
 
         One dragged band is one range, so a per-channel or per-group weight becomes
         per-tensor: that is what the drag previewed, and the numbers must not jump on release.
         """
-        if not hi > lo:
+        if not (math.isfinite(lo) and math.isfinite(hi)) or not hi > lo:
             raise QvizError(f"the clip range must have low < high, got [{lo:.4g}, {hi:.4g}]")
         cfg = self.config_for(key)
-        spec = MethodSpec(Method.MANUAL, cfg.spec.percentile, (float(lo), float(hi)))
-        new = replace(cfg, spec=spec)
-        if key[1] is TensorKind.WEIGHT and cfg.granularity.kind is not GranularityKind.PER_TENSOR:
-            new = replace(new, granularity=Granularity(GranularityKind.PER_TENSOR,
-                                                       cfg.granularity.group_size))
-        return self.apply(key, new, ApplyScope.TENSOR)
+        new = replace(cfg, spec=MethodSpec(Method.MANUAL, manual_range=(float(lo), float(hi))))
+        if key.kind is TensorKind.WEIGHT and not isinstance(cfg.granularity, PerTensor):
+            new = replace(new, granularity=PerTensor())
+        config = self.config.with_override(key.name, new)
+        return self.set_config(config, f"clip range [{lo:.4g}, {hi:.4g}] → {key.name}", focus=key)
 
-    # ----------------------------------------------------------------- method markers
-    def method_ranges(
-        self, key: TensorKey | None
-    ) -> dict[tuple[str, Method], tuple[float, float]]:
-        """Where each automatic method would put a tensor's (per-tensor) clip range.
+    def set_config(
+        self, config: QuantConfig, label: str = "Configuration", focus: TensorKey | None = None
+    ) -> list[TensorKey]:
+        """Replace the whole configuration as one undo step; returns the changed tensors."""
+        if config == self.config:
+            return []
+        before = self.config
+        self.history.record(label, config, focus)
+        changed = self._config_changed(before)
+        self.events.history.emit()
+        return changed
 
-        The layer view draws these as markers on the error curve. Cached per tensor, method,
-        percentile and format: Entropy and MSE search the histogram, and the markers are
-        redrawn on every click. Weights above `MAX_MARKER_WEIGHT` values get none (each
-        method is a pass over the whole tensor).
-        """
-        out: dict[tuple[str, Method], tuple[float, float]] = {}
-        if key is None or key not in self._by_key or not self.can_analyze(key):
+    def undo(self) -> HistoryEntry[QuantConfig, TensorKey] | None:
+        """Go back one action; returns the action undone (None when there is none)."""
+        before = self.config
+        step = self.history.undo()
+        if step is None:
+            return None
+        undone, _ = step
+        self._after_jump(before, undone.focus)
+        return undone
+
+    def redo(self) -> HistoryEntry[QuantConfig, TensorKey] | None:
+        before = self.config
+        entry = self.history.redo()
+        if entry is None:
+            return None
+        self._after_jump(before, entry.focus)
+        return entry
+
+    def goto_history(self, index: int) -> None:
+        """Jump to any step of the history (the history view)."""
+        before = self.config
+        entry = self.history.goto(index)
+        self._after_jump(before, entry.focus)
+
+    def _after_jump(self, before: QuantConfig, focus: TensorKey | None) -> None:
+        if focus is not None and focus in self._index:
+            self.select(focus)  # show what the step was about
+        self._config_changed(before)
+        self.events.history.emit()
+
+    def _config_changed(self, before: QuantConfig) -> list[TensorKey]:
+        config = self.config
+        changed = [
+            k for k in self._index
+            if before.for_tensor(k.name, k.kind) != config.for_tensor(k.name, k.kind)
+        ]
+        if not changed:
+            return []
+        restored = [k for k in changed if self._results.settings_changed(k, self.config_for(k))]
+        self.revision += 1
+        self.measures.invalidate(self.revision)
+        self._set_modified(True)
+        self.events.config.emit(tuple(changed))
+        if restored:
+            self.events.results.emit(tuple(restored))
+        self.measures.check_sensitivity(self._quantized_results())
+        return changed
+
+    # ================================================================= results
+    def analyze(self, key: TensorKey) -> TensorResult | None:
+        """The tensor's result, measured now if missing (milliseconds, from stored
+        statistics); None when it cannot be measured (no statistics) or failed — a QvizError
+        (e.g. a format the tensor cannot take) is kept as its error text."""
+        result = self._results.result(key)
+        if result is not None or self.model is None or not self.can_analyze(key):
+            return result
+        if self._results.error(key) is not None:
+            return None
+        try:
+            result = analyze_tensor(self.model, self.stats, self._index.tensor(key),
+                                    self.config_for(key))
+        except QvizError as exc:
+            self._results.put_error(key, str(exc))
+            return None
+        self._results.put(key, result)
+        return result
+
+    def analyze_jobs(self) -> list[AnalysisJob]:
+        """Jobs for every tensor without a result (or error) that can be measured now."""
+        return [
+            AnalysisJob(t.key, t, self.config_for(t.key))
+            for t in self._index.tensors
+            if not self._results.has_outcome(t.key) and self.can_analyze(t.key)
+        ]
+
+    def accept_results(self, outcomes: Iterable[AnalysisOutcome]) -> tuple[TensorKey, ...]:
+        """Results computed on a worker thread; those for settings no longer in force are
+        dropped (their tensors' own new jobs will deliver). Announces what was kept."""
+        kept = []
+        for key, outcome in outcomes:
+            if key not in self._index:
+                continue
+            if isinstance(outcome, QvizError):
+                self._results.put_error(key, str(outcome))
+            elif outcome.config == self.config_for(key):
+                self._results.put(key, outcome)
+            else:
+                continue
+            kept.append(key)
+        if kept:
+            self.events.results.emit(tuple(kept))
+            self.measures.check_sensitivity(self._quantized_results())
+        return tuple(kept)
+
+    def _quantized_results(self) -> list[TensorResult] | None:
+        """Every quantized tensor's result, or None while one is not measured yet."""
+        out = []
+        for t in self._index.tensors:
+            if not self.config_for(t.key).quantize:
+                continue
+            r = self._results.result(t.key)
+            if r is None:
+                return None
+            out.append(r)
+        return out
+
+    # ================================================================= derived views
+    def layer_data(self) -> LayerData | None:
+        """What the layer view draws for the selection (measuring what it needs now)."""
+        if self.model is None or self.selection is None or self.selection not in self._index:
+            return None
+        weight = activation = None
+        weight_values = act_stats = None
+        w_ranges: dict[Method, tuple[float, float]] = {}
+        a_ranges: dict[Method, tuple[float, float]] = {}
+        w_missing, a_missing = "this layer has no weight", "not calibrated"
+        for key in self.visible_keys():
+            result = self.analyze(key)
+            error = self.error(key)
+            if key.kind is TensorKind.WEIGHT:
+                weight = result
+                w_missing = error or w_missing
+                if result is not None:
+                    weight_values = self._index.weight_values(key.name)
+                    w_ranges = self.method_ranges(key)
+            else:
+                activation = result
+                if self.stats is not None:
+                    act_stats = self.stats.tensors.get(key.name)
+                    a_missing = error or "no activation statistics for this layer"
+                if result is not None:
+                    a_ranges = self.method_ranges(key)
+        return self._plots.layer_data(
+            weight, weight_values, activation, act_stats, w_ranges, a_ranges,
+            weight_missing=w_missing, activation_missing=a_missing,
+        )
+
+    def activation_stats(self, key: TensorKey) -> TensorStats | None:
+        return None if self.stats is None else self.stats.tensors.get(key.name)
+
+    def weight_values(self, name: str) -> np.ndarray:
+        return self._index.weight_values(name)
+
+    @property
+    def plots(self) -> LayerPlots:
+        return self._plots
+
+    def method_ranges(self, key: TensorKey) -> dict[Method, tuple[float, float]]:
+        """Where each automatic method would put a tensor's (per-tensor) clip range, for the
+        markers on the error curve. Cached per tensor, method and format: Entropy and MSE
+        search the histogram, and the markers are redrawn on every click. Weights above
+        `MAX_MARKER_WEIGHT` values get none (each method is a pass over the whole tensor)."""
+        out: dict[Method, tuple[float, float]] = {}
+        if key not in self._index or not self.can_analyze(key) or self.model is None:
             return out
-        name, kind = key
         cfg = self.config_for(key)
-        if kind is TensorKind.ACTIVATION and cfg.fmt.kind is FormatKind.NF4:
+        if key.kind is TensorKind.ACTIVATION and cfg.fmt.kind is FormatKind.NF4:
             return out
-        if kind is TensorKind.WEIGHT and self.element_count(key) > MAX_MARKER_WEIGHT:
+        if key.kind is TensorKind.WEIGHT and self.element_count(key) > MAX_MARKER_WEIGHT:
             return out
-        fkey = _format_key(cfg)
-        for method in (Method.MINMAX, Method.PERCENTILE, Method.ENTROPY, Method.MSE):
-            ckey = (name, kind, method, cfg.spec.percentile, fkey)
+        fmt = cfg.fmt
+        for method in MARKER_METHODS:
+            spec = MethodSpec.of(method, cfg.spec.percentile)
+            ckey = (key, spec, fmt.spec, fmt.symmetric, fmt.pow2_scale)
             if ckey not in self._ranges:
-                spec = MethodSpec(method, cfg.spec.percentile)
                 try:
                     self._ranges[ckey] = self._method_range(key, spec, cfg)
                 except QvizError:
                     continue
-            out[(name, method)] = self._ranges[ckey]
+            out[method] = self._ranges[ckey]
         return out
 
     def _method_range(
         self, key: TensorKey, spec: MethodSpec, cfg: TensorConfig
     ) -> tuple[float, float]:
-        if key[1] is TensorKind.ACTIVATION:
+        if key.kind is TensorKind.ACTIVATION:
             assert self.stats is not None
-            lo, hi = choose_range(self.stats.tensors[key[0]], spec, cfg.fmt)
+            lo, hi = choose_range(self.stats.tensors[key.name], spec, cfg.fmt)
             return float(lo), float(hi)
         assert self.model is not None
-        per_tensor = TensorConfig(spec, Granularity(GranularityKind.PER_TENSOR), cfg.fmt)
-        result = analyze_tensor(self.model, _EMPTY_STATS, self._by_key[key], per_tensor)
-        return float(np.min(result.metrics.lo)), float(np.max(result.metrics.hi))
+        per_tensor = TensorConfig(spec, PerTensor(), cfg.fmt)
+        result = analyze_tensor(self.model, None, self._index.tensor(key), per_tensor)
+        return result.metrics.envelope
 
-    # ----------------------------------------------------------------- summary
     def summary(self, n_worst: int = 3) -> Summary:
         scored = []
-        for key, result in self._results.items():
+        for t in self._index.tensors:
+            result = self._results.result(t.key)
+            if result is None:
+                continue
             # A tensor kept float (a mixed-precision choice) adds no quantization noise.
-            sqnr = float(result.metrics.sqnr_db) if self.config_for(key).quantize else math.inf
-            scored.append((key, sqnr, self.element_count(key)))
-        ordered = sorted(
-            ((k, s) for k, s, _ in scored if not math.isnan(s)), key=lambda ks: ks[1]
-        )
-        return Summary(
-            n_tensors=len(self._by_key),
-            n_weights=sum(1 for k in self._by_key if k[1] is TensorKind.WEIGHT),
-            n_activations=sum(1 for k in self._by_key if k[1] is TensorKind.ACTIVATION),
-            n_analyzed=len(self._results),
-            worst=tuple(ordered[:n_worst]),
-            weighted_sqnr_db=weighted_sqnr_db((s, w) for _, s, w in scored),
+            quantized = self.config_for(t.key).quantize
+            sqnr = float(result.metrics.sqnr_db) if quantized else math.inf
+            scored.append((t.key, sqnr, self.element_count(t.key)))
+        return summarize(self._index, scored, n_worst)
+
+    # ================================================================= measurements
+    def measure_inputs(self, what: str) -> MeasureInputs:
+        """Frozen inputs for an end-to-end measurement, or a QvizError saying what is missing."""
+        if self.model is None:
+            raise QvizError(f"{what} needs a model: open one first (Ctrl+O)")
+        if self.stats is None:
+            raise QvizError(
+                f"{what} needs calibration statistics: open calibration data (Ctrl+D) first"
+            )
+        path = self.evaluation_path
+        if path is None:
+            raise QvizError(
+                f"{what} runs the model on data, and none is open: open the data (Ctrl+D)"
+            )
+        return MeasureInputs(
+            self.model, self.stats, self.config, path, self.revision, self._results.known()
         )
 
-    # ----------------------------------------------------------------- session
+    def accept_evaluation(self, outcome: EvaluationOutcome) -> bool:
+        """An evaluation finished; False when it was for earlier settings (dropped)."""
+        return self.measures.accept_evaluation(outcome, self.revision)
+
+    def accept_sensitivity(self, report: object) -> bool:
+        """A sensitivity report finished; False when it was measured on another model."""
+        ok = self.measures.accept_sensitivity(report, self.model)
+        if ok:
+            self.measures.check_sensitivity(self._quantized_results())
+            self._set_modified(True)
+        return ok
+
+    def accept_mixed(self, outcome: MixedOutcome) -> bool:
+        return self.measures.accept_mixed(outcome, self.model)
+
+    # ================================================================= the session file
     def to_session(self) -> SessionFile:
-        selection: tuple[str, TensorKind | None] | None = self.selection
         return SessionFile(
             model_path=self.model_path,
             data_path=self.data_path,
+            eval_data_path=self.eval_data_path,
             stats_path=self.stats_path,
             model_sha256=None if self.model is None else self.model.sha256,
             config=self.config,
-            selection=selection,
+            selection=None if self.selection is None else (self.selection.name,
+                                                           self.selection.kind),
             log_counts=self.log_counts,
-            sensitivity=self.sensitivity,
+            criteria=self.measures.criteria_text,
+            sensitivity=self.measures.sensitivity,
         )
 
     def adopt_session(self, session: SessionFile) -> None:
-        """Take a loaded session's choices (the files are opened by the caller)."""
-        self.set_config(session.config)
-        self.log_counts = session.log_counts
-        if session.selection is not None and self._by_key:
+        """Take a loaded session's choices (the files are opened by the caller); the
+        history starts at them."""
+        before = self.config
+        self.history.reset(session.config)
+        self._config_changed(before)
+        self.events.history.emit()
+        self.set_log_counts(session.log_counts)
+        if session.selection is not None:
             key = self.find(*session.selection)
             if key is not None:
-                self.selection = key
+                self.select(key)
+        if session.criteria is not None:
+            try:
+                self.measures.set_criteria_text(session.criteria)
+            except QvizError:
+                pass  # a hand-edited session: the defaults stand, as for a new session
         report = session.sensitivity
         if report is not None and self.model is not None:
-            self.set_sensitivity(report if report.model_sha256 == self.model.sha256 else None)
+            self.accept_sensitivity(report)
+        self._set_modified(False)
 
-    # ----------------------------------------------------------------- sensitivity
-    def set_sensitivity(self, report: SensitivityReport | None) -> None:
-        """Keep a sensitivity report (None forgets it); `check_sensitivity` says if it still
-        describes the current settings."""
-        self.sensitivity = report
-        self.sensitivity_stale = False
+    def mark_saved(self, path: Path | None = None) -> None:
+        self._set_modified(False)
 
-    def sensitivity_for(self, key: TensorKey) -> LayerSensitivity | None:
-        """The report's row for the layer a tensor belongs to (None: no report, or the layer
-        quantized nothing when it was measured)."""
-        if self.sensitivity is None or key not in self._by_key:
-            return None
-        try:
-            return self.sensitivity.layer(self._by_key[key].layer.name)
-        except KeyError:
-            return None
+    def _set_modified(self, modified: bool) -> None:
+        if modified != self.modified:
+            self.modified = modified
+            self.events.modified.emit(modified)
 
-    def sensitivity_current(self) -> bool | None:
-        """Whether the report was measured on exactly what the current settings quantize (the
-        same scales, bit for bit); None when that cannot be told yet (no report, or a
-        quantized tensor not measured yet)."""
-        report = self.sensitivity
-        if report is None or self.model is None:
-            return None
-        if report.model_sha256 != self.model.sha256:
-            return False
-        results = []
-        for key in self._by_key:
-            if not self.config_for(key).quantize:
-                continue
-            result = self._results.get(key)
-            if result is None:
-                return None
-            results.append(result)
-        return results_digest(results) == report.results_digest
-
-    def check_sensitivity(self) -> bool:
-        """Re-check `sensitivity_stale` (kept as it was while that cannot be told yet)."""
-        current = self.sensitivity_current()
-        if current is not None:
-            self.sensitivity_stale = not current
-        return self.sensitivity_stale
-
-
-NumberFormatKey = tuple[str, bool, bool]
-
-
-def _format_key(cfg: TensorConfig) -> NumberFormatKey:
-    return (cfg.fmt.spec, cfg.fmt.symmetric, cfg.fmt.pow2_scale)
-
-
-# Weights are analysed from the model alone; analyze_tensor's signature still wants statistics.
-_EMPTY_STATS = CalibrationStats(
-    model_source="", model_sha256="", data_description="", data_is_random=False, n_samples=0
-)
-
-
-def _value_shapes(model: LoadedModel) -> dict[str, tuple[int | None, ...]]:
-    """Activation shapes the graph declares (dynamic axes as None), for the table's Shape."""
-    shapes: dict[str, tuple[int | None, ...]] = {}
-    graph = model.model.graph
-    for vi in (*graph.input, *graph.value_info, *graph.output):
-        ttype = vi.type.tensor_type
-        if not ttype.HasField("shape"):
-            continue
-        dims: list[int | None] = [
-            d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim
-        ]
-        shapes[vi.name] = tuple(dims)
-    return shapes
-
-
-def granularity_supported(kind: TensorKind) -> Sequence[GranularityKind]:
-    """Activations are quantized per tensor: ONNX Runtime's INT8 kernels take one scale."""
-    if kind is TensorKind.ACTIVATION:
-        return (GranularityKind.PER_TENSOR,)
-    return tuple(GranularityKind)
-
-
-def format_supported(kind: TensorKind) -> Sequence[FormatKind]:
-    """NF4 is a weight-only codebook format."""
-    if kind is TensorKind.ACTIVATION:
-        return tuple(k for k in FormatKind if k is not FormatKind.NF4)
-    return tuple(FormatKind)
-
-
-__all__ = [
-    "AnalysisJob",
-    "ApplyScope",
-    "Document",
-    "Summary",
-    "TensorKey",
-    "analyze_in_batches",
-    "weighted_sqnr_db",
-]

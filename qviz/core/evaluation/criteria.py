@@ -16,7 +16,17 @@ from enum import Enum
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.evaluate import Evaluation, Metric
 
-__all__ = ["Comparison", "Criterion", "CriterionMetric", "Verdict", "check_all"]
+__all__ = [
+    "DEFAULT_CRITERIA",
+    "DEFAULT_CRITERIA_NO_LABELS",
+    "Comparison",
+    "Criterion",
+    "CriterionMetric",
+    "Verdict",
+    "check_all",
+    "overall",
+    "parse_criteria",
+]
 
 
 class CriterionMetric(Enum):
@@ -193,3 +203,22 @@ class Criterion:
 def check_all(criteria: Sequence[Criterion], evaluation: Evaluation) -> tuple[Verdict, ...]:
     """Every criterion's verdict, in order."""
     return tuple(c.check(evaluation) for c in criteria)
+
+
+# What a model is judged by until the user types criteria: the task metric with labels, the
+# output's similarity without.
+DEFAULT_CRITERIA = "accuracy_drop<=1"
+DEFAULT_CRITERIA_NO_LABELS = "cosine>=0.99"
+
+
+def parse_criteria(text: str) -> tuple[Criterion, ...]:
+    """Criteria separated by ';', ',' or new lines; QvizError names the first bad one."""
+    parts = [p.strip() for p in re.split(r"[;,\n]", text) if p.strip()]
+    return tuple(Criterion.parse(p) for p in parts)
+
+
+def overall(verdicts: Sequence[Verdict]) -> bool | None:
+    """True when every criterion passes, False when one fails, None without criteria."""
+    if not verdicts:
+        return None
+    return all(v.passed for v in verdicts)

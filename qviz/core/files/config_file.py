@@ -39,7 +39,14 @@ from qviz.core.files.validate import (
 )
 from qviz.core.files.validate import migrate as migrate_document
 from qviz.core.model.loading import LoadedModel, TensorKind
-from qviz.core.quant.formats import FormatKind, Granularity, NumberFormat
+from qviz.core.quant.formats import (
+    DEFAULT_GROUP_SIZE,
+    FormatKind,
+    Granularity,
+    NumberFormat,
+    PerAxis,
+    PerGroup,
+)
 from qviz.core.quant.qparams import QParams, blocked_shape
 
 SCHEMA_VERSION = 1
@@ -152,20 +159,27 @@ def decode_array(d: Mapping[str, Any], what: str, dtype: np.dtype | None = None)
 
 def encode_tensor_config(cfg: TensorConfig) -> JsonDict:
     """The user's choices for one tensor, in the words the CLI and `NumberFormat.parse` use."""
+    # Only the parameters that apply are written (a group size for per-group, a percentile
+    # for the percentile method...): a reader never has to guess which ones count.
     spec = cfg.spec
-    return {
+    gran = cfg.granularity
+    doc: JsonDict = {
         "format": cfg.fmt.spec,
         "symmetric": cfg.fmt.symmetric,
         "pow2_scale": cfg.fmt.pow2_scale,
-        "granularity": cfg.granularity.kind.value,
-        "group_size": cfg.granularity.group_size,
-        "method": spec.method.value,
-        "percentile": float(spec.percentile),
-        "manual_range": (
-            None if spec.manual_range is None else [float(v) for v in spec.manual_range]
-        ),
-        "quantize": cfg.quantize,
+        "granularity": gran.kind.value,
     }
+    if isinstance(gran, PerGroup):
+        doc["group_size"] = gran.group_size
+    if isinstance(gran, PerAxis) and gran.axis is not None:
+        doc["granularity_axis"] = gran.axis
+    doc["method"] = spec.method.value
+    if spec.percentile is not None:
+        doc["percentile"] = float(spec.percentile)
+    if spec.manual_range is not None:
+        doc["manual_range"] = [float(v) for v in spec.manual_range]
+    doc["quantize"] = cfg.quantize
+    return doc
 
 
 def _bool(d: Mapping[str, Any], key: str, default: bool, what: str) -> bool:
@@ -185,9 +199,15 @@ def decode_tensor_config(d: Mapping[str, Any], what: str) -> TensorConfig:
             symmetric=_bool(d, "symmetric", True, what),
             pow2_scale=_bool(d, "pow2_scale", False, what),
         )
-        group_size = want_int(d.get("group_size", 128), f"{what}: group_size", 1, MAX_GROUP_SIZE)
-        granularity = Granularity.parse(want_str(d["granularity"], f"{what}: granularity"),
-                                        group_size)
+        group_size = want_int(
+            d.get("group_size", DEFAULT_GROUP_SIZE), f"{what}: group_size", 1, MAX_GROUP_SIZE
+        )
+        granularity = Granularity.parse(
+            want_str(d["granularity"], f"{what}: granularity"), group_size
+        )
+        if isinstance(granularity, PerAxis) and d.get("granularity_axis") is not None:
+            granularity = PerAxis(want_int(d["granularity_axis"], f"{what}: granularity_axis",
+                                           0, 64))
         method = Method(d["method"])
     except KeyError as exc:
         raise QvizError(f"{what}: missing '{exc.args[0]}'") from None
@@ -203,10 +223,14 @@ def decode_tensor_config(d: Mapping[str, Any], what: str) -> TensorConfig:
         if not low < high:
             raise QvizError(f"{what}: manual_range [{low:g}, {high:g}] must have low < high")
         manual_range = (low, high)
-    percentile = want_finite(d.get("percentile", MethodSpec().percentile), f"{what}: percentile")
-    if not 0.0 < percentile <= 100.0:
-        raise QvizError(f"{what}: percentile must be in (0, 100], got {percentile:g}")
-    spec = MethodSpec(method=method, percentile=percentile, manual_range=manual_range)
+    # Files written before the parameters were kept apart carry a percentile (and maybe a
+    # range) for every method: only the one that applies is read, but each must be valid.
+    percentile = d.get("percentile")
+    if percentile is not None:
+        percentile = want_finite(percentile, f"{what}: percentile")
+        if not 0.0 < percentile <= 100.0:
+            raise QvizError(f"{what}: percentile must be in (0, 100], got {percentile:g}")
+    spec = MethodSpec.of(method, percentile=percentile, manual_range=manual_range)
     return TensorConfig(spec, granularity, fmt, quantize=_bool(d, "quantize", True, what))
 
 

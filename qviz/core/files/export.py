@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 import qviz
 from qviz.core.calibration.analysis import TensorResult
@@ -109,9 +110,10 @@ def ort_quant_type(fmt: NumberFormat) -> str | None:
     return _ORT_QUANT_TYPES.get((fmt.kind, fmt.bits, fmt.signed))
 
 
-def _zp_json(value: np.generic) -> int | float:
-    """Integer zero points as JSON ints; FP8 ones (always 0) as floats."""
-    return int(value) if np.asarray(value).dtype.kind in "iu" else float(value)
+def _zp_json(value: ArrayLike) -> int | float:
+    """A zero point (one value) as JSON: an int for integer formats, a float for FP8 (always 0)."""
+    a = np.asarray(value)
+    return int(a.item()) if a.dtype.kind in "iu" else float(a.item())
 
 
 def ort_overrides(results: Sequence[TensorResult]) -> dict[str, list[dict[str, Any]]]:
@@ -137,10 +139,10 @@ def ort_overrides(results: Sequence[TensorResult]) -> dict[str, list[dict[str, A
         zp = np.asarray(r.qparams.zero_point)
         if r.qparams.axis is None:
             out[r.name] = [
-                {"quant_type": qtype, "scale": float(scale), "zero_point": _zp_json(zp[()])}
+                {"quant_type": qtype, "scale": float(scale), "zero_point": _zp_json(zp)}
             ]
             continue
-        entries = [
+        entries: list[dict[str, Any]] = [
             {"scale": float(s), "zero_point": _zp_json(z)}
             for s, z in zip(scale.reshape(-1), zp.reshape(-1), strict=True)
         ]
@@ -161,11 +163,12 @@ def ort_overrides_document(
 ) -> dict[str, Any]:
     """The JSON document `export_ort_overrides` writes: the overrides plus the quantize_static
     options that make ORT quantize the same way (QDQ, the same default types, per-channel)."""
+    overrides = ort_overrides(results)  # refuses formats ORT's quantizer has no type for
     weights = [r for r in results if r.kind is TensorKind.WEIGHT]
     acts = [r for r in results if r.kind is TensorKind.ACTIVATION]
 
     def common_type(rs: Sequence[TensorResult]) -> str:
-        types = {ort_quant_type(r.config.fmt) for r in rs}
+        types = {t for r in rs if (t := ort_quant_type(r.config.fmt)) is not None}
         return types.pop() if len(types) == 1 else "QInt8"
 
     doc: dict[str, Any] = {
@@ -195,7 +198,7 @@ def ort_overrides_document(
             "OpTypesToExcludeOutputQuantization": layer_ops,
         },
     }
-    doc["TensorQuantOverrides"] = ort_overrides(results)
+    doc["TensorQuantOverrides"] = overrides
     return doc
 
 

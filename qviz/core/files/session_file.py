@@ -1,14 +1,4 @@
-"""The document qviz has open, and the session file that saves it.
-
-`Document` is the app's model in the napari sense: plain Python, no Qt. It holds the model,
-the statistics, the quantization configuration and the selection, caches one `TensorResult` per
-tensor, and turns a user's choice ("this config, for these tensors") into the list of tensors
-whose numbers changed. The Qt window renders it and calls into it; it never reaches back.
-
-Everything here that the GUI calls on a click is a pure function of stored statistics (the
-model is never run), so it takes milliseconds. Work that may take longer for a big model —
-analysing *every* tensor — is exposed as `analyze_jobs` + `store`, so the app can run the
-analysis on a worker thread and hand the results back on the GUI thread.
+"""The session file: the open document written down, and what kind of file a path is.
 
 The session file is JSON (`*.qviz.json`) with a `schema_version`. Older versions are upgraded
 one step at a time through `MIGRATIONS`; a file from a newer qviz is refused, not guessed at.
@@ -23,6 +13,8 @@ Schema history:
   view settings. A session may also embed the last sensitivity report (`sensitivity`, written
   with `report_to_json`), so re-opening it does not re-run the model; older readers ignore the
   key, and a report that cannot be read is dropped (it is a cache, never a reason to fail).
+* 3 — adds the evaluation data (`files.eval_data`; null measures on the calibration data) and
+  the acceptance criteria the user typed (`criteria`; null keeps the defaults).
 
 Paths are written relative to the session file's folder, so a folder holding a model, its data
 and a session can be moved or shared as a whole; absolute paths are kept when there is no
@@ -50,7 +42,7 @@ from qviz.core.search.sensitivity import SensitivityReport
 from qviz.core.search.sensitivity_cache import report_from_json, report_to_json
 from qviz.core.stats.stats_file import is_stats_file
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FILE_TYPE = "qviz-session"
 SESSION_SUFFIX = ".qviz.json"
 MODEL_SUFFIXES = frozenset({".onnx", ".pt", ".pth", ".ts", ".pt2"})
@@ -111,12 +103,14 @@ class SessionFile:
     model_path: Path | None
     data_path: Path | None = None
     stats_path: Path | None = None
+    eval_data_path: Path | None = None
     model_sha256: str | None = None
     config: QuantConfig = field(default_factory=QuantConfig)
     selection: tuple[str, TensorKind | None] | None = None
     log_counts: bool = False
     schema_version: int = SCHEMA_VERSION  # of the file as it was on disk, before migration
     sensitivity: SensitivityReport | None = None  # the last report, so it is not re-run
+    criteria: str | None = None  # as typed; None keeps the defaults
     notes: tuple[str, ...] = ()  # what loading dropped (a damaged sensitivity report)
 
 
@@ -143,9 +137,16 @@ def _migrate_1_to_2(doc: JsonDict) -> JsonDict:
     }
 
 
+def _migrate_2_to_3(doc: JsonDict) -> JsonDict:
+    """v3 adds the evaluation data and the typed criteria; a v2 session had neither."""
+    files = dict(doc["files"])
+    files["eval_data"] = None
+    return {**doc, "schema_version": 3, "files": files, "criteria": None}
+
+
 # MIGRATIONS[n] upgrades a schema_version n document to n + 1. Each old version keeps a golden
 # file under tests/data that must keep loading.
-MIGRATIONS: dict[int, Callable[[JsonDict], JsonDict]] = {1: _migrate_1_to_2}
+MIGRATIONS: dict[int, Callable[[JsonDict], JsonDict]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def migrate_session(doc: JsonDict, source: str = "session file") -> JsonDict:
@@ -184,9 +185,11 @@ def session_document(session: SessionFile, base_dir: Path) -> JsonDict:
             "model": _rel(session.model_path, base_dir),
             "model_sha256": session.model_sha256,
             "data": _rel(session.data_path, base_dir),
+            "eval_data": _rel(session.eval_data_path, base_dir),
             "stats": _rel(session.stats_path, base_dir),
         },
         "config": encode_quant_config(session.config),
+        "criteria": session.criteria,
         "selection": selection,
         "view": {"log_counts": bool(session.log_counts)},
     }
@@ -242,17 +245,22 @@ def decode_session(doc: JsonDict, base_dir: Path, source: str = "session file") 
     sha = files.get("model_sha256")
     if sha is not None:
         sha = want_str(sha, f"{source}: files.model_sha256")
+    criteria = doc.get("criteria")
+    if criteria is not None and not isinstance(criteria, str):
+        raise QvizError(f"{source}: 'criteria' must be text, got {criteria!r}")
     sensitivity, note = _decode_sensitivity(doc.get("sensitivity"), source)
     return SessionFile(
         model_path=_abs(files.get("model"), base_dir, "files.model", source),
         data_path=_abs(files.get("data"), base_dir, "files.data", source),
         stats_path=_abs(files.get("stats"), base_dir, "files.stats", source),
+        eval_data_path=_abs(files.get("eval_data"), base_dir, "files.eval_data", source),
         model_sha256=sha,
         config=config,
         selection=selection,
         log_counts=log_counts,
         schema_version=int(on_disk),  # type: ignore[arg-type]  # checked by migrate_session
         sensitivity=sensitivity,
+        criteria=criteria,
         notes=() if note is None else (note,),
     )
 

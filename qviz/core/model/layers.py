@@ -25,6 +25,8 @@ from dataclasses import dataclass, replace
 
 import onnx
 
+from qviz.core.model import onnx_graph
+
 #: Op types that can be a quantizable layer.
 LAYER_OP_TYPES = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
@@ -82,11 +84,11 @@ def find_layers(
     for depth, node in enumerate(graph.node):
         if node.op_type not in LAYER_OP_TYPES or node.domain not in ("", "ai.onnx"):
             continue
-        node_name = node.name or f"{node.op_type}_{depth}"
+        name = onnx_graph.node_name(node, depth)
         found = _describe(node, initializer_shapes)
         if found is None:
             notes.append(
-                f"{node.op_type} node '{node_name}' is not analysed: its weight is computed in "
+                f"{node.op_type} node '{name}' is not analysed: its weight is computed in "
                 "the graph, not stored as a constant"
             )
             continue
@@ -94,8 +96,8 @@ def find_layers(
         shape = initializer_shapes[weight] if weight is not None else None
         layers.append(
             Layer(
-                name=node_name,  # replaced by the display name below
-                node_name=node_name,
+                name=name,  # replaced by the display name below
+                node_name=name,
                 op_type=node.op_type,
                 weight=weight,
                 weight_shape=shape,

@@ -14,9 +14,10 @@ take the same path as ``.onnx`` files:
 5. run shape inference so activation shapes (and ranks, for channel axes) are known;
 6. find the quantizable layers (``qviz.core.model.layers``).
 
-Graph-level rewrites (steps 3 and 5) run on a copy whose large tensors are replaced by
-placeholders, so models above protobuf's 2 GB limit still convert and weights are not
-serialized again for every step.
+The checks (1, 2) are in ``qviz.core.model.checks``, the rewrites (3 to 5) in
+``qviz.core.model.rewrites``; graph-level rewrites (3 and 5) run on a copy whose large
+tensors are replaced by placeholders (``qviz.core.model.onnx_graph``), so models above
+protobuf's 2 GB limit still convert and weights are not serialized again for every step.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import hashlib
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -33,14 +34,17 @@ from types import MappingProxyType
 
 import numpy as np
 import onnx
-from onnx import external_data_helper, numpy_helper, shape_inference, version_converter
+from onnx import numpy_helper
 
 from qviz.core.errors import QvizError
-from qviz.core.errors import first_line as _first_line
+from qviz.core.model.activation_axes import activation_axes
+from qviz.core.model.checks import check_model, load_external_data, refuse_quantized
+from qviz.core.model.hashing import file_sha256
 from qviz.core.model.layers import Layer, find_layers
+from qviz.core.model.onnx_graph import all_nodes, node_name
+from qviz.core.model.rewrites import constants_to_initializers, infer_shapes, upgrade_old_opset
 
 __all__ = [
-    "QUANTIZED_OP_TYPES",
     "InputSpec",
     "Layer",
     "LoadedModel",
@@ -49,45 +53,12 @@ __all__ = [
     "load_model",
 ]
 
-#: Models whose default-domain opset is below this are upgraded to UPGRADE_TO_OPSET.
-MIN_KEPT_OPSET = 13
-UPGRADE_TO_OPSET = 17
-#: The version converter has adapters from opset 7 on; older graphs are refused.
-MIN_SUPPORTED_OPSET = 7
-
-#: Op types that only appear in graphs that were quantized already (ONNX and ORT contrib ops).
-QUANTIZED_OP_TYPES = frozenset(
-    {
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "DynamicQuantizeLinear",
-        "ConvInteger",
-        "MatMulInteger",
-        "MatMulIntegerToFloat",
-        "DynamicQuantizeMatMul",
-        "DynamicQuantizeLSTM",
-        "MatMulNBits",
-        "MatMulBnb4",
-        "GatherBlockQuantized",
-        "QGemm",
-        "QAttention",
-        "QEmbedLayerNormalization",
-        "QOrderedMatMul",
-    }
-)
-
 TORCHSCRIPT_SUFFIXES = frozenset({".pt", ".pth", ".ts", ".jit", ".torchscript"})
 EXPORT_SUFFIXES = frozenset({".pt2"})
 ONNX_SUFFIXES = frozenset({".onnx"})
 
 # "package.module:factory" (also "module:factory"); never a Windows drive path like "C:\x".
 _TORCH_SPEC = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
-# Tensors at least this big are swapped for placeholders during graph rewrites.
-_STRIP_BYTES = 1024
-_STRIPPED_LOCATION = "__qviz_stripped__"
-# Below this size a model is copied whole before stripping (simpler, and cheap enough).
-_COPY_WHOLE_BYTES = 64 << 20
-_PROTOBUF_LIMIT = 2**31 - 1
 _SUBGRAPH_OPS = ("If", "Loop", "Scan")
 
 
@@ -141,7 +112,7 @@ class LoadedModel:
         inits = {t.name: t for t in self.model.graph.initializer}
         object.__setattr__(self, "_initializers", MappingProxyType(inits))
         object.__setattr__(
-            self, "_channel_axes", MappingProxyType(_activation_axes(self.model, self.layers))
+            self, "_channel_axes", MappingProxyType(activation_axes(self.model, self.layers))
         )
 
     def weight(self, name: str) -> np.ndarray:
@@ -241,16 +212,9 @@ def load_onnx(
         ) from exc
     if not model.graph.node and not model.graph.output:
         raise QvizError(f"'{path.name}' is not a valid ONNX file (it holds no graph)")
-    _refuse_quantized(model)
-    _load_external_data(model, path)
-    notes = list(extra_notes)
-    notes += _check(model, path)
-    model, upgraded = _upgrade_opset(model)
-    notes += upgraded
-    n_const = _constants_to_initializers(model.graph)
-    if n_const:
-        notes.append(f"{n_const} Constant nodes were turned into initializers")
-    notes += _infer_shapes(model)
+    refuse_quantized(model)
+    load_external_data(model, path)
+    model, notes = _rewrite(model, [*extra_notes, *check_model(model, path)])
     return _finish(model, source or path, digest, notes)
 
 
@@ -263,19 +227,22 @@ def from_proto(
     """
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    _refuse_quantized(copy)
-    notes = _check(copy, None)
-    copy, upgraded = _upgrade_opset(copy)
-    notes += upgraded
-    n_const = _constants_to_initializers(copy.graph)
-    if n_const:
-        notes.append(f"{n_const} Constant nodes were turned into initializers")
-    notes += _infer_shapes(copy)
+    refuse_quantized(copy)
+    copy, notes = _rewrite(copy, check_model(copy, None))
     digest = sha256 or hashlib.sha256(copy.SerializeToString()).hexdigest()
     return _finish(copy, Path(source), digest, notes)
 
 
+def _rewrite(model: onnx.ModelProto, notes: list[str]) -> tuple[onnx.ModelProto, list[str]]:
+    """Steps 3 to 5: opset upgrade, Constant nodes to initializers, shape inference."""
+    model, upgraded = upgrade_old_opset(model)
+    notes = [*notes, *upgraded, *constants_to_initializers(model.graph)]
+    notes += infer_shapes(model)
+    return model, notes
+
+
 def _finish(model: onnx.ModelProto, source: Path, digest: str, notes: list[str]) -> LoadedModel:
+    """Step 6, layer discovery, and what qviz records about the model."""
     graph = model.graph
     init_shapes = {t.name: tuple(int(d) for d in t.dims) for t in graph.initializer}
     discovery = find_layers(graph, init_shapes, torch_names=_from_torch(model))
@@ -301,263 +268,6 @@ def _from_torch(model: onnx.ModelProto) -> bool:
     return any(
         p.key.startswith("pkg.torch.") for n in model.graph.node for p in n.metadata_props
     )
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in chunks (model files can be gigabytes)."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError as exc:
-        raise QvizError(f"cannot read '{path}': {exc.strerror or exc}") from exc
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------------- checks
-
-
-def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    """Every node, subgraph bodies (If/Loop/Scan) included."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _all_nodes(g)
-
-
-def _refuse_quantized(model: onnx.ModelProto) -> None:
-    counts = Counter(
-        n.op_type
-        for n in _all_nodes(model.graph)
-        if n.op_type in QUANTIZED_OP_TYPES or n.op_type.startswith("QLinear")
-    )
-    if counts:
-        found = ", ".join(f"{n} {op}" for op, n in counts.most_common())
-        raise QvizError(
-            f"model is already quantized: {found} nodes; open the float model instead"
-        )
-
-
-def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
-    base = path.parent
-    for tensor in _all_tensors(model.graph):
-        if not external_data_helper.uses_external_data(tensor):
-            continue
-        info = external_data_helper.ExternalDataInfo(tensor)
-        target = base / info.location
-        if not target.is_file():
-            raise QvizError(
-                f"external data file '{info.location}' (tensor '{tensor.name}') is missing; "
-                f"it must lie beside {path.name}"
-            )
-    try:
-        external_data_helper.load_external_data_for_model(model, str(base))
-    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
-        raise QvizError(f"cannot read the external data of '{path.name}': {exc}") from exc
-
-
-def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Initializers and tensor attributes of every graph, subgraphs included."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.TENSORS:
-                yield from attr.tensors
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _all_tensors(g)
-
-
-
-def _check(model: onnx.ModelProto, path: Path | None) -> list[str]:
-    """Run onnx.checker; problems with the structure are errors, strict shape inference not."""
-    opset = _default_opset(model)
-    if opset is None:
-        raise QvizError("the model imports no default ONNX opset")
-    if opset < MIN_SUPPORTED_OPSET:
-        raise QvizError(
-            f"ONNX opset {opset} is too old (qviz supports {MIN_SUPPORTED_OPSET} and newer); "
-            "re-export the model with a recent exporter"
-        )
-    if opset > onnx.defs.onnx_opset_version():
-        raise QvizError(
-            f"ONNX opset {opset} is newer than this onnx package knows "
-            f"({onnx.defs.onnx_opset_version()}); upgrade onnx and onnxruntime"
-        )
-    if model.ByteSize() > _PROTOBUF_LIMIT:
-        if path is None:
-            raise QvizError("the model is larger than 2 GB; load it from its file")
-        try:
-            # The checker reads the weights itself when given the path.
-            onnx.checker.check_model(str(path))
-        except onnx.checker.ValidationError as exc:
-            raise QvizError(f"the ONNX model is invalid: {_first_line(exc)}") from exc
-        return ["the model is larger than 2 GB: strict shape checks were skipped"]
-    try:
-        # One pass: structure first, then strict shape inference.
-        onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise QvizError(f"the ONNX model is invalid: {_first_line(exc)}") from exc
-    except shape_inference.InferenceError as exc:
-        # Graphs ORT runs fine sometimes fail ONNX's strict inference (custom ops...): the
-        # structure must still pass the plain check.
-        try:
-            onnx.checker.check_model(model)
-        except onnx.checker.ValidationError as inner:
-            raise QvizError(f"the ONNX model is invalid: {_first_line(inner)}") from inner
-        return [
-            "strict ONNX shape check failed (activation shapes may be unknown): "
-            f"{_first_line(exc)}"
-        ]
-    return []
-
-
-def _default_opset(model: onnx.ModelProto) -> int | None:
-    for op in model.opset_import:
-        if op.domain in ("", "ai.onnx"):
-            return int(op.version)
-    return None
-
-
-# ------------------------------------------------------------------------------- rewrites
-
-
-def _strip(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto]]:
-    """A copy whose big top-level initializers are placeholders, and the originals by name.
-
-    The placeholders keep dtype and dims (all that conversion and shape inference read) and
-    point at a fake external file, so protobuf's 2 GB limit and repeated serialization of
-    the weights are avoided.
-    """
-    light = onnx.ModelProto()
-    if model.ByteSize() < _COPY_WHOLE_BYTES:
-        light.CopyFrom(model)
-    else:
-        _copy_without_weights(model, light)
-    originals: dict[str, onnx.TensorProto] = {}
-    by_name = {t.name: t for t in model.graph.initializer}
-    for tensor in light.graph.initializer:
-        source = by_name[tensor.name]
-        if source.ByteSize() < _STRIP_BYTES:
-            continue
-        originals[tensor.name] = source
-        dims, dtype, name = list(source.dims), source.data_type, source.name
-        tensor.Clear()
-        tensor.name, tensor.data_type = name, dtype
-        tensor.dims.extend(dims)
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        entry = tensor.external_data.add()
-        entry.key, entry.value = "location", _STRIPPED_LOCATION
-    return light, originals
-
-
-def _copy_without_weights(model: onnx.ModelProto, light: onnx.ModelProto) -> None:
-    """CopyFrom for huge models: copy everything but initializer payloads."""
-    graph = model.graph
-    saved = list(graph.initializer)
-    del graph.initializer[:]
-    try:
-        light.CopyFrom(model)
-    finally:
-        graph.initializer.extend(saved)
-    for t in saved:
-        shell = light.graph.initializer.add()
-        shell.name, shell.data_type = t.name, t.data_type
-        shell.dims.extend(t.dims)
-        if t.ByteSize() < _STRIP_BYTES:
-            shell.CopyFrom(t)
-
-
-def _restore(light: onnx.ModelProto, originals: Mapping[str, onnx.TensorProto]) -> None:
-    for tensor in light.graph.initializer:
-        if tensor.name in originals and any(
-            e.value == _STRIPPED_LOCATION for e in tensor.external_data
-        ):
-            tensor.CopyFrom(originals[tensor.name])
-
-
-def _upgrade_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    opset = _default_opset(model)
-    assert opset is not None  # _check refused models without one
-    if opset >= MIN_KEPT_OPSET:
-        return model, []
-    light, originals = _strip(model)
-    try:
-        converted = version_converter.convert_version(light, UPGRADE_TO_OPSET)
-    except Exception as exc:  # the converter raises bare RuntimeErrors from C++
-        raise QvizError(
-            f"cannot upgrade ONNX opset {opset} to {UPGRADE_TO_OPSET}: {_first_line(exc)}"
-        ) from exc
-    _restore(converted, originals)
-    needed = onnx.helper.find_min_ir_version_for(list(converted.opset_import), True)
-    converted.ir_version = max(converted.ir_version, needed)
-    return converted, [f"ONNX opset {opset} was upgraded to {UPGRADE_TO_OPSET}"]
-
-
-def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
-    """The tensor a Constant node produces, or None for sparse/string forms we leave alone."""
-    for attr in node.attribute:
-        if attr.name == "value":
-            return attr.t
-        if attr.name == "value_float":
-            return numpy_helper.from_array(np.array(attr.f, dtype=np.float32))
-        if attr.name == "value_floats":
-            return numpy_helper.from_array(np.array(list(attr.floats), dtype=np.float32))
-        if attr.name == "value_int":
-            return numpy_helper.from_array(np.array(attr.i, dtype=np.int64))
-        if attr.name == "value_ints":
-            return numpy_helper.from_array(np.array(list(attr.ints), dtype=np.int64))
-    return None
-
-
-def _constants_to_initializers(graph: onnx.GraphProto) -> int:
-    """Move top-level Constant nodes into initializers; return how many moved.
-
-    Weights some exporters emit as Constant nodes must be initializers for layer discovery
-    (and for ORT's quantization passes) to see them as weights.
-    """
-    keep: list[onnx.NodeProto] = []
-    moved = 0
-    for node in graph.node:
-        value = _constant_value(node) if node.op_type == "Constant" and not node.domain else None
-        if value is None or len(node.output) != 1:
-            keep.append(node)
-            continue
-        tensor = onnx.TensorProto()
-        tensor.CopyFrom(value)
-        tensor.name = node.output[0]
-        graph.initializer.append(tensor)
-        moved += 1
-    if moved:
-        del graph.node[:]
-        graph.node.extend(keep)
-    return moved
-
-
-def _infer_shapes(model: onnx.ModelProto) -> list[str]:
-    """Fill ``value_info`` with inferred activation shapes; failure is a note, not an error."""
-    light, _ = _strip(model)
-    try:
-        inferred = shape_inference.infer_shapes(light, data_prop=True)
-    except Exception as exc:  # InferenceError, or C++ errors surfacing as RuntimeError
-        return [f"shape inference failed, activation shapes are unknown: {_first_line(exc)}"]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(inferred.graph.value_info)
-    # Outputs get their inferred types too, when the file left them blank.
-    by_name = {o.name: o for o in inferred.graph.output}
-    for out in model.graph.output:
-        if not out.type.HasField("tensor_type") and out.name in by_name:
-            out.type.CopyFrom(by_name[out.name].type)
-    return []
 
 
 # ------------------------------------------------------------------------------ describing
@@ -586,76 +296,6 @@ def _input_spec(vi: onnx.ValueInfoProto) -> InputSpec:
     return InputSpec(vi.name, shape, dtype, names, has_shape=tt.HasField("shape"))
 
 
-def _shapes(graph: onnx.GraphProto) -> dict[str, tuple[int | None, ...]]:
-    """Known shapes (None for symbolic dims) of inputs, inferred activations, outputs, weights."""
-    shapes: dict[str, tuple[int | None, ...]] = {}
-    for vi in [*graph.input, *graph.value_info, *graph.output]:
-        tt = vi.type.tensor_type
-        if vi.type.HasField("tensor_type") and tt.HasField("shape"):
-            shapes[vi.name] = tuple(
-                int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim
-            )
-    for t in graph.initializer:
-        shapes[t.name] = tuple(int(d) for d in t.dims)
-    return shapes
-
-
-def _activation_axes(model: onnx.ModelProto, layers: tuple[Layer, ...]) -> dict[str, int | None]:
-    """Channel axis per activation tensor, from the layers that consume or produce it.
-
-    Per-channel statistics only make sense along a feature axis of fixed size, so where a
-    rule would pick an axis whose size is symbolic (a sequence length) the other candidate
-    is tried, else the answer is None.
-    """
-    graph = model.graph
-    shapes = _shapes(graph)
-    votes: dict[str, set[int | None]] = {}
-    produced: dict[str, int | None] = {}
-
-    def pick(tensor: str, *candidates: int) -> int | None:
-        """The first candidate axis (negative allowed) whose size is fixed, non-negative."""
-        shape = shapes.get(tensor)
-        if shape is None:
-            return None
-        for axis in candidates:
-            if -len(shape) <= axis < len(shape) and shape[axis] is not None:
-                return axis % len(shape)
-        return None
-
-    def vote(tensor: str, axis: int | None) -> None:
-        votes.setdefault(tensor, set()).add(axis)
-
-    for layer in layers:
-        node = graph.node[layer.depth]
-        out = node.output[0]
-        if layer.op_type in ("Conv", "ConvTranspose"):
-            # NC... layout: channels are axis 1 whatever the rank or spatial sizes.
-            vote(node.input[0], 1)
-            produced[out] = 1
-            continue
-        produced[out] = pick(out, -1)
-        attrs = {a.name: a.i for a in node.attribute}
-        a, b = node.input[0], node.input[1]
-        if layer.op_type == "Gemm":
-            # Gemm operands are 2-D: A is [M, K] ([K, M] with transA), B is [K, N] or [N, K].
-            if a in layer.activations:
-                vote(a, 0 if attrs.get("transA") else 1)
-            if b in layer.activations:
-                vote(b, 1 if attrs.get("transB") else 0)
-            continue
-        # MatMul: the left operand's features are its last axis; the right operand is reduced
-        # along axis -2 (for k^T in attention that is the head dim; for v it is the sequence,
-        # so its last axis, the head dim, is taken instead). A 1-D operand has only axis 0.
-        if a in layer.activations:
-            vote(a, pick(a, -1))
-        if b in layer.activations:
-            vote(b, pick(b, -2, -1) if len(shapes.get(b, ())) != 1 else 0)
-    axes: dict[str, int | None] = dict(produced)
-    for tensor, options in votes.items():
-        axes[tensor] = next(iter(options)) if len(options) == 1 else None
-    return axes
-
-
 def _subgraph_notes(graph: onnx.GraphProto) -> list[str]:
     """Say which control-flow bodies are not analysed, and what they hide."""
     notes = []
@@ -664,11 +304,13 @@ def _subgraph_notes(graph: onnx.GraphProto) -> list[str]:
             continue
         bodies = [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
         inner = Counter(
-            n.op_type for body in bodies for n in _all_nodes(body) if n.op_type in
-            ("Conv", "ConvTranspose", "Gemm", "MatMul")
+            n.op_type
+            for body in bodies
+            for n in all_nodes(body)
+            if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
         )
         hidden = ", ".join(f"{c} {op}" for op, c in sorted(inner.items()))
-        name = node.name or f"{node.op_type}_{i}"
+        name = node_name(node, i)
         body_words = "body is" if len(bodies) == 1 else f"{len(bodies)} branches are"
         notes.append(
             f"{node.op_type} node '{name}': its {body_words} not analysed"

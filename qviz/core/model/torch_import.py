@@ -21,7 +21,6 @@ of silently measured.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import inspect
 import io
@@ -39,6 +38,8 @@ import numpy as np
 import onnx
 
 from qviz.core.errors import QvizError
+from qviz.core.model.hashing import file_sha256, files_sha256
+from qviz.core.model.onnx_graph import all_graphs
 
 TORCH_MISSING = "PyTorch models need the torch extra: pip install 'qviz[torch]'"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -83,10 +84,10 @@ def export_to_onnx(
         program = _load_program(torch, path)
         example = getattr(program, "example_inputs", None)
         kind, model = "program", program
-        source, digest = path, _sha256_files([path])
+        source, digest = path, file_sha256(path)
     elif is_file:
         kind, model = "script", _load_script(torch, path)
-        source, digest = path, _sha256_files([path])
+        source, digest = path, file_sha256(path)
     else:
         module_file, model = _call_factory(torch, str(spec))
         files = [module_file] if module_file else []
@@ -94,7 +95,7 @@ def export_to_onnx(
             notes += _load_state_dict(torch, model, Path(state_dict))
             files.append(Path(state_dict))
         kind = "module"
-        source, digest = Path(str(spec)), _sha256_files(files, salt=str(spec))
+        source, digest = Path(str(spec)), files_sha256(files, salt=str(spec))
     if kind != "program":
         # Exporters trace whatever mode the module is in; dropout/BN must be in eval mode.
         model.eval()
@@ -135,11 +136,13 @@ def _import_torch() -> Any:
     return torch
 
 
-def _first_line(exc: BaseException) -> str:
-    """The most telling line of an exception chain: the innermost cause's first line.
+def _describe_error(exc: BaseException) -> str:
+    """The most telling line of an exception chain: the innermost cause's type and first line.
 
-    A line ending in ":" announces the next one, which is joined on; very long lines are cut
-    at their first sentence (torch appends paragraphs of advice).
+    Unlike :func:`qviz.core.errors.first_line`, torch's errors need the innermost cause (the
+    exporter wraps the real one), colours stripped, and a line ending in ":" joined with the
+    next one that it announces; very long lines are cut at their first sentence (torch
+    appends paragraphs of advice).
     """
     inner = exc
     while inner.__cause__ is not None:
@@ -210,7 +213,7 @@ def _call_factory(torch: Any, spec: str) -> tuple[Path | None, Any]:
         with _cwd_importable(), _quiet():
             module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or anything the module raises while importing
-        raise QvizError(f"cannot import '{module_name}': {_first_line(exc)}") from exc
+        raise QvizError(f"cannot import '{module_name}': {_describe_error(exc)}") from exc
     factory = getattr(module, func_name, None)
     if factory is None or not callable(factory):
         raise QvizError(f"'{module_name}' has no callable '{func_name}'")
@@ -218,7 +221,7 @@ def _call_factory(torch: Any, spec: str) -> tuple[Path | None, Any]:
         with _quiet():
             model = factory()
     except Exception as exc:
-        raise QvizError(f"{spec}() failed: {_first_line(exc)}") from exc
+        raise QvizError(f"{spec}() failed: {_describe_error(exc)}") from exc
     if not isinstance(model, torch.nn.Module):
         raise QvizError(f"{spec}() returned {type(model).__name__}, not a torch.nn.Module")
     file = getattr(module, "__file__", None)
@@ -251,26 +254,9 @@ def _load_state_dict(torch: Any, model: Any, path: Path) -> list[str]:
             model.load_state_dict(loaded, strict=True)
     except Exception as exc:
         raise QvizError(
-            f"the state dict '{path.name}' does not fit the model: {_first_line(exc)}"
+            f"the state dict '{path.name}' does not fit the model: {_describe_error(exc)}"
         ) from exc
     return notes
-
-
-def _sha256_files(files: list[Path], salt: str = "") -> str:
-    """sha256 of the model file, or of the factory's module source plus its state dict."""
-    if len(files) == 1 and not salt:
-        from qviz.core.model.loading import file_sha256
-
-        return file_sha256(files[0])
-    h = hashlib.sha256(salt.encode())
-    for f in files:
-        try:
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    h.update(chunk)
-        except OSError as exc:
-            raise QvizError(f"cannot read '{f}': {exc.strerror or exc}") from exc
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------- exporting
@@ -292,6 +278,7 @@ def _arguments(
     """Keyword arguments when the sample's names are ``forward``'s parameters, else positional."""
     tensors = {k: _to_torch(torch, v) for k, v in sample.items()}
     if model is not None:
+        params: Mapping[str, inspect.Parameter]
         try:
             params = inspect.signature(model.forward).parameters
         except (TypeError, ValueError):
@@ -370,7 +357,7 @@ def _quiet() -> Iterator[_LogCapture]:
 
 def _explained(exc: BaseException, capture: _LogCapture) -> str:
     """The exception's line, or the logged error it refers to ("check the warnings above")."""
-    line = _first_line(exc)
+    line = _describe_error(exc)
     if "above" in line:
         errors = [ln.strip() for ln in capture.lines if "Error:" in ln]
         if errors:
@@ -420,11 +407,11 @@ def _export_module(
         _run_exporter(torch, model, args2, kwargs2, out, dynamic_shapes=dynamic)
         return []
     except Exception as exc:
-        first_try = _first_line(exc)
+        first_try = _describe_error(exc)
     try:
         _run_exporter(torch, model, args, kwargs, out, dynamic_shapes=None)
     except Exception as exc:
-        raise QvizError(f"PyTorch export to ONNX failed: {_first_line(exc)}") from exc
+        raise QvizError(f"PyTorch export to ONNX failed: {_describe_error(exc)}") from exc
     return [
         "exported with the sample's fixed batch size, so batches of other sizes will not run "
         f"(a dynamic batch did not export: {first_try})"
@@ -445,7 +432,7 @@ def _export_script(
         _run_exporter(torch, program, (), {}, out, dynamic_shapes=None)
         return []
     except Exception as exc:
-        first_try = _first_line(exc)
+        first_try = _describe_error(exc)
     # Fallback: the legacy TorchScript exporter, which takes ScriptModules as they are.
     try:
         with _quiet():
@@ -458,7 +445,7 @@ def _export_script(
                 dynamic_axes={n: {0: "batch"} for n in names} or None,
             )
     except Exception as exc:
-        raise QvizError(f"PyTorch export to ONNX failed: {_first_line(exc)}") from exc
+        raise QvizError(f"PyTorch export to ONNX failed: {_describe_error(exc)}") from exc
     return [
         f"TorchScript converted with the legacy exporter (the dynamo route failed: {first_try}); "
         "layer names are ONNX node names"
@@ -470,22 +457,17 @@ def _export_script(
 
 def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
     """Rename a tensor everywhere in ``graph`` and the subgraphs that may see it."""
-    for vi in [*graph.input, *graph.output, *graph.value_info]:
-        if vi.name == old:
-            vi.name = new
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new
-        for i, name in enumerate(node.output):
-            if name == old:
-                node.output[i] = new
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                _rename_value(attr.g, old, new)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    _rename_value(g, old, new)
+    for g in all_graphs(graph):
+        for vi in [*g.input, *g.output, *g.value_info]:
+            if vi.name == old:
+                vi.name = new
+        for node in g.node:
+            for i, name in enumerate(node.input):
+                if name == old:
+                    node.input[i] = new
+            for i, name in enumerate(node.output):
+                if name == old:
+                    node.output[i] = new
 
 
 def _tidy_onnx(out: Path, names: list[str]) -> list[str]:
@@ -496,7 +478,9 @@ def _tidy_onnx(out: Path, names: list[str]) -> list[str]:
     try:
         model = onnx.load(str(out), load_external_data=False)
     except Exception as exc:
-        raise QvizError(f"the exporter wrote an unreadable ONNX file: {_first_line(exc)}") from exc
+        raise QvizError(
+            f"the exporter wrote an unreadable ONNX file: {_describe_error(exc)}"
+        ) from exc
     graph = model.graph
     inits = {t.name for t in graph.initializer}
     inputs = [vi for vi in graph.input if vi.name not in inits]
@@ -554,7 +538,7 @@ def _compare_outputs(
         }
         got = session.run(None, feeds)
     except Exception as exc:  # a check that cannot run is reported, not fatal
-        return [f"could not compare the ONNX export with PyTorch: {_first_line(exc)}"]
+        return [f"could not compare the ONNX export with PyTorch: {_describe_error(exc)}"]
     if len(got) != len(expected) or any(
         np.shape(g) != np.shape(e) for g, e in zip(got, expected, strict=False)
     ):

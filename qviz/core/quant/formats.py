@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
+from typing import ClassVar
 
 import ml_dtypes
 import numpy as np
@@ -24,6 +25,9 @@ __all__ = [
     "Granularity",
     "GranularityKind",
     "NumberFormat",
+    "PerAxis",
+    "PerGroup",
+    "PerTensor",
 ]
 
 
@@ -289,34 +293,33 @@ _GRANULARITY_ALIASES: dict[str, GranularityKind] = {
 # "per-group (64)", "per-group:64", "group64": the group size written inside the text wins.
 _GROUP_RE = re.compile(r"(?P<name>[a-z_]+?)_*[(:=]?_*(?P<size>\d+)_*\)?")
 _GRANULARITY_CHOICES = "per-tensor, per-channel, per-group (N)"
+DEFAULT_GROUP_SIZE = 128
 
 
-@dataclass(frozen=True)
 class Granularity:
-    """Quantization granularity. ``group_size`` is the block length along the reduction axis
-    (ONNX ``block_size``) and matters only for ``PER_GROUP``."""
+    """How finely a tensor is scaled: the base of a small family of frozen types,
+    :class:`PerTensor`, :class:`PerAxis` and :class:`PerGroup` (as torchao's granularity
+    types). Each member carries only the parameter that applies to it."""
 
-    kind: GranularityKind = GranularityKind.PER_TENSOR
-    group_size: int = 128
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.kind, GranularityKind):
-            raise TypeError(f"kind must be a GranularityKind, not {type(self.kind).__name__}")
-        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int):
-            raise TypeError(f"group_size must be an int, not {type(self.group_size).__name__}")
-        if self.group_size < 1:
-            raise QvizError(f"group size must be a positive integer, not {self.group_size}")
+    kind: ClassVar[GranularityKind]
 
     @property
     def label(self) -> str:
-        """Human text, "per-tensor", "per-channel", "per-group (128)", that :meth:`parse`
+        """Human text ("per-tensor", "per-channel", "per-group (128)") that :meth:`parse`
         reads back."""
-        if self.kind is GranularityKind.PER_GROUP:
-            return f"per-group ({self.group_size})"
         return self.kind.value
 
-    @classmethod
-    def parse(cls, text: str, group_size: int = 128) -> Granularity:
+    @staticmethod
+    def of(kind: GranularityKind, group_size: int = DEFAULT_GROUP_SIZE) -> Granularity:
+        """The member for ``kind`` (``group_size`` is used only for PER_GROUP)."""
+        if kind is GranularityKind.PER_TENSOR:
+            return PerTensor()
+        if kind is GranularityKind.PER_CHANNEL:
+            return PerAxis()
+        return PerGroup(group_size)
+
+    @staticmethod
+    def parse(text: str, group_size: int = DEFAULT_GROUP_SIZE) -> Granularity:
         """Read "per-tensor", "per-channel" or "per-group" (also "tensor", "channel",
         "group", "blocked"); a size inside the text ("per-group (64)") overrides
         ``group_size``. Raises QvizError for anything else."""
@@ -331,4 +334,48 @@ class Granularity:
                     group_size = int(match.group("size"))
         if kind is None:
             raise QvizError(f"unknown granularity {text!r}: choose {_GRANULARITY_CHOICES}")
-        return cls(kind=kind, group_size=group_size)
+        return Granularity.of(kind, group_size)
+
+
+@dataclass(frozen=True)
+class PerTensor(Granularity):
+    """One scale for the whole tensor."""
+
+    kind: ClassVar[GranularityKind] = GranularityKind.PER_TENSOR
+
+
+@dataclass(frozen=True)
+class PerAxis(Granularity):
+    """One scale per slice along ``axis``; None means the layer's output-channel axis (the
+    usual per-channel weight quantization), which differs between op types."""
+
+    kind: ClassVar[GranularityKind] = GranularityKind.PER_CHANNEL
+    axis: int | None = None
+
+    def __post_init__(self) -> None:
+        bad = isinstance(self.axis, bool) or not isinstance(self.axis, int)
+        if self.axis is not None and bad:
+            raise TypeError(f"axis must be an int or None, not {type(self.axis).__name__}")
+
+    @property
+    def label(self) -> str:
+        return self.kind.value if self.axis is None else f"per-axis ({self.axis})"
+
+
+@dataclass(frozen=True)
+class PerGroup(Granularity):
+    """One scale per block of ``group_size`` values along the reduction axis (ONNX
+    ``block_size``)."""
+
+    kind: ClassVar[GranularityKind] = GranularityKind.PER_GROUP
+    group_size: int = DEFAULT_GROUP_SIZE
+
+    def __post_init__(self) -> None:
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int):
+            raise TypeError(f"group_size must be an int, not {type(self.group_size).__name__}")
+        if self.group_size < 1:
+            raise QvizError(f"group size must be a positive integer, not {self.group_size}")
+
+    @property
+    def label(self) -> str:
+        return f"per-group ({self.group_size})"

@@ -30,7 +30,8 @@ import onnx
 import onnxruntime as ort
 
 from qviz.core.errors import QvizError
-from qviz.core.graph.qdq import QdqLayer, QdqMode, QdqModel, QdqTensor, container_dtype
+from qviz.core.graph.containers import container_dtype
+from qviz.core.graph.qdq import QdqLayer, QdqMode, QdqModel, QdqTensor
 from qviz.core.quant.formats import FormatKind
 
 __all__ = [

@@ -252,11 +252,11 @@ class HistogramRows:
         """
         width = self.width
         full = np.maximum(np.abs(self.lo), np.abs(self.hi))
-        amax = np.minimum(np.broadcast_to(np.asarray(amax, dtype=np.float64), full.shape), full)
-        ratio = np.max(amax / width) if amax.size else 1.0
+        a = np.minimum(np.broadcast_to(np.asarray(amax, dtype=np.float64), full.shape), full)
+        ratio = np.max(a / width) if a.size else 1.0
         n = int(max(1, min(2 * self.counts.shape[1], math.ceil(ratio - 1e-9))))
-        zero = amax <= 0.0
-        top = np.where(zero, width, amax)
+        zero = a <= 0.0
+        top = np.where(zero, width, a)
         t = np.linspace(0.0, 1.0, n + 1)[None, :] * top[:, None]
         inside = self.cdf(t) - self.cdf(-t)  # mass within [-t, t]
         counts = np.diff(inside, axis=1)

@@ -1,0 +1,57 @@
+"""Measures every tensor in the background whenever some lack a result for their settings.
+
+The layer view measures what it shows on the GUI thread at once (milliseconds); this fills in
+the rest (the table, the summary), in batches, after a model, statistics or settings change.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Signal
+
+from qviz.app.controllers.workers import BackgroundRunner
+from qviz.app.dialogs.error_dialog import ErrorReporter
+from qviz.core.document.document import Document
+from qviz.core.document.jobs import AnalysisOutcome, analyze_in_batches
+
+
+class AnalysisController(QObject):
+    """Keeps every tensor of the document measured."""
+
+    finished = Signal()   # every tensor measured for the current settings
+
+    def __init__(self, doc: Document, reporter: ErrorReporter, parent: QObject | None = None):
+        super().__init__(parent)
+        self.doc = doc
+        self.runner = BackgroundRunner("analysis", self)
+        self.runner.progressed.connect(self._on_batch)
+        self.runner.succeeded.connect(lambda _n: self.finished.emit())
+        self.runner.failed.connect(lambda exc: reporter.report(exc, "Measuring tensors"))
+        doc.events.model.connect(self.restart)
+        doc.events.stats.connect(self.restart)
+        doc.events.config.connect(self.restart)
+
+    @property
+    def is_busy(self) -> bool:
+        return self.runner.is_busy
+
+    def live_threads(self) -> int:
+        return self.runner.live_threads()
+
+    def restart(self, *_: object) -> None:
+        """Measure, in the background, every tensor that has no result for its settings."""
+        model, stats = self.doc.model, self.doc.stats
+        jobs = self.doc.analyze_jobs()
+        if model is None or not jobs:
+            self.runner.discard()
+            return
+        self.runner.start(
+            lambda should_stop: analyze_in_batches(model, stats, jobs),
+            f"Measuring {len(jobs)} tensors",
+        )
+
+    def _on_batch(self, batch: object) -> None:
+        outcomes: list[AnalysisOutcome] = batch  # type: ignore[assignment]  # the job yields these
+        self.doc.accept_results(outcomes)
+
+    def shutdown(self, timeout_s: float) -> bool:
+        return self.runner.shutdown(timeout_s)

@@ -1,0 +1,290 @@
+"""Everything the layer view draws for one layer, computed once and cached by what it depends on.
+
+`LayerPlots.layer_data` turns a layer's analysed weight and activation (``TensorResult``), the
+exact weight values, the activation's statistics and each method's range into a frozen
+`LayerData`: histograms, the effective clip band with its notes, the per-channel data, the
+error curves with their method markers and the metrics columns. The app's layer view only
+draws it. Curves, markers and channel data depend on the data, the format and (for
+asymmetric curves) the lower bound, not on the method, so they are memoised: switching method
+or finishing a drag redraws without recomputing them.
+
+`preview_weight` / `preview_activation` are the metrics of a band being dragged (per-tensor
+Manual), computed on every mouse move: exact for weights up to `EXACT_PREVIEW_MAX` values,
+from a histogram above that (marked approximate; the exact numbers follow on release).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+import numpy as np
+
+from qviz.core.calibration.analysis import TensorResult
+from qviz.core.calibration.config import method_label
+from qviz.core.calibration.methods import Method
+from qviz.core.calibration.metrics import TensorMetrics, exact_metrics, histogram_metrics
+from qviz.core.layerdata.channels import ChannelData, channel_data
+from qviz.core.layerdata.columns import ColumnData
+from qviz.core.layerdata.curves import (
+    CurveData,
+    Marker,
+    activation_curve,
+    activation_markers,
+    marker_of,
+    weight_curve,
+    weight_markers,
+)
+from qviz.core.quant.formats import GranularityKind, NumberFormat, PerGroup, PerTensor
+from qviz.core.quant.qparams import compute_qparams
+from qviz.core.stats.tensor_stats import TensorStats, compute_stats
+from qviz.core.text import fmt_num, fmt_range
+
+# Weight histograms are rebuilt from the exact values: enough bins to show shape and tails,
+# few enough that each bin holds several values for small layers.
+MIN_WEIGHT_BINS, MAX_WEIGHT_BINS = 64, 512
+# Exact weight metrics cost ~0.6 ms per 100k values (bench_histogram_redraw.py): up to this
+# many values a drag step stays within a frame or two; bigger weights preview from a histogram.
+EXACT_PREVIEW_MAX = 2_000_000
+# Memoised curves, markers and channel data: a few layers' worth, so flipping between layers
+# is instant.
+CACHE_ENTRIES = 64
+_T = TypeVar("_T")
+
+MethodRanges = Mapping[Method, tuple[float, float]]
+
+
+def weight_histogram(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Histogram (edges, counts) of the exact weight values over their full range."""
+    flat = np.asarray(w, dtype=np.float64).ravel()
+    flat = flat[np.isfinite(flat)]
+    bins = int(np.clip(2 * np.sqrt(max(flat.size, 1)), MIN_WEIGHT_BINS, MAX_WEIGHT_BINS))
+    lo, hi = (float(flat.min()), float(flat.max())) if flat.size else (0.0, 1.0)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    counts, edges = np.histogram(flat, bins=bins, range=(lo, hi))
+    return edges, counts.astype(np.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class WeightPanel:
+    """The weight half of the layer view."""
+
+    result: TensorResult
+    values: np.ndarray             # the exact weight (previews of a dragged band use it)
+    edges: np.ndarray
+    counts: np.ndarray
+    band: tuple[float, float]      # effective clip range (envelope when not per-tensor)
+    per_tensor: bool
+    note: str                      # what the band means when it is an envelope
+    scales_text: str               # "32 scales 0.001 … 0.004" when not per-tensor
+    channels: ChannelData | None
+    channels_missing: str          # why there is no channel view ("" when there is one)
+    curve: CurveData
+    column: ColumnData
+
+
+@dataclass(frozen=True, eq=False)
+class ActivationPanel:
+    """The activation half of the layer view."""
+
+    result: TensorResult
+    stats: TensorStats
+    band: tuple[float, float]
+    note: str
+    curve: CurveData
+    column: ColumnData
+
+
+@dataclass(frozen=True, eq=False)
+class LayerData:
+    """One layer as the layer view draws it; a missing half says why it is missing."""
+
+    weight: WeightPanel | None
+    activation: ActivationPanel | None
+    weight_missing: str = ""
+    activation_missing: str = ""
+
+
+def _group_word(result: TensorResult) -> str:
+    return "group" if isinstance(result.config.granularity, PerGroup) else "channel"
+
+
+def weight_column(r: TensorResult) -> ColumnData:
+    cm = r.channel_metrics
+    sq = None if cm is None else np.asarray(cm.sqnr_db)
+    return ColumnData(r.name, r.config.label, r.metrics, sq, _group_word(r))
+
+
+def preview_label(fmt: NumberFormat, lo: float, hi: float) -> str:
+    return f"{fmt.label}, per-tensor, manual {fmt_range(lo, hi)}"
+
+
+def preview_weight(
+    name: str, w: np.ndarray, fmt: NumberFormat, lo: float, hi: float, *, exact: bool,
+    stats: Callable[[], TensorStats] | None = None,
+) -> ColumnData:
+    """Metrics of a dragged per-tensor weight range. Exact over every value, except while a
+    huge weight (over EXACT_PREVIEW_MAX values) is being dragged: then from a 2048-bin
+    histogram of the weight (~1 ms, marked approximate). ``stats`` supplies that histogram
+    (cached by the caller); without it one is computed."""
+    approx = not exact and w.size > EXACT_PREVIEW_MAX
+    m: TensorMetrics
+    if approx:
+        s = stats() if stats is not None else compute_stats(w, name)
+        m = histogram_metrics(s, lo, hi, fmt)
+    else:
+        m = exact_metrics(w, compute_qparams(lo, hi, fmt), fmt)
+    return ColumnData(name, preview_label(fmt, lo, hi), m, preview=True, approximate=approx)
+
+
+def preview_activation(
+    name: str, stats: TensorStats, fmt: NumberFormat, lo: float, hi: float
+) -> ColumnData:
+    """Metrics of a dragged activation range, from its calibration histogram."""
+    m = histogram_metrics(stats, lo, hi, fmt)
+    return ColumnData(name, preview_label(fmt, lo, hi), m, preview=True)
+
+
+class LayerPlots:
+    """Builds `LayerData` and memoises what is costly (see the module docstring).
+
+    Arrays and statistics are keyed by identity and kept alive in the cache, so an id() in a
+    key can never be reused by another object while the entry lives.
+    """
+
+    def __init__(self, entries: int = CACHE_ENTRIES) -> None:
+        self._entries = entries
+        self._cache: OrderedDict[tuple, tuple[object, object]] = OrderedDict()
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def memo(self, key: tuple, source: object, build: Callable[[], _T]) -> _T:
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit[1]  # type: ignore[return-value]  # stored by this method for key
+        value = build()
+        self._cache[key] = (source, value)
+        while len(self._cache) > self._entries:
+            self._cache.popitem(last=False)
+        return value
+
+    def weight_stats(self, name: str, w: np.ndarray) -> TensorStats:
+        """A 2048-bin histogram of a weight (for previews of huge weights)."""
+        return self.memo(("weight stats", name, id(w)), w, lambda: compute_stats(w, name))
+
+    # ------------------------------------------------------------------ assembly
+    def layer_data(
+        self,
+        weight: TensorResult | None,
+        weight_values: np.ndarray | None,
+        activation: TensorResult | None,
+        activation_stats: TensorStats | None,
+        weight_ranges: MethodRanges,
+        activation_ranges: MethodRanges,
+        *,
+        weight_missing: str = "this layer has no weight",
+        activation_missing: str = "not calibrated",
+    ) -> LayerData:
+        wpanel = None
+        if weight is not None and weight_values is not None:
+            wpanel = self._weight_panel(weight, weight_values, weight_ranges)
+        apanel = None
+        if activation is not None and activation_stats is not None:
+            apanel = self._activation_panel(activation, activation_stats, activation_ranges)
+        return LayerData(wpanel, apanel, weight_missing, activation_missing)
+
+    def _weight_panel(
+        self, r: TensorResult, w: np.ndarray, ranges: MethodRanges
+    ) -> WeightPanel:
+        edges, counts = self.memo(("hist", r.name, id(w)), w, lambda: weight_histogram(w))
+        band = r.metrics.envelope
+        gran = r.config.granularity
+        per_tensor = isinstance(gran, PerTensor)
+        note = scales_text = ""
+        if not per_tensor:
+            n = int(np.asarray(r.qparams.scale).size)
+            note = (
+                f"{gran.label}: the band is the envelope of {n} {_group_word(r)} ranges (each "
+                f"shown in the channel view). Dragging it sets one per-tensor Manual range."
+            )
+            scales = np.asarray(r.qparams.scale, dtype=np.float64)
+            scales_text = (
+                f"{scales.size} scales {fmt_num(scales.min())} … {fmt_num(scales.max())}"
+            )
+        channels, missing = self._channels(r, w, band)
+        return WeightPanel(
+            r, w, edges, counts, band, per_tensor, note, scales_text, channels, missing,
+            self._weight_curve(r, w, ranges), weight_column(r),
+        )
+
+    def _channels(
+        self, r: TensorResult, w: np.ndarray, clip: tuple[float, float]
+    ) -> tuple[ChannelData | None, str]:
+        axis = r.layer.channel_axis
+        if axis is None or w.ndim < 1:
+            return None, "this weight has no output-channel axis"
+        qp = r.qparams
+        # Per-group SQNR fake-quantizes the whole weight: reuse it while the qparams stand.
+        key = (
+            "channels", r.name, id(w), r.config.fmt, r.config.granularity, clip,
+            hash(np.asarray(qp.scale).tobytes()), hash(np.asarray(qp.zero_point).tobytes()),
+        )
+        data = self.memo(key, w, lambda: channel_data(
+            w, qp, r.config.fmt, axis, r.layer.reduction_axis,
+            r.config.granularity.kind, r.channel_metrics, clip,
+        ))
+        return data, ""
+
+    def _weight_curve(self, r: TensorResult, w: np.ndarray, ranges: MethodRanges) -> CurveData:
+        fmt = r.config.fmt
+        lo, _hi = r.metrics.envelope
+        fixed_lo = 0.0 if fmt.symmetric else lo
+        key = ("curve", "weight", r.name, id(w), fmt, fixed_lo)
+        base = self.memo(key, w, lambda: weight_curve(w, fmt, fixed_lo))
+        mkey = ("markers", "weight", r.name, id(w), fmt, _ranges_key(ranges))
+        markers = self.memo(mkey, w, lambda: weight_markers(w, fmt, ranges))
+        label = f"current ({method_label(r.config.spec)})"
+        if r.config.granularity.kind is GranularityKind.PER_TENSOR:
+            return replace(base, markers=markers, current=marker_of(r.metrics),
+                           current_label=label)
+        # Per-channel / per-group has no single clip on this axis: show its SQNR as a level
+        # the per-tensor curve can be compared with.
+        level = Marker(float("nan"), float(r.metrics.sqnr_db), float(r.metrics.mse))
+        return replace(
+            base, markers=markers, current=None, current_level=level,
+            current_label=(
+                f"current ({r.config.granularity.label}, {method_label(r.config.spec)})"
+            ),
+        )
+
+    def _activation_panel(
+        self, r: TensorResult, s: TensorStats, ranges: MethodRanges
+    ) -> ActivationPanel:
+        notes = []
+        if s.dominated_by_extremes:
+            notes.append(
+                f"{s.n_extreme} extreme values (|x| ≥ 1e30, e.g. mask fills) are left out of "
+                f"the histogram; MinMax would be ruined by them."
+            )
+        fmt = r.config.fmt
+        band = r.metrics.envelope
+        fixed_lo = 0.0 if fmt.symmetric else band[0]
+        key = ("curve", "activation", r.name, id(s), fmt, fixed_lo)
+        base = self.memo(key, s, lambda: activation_curve(s, fmt, fixed_lo))
+        mkey = ("markers", "activation", r.name, id(s), fmt, _ranges_key(ranges))
+        markers = self.memo(mkey, s, lambda: activation_markers(s, fmt, ranges))
+        curve = replace(
+            base, markers=markers, current=marker_of(r.metrics),
+            current_label=f"current ({method_label(r.config.spec)})",
+        )
+        column = ColumnData(r.name, r.config.label, r.metrics)
+        return ActivationPanel(r, s, band, " ".join(notes), curve, column)
+
+
+def _ranges_key(ranges: MethodRanges) -> tuple:
+    return tuple(sorted((m.value, v) for m, v in ranges.items()))
