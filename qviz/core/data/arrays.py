@@ -199,6 +199,9 @@ def _open_member(path: Path, f: IO[bytes], info: zipfile.ZipInfo) -> LazyArray:
         raise ValueError(f"{info.filename} is truncated")
     if count == 0:
         return InMemory(np.zeros(shape, dtype))
+    if not shape:  # a scalar: np.memmap would give it shape (1,)
+        f.seek(offset)
+        return InMemory(np.frombuffer(f.read(dtype.itemsize), dtype=dtype).reshape(()))
     mm = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
                    order="F" if fortran else "C")
     return InMemory(mm)

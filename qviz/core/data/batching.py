@@ -241,8 +241,10 @@ class Dataset:
 
 
 def cast(arr: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """A contiguous array of the model's dtype (a copy only when needed)."""
-    return np.ascontiguousarray(np.asarray(arr).astype(spec.dtype, copy=False))
+    """A contiguous array of the model's dtype (a copy only when needed; a scalar stays 0-d,
+    which np.ascontiguousarray would make 1-d)."""
+    out = np.asarray(arr).astype(spec.dtype, copy=False)
+    return out if out.flags.c_contiguous else np.ascontiguousarray(out)
 
 
 def check_finite(
