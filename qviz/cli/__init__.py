@@ -56,7 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(args_list)
     except QvizError as exc:
-        sys.stderr.write(f"qviz: error: {exc}\n")
+        # One line, whatever the message quotes from a file (a name holding a newline).
+        text = " ".join(str(exc).replace("\r", "\n").split("\n"))
+        sys.stderr.write(f"qviz: error: {text}\n")
         return 2
     except KeyboardInterrupt:
         return _interrupted()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import struct
 import zipfile
-import zlib
 from pathlib import Path
 from typing import IO
 
@@ -72,11 +71,18 @@ class ZipStream(LazyArray):
 
     def _open(self) -> None:
         self.close()
-        self._zip = zipfile.ZipFile(self.path)
-        self._stream = self._zip.open(self.member)
-        version = np.lib.format.read_magic(self._stream)
-        read_npy_header(self._stream, version)
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+            self._stream = self._zip.open(self.member)
+            version = np.lib.format.read_magic(self._stream)
+            read_npy_header(self._stream, version)
+        except Exception as exc:  # the file changed or is damaged: zipfile/numpy errors
+            self.close()
+            raise self._damaged(exc) from exc
         self._pos = 0
+
+    def _damaged(self, exc: BaseException) -> QvizError:
+        return QvizError(f"data file '{self.path.name}' is damaged ({self.member}: {_reason(exc)})")
 
     def close(self) -> None:
         if self._stream is not None:
@@ -87,7 +93,11 @@ class ZipStream(LazyArray):
 
     def _read_exact(self, n: int) -> bytes:
         assert self._stream is not None
-        data = self._stream.read(n)
+        try:
+            data = self._stream.read(n)
+        except Exception as exc:  # a bad CRC or deflate stream: zipfile.BadZipFile, zlib.error
+            self.close()
+            raise self._damaged(exc) from exc
         if len(data) != n:
             raise QvizError(f"data file '{self.path.name}' is truncated ({self.member})")
         return data
@@ -141,8 +151,12 @@ def open_npy(path: Path) -> LazyArray:
                 f"'{path.name}' holds Python objects (a pickle); qviz reads numeric arrays only"
             ) from exc
         raise QvizError(f"cannot read data file '{path.name}': {exc}") from exc
+    except EOFError:
+        raise QvizError(f"data file '{path.name}' is empty or truncated") from None
     except OSError as exc:
         raise QvizError(f"cannot read data file '{path.name}': {exc.strerror or exc}") from exc
+    except Exception as exc:  # numpy parses the header with ast/tokenize: any error there
+        raise QvizError(f"'{path.name}' is not a readable .npy array ({_reason(exc)})") from exc
     if isinstance(array, np.lib.npyio.NpzFile):
         array.close()
         raise QvizError(f"'{path.name}' is an .npz archive; name it .npz")
@@ -164,11 +178,18 @@ def open_npz(path: Path) -> dict[str, LazyArray]:
             for info in infos:
                 key = info.filename[: -len(".npy")]
                 arrays[key] = _open_member(path, f, info)
-    except (ValueError, struct.error, zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise QvizError(f"cannot read data file '{path.name}': {exc}") from exc
+    except QvizError:
+        raise
     except OSError as exc:
         raise QvizError(f"cannot read data file '{path.name}': {exc.strerror or exc}") from exc
+    except Exception as exc:  # zipfile, zlib and numpy's header parser raise many types
+        raise QvizError(f"cannot read data file '{path.name}': {_reason(exc)}") from exc
     return arrays
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _open_member(path: Path, f: IO[bytes], info: zipfile.ZipInfo) -> LazyArray:

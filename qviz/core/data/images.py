@@ -98,7 +98,7 @@ class Preprocess:
         known = {"size", "scale", "mean", "std", "layout", "grayscale"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise QvizError(f"unknown preprocess setting(s): {', '.join(unknown)}")
+            raise QvizError(f"unknown preprocess setting(s): {', '.join(map(repr, unknown))}")
         kwargs: dict[str, Any] = {}
         try:
             if data.get("size") is not None:

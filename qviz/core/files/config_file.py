@@ -320,7 +320,8 @@ def decode_qparams(d: Mapping[str, Any], fmt: NumberFormat, what: str) -> QParam
     readable = np.array([decode_float(v, what) for v in decimals], dtype=np.float64)
     # The decimals were written from these very float32 values, so they must map back onto
     # them exactly; a mismatch means one of the two was edited by hand.
-    mismatch = np.flatnonzero(readable.astype(np.float32) != scale)
+    with np.errstate(over="ignore"):  # a huge hand-edited decimal is a mismatch, not a warning
+        mismatch = np.flatnonzero(readable.astype(np.float32) != scale)
     if mismatch.size:
         i = int(mismatch[0])
         raise QvizError(
@@ -344,13 +345,16 @@ def decode_qparams(d: Mapping[str, Any], fmt: NumberFormat, what: str) -> QParam
     zp = np.array(zp_values, dtype=np.float64).astype(storage)
     axis = d.get("axis")
     block = d.get("block_size")
-    return QParams(
-        scale=scale.reshape(shape),
-        zero_point=zp.reshape(shape),
-        axis=None if axis is None else want_int(axis, f"{what}: axis", 0, 64),
-        block_size=None if block is None else want_int(block, f"{what}: block_size", 1,
-                                                       MAX_GROUP_SIZE),
-    )
+    try:
+        return QParams(
+            scale=scale.reshape(shape),
+            zero_point=zp.reshape(shape),
+            axis=None if axis is None else want_int(axis, f"{what}: axis", 0, 64),
+            block_size=None if block is None else want_int(block, f"{what}: block_size", 1,
+                                                           MAX_GROUP_SIZE),
+        )
+    except (ValueError, TypeError) as exc:  # QParams' own consistency checks
+        raise QvizError(f"{what}: {exc}") from None
 
 
 # TensorMetrics repeats the qparams' scale and zero point; the file keeps them once.
@@ -468,7 +472,10 @@ def decode_document(doc: JsonDict, source: str = "config file") -> SavedConfig:
         metrics_doc = entry.get("metrics", {})
         if not isinstance(metrics_doc, Mapping):
             raise QvizError(f"{what}: metrics must be an object")
-        metrics = decode_metrics(metrics_doc, qp, f"{what} metrics")
+        try:
+            metrics = decode_metrics(metrics_doc, qp, f"{what} metrics")
+        except (ValueError, TypeError) as exc:  # TensorMetrics' own consistency checks
+            raise QvizError(f"{what} metrics: {exc}") from None
         tensors.append(
             SavedTensor(name, kind, str(entry.get("layer", "")), cfg, qp, metrics)
         )

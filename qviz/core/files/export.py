@@ -37,6 +37,9 @@ TRT_DEFAULT_VERSION = "8601"
 TRT_CALIBRATOR = "EntropyCalibration2"
 _TRT_QMAX = 127.0
 
+_F32_MAX = float(np.finfo(np.float32).max)
+_F32_TINY = float(np.finfo(np.float32).tiny)
+
 # ONNX's protobuf encoding cannot hold a single message over 2 GiB.
 _PROTOBUF_LIMIT = 2**31 - 1
 
@@ -261,10 +264,10 @@ def load_ort_overrides(path: str | Path) -> dict[str, list[dict[str, Any]]]:
             if "quant_type" in item:
                 item["quant_type"] = qtype
             if "scale" in item:
-                item["scale"] = np.array(want_positive(item["scale"], f"{field}.scale"),
-                                         dtype=np.float32)
-                if not np.isfinite(item["scale"]) or item["scale"] <= 0:
-                    raise QvizError(f"{field}.scale: {entry['scale']!r} overflows float32")
+                scale = want_positive(item["scale"], f"{field}.scale")
+                if not _F32_TINY <= scale <= _F32_MAX:
+                    raise QvizError(f"{field}.scale: {scale!r} is outside float32's normal range")
+                item["scale"] = np.array(scale, dtype=np.float32)
             if "zero_point" in item:
                 item["zero_point"] = _zero_point(item["zero_point"], np_type, f"{field}")
             if "axis" in item:

@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qviz.core.errors import QvizError
+from qviz.core.errors import QvizError, first_line
 from qviz.core.model.activation_axes import activation_axes
 from qviz.core.model.checks import check_model, load_external_data, refuse_quantized
 from qviz.core.model.hashing import file_sha256
@@ -212,10 +212,20 @@ def load_onnx(
         ) from exc
     if not model.graph.node and not model.graph.output:
         raise QvizError(f"'{path.name}' is not a valid ONNX file (it holds no graph)")
-    refuse_quantized(model)
-    load_external_data(model, path)
-    model, notes = _rewrite(model, [*extra_notes, *check_model(model, path)])
-    return _finish(model, source or path, digest, notes)
+    try:
+        refuse_quantized(model)
+        load_external_data(model, path)
+        model, notes = _rewrite(model, [*extra_notes, *check_model(model, path)])
+        return _finish(model, source or path, digest, notes)
+    except QvizError:
+        raise
+    except Exception as exc:
+        # A damaged file can parse yet hold what no valid model does (text fields that are
+        # not UTF-8, impossible attribute types): it is the file's fault, said in one line.
+        raise QvizError(
+            f"'{path.name}' is not a usable ONNX model ({type(exc).__name__}: "
+            f"{first_line(exc)})"
+        ) from exc
 
 
 def from_proto(

@@ -79,7 +79,10 @@ def load_stats(path: str | Path) -> CalibrationStats:
             return _decode(zf, document, p.name)
     except zipfile.BadZipFile:
         raise QvizError(f"{p.name} is not a qviz stats file (not a zip archive)") from None
-    except (KeyError, TypeError, ValueError, AttributeError, EOFError, zlib.error) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, EOFError, zlib.error,
+            NotImplementedError, RuntimeError) as exc:
+        # zipfile reports a damaged header as an unknown compression method (NotImplemented)
+        # or an encrypted member (RuntimeError).
         raise QvizError(f"{p.name} is a damaged qviz stats file ({exc})") from None
     except OSError as exc:
         raise QvizError(f"{p.name}: cannot read the stats file ({exc.strerror or exc})") from None
@@ -213,5 +216,5 @@ def _read_array(zf: zipfile.ZipFile, member: str, what: str) -> np.ndarray:
     data = _read_member(zf, member, MAX_MEMBER_BYTES, what)
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, EOFError, OSError) as exc:
+    except Exception as exc:  # numpy parses the header with ast/tokenize: any error there
         raise QvizError(f"{what}: member '{member}' is not a numeric .npy array ({exc})") from None
