@@ -52,9 +52,14 @@ def _interrupted() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The console entry point (``argv`` None: the command line). Returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _main(args_list)
+        code = _main(args_list)
+        if argv is None:
+            # The work is done: a Ctrl+C while Python shuts down must not turn it into a kill.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return code
     except QvizError as exc:
         # One line, whatever the message quotes from a file (a name holding a newline).
         text = " ".join(str(exc).replace("\r", "\n").split("\n"))

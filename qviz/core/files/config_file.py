@@ -80,6 +80,7 @@ class SavedConfig:
     model_sha256: str
     qviz_version: str
     schema_version: int = SCHEMA_VERSION  # of the file as it was on disk, before migration
+    origin: str = "the config file"  # where it was read from, for messages
 
     def tensor(self, name: str) -> SavedTensor:
         for t in self.tensors:
@@ -486,6 +487,7 @@ def decode_document(doc: JsonDict, source: str = "config file") -> SavedConfig:
         model_sha256=str(model["sha256"]),
         qviz_version=str(doc.get("qviz_version", "")),
         schema_version=int(on_disk),  # type: ignore[arg-type]  # checked by migrate()
+        origin=source,
     )
 
 
@@ -552,7 +554,7 @@ def results_from_saved(model: LoadedModel, saved: SavedConfig) -> list[TensorRes
                 f"which this model does not have"
             )
         check_qparams_fit(saved_tensor.qparams, dims.get(saved_tensor.name),
-                          f"the config file's tensor '{saved_tensor.name}'")
+                          f"{saved.origin}: tensor '{saved_tensor.name}'")
         results.append(
             TensorResult(
                 name=saved_tensor.name,

@@ -103,7 +103,7 @@ def read_json(path: str | Path, what: str, *, max_bytes: int = MAX_JSON_BYTES) -
         raise QvizError(f"{path}: no such file") from None
     except OSError as exc:
         raise QvizError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    return parse_json(data, f"{path}: {what}")
+    return parse_json(data, str(path))
 
 
 def migrate(
