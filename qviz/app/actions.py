@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from PySide6.QtGui import QAction, QKeySequence
@@ -16,6 +17,7 @@ from PySide6.QtWidgets import QDockWidget, QMainWindow
 from qviz.app.controllers.evaluation_controller import EvaluationController
 from qviz.app.controllers.files import FileController
 from qviz.app.controllers.jobs import JobController
+from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.app.views.controls import METHODS, ControlsPanel
 from qviz.app.views.layer_table import LayerTable
 from qviz.core.calibration.methods import Method
@@ -30,6 +32,7 @@ class WindowParts:
 
     window: QMainWindow
     doc: Document
+    reporter: ErrorReporter
     files: FileController
     jobs: JobController
     evaluation: EvaluationController
@@ -60,8 +63,10 @@ class WindowActions:
         self._build()
         self._menus()
         parts.doc.events.history.connect(self._sync_history)
+        parts.doc.events.pinned.connect(self._sync_pinned)
         parts.jobs.busyChanged.connect(self.cancel.setEnabled)
         self._sync_history()
+        self._sync_pinned()
 
     def _action(
         self, text: str, tip: str, slot: Callable[[], Any], shortcut: Shortcut | None = None
@@ -109,6 +114,12 @@ class WindowActions:
                       QKeySequence.StandardKey.Undo)
         self.redo = a("&Redo", "Redo the change of settings undone last", doc.redo,
                       "Ctrl+Shift+Z")
+        self.pin = a("&Pin as A (Compare)", "Keep the current configuration as A and compare "
+                     "every change with it: histograms, metrics, table and model panel show A "
+                     "beside the current one (B)", doc.pin, "Ctrl+Shift+P")
+        self.swap = a("S&wap A and B", "Make the pinned configuration current and pin the "
+                      "current one (undoable)", self._swap, "Ctrl+Shift+X")
+        self.unpin = a("U&npin A", "Stop comparing with the pinned configuration", doc.unpin)
 
         self.recalibrate = a("&Recalibrate", "Run calibration again on the current data",
                              files.recalibrate, "F5")
@@ -146,9 +157,8 @@ class WindowActions:
                         w.table.focus_filter, "Ctrl+F")
         self.methods: dict[Method, QAction] = {}
         for i, (method, label, tip) in enumerate(METHODS):
-            self.methods[method] = a(
-                label, tip, lambda m=method: w.controls.choose_method(m), str(i + 1)
-            )
+            self.methods[method] = a(label, tip, partial(w.controls.choose_method, method),
+                                     str(i + 1))
         self.shortcuts = a("&Keyboard Shortcuts", "List the keyboard shortcuts",
                            w.shortcuts, "F1")
 
@@ -174,6 +184,9 @@ class WindowActions:
         edit_menu = bar.addMenu("&Edit")
         edit_menu.addAction(self.undo)
         edit_menu.addAction(self.redo)
+        edit_menu.addSeparator()
+        for action in (self.pin, self.swap, self.unpin):
+            edit_menu.addAction(action)
         edit_menu.addSeparator()
         edit_menu.addAction(w.history_dock.toggleViewAction())
 
@@ -202,6 +215,15 @@ class WindowActions:
         help_menu = bar.addMenu("&Help")
         help_menu.addAction(self.shortcuts)
 
+    def _swap(self) -> None:
+        with self.w.reporter.guard("Swapping A and B"):
+            self.w.doc.swap_pinned()
+
+    def _sync_pinned(self) -> None:
+        pinned = self.w.doc.pinned is not None
+        self.swap.setEnabled(pinned)
+        self.unpin.setEnabled(pinned)
+
     def _sync_history(self) -> None:
         """Edit ▸ Undo / Redo say which step they would take."""
         history = self.w.doc.history
@@ -218,6 +240,7 @@ SHORTCUTS = (
     "Ctrl+Shift+D  open evaluation data", "Ctrl+Shift+T  open statistics",
     "Ctrl+Shift+O  open session", "Ctrl+S  save session",
     "Ctrl+Z / Ctrl+Shift+Z  undo / redo a change of settings",
+    "Ctrl+Shift+P  pin the configuration as A · Ctrl+Shift+X  swap A and B",
     "F5  recalibrate", "Esc  cancel the run",
     "1–5  MinMax, Percentile, Entropy, MSE, Manual", "Ctrl+L  log histogram counts",
     "Ctrl+F  filter the layer table", "Ctrl+R  evaluate: every sample, native INT8",

@@ -24,6 +24,7 @@ from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
+    QLabel,
     QMainWindow,
     QMessageBox,
     QSplitter,
@@ -40,6 +41,7 @@ from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.app.dialogs.export_dialog import ExportDialog
 from qviz.app.dialogs.mixed_dialog import MixedPrecisionDialog
 from qviz.app.recent_files import RecentFiles, default_settings
+from qviz.app.views import plot_style as st
 from qviz.app.views.controls import ControlsPanel
 from qviz.app.views.history_view import HistoryView
 from qviz.app.views.job_status import JobStatus
@@ -97,8 +99,9 @@ class MainWindow(QMainWindow):
         self.last_export_dialog: ExportDialog | None = None
 
         self.commands = WindowActions(WindowParts(
-            self, doc, self.files, self.jobs, self.evaluation, self.controls, self.table,
-            (self.model_dock, self.sensitivity_dock, self.history_dock), self.history_dock,
+            self, doc, self.reporter, self.files, self.jobs, self.evaluation, self.controls,
+            self.table, (self.model_dock, self.sensitivity_dock, self.history_dock),
+            self.history_dock,
             open_model=self.open_model_dialog, open_data=self.open_data_dialog,
             open_eval_data=self.open_eval_data_dialog, open_stats=self.open_stats_dialog,
             open_session=self.open_session_dialog, save_session=self.save_session,
@@ -111,6 +114,13 @@ class MainWindow(QMainWindow):
         doc.events.model.connect(self._update_title)
         doc.events.modified.connect(lambda modified: self.setWindowModified(modified))
         doc.events.sensitivity.connect(self._on_sensitivity)
+        self.compare_label = QLabel()
+        self.compare_label.setStyleSheet(f"color: {st.PINNED_COLOR}; font-weight: 600;")
+        self.compare_label.setToolTip("The configuration every change is compared with "
+                                      "(Edit ▸ Pin as A, Swap, Unpin)")
+        self.statusBar().addPermanentWidget(self.compare_label)
+        doc.events.pinned.connect(self._on_pinned)
+        self._on_pinned()
         self._update_title()
         self.statusBar().showMessage(
             "Open a model (Ctrl+O), or drop a model, data, statistics or session file here"
@@ -177,6 +187,13 @@ class MainWindow(QMainWindow):
     def status_text(self) -> str:
         return self.statusBar().currentMessage()
 
+    def _on_pinned(self) -> None:
+        pinned = self.doc.pinned
+        self.compare_label.setVisible(pinned is not None)
+        if pinned is not None:
+            text = pinned.label if len(pinned.label) <= 48 else pinned.label[:47] + "…"
+            self.compare_label.setText(f"A: {text}")
+
     def _update_title(self) -> None:
         path = self.doc.model_path
         self.setWindowTitle(f"{path.name if path is not None else 'no model'}[*] — qviz")
@@ -231,7 +248,7 @@ class MainWindow(QMainWindow):
         dialog = ExportDialog(
             doc.model, doc.model_path, doc.stats, doc.config, self.reporter,
             outcome=doc.measures.evaluation, criteria=doc.measures.criteria,
-            directory=self._start_dir(), parent=self,
+            directory=self._start_dir(), pinned=doc.pinned, parent=self,
         )  # fmt: skip
         dialog.exported.connect(
             lambda r: self.statusBar().showMessage(f"Exported {r.written[0]}")

@@ -24,6 +24,7 @@ from qviz.core.calibration.analysis import TensorKey
 from qviz.core.calibration.config import TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.data.dataset import load_data
+from qviz.core.document.session import to_session
 from qviz.core.evaluation.evaluate import Metric, RunMode
 from qviz.core.files.session_file import SessionFile, load_session, save_session
 from qviz.core.model.loading import TensorKind
@@ -361,7 +362,7 @@ def test_session_file_keeps_the_report_and_shrugs_off_a_damaged_one(
 ) -> None:
     window = calibrated_demo(qtbot, make_window)
     report = run_sensitivity(qtbot, window)
-    session = window.doc.to_session()
+    session = to_session(window.doc)
     assert session.sensitivity is report
     path = tmp_path / "s.qviz.json"
     save_session(path, session)

@@ -20,6 +20,7 @@ from qviz.app.recent_files import RecentFiles
 from qviz.core.demo import demo_paths
 from qviz.core.document.document import Document
 from qviz.core.document.jobs import calibrate, load_stats_and_model
+from qviz.core.document.session import adopt_session, to_session
 from qviz.core.errors import QvizError
 from qviz.core.files.session_file import (
     PathKind,
@@ -193,7 +194,7 @@ class FileController(QObject):
     def _install_model(self, model: LoadedModel, path: Path, session: SessionFile | None) -> None:
         self.doc.set_model(model, path)
         if session is not None:
-            self.doc.adopt_session(session)
+            adopt_session(self.doc, session)
         self.recent.add(path)
         self.modelLoaded.emit()
 
@@ -225,7 +226,7 @@ class FileController(QObject):
         with self.reporter.guard(f"Saving {p.name}"):
             if self.doc.model is None:
                 raise QvizError("nothing to save: open a model first")
-            save_session(p, self.doc.to_session())
+            save_session(p, to_session(self.doc))
             self.session_path = p
             self.recent.add(p)
             self.doc.mark_saved()

@@ -39,6 +39,7 @@ from qviz.app.controllers.workers import BackgroundRunner, call_as_job
 from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.core.calibration.analysis import analyze
 from qviz.core.calibration.config import QuantConfig
+from qviz.core.document.compare import Pinned
 from qviz.core.document.jobs import EvaluationOutcome
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
@@ -158,6 +159,7 @@ class ExportDialog(QDialog):
         outcome: EvaluationOutcome | None = None,
         criteria: Sequence[Criterion] = (),
         directory: Path | None = None,
+        pinned: Pinned | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -176,6 +178,14 @@ class ExportDialog(QDialog):
         self.runner.succeeded.connect(self._on_succeeded)
         self.runner.failed.connect(self._on_failed)
         self.runner.busyChanged.connect(self._on_busy)
+
+        # With a configuration pinned for comparison, either one can be exported.
+        self._pinned = pinned
+        self.which_combo = QComboBox()
+        self.which_combo.addItem("B: the current configuration", "B")
+        if pinned is not None:
+            self.which_combo.addItem(f"A: the pinned configuration ({pinned.label})", "A")
+        self.which_combo.setToolTip("Which configuration to export (Edit ▸ Pin as A compares)")
 
         self.format_combo = QComboBox()
         for fmt in ExportFormat:
@@ -231,6 +241,10 @@ class ExportDialog(QDialog):
         self.trt_version_edit.setMaximumWidth(100)
 
         form = QFormLayout()
+        if pinned is not None:
+            form.addRow("Configuration", self.which_combo)
+        else:
+            self.which_combo.hide()
         form.addRow("Format", self.format_combo)
         form.addRow("File", path_row)
         self.report_label = QLabel("Report")
@@ -332,18 +346,21 @@ class ExportDialog(QDialog):
         version = self.trt_version_edit.text().strip()
         if fmt is ExportFormat.TRT_CACHE and not version.isdigit():
             raise QvizError(f"the TensorRT version must be digits such as 8601, not {version!r}")
+        config, outcome = self._config, self._outcome
+        if self.which_combo.currentData() == "A" and self._pinned is not None:
+            config, outcome = self._pinned.config, self._pinned.evaluation
         include = (
             fmt is ExportFormat.REPORT
-            and self._outcome is not None
+            and outcome is not None
             and self.include_evaluation_check.isChecked()
         )
-        outcome = self._outcome if include else None
+        outcome = outcome if include else None
         return ExportRequest(
             fmt=fmt,
             path=Path(text).expanduser(),
             model=self._model,
             stats=self._stats,
-            config=self._config,
+            config=config,
             evaluation=None if outcome is None else outcome.evaluation,
             evaluation_label="" if outcome is None else f"{outcome.label} of {outcome.data_name}",
             criteria=self._criteria if outcome is not None else (),

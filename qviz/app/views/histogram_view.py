@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from qviz.app.views import plot_style as st
@@ -157,6 +157,20 @@ class HistogramView(QWidget):
         )
         for label in (self.lo_label, self.hi_label):
             label.setFont(st.label_font(8.0))
+        # The pinned configuration's ("A") range, for comparison: two dashed lines, not
+        # draggable, drawn under the current band.
+        self.pinned_lines = [
+            pg.InfiniteLine(angle=90, movable=False,
+                            pen=pg.mkPen(st.PINNED_COLOR, width=2, style=Qt.PenStyle.DashLine))
+            for _ in range(2)
+        ]
+        for line, pos in zip(self.pinned_lines, (0.9, 0.9), strict=True):
+            line.setZValue(8)
+            line.setVisible(False)
+            self.plot.addItem(line, ignoreBounds=True)
+            label = pg.InfLineLabel(line, text="A", position=pos, color=st.PINNED_COLOR,
+                                    fill=pg.mkBrush(255, 255, 255, 200))
+            label.setFont(st.label_font(8.0, bold=True))
 
         # Quantizer text pinned to the top-right corner in *pixel* coordinates (parented to
         # the ViewBox, not its data group), so it neither pans away nor leaves the plot.
@@ -278,6 +292,19 @@ class HistogramView(QWidget):
         """True while the user holds the band or one of its bounds."""
         return bool(self.region.moving or any(line.moving for line in self.region.lines))
 
+    def set_pinned(self, band: tuple[float, float] | None) -> None:
+        """Show the pinned configuration's range ("A") beside the current one (None: hide)."""
+        for line, value in zip(self.pinned_lines, band or (0.0, 0.0), strict=True):
+            line.setVisible(band is not None)
+            if band is not None:
+                line.setValue(value)
+
+    @property
+    def pinned_band(self) -> tuple[float, float] | None:
+        if not self.pinned_lines[0].isVisible():
+            return None
+        return float(self.pinned_lines[0].value()), float(self.pinned_lines[1].value())
+
     def region_values(self) -> tuple[float, float]:
         lo, hi = self.region.getRegion()
         return float(lo), float(hi)
@@ -327,6 +354,7 @@ class HistogramView(QWidget):
         self.curve.setVisible(False)
         self.grid_item.setData([], [])
         self.region.setVisible(False)
+        self.set_pinned(None)
         self.info_text.setText("")
         self.info_text.setVisible(False)
         self.set_note("")

@@ -8,7 +8,7 @@ or redoing until there would.
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QBrush, QColor, QFont
+from PySide6.QtGui import QBrush, QColor, QFont, QShowEvent
 from PySide6.QtWidgets import QListWidget, QListWidgetItem, QWidget
 
 from qviz.core.document.document import Document
@@ -28,10 +28,23 @@ class HistoryView(QListWidget):
         )
         self.setAlternatingRowColors(True)
         self.itemClicked.connect(self._on_clicked)
-        doc.events.history.connect(self.refresh)
+        self._stale = True
+        doc.events.history.connect(self._on_history)
         self.refresh()
 
+    def _on_history(self) -> None:
+        # Rebuilt only while on screen: a hidden list costs nothing per change.
+        self._stale = True
+        if self.isVisible():
+            self.refresh()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        if self._stale:
+            self.refresh()
+        super().showEvent(event)
+
     def refresh(self) -> None:
+        self._stale = False
         history = self._doc.history
         self.blockSignals(True)
         try:

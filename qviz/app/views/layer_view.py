@@ -18,6 +18,8 @@ metrics (core functions, milliseconds); when the drag ends the range goes into t
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QSplitter, QVBoxLayout, QWidget
 
@@ -90,7 +92,7 @@ class LayerView(QWidget):
         self.activation_hist.regionChanging.connect(self._on_activation_changing)
         self.activation_hist.regionEdited.connect(self._on_activation_edited)
         events = doc.events
-        for event in (events.selection, events.model, events.stats):
+        for event in (events.selection, events.model, events.stats, events.pinned):
             event.connect(self.redraw)
         events.config.connect(self._on_changed)
         events.results.connect(self._on_changed)
@@ -163,6 +165,7 @@ class LayerView(QWidget):
             w.band[0], w.band[1], r.config.fmt, r.qparams if w.per_tensor else None, w.note,
             w.scales_text,
         )
+        self.weight_hist.set_pinned(w.pinned_band)
         if w.channels is None:
             self.channel_view.set_placeholder(w.channels_missing)
         else:
@@ -180,6 +183,7 @@ class LayerView(QWidget):
             r.name, values, r.config.fmt, lo, hi, exact=exact,
             stats=lambda: self._doc.plots.weight_stats(r.name, values),
         )
+        column = replace(column, pinned=w.column.pinned)  # A's rows stay while dragging
         m = column.metrics
         self.preview_metrics[TensorKind.WEIGHT] = m
         self.metrics_panel.set_column(TensorKind.WEIGHT, column)
@@ -207,6 +211,7 @@ class LayerView(QWidget):
         self.activation_hist.set_log_counts(self._doc.log_counts)
         self.activation_hist.set_title(f"Activation — {r.name}", st.ACTIVATION_COLOR)
         self.activation_hist.set_quantizer(a.band[0], a.band[1], r.config.fmt, r.qparams, a.note)
+        self.activation_hist.set_pinned(a.pinned_band)
         self.metrics_panel.set_column(TensorKind.ACTIVATION, a.column)
 
     def _on_activation_changing(self, lo: float, hi: float) -> None:
@@ -215,7 +220,9 @@ class LayerView(QWidget):
         a = self.data.activation
         self.error_curve.select_tensor(TensorKind.ACTIVATION)
         fmt = a.result.config.fmt
-        column = preview_activation(a.result.name, a.stats, fmt, lo, hi)
+        column = replace(
+            preview_activation(a.result.name, a.stats, fmt, lo, hi), pinned=a.column.pinned
+        )
         m = column.metrics
         self.preview_metrics[TensorKind.ACTIVATION] = m
         self.metrics_panel.set_column(TensorKind.ACTIVATION, column)

@@ -22,7 +22,8 @@ import numpy as np
 
 from qviz.core.calibration.analysis import QuantTensor, TensorKey, TensorResult, analyze_tensor
 from qviz.core.calibration.config import QuantConfig, TensorConfig
-from qviz.core.calibration.methods import Method, MethodSpec, choose_range
+from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.document.compare import Pinned
 from qviz.core.document.events import DocumentEvents
 from qviz.core.document.history import History, HistoryEntry
 from qviz.core.document.jobs import (
@@ -32,22 +33,18 @@ from qviz.core.document.jobs import (
     MeasureInputs,
     MixedOutcome,
 )
+from qviz.core.document.markers import MethodRanges
 from qviz.core.document.measures import MeasurementState
 from qviz.core.document.results import ResultStore
 from qviz.core.document.summary import Summary, summarize
 from qviz.core.document.tensors import ApplyScope, TensorIndex
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
-from qviz.core.files.session_file import SessionFile
 from qviz.core.layerdata.layer import LayerData, LayerPlots
 from qviz.core.model.loading import LoadedModel, TensorKind
-from qviz.core.quant.formats import FormatKind, PerTensor
+from qviz.core.quant.formats import PerTensor
 from qviz.core.stats.collect import CalibrationStats
 from qviz.core.stats.tensor_stats import TensorStats
-
-# Method markers for weights cost one pass over the tensor per method; skip huge ones.
-MAX_MARKER_WEIGHT = 4_000_000
-MARKER_METHODS = (Method.MINMAX, Method.PERCENTILE, Method.ENTROPY, Method.MSE)
 
 ConfigHistory = History[QuantConfig, TensorKey]
 
@@ -74,7 +71,11 @@ class Document:
         self._index = TensorIndex(None)
         self._results = ResultStore()
         self._plots = LayerPlots()
-        self._ranges: dict[tuple[TensorKey, MethodSpec, str, bool, bool], tuple[float, float]] = {}
+        self._markers = MethodRanges()
+        self.pinned: Pinned | None = None
+        #: Bumped when the model, statistics or evaluation data change (not the settings):
+        #: what a pinned configuration's own numbers depend on.
+        self.data_revision = 0
 
     # ================================================================= reading
     @property
@@ -143,11 +144,13 @@ class Document:
         self._results.clear()
         self._results.set_limit(len(self._index))
         self._plots.clear()
-        self._ranges.clear()
+        self._markers.clear()
         self.history.reset(self.config)
         if self.selection not in self._index:
             self.selection = self._index.tensors[0].key if self._index.tensors else None
         self.revision += 1
+        self.data_revision += 1
+        self.pinned = None  # its settings may name tensors this model does not have
         self.measures.model_changed(model.sha256, self.revision)
         self._set_modified(False)
         self.events.model.emit()
@@ -163,11 +166,13 @@ class Document:
         check_stats_match(self.model, stats)
         self.stats = stats
         self.stats_path = path
-        self._ranges.clear()
+        self._markers.clear()
         self._results.clear(TensorKind.ACTIVATION)
         self.revision += 1
+        self.data_revision += 1
         self.measures.invalidate(self.revision)
         self.events.stats.emit()
+        self._pinned_measures_changed()
 
     def stats_saved(self, path: Path) -> None:
         """The statistics were written to `path` (a session saved now refers to it)."""
@@ -186,9 +191,98 @@ class Document:
 
     def _data_changed(self) -> None:
         self.revision += 1
+        self.data_revision += 1
         self.measures.invalidate(self.revision)
         self._set_modified(True)
         self.events.data.emit()
+        self._pinned_measures_changed()
+
+    # ================================================================= A/B comparison
+    def pin(self, label: str | None = None) -> None:
+        """Pin the current configuration as "A"; exploring goes on as "B"."""
+        evaluation = self.measures.evaluation
+        if evaluation is not None and evaluation.config != self.config:
+            evaluation = None
+        self.pinned = Pinned(self.config, label or self._step_name(), self.data_revision,
+                             evaluation)
+        self.events.pinned.emit()
+
+    def _step_name(self) -> str:
+        """The current configuration as the history names it ("as opened" at the start)."""
+        return self.history.current.label if self.history.index else "settings as opened"
+
+    def unpin(self) -> None:
+        if self.pinned is not None:
+            self.pinned = None
+            self.events.pinned.emit()
+
+    def swap_pinned(self) -> None:
+        """B becomes A and A becomes the current configuration (one undo step)."""
+        pinned = self.pinned
+        if pinned is None:
+            raise QvizError("nothing is pinned: pin a configuration first (Edit ▸ Pin as A)")
+        current = self.measures.evaluation
+        keep = current if current is not None and current.config == self.config else None
+        self.pinned = Pinned(self.config, self._step_name(), self.data_revision, keep)
+        self.set_config(pinned.config, f"swap A and B (now: {pinned.label})")
+        self.events.pinned.emit()
+
+    def pinned_result(self, key: TensorKey, compute: bool = True) -> TensorResult | None:
+        """The tensor's result under the pinned configuration (None without one, when it
+        cannot be measured, or when not measured yet and `compute` is False)."""
+        if self.pinned is None or self.model is None or not self.can_analyze(key):
+            return None
+        cfg = self.pinned.config.for_tensor(key.name, key.kind)
+        if not cfg.quantize:
+            return None
+        if cfg == self.config_for(key):
+            return self.analyze(key) if compute else self.result(key)
+        found = self._results.earlier(key, cfg)
+        if found is not None or not compute:
+            return found
+        try:
+            result = analyze_tensor(self.model, self.stats, self._index.tensor(key), cfg)
+        except QvizError:
+            return None
+        self._results.keep(key, result)
+        return result
+
+    def pinned_jobs(self) -> list[AnalysisJob]:
+        """Jobs measuring the pinned configuration where it differs and is not known yet."""
+        if self.pinned is None:
+            return []
+        jobs = []
+        for t in self._index.tensors:
+            cfg = self.pinned.config.for_tensor(t.name, t.kind)
+            if (cfg.quantize and cfg != self.config_for(t.key) and self.can_analyze(t.key)
+                    and self._results.earlier(t.key, cfg) is None):
+                jobs.append(AnalysisJob(t.key, t, cfg))
+        return jobs
+
+    def accept_pinned_results(self, outcomes: Iterable[AnalysisOutcome]) -> None:
+        kept = []
+        for key, outcome in outcomes:
+            if isinstance(outcome, TensorResult) and key in self._index:
+                self._results.keep(key, outcome)
+                kept.append(key)
+        if kept:
+            self.events.pinned_results.emit(tuple(kept))
+
+    def accept_pinned_evaluation(self, outcome: EvaluationOutcome, data_revision: int) -> bool:
+        """An evaluation of the pinned configuration; False when it no longer applies."""
+        pinned = self.pinned
+        if pinned is None or outcome.config != pinned.config:
+            return False
+        if data_revision != self.data_revision:
+            return False
+        self.pinned = pinned.with_evaluation(outcome)
+        self.events.pinned.emit()
+        return True
+
+    def _pinned_measures_changed(self) -> None:
+        if self.pinned is not None and self.pinned.evaluation is not None:
+            self.pinned = Pinned(self.pinned.config, self.pinned.label, self.data_revision)
+            self.events.pinned.emit()
 
     # ================================================================= selection and view
     def select(self, key: TensorKey | tuple[str, TensorKind] | None) -> None:
@@ -302,13 +396,14 @@ class Document:
         ]
         if not changed:
             return []
-        restored = [k for k in changed if self._results.settings_changed(k, self.config_for(k))]
+        for k in changed:
+            # Drops the tensor's result, or restores the one measured for these settings
+            # before (an undo); listeners of `config` read whichever it is.
+            self._results.settings_changed(k, self.config_for(k))
         self.revision += 1
         self.measures.invalidate(self.revision)
         self._set_modified(True)
         self.events.config.emit(tuple(changed))
-        if restored:
-            self.events.results.emit(tuple(restored))
         self.measures.check_sensitivity(self._quantized_results())
         return changed
 
@@ -396,9 +491,12 @@ class Document:
                     a_missing = error or "no activation statistics for this layer"
                 if result is not None:
                     a_ranges = self.method_ranges(key)
+        pinned = {k.kind: self.pinned_result(k) for k in self.visible_keys()}
         return self._plots.layer_data(
             weight, weight_values, activation, act_stats, w_ranges, a_ranges,
             weight_missing=w_missing, activation_missing=a_missing,
+            pinned_weight=pinned.get(TensorKind.WEIGHT),
+            pinned_activation=pinned.get(TensorKind.ACTIVATION),
         )
 
     def activation_stats(self, key: TensorKey) -> TensorStats | None:
@@ -412,41 +510,13 @@ class Document:
         return self._plots
 
     def method_ranges(self, key: TensorKey) -> dict[Method, tuple[float, float]]:
-        """Where each automatic method would put a tensor's (per-tensor) clip range, for the
-        markers on the error curve. Cached per tensor, method and format: Entropy and MSE
-        search the histogram, and the markers are redrawn on every click. Weights above
-        `MAX_MARKER_WEIGHT` values get none (each method is a pass over the whole tensor)."""
-        out: dict[Method, tuple[float, float]] = {}
+        """Where each automatic method would put the tensor's clip range (the markers)."""
         if key not in self._index or not self.can_analyze(key) or self.model is None:
-            return out
-        cfg = self.config_for(key)
-        if key.kind is TensorKind.ACTIVATION and cfg.fmt.kind is FormatKind.NF4:
-            return out
-        if key.kind is TensorKind.WEIGHT and self.element_count(key) > MAX_MARKER_WEIGHT:
-            return out
-        fmt = cfg.fmt
-        for method in MARKER_METHODS:
-            spec = MethodSpec.of(method, cfg.spec.percentile)
-            ckey = (key, spec, fmt.spec, fmt.symmetric, fmt.pow2_scale)
-            if ckey not in self._ranges:
-                try:
-                    self._ranges[ckey] = self._method_range(key, spec, cfg)
-                except QvizError:
-                    continue
-            out[method] = self._ranges[ckey]
-        return out
-
-    def _method_range(
-        self, key: TensorKey, spec: MethodSpec, cfg: TensorConfig
-    ) -> tuple[float, float]:
-        if key.kind is TensorKind.ACTIVATION:
-            assert self.stats is not None
-            lo, hi = choose_range(self.stats.tensors[key.name], spec, cfg.fmt)
-            return float(lo), float(hi)
-        assert self.model is not None
-        per_tensor = TensorConfig(spec, PerTensor(), cfg.fmt)
-        result = analyze_tensor(self.model, None, self._index.tensor(key), per_tensor)
-        return result.metrics.envelope
+            return {}
+        return self._markers.ranges(
+            self.model, self.stats, self._index.tensor(key), self.config_for(key),
+            self.element_count(key),
+        )
 
     def summary(self, n_worst: int = 3) -> Summary:
         scored = []
@@ -461,8 +531,9 @@ class Document:
         return summarize(self._index, scored, n_worst)
 
     # ================================================================= measurements
-    def measure_inputs(self, what: str) -> MeasureInputs:
-        """Frozen inputs for an end-to-end measurement, or a QvizError saying what is missing."""
+    def measure_inputs(self, what: str, config: QuantConfig | None = None) -> MeasureInputs:
+        """Frozen inputs for an end-to-end measurement of `config` (default: the current
+        one), or a QvizError saying what is missing."""
         if self.model is None:
             raise QvizError(f"{what} needs a model: open one first (Ctrl+O)")
         if self.stats is None:
@@ -474,13 +545,18 @@ class Document:
             raise QvizError(
                 f"{what} runs the model on data, and none is open: open the data (Ctrl+D)"
             )
-        return MeasureInputs(
-            self.model, self.stats, self.config, path, self.revision, self._results.known()
-        )
+        if config is None or config == self.config:
+            return MeasureInputs(
+                self.model, self.stats, self.config, path, self.revision, self._results.known()
+            )
+        return MeasureInputs(self.model, self.stats, config, path, self.revision, {})
 
     def accept_evaluation(self, outcome: EvaluationOutcome) -> bool:
         """An evaluation finished; False when it was for earlier settings (dropped)."""
-        return self.measures.accept_evaluation(outcome, self.revision)
+        kept = self.measures.accept_evaluation(outcome, self.revision)
+        if kept and self.pinned is not None and self.pinned.evaluation is None:
+            self.accept_pinned_evaluation(outcome, self.data_revision)  # A's, if it is A
+        return kept
 
     def accept_sensitivity(self, report: object) -> bool:
         """A sensitivity report finished; False when it was measured on another model."""
@@ -493,45 +569,16 @@ class Document:
     def accept_mixed(self, outcome: MixedOutcome) -> bool:
         return self.measures.accept_mixed(outcome, self.model)
 
-    # ================================================================= the session file
-    def to_session(self) -> SessionFile:
-        return SessionFile(
-            model_path=self.model_path,
-            data_path=self.data_path,
-            eval_data_path=self.eval_data_path,
-            stats_path=self.stats_path,
-            model_sha256=None if self.model is None else self.model.sha256,
-            config=self.config,
-            selection=None if self.selection is None else (self.selection.name,
-                                                           self.selection.kind),
-            log_counts=self.log_counts,
-            criteria=self.measures.criteria_text,
-            sensitivity=self.measures.sensitivity,
-        )
-
-    def adopt_session(self, session: SessionFile) -> None:
-        """Take a loaded session's choices (the files are opened by the caller); the
-        history starts at them."""
+    # ================================================================= saved state
+    def reset_history(self, config: QuantConfig) -> None:
+        """Start the undo history again at `config` (a session just opened)."""
         before = self.config
-        self.history.reset(session.config)
+        self.history.reset(config)
         self._config_changed(before)
         self.events.history.emit()
-        self.set_log_counts(session.log_counts)
-        if session.selection is not None:
-            key = self.find(*session.selection)
-            if key is not None:
-                self.select(key)
-        if session.criteria is not None:
-            try:
-                self.measures.set_criteria_text(session.criteria)
-            except QvizError:
-                pass  # a hand-edited session: the defaults stand, as for a new session
-        report = session.sensitivity
-        if report is not None and self.model is not None:
-            self.accept_sensitivity(report)
-        self._set_modified(False)
 
-    def mark_saved(self, path: Path | None = None) -> None:
+    def mark_saved(self) -> None:
+        """The document was written down: nothing differs from the file any more."""
         self._set_modified(False)
 
     def _set_modified(self, modified: bool) -> None:

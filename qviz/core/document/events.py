@@ -35,6 +35,11 @@ class DocumentEvents(SignalGroup):
     sensitivity = Signal()
     #: A mixed-precision answer arrived or was dropped.
     mixed = Signal()
+    #: A configuration was pinned as "A" for comparison, unpinned, swapped, or its numbers
+    #: arrived.
+    pinned = Signal()
+    #: Results of the pinned configuration arrived for these tensors.
+    pinned_results = Signal(tuple)
     #: The undo history moved (a new step, an undo, a redo).
     history = Signal()
     #: Whether the document differs from its saved session changed.
