@@ -141,10 +141,9 @@ def check_whole(arr: LazyArray, feed: InputFeed, where: str) -> np.ndarray:
         want = feed.spec.shape
         if len(shape) != len(want):
             kind = "a scalar" if not want else f"fed whole as {shape_text(want)}"
-            hint = (
-                f"give one array of shape {shape_text(want)} (no sample axis)"
-                + (f" or --const {feed.name}=VALUE" if not want else "")
-                + f", or state its batch axis with --batch-axis {feed.name}=AXIS"
+            hint = f"give one array of shape {shape_text(want)} (no sample axis)" + (
+                f" or --const {feed.name}=VALUE" if not want
+                else f", or state its batch axis with --batch-axis {feed.name}=AXIS"
             )
             raise QvizError(
                 f"input '{feed.name}' is {kind} (no batch axis: {feed.reason.value}), but "

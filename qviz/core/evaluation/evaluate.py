@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from qviz.core.data.feeding import StateCarry
 from qviz.core.errors import QvizError
 from qviz.core.errors import first_line as _first_line
 from qviz.core.graph.qdq import QdqModel, build_qdq, initializer_bytes
@@ -640,6 +641,8 @@ def evaluate(
     labels = data.labels
     done = 0
     first_batch: dict[str, np.ndarray] | None = None
+    # Stateful models: each session carries the state its own previous run produced.
+    carry_f, carry_s, carry_n = (StateCarry.of(data) for _ in range(3))
     for feeds in data.batches(batch_size):
         if should_stop():
             raise EvaluationCancelled()
@@ -649,13 +652,14 @@ def evaluate(
         feeds = data.head(feeds, n)
         if first_batch is None:
             first_batch = feeds
-        f_values = _run(float_session, outputs + float_depth, feeds)
-        s_values = _run(sim_session, outputs + sim_depth, feeds)
+        fed = carry_f.feeds(feeds)
+        f_values = carry_f.run(_run, float_session, outputs + float_depth, feeds)
+        s_values = carry_s.run(_run, sim_session, outputs + sim_depth, feeds)
         f_out, s_out = f_values[: len(outputs)], s_values[: len(outputs)]
         q_out = s_out
         if native:
             assert native_session is not None
-            q_out = _run(native_session, outputs, feeds)
+            q_out = carry_n.run(_run, native_session, outputs, feeds)
             for acc, s, q in zip(mismatch_acc, s_out, q_out, strict=True):
                 acc.update(s, q)
         batch_labels = None if labels is None else labels[done : done + n]
@@ -663,7 +667,7 @@ def evaluate(
             acc.update(f, q, batch_labels)
         f_named = dict(zip(float_depth, f_values[len(outputs) :], strict=True))
         for i, (t, q) in enumerate(zip(acts, s_values[len(outputs) :], strict=True)):
-            f = feeds[t.name] if t.name in input_names else f_named[t.name]
+            f = fed[t.name] if t.name in input_names else f_named[t.name]
             f64 = np.asarray(f, dtype=np.float64)
             diff = f64 - np.asarray(q, dtype=np.float64)
             depth_sums[i, 0] += float(np.sum(f64 * f64))

@@ -41,6 +41,7 @@ import numpy as np
 
 from qviz.core.calibration.analysis import TensorResult, analyze, check_stats_match
 from qviz.core.calibration.config import QuantConfig
+from qviz.core.data.feeding import StateCarry
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.evaluate import (
     EvaluationCancelled,
@@ -184,8 +185,10 @@ class FloatReference:
             yield from self.batches
             return
         session = make_session(self.model.model, float_session_options())
+        carry = StateCarry.of(self.data)
         for b in _read_batches(self.data, self.n_samples, self.batch_size):
-            yield replace(b, outputs=tuple(_run(session, self.model.outputs, b.feeds)))
+            outputs = carry.run(_run, session, self.model.outputs, b.feeds)
+            yield replace(b, outputs=tuple(outputs))
 
 
 def _read_batches(data: Dataset, total: int, batch_size: int) -> Iterator[_Batch]:
@@ -245,6 +248,7 @@ def prepare_reference(
     streaming = False
     done = 0
     n_batches = 0
+    h.update(repr(data.states).encode())  # fed-back state changes every output
     for b in _read_batches(data, total, batch_size):
         if should_stop():
             raise EvaluationCancelled()
@@ -300,10 +304,11 @@ def complete_reference(
     kept_bytes = sum(v.nbytes for b in ref.batches for v in b.feeds.values())
     streaming = ref.streaming
     done = 0
+    carry = StateCarry.of(ref.data)
     for b in source:
         if should_stop():
             raise EvaluationCancelled()
-        outs = tuple(_run(session, model.outputs, b.feeds))
+        outs = tuple(carry.run(_run, session, model.outputs, b.feeds))
         acc.update(outs[0], outs[0], b.labels)
         if not streaming:
             kept_bytes += sum(o.nbytes for o in outs)
@@ -406,11 +411,12 @@ def measure(
     options = native_session_options(precision) if run_native else simulation_session_options()
     session = make_session(qdq.model, options)
     done = 0
+    carry = StateCarry.of(ref.data)
     for b in ref.iter_batches():
         if should_stop():
             raise EvaluationCancelled()
         assert b.outputs is not None
-        (q,) = _run(session, [primary], b.feeds)
+        (q,) = carry.run(_run, session, [primary], b.feeds)
         acc.update(b.outputs[0], q, b.labels)
         done += len(q) if np.ndim(q) else 1
         yield done

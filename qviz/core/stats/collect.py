@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 
 from qviz.core.data.dataset import Dataset
+from qviz.core.data.feeding import StateCarry
 from qviz.core.errors import QvizError, first_line
 from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, ProgressClock
@@ -94,6 +95,12 @@ def run_batch(
         raise QvizError(f"the model failed on the data: {first_line(exc)}") from exc
 
 
+def _run_names(
+    session: ort.InferenceSession, names: Sequence[str], feeds: Mapping[str, np.ndarray]
+) -> list[np.ndarray]:
+    return run_batch(session, feeds, names)
+
+
 def collect_stats(
     model: LoadedModel,
     data: Dataset,
@@ -127,26 +134,34 @@ def collect_stats(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qviz-collect") as pool:
         batches = iter(data.batches(batch_size))
 
+        # A stateful model's next batch needs this one's outputs: each run takes the state its
+        # predecessor left (submitted only after that one finished), and says what it was fed.
+        carry = StateCarry.of(data)
+
+        def run_fed(feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], dict]:
+            fed = carry.feeds(feeds)
+            return carry.run(_run_names, session, from_outputs, feeds), fed
+
         def submit(feeds: Mapping[str, np.ndarray] | None) -> Future | None:
             if feeds is None:
                 return None
             if not from_outputs:  # every tensor is a graph input: nothing to run
                 done_future: Future = Future()
-                done_future.set_result([])
+                done_future.set_result(([], carry.feeds(feeds)))
                 return done_future
-            return pool.submit(run_batch, session, feeds, from_outputs)
+            return pool.submit(run_fed, feeds)
 
         current = next(batches, None)
         pending = submit(current)
         while current is not None and pending is not None:
-            values = pending.result()
+            values, fed = pending.result()
             following = None if should_stop() else next(batches, None)
             pending_next = submit(following)
             for name, value in zip(from_outputs, values, strict=True):
                 accumulators[name].update(value)
             for name in names:
                 if name in input_names:
-                    accumulators[name].update(current[name])
+                    accumulators[name].update(fed[name])
             done += data.samples_in(current)
             yield clock.report(done)
             if should_stop():
