@@ -202,7 +202,7 @@ class ImagePlan:
     def apply(self, image: np.ndarray) -> np.ndarray:
         """uint8/uint16 (H, W, C) -> float32 (1, C, H, W) or (1, H, W, C)."""
         prep = self.prep
-        img = image.astype(np.float32)
+        img: np.ndarray = image.astype(np.float32)
         if image.dtype == np.uint16:
             img /= 257.0  # 16-bit PNGs: same 0..255 scale as 8-bit images
         if img.shape[2] in (2, 4):
@@ -273,9 +273,10 @@ def plan_images(
                 f"input '{spec.name if spec else ''}' expects {want_c} channels on axis "
                 f"{c_axis} ({shape_text(shape)}, {prep.layout}) but images give {have_c}: {hint}"
             )
-        if prep.size is None and shape[h_axis] is not None and shape[w_axis] is not None:
+        height, width = shape[h_axis], shape[w_axis]
+        if prep.size is None and height is not None and width is not None:
             prep = Preprocess(
-                size=(int(shape[h_axis]), int(shape[w_axis])), scale=prep.scale,
+                size=(int(height), int(width)), scale=prep.scale,
                 mean=prep.mean, std=prep.std, layout=prep.layout, grayscale=prep.grayscale,
             )
         elif prep.size is not None:
@@ -330,7 +331,7 @@ def load_images(
 def read_image(path: Path) -> np.ndarray:
     """An image as uint8 (or uint16) (H, W, C): Pillow when installed, else our PNG reader."""
     try:
-        from PIL import Image
+        from PIL import Image  # type: ignore[import-not-found]  # optional
     except ImportError:
         Image = None
     try:

@@ -77,6 +77,7 @@ def decode_png(data: bytes) -> np.ndarray:
             raise ValueError(f"bad PNG filter type {kind}")
         out[y] = cur
         prev = cur
+    pixels: np.ndarray
     if depth == 16:
         pixels = out.view(">u2").astype(np.uint16).reshape(height, width, channels)
     elif depth == 8:

@@ -231,13 +231,12 @@ def _call_factory(torch: Any, spec: str) -> tuple[Path | None, Any]:
 def _load_state_dict(torch: Any, model: Any, path: Path) -> list[str]:
     if not path.is_file():
         raise QvizError(f"state dict file not found: {path}")
+    reason: str | None = None
     with _quiet() as capture:
         try:
             loaded = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:
             reason = _explained(exc, capture)
-        else:
-            reason = None
     if reason is not None:
         raise QvizError(f"cannot read the state dict '{path.name}' (weights only): {reason}")
     notes = []
