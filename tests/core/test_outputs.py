@@ -80,7 +80,7 @@ def test_inputs_are_never_targets(tmp_path: Path) -> None:
     os.link(model, hard)
     inputs = [model, data]
     for target in (model, link, hard, tmp_path / "." / "m.onnx"):
-        with pytest.raises(QvizError, match="an input of this command"):
+        with pytest.raises(QvizError, match="an input; write elsewhere"):
             check_output(target, inputs=inputs)
     with pytest.raises(QvizError, match=r"inside .*an input folder"):
         check_output(data / "stats.qvstats", inputs=inputs)

@@ -57,7 +57,7 @@ def atomic_path(path: str | Path, *, make_parents: bool = False) -> Iterator[Pat
     """
     if make_parents:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    target = check_output(path, flag="output")
+    target = check_output(path)
     existed = target.exists()
     remove_stale_temporaries(target)
     try:

@@ -93,21 +93,24 @@ def check_output(
     *,
     inputs: Iterable[str | Path | None] = (),
     folder: bool = False,
-    flag: str = "-o",
+    flag: str = "",
 ) -> Path:
     """The file (or, with ``folder``, folder) a write to ``path`` will replace, checked.
 
     Returns the path to write, symlinks resolved (so the link survives and its target is
-    replaced). ``inputs`` are the files and folders the command reads; nothing may resolve to
-    one of them. Raises QvizError with one line naming ``flag`` and the path otherwise.
+    replaced). ``inputs`` are the files and folders the reader of this write works from
+    (a command's model, data, statistics...; a session's model and data); nothing may resolve
+    to one of them. Raises QvizError with one line otherwise: "cannot write PATH: reason", or
+    "FLAG PATH: reason" with a command-line ``flag`` such as "-o". Cheap (a few stat calls):
+    a save dialog can call it before anything is computed, and again when it writes.
     """
     text = str(path)
+    where = f"{flag} {text}" if flag else f"cannot write {text}"
     if not text.strip():
-        raise QvizError(f"{flag} is empty: give the file to write")
+        raise QvizError(f"{flag or 'the output path'} is empty: give the file to write")
     if "\x00" in text:
-        raise QvizError(f"{flag} {text!r}: a path cannot hold a NUL character")
+        raise QvizError(f"{where!r}: a path cannot hold a NUL character")
     target = Path(text)
-    where = f"{flag} {text}"
     try:
         if target.is_symlink():
             # Write through the link: resolve to the file it names (which may not exist yet).
@@ -122,15 +125,17 @@ def check_output(
     if info is not None:
         if stat.S_ISDIR(info.st_mode):
             if not folder:
-                raise QvizError(f"{where} is a folder; give the file to write")
+                raise QvizError(f"{where}: it is a folder; give the file to write")
             if not os.access(target, os.W_OK | os.X_OK):
                 raise QvizError(f"{where}: the folder is not writable")
         elif folder and stat.S_ISREG(info.st_mode):
-            raise QvizError(f"{where} is a file, not a folder")
+            raise QvizError(f"{where}: it is a file, not a folder")
         elif not stat.S_ISREG(info.st_mode):
-            raise QvizError(f"{where} is {_describe(info.st_mode)}; qviz writes regular files only")
+            raise QvizError(
+                f"{where}: it is {_describe(info.st_mode)}; qviz writes regular files only"
+            )
         elif not os.access(target, os.W_OK) or not info.st_mode & 0o222:
-            raise QvizError(f"{where} is read-only; qviz does not replace it")
+            raise QvizError(f"{where}: it is read-only; qviz does not replace it")
     parent = target.parent if str(target.parent) else Path(".")
     try:
         parent_info = os.stat(parent)
@@ -150,13 +155,13 @@ def check_output(
             info is not None and hit.exists() and _same_file(info, os.stat(hit))
         )
         if same:
-            raise QvizError(f"{where} is {hit}, an input of this command; write elsewhere")
-        raise QvizError(f"{where} lies inside {hit}, an input folder; write elsewhere")
+            raise QvizError(f"{where}: it is {hit}, an input; write elsewhere")
+        raise QvizError(f"{where}: it lies inside {hit}, an input folder; write elsewhere")
     return target
 
 
 def check_outputs(
-    paths: Iterable[str | Path], *, inputs: Iterable[str | Path | None] = (), flag: str = "-o"
+    paths: Iterable[str | Path], *, inputs: Iterable[str | Path | None] = (), flag: str = ""
 ) -> tuple[Path, ...]:
     """`check_output` for every file one write produces (a report's page, plots and JSON)."""
     kept = list(inputs)

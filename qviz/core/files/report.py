@@ -494,7 +494,7 @@ def build_report(
 def _new_folder(target: Path) -> Iterator[Path]:
     """A temporary folder beside `target`, renamed onto it when the block succeeds (a new
     folder appears whole or not at all)."""
-    target = check_output(target, folder=True, flag="output")
+    target = check_output(target, folder=True)
     remove_stale_temporaries(target)
     tmp = target.parent / f"{temporary_prefix(target)}{secrets.token_hex(4)}.tmp"
     try:
