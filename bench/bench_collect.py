@@ -86,11 +86,12 @@ def base_data(model_path: Path) -> tuple[str, np.ndarray]:
 
 def time_plain_vs_collect(model_path: Path, n: int, batch: int) -> dict[str, float]:
     from qviz.core.model.loading import load_model
-    from qviz.core.stats.collect import collect_stats, make_session, run_to_completion
+    from qviz.core.runtime.sessions import SessionConfig, build_session
+    from qviz.core.stats.collect import collect_stats, run_to_completion
 
     model = load_model(model_path)
     name, base = base_data(model_path)
-    session = make_session(model.model)
+    session = build_session(model.model, SessionConfig.for_float())
     out = [o.name for o in session.get_outputs()]
     for feeds in CyclingData(name, base, batch * 2).batches(batch):  # warm up both paths
         session.run(out, feeds)

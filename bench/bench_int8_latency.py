@@ -32,17 +32,15 @@ from qviz.core.demo import demo_paths  # noqa: E402
 from qviz.core.graph.qdq import build_qdq  # noqa: E402
 from qviz.core.model.loading import load_model  # noqa: E402
 from qviz.core.quant.formats import NumberFormat, PerAxis, PerTensor  # noqa: E402
-from qviz.core.runtime.fusion import fusion_report, u8s8_may_saturate  # noqa: E402
+from qviz.core.runtime.cpu import u8s8_may_saturate  # noqa: E402
+from qviz.core.runtime.fusion import fusion_report  # noqa: E402
+from qviz.core.runtime.sessions import (  # noqa: E402
+    KernelPrecision,
+    SessionConfig,
+    Threads,
+    build_session,
+)
 from qviz.core.stats.collect import collect_stats, run_to_completion  # noqa: E402
-
-
-def session(model_bytes: bytes, threads: int, precise: bool = False) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    if precise:
-        options.add_session_config_entry("session.x64quantprecision", "1")
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
 def median_ms(s: ort.InferenceSession, feeds: dict[str, np.ndarray], repeats: int) -> float:
@@ -83,7 +81,10 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, {args.threads} threads, "
         f"onnxruntime {ort.__version__}, u8s8 may saturate: {u8s8_may_saturate()}"
     )
-    float_bytes = model.model.SerializeToString()
+    threads = Threads(intra_op=args.threads)
+    float_config = SessionConfig.for_float(threads)
+    native = SessionConfig.for_native(threads=threads)
+    precise = SessionConfig.for_native(KernelPrecision.PRECISE, threads)
     for name, (wfmt, afmt) in configs.items():
         cfg = QuantConfig(
             TensorConfig(MethodSpec(Method.MINMAX), PerAxis(), wfmt),
@@ -92,9 +93,9 @@ def main() -> None:
         qdq = build_qdq(model, analyze(model, stats, cfg))
         report = fusion_report(qdq)
         print(f"\n{name}: {len(report.fused)}/{report.n_layers} layers fused")
-        f_s = session(float_bytes, args.threads)
-        n_s = session(qdq.serialized(), args.threads)
-        p_s = session(qdq.serialized(), args.threads, precise=True)
+        f_s = build_session(model.model, float_config)
+        n_s = build_session(qdq.model, native)
+        p_s = build_session(qdq.model, precise)
         print(
             f"  accuracy: float {accuracy(f_s, x, labels):.2f} %, native default "
             f"{accuracy(n_s, x, labels):.2f} %, native precise {accuracy(p_s, x, labels):.2f} %"

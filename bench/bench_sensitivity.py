@@ -43,7 +43,8 @@ from qviz.core.demo import demo_paths  # noqa: E402
 from qviz.core.evaluation.criteria import Criterion  # noqa: E402
 from qviz.core.evaluation.evaluate import Metric, evaluate  # noqa: E402
 from qviz.core.model.loading import TensorKind, load_model  # noqa: E402
-from qviz.core.runtime.fusion import KernelPrecision, u8s8_may_saturate  # noqa: E402
+from qviz.core.runtime.cpu import u8s8_may_saturate  # noqa: E402
+from qviz.core.runtime.sessions import KernelPrecision  # noqa: E402
 from qviz.core.search.mixed import Precision, assignment_config, mixed_precision  # noqa: E402
 from qviz.core.search.sensitivity import run_to_completion, sensitivity  # noqa: E402
 from qviz.core.search.sensitivity_cache import SensitivityCache  # noqa: E402

@@ -32,7 +32,7 @@ from qviz.cli.options import (
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, Verdict, check_all
 from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode, evaluate
-from qviz.core.runtime.fusion import KernelPrecision
+from qviz.core.runtime.sessions import KernelPrecision
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -25,8 +25,8 @@ from qviz.core.quant.formats import (
     NumberFormat,
     PerTensor,
 )
-from qviz.core.runtime.fusion import KernelPrecision
-from qviz.core.search.sensitivity import DEFAULT_LIMIT
+from qviz.core.runtime.sessions import KernelPrecision
+from qviz.core.search.reference import DEFAULT_LIMIT
 from qviz.core.search.sensitivity_cache import SensitivityCache
 
 CHOOSABLE_METHODS = [m.value for m in Method if m is not Method.MANUAL]

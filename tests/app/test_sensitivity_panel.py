@@ -20,8 +20,8 @@ from pytestqt.qtbot import QtBot
 from qviz.app.controllers.sensitivity_controller import SensitivityController
 from qviz.app.main_window import MainWindow
 from qviz.app.views.layer_table import SORT_ROLE, STALE_FG, Column
-from qviz.core.calibration.analysis import TensorKey
-from qviz.core.calibration.config import TensorConfig
+from qviz.core.calibration.analysis import QuantTensor, TensorKey
+from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.data.dataset import load_data
 from qviz.core.document.session import to_session
@@ -290,33 +290,45 @@ def test_mixed_precision_finds_a_passing_mix_and_points_apply(
         assert c.name in summary
 
     # The Pareto plot: every configuration tried; clicking one applies it to the document.
+    # How many configurations the search needs depends on the CPU's int8 kernels (where
+    # ORT's u8s8 kernels saturate, promoting a layer to int8 can fail and more are tried;
+    # with VNNI the first promotion may already pass), so the points clicked are the two
+    # every search has on any CPU: the all-int4 baseline (fails, smallest) and the chosen
+    # mix (passes, a different configuration).
     view = dialog.pareto
     assert len(view.points.data) == len(result.points)
     assert result.baseline in result.pareto_front()
-    point = next(p for p in result.points if p.index != result.chosen.index and p.index > 0)
+    baseline, chosen = result.baseline, result.chosen
+    assert baseline.index == 0 and chosen.index != baseline.index
+    assert chosen.config != baseline.config and chosen.config == result.config
     with qtbot.waitSignal(ctl.configApplied, timeout=5_000):
-        view.click_point(point.index)
-    assert window.doc.config == point.config
-    assert view.applied_index == point.index
-    # A real mouse click on a point applies it too (the biggest one stands apart; points a
-    # fraction of a KiB apart overlap on screen, and their tooltip lists them all).
-    other_point = max(
-        (p for p in result.points if p.index not in (point.index, result.chosen.index)
-         and math.isfinite(p.value)),
-        key=lambda p: p.size_bytes,
-    )  # fmt: skip
+        view.click_point(baseline.index)
+    assert window.doc.config == baseline.config
+    assert view.applied_index == baseline.index
+    assert f"#{baseline.index}" in dialog.applied_label.text()
+    # A real mouse click on a point applies it too: of the points that are neither the
+    # baseline nor the chosen one, the biggest (it stands apart; points a fraction of a KiB
+    # apart overlap on screen, and their tooltip lists them all), or else the chosen mix.
+    others = [p for p in result.points
+              if p.index not in (baseline.index, chosen.index) and math.isfinite(p.value)]
+    clicked = max(others, key=lambda p: p.size_bytes) if others else chosen
     with qtbot.waitSignal(ctl.configApplied, timeout=5_000):
-        click_plot(qtbot, view.plot_widget, other_point.size_bytes / 1024, other_point.value)
-    assert window.doc.config == other_point.config
-    with qtbot.waitSignal(ctl.configApplied, timeout=5_000):
-        view.click_point(point.index)
-    assert window.doc.config == point.config
-    assert f"#{point.index}" in dialog.applied_label.text()
-    # ...and the table shows it layer by layer.
+        click_plot(qtbot, view.plot_widget, clicked.size_bytes / 1024, clicked.value)
+    assert window.doc.config == clicked.config
+    assert view.applied_index == clicked.index
+    assert f"#{clicked.index}" in dialog.applied_label.text()
+    # ...and the table shows it layer by layer, where it differs from the baseline too.
+    def shown(config: QuantConfig, t: QuantTensor) -> str:
+        cfg = config.for_tensor(t.name, t.kind)
+        return cfg.fmt.label if cfg.quantize else "float"
+
     for t in window.doc.tensors:
-        cfg = point.config.for_tensor(t.name, t.kind)
-        expected = cfg.fmt.label if cfg.quantize else "float"
-        assert window.table.cell_text(t.key, Column.FORMAT) == expected
+        assert window.table.cell_text(t.key, Column.FORMAT) == shown(clicked.config, t)
+    assert any(shown(clicked.config, t) != shown(baseline.config, t) for t in window.doc.tensors)
+    # Back to the baseline, so that applying the answer below is a change that shows.
+    with qtbot.waitSignal(ctl.configApplied, timeout=5_000):
+        view.click_point(baseline.index)
+    assert window.doc.config == baseline.config
 
     # "Apply the answer" puts the confirmed configuration in the document.
     with qtbot.waitSignal(ctl.configApplied, timeout=5_000):

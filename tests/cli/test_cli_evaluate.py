@@ -17,6 +17,8 @@ from qviz.core.evaluation.evaluate import Metric, evaluate, run_to_completion
 from qviz.core.files.config_file import load_config, results_from_saved, save_config
 from qviz.core.model.loading import load_model
 from qviz.core.quant.formats import NumberFormat, PerAxis, PerTensor
+from qviz.core.runtime.cpu import ENV_VAR
+from qviz.core.runtime.fusion import SATURATION_NOTE
 from qviz.core.stats.stats_file import load_stats
 
 LIMIT = "200"
@@ -126,6 +128,33 @@ def test_bad_input_is_one_line_and_exit_2(
     assert main([*base_args(demo_stats), *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("saturates", [False, True], ids=["exact", "saturates"])
+def test_the_cpu_answer_can_be_set_in_the_environment(
+    demo_stats: Path,
+    saturates: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """QVIZ_U8S8_SATURATES=0|1 overrides qviz's CPU detection for users: the native report
+    marks the fused int8 layers at risk exactly when told (the measured numbers still come
+    from this machine's kernels, so only the report is asserted)."""
+    monkeypatch.setenv(ENV_VAR, "1" if saturates else "0")
+    assert main([*base_args(demo_stats), "--native", "--json", "--limit", "64"]) == 0
+    fusion = json.loads(capsys.readouterr().out)["native"]["fusion"]
+    assert len(fusion["fused"]) == 6
+    assert set(fusion["saturating"]) == (set(fusion["fused"]) if saturates else set())
+    assert (SATURATION_NOTE in fusion["notes"]) is saturates
+
+
+def test_a_bad_cpu_answer_in_the_environment_is_one_line(
+    demo_stats: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(ENV_VAR, "sometimes")
+    assert main([*base_args(demo_stats), "--native", "--limit", "16"]) == 2
+    err = capsys.readouterr().err
+    assert ENV_VAR in err and "'sometimes'" in err and err.count("\n") == 1
 
 
 def test_config_file_with_settings_or_labels_missing_is_refused(

@@ -23,7 +23,7 @@ from qviz.core.data.dataset import Dataset, load_data, random_data
 from qviz.core.demo import demo_paths
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
-from qviz.core.evaluation.evaluate import Evaluation, Metric, evaluate, simulation_session_options
+from qviz.core.evaluation.evaluate import Evaluation, Metric, evaluate
 from qviz.core.files import export as export
 from qviz.core.files import svg
 from qviz.core.files.report import Outcome, build_report, write_report
@@ -36,6 +36,7 @@ from qviz.core.quant.formats import (
     PerTensor,
 )
 from qviz.core.quant.quantize import quantize
+from qviz.core.runtime.sessions import SessionConfig
 from qviz.core.stats.collect import collect_stats, run_to_completion
 
 try:  # works whether or not tests/ is a package
@@ -112,7 +113,7 @@ def test_quantize_static_with_overrides_reproduces_qviz(
     # own Q/DQ graph computes, bit for bit.
     export.export_qdq(model, results, tmp_path / "qviz.onnx")
     feeds = next(iter(data.batches(32)))
-    opts = simulation_session_options()
+    opts = SessionConfig.for_simulation().options()
     ours = ort.InferenceSession(str(tmp_path / "qviz.onnx"), opts).run(None, feeds)[0]
     theirs = ort.InferenceSession(str(out), opts).run(None, feeds)[0]
     np.testing.assert_array_equal(ours, theirs)
@@ -243,7 +244,7 @@ def test_exported_qdq_reproduces_the_evaluated_accuracy(demo, tmp_path: Path, na
     ev = run_to_completion(evaluate(model, results, data, native=native, latency=False,
                                     batch_size=250, limit=N_EVAL))
     assert ev.n_samples == N_EVAL
-    options = None if native else simulation_session_options()  # None: ORT's defaults
+    options = None if native else SessionConfig.for_simulation().options()  # None: defaults
     assert _plain_accuracy(path, data, options) == ev.quantized_metrics[Metric.ACCURACY]
 
 

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import ml_dtypes
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
@@ -16,7 +15,6 @@ from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.data.dataset import Dataset, random_data
 from qviz.core.errors import QvizError
-from qviz.core.evaluation.evaluate import _with_outputs, simulation_session_options
 from qviz.core.graph.containers import BLOCKED_OPSET, FP8_OPSET, container_dtype
 from qviz.core.graph.qdq import QdqMode, QdqModel, build_qdq, initializer_bytes
 from qviz.core.model.loading import LoadedModel, TensorKind, from_proto
@@ -29,7 +27,14 @@ from qviz.core.quant.formats import (
     PerTensor,
 )
 from qviz.core.quant.quantize import dequantize, fake_quantize, quantize
-from qviz.core.runtime.fusion import fusion_report
+from qviz.core.runtime.fusion import SATURATION_NOTE, fusion_report
+from qviz.core.runtime.sessions import (
+    KernelPrecision,
+    SessionConfig,
+    build_session,
+    run_session,
+    with_outputs,
+)
 from qviz.core.stats.collect import collect_stats, run_to_completion
 
 try:  # works whether or not tests/ is a package
@@ -82,12 +87,8 @@ def mlp() -> tuple[LoadedModel, Dataset]:
 
 def simulate(qdq: QdqModel, names: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Run the Q/DQ graph op by op and fetch `names`."""
-    session = ort.InferenceSession(
-        _with_outputs(qdq.model, names).SerializeToString(),
-        simulation_session_options(),
-        providers=["CPUExecutionProvider"],
-    )
-    return session.run(list(names), feeds)
+    session = build_session(with_outputs(qdq.model, names), SessionConfig.for_simulation())
+    return run_session(session, feeds, names)
 
 
 def first_batch(data: Dataset, n: int = 16) -> dict[str, np.ndarray]:
@@ -327,17 +328,17 @@ def test_output_qdq_for_fusion_changes_nothing(fmt: NumberFormat) -> None:
     assert conv1.output is not None and conv1.output.name == "p1"
     feeds = first_batch(data, 32)
     with_pairs = simulate(qdq, ["y"], feeds)[0]
-    session = ort.InferenceSession(
-        _strip_output_qdq(qdq).SerializeToString(),
-        simulation_session_options(),
-        providers=["CPUExecutionProvider"],
-    )
-    np.testing.assert_array_equal(with_pairs, session.run(["y"], feeds)[0])
+    session = build_session(_strip_output_qdq(qdq), SessionConfig.for_simulation())
+    np.testing.assert_array_equal(with_pairs, run_session(session, feeds, ["y"])[0])
     report = fusion_report(qdq)
     assert report.kernels.get(conv1.layer.name) == "QLinearConv"
 
 
-def test_int8_conv_net_fuses_and_explains_the_rest(conv_net: tuple[LoadedModel, Dataset]) -> None:
+def test_int8_conv_net_fuses_and_explains_the_rest(
+    conv_net: tuple[LoadedModel, Dataset], u8s8_saturates: bool
+) -> None:
+    """Which layers fuse is ORT's decision and the same on any CPU; whether the fused int8
+    layers are reported at risk of saturating follows qviz's detection (both answers)."""
     model, data = conv_net
     qdq = build_qdq(model, analysed(model, data, configure()))
     report = fusion_report(qdq)
@@ -349,6 +350,20 @@ def test_int8_conv_net_fuses_and_explains_the_rest(conv_net: tuple[LoadedModel, 
     # Gemm may have a float output: ORT's QGemm.
     assert report.kernels["fc"] == "QGemm"
     assert set(report.fused) | set(report.unfused) == {"conv1", "conv2", "fc"}
+    # 8-bit signed weights: every fused layer is at risk where the kernels can saturate.
+    assert set(report.saturating) == (set(report.fused) if u8s8_saturates else set())
+    assert (SATURATION_NOTE in report.notes) is u8s8_saturates
+
+
+def test_precise_kernels_are_never_reported_at_risk(
+    conv_net: tuple[LoadedModel, Dataset], u8s8_saturates: bool
+) -> None:
+    """session.x64quantprecision=1 (U8U8) is the cure: nothing saturates, whatever the CPU."""
+    model, data = conv_net
+    qdq = build_qdq(model, analysed(model, data, configure()))
+    report = fusion_report(qdq, KernelPrecision.PRECISE)
+    assert report.kernels["conv1"] == "QLinearConv" and report.kernels["fc"] == "QGemm"
+    assert not report.saturating and SATURATION_NOTE not in report.notes
 
 
 def test_formats_without_cpu_kernels_are_reported_unfused(
@@ -366,9 +381,12 @@ def test_formats_without_cpu_kernels_are_reported_unfused(
     assert all("simulation only" in why or "nf4" in why for why in report.unfused.values())
 
 
-def test_narrow_int_weights_fuse_natively(conv_net: tuple[LoadedModel, Dataset]) -> None:
+def test_narrow_int_weights_fuse_natively(
+    conv_net: tuple[LoadedModel, Dataset], u8s8_saturates: bool
+) -> None:
     """int5 weights live in int8: ORT fuses them like int8, with qviz's values (not its own
-    re-quantization of float weights)."""
+    re-quantization of float weights); never reported at risk, even where the detection says
+    the kernels can saturate."""
     model, data = conv_net
     qdq = build_qdq(model, analysed(model, data, configure(wfmt=NumberFormat(bits=5))))
     report = fusion_report(qdq)

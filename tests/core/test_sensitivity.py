@@ -21,7 +21,7 @@ from qviz.core.evaluation.evaluate import EvaluationCancelled, Metric, RunMode, 
 from qviz.core.files.config_file import load_config, save_config
 from qviz.core.model.loading import LoadedModel, TensorKind, load_model
 from qviz.core.quant.formats import NumberFormat
-from qviz.core.runtime.fusion import KernelPrecision
+from qviz.core.runtime.sessions import KernelPrecision
 from qviz.core.search.sensitivity import (
     LayerSensitivity,
     SensitivityReport,

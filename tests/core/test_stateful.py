@@ -102,11 +102,7 @@ def test_the_carry_reproduces_pytorchs_sequential_run(cell: dict) -> None:
 
     session = ort.InferenceSession(str(cell["model"]), providers=["CPUExecutionProvider"])
     carry = StateCarry.of(data)
-
-    def run(s: ort.InferenceSession, names: list[str], feeds: dict) -> list[np.ndarray]:
-        return s.run(list(names), dict(feeds))
-
-    ys = [carry.run(run, session, ["y"], feeds)[0] for feeds in data.batches(4)]
+    ys = [carry.run(session, feeds, ["y"])[0] for feeds in data.batches(4)]
     np.testing.assert_allclose(np.concatenate(ys), cell["y"], rtol=1e-5, atol=1e-6)
     # Without the state fed back every sample starts from h0: a different model run.
     stateless = load_data(cell["dir"] / "stated.npz", model.inputs,

@@ -10,7 +10,7 @@ each, in order (`Dataset.batches`), since sample i + 1 needs sample i's output.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ import onnx
 from qviz.core.data.layout import StateLink, shape_text
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import LoadedModel
+from qviz.core.runtime.sessions import run_session
 
 __all__ = ["StateCarry", "check_states"]
 
@@ -77,16 +78,13 @@ def check_states(model: LoadedModel, links: Sequence[StateLink]) -> None:
             )
 
 
-RunFn = Callable[[Any, Sequence[str], Mapping[str, np.ndarray]], list[np.ndarray]]
-
-
 class StateCarry:
     """One session's fed-back state over one pass through the data, in sample order.
 
-    ``run(run_fn, session, names, feeds)`` replaces each state input of ``feeds`` by what the
-    previous run of this carry produced (the data's value on the first run), fetches the state
-    outputs beside ``names`` and returns the values of ``names`` only. Without links it is
-    ``run_fn(session, names, feeds)`` unchanged.
+    ``run(session, feeds, outputs)`` is `run_session` with each state input of ``feeds``
+    replaced by what the previous run of this carry produced (the data's value on the first
+    run); it fetches the state outputs beside ``outputs`` and returns ``outputs``' values
+    only. Without links it is `run_session` itself.
     """
 
     def __init__(self, links: Sequence[StateLink] = ()) -> None:
@@ -102,23 +100,22 @@ class StateCarry:
         return bool(self.links)
 
     def feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``feeds`` as the next run takes them (state inputs replaced)."""
         out = dict(feeds)
         out.update(self._values)
         return out
 
     def run(
         self,
-        run_fn: RunFn,
         session: Any,
-        names: Sequence[str],
         feeds: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
     ) -> list[np.ndarray]:
         if not self.links:
-            return run_fn(session, names, feeds)
-        fetch = list(names) + [
-            link.output for link in self.links if link.output not in names
-        ]
-        values = run_fn(session, fetch, self.feeds(feeds))
+            return run_session(session, feeds, outputs)
+        names = [o.name for o in session.get_outputs()] if outputs is None else list(outputs)
+        fetch = names + [link.output for link in self.links if link.output not in names]
+        values = run_session(session, self.feeds(feeds), fetch)
         by_name = dict(zip(fetch, values, strict=True))
         for link in self.links:
             self._values[link.input] = np.ascontiguousarray(by_name[link.output])

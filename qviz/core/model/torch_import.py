@@ -522,15 +522,13 @@ def _compare_outputs(
     out: Path,
 ) -> list[str]:
     """Run PyTorch and the exported graph on the sample; say how far apart they are."""
-    import onnxruntime as ort
+    from qviz.core.runtime.sessions import SessionConfig, build_session
 
     try:
         with torch.no_grad(), _quiet():
             module = model.module() if kind == "program" else model
             expected = _flatten(torch, module(*args, **kwargs))
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+        session = build_session(out, SessionConfig.for_float())
         feed_values = [v.detach().cpu().numpy() for v in [*args, *kwargs.values()]]
         feeds = {
             i.name: v for i, v in zip(session.get_inputs(), feed_values, strict=False)

@@ -10,39 +10,38 @@ For a layer left in float the reason is given where qviz can know it (its format
 integer kernel on the CPU, the weights are per-group, the output is not quantized...).
 
 On x86-64 CPUs with AVX2 but no VNNI, ORT's default u8s8 kernels add pairs of uint8 x int8
-products in 16 bits: 2 x 255 x 127 = 64770 overflows int16 and saturates. With 7-bit weights
-(ONNX Runtime's ``reduce_range``; qviz's int7, stored in int8) a pair is at most
+products in 16 bits and can saturate (`qviz.core.runtime.cpu`). With 7-bit weights (ONNX
+Runtime's ``reduce_range``; qviz's int7, stored in int8) a pair is at most
 2 x 255 x 64 = 32640, which fits: the report says so when fused layers have 8-bit weights.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
-from pathlib import Path
 from types import MappingProxyType
 
 import onnx
-import onnxruntime as ort
 
-from qviz.core.errors import QvizError
 from qviz.core.graph.containers import container_dtype
 from qviz.core.graph.qdq import QdqLayer, QdqMode, QdqModel, QdqTensor
 from qviz.core.quant.formats import FormatKind
+from qviz.core.runtime.cpu import u8s8_may_saturate
+from qviz.core.runtime.sessions import (
+    KernelPrecision,
+    Optimization,
+    SessionConfig,
+    build_session,
+)
 
 __all__ = [
     "INTEGER_KERNELS",
     "SATURATION_NOTE",
     "WEIGHT_ONLY_KERNELS",
     "FusionReport",
-    "KernelPrecision",
     "fusion_report",
-    "native_session_options",
-    "u8s8_may_saturate",
 ]
 
 #: ORT ops that compute with integer inputs and weights.
@@ -62,49 +61,6 @@ INTEGER_KERNELS = frozenset(
 )
 #: ORT ops that keep weights quantized and dequantize them inside the kernel.
 WEIGHT_ONLY_KERNELS = frozenset({"MatMulNBits", "MatMulBnb4", "GatherBlockQuantized"})
-
-# ORT's switch to slower but exact U8U8 kernels on x86 CPUs whose U8S8 path can saturate.
-_PRECISION_KEY = "session.x64quantprecision"
-
-
-class KernelPrecision(Enum):
-    """Which x86 integer kernels ORT uses for int8 weights."""
-
-    DEFAULT = "default"  # ORT's defaults: fast U8S8 kernels (can saturate without VNNI)
-    PRECISE = "precise"  # session.x64quantprecision=1: U8U8 kernels, no saturation
-
-
-def native_session_options(
-    precision: KernelPrecision = KernelPrecision.DEFAULT,
-    level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-) -> ort.SessionOptions:
-    """Session options under which ORT fuses Q/DQ patterns into its integer kernels."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = level
-    options.log_severity_level = 3
-    if precision is KernelPrecision.PRECISE:
-        options.add_session_config_entry(_PRECISION_KEY, "1")
-    return options
-
-
-def u8s8_may_saturate() -> bool | None:
-    """True on x86-64 CPUs with AVX2 but no VNNI, whose U8S8 int8 kernels add pairs of
-    uint8 x int8 products in 16 bits and can saturate; None where that cannot be told."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    if not flags:
-        return None
-    has_vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    return "avx2" in flags and not has_vnni
 
 
 @dataclass(frozen=True)
@@ -151,13 +107,8 @@ def optimized_graph(qdq: QdqModel, precision: KernelPrecision) -> onnx.ModelProt
     """
     with tempfile.TemporaryDirectory(prefix="qviz-fusion-") as tmp:
         path = os.path.join(tmp, "optimized.onnx")
-        options = native_session_options(precision, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
-        options.optimized_model_filepath = path
-        try:
-            ort.InferenceSession(qdq.serialized(), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ORT raises its own exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise QvizError(f"ONNX Runtime cannot run the quantized model: {first}") from exc
+        config = SessionConfig.for_native(precision, optimization=Optimization.EXTENDED)
+        build_session(qdq.model, config, what="the quantized model", optimized_model_path=path)
         return onnx.load(path)
 
 
@@ -325,10 +276,10 @@ def fusion_report(
     notes.extend(_dropped_relu_notes(qdq, optimized))
     saturating: tuple[str, ...] = ()
     if precision is KernelPrecision.DEFAULT and u8s8_may_saturate():
-        integer = {p.layer.name: p for p in qdq.layers if p.layer.name in fused_kernels}
+        fused_plans = {p.layer.name: p for p in qdq.layers if p.layer.name in fused_kernels}
         saturating = tuple(
             name
-            for name, plan in integer.items()
+            for name, plan in fused_plans.items()
             if fused_kernels[name] not in WEIGHT_ONLY_KERNELS and _saturation_prone(plan)
         )
     if saturating:

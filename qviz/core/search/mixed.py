@@ -28,14 +28,9 @@ confirmation for the answer — never predicted.
 
 from __future__ import annotations
 
-import math
-import re
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from enum import Enum
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from qviz.core.calibration.analysis import (
     TensorResult,
@@ -45,30 +40,47 @@ from qviz.core.calibration.analysis import (
 )
 from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.errors import QvizError
-from qviz.core.evaluation.criteria import Comparison, Criterion, CriterionMetric, Verdict
-from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode, evaluate
-from qviz.core.jsonnum import json_number as _num
-from qviz.core.model.loading import Layer, LoadedModel, TensorKind
+from qviz.core.evaluation.criteria import Criterion, Verdict
+from qviz.core.evaluation.evaluate import evaluate
+from qviz.core.evaluation.results import Evaluation, RunMode
+from qviz.core.model.loading import LoadedModel, TensorKind
 from qviz.core.progress import Progress, ProgressClock
-from qviz.core.quant.formats import FormatKind, NumberFormat
-from qviz.core.runtime.fusion import KernelPrecision
-from qviz.core.search.sensitivity import (
+from qviz.core.runtime.sessions import KernelPrecision
+from qviz.core.search.measure import Measurement, measure
+from qviz.core.search.mixed_result import (
+    LayerChoice,
+    MixedResult,
+    ParetoPoint,
+    cost_key,
+    criterion_holds,
+    criterion_metric,
+    criterion_value,
+    goodness,
+    pareto_front,
+)
+from qviz.core.search.precisions import (
+    Objective,
+    Precision,
+    assignment_config,
+    layers_owning_tensors,
+    parse_precisions,
+)
+from qviz.core.search.reference import (
     DEFAULT_LIMIT,
     FloatReference,
-    Measurement,
-    SensitivityReport,
     complete_reference,
-    layer_sensitivity,
-    measure,
-    module_path,
     prepare_reference,
 )
+from qviz.core.search.sensitivity import layer_sensitivity, module_path
+from qviz.core.search.sensitivity_report import SensitivityReport
 from qviz.core.stats.collect import CalibrationStats
 
 if TYPE_CHECKING:
     from qviz.core.data.dataset import Dataset
     from qviz.core.search.sensitivity_cache import SensitivityCache
 
+# The precisions and the result types live in `precisions` and `mixed_result`; their public
+# names are re-exported here, where callers know them from.
 __all__ = [
     "MAX_CONFIRMATIONS",
     "LayerChoice",
@@ -88,335 +100,6 @@ __all__ = [
 #: that passes while the full data fails means the margin is thin; more tries would only
 #: overfit the confirmation set.
 MAX_CONFIRMATIONS = 3
-_FLOAT_BITS = 32
-
-
-# --------------------------------------------------------------------------- precisions
-
-
-@dataclass(frozen=True)
-class Precision:
-    """What one layer may be: a weight format and an activation format, or float (both None).
-
-    ``name`` is what the user wrote (``int4``, ``int8``, ``float``, ``int4/int4``...).
-    Quantization methods, granularity and symmetry come from the base configuration; only the
-    formats change.
-    """
-
-    name: str
-    weight: NumberFormat | None
-    activation: NumberFormat | None
-
-    @property
-    def is_float(self) -> bool:
-        return self.weight is None and self.activation is None
-
-    @property
-    def cost(self) -> tuple[int, int]:
-        """Sort key from cheapest to dearest: weight bits (they dominate size), then
-        activation bits; float counts as 32."""
-        w = _FLOAT_BITS if self.weight is None else self.weight.bits
-        a = _FLOAT_BITS if self.activation is None else self.activation.bits
-        return (w, a)
-
-    @classmethod
-    def parse(cls, text: str) -> Precision:
-        """``float``; or a weight format (``int4``, ``int8``, ``uint8``, ``nf4``,
-        ``fp8_e4m3fn``...) with int8 activations; or ``WEIGHT/ACTIVATION`` (``int4/int4``).
-        QvizError for anything else."""
-        key = str(text).strip().lower()
-        if key in ("float", "fp32", "float32", "f32"):
-            return cls("float", None, None)
-        w_text, _, a_text = key.partition("/")
-        weight = NumberFormat.parse(w_text)
-        activation = NumberFormat.parse(a_text) if a_text else NumberFormat()
-        if activation.kind is FormatKind.NF4:
-            raise QvizError(f"precision {text!r}: NF4 is a weight-only format")
-        return cls(key, weight, activation)
-
-    def tensor_config(self, base: TensorConfig, kind: TensorKind) -> TensorConfig:
-        """`base` (method, granularity, symmetry) at this precision's format for `kind`."""
-        fmt = self.weight if kind is TensorKind.WEIGHT else self.activation
-        if fmt is None:
-            return replace(base, quantize=False)
-        if fmt.kind is FormatKind.INT:
-            fmt = replace(fmt, symmetric=base.fmt.symmetric, pow2_scale=base.fmt.pow2_scale)
-        return replace(base, fmt=fmt, quantize=True)
-
-
-def parse_precisions(text: str | Sequence[str]) -> tuple[Precision, ...]:
-    """``"int4,int8,float"`` (or a list) as precisions sorted from cheapest to dearest.
-    QvizError for an unknown name, a repeat, or no quantized precision at all."""
-    items = re.split(r"[,\s]+", text.strip()) if isinstance(text, str) else list(text)
-    items = [i for i in items if i]
-    if not items:
-        raise QvizError("no precision allowed: give e.g. int4,int8,float")
-    precisions = [Precision.parse(i) for i in items]
-    seen: dict[tuple[Any, Any], str] = {}
-    for p in precisions:
-        key = (p.weight, p.activation)
-        if key in seen:
-            raise QvizError(f"precision {p.name!r} is given twice (as {seen[key]!r})")
-        seen[key] = p.name
-    if all(p.is_float for p in precisions):
-        raise QvizError("allow at least one quantized precision besides float")
-    return tuple(sorted(precisions, key=lambda p: p.cost))
-
-
-class Objective(Enum):
-    """What "cheapest" means."""
-
-    SIZE = "size"  # smallest model (initializer bytes as stored)
-    FLOAT_LAYERS = "float-layers"  # fewest layers kept in float, then smallest
-
-
-# --------------------------------------------------------------------------- criteria
-
-
-def criterion_metric(criterion: Criterion) -> Metric:
-    """The evaluation metric a criterion reads."""
-    return {
-        CriterionMetric.ACCURACY_DROP: Metric.ACCURACY,
-        CriterionMetric.OUTPUT_COSINE: Metric.COSINE,
-        CriterionMetric.OUTPUT_SQNR: Metric.SQNR,
-        CriterionMetric.AGREEMENT: Metric.AGREEMENT,
-    }[criterion.metric]
-
-
-def criterion_value(
-    criterion: Criterion, metrics: Mapping[Metric, float], float_metrics: Mapping[Metric, float]
-) -> float:
-    """The number `criterion` compares, from a measurement (NaN when it was not measured)."""
-    if criterion.metric is CriterionMetric.ACCURACY_DROP:
-        f, q = float_metrics.get(Metric.ACCURACY), metrics.get(Metric.ACCURACY)
-        return math.nan if f is None or q is None else f - q
-    return metrics.get(criterion_metric(criterion), math.nan)
-
-
-def _holds(criterion: Criterion, value: float) -> bool:
-    assert criterion.comparison is not None
-    return criterion.comparison.holds(value, criterion.threshold)
-
-
-# --------------------------------------------------------------------------- layers
-
-
-def _layers_owning_tensors(
-    model: LoadedModel,
-) -> dict[str, tuple[Layer, list[tuple[str, TensorKind]]]]:
-    """Each layer with the tensors it owns (weight, activations it reads first), depth order."""
-    owned: dict[str, tuple[Layer, list[tuple[str, TensorKind]]]] = {}
-    for t in quant_tensors(model):
-        owned.setdefault(t.layer.name, (t.layer, []))[1].append((t.name, t.kind))
-    return dict(sorted(owned.items(), key=lambda kv: kv[1][0].depth))
-
-
-def assignment_config(
-    model: LoadedModel,
-    base: QuantConfig,
-    assignment: Mapping[str, Precision],
-    default: Precision,
-) -> QuantConfig:
-    """The QuantConfig giving each layer its precision: defaults at `default`, overrides for
-    the tensors of layers at another one (base overrides are replaced, not merged)."""
-    weights = default.tensor_config(base.weights, TensorKind.WEIGHT)
-    activations = default.tensor_config(base.activations, TensorKind.ACTIVATION)
-    overrides: dict[str, TensorConfig] = {}
-    for name, (_layer, tensors) in _layers_owning_tensors(model).items():
-        p = assignment.get(name, default)
-        if p == default:
-            continue
-        for tensor, kind in tensors:
-            base_cfg = base.weights if kind is TensorKind.WEIGHT else base.activations
-            overrides[tensor] = p.tensor_config(base_cfg, kind)
-    return QuantConfig(weights=weights, activations=activations, overrides=overrides)
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class ParetoPoint:
-    """One configuration the search measured on its subset.
-
-    ``value`` is the criterion's number (e.g. the accuracy drop in points), ``passed`` whether
-    it met the criterion *on the search subset*; ``config`` can be applied as it is.
-    """
-
-    index: int
-    label: str  # how it was reached: "all int4", "promote features.0 to int8"...
-    assignment: Mapping[str, str]  # layer display name -> precision name
-    config: QuantConfig
-    size_bytes: int
-    n_float_layers: int
-    value: float
-    passed: bool
-    measurement: Measurement
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "assignment", MappingProxyType(dict(self.assignment)))
-
-    @property
-    def mode(self) -> RunMode | None:
-        return self.measurement.mode
-
-
-def _cost_key(objective: Objective, p: ParetoPoint) -> tuple[float, ...]:
-    if objective is Objective.FLOAT_LAYERS:
-        return (p.n_float_layers, p.size_bytes)
-    return (p.size_bytes, p.n_float_layers)
-
-
-def _goodness(criterion: Criterion, value: float) -> float:
-    """`value` oriented so that larger is better (an unmeasured value is the worst)."""
-    if math.isnan(value):
-        return -math.inf
-    return -value if criterion.comparison is Comparison.AT_MOST else value
-
-
-def pareto_front(points: Sequence[ParetoPoint], criterion: Criterion) -> tuple[ParetoPoint, ...]:
-    """Points no other point beats on both size and criterion value, by increasing size."""
-    front: list[ParetoPoint] = []
-    best = -math.inf
-    for p in sorted(points, key=lambda p: (p.size_bytes, -_goodness(criterion, p.value))):
-        g = _goodness(criterion, p.value)
-        if g > best:
-            front.append(p)
-            best = g
-    return tuple(front)
-
-
-@dataclass(frozen=True)
-class LayerChoice:
-    """The precision chosen for one layer, named as every runtime can find it."""
-
-    name: str  # display name: torch module path when known
-    node_name: str  # the ONNX node
-    module_path: str | None
-    op_type: str
-    depth: int
-    tensors: tuple[str, ...]  # weight and activations this precision applies to
-    precision: str
-    changed: bool  # differs from the lowest allowed precision
-
-
-@dataclass(frozen=True)
-class MixedResult:
-    """The answer of a mixed-precision search, confirmed by a real evaluation.
-
-    ``evaluation`` is the confirmation run (None only when the answer quantizes nothing and
-    is the float model itself); ``verdict`` the criterion checked on it. ``passed`` is that
-    verdict. ``chosen`` is the search-subset point of the same configuration.
-    """
-
-    criterion: Criterion
-    objective: Objective
-    allowed: tuple[Precision, ...]
-    choices: tuple[LayerChoice, ...]
-    config: QuantConfig
-    results: tuple[TensorResult, ...]
-    evaluation: Evaluation | None
-    verdict: Verdict | None
-    passed: bool
-    chosen: ParetoPoint
-    points: tuple[ParetoPoint, ...]
-    sensitivity: SensitivityReport
-    float_size_bytes: int
-    search_samples: int
-    elapsed_s: float = 0.0
-    notes: tuple[str, ...] = ()
-    confirmations: tuple[Evaluation, ...] = field(default=(), repr=False)
-
-    @property
-    def changed(self) -> tuple[LayerChoice, ...]:
-        """Layers moved off the lowest allowed precision."""
-        return tuple(c for c in self.choices if c.changed)
-
-    @property
-    def size_bytes(self) -> int:
-        """The chosen model's size as measured (initializer bytes as stored)."""
-        if self.evaluation is not None:
-            return self.evaluation.size.quantized_bytes
-        return self.chosen.size_bytes
-
-    @property
-    def measured_value(self) -> float | None:
-        """The criterion's number from the confirmation evaluation."""
-        return None if self.verdict is None else self.verdict.value
-
-    @property
-    def baseline(self) -> ParetoPoint:
-        """Every layer at the lowest allowed precision."""
-        return self.points[0]
-
-    def pareto_front(self) -> tuple[ParetoPoint, ...]:
-        return pareto_front(self.points, self.criterion)
-
-    def to_json(self) -> dict[str, Any]:
-        from qviz.core.search.sensitivity_cache import measurement_to_json, report_to_json
-
-        e = self.evaluation
-        front = {p.index for p in self.pareto_front()}
-        return {
-            "criterion": self.criterion.spec,
-            "objective": self.objective.value,
-            "allowed": [p.name for p in self.allowed],
-            "passed": self.passed,
-            "verdict": None if self.verdict is None else self.verdict.text,
-            "measured": None
-            if e is None
-            else {
-                "mode": e.mode.value,
-                "kernel_precision": e.precision.value,
-                "samples": e.n_samples,
-                "data": e.data_description,
-                "value": _num(self.measured_value),
-                "float": {k.value: _num(v) for k, v in e.float_metrics.items()},
-                "quantized": {k.value: _num(v) for k, v in e.quantized_metrics.items()},
-            },
-            "size_bytes": {
-                "float": self.float_size_bytes,
-                "quantized": self.size_bytes,
-                "ratio": _num(self.float_size_bytes / self.size_bytes) if self.size_bytes else None,
-            },
-            "layers": [
-                {
-                    "name": c.name,
-                    "node_name": c.node_name,
-                    "module_path": c.module_path,
-                    "op_type": c.op_type,
-                    "depth": c.depth,
-                    "tensors": list(c.tensors),
-                    "precision": c.precision,
-                    "changed": c.changed,
-                }
-                for c in self.choices
-            ],
-            "changed": [c.name for c in self.changed],
-            "chosen_point": self.chosen.index,
-            "search_samples": self.search_samples,
-            "points": [
-                {
-                    "index": p.index,
-                    "label": p.label,
-                    "size_bytes": p.size_bytes,
-                    "n_float_layers": p.n_float_layers,
-                    "value": _num(p.value),
-                    "passed": p.passed,
-                    "pareto": p.index in front,
-                    "assignment": dict(p.assignment),
-                    "measurement": measurement_to_json(p.measurement),
-                }
-                for p in self.points
-            ],
-            "sensitivity": report_to_json(self.sensitivity),
-            "elapsed_s": _num(self.elapsed_s),
-            "notes": list(self.notes),
-        }
-
-
-
-# --------------------------------------------------------------------------- the search
 
 
 class _Search:
@@ -438,7 +121,7 @@ class _Search:
         self.model, self.stats, self.base, self.levels = model, stats, base, levels
         self.criterion, self.ref = criterion, ref
         self.native, self.precision, self.should_stop = native, precision, should_stop
-        self.layers = _layers_owning_tensors(model)
+        self.layers = layers_owning_tensors(model)
         self.points: list[ParetoPoint] = []
         self.by_assignment: dict[tuple[int, ...], ParetoPoint] = {}
         self._analysed: dict[tuple[str, TensorKind, TensorConfig], TensorResult] = {}
@@ -474,7 +157,7 @@ class _Search:
             size_bytes=m.size_bytes,
             n_float_layers=sum(1 for k in levels.values() if self.levels[k].is_float),
             value=value,
-            passed=_holds(self.criterion, value),
+            passed=criterion_holds(self.criterion, value),
             measurement=m,
         )
         self.points.append(point)
@@ -621,7 +304,7 @@ def mixed_precision(
     # int8 kernels can lose to 4-bit weights run in float), and keeping such a step would
     # only cost size.
     if not passing:
-        best = _goodness(criterion, search.points[0].value)
+        best = goodness(criterion, search.points[0].value)
         for k in range(1, len(levels)):
             for name in ranked:
                 if trials >= budget:
@@ -633,7 +316,7 @@ def mixed_precision(
                 if point.passed:
                     current, passing = trial, True
                     break
-                g = _goodness(criterion, point.value)
+                g = goodness(criterion, point.value)
                 if g > best:
                     current, best = trial, g
             if passing or trials >= budget:
@@ -661,12 +344,12 @@ def mixed_precision(
 
     # 4. Confirm the cheapest passing candidates with a real, full evaluation.
     candidates = sorted(
-        (p for p in search.points if p.passed), key=lambda p: _cost_key(objective, p)
+        (p for p in search.points if p.passed), key=lambda p: cost_key(objective, p)
     )
     notes: list[str] = []
     if not candidates:
         # Nothing met the criterion on the subset: confirm the best attempt, reported as FAIL.
-        candidates = [max(search.points, key=lambda p: _goodness(criterion, p.value))]
+        candidates = [max(search.points, key=lambda p: goodness(criterion, p.value))]
         notes.append(
             f"no configuration tried met {criterion.spec} on the search subset; "
             "the closest one is reported"

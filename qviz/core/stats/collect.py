@@ -7,21 +7,20 @@ tensors x bins whatever the number of samples.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 
 from qviz.core.data.dataset import Dataset
 from qviz.core.data.feeding import StateCarry
-from qviz.core.errors import QvizError, first_line
+from qviz.core.errors import QvizError
 from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, ProgressClock
 from qviz.core.progress import run_to_completion as run_to_completion  # re-exported
+from qviz.core.runtime.sessions import SessionConfig, build_session, with_outputs
 from qviz.core.stats.tensor_stats import TensorStats, TensorStatsAccumulator
 
 
@@ -50,57 +49,6 @@ def activation_tensors(model: LoadedModel) -> list[str]:
     return list(seen)
 
 
-def augment_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
-    """A copy of `model` whose graph also outputs `tensors` (graph inputs need no output)."""
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    graph = augmented.graph
-    present = {o.name for o in graph.output} | {i.name for i in graph.input}
-    known = {vi.name: vi for vi in graph.value_info}
-    for name in tensors:
-        if name in present:
-            continue
-        if name in known:
-            graph.output.append(known[name])
-        else:
-            # Element type only: shapes may vary from sample to sample.
-            vi = onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-            graph.output.append(vi)
-    return augmented
-
-
-def make_session(model: onnx.ModelProto, *, optimize: bool = True) -> ort.InferenceSession:
-    """A CPU session; `optimize=False` evaluates the graph op by op (used for simulation)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if optimize
-        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    )
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:  # ORT raises its own exception types; all mean "cannot run"
-        raise QvizError(f"ONNX Runtime cannot run this model: {first_line(exc)}") from exc
-
-
-def run_batch(
-    session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]
-) -> list[np.ndarray]:
-    try:
-        return session.run(list(outputs), dict(feeds))
-    except Exception as exc:
-        raise QvizError(f"the model failed on the data: {first_line(exc)}") from exc
-
-
-def _run_names(
-    session: ort.InferenceSession, names: Sequence[str], feeds: Mapping[str, np.ndarray]
-) -> list[np.ndarray]:
-    return run_batch(session, feeds, names)
-
-
 def collect_stats(
     model: LoadedModel,
     data: Dataset,
@@ -119,7 +67,9 @@ def collect_stats(
         raise QvizError("the model has no quantizable layers (Conv, ConvTranspose, Gemm, MatMul)")
     if len(data) == 0:
         raise QvizError("the calibration data set is empty")
-    session = make_session(augment_outputs(model.model, names))
+    session = build_session(
+        with_outputs(model.model, names), SessionConfig.for_float(), what="this model"
+    )
     input_names = {i.name for i in model.inputs}
     accumulators = {
         n: TensorStatsAccumulator(n, bins=bins, channel_axis=model.activation_channel_axis(n))
@@ -140,7 +90,7 @@ def collect_stats(
 
         def run_fed(feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], dict]:
             fed = carry.feeds(feeds)
-            return carry.run(_run_names, session, from_outputs, feeds), fed
+            return carry.run(session, feeds, from_outputs), fed
 
         def submit(feeds: Mapping[str, np.ndarray] | None) -> Future | None:
             if feeds is None:

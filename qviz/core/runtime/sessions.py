@@ -1,0 +1,248 @@
+"""Every ONNX Runtime session qviz creates, built and run in one place.
+
+A session is described by a `SessionConfig` — what it is for (`Purpose`), the int8 kernel
+precision, threads, and an optional optimization level — and built by `build_session` from a
+model file on disk, serialized bytes, or a ``ModelProto``:
+
+* **float** (`Purpose.FLOAT`): the float model as production runs it, every optimization on
+  (also what calibration runs, with extra outputs);
+* **simulation** (`Purpose.SIMULATION`): every optimization off, so each Q/DQ pair is evaluated
+  as the ONNX operator it is — bit for bit what qviz's ``quantize``/``dequantize`` compute;
+* **native** (`Purpose.NATIVE`): optimizations on, so ORT fuses the Q/DQ patterns into its
+  integer kernels (QLinearConv, QGemm, MatMulInteger...). "Extended" already holds every Q/DQ
+  fusion; "all" (the default) adds layout changes on top. `KernelPrecision.PRECISE` switches
+  x86 CPUs to ORT's exact U8U8 kernels (``session.x64quantprecision=1``).
+
+A path is the natural source: ORT reads the file and its external data itself, nothing is
+serialized, and there is no 2 GiB protobuf limit. A ``ModelProto`` is serialized first (fine
+for graphs under 2 GiB). `SessionConfig` is a frozen, picklable value, so a compute backend
+can send "how to build the session" to another process; ``ort.SessionOptions`` is not.
+
+ORT raises its own exception types; `build_session` and `run_session` turn every one into a
+one-line `QvizError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from qviz.core.errors import QvizError, first_line
+
+__all__ = [
+    "PRECISION_KEY",
+    "PROVIDERS",
+    "KernelPrecision",
+    "ModelSource",
+    "Optimization",
+    "Purpose",
+    "SessionConfig",
+    "Threads",
+    "build_session",
+    "run_session",
+    "with_outputs",
+]
+
+#: Execution providers, in ORT's order of preference. qviz measures what the CPU runs.
+PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
+#: ORT's switch to slower but exact U8U8 kernels on x86 CPUs whose U8S8 path can saturate.
+PRECISION_KEY = "session.x64quantprecision"
+# ORT's warnings (e.g. about unused initializers) are not the user's business: errors only.
+_LOG_ERRORS_ONLY = 3
+
+#: What `build_session` builds from: a model file (its external data beside it), the
+#: serialized model, or the proto itself.
+ModelSource = onnx.ModelProto | bytes | str | os.PathLike[str]
+
+
+class KernelPrecision(Enum):
+    """Which x86 integer kernels ORT uses for int8 weights."""
+
+    DEFAULT = "default"  # ORT's defaults: fast U8S8 kernels (can saturate without VNNI)
+    PRECISE = "precise"  # session.x64quantprecision=1: U8U8 kernels, no saturation
+
+
+class Purpose(Enum):
+    """What a session is for, which decides how ORT may rewrite the graph."""
+
+    FLOAT = "float"  # the float reference: every optimization on
+    SIMULATION = "simulation"  # every optimization off: each Q/DQ is evaluated as an operator
+    NATIVE = "native"  # optimizations on: Q/DQ fused into ORT's integer kernels
+
+
+class Optimization(Enum):
+    """ORT's graph optimization levels."""
+
+    NONE = "none"
+    BASIC = "basic"
+    EXTENDED = "extended"
+    ALL = "all"
+
+    @property
+    def ort_level(self) -> ort.GraphOptimizationLevel:
+        return {
+            Optimization.NONE: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            Optimization.BASIC: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            Optimization.EXTENDED: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            Optimization.ALL: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self]
+
+
+_DEFAULT_OPTIMIZATION = {
+    Purpose.FLOAT: Optimization.ALL,
+    Purpose.SIMULATION: Optimization.NONE,
+    Purpose.NATIVE: Optimization.ALL,
+}
+
+
+@dataclass(frozen=True)
+class Threads:
+    """ORT's thread pools; 0 lets ORT choose (one intra-op thread per physical core)."""
+
+    intra_op: int = 0
+    inter_op: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("intra_op", "inter_op"):
+            value = getattr(self, name)
+            if value < 0:
+                raise QvizError(
+                    f"{name.replace('_', '-')} threads must be 0 (ORT's choice) "
+                    f"or more, got {value}"
+                )
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How to build one session. ``optimization`` None means the purpose's own level (float
+    and native: all; simulation: none). Only a native session takes a kernel precision or an
+    optimization level other than its own: anything else would not be what it says."""
+
+    purpose: Purpose
+    precision: KernelPrecision = KernelPrecision.DEFAULT
+    threads: Threads = field(default_factory=Threads)
+    optimization: Optimization | None = None
+
+    def __post_init__(self) -> None:
+        if self.purpose is not Purpose.NATIVE:
+            if self.precision is not KernelPrecision.DEFAULT:
+                raise ValueError(f"a {self.purpose.value} session has no int8 kernel precision")
+            if self.optimization not in (None, _DEFAULT_OPTIMIZATION[self.purpose]):
+                raise ValueError(
+                    f"a {self.purpose.value} session runs at its own optimization level"
+                )
+        elif self.optimization is Optimization.NONE:
+            raise ValueError("a native session needs optimizations on to fuse Q/DQ patterns")
+
+    @classmethod
+    def for_float(cls, threads: Threads | None = None) -> SessionConfig:
+        """The float reference, as production runs it."""
+        return cls(Purpose.FLOAT, threads=threads or Threads())
+
+    @classmethod
+    def for_simulation(cls, threads: Threads | None = None) -> SessionConfig:
+        """The Q/DQ graph op by op: qviz's simulation of the quantized model."""
+        return cls(Purpose.SIMULATION, threads=threads or Threads())
+
+    @classmethod
+    def for_native(
+        cls,
+        precision: KernelPrecision = KernelPrecision.DEFAULT,
+        threads: Threads | None = None,
+        optimization: Optimization | None = None,
+    ) -> SessionConfig:
+        """The Q/DQ graph fused into ORT's integer kernels."""
+        return cls(Purpose.NATIVE, precision, threads or Threads(), optimization)
+
+    @property
+    def level(self) -> Optimization:
+        """The optimization level the session runs at."""
+        return self.optimization or _DEFAULT_OPTIMIZATION[self.purpose]
+
+    def options(
+        self, optimized_model_path: str | os.PathLike[str] | None = None
+    ) -> ort.SessionOptions:
+        """Fresh ``ort.SessionOptions`` for this configuration; with `optimized_model_path`
+        ORT writes the graph it runs there when the session is created."""
+        options = ort.SessionOptions()
+        options.graph_optimization_level = self.level.ort_level
+        options.log_severity_level = _LOG_ERRORS_ONLY
+        if self.threads.intra_op:
+            options.intra_op_num_threads = self.threads.intra_op
+        if self.threads.inter_op:
+            options.inter_op_num_threads = self.threads.inter_op
+        if self.precision is KernelPrecision.PRECISE:
+            options.add_session_config_entry(PRECISION_KEY, "1")
+        if optimized_model_path is not None:
+            options.optimized_model_filepath = os.fspath(optimized_model_path)
+        return options
+
+
+def build_session(
+    source: ModelSource,
+    config: SessionConfig,
+    *,
+    what: str = "the model",
+    optimized_model_path: str | os.PathLike[str] | None = None,
+) -> ort.InferenceSession:
+    """A session on `source` built as `config` says; ORT's errors become one QvizError line
+    ("ONNX Runtime cannot run <what>: ...").
+
+    A path is read by ORT itself, external data included (resolved beside the file). With
+    `optimized_model_path`, ORT also saves the graph after its optimizations there.
+    """
+    options = config.options(optimized_model_path)
+    try:
+        if isinstance(source, onnx.ModelProto):
+            model: bytes | str = source.SerializeToString()
+        elif isinstance(source, bytes):
+            model = source
+        else:
+            model = os.fspath(source)
+        return ort.InferenceSession(model, options, providers=list(PROVIDERS))
+    except Exception as exc:  # ORT and protobuf raise their own types; all mean "cannot run"
+        raise QvizError(f"ONNX Runtime cannot run {what}: {first_line(exc)}") from exc
+
+
+def run_session(
+    session: ort.InferenceSession,
+    feeds: Mapping[str, np.ndarray],
+    outputs: Sequence[str] | None = None,
+) -> list[np.ndarray]:
+    """`outputs` (all the graph's outputs when None) for `feeds`; a failure is one QvizError
+    line ("the model failed on the data: ...")."""
+    try:
+        return session.run(None if outputs is None else list(outputs), dict(feeds))
+    except Exception as exc:  # ORT raises its own exception types
+        raise QvizError(f"the model failed on the data: {first_line(exc)}") from exc
+
+
+def with_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """A copy of `model` whose graph also outputs `tensors` (graph inputs and outputs are
+    already there). An extra output carries its element type from the graph's value info and
+    no shape (shapes may vary from sample to sample); without value info it carries no type,
+    and ORT infers it (assuming float would break a float16 tensor)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    present = {o.name for o in graph.output} | {i.name for i in graph.input}
+    types = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in graph.value_info
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type
+    }
+    for name in tensors:
+        if name in present:
+            continue
+        if name in types:
+            graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
+        else:
+            graph.output.append(onnx.ValueInfoProto(name=name))
+        present.add(name)
+    return out
