@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from qviz.cli.common import drive, load_model_and_data
+from qviz.cli.common import drive, fmt_bytes, fmt_num, load_model_and_data
 from qviz.cli.options import (
     add_data_options,
     add_model_and_source,
@@ -150,19 +150,7 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
 
 
 def _fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
-    if value is None:
-        return ""
-    if not math.isfinite(value):
-        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def _bytes(n: int) -> str:
-    if n >= 1 << 20:
-        return f"{n / (1 << 20):.2f} MiB"
-    if n >= 1 << 10:
-        return f"{n / (1 << 10):.1f} KiB"
-    return f"{n} B"
+    return fmt_num(value, digits, signed, missing="")
 
 
 _DIGITS = {Metric.COSINE: 5, Metric.KL: 5, Metric.MAX_ABS_ERROR: 4}
@@ -212,7 +200,7 @@ def evaluation_table(e: Evaluation, verdicts: Sequence[Verdict], model: str, sou
     s = e.size
     lines += [
         "",
-        f"size:    {_bytes(s.float_bytes)} float -> {_bytes(s.quantized_bytes)} "
+        f"size:    {fmt_bytes(s.float_bytes)} float -> {fmt_bytes(s.quantized_bytes)} "
         f"quantized ({s.ratio:.2f}x smaller{', nominal' if s.nominal else ''})",
     ]
     if e.latency is not None:

@@ -22,7 +22,13 @@ import math
 import sys
 from pathlib import Path
 
-from qviz.cli.common import checked_output, drive, fmt_num, load_model_and_data
+from qviz.cli.common import (
+    checked_output,
+    drive,
+    fmt_bytes,
+    fmt_num,
+    load_model_and_data,
+)
 from qviz.cli.options import (
     add_data_options,
     add_quant_options,
@@ -187,14 +193,6 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- table
 
 
-def _bytes(n: int) -> str:
-    if n >= 1 << 20:
-        return f"{n / (1 << 20):.2f} MiB"
-    if n >= 1 << 10:
-        return f"{n / (1 << 10):.1f} KiB"
-    return f"{n} B"
-
-
 def mixed_table(r: MixedResult, model: str, written: Path | None) -> str:
     c = r.criterion
     digits = c.metric.digits()
@@ -216,7 +214,7 @@ def mixed_table(r: MixedResult, model: str, written: Path | None) -> str:
         rows.append(
             (
                 str(p.index),
-                _bytes(p.size_bytes),
+                fmt_bytes(p.size_bytes),
                 fmt_num(p.value, digits),
                 str(p.n_float_layers),
                 "pass" if p.passed else "fail",
@@ -257,7 +255,7 @@ def mixed_table(r: MixedResult, model: str, written: Path | None) -> str:
         lines.append(f"output:    SQNR {fmt_num(e.quantized_metrics.get(Metric.SQNR))} dB")
     ratio = r.float_size_bytes / r.size_bytes if r.size_bytes else math.inf
     lines.append(
-        f"size:      {_bytes(r.float_size_bytes)} float -> {_bytes(r.size_bytes)} "
+        f"size:      {fmt_bytes(r.float_size_bytes)} float -> {fmt_bytes(r.size_bytes)} "
         f"({ratio:.2f}x smaller)"
     )
     if r.verdict is not None:

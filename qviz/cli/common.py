@@ -65,12 +65,23 @@ def drive(gen: Generator[Progress, None, Any], quiet: bool) -> Any:
         bar.close()
 
 
-def fmt_num(value: float | None, digits: int = 2, signed: bool = False) -> str:
+def fmt_num(
+    value: float | None, digits: int = 2, signed: bool = False, missing: str = "-"
+) -> str:
+    """A table cell: fixed digits, inf/-inf/nan spelled out, ``missing`` for None."""
     if value is None:
-        return "-"
+        return missing
     if not math.isfinite(value):
         return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def fmt_bytes(n: int) -> str:
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.2f} MiB"
+    if n >= 1 << 10:
+        return f"{n / (1 << 10):.1f} KiB"
+    return f"{n} B"
 
 
 # ---------------------------------------------------------------------------- outputs
