@@ -123,6 +123,11 @@ class WindowActions:
 
         self.recalibrate = a("&Recalibrate", "Run calibration again on the current data",
                              files.recalibrate, "F5")
+        self.recalibrate_gram = a(  # transforms: GPTQ rounds against the Gram matrices
+            "Recalibrate with &Gram Matrices (GPTQ)", "Run calibration again and keep each "
+            "weighted layer's input Gram matrix XᵀX, which GPTQ rounding needs",
+            lambda: files.recalibrate(gram=True),
+        )
         self.cancel = a("&Cancel Run", "Stop the running job at the end of the current batch",
                         w.jobs.cancel, "Esc")
         self.cancel.setEnabled(False)
@@ -191,7 +196,7 @@ class WindowActions:
         edit_menu.addAction(w.history_dock.toggleViewAction())
 
         run_menu = bar.addMenu("&Run")
-        for action in (self.recalibrate, self.cancel):
+        for action in (self.recalibrate, self.recalibrate_gram, self.cancel):
             run_menu.addAction(action)
         run_menu.addSeparator()
         run_menu.addAction(self.evaluate)

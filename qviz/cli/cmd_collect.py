@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from qviz.cli.options import add_data_options, load_dataset
-from qviz.cli.progress_bar import ProgressBar
+from qviz.cli.common import checked_output, drive, load_model_and_data
+from qviz.cli.options import (
+    MIN_BINS,
+    add_data_options,
+    batch_size_type,
+    input_path,
+    int_in,
+    output_path,
+)
 from qviz.core.errors import QvizError
-from qviz.core.model.loading import load_model
+from qviz.core.files.validate import MAX_BINS
 from qviz.core.stats.channel_stats import DEFAULT_CHANNEL_BINS
 from qviz.core.stats.collect import collect_stats
 from qviz.core.stats.gram import DEFAULT_GRAM_BUDGET
@@ -21,55 +27,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Run the model over the data once and save the statistics.")
     p.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
     add_data_options(p)
-    p.add_argument("-o", "--output", type=Path, required=True, help="stats file to write")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--bins", type=int, default=2048, help="histogram bins per tensor")
-    p.add_argument("--channel-bins", type=int, default=DEFAULT_CHANNEL_BINS,
-                   help="histogram bins per activation channel (SmoothQuant, equalization and "
-                        "the channel view read them; 0: per-channel moments only)")
+    p.add_argument("-o", "--output", type=output_path, required=True, help="stats file to write")
+    p.add_argument("--batch-size", type=batch_size_type, default=32)
+    p.add_argument("--bins", type=int_in(MIN_BINS, MAX_BINS), default=2048,
+                   help=f"histogram bins per tensor ({MIN_BINS}-{MAX_BINS})")
+    p.add_argument("--channel-bins", type=int_in(0, 1024), default=DEFAULT_CHANNEL_BINS,
+                   help="histogram bins per activation channel, even (SmoothQuant, "
+                        "equalization and the channel view read them; 0: moments only)")
     p.add_argument("--gram", action="store_true",
                    help="also keep the Gram matrix XᵀX of every weighted layer's input (GPTQ)")
     p.add_argument("--gram-budget", type=float, default=DEFAULT_GRAM_BUDGET / 2**30,
                    metavar="GIB", help="memory the Gram matrices may take, in GiB "
                                        f"(default {DEFAULT_GRAM_BUDGET / 2**30:g})")
-    p.add_argument("--state-dict", type=Path, help="state dict for a package.module:factory model")
+    p.add_argument("--state-dict", type=input_path,
+                   help="state dict for a package.module:factory model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1 or args.bins < 16:
-        raise QvizError("--batch-size must be >= 1 and --bins >= 16")
-    if args.channel_bins < 0 or args.channel_bins % 2:
-        raise QvizError(f"--channel-bins must be an even number >= 0, got {args.channel_bins}")
-    if not args.gram_budget > 0:
+    if args.channel_bins % 2:
+        raise QvizError(f"--channel-bins must be even, got {args.channel_bins}")
+    if not 0 < args.gram_budget < float("inf"):
         raise QvizError(f"--gram-budget must be a positive number of GiB, got {args.gram_budget}")
+    out = checked_output(args, args.output)
     model, data = load_model_and_data(args)
-    bar = ProgressBar(sys.stderr, enabled=not args.quiet)
-    gen = collect_stats(model, data, batch_size=args.batch_size, bins=args.bins,
-                        channel_bins=args.channel_bins, gram=args.gram,
-                        gram_budget=int(args.gram_budget * 2**30))
-    while True:
-        try:
-            bar.update(next(gen))
-        except StopIteration as stop:
-            stats = stop.value
-            break
-    bar.close()
-    save_stats(stats, args.output)
+    stats = drive(collect_stats(model, data, batch_size=args.batch_size, bins=args.bins,
+                                channel_bins=args.channel_bins, gram=args.gram,
+                                gram_budget=int(args.gram_budget * 2**30)), args.quiet)
+    save_stats(stats, out)
     print(f"wrote {args.output}: {len(stats.tensors)} activation tensors, "
           f"{stats.n_samples} samples of {stats.data_description}", file=sys.stderr)
     for note in stats.notes:
         print(f"note: {note}", file=sys.stderr)
     return 0
-
-
-def load_model_and_data(args: argparse.Namespace):  # -> tuple[LoadedModel, Dataset]
-    """Load the model (torch models are exported with one sample of the data) and the data."""
-    from qviz.core.data.dataset import peek_sample
-
-    sample = None
-    if not str(args.model).endswith(".onnx") and getattr(args, "data", None) is not None:
-        sample = peek_sample(args.data)
-    model = load_model(args.model, sample=sample, state_dict=getattr(args, "state_dict", None))
-    return model, load_dataset(args, model)

@@ -67,6 +67,8 @@ CASES = {
         TypeCase("uint8", TensorProto.UINT8, None, False),
         TypeCase("int4", TensorProto.INT4, TensorProto.INT8, False),
         TypeCase("uint4", TensorProto.UINT4, TensorProto.UINT8, False),
+        TypeCase("int16", TensorProto.INT16, None, False),  # A16W8 activations
+        TypeCase("uint16", TensorProto.UINT16, None, False),
         # onnxruntime returns e4m3fn outputs as their uint8 bytes; e5m2 it cannot return.
         TypeCase("fp8_e4m3fn", TensorProto.FLOAT8E4M3FN, None, True),
         TypeCase("fp8_e5m2", TensorProto.FLOAT8E5M2, TensorProto.FLOAT, True),

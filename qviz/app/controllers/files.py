@@ -123,8 +123,9 @@ class FileController(QObject):
 
         self.jobs.start(JobKind.LOAD, call_as_job(lambda: load_model(p)), f"Loading {p.name}", done)
 
-    def open_data(self, path: str | Path) -> None:
-        """Calibrate the open model on this data (remembered for later if no model is open)."""
+    def open_data(self, path: str | Path, *, gram: bool = False) -> None:
+        """Calibrate the open model on this data (remembered for later if no model is open);
+        `gram`: keep the Gram matrices GPTQ needs too."""
         p = Path(path)
         self.recent.add(p)
         self.doc.set_data_path(p)
@@ -135,7 +136,7 @@ class FileController(QObject):
         batch_size = self.batch_size
         self.jobs.start(
             JobKind.CALIBRATE,
-            lambda should_stop: calibrate(model, p, batch_size, should_stop),
+            lambda should_stop: calibrate(model, p, batch_size, should_stop, gram=gram),
             f"Calibrating on {p.name}",
             lambda stats: self._install_stats(stats, None),
             failed=lambda _exc: self.calibrationCancelled.emit(),
@@ -150,11 +151,11 @@ class FileController(QObject):
         where = "the calibration data" if p is None else p.name
         self.reporter.status(f"End-to-end numbers are now measured on {where}")
 
-    def recalibrate(self) -> None:
+    def recalibrate(self, *, gram: bool = False) -> None:
         if self.doc.data_path is None:
             self.reporter.status("No calibration data: open some with Ctrl+D")
             return
-        self.open_data(self.doc.data_path)
+        self.open_data(self.doc.data_path, gram=gram)
 
     def open_stats(self, path: str | Path) -> None:
         """Read statistics (and their model, if another one is open) in the background."""

@@ -48,13 +48,13 @@ from qviz.core.files.config_file import save_config
 from qviz.core.files.export import (
     TRT_DEFAULT_VERSION,
     ExportFormat,
-    export_ort_overrides,
     export_qdq,
-    export_trt_cache,
 )
+from qviz.core.files.export_transformed import export_transformed
 from qviz.core.files.report import build_report, write_report
 from qviz.core.model.loading import LoadedModel
 from qviz.core.stats.collect import CalibrationStats
+from qviz.core.transforms.plan import transform_model
 
 SUCCESS_COLOR = "#2e7d32"
 ERROR_COLOR = "#c62828"
@@ -106,24 +106,24 @@ class ExportResult:
 
 def run_export(req: ExportRequest) -> ExportResult:
     """Analyse the tensors for the request's configuration and write the file(s)."""
-    results = analyze(req.model, req.stats, req.config)
+    plan = transform_model(req.model, req.stats, req.config)  # SmoothQuant, equalization
+    model = plan.model
+    results = analyze(model, plan.stats, req.config)
     if not results and req.fmt is not ExportFormat.CONFIG:
         raise QvizError("the configuration quantizes nothing: nothing to export")
     written: tuple[Path, ...] = (req.path,)
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = plan.notes
     try:
         if req.fmt is ExportFormat.QDQ:
-            notes = tuple(export_qdq(req.model, results, req.path).notes)
+            notes += tuple(export_qdq(model, results, req.path).notes)
         elif req.fmt is ExportFormat.CONFIG:
-            save_config(req.path, req.model, req.config, results)
-        elif req.fmt is ExportFormat.ORT_OVERRIDES:
-            export_ort_overrides(results, req.path, req.model)
-        elif req.fmt is ExportFormat.TRT_CACHE:
-            export_trt_cache(results, req.path, trt_version=req.trt_version)
+            save_config(req.path, model, req.config, results, plan)
+        elif req.fmt in (ExportFormat.ORT_OVERRIDES, ExportFormat.TRT_CACHE):
+            written = export_transformed(req.fmt, plan, results, req.path, req.trt_version)
         else:
             extra = [f"evaluation: {req.evaluation_label}"] if req.evaluation is not None else []
             report = build_report(
-                req.model,
+                model,
                 results,
                 req.evaluation,
                 config=req.config,

@@ -64,6 +64,8 @@ from qviz.core.text import fmt_bytes, fmt_decimals
 PRECISIONS: tuple[tuple[str, str], ...] = (
     ("int4", "4-bit integer weights, int8 activations"),
     ("int8", "8-bit integer weights and activations"),
+    ("a16w8", "8-bit integer weights, 16-bit integer activations (A16W8: where loud "
+              "activation channels defeat 8 bits; simulated on CPU)"),
     ("float", "the layer stays float (its weight and input are not quantized)"),
 )
 DEFAULT_CRITERION = "accuracy_drop<=0.5"

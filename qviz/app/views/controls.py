@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from qviz.app.dialogs.error_dialog import ErrorReporter
+from qviz.app.views.transform_controls import TransformControls
 from qviz.core.calibration.analysis import TensorKey
 from qviz.core.calibration.config import TensorConfig, format_supported, granularity_supported
 from qviz.core.calibration.methods import DEFAULT_PERCENTILE, Method, MethodSpec
@@ -143,10 +144,14 @@ class ControlsPanel(QGroupBox):
             self.format_combo.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
         self.format_combo.setToolTip("Number format the tensor is quantized to")
         self.bits_spin = QSpinBox()
-        self.bits_spin.setRange(2, 8)
+        self.bits_spin.setRange(2, 16)
         self.bits_spin.setValue(8)
         self.bits_spin.setSuffix(" bits")
-        self.bits_spin.setToolTip("Bit width of integer formats (2–8; ONNX runs 4 and 8)")
+        self.bits_spin.setToolTip(
+            "Bit width of integer formats (2–8 or 16; ONNX runs 4, 8 and 16 — 16-bit "
+            "activations with 8-bit weights are A16W8)"
+        )
+        self._bits = 8
         self.symmetric_check = QCheckBox("Symmetric")
         self.symmetric_check.setChecked(True)
         self.symmetric_check.setToolTip(
@@ -170,6 +175,10 @@ class ControlsPanel(QGroupBox):
         form.addRow("Manual range", _row(self.lo_spin, QLabel("to"), self.hi_spin))
         form.addRow("Granularity", _row(self.granularity_combo, QLabel("group"), self.group_spin))
         form.addRow("Format", _row(self.format_combo, self.bits_spin, self.symmetric_check))
+        # --- transforms (qviz.core.transforms): their own row, applied like any setting ---
+        self.transforms = TransformControls()
+        form.addRow("Transforms", self.transforms)
+        self.transforms.changed.connect(self._emit)
         form.addRow("Apply to", _row(self.scope_combo, self.apply_button))
 
         self.method_combo.currentIndexChanged.connect(self._on_method_changed)
@@ -179,7 +188,7 @@ class ControlsPanel(QGroupBox):
         self.granularity_combo.currentIndexChanged.connect(self._emit)
         self.group_spin.valueChanged.connect(self._emit)
         self.format_combo.currentIndexChanged.connect(self._emit)
-        self.bits_spin.valueChanged.connect(self._emit)
+        self.bits_spin.valueChanged.connect(self._on_bits)
         self.symmetric_check.toggled.connect(self._emit)
         self.apply_button.clicked.connect(self._emit)
         self.set_tensor(None, None)
@@ -237,7 +246,9 @@ class ControlsPanel(QGroupBox):
             )
             _set_data(self.format_combo, fid)
             self.bits_spin.setValue(cfg.fmt.bits)
+            self._bits = cfg.fmt.bits
             self.symmetric_check.setChecked(cfg.fmt.symmetric)
+            self.transforms.show_for(info.kind, cfg.transforms)
             # Only offer what this kind of tensor can take.
             allowed_g = granularity_supported(info.kind)
             _enable_items(self.granularity_combo, lambda g: g in allowed_g)
@@ -264,7 +275,7 @@ class ControlsPanel(QGroupBox):
         else:
             text = fid
         fmt = NumberFormat.parse(text, symmetric=self.symmetric_check.isChecked())
-        return TensorConfig(spec, granularity, fmt)
+        return TensorConfig(spec, granularity, fmt, transforms=self.transforms.transforms())
 
     def scope(self) -> ApplyScope:
         return self.scope_combo.currentData() or ApplyScope.TENSOR
@@ -282,7 +293,7 @@ class ControlsPanel(QGroupBox):
         return [
             self.method_combo, self.percentile_spin, self.lo_spin, self.hi_spin,
             self.granularity_combo, self.group_spin, self.format_combo, self.bits_spin,
-            self.symmetric_check, self.scope_combo, self.apply_button,
+            self.symmetric_check, self.scope_combo, self.apply_button, *self.transforms.inputs(),
         ]
 
     def _fill_scope(self, info: TensorInfo) -> None:
@@ -312,10 +323,20 @@ class ControlsPanel(QGroupBox):
             self.bits_spin.blockSignals(True)
             self.bits_spin.setValue(4 if fid == "nf4" else 8)
             self.bits_spin.blockSignals(False)
+        self.transforms.sync()
         # Manual ranges belong to one tensor; copying one to every layer makes no sense.
         manual = method is Method.MANUAL
         self.scope_combo.setEnabled(not manual)
         self.apply_button.setEnabled(not manual)
+
+    def _on_bits(self, value: int) -> None:
+        # Integer widths are 2..8 and 16: stepping past 8 goes to 16 and back.
+        if 8 < value < 16:
+            self.bits_spin.blockSignals(True)
+            self.bits_spin.setValue(16 if value > self._bits else 8)
+            self.bits_spin.blockSignals(False)
+        self._bits = self.bits_spin.value()
+        self._emit()
 
     def _on_method_changed(self) -> None:
         if not self._updating and self.method_combo.currentData() is Method.MANUAL:

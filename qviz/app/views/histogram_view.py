@@ -18,6 +18,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from qviz.app.views import plot_style as st
+from qviz.app.views.before_overlay import BeforeOverlay
 from qviz.core.layerdata.ranges import GridInfo, effective_range, grid_info, range_grid
 from qviz.core.quant.formats import NumberFormat
 from qviz.core.quant.qparams import QParams
@@ -172,6 +173,8 @@ class HistogramView(QWidget):
                                     fill=pg.mkBrush(255, 255, 255, 200))
             label.setFont(st.label_font(8.0, bold=True))
 
+        self.before = BeforeOverlay(self.plot)  # the untransformed tensor, when transformed
+
         # Quantizer text pinned to the top-right corner in *pixel* coordinates (parented to
         # the ViewBox, not its data group), so it neither pans away nor leaves the plot.
         self.info_text = pg.TextItem(
@@ -316,6 +319,7 @@ class HistogramView(QWidget):
         self.axis.log = on
         self.plot.setLabel("left", "count (log scale)" if on else "count")
         self._redraw_counts()
+        self.before.redraw(on)
         self.axis.picture = None  # tick positions depend on the mode: force a re-layout
         self.axis.update()
 
@@ -355,6 +359,7 @@ class HistogramView(QWidget):
         self.grid_item.setData([], [])
         self.region.setVisible(False)
         self.set_pinned(None)
+        self.before.hide()
         self.info_text.setText("")
         self.info_text.setVisible(False)
         self.set_note("")

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QSplitter, QTabWidget, QVBoxLayout, QWidget
 
 from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.app.views import plot_style as st
+from qviz.app.views.activation_channel_view import ActivationChannelView
 from qviz.app.views.channel_view import ChannelView
 from qviz.app.views.error_curve_view import ErrorCurveView
 from qviz.app.views.histogram_view import HistogramView
@@ -60,6 +62,11 @@ class LayerView(QWidget):
         self.weight_hist = HistogramView("Weight", st.WEIGHT_COLOR)
         self.activation_hist = HistogramView("Activation", st.ACTIVATION_COLOR)
         self.channel_view = ChannelView()
+        self.input_channels = ActivationChannelView()
+        # Weight channels and input (activation) channels share the bottom-left pane.
+        self.channel_tabs = QTabWidget()
+        self.channel_tabs.addTab(self.channel_view, "Weight channels")
+        self.channel_tabs.addTab(self.input_channels, "Input channels")
         self.error_curve = ErrorCurveView()
         self.metrics_panel = MetricsPanel()
         self.data: LayerData | None = None
@@ -72,7 +79,7 @@ class LayerView(QWidget):
         top.addWidget(self.weight_hist)
         top.addWidget(self.activation_hist)
         bottom = QSplitter(Qt.Orientation.Horizontal)
-        bottom.addWidget(self.channel_view)
+        bottom.addWidget(self.channel_tabs)
         bottom.addWidget(self.error_curve)
         outer = QSplitter(Qt.Orientation.Vertical)
         outer.addWidget(top)
@@ -141,6 +148,7 @@ class LayerView(QWidget):
         self.weight_hist.set_placeholder("select a layer")
         self.activation_hist.set_placeholder("select a layer")
         self.channel_view.set_placeholder("select a layer")
+        self.input_channels.set_placeholder("select a layer")
         self.error_curve.clear()
         self.metrics_panel.clear()
 
@@ -166,6 +174,8 @@ class LayerView(QWidget):
             w.scales_text,
         )
         self.weight_hist.set_pinned(w.pinned_band)
+        _show_before(self.weight_hist, w.before_edges, w.before_counts, w.before_band, w.edges,
+                     self._doc.log_counts)
         if w.channels is None:
             self.channel_view.set_placeholder(w.channels_missing)
         else:
@@ -183,7 +193,8 @@ class LayerView(QWidget):
             r.name, values, r.config.fmt, lo, hi, exact=exact,
             stats=lambda: self._doc.plots.weight_stats(r.name, values),
         )
-        column = replace(column, pinned=w.column.pinned)  # A's rows stay while dragging
+        # A's rows and the "before" rows stay while dragging.
+        column = replace(column, pinned=w.column.pinned, before=w.column.before)
         m = column.metrics
         self.preview_metrics[TensorKind.WEIGHT] = m
         self.metrics_panel.set_column(TensorKind.WEIGHT, column)
@@ -205,6 +216,7 @@ class LayerView(QWidget):
                 else "no activation statistics for this layer"
             )
             self.metrics_panel.set_column(TensorKind.ACTIVATION, None, "not calibrated")
+            self.input_channels.set_placeholder("no activation statistics for this layer")
             return
         r, h = a.result, a.stats.histogram
         self.activation_hist.set_histogram(h.edges, h.counts)
@@ -212,6 +224,14 @@ class LayerView(QWidget):
         self.activation_hist.set_title(f"Activation — {r.name}", st.ACTIVATION_COLOR)
         self.activation_hist.set_quantizer(a.band[0], a.band[1], r.config.fmt, r.qparams, a.note)
         self.activation_hist.set_pinned(a.pinned_band)
+        b = a.before_stats
+        _show_before(self.activation_hist, None if b is None else b.histogram.edges,
+                     None if b is None else b.histogram.counts, a.before_band, h.edges,
+                     self._doc.log_counts)
+        if a.channels is None:
+            self.input_channels.set_placeholder("no per-channel statistics for this input")
+        else:
+            self.input_channels.show_channels(a.channels, r.name, a.before_channels)
         self.metrics_panel.set_column(TensorKind.ACTIVATION, a.column)
 
     def _on_activation_changing(self, lo: float, hi: float) -> None:
@@ -220,9 +240,8 @@ class LayerView(QWidget):
         a = self.data.activation
         self.error_curve.select_tensor(TensorKind.ACTIVATION)
         fmt = a.result.config.fmt
-        column = replace(
-            preview_activation(a.result.name, a.stats, fmt, lo, hi), pinned=a.column.pinned
-        )
+        column = replace(preview_activation(a.result.name, a.stats, fmt, lo, hi),
+                         pinned=a.column.pinned, before=a.column.before)
         m = column.metrics
         self.preview_metrics[TensorKind.ACTIVATION] = m
         self.metrics_panel.set_column(TensorKind.ACTIVATION, column)
@@ -242,3 +261,14 @@ class LayerView(QWidget):
             self._doc.select(key)
             self._doc.set_manual_range(key, lo, hi)
             self._reporter.status(f"{name}: manual clip range [{lo:.4g}, {hi:.4g}]")
+
+
+def _show_before(view: HistogramView, edges: np.ndarray | None, counts: np.ndarray | None,
+                 band: tuple[float, float] | None, shown: np.ndarray, log: bool) -> None:
+    """The untransformed histogram under `view`'s, or nothing when there is none."""
+    if edges is None or counts is None:
+        view.before.hide()
+        return
+    e = np.asarray(shown, dtype=np.float64)
+    view.before.show(np.asarray(edges), np.asarray(counts), band,
+                     (e[-1] - e[0]) / max(e.size - 1, 1), log)

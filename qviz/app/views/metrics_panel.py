@@ -13,6 +13,7 @@ from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QSizePolicy, QWidget
 
 from qviz.app.views import plot_style as st
+from qviz.core.layerdata.before import BEFORE_ROWS, before_texts
 from qviz.core.layerdata.columns import COMPARE_ROWS, ColumnData, compare_texts, metric_texts
 from qviz.core.model.loading import TensorKind
 
@@ -32,8 +33,11 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("cosine", "cosine"),
 )
 # Rows shown only while a configuration is pinned for comparison ("A"), after the others.
-ALL_ROWS = ROWS + COMPARE_ROWS
+# Rows shown only while a transform changed a shown tensor (`qviz.core.layerdata.before`).
+ALL_ROWS = ROWS + COMPARE_ROWS + BEFORE_ROWS
 _COMPARE_KEYS = frozenset(key for key, _ in COMPARE_ROWS)
+_BEFORE_KEYS = frozenset(key for key, _ in BEFORE_ROWS)
+BEFORE_LABEL_COLOR = "#6d6d6d"
 _COLUMNS = {TensorKind.WEIGHT: 1, TensorKind.ACTIVATION: 2}
 _TITLES = {TensorKind.WEIGHT: "Weight", TensorKind.ACTIVATION: "Activation"}
 _COLORS = {TensorKind.WEIGHT: st.WEIGHT_COLOR, TensorKind.ACTIVATION: st.ACTIVATION_COLOR}
@@ -78,7 +82,9 @@ class MetricsPanel(QFrame):
         for row, (key, label) in enumerate(ALL_ROWS, start=1):
             name = QLabel(label)
             name.setStyleSheet(
-                f"color: {st.PINNED_COLOR};" if key in _COMPARE_KEYS else "color: #5f6368;"
+                f"color: {st.PINNED_COLOR};" if key in _COMPARE_KEYS else (
+                    f"color: {BEFORE_LABEL_COLOR}; font-style: italic;" if key in _BEFORE_KEYS
+                    else "color: #5f6368;")
             )
             name.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             grid.addWidget(name, row, 0)
@@ -113,7 +119,8 @@ class MetricsPanel(QFrame):
             self._update_worst_row()
             self._update_compare_rows()
             return
-        texts = metric_texts(data) | compare_texts(data.metrics, data.pinned)
+        texts = (metric_texts(data) | compare_texts(data.metrics, data.pinned)
+                 | before_texts(data.metrics, data.before))
         for key, text in texts.items():
             self._texts[(kind, key)] = text
             cell = self._cells[(kind, key)]
@@ -133,10 +140,12 @@ class MetricsPanel(QFrame):
 
     def _update_compare_rows(self) -> None:
         show = any(d is not None and d.pinned is not None for d in self._data.values())
-        for key in _COMPARE_KEYS:
-            self._row_labels[key].setVisible(show)
-            for kind in _COLUMNS:
-                self._cells[(kind, key)].setVisible(show)
+        before = any(d is not None and d.before is not None for d in self._data.values())
+        for keys, on in ((_COMPARE_KEYS, show), (_BEFORE_KEYS, before)):
+            for key in keys:
+                self._row_labels[key].setVisible(on)
+                for kind in _COLUMNS:
+                    self._cells[(kind, key)].setVisible(on)
 
     def text(self, kind: TensorKind, key: str) -> str:
         """The full text of one cell (tests, screenshots); long names are elided on screen."""

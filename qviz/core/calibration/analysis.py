@@ -55,6 +55,9 @@ class TensorResult:
     channel_metrics: ChannelMetrics | None = None
     #: GPTQ's rounded values and the corrected bias, when the weight's settings ask for them.
     applied: AppliedWeight | None = None
+    #: What the result depends on beyond its own settings: the channel rescalings of other
+    #: tensors' settings that touch it (`TransformPlan.context`; "" for none).
+    context: str = ""
 
 
 def quant_tensors(model: LoadedModel) -> Iterator[QuantTensor]:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qviz.core.calibration.analysis import QuantTensor, TensorKey, TensorResult, analyze_tensor
+from qviz.core.calibration.analysis import QuantTensor, TensorKey, TensorResult
 from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
-from qviz.core.document.compare import Pinned
+from qviz.core.document.compare import Pinned, PinnedComparison
 from qviz.core.document.events import DocumentEvents
 from qviz.core.document.history import History, HistoryEntry
 from qviz.core.document.jobs import (
@@ -38,23 +38,26 @@ from qviz.core.document.measures import MeasurementState
 from qviz.core.document.results import ResultStore
 from qviz.core.document.summary import Summary, summarize
 from qviz.core.document.tensors import ApplyScope, TensorIndex
+from qviz.core.document.transformed import TransformedViews
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
 from qviz.core.layerdata.layer import LayerData, LayerPlots
 from qviz.core.model.loading import LoadedModel, TensorKind
 from qviz.core.quant.formats import PerTensor
+from qviz.core.runtime.defaults import recommended_defaults
 from qviz.core.stats.collect import CalibrationStats
 from qviz.core.stats.tensor_stats import TensorStats
 
 ConfigHistory = History[QuantConfig, TensorKey]
 
 
-class Document:
+class Document(TransformedViews, PinnedComparison):
     """An open session (see the module docstring). Attributes are read-only from outside:
     change them through the methods, which announce the change on `events`."""
 
     def __init__(self) -> None:
         self.events = DocumentEvents()
+        self.forget_transformed()  # transforms' caches (TransformedViews)
         self.model: LoadedModel | None = None
         self.model_path: Path | None = None
         self.data_path: Path | None = None          # calibration data
@@ -68,6 +71,8 @@ class Document:
         self.history: ConfigHistory = History(QuantConfig())
         self.measures = MeasurementState(self.events)
         self.modified = False
+        #: Why this machine's defaults differ from the usual ones (None: they don't).
+        self.defaults_note: str | None = None
         self._index = TensorIndex(None)
         self._results = ResultStore()
         self._plots = LayerPlots()
@@ -145,7 +150,14 @@ class Document:
         self._results.set_limit(len(self._index))
         self._plots.clear()
         self._markers.clear()
-        self.history.reset(self.config)
+        self.forget_transformed()
+        if self._untouched:
+            # No choice of the user's yet: start from what holds on this machine.
+            defaults = recommended_defaults()
+            self.history.reset(defaults.config)
+            self.defaults_note = defaults.note
+        else:
+            self.history.reset(self.config)
         if self.selection not in self._index:
             self.selection = self._index.tensors[0].key if self._index.tensors else None
         self.revision += 1
@@ -167,7 +179,9 @@ class Document:
         self.stats = stats
         self.stats_path = path
         self._markers.clear()
-        self._results.clear(TensorKind.ACTIVATION)
+        self.forget_transformed()
+        # With transforms, weights depend on the statistics too (scales, GPTQ, bias).
+        self._results.clear(None if self.uses_transforms() else TensorKind.ACTIVATION)
         self.revision += 1
         self.data_revision += 1
         self.measures.invalidate(self.revision)
@@ -196,93 +210,6 @@ class Document:
         self._set_modified(True)
         self.events.data.emit()
         self._pinned_measures_changed()
-
-    # ================================================================= A/B comparison
-    def pin(self, label: str | None = None) -> None:
-        """Pin the current configuration as "A"; exploring goes on as "B"."""
-        evaluation = self.measures.evaluation
-        if evaluation is not None and evaluation.config != self.config:
-            evaluation = None
-        self.pinned = Pinned(self.config, label or self._step_name(), self.data_revision,
-                             evaluation)
-        self.events.pinned.emit()
-
-    def _step_name(self) -> str:
-        """The current configuration as the history names it ("as opened" at the start)."""
-        return self.history.current.label if self.history.index else "settings as opened"
-
-    def unpin(self) -> None:
-        if self.pinned is not None:
-            self.pinned = None
-            self.events.pinned.emit()
-
-    def swap_pinned(self) -> None:
-        """B becomes A and A becomes the current configuration (one undo step)."""
-        pinned = self.pinned
-        if pinned is None:
-            raise QvizError("nothing is pinned: pin a configuration first (Edit ▸ Pin as A)")
-        current = self.measures.evaluation
-        keep = current if current is not None and current.config == self.config else None
-        self.pinned = Pinned(self.config, self._step_name(), self.data_revision, keep)
-        self.set_config(pinned.config, f"swap A and B (now: {pinned.label})")
-        self.events.pinned.emit()
-
-    def pinned_result(self, key: TensorKey, compute: bool = True) -> TensorResult | None:
-        """The tensor's result under the pinned configuration (None without one, when it
-        cannot be measured, or when not measured yet and `compute` is False)."""
-        if self.pinned is None or self.model is None or not self.can_analyze(key):
-            return None
-        cfg = self.pinned.config.for_tensor(key.name, key.kind)
-        if not cfg.quantize:
-            return None
-        if cfg == self.config_for(key):
-            return self.analyze(key) if compute else self.result(key)
-        found = self._results.earlier(key, cfg)
-        if found is not None or not compute:
-            return found
-        try:
-            result = analyze_tensor(self.model, self.stats, self._index.tensor(key), cfg)
-        except QvizError:
-            return None
-        self._results.keep(key, result)
-        return result
-
-    def pinned_jobs(self) -> list[AnalysisJob]:
-        """Jobs measuring the pinned configuration where it differs and is not known yet."""
-        if self.pinned is None:
-            return []
-        jobs = []
-        for t in self._index.tensors:
-            cfg = self.pinned.config.for_tensor(t.name, t.kind)
-            if (cfg.quantize and cfg != self.config_for(t.key) and self.can_analyze(t.key)
-                    and self._results.earlier(t.key, cfg) is None):
-                jobs.append(AnalysisJob(t.key, t, cfg))
-        return jobs
-
-    def accept_pinned_results(self, outcomes: Iterable[AnalysisOutcome]) -> None:
-        kept = []
-        for key, outcome in outcomes:
-            if isinstance(outcome, TensorResult) and key in self._index:
-                self._results.keep(key, outcome)
-                kept.append(key)
-        if kept:
-            self.events.pinned_results.emit(tuple(kept))
-
-    def accept_pinned_evaluation(self, outcome: EvaluationOutcome, data_revision: int) -> bool:
-        """An evaluation of the pinned configuration; False when it no longer applies."""
-        pinned = self.pinned
-        if pinned is None or outcome.config != pinned.config:
-            return False
-        if data_revision != self.data_revision:
-            return False
-        self.pinned = pinned.with_evaluation(outcome)
-        self.events.pinned.emit()
-        return True
-
-    def _pinned_measures_changed(self) -> None:
-        if self.pinned is not None and self.pinned.evaluation is not None:
-            self.pinned = Pinned(self.pinned.config, self.pinned.label, self.data_revision)
-            self.events.pinned.emit()
 
     # ================================================================= selection and view
     def select(self, key: TensorKey | tuple[str, TensorKind] | None) -> None:
@@ -352,6 +279,8 @@ class Document:
         """Replace the whole configuration as one undo step; returns the changed tensors."""
         if config == self.config:
             return []
+        self.check_transforms(config)  # one line when its transforms cannot be made here
+        self.defaults_note = None  # the user's choices from now on
         before = self.config
         self.history.record(label, config, focus)
         changed = self._config_changed(before)
@@ -394,12 +323,16 @@ class Document:
             k for k in self._index
             if before.for_tensor(k.name, k.kind) != config.for_tensor(k.name, k.kind)
         ]
+        rescaled = self.context_changes(before, config)  # transforms touching other tensors
+        if rescaled:
+            self._markers.clear()
+            changed = list(dict.fromkeys([*changed, *rescaled]))
         if not changed:
             return []
         for k in changed:
             # Drops the tensor's result, or restores the one measured for these settings
             # before (an undo); listeners of `config` read whichever it is.
-            self._results.settings_changed(k, self.config_for(k))
+            self._results.settings_changed(k, self.config_for(k), self.context_of(k))
         self.revision += 1
         self.measures.invalidate(self.revision)
         self._set_modified(True)
@@ -418,8 +351,7 @@ class Document:
         if self._results.error(key) is not None:
             return None
         try:
-            result = analyze_tensor(self.model, self.stats, self._index.tensor(key),
-                                    self.config_for(key))
+            result = self.analyze_with(key, self.config_for(key))
         except QvizError as exc:
             self._results.put_error(key, str(exc))
             return None
@@ -429,7 +361,7 @@ class Document:
     def analyze_jobs(self) -> list[AnalysisJob]:
         """Jobs for every tensor without a result (or error) that can be measured now."""
         return [
-            AnalysisJob(t.key, t, self.config_for(t.key))
+            self.analysis_job(t, self.config_for(t.key))
             for t in self._index.tensors
             if not self._results.has_outcome(t.key) and self.can_analyze(t.key)
         ]
@@ -443,7 +375,7 @@ class Document:
                 continue
             if isinstance(outcome, QvizError):
                 self._results.put_error(key, str(outcome))
-            elif outcome.config == self.config_for(key):
+            elif outcome.config == self.config_for(key) and outcome.context == self.context_of(key):
                 self._results.put(key, outcome)
             else:
                 continue
@@ -482,25 +414,29 @@ class Document:
                 weight = result
                 w_missing = error or w_missing
                 if result is not None:
-                    weight_values = self._index.weight_values(key.name)
+                    weight_values = self.measured_on(key)[0]
                     w_ranges = self.method_ranges(key)
             else:
                 activation = result
                 if self.stats is not None:
-                    act_stats = self.stats.tensors.get(key.name)
+                    act_stats = self.measured_on(key)[1]
                     a_missing = error or "no activation statistics for this layer"
                 if result is not None:
                     a_ranges = self.method_ranges(key)
         pinned = {k.kind: self.pinned_result(k) for k in self.visible_keys()}
+        before = {k.kind: self.before(k) for k in self.visible_keys()}  # faint overlays
         return self._plots.layer_data(
             weight, weight_values, activation, act_stats, w_ranges, a_ranges,
             weight_missing=w_missing, activation_missing=a_missing,
             pinned_weight=pinned.get(TensorKind.WEIGHT),
             pinned_activation=pinned.get(TensorKind.ACTIVATION),
+            weight_before=before.get(TensorKind.WEIGHT),
+            activation_before=before.get(TensorKind.ACTIVATION),
         )
 
     def activation_stats(self, key: TensorKey) -> TensorStats | None:
-        return None if self.stats is None else self.stats.tensors.get(key.name)
+        """The statistics the activation is measured on (rescaled when transformed)."""
+        return None if self.stats is None else self.measured_on(key)[1]
 
     def weight_values(self, name: str) -> np.ndarray:
         return self._index.weight_values(name)
@@ -513,8 +449,9 @@ class Document:
         """Where each automatic method would put the tensor's clip range (the markers)."""
         if key not in self._index or not self.can_analyze(key) or self.model is None:
             return {}
+        plan = self.transform_plan()  # the markers follow the transformed tensor
         return self._markers.ranges(
-            self.model, self.stats, self._index.tensor(key), self.config_for(key),
+            plan.model, plan.stats, self.planned_tensor(plan, key), self.config_for(key),
             self.element_count(key),
         )
 
@@ -570,8 +507,14 @@ class Document:
         return self.measures.accept_mixed(outcome, self.model)
 
     # ================================================================= saved state
+    @property
+    def _untouched(self) -> bool:
+        """Nothing chosen yet: the history holds only its start, at the defaults."""
+        return len(self.history.entries) == 1 and self.config == QuantConfig()
+
     def reset_history(self, config: QuantConfig) -> None:
         """Start the undo history again at `config` (a session just opened)."""
+        self.defaults_note = None
         before = self.config
         self.history.reset(config)
         self._config_changed(before)

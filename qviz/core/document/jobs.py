@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qviz.core.calibration.analysis import (
@@ -43,13 +43,15 @@ MIXED_BATCH = 128
 
 
 def calibrate(
-    model: LoadedModel, data_path: Path, batch_size: int, should_stop: ShouldStop
+    model: LoadedModel, data_path: Path, batch_size: int, should_stop: ShouldStop,
+    *, gram: bool = False,
 ) -> Generator[Progress, None, CalibrationStats]:
-    """Read the data and collect statistics."""
+    """Read the data and collect statistics (with `gram`, the Gram matrices GPTQ needs)."""
     yield Progress(0, 0, 0.0, None, f"reading {data_path.name}")
     data = load_data(data_path, model.inputs)
     return (
-        yield from collect_stats(model, data, batch_size=batch_size, should_stop=should_stop)
+        yield from collect_stats(model, data, batch_size=batch_size, should_stop=should_stop,
+                                 gram=gram)
     )
 
 
@@ -80,11 +82,18 @@ def load_stats_and_model(
 
 @dataclass(frozen=True)
 class AnalysisJob:
-    """Everything one `analyze_tensor` call needs: immutable, safe to hand to a worker thread."""
+    """Everything one `analyze_tensor` call needs: immutable, safe to hand to a worker thread.
+
+    With transforms, `model` and `stats` are the transformed ones the tensor is measured on
+    (None: those `analyze_in_batches` is given) and `context` what the result depends on
+    beyond its settings (`TensorResult.context`)."""
 
     key: TensorKey
     tensor: QuantTensor
     config: TensorConfig
+    model: LoadedModel | None = None
+    stats: CalibrationStats | None = None
+    context: str = ""
 
 
 AnalysisOutcome = tuple[TensorKey, TensorResult | QvizError]
@@ -108,7 +117,11 @@ def analyze_in_batches(
     started = time.perf_counter()
     for job in jobs:
         try:
-            outcome: TensorResult | QvizError = analyze_tensor(model, stats, job.tensor, job.config)
+            outcome: TensorResult | QvizError = analyze_tensor(
+                job.model or model, job.stats or stats, job.tensor, job.config
+            )
+            if job.context:
+                outcome = replace(outcome, context=job.context)
         except QvizError as exc:
             outcome = exc
         batch.append((job.key, outcome))

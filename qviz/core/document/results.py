@@ -1,8 +1,9 @@
 """Per-tensor results of the current settings, and earlier settings' results kept for undo.
 
-A result is a pure function of (tensor, its settings, the statistics), so results are keyed by
-exactly that: undoing a change finds the previous settings' results at once instead of
-measuring again. New statistics invalidate activation results (weights need none).
+A result is a pure function of (tensor, its settings, the statistics, and the rescalings other
+tensors' settings apply to it — its `context`), so results are keyed by exactly that: undoing
+a change finds the previous settings' results at once instead of measuring again. New
+statistics invalidate activation results (weights need none).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ class ResultStore:
     def __init__(self) -> None:
         self._current: dict[TensorKey, TensorResult] = {}
         self._errors: dict[TensorKey, str] = {}
-        self._earlier: OrderedDict[tuple[TensorKey, TensorConfig], TensorResult] = OrderedDict()
+        self._earlier: OrderedDict[tuple[TensorKey, TensorConfig, str], TensorResult] = (
+            OrderedDict()
+        )
         self._limit = KEPT_PER_TENSOR
 
     def clear(self, kind: TensorKind | None = None) -> None:
@@ -58,8 +61,8 @@ class ResultStore:
     def put(self, key: TensorKey, result: TensorResult) -> None:
         self._current[key] = result
         self._errors.pop(key, None)
-        self._earlier[(key, result.config)] = result
-        self._earlier.move_to_end((key, result.config))
+        self._earlier[(key, result.config, result.context)] = result
+        self._earlier.move_to_end((key, result.config, result.context))
         while len(self._earlier) > self._limit:
             self._earlier.popitem(last=False)
 
@@ -67,24 +70,24 @@ class ResultStore:
         self._current.pop(key, None)
         self._errors[key] = message
 
-    def settings_changed(self, key: TensorKey, cfg: TensorConfig) -> bool:
-        """The tensor's settings are now `cfg`: drop its result, or restore the one measured
-        for `cfg` before. Returns True when a result was restored."""
+    def settings_changed(self, key: TensorKey, cfg: TensorConfig, context: str = "") -> bool:
+        """The tensor's settings are now `cfg` (in `context`): drop its result, or restore the
+        one measured for them before. Returns True when a result was restored."""
         self._current.pop(key, None)
         self._errors.pop(key, None)
-        earlier = self._earlier.get((key, cfg))
+        earlier = self._earlier.get((key, cfg, context))
         if earlier is None:
             return False
         self._current[key] = earlier
         return True
 
-    def earlier(self, key: TensorKey, cfg: TensorConfig) -> TensorResult | None:
+    def earlier(self, key: TensorKey, cfg: TensorConfig, context: str = "") -> TensorResult | None:
         """A result measured for these settings before, if still kept."""
-        return self._earlier.get((key, cfg))
+        return self._earlier.get((key, cfg, context))
 
     def keep(self, key: TensorKey, result: TensorResult) -> None:
         """Keep a result of other settings than the current ones (a pinned configuration)."""
-        self._earlier[(key, result.config)] = result
+        self._earlier[(key, result.config, result.context)] = result
         while len(self._earlier) > self._limit:
             self._earlier.popitem(last=False)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qviz.core.calibration.metrics import TensorMetrics
+from qviz.core.layerdata.before import BeforeColumn
 from qviz.core.text import fmt_db, fmt_num, fmt_pct, fmt_range, fmt_zero_point, summarize
 
 
@@ -33,6 +34,7 @@ class ColumnData:
     preview: bool = False
     approximate: bool = False  # preview from a histogram of a huge weight (exact on release)
     pinned: PinnedColumn | None = None  # the same tensor under the pinned configuration "A"
+    before: BeforeColumn | None = None  # the same tensor without its transforms
 
 
 def metric_texts(data: ColumnData) -> dict[str, str]:

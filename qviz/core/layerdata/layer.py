@@ -26,6 +26,8 @@ from qviz.core.calibration.analysis import TensorResult
 from qviz.core.calibration.config import method_label
 from qviz.core.calibration.methods import Method
 from qviz.core.calibration.metrics import TensorMetrics, exact_metrics, histogram_metrics
+from qviz.core.layerdata.activation_channels import ActivationChannels, activation_channels
+from qviz.core.layerdata.before import Before, before_column
 from qviz.core.layerdata.channels import ChannelData, channel_data
 from qviz.core.layerdata.columns import ColumnData, PinnedColumn
 from qviz.core.layerdata.curves import (
@@ -85,6 +87,10 @@ class WeightPanel:
     curve: CurveData
     column: ColumnData
     pinned_band: tuple[float, float] | None = None  # the pinned configuration's ("A")
+    # Without its transforms (a faint overlay): histogram and clip band, None when untouched.
+    before_edges: np.ndarray | None = None
+    before_counts: np.ndarray | None = None
+    before_band: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,6 +104,12 @@ class ActivationPanel:
     curve: CurveData
     column: ColumnData
     pinned_band: tuple[float, float] | None = None
+    # Without its transforms (a faint overlay): statistics and clip band, None when untouched.
+    before_stats: TensorStats | None = None
+    before_band: tuple[float, float] | None = None
+    # The input channels (the activation channel view), and without the transforms.
+    channels: ActivationChannels | None = None
+    before_channels: ActivationChannels | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,8 +210,11 @@ class LayerPlots:
         activation_missing: str = "not calibrated",
         pinned_weight: TensorResult | None = None,
         pinned_activation: TensorResult | None = None,
+        weight_before: Before | None = None,
+        activation_before: Before | None = None,
     ) -> LayerData:
-        """`pinned_*`: the same tensors under a configuration pinned for comparison ("A")."""
+        """`pinned_*`: the same tensors under a configuration pinned for comparison ("A");
+        `*_before`: the same tensors without their transforms (faint overlays)."""
         wpanel = None
         if weight is not None and weight_values is not None:
             wpanel = self._weight_panel(weight, weight_values, weight_ranges)
@@ -208,6 +223,7 @@ class LayerPlots:
                     wpanel, pinned_band=pinned_weight.metrics.envelope,
                     column=weight_column(weight, pinned_weight),
                 )
+            wpanel = self._with_weight_before(wpanel, weight_before)
         apanel = None
         if activation is not None and activation_stats is not None:
             apanel = self._activation_panel(activation, activation_stats, activation_ranges)
@@ -216,7 +232,33 @@ class LayerPlots:
                     apanel, pinned_band=pinned_activation.metrics.envelope,
                     column=replace(apanel.column, pinned=_pinned(pinned_activation)),
                 )
+            before_col = before_column(activation, activation_before)
+            if before_col is not None and activation_before is not None:
+                bstats, bres = activation_before.stats, activation_before.result
+                bchannels = None
+                if bstats is not None and bstats is not activation_stats:
+                    key = ("act channels before", bres.name, id(bstats), bres.config.fmt)
+                    bchannels = self.memo(key, bstats, lambda: activation_channels(
+                        bstats, bres.qparams, bres.config.fmt, clip=bres.metrics.envelope))
+                apanel = replace(
+                    apanel, column=replace(apanel.column, before=before_col),
+                    before_stats=bstats if bstats is not activation_stats else None,
+                    before_band=bres.metrics.envelope, before_channels=bchannels,
+                )
         return LayerData(wpanel, apanel, weight_missing, activation_missing)
+
+    def _with_weight_before(self, panel: WeightPanel, before: Before | None) -> WeightPanel:
+        column = before_column(panel.result, before)
+        if column is None:
+            return panel
+        panel = replace(panel, column=replace(panel.column, before=column))
+        if before is None or before.values is None or before.values is panel.values:
+            return panel
+        w = before.values
+        edges, counts = self.memo(("hist", panel.result.name, id(w)), w,
+                                  lambda: weight_histogram(w))
+        return replace(panel, before_edges=edges, before_counts=counts,
+                       before_band=before.result.metrics.envelope)
 
     def _weight_panel(
         self, r: TensorResult, w: np.ndarray, ranges: MethodRanges
@@ -303,7 +345,11 @@ class LayerPlots:
             current_label=f"current ({method_label(r.config.spec)})",
         )
         column = ColumnData(r.name, r.config.label, r.metrics)
-        return ActivationPanel(r, s, band, " ".join(notes), curve, column)
+        qp = r.qparams
+        ckey = ("act channels", r.name, id(s), fmt, band,
+                hash(np.asarray(qp.scale).tobytes()), hash(np.asarray(qp.zero_point).tobytes()))
+        channels = self.memo(ckey, s, lambda: activation_channels(s, qp, fmt, clip=band))
+        return ActivationPanel(r, s, band, " ".join(notes), curve, column, channels=channels)
 
 
 def _ranges_key(ranges: MethodRanges) -> tuple:

@@ -58,11 +58,14 @@ class Precision:
     @classmethod
     def parse(cls, text: str) -> Precision:
         """``float``; or a weight format (``int4``, ``int8``, ``uint8``, ``nf4``,
-        ``fp8_e4m3fn``...) with int8 activations; or ``WEIGHT/ACTIVATION`` (``int4/int4``).
-        QvizError for anything else."""
+        ``fp8_e4m3fn``...) with int8 activations; or ``WEIGHT/ACTIVATION`` (``int4/int4``);
+        or ``a16w8`` (int8 weights, int16 activations). QvizError for anything else."""
         key = str(text).strip().lower()
         if key in ("float", "fp32", "float32", "f32"):
             return cls("float", None, None)
+        if key in ("a16w8", "w8a16", "int8/int16"):
+            # 16-bit activations with int8 weights: where outlier channels defeat 8 bits.
+            return cls("a16w8", NumberFormat(), NumberFormat(bits=16))
         w_text, _, a_text = key.partition("/")
         weight = NumberFormat.parse(w_text)
         activation = NumberFormat.parse(a_text) if a_text else NumberFormat()

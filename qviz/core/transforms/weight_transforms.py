@@ -97,7 +97,8 @@ def apply_weight_transforms(
     if t.gptq:
         if gram is None:
             raise QvizError(f"GPTQ on '{layer.name}' needs the Gram matrix of its input: "
-                            "recollect with Gram matrices (qviz collect --gram) to use this")
+                            "recollect with Gram matrices to use this (qviz collect --gram; in "
+                            "the app, Run ▸ Recalibrate with Gram Matrices)")
         if gram.dim != wm.shape[1]:
             raise QvizError(f"GPTQ on '{layer.name}': its Gram matrix is {gram.dim} wide, the "
                             f"weight has {wm.shape[1]} inputs per output")
