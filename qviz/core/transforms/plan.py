@@ -193,15 +193,18 @@ def _build(
         if stats is None or act not in stats.tensors:
             raise QvizError(f"{what} on '{act}' needs calibration statistics: calibrate first")
         ts = stats.tensors[act]
-        if ts.moments is None or not ts.moments.has_histograms or ts.channel_min is None:
+        if ts.channel_min is None or ts.channel_axis is None:
+            skipped[act] = "it has no per-channel statistics (no fixed feature axis)"
+            continue
+        site = find_site(index, act, ts.channel_axis, ts.channel_min.size)
+        if isinstance(site, str):
+            skipped[act] = site
+            continue
+        if ts.moments is None or not ts.moments.has_histograms:
             raise QvizError(
                 f"the statistics hold no per-channel histograms for '{act}' (collected by an "
                 f"older qviz or without them): recollect to use {what}"
             )
-        site = find_site(index, act, ts.channel_axis, ts.moments.channels)
-        if isinstance(site, str):
-            skipped[act] = site
-            continue
         consumers = [
             ConsumerInput(
                 weights.get(c.weight, model.weight(c.weight)), c.axis,
