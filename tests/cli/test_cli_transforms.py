@@ -17,6 +17,7 @@ from onnxruntime.quantization import CalibrationDataReader, quantize_static
 from qviz.cli import main
 from qviz.core.files import export
 from qviz.core.files.config_file import load_config
+from qviz.core.model.loading import TensorKind
 from qviz.core.runtime.sessions import SessionConfig
 from tools.make_decoder import write_block_and_data
 from tools.synthetic.block import BlockSpec
@@ -179,3 +180,28 @@ def test_collect_refuses_grams_over_budget(block, tmp_path: Path, capsys) -> Non
                  "--gram", "--gram-budget", "0.00001", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "budget" in err and not out.exists()
+
+
+def test_sensitivity_measures_the_transformed_model(block, capsys) -> None:
+    common = ["sensitivity", str(block["model"]), "--stats", str(block["stats"]), "--data",
+              str(block["eval"]), "--method", "mse", "--quiet", "--json", "--limit", "32"]
+    assert main(common) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*common, "--smoothquant", "auto"]) == 0
+    smooth = json.loads(capsys.readouterr().out)
+    assert plain["results_digest"] != smooth["results_digest"]
+    # The transformed model quantizes better: SQNR with every layer quantized goes up.
+    assert smooth["quantized_value"] > plain["quantized_value"] + 3.0
+
+
+def test_mixed_precision_chooses_a16w8_for_the_loud_layer(block, tmp_path: Path,
+                                                          capsys) -> None:
+    out = tmp_path / "mixed.json"
+    assert main(["mixed", str(block["model"]), "--stats", str(block["stats"]), "--data",
+                 str(block["eval"]), "--method", "mse", "--criterion", "sqnr>=40",
+                 "--allow", "int8,a16w8,float", "--quiet", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "block.mlp.fc1" in text and "a16w8" in text
+    saved = load_config(out)
+    fc1 = saved.quant_config.for_tensor("block.norm.output", TensorKind.ACTIVATION)
+    assert fc1.fmt.bits == 16
