@@ -18,6 +18,8 @@ the network input) and writes into ``screenshots/``:
 * ``graph_view.png`` — View ▸ Graph: the whole graph coloured by local SQNR, Q/DQ edges,
   quantized weights and the integer kernels of the full evaluation marked, the selected
   layer highlighted.
+* ``input_channels.png``, ``smoothquant_before.png``, ``smoothquant_after.png`` — the
+  transforms on the planted-outlier block (``tools/screenshots_transforms.py``).
 
 Usage::
 
@@ -225,6 +227,16 @@ def main(argv: list[str] | None = None) -> int:
         graph_view_shot(app, window, args.out)
         model_panel_shots(app, window, args.out, Path(tmp))
         sensitivity_shots(app, window, args.out, Path(tmp) / "sensitivity-cache")
+        window.close()
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from tools.screenshots_transforms import transform_shots
+
+        window = MainWindow(settings)
+        window.resize(args.width, args.height)
+        window.show()
+        window.reporter.errorShown.connect(lambda m: sys.exit(f"error: {m}"))
+        transform_shots(app, window, args.out, Path(tmp))
         window.close()
     return 0
 

@@ -116,12 +116,12 @@ def analyze_in_batches(
     batch: list[AnalysisOutcome] = []
     started = time.perf_counter()
     for job in jobs:
+        outcome: TensorResult | QvizError
         try:
-            outcome: TensorResult | QvizError = analyze_tensor(
+            result = analyze_tensor(
                 job.model or model, job.stats or stats, job.tensor, job.config
             )
-            if job.context:
-                outcome = replace(outcome, context=job.context)
+            outcome = replace(result, context=job.context) if job.context else result
         except QvizError as exc:
             outcome = exc
         batch.append((job.key, outcome))
