@@ -17,6 +17,7 @@ from qviz.app.controllers.jobs import JobController, JobKind
 from qviz.app.controllers.workers import call_as_job
 from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.app.recent_files import RecentFiles
+from qviz.core.data.split import Holdout
 from qviz.core.demo import demo_paths
 from qviz.core.document.document import Document
 from qviz.core.document.jobs import calibrate, load_stats_and_model
@@ -132,23 +133,37 @@ class FileController(QObject):
         if model is None:
             self.reporter.status(f"{p.name} will be used for calibration once a model is open")
             return
-        batch_size = self.batch_size
+        batch_size, holdout = self.batch_size, self.doc.evaluation_holdout
         self.jobs.start(
             JobKind.CALIBRATE,
-            lambda should_stop: calibrate(model, p, batch_size, should_stop),
+            lambda should_stop: calibrate(model, p, batch_size, should_stop, holdout),
             f"Calibrating on {p.name}",
             lambda stats: self._install_stats(stats, None),
             failed=lambda _exc: self.calibrationCancelled.emit(),
         )
 
     def open_eval_data(self, path: str | Path | None) -> None:
-        """Measure end to end on this data (None: on the calibration data)."""
+        """Measure end to end on this data (None: on a part held out of the calibration data,
+        or on the calibration data itself, as the document's hold-out says)."""
         p = None if path is None else Path(path)
         if p is not None:
             self.recent.add(p)
+        held_out = self.doc.evaluation_holdout
         self.doc.set_eval_data_path(p)
-        where = "the calibration data" if p is None else p.name
-        self.reporter.status(f"End-to-end numbers are now measured on {where}")
+        self.reporter.status(f"End-to-end numbers are now measured on {self.doc.evaluation_label}")
+        if held_out != self.doc.evaluation_holdout:
+            self.recalibrate()  # the samples calibration may use have changed
+
+    def set_holdout(self, holdout: Holdout | None) -> None:
+        """One data set: evaluate on one sample in N held out of it (None: on the calibration
+        data itself); calibrates again when the samples calibration may use changed."""
+        before = self.doc.evaluation_holdout
+        if self.doc.eval_data_path is not None:
+            self.doc.set_eval_data_path(None)
+        self.doc.set_holdout(holdout)
+        self.reporter.status(f"End-to-end numbers are now measured on {self.doc.evaluation_label}")
+        if before != self.doc.evaluation_holdout:
+            self.recalibrate()
 
     def recalibrate(self) -> None:
         if self.doc.data_path is None:

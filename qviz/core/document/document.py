@@ -23,6 +23,7 @@ import numpy as np
 from qviz.core.calibration.analysis import QuantTensor, TensorKey, TensorResult, analyze_tensor
 from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.data.split import Holdout
 from qviz.core.document.compare import Pinned, PinnedComparison
 from qviz.core.document.events import DocumentEvents
 from qviz.core.document.history import History, HistoryEntry
@@ -60,6 +61,9 @@ class Document(PinnedComparison):
         self.model_path: Path | None = None
         self.data_path: Path | None = None          # calibration data
         self.eval_data_path: Path | None = None     # evaluation data (None: the calibration data)
+        #: With one data set, the part of it kept apart for evaluation (None: evaluate on the
+        #: calibration data, a choice the user makes explicitly).
+        self.holdout: Holdout | None = Holdout()
         self.stats_path: Path | None = None
         self.stats: CalibrationStats | None = None
         self.selection: TensorKey | None = None
@@ -134,6 +138,31 @@ class Document(PinnedComparison):
     def evaluation_path(self) -> Path | None:
         """The data end-to-end numbers are measured on."""
         return self.eval_data_path or self.data_path
+
+    @property
+    def evaluation_holdout(self) -> Holdout | None:
+        """The part of the calibration data held out for evaluation (None: a separate
+        evaluation set, or the user chose to evaluate on the calibration data)."""
+        return self.holdout if self.eval_data_path is None else None
+
+    @property
+    def evaluation_label(self) -> str:
+        """What end-to-end numbers are measured on, as every result says it."""
+        if self.eval_data_path is not None:
+            return self.eval_data_path.name
+        if self.data_path is None:
+            return ""
+        if self.holdout is None:
+            return f"{self.data_path.name} (the calibration data)"
+        return f"the held-out 1 in {self.holdout.every} of {self.data_path.name}"
+
+    def set_holdout(self, holdout: Holdout | None) -> None:
+        """Hold out one sample in N of the calibration data for evaluation (None: evaluate on
+        the calibration data, chosen explicitly). Calibration should run again: the samples it
+        may use have changed."""
+        if holdout != self.holdout:
+            self.holdout = holdout
+            self._data_changed()
 
     # ================================================================= opening
     def set_model(self, model: LoadedModel, path: Path | None = None) -> None:
@@ -468,11 +497,13 @@ class Document(PinnedComparison):
             raise QvizError(
                 f"{what} runs the model on data, and none is open: open the data (Ctrl+D)"
             )
-        if config is None or config == self.config:
-            return MeasureInputs(
-                self.model, self.stats, self.config, path, self.revision, self._results.known()
-            )
-        return MeasureInputs(self.model, self.stats, config, path, self.revision, {})
+        holdout = self.evaluation_holdout
+        current = config is None or config == self.config
+        return MeasureInputs(
+            self.model, self.stats, self.config if config is None else config, path,
+            self.revision, self._results.known() if current else {}, holdout,
+            self.evaluation_label,
+        )
 
     def accept_evaluation(self, outcome: EvaluationOutcome) -> bool:
         """An evaluation finished; False when it was for earlier settings (dropped)."""
