@@ -56,8 +56,26 @@ def calibrate(
     if holdout is not None:
         data = split(data, holdout, Part.CALIBRATION)
     return (
-        yield from collect_stats(model, data, batch_size=batch_size, should_stop=should_stop)
+        yield from collect_stats(
+            model, data, batch_size=batch_size, should_stop=should_stop, snapshots=True
+        )
     )
+
+
+def collect_eval_stats(
+    model: LoadedModel,
+    data_path: Path,
+    holdout: Holdout | None,
+    batch_size: int,
+    should_stop: ShouldStop,
+) -> Generator[Progress, None, CalibrationStats]:
+    """Statistics of the evaluation data (the held-out part when `holdout` is given), to
+    judge whether the calibration data represents it."""
+    yield Progress(0, 0, 0.0, None, f"reading {data_path.name}")
+    data = load_data(data_path, model.inputs)
+    if holdout is not None:
+        data = split(data, holdout, Part.EVALUATION)
+    return (yield from collect_stats(model, data, batch_size=batch_size, should_stop=should_stop))
 
 
 def load_stats_and_model(
