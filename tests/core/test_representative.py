@@ -51,7 +51,7 @@ def _collect_batches(model: LoadedModel, batches: list[dict[str, np.ndarray]]): 
 
 
 def test_held_out_samples_are_representative_and_a_shifted_set_is_not(demo) -> None:  # type: ignore[no-untyped-def]
-    model, cal, same, shifted = demo
+    _, cal, same, shifted = demo
     cfg = QuantConfig().activations
     flagged_same = [n for n in cal.tensors
                     if compare(cal.tensors[n], same.tensors[n], cfg, same.n_samples).flagged]
