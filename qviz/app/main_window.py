@@ -257,6 +257,7 @@ class MainWindow(QMainWindow):
             doc.model, doc.model_path, doc.stats, doc.config, self.reporter,
             outcome=doc.measures.evaluation, criteria=doc.measures.criteria,
             directory=self._start_dir(), pinned=doc.pinned, parent=self,
+            inputs=[doc.data_path, doc.eval_data_path, doc.stats_path, self.files.session_path],
         )  # fmt: skip
         dialog.exported.connect(
             lambda r: self.statusBar().showMessage(f"Exported {r.written[0]}")

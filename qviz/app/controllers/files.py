@@ -23,6 +23,8 @@ from qviz.core.document.document import Document
 from qviz.core.document.jobs import calibrate, load_stats_and_model
 from qviz.core.document.session import adopt_session, to_session
 from qviz.core.errors import QvizError
+from qviz.core.files.inputs import model_files
+from qviz.core.files.outputs import check_output
 from qviz.core.files.session_file import (
     PathKind,
     SessionFile,
@@ -39,7 +41,7 @@ class FileController(QObject):
     """File ▸ Open…/Save… for one document."""
 
     modelLoaded = Signal()
-    calibrated = Signal()          # statistics in place: calibrated, or read from a file
+    calibrated = Signal()  # statistics in place: calibrated, or read from a file
     calibrationCancelled = Signal()
     sessionSaved = Signal(Path)
 
@@ -184,8 +186,10 @@ class FileController(QObject):
             self._install_stats(stats, p)
 
         self.jobs.start(
-            JobKind.READ_STATS, call_as_job(lambda: load_stats_and_model(p, current)),
-            f"Reading {p.name}", done,
+            JobKind.READ_STATS,
+            call_as_job(lambda: load_stats_and_model(p, current)),
+            f"Reading {p.name}",
+            done,
         )
 
     def open_session(self, path: str | Path) -> None:
@@ -196,6 +200,8 @@ class FileController(QObject):
                 raise QvizError(f"{p.name} names no model")
             self.recent.add(p)
             self.session_path = p
+            for note in session.notes:  # what could not be read, said once
+                self.reporter.status(f"{p.name}: {note}")
             self.doc.set_data_path(None)
             self.open_model(
                 session.model_path,
@@ -236,11 +242,21 @@ class FileController(QObject):
         self.calibrationCancelled.emit()
 
     # ----------------------------------------------------------------- saving
+    def inputs(self, target: Path, *extra: Path | None, stats: bool) -> list[Path | None]:
+        """The files the open session reads (a save must never replace one of them)."""
+        doc = self.doc
+        found: list[Path | None] = [doc.data_path, doc.eval_data_path, *extra]
+        found += model_files(doc.model_path, near=[target])
+        if stats:
+            found.append(doc.stats_path)
+        return found
+
     def save_session_to(self, path: str | Path) -> bool:
         p = Path(path)
         with self.reporter.guard(f"Saving {p.name}"):
             if self.doc.model is None:
                 raise QvizError("nothing to save: open a model first")
+            check_output(p, inputs=self.inputs(p, stats=True))  # never onto a file it refers to
             save_session(p, to_session(self.doc))
             self.session_path = p
             self.recent.add(p)
@@ -255,6 +271,7 @@ class FileController(QObject):
         with self.reporter.guard(f"Saving {p.name}"):
             if self.doc.stats is None:
                 raise QvizError("no statistics yet: calibrate first")
+            check_output(p, inputs=self.inputs(p, self.session_path, stats=False))
             save_stats(self.doc.stats, p)
             self.doc.stats_saved(p)
             self.recent.add(p)
