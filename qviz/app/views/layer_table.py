@@ -44,6 +44,8 @@ from qviz.app.views.table_cells import (
     STALE_FG,
     VALUE_COLUMNS,
     Column,
+    eval_clipped_text,
+    eval_clipped_tooltip,
     native_text,
     native_tooltip,
     sensitivity_text,
@@ -127,6 +129,8 @@ class LayerTableModel(QAbstractTableModel):
         col = Column(index.column())
         if col is Column.NATIVE and role != KEY_ROLE:
             return self._native_data(key, role)
+        if col is Column.EVAL_CLIPPED:
+            return self._eval_clipped_data(key, role)
         if col is Column.VS_A and role in (Qt.ItemDataRole.DisplayRole, SORT_ROLE):
             delta = vs_pinned(self._doc, key)
             if role == SORT_ROLE:
@@ -232,6 +236,21 @@ class LayerTableModel(QAbstractTableModel):
             return sensitivity_tooltip(doc, key)
         return None
 
+    def _eval_clipped_data(self, key: TensorKey, role: int) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole:
+            return eval_clipped_text(self._doc, key)
+        if role == SORT_ROLE:
+            r = self._doc.representativeness(key)
+            return -1.0 if r is None else r.eval_clipped
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return eval_clipped_tooltip(self._doc, key)
+        if role == Qt.ItemDataRole.BackgroundRole:
+            r = self._doc.representativeness(key)
+            return QBrush(FAIR_BG) if r is not None and r.flagged else None
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
     def refresh_columns(self, first: Column, last: Column) -> None:
         """Every row of these columns changed (a sensitivity report, a fusion report)."""
         if self._keys:
@@ -327,9 +346,11 @@ class LayerTable(QWidget):
         events.sensitivity.connect(self.refresh_sensitivity)
         events.evaluation.connect(self.refresh_fusion)
         events.pinned.connect(self.refresh_pinned)
+        events.eval_stats.connect(self.refresh_eval_stats)
         events.pinned_results.connect(lambda _keys: self.refresh_pinned())
         self.refresh_sensitivity()
         self.refresh_pinned()
+        self.refresh_eval_stats()
 
     # ----------------------------------------------------------------- following the document
     def reset(self) -> None:
@@ -358,6 +379,20 @@ class LayerTable(QWidget):
             if was_hidden and not hidden:
                 self.view.resizeColumnToContents(col)
         self.model.refresh_columns(min(SENSITIVITY_COLUMNS), max(SENSITIVITY_COLUMNS))
+
+    def refresh_eval_stats(self) -> None:
+        """The Eval clipped column follows the evaluation data's statistics (hidden without)."""
+        hidden = self._doc.eval_stats.stats is None
+        was_hidden = self.view.isColumnHidden(Column.EVAL_CLIPPED)
+        self.view.setColumnHidden(Column.EVAL_CLIPPED, hidden)
+        if was_hidden and not hidden:
+            header = self.view.horizontalHeader()
+            header.moveSection(
+                header.visualIndex(Column.EVAL_CLIPPED), header.visualIndex(Column.CLIPPED) + 1
+            )
+            self.view.resizeColumnToContents(Column.EVAL_CLIPPED)
+        self.model.refresh_columns(Column.EVAL_CLIPPED, Column.EVAL_CLIPPED)
+        self.update_summary()
 
     def refresh_pinned(self) -> None:
         """The Δ-vs-A column follows the pinned configuration (hidden while none is)."""

@@ -28,6 +28,7 @@ from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.app.views import plot_style as st
 from qviz.app.views.activation_channel_view import ActivationChannelView
 from qviz.app.views.channel_view import ChannelView
+from qviz.app.views.convergence_view import ConvergenceView
 from qviz.app.views.error_curve_view import ErrorCurveView
 from qviz.app.views.histogram_view import HistogramView
 from qviz.app.views.metrics_panel import MetricsPanel
@@ -68,6 +69,7 @@ class LayerView(QWidget):
         self.channel_tabs.addTab(self.channel_view, "Weight channels")
         self.channel_tabs.addTab(self.input_channels, "Input channels")
         self.error_curve = ErrorCurveView()
+        self.convergence = ConvergenceView()
         self.metrics_panel = MetricsPanel()
         self.data: LayerData | None = None
         # Latest drag preview per kind (tests compare it with the core's metrics).
@@ -80,7 +82,14 @@ class LayerView(QWidget):
         top.addWidget(self.activation_hist)
         bottom = QSplitter(Qt.Orientation.Horizontal)
         bottom.addWidget(self.channel_tabs)
-        bottom.addWidget(self.error_curve)
+        self.curve_tabs = QTabWidget()
+        self.curve_tabs.addTab(self.error_curve, "Error vs clip")
+        self.curve_tabs.addTab(self.convergence, "Convergence")
+        self.curve_tabs.setTabToolTip(
+            1, "How the activation's range moved as calibration data grew, and what the "
+            "evaluation data alone would choose"
+        )
+        bottom.addWidget(self.curve_tabs)
         outer = QSplitter(Qt.Orientation.Vertical)
         outer.addWidget(top)
         outer.addWidget(bottom)
@@ -99,7 +108,8 @@ class LayerView(QWidget):
         self.activation_hist.regionChanging.connect(self._on_activation_changing)
         self.activation_hist.regionEdited.connect(self._on_activation_edited)
         events = doc.events
-        for event in (events.selection, events.model, events.stats, events.pinned):
+        for event in (events.selection, events.model, events.stats, events.pinned,
+                      events.eval_stats):
             event.connect(self.redraw)
         events.config.connect(self._on_changed)
         events.results.connect(self._on_changed)
@@ -217,6 +227,7 @@ class LayerView(QWidget):
             )
             self.metrics_panel.set_column(TensorKind.ACTIVATION, None, "not calibrated")
             self.input_channels.set_placeholder("no activation statistics for this layer")
+            self.convergence.show_convergence((), None, "")
             return
         r, h = a.result, a.stats.histogram
         self.activation_hist.set_histogram(h.edges, h.counts)
@@ -232,6 +243,8 @@ class LayerView(QWidget):
             self.input_channels.set_placeholder("no per-channel statistics for this input")
         else:
             self.input_channels.show_channels(a.channels, r.name, a.before_channels)
+        self.activation_hist.set_reference(a.eval_hist)
+        self.convergence.show_convergence(a.convergence, a.eval_band, r.name)
         self.metrics_panel.set_column(TensorKind.ACTIVATION, a.column)
 
     def _on_activation_changing(self, lo: float, hi: float) -> None:

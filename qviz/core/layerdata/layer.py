@@ -110,6 +110,12 @@ class ActivationPanel:
     # The input channels (the activation channel view), and without the transforms.
     channels: ActivationChannels | None = None
     before_channels: ActivationChannels | None = None
+    #: The evaluation data's histogram, scaled to the calibration data's total (to compare
+    #: shapes), and the range the method would choose on it alone.
+    eval_hist: tuple[np.ndarray, np.ndarray] | None = None
+    eval_band: tuple[float, float] | None = None
+    #: (samples, lo, hi) of the chosen range as calibration data grew.
+    convergence: tuple[tuple[int, float, float], ...] = ()
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,6 +23,7 @@ from qviz.core.progress import run_to_completion as run_to_completion  # re-expo
 from qviz.core.runtime.sessions import SessionConfig, build_session, with_outputs
 from qviz.core.stats.channel_stats import DEFAULT_CHANNEL_BINS
 from qviz.core.stats.gram import DEFAULT_GRAM_BUDGET, GramCollector, GramStats, gram_specs
+from qviz.core.stats.snapshots import Snapshot, coarse, snapshot_bins, snapshot_points
 from qviz.core.stats.tensor_stats import TensorStats, TensorStatsAccumulator
 
 
@@ -42,6 +43,8 @@ class CalibrationStats:
     tensors: Mapping[str, TensorStats] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     grams: Mapping[str, GramStats] = field(default_factory=dict)
+    #: Coarse statistics after 16, 32, 64 … samples (when asked for): how ranges converge.
+    snapshots: tuple[Snapshot, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
@@ -67,6 +70,7 @@ def collect_stats(
     channel_bins: int | None = DEFAULT_CHANNEL_BINS,
     gram: bool = False,
     gram_budget: int = DEFAULT_GRAM_BUDGET,
+    snapshots: bool = False,
 ) -> Generator[Progress, None, CalibrationStats]:
     """Run `model` over `data`, yielding Progress after each batch; return the statistics.
 
@@ -98,6 +102,10 @@ def collect_stats(
     from_outputs = [n for n in names if n not in input_names]
     clock = ProgressClock(len(data), "calibrating")
     done = 0
+    # Snapshots of the statistics after 16, 32, 64 … samples (when asked): how ranges converge.
+    points = list(snapshot_points(len(data))) if snapshots else []
+    snap_bins = snapshot_bins(len(names), bins, len(data))
+    taken: list[Snapshot] = []
     yield clock.report(0)
     # ONNX Runtime releases the GIL while it runs, so the next batch runs on a helper thread
     # while this one is folded into the histograms: the two costs overlap instead of adding.
@@ -137,6 +145,16 @@ def collect_stats(
                     if grams is not None:
                         grams.update(name, fed[name])
             done += data.samples_in(current)
+            if points and done >= points[0]:
+                # Batches rarely end on a power of two: one snapshot of the samples so far.
+                while points and done >= points[0]:
+                    points.pop(0)
+                taken.append(
+                    Snapshot(
+                        done,
+                        {n: coarse(a.finish(), snap_bins) for n, a in accumulators.items()},
+                    )
+                )
             yield clock.report(done)
             if should_stop():
                 if pending_next is not None:
@@ -166,6 +184,7 @@ def collect_stats(
         tensors=tensors,
         notes=tuple(notes),
         grams=grams.finish() if grams is not None else {},
+        snapshots=tuple(taken),
     )
 
 
