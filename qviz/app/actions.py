@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from PySide6.QtGui import QAction, QKeySequence
@@ -16,9 +17,11 @@ from PySide6.QtWidgets import QDockWidget, QMainWindow
 from qviz.app.controllers.evaluation_controller import EvaluationController
 from qviz.app.controllers.files import FileController
 from qviz.app.controllers.jobs import JobController
+from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.app.views.controls import METHODS, ControlsPanel
 from qviz.app.views.layer_table import LayerTable
 from qviz.core.calibration.methods import Method
+from qviz.core.data.split import Holdout
 from qviz.core.document.document import Document
 
 Shortcut = str | QKeySequence | QKeySequence.StandardKey
@@ -30,6 +33,7 @@ class WindowParts:
 
     window: QMainWindow
     doc: Document
+    reporter: ErrorReporter
     files: FileController
     jobs: JobController
     evaluation: EvaluationController
@@ -60,8 +64,12 @@ class WindowActions:
         self._build()
         self._menus()
         parts.doc.events.history.connect(self._sync_history)
+        parts.doc.events.pinned.connect(self._sync_pinned)
+        parts.doc.events.data.connect(self._sync_evaluation)
+        self._sync_evaluation()
         parts.jobs.busyChanged.connect(self.cancel.setEnabled)
         self._sync_history()
+        self._sync_pinned()
 
     def _action(
         self, text: str, tip: str, slot: Callable[[], Any], shortcut: Shortcut | None = None
@@ -89,6 +97,18 @@ class WindowActions:
             "sensitivity, mixed precision) are measured on", w.open_eval_data,
             "Ctrl+Shift+D",
         )
+        self.held_out = a(
+            "Evaluate on a &Held-Out Part", "Keep one sample in five of the calibration data "
+            "apart and measure end-to-end numbers on it (calibrates again on the rest)",
+            lambda: self._set_evaluation(held_out=True),
+        )
+        self.on_calibration = a(
+            "Evaluate on the &Calibration Data", "Measure end-to-end numbers on the samples "
+            "the ranges were fitted to: quick, but not evidence; every result says so",
+            lambda: self._set_evaluation(held_out=False),
+        )
+        for action in (self.held_out, self.on_calibration):
+            action.setCheckable(True)
         self.open_stats = a("Open &Statistics…", "Open statistics collected earlier "
                             "(qviz collect)", w.open_stats, "Ctrl+Shift+T")
         self.open_session = a("Open S&ession…", "Open a saved session: model, data and every "
@@ -109,6 +129,12 @@ class WindowActions:
                       QKeySequence.StandardKey.Undo)
         self.redo = a("&Redo", "Redo the change of settings undone last", doc.redo,
                       "Ctrl+Shift+Z")
+        self.pin = a("&Pin as A (Compare)", "Keep the current configuration as A and compare "
+                     "every change with it: histograms, metrics, table and model panel show A "
+                     "beside the current one (B)", doc.pin, "Ctrl+Shift+P")
+        self.swap = a("S&wap A and B", "Make the pinned configuration current and pin the "
+                      "current one (undoable)", self._swap, "Ctrl+Shift+X")
+        self.unpin = a("U&npin A", "Stop comparing with the pinned configuration", doc.unpin)
 
         self.recalibrate = a("&Recalibrate", "Run calibration again on the current data",
                              files.recalibrate, "F5")
@@ -146,9 +172,8 @@ class WindowActions:
                         w.table.focus_filter, "Ctrl+F")
         self.methods: dict[Method, QAction] = {}
         for i, (method, label, tip) in enumerate(METHODS):
-            self.methods[method] = a(
-                label, tip, lambda m=method: w.controls.choose_method(m), str(i + 1)
-            )
+            self.methods[method] = a(label, tip, partial(w.controls.choose_method, method),
+                                     str(i + 1))
         self.shortcuts = a("&Keyboard Shortcuts", "List the keyboard shortcuts",
                            w.shortcuts, "F1")
 
@@ -156,9 +181,12 @@ class WindowActions:
         w = self.w
         bar = w.window.menuBar()
         file_menu = bar.addMenu("&File")
-        for action in (self.open_model, self.open_data, self.open_eval_data, self.open_stats,
-                       self.open_session):
+        for action in (self.open_model, self.open_data, self.open_stats, self.open_session):
             file_menu.addAction(action)
+        evaluation_menu = file_menu.addMenu("E&valuation Data")
+        evaluation_menu.setToolTipsVisible(True)
+        for action in (self.held_out, self.on_calibration, self.open_eval_data):
+            evaluation_menu.addAction(action)
         self.recent_menu = file_menu.addMenu("Open &Recent")
         self.recent_menu.setToolTipsVisible(True)
         self.recent_menu.aboutToShow.connect(w.fill_recent)
@@ -174,6 +202,9 @@ class WindowActions:
         edit_menu = bar.addMenu("&Edit")
         edit_menu.addAction(self.undo)
         edit_menu.addAction(self.redo)
+        edit_menu.addSeparator()
+        for action in (self.pin, self.swap, self.unpin):
+            edit_menu.addAction(action)
         edit_menu.addSeparator()
         edit_menu.addAction(w.history_dock.toggleViewAction())
 
@@ -202,6 +233,28 @@ class WindowActions:
         help_menu = bar.addMenu("&Help")
         help_menu.addAction(self.shortcuts)
 
+    def _set_evaluation(self, held_out: bool) -> None:
+        """Back to one data set: a held-out part of it, or the calibration data itself."""
+        w = self.w
+        with w.reporter.guard("Choosing the evaluation data"):
+            w.files.set_holdout(Holdout() if held_out else None)
+        self._sync_evaluation()
+
+    def _sync_evaluation(self) -> None:
+        doc = self.w.doc
+        separate = doc.eval_data_path is not None
+        self.held_out.setChecked(not separate and doc.holdout is not None)
+        self.on_calibration.setChecked(not separate and doc.holdout is None)
+
+    def _swap(self) -> None:
+        with self.w.reporter.guard("Swapping A and B"):
+            self.w.doc.swap_pinned()
+
+    def _sync_pinned(self) -> None:
+        pinned = self.w.doc.pinned is not None
+        self.swap.setEnabled(pinned)
+        self.unpin.setEnabled(pinned)
+
     def _sync_history(self) -> None:
         """Edit ▸ Undo / Redo say which step they would take."""
         history = self.w.doc.history
@@ -218,6 +271,7 @@ SHORTCUTS = (
     "Ctrl+Shift+D  open evaluation data", "Ctrl+Shift+T  open statistics",
     "Ctrl+Shift+O  open session", "Ctrl+S  save session",
     "Ctrl+Z / Ctrl+Shift+Z  undo / redo a change of settings",
+    "Ctrl+Shift+P  pin the configuration as A · Ctrl+Shift+X  swap A and B",
     "F5  recalibrate", "Esc  cancel the run",
     "1–5  MinMax, Percentile, Entropy, MSE, Manual", "Ctrl+L  log histogram counts",
     "Ctrl+F  filter the layer table", "Ctrl+R  evaluate: every sample, native INT8",

@@ -24,6 +24,7 @@ from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
+    QLabel,
     QMainWindow,
     QMessageBox,
     QSplitter,
@@ -35,12 +36,15 @@ from qviz.app.controllers.analysis import AnalysisController
 from qviz.app.controllers.evaluation_controller import EvaluationController
 from qviz.app.controllers.files import FileController
 from qviz.app.controllers.jobs import JobController
+from qviz.app.controllers.represent import EvalStatsController
 from qviz.app.controllers.sensitivity_controller import SensitivityController
 from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.app.dialogs.export_dialog import ExportDialog
 from qviz.app.dialogs.mixed_dialog import MixedPrecisionDialog
 from qviz.app.recent_files import RecentFiles, default_settings
+from qviz.app.views import plot_style as st
 from qviz.app.views.controls import ControlsPanel
+from qviz.app.views.graph_view import GraphDock
 from qviz.app.views.history_view import HistoryView
 from qviz.app.views.job_status import JobStatus
 from qviz.app.views.layer_table import LayerTable
@@ -85,6 +89,7 @@ class MainWindow(QMainWindow):
         self.analysis = AnalysisController(doc, self.reporter, self)
         self.evaluation = EvaluationController(doc, self.jobs, self.reporter, self)
         self.sensitivity = SensitivityController(doc, self.reporter, self)
+        self.eval_stats = EvalStatsController(doc, self.reporter, self)
 
         # Views: each takes the document and follows its events.
         self.table = LayerTable(doc)
@@ -97,8 +102,10 @@ class MainWindow(QMainWindow):
         self.last_export_dialog: ExportDialog | None = None
 
         self.commands = WindowActions(WindowParts(
-            self, doc, self.files, self.jobs, self.evaluation, self.controls, self.table,
-            (self.model_dock, self.sensitivity_dock, self.history_dock), self.history_dock,
+            self, doc, self.reporter, self.files, self.jobs, self.evaluation, self.controls,
+            self.table,
+            (self.model_dock, self.sensitivity_dock, self.history_dock, self.graph_dock),
+            self.history_dock,
             open_model=self.open_model_dialog, open_data=self.open_data_dialog,
             open_eval_data=self.open_eval_data_dialog, open_stats=self.open_stats_dialog,
             open_session=self.open_session_dialog, save_session=self.save_session,
@@ -111,6 +118,13 @@ class MainWindow(QMainWindow):
         doc.events.model.connect(self._update_title)
         doc.events.modified.connect(lambda modified: self.setWindowModified(modified))
         doc.events.sensitivity.connect(self._on_sensitivity)
+        self.compare_label = QLabel()
+        self.compare_label.setStyleSheet(f"color: {st.PINNED_COLOR}; font-weight: 600;")
+        self.compare_label.setToolTip("The configuration every change is compared with "
+                                      "(Edit ▸ Pin as A, Swap, Unpin)")
+        self.statusBar().addPermanentWidget(self.compare_label)
+        doc.events.pinned.connect(self._on_pinned)
+        self._on_pinned()
         self._update_title()
         self.statusBar().showMessage(
             "Open a model (Ctrl+O), or drop a model, data, statistics or session file here"
@@ -165,10 +179,14 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.history_dock)
         self.history_dock.hide()
 
+        self.graph_dock = GraphDock(self.doc, self)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.graph_dock)
+        self.graph_dock.hide()
+
     # ================================================================= state
     @property
     def busy(self) -> bool:
-        return self.jobs.is_busy or self.analysis.is_busy
+        return self.jobs.is_busy or self.analysis.is_busy or self.eval_stats.is_busy
 
     @property
     def is_calibrating(self) -> bool:
@@ -176,6 +194,13 @@ class MainWindow(QMainWindow):
 
     def status_text(self) -> str:
         return self.statusBar().currentMessage()
+
+    def _on_pinned(self) -> None:
+        pinned = self.doc.pinned
+        self.compare_label.setVisible(pinned is not None)
+        if pinned is not None:
+            text = pinned.label if len(pinned.label) <= 48 else pinned.label[:47] + "…"
+            self.compare_label.setText(f"A: {text}")
 
     def _update_title(self) -> None:
         path = self.doc.model_path
@@ -231,7 +256,8 @@ class MainWindow(QMainWindow):
         dialog = ExportDialog(
             doc.model, doc.model_path, doc.stats, doc.config, self.reporter,
             outcome=doc.measures.evaluation, criteria=doc.measures.criteria,
-            directory=self._start_dir(), parent=self,
+            directory=self._start_dir(), pinned=doc.pinned, parent=self,
+            inputs=[doc.data_path, doc.eval_data_path, doc.stats_path, self.files.session_path],
         )  # fmt: skip
         dialog.exported.connect(
             lambda r: self.statusBar().showMessage(f"Exported {r.written[0]}")
@@ -342,6 +368,7 @@ class MainWindow(QMainWindow):
             clean = self.analysis.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             clean = self.evaluation.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             clean = self.sensitivity.shutdown(SHUTDOWN_TIMEOUT_S) and clean
+            clean = self.eval_stats.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             for dialog in self.findChildren(ExportDialog):
                 clean = dialog.runner.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             if not clean:

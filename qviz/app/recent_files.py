@@ -33,7 +33,9 @@ class RecentFiles:
             return []
         if isinstance(raw, str):
             raw = [raw]
-        return [Path(p) for p in raw if p]
+        if not isinstance(raw, list):
+            return []  # an edited settings file: no recent files rather than a crash
+        return [Path(str(p)) for p in raw if p]
 
     def add(self, path: str | Path) -> None:
         p = str(Path(path).resolve())

@@ -19,6 +19,7 @@ from qviz.core.demo import demo_paths
 from qviz.core.document.document import Document
 from qviz.core.document.history import History
 from qviz.core.document.jobs import analyze_in_batches
+from qviz.core.document.session import adopt_session, to_session
 from qviz.core.document.summary import weighted_sqnr_db
 from qviz.core.document.tensors import ApplyScope
 from qviz.core.errors import QvizError
@@ -321,12 +322,12 @@ def test_session_from_document_and_back(doc: Document, tmp_path: Path) -> None:
     doc.set_eval_data_path(demo_paths().data)
     doc.set_criteria_text("cosine>=0.995")
     path = tmp_path / "s.qviz.json"
-    save_session(path, doc.to_session())
+    save_session(path, to_session(doc))
     fresh = Document()
     assert doc.model is not None
     fresh.set_model(doc.model)
     session = load_session(path)
-    fresh.adopt_session(session)
+    adopt_session(fresh, session)
     assert fresh.config == doc.config
     assert fresh.selection == RELU
     assert fresh.measures.criteria_text == "cosine>=0.995"
@@ -353,3 +354,68 @@ def test_history_is_bounded_and_linear() -> None:
         h.goto(9)
     h.reset(QuantConfig())  # type: ignore[arg-type]
     assert len(h.entries) == 1 and not h.can_undo
+
+
+# --- A/B comparison -------------------------------------------------------------------------------
+
+
+def test_pinned_configuration_is_compared_tensor_by_tensor(
+    doc: Document, demo_model_and_stats: tuple[LoadedModel, CalibrationStats]
+) -> None:
+    model, stats = demo_model_and_stats
+    assert doc.pinned_result(CONV_W) is None  # nothing pinned
+    doc.pin()
+    a_config = doc.config
+    assert doc.pinned is not None and doc.pinned.label == "settings as opened"
+    doc.apply(CONV_W, INT4, ApplyScope.TENSOR)
+    pinned = doc.pinned_result(CONV_W)
+    expected = analyze_tensor(model, stats, doc.tensor(CONV_W), a_config.for_tensor(*CONV_W))
+    assert pinned is not None and pinned.config == a_config.for_tensor(*CONV_W)
+    assert pinned.metrics.sqnr_db == expected.metrics.sqnr_db
+    assert doc.pinned_result(RELU) is doc.analyze(RELU)  # unchanged: the same result
+    doc.select(CONV_W)
+    data = doc.layer_data()
+    assert data is not None and data.weight is not None
+    assert data.weight.pinned_band == pinned.metrics.envelope
+    assert data.weight.column.pinned is not None
+    assert data.weight.column.pinned.metrics is pinned.metrics
+    # The analysis jobs of A cover exactly the tensors whose settings differ from B's.
+    assert [j.key for j in doc.pinned_jobs()] == []  # CONV_W's was just measured
+    doc.apply(RELU, TensorConfig(MethodSpec(Method.MSE)), ApplyScope.TENSOR)
+    doc.unpin()
+    assert doc.pinned is None and doc.pinned_result(CONV_W) is None
+
+
+def test_swapping_a_and_b_is_one_undo_step(doc: Document) -> None:
+    with pytest.raises(QvizError, match="nothing is pinned"):
+        doc.swap_pinned()
+    doc.pin()
+    a = doc.config
+    doc.apply(CONV_W, INT4, ApplyScope.TENSOR)
+    b = doc.config
+    doc.swap_pinned()
+    assert doc.config == a and doc.pinned is not None and doc.pinned.config == b
+    assert "swap" in (doc.history.undo_label or "")
+    doc.undo()
+    assert doc.config == b
+
+
+def test_the_pinned_evaluation_lasts_while_model_statistics_and_data_do(doc: Document) -> None:
+    from qviz.core.document.jobs import EvaluationOutcome
+
+    doc.set_data_path(demo_paths().data)
+    doc.pin()
+    assert doc.pinned is not None and doc.pinned.evaluation is None
+    evaluation = object()  # only its identity matters here
+    outcome = EvaluationOutcome(
+        evaluation, (), doc.pinned.config, False, doc.revision, 0.1, "data.npz"  # type: ignore[arg-type]
+    )
+    old_data = doc.data_revision
+    doc.apply(CONV_W, INT4, ApplyScope.TENSOR)  # B changes: A's numbers still hold
+    assert doc.accept_pinned_evaluation(outcome, old_data)
+    assert doc.pinned.evaluation is outcome
+    doc.set_eval_data_path(demo_paths().data)  # other data: A's numbers must be measured again
+    assert doc.pinned.evaluation is None
+    assert not doc.accept_pinned_evaluation(outcome, old_data)
+    other = EvaluationOutcome(evaluation, (), doc.config, False, doc.revision, 0.1, "x")  # type: ignore[arg-type]
+    assert not doc.accept_pinned_evaluation(other, doc.data_revision)  # B's, not A's

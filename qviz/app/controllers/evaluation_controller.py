@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 
 from PySide6.QtCore import QObject, Signal
 from superqt.utils import qdebounced
@@ -76,11 +77,15 @@ class EvaluationController(QObject):
         self.status = LiveStatus(LiveState.UNAVAILABLE, "Open a model (Ctrl+O) to evaluate it")
         self.live = BackgroundRunner("live-evaluation", self)
         self.live.failed.connect(self._on_live_failed)
+        # The configuration pinned for comparison ("A") is evaluated the same way, after B.
+        self.pinned_live = BackgroundRunner("pinned-evaluation", self)
+        self.pinned_live.failed.connect(self._on_live_failed)
         self._debounced = qdebounced(self.evaluate_live_now, timeout=debounce_ms, parent=self)
         self._scheduled = False
         self._closed = False
         for event in (doc.events.model, doc.events.stats, doc.events.config, doc.events.data):
             event.connect(self.settings_changed)
+        doc.events.pinned.connect(self.evaluate_pinned)
 
     # ----------------------------------------------------------------- state
     @property
@@ -155,7 +160,7 @@ class EvaluationController(QObject):
                 inputs, full=False, limit=limit, batch_size=batch, should_stop=should_stop
             ),
             "Live evaluation",
-            self.accept,
+            self._accept_live,
         )
         return inputs.revision
 
@@ -184,6 +189,35 @@ class EvaluationController(QObject):
                 self._accept_full,
             )
 
+    def _accept_live(self, outcome: EvaluationOutcome) -> None:
+        self.accept(outcome)
+        self.evaluate_pinned()
+
+    def evaluate_pinned(self) -> None:
+        """Evaluate the pinned configuration ("A") like the live one, if it has no numbers
+        yet and nothing more urgent runs."""
+        pinned = self.doc.pinned
+        if (
+            self._closed or not self.live_enabled or pinned is None
+            or pinned.evaluation is not None or self.is_pending or self.pinned_live.is_busy
+        ):
+            return
+        try:
+            inputs = self.doc.measure_inputs("Evaluation", pinned.config)
+        except QvizError:
+            return
+        limit, batch, data_revision = self.live_limit, self.batch_size, self.doc.data_revision
+        self.pinned_live.start(
+            lambda should_stop: evaluation_job(
+                inputs, full=False, limit=limit, batch_size=batch, should_stop=should_stop
+            ),
+            "Pinned evaluation",
+            partial(self._accept_pinned, data_revision=data_revision),
+        )
+
+    def _accept_pinned(self, outcome: EvaluationOutcome, data_revision: int) -> None:
+        self.doc.accept_pinned_evaluation(outcome, data_revision)
+
     def _accept_full(self, outcome: EvaluationOutcome) -> None:
         if not self.accept(outcome):
             self.reporter.status("Evaluation finished for earlier settings: dropped. Ctrl+R again.")
@@ -208,7 +242,8 @@ class EvaluationController(QObject):
         """Stop any scheduled or running live evaluation; wait until its thread is left."""
         self._closed = True
         self._cancel_live()
-        return self.live.shutdown(timeout_s)
+        clean = self.pinned_live.shutdown(timeout_s)
+        return self.live.shutdown(timeout_s) and clean
 
 
 def outcome_summary(outcome: EvaluationOutcome) -> str:

@@ -39,6 +39,7 @@ from qviz.app.controllers.workers import BackgroundRunner, call_as_job
 from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.core.calibration.analysis import analyze
 from qviz.core.calibration.config import QuantConfig
+from qviz.core.document.compare import Pinned
 from qviz.core.document.jobs import EvaluationOutcome
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
@@ -51,6 +52,8 @@ from qviz.core.files.export import (
     export_qdq,
     export_trt_cache,
 )
+from qviz.core.files.inputs import model_files
+from qviz.core.files.outputs import check_output
 from qviz.core.files.report import build_report, write_report
 from qviz.core.model.loading import LoadedModel
 from qviz.core.stats.collect import CalibrationStats
@@ -158,6 +161,8 @@ class ExportDialog(QDialog):
         outcome: EvaluationOutcome | None = None,
         criteria: Sequence[Criterion] = (),
         directory: Path | None = None,
+        pinned: Pinned | None = None,
+        inputs: Sequence[Path | None] = (),
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -170,12 +175,21 @@ class ExportDialog(QDialog):
         self._reporter = reporter
         self._outcome = outcome
         self._criteria = tuple(criteria)
+        self._inputs = tuple(inputs)  # files the session reads: an export never replaces one
         self._directory = directory if directory is not None else Path.cwd()
         self.last_result: ExportResult | None = None
         self.runner = BackgroundRunner("export", self)
         self.runner.succeeded.connect(self._on_succeeded)
         self.runner.failed.connect(self._on_failed)
         self.runner.busyChanged.connect(self._on_busy)
+
+        # With a configuration pinned for comparison, either one can be exported.
+        self._pinned = pinned
+        self.which_combo = QComboBox()
+        self.which_combo.addItem("B: the current configuration", "B")
+        if pinned is not None:
+            self.which_combo.addItem(f"A: the pinned configuration ({pinned.label})", "A")
+        self.which_combo.setToolTip("Which configuration to export (Edit ▸ Pin as A compares)")
 
         self.format_combo = QComboBox()
         for fmt in ExportFormat:
@@ -231,6 +245,10 @@ class ExportDialog(QDialog):
         self.trt_version_edit.setMaximumWidth(100)
 
         form = QFormLayout()
+        if pinned is not None:
+            form.addRow("Configuration", self.which_combo)
+        else:
+            self.which_combo.hide()
         form.addRow("Format", self.format_combo)
         form.addRow("File", path_row)
         self.report_label = QLabel("Report")
@@ -266,9 +284,11 @@ class ExportDialog(QDialog):
 
         layout = QVBoxLayout(self)
         what = "no model open" if model_path is None else str(model_path)
-        source = QLabel(f"Model: {what}\nConfiguration: {config.weights.label} (weights), "
-                        f"{config.activations.label} (activations), "
-                        f"{len(config.overrides)} per-tensor overrides")
+        source = QLabel(
+            f"Model: {what}\nConfiguration: {config.weights.label} (weights), "
+            f"{config.activations.label} (activations), "
+            f"{len(config.overrides)} per-tensor overrides"
+        )
         source.setWordWrap(True)
         source.setStyleSheet("color: #5f6368;")
         layout.addWidget(source)
@@ -296,7 +316,9 @@ class ExportDialog(QDialog):
     def browse(self) -> None:
         fmt = self.export_format
         name, _ = QFileDialog.getSaveFileName(
-            self, f"Export {fmt.description}", self.path_edit.text(),
+            self,
+            f"Export {fmt.description}",
+            self.path_edit.text(),
             f"{_FILTERS[fmt]};;All files (*)",
         )
         if name:
@@ -329,21 +351,27 @@ class ExportDialog(QDialog):
         if not text:
             raise QvizError("choose where to write the file")
         fmt = self.export_format
+        path = Path(text).expanduser()
+        near = [path]
+        check_output(path, inputs=[*self._inputs, *model_files(self._model_path, near=near)])
         version = self.trt_version_edit.text().strip()
         if fmt is ExportFormat.TRT_CACHE and not version.isdigit():
             raise QvizError(f"the TensorRT version must be digits such as 8601, not {version!r}")
+        config, outcome = self._config, self._outcome
+        if self.which_combo.currentData() == "A" and self._pinned is not None:
+            config, outcome = self._pinned.config, self._pinned.evaluation
         include = (
             fmt is ExportFormat.REPORT
-            and self._outcome is not None
+            and outcome is not None
             and self.include_evaluation_check.isChecked()
         )
-        outcome = self._outcome if include else None
+        outcome = outcome if include else None
         return ExportRequest(
             fmt=fmt,
-            path=Path(text).expanduser(),
+            path=path,
             model=self._model,
             stats=self._stats,
-            config=self._config,
+            config=config,
             evaluation=None if outcome is None else outcome.evaluation,
             evaluation_label="" if outcome is None else f"{outcome.label} of {outcome.data_name}",
             criteria=self._criteria if outcome is not None else (),
@@ -382,8 +410,7 @@ class ExportDialog(QDialog):
         notes = "".join(f"<br>note: {html.escape(n)}" for n in value.notes)
         wrote = f"<span style='color:{SUCCESS_COLOR}'><b>Wrote</b></span>"
         self.status_label.setText(
-            f"{wrote} {html.escape(str(first))}{more} "
-            f"({value.n_tensors} quantized tensors){notes}"
+            f"{wrote} {html.escape(str(first))}{more} ({value.n_tensors} quantized tensors){notes}"
         )
         self.status_label.setStyleSheet("")
         self.exported.emit(value)

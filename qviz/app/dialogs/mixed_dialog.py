@@ -375,7 +375,7 @@ class MixedPrecisionDialog(QDialog):
         self.verdict_label.setStyleSheet("")
 
     @property
-    def result(self) -> MixedResult | None:
+    def shown_result(self) -> MixedResult | None:
         return self._result
 
     def show_result(self, result: MixedResult, baseline: Evaluation | None = None) -> None:

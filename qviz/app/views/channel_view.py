@@ -38,6 +38,7 @@ class ChannelView(QWidget):
         super().__init__(parent)
         st.configure_pyqtgraph()
         self.data: ChannelData | None = None
+        self._shown_for: tuple[str, str] | None = None
 
         self.title = QLabel()
         self.title.setStyleSheet("font-weight: 600;")
@@ -183,7 +184,7 @@ class ChannelView(QWidget):
 
     def clear(self) -> None:
         self.data = None
-        self._shown_for: tuple[str, str] | None = None
+        self._shown_for = None
         self.range_bars.setOpts(x=[], y0=[], height=[])
         self.clip_bars.setOpts(x=[], y0=[], height=[])
         self.sqnr_curve.setData(np.zeros(1), np.zeros(0))

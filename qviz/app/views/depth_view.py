@@ -90,6 +90,11 @@ class DepthView(QWidget):
         self.selected_ring = pg.ScatterPlotItem(
             size=18, brush=None, pen=pg.mkPen(SELECTED_COLOR, width=2)
         )
+        # The configuration pinned for comparison ("A"): its accumulated curve, dashed.
+        self.pinned_curve = pg.PlotDataItem(
+            pen=pg.mkPen(st.PINNED_COLOR, width=2, style=Qt.PenStyle.DashLine),
+            name="A (pinned): accumulated",
+        )
         self.plot.addItem(self.local_curve)
         self.plot.addItem(self.accumulated_curve)
         self.plot.addItem(self.points)
@@ -167,6 +172,31 @@ class DepthView(QWidget):
         self._update_ticks()
         self._update_selected()
 
+    def set_pinned(self, depth: Sequence[DepthPoint] | None) -> None:
+        """Draw the pinned configuration's accumulated SQNR at the same layer inputs (None
+        hides it; an input A did not quantize leaves a gap)."""
+        if not depth or not self._tensors:
+            if self.pinned_curve in self.plot.items:
+                self.plot.removeItem(self.pinned_curve)
+                self.legend.removeItem(self.pinned_curve)
+                self.legend.setColumnCount(1)
+            return
+        by_tensor = {p.tensor: p.sqnr_db for p in depth}
+        values = [by_tensor.get(t) for t in self._tensors]
+        y, _ = plotted_values(values)
+        if self.pinned_curve not in self.plot.items:
+            self.plot.addItem(self.pinned_curve)
+            self.legend.setColumnCount(2)  # three entries in two rows hide less of the plot
+        self.pinned_curve.setData(np.arange(len(values), dtype=np.float64), y,
+                                  connect="finite")
+
+    @property
+    def pinned_values(self) -> list[float]:
+        """The pinned curve's y values as drawn (tests read them)."""
+        if self.pinned_curve not in self.plot.items:
+            return []
+        return [float(v) for v in self.pinned_curve.getData()[1]]
+
     def set_selected(self, tensor: str | None) -> None:
         """Ring the point of this activation tensor (None, or a tensor not shown: no ring)."""
         self._selected = tensor
@@ -179,10 +209,6 @@ class DepthView(QWidget):
         i = self._tensors.index(tensor)
         scene = self.vb.mapViewToScene(QPointF(float(i), float(self._y[i])))
         return self.plot_widget.mapFromScene(scene).toPointF()
-
-    def tick_labels(self) -> list[str]:
-        ticks = self.plot.getAxis("bottom")._tickLevels  # type: ignore[attr-defined]
-        return [label for _, label in ticks[0]] if ticks else []
 
     # ----------------------------------------------------------------- internals
     def _update_selected(self) -> None:

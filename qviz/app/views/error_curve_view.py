@@ -16,6 +16,7 @@ from dataclasses import replace
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QStandardItemModel
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -84,7 +85,7 @@ class ErrorCurveView(QWidget):
         self.marker_lines: dict[Method | str, pg.InfiniteLine] = {}
         self.marker_points: dict[Method | str, pg.ScatterPlotItem] = {}
         self._colours: dict[Method | str, str] = {}
-        specs = [
+        specs: list[tuple[Method | str, str, float, Qt.PenStyle, str]] = [
             (m, st.METHOD_COLORS[m], 1.5, Qt.PenStyle.DashLine, st.METHOD_NAMES[m])
             for m in (Method.MINMAX, Method.PERCENTILE, Method.ENTROPY, Method.MSE)
         ]
@@ -184,12 +185,13 @@ class ErrorCurveView(QWidget):
         data = self._curves.get(kind)
         if data is None:
             return
-        self._curves[kind] = replace(
+        moved = replace(
             data, current=Marker(x, sqnr, mse), current_label="manual (dragging)",
             current_level=None,
         )
+        self._curves[kind] = moved
         if kind is self._kind:
-            self._draw_markers(self._curves[kind], only_current=True)
+            self._draw_markers(moved, only_current=True)
 
     def clear(self) -> None:
         self._curves = {TensorKind.WEIGHT: None, TensorKind.ACTIVATION: None}
@@ -214,7 +216,9 @@ class ErrorCurveView(QWidget):
         # KL is defined on activation histograms only.
         kl_index = self.y_combo.findData(KL)
         has_kl = (d := self._curves.get(kind)) is not None and d.kl is not None
-        self.y_combo.model().item(kl_index).setEnabled(has_kl)
+        model = self.y_combo.model()
+        assert isinstance(model, QStandardItemModel)  # a QComboBox's own model
+        model.item(kl_index).setEnabled(has_kl)
         if self._mode == KL and not has_kl:
             self.y_combo.blockSignals(True)
             self.y_combo.setCurrentIndex(self.y_combo.findData(SQNR))

@@ -10,7 +10,6 @@ every column. Selecting a row selects the tensor in the document, and the other 
 from __future__ import annotations
 
 import math
-from enum import IntEnum
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,7 @@ from PySide6.QtCore import (
     QSortFilterProxyModel,
     Qt,
 )
-from PySide6.QtGui import QBrush, QColor
+from PySide6.QtGui import QBrush
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHeaderView,
@@ -34,100 +33,33 @@ from PySide6.QtWidgets import (
 )
 
 from qviz.app.views import plot_style as st
+from qviz.app.views.table_cells import (
+    BAD_BG,
+    FAIR_BG,
+    HEADERS,
+    KEY_ROLE,
+    SENSITIVITY_COLUMNS,
+    SORT_ROLE,
+    SQNR_TOOLTIP,
+    STALE_FG,
+    VALUE_COLUMNS,
+    Column,
+    eval_clipped_text,
+    eval_clipped_tooltip,
+    native_text,
+    native_tooltip,
+    sensitivity_text,
+    sensitivity_tooltip,
+    sensitivity_value,
+    sqnr_background,
+    summary_text,
+    vs_pinned,
+)
 from qviz.core.calibration.analysis import TensorKey
 from qviz.core.calibration.config import method_label
 from qviz.core.document.document import Document
-from qviz.core.document.summary import Summary
-from qviz.core.evaluation.display import fmt_metric_change
 from qviz.core.model.loading import TensorKind
-from qviz.core.runtime.fusion import WEIGHT_ONLY_KERNELS, FusionReport
-from qviz.core.search.sensitivity import LayerSensitivity
-from qviz.core.text import fmt_count, fmt_shape
-
-# SQNR colour scale. 35 dB is about int8 per-channel quality on a well-behaved tensor; below
-# 20 dB the quantization noise is a tenth of the signal's power, which visibly hurts most
-# models. The thresholds are a reading aid, not a verdict: end-to-end accuracy decides.
-GOOD_DB = 35.0
-FAIR_DB = 20.0
-GOOD_BG = QColor("#c8e6c9")
-FAIR_BG = QColor("#ffe0b2")
-BAD_BG = QColor("#ffcdd2")
-SQNR_TOOLTIP = (
-    f"Signal-to-quantization-noise ratio of the tensor, higher is better. Green ≥ {GOOD_DB:g} dB, "
-    f"amber {FAIR_DB:g}–{GOOD_DB:g} dB, red < {FAIR_DB:g} dB."
-)
-
-SORT_ROLE = Qt.ItemDataRole.UserRole
-KEY_ROLE = Qt.ItemDataRole.UserRole + 1
-
-
-class Column(IntEnum):
-    # The numbers come right after the names: in a narrow pane they must stay in view
-    # without scrolling; tensor name, shape and size are reference detail, last.
-    LAYER = 0
-    KIND = 1
-    OP = 2
-    SQNR = 3
-    CLIPPED = 4
-    METHOD = 5
-    GRANULARITY = 6
-    FORMAT = 7
-    TENSOR = 8
-    SHAPE = 9
-    PARAMS = 10
-    # Filled from the last sensitivity report (hidden until there is one); the window moves
-    # them beside SQNR, so the end-to-end view sits next to the local one.
-    DROP = 11
-    RECOVERY = 12
-    # From the last native (full) evaluation's fusion report; shown after Clipped.
-    NATIVE = 13
-
-
-HEADERS: dict[Column, tuple[str, str]] = {
-    Column.LAYER: ("Layer", "Layer name: the torch module path when the model records it"),
-    Column.KIND: ("Kind", "W = weight (constant), A = activation (input to the layer)"),
-    Column.TENSOR: ("Tensor", "Name of the tensor in the ONNX graph"),
-    Column.OP: ("Op", "ONNX operator of the layer"),
-    Column.SHAPE: ("Shape", "Tensor shape (? = dynamic axis, e.g. batch)"),
-    Column.PARAMS: ("Params", "Number of weight parameters (activations: values per sample)"),
-    Column.METHOD: ("Method", "Calibration method choosing the clip range"),
-    Column.GRANULARITY: ("Granularity", "One scale per tensor, per output channel, or per group"),
-    Column.FORMAT: ("Format", "Number format the tensor is quantized to"),
-    Column.SQNR: ("SQNR dB", SQNR_TOOLTIP),
-    Column.CLIPPED: ("Clipped", "Fraction of values outside the clip range (saturated)"),
-    Column.DROP: (
-        "Δ alone",
-        "Δ if quantized alone (Run ▸ Sensitivity): how much the task metric gets worse with "
-        "only this layer quantized and the rest float, in the metric's units (accuracy: "
-        "points). Larger means the layer hurts more. Grey: measured for earlier settings.",
-    ),
-    Column.RECOVERY: (
-        "Recovery",
-        "Recovery if float (Run ▸ Sensitivity): how much the task metric improves with only "
-        "this layer kept float and the rest quantized, in the metric's units (accuracy: points). "
-        "Larger means keeping this layer float helps more. Grey: measured for earlier settings.",
-    ),
-    Column.NATIVE: (
-        "Sim vs native",
-        "Whether ONNX Runtime ran the layer as an integer kernel (✓ and its name; ⚠ when its "
-        "u8s8 sums can saturate on this CPU) or left it in float (✗ and why), from the last "
-        "full evaluation (Run ▸ Evaluate, Ctrl+R). Grey: measured for earlier settings.",
-    ),
-}
-SENSITIVITY_COLUMNS = (Column.DROP, Column.RECOVERY)
-STALE_FG = QColor("#9e9e9e")
-# The columns a settings change can alter (contiguous); dataChanged covers only these.
-VALUE_COLUMNS = (Column.SQNR, Column.CLIPPED, Column.METHOD, Column.GRANULARITY, Column.FORMAT)
-
-
-def sqnr_background(sqnr_db: float) -> QColor | None:
-    if math.isnan(sqnr_db):
-        return None
-    if sqnr_db >= GOOD_DB:
-        return GOOD_BG
-    if sqnr_db >= FAIR_DB:
-        return FAIR_BG
-    return BAD_BG
+from qviz.core.text import fmt_count, fmt_shape, fmt_signed
 
 
 class LayerTableModel(QAbstractTableModel):
@@ -197,6 +129,13 @@ class LayerTableModel(QAbstractTableModel):
         col = Column(index.column())
         if col is Column.NATIVE and role != KEY_ROLE:
             return self._native_data(key, role)
+        if col is Column.EVAL_CLIPPED:
+            return self._eval_clipped_data(key, role)
+        if col is Column.VS_A and role in (Qt.ItemDataRole.DisplayRole, SORT_ROLE):
+            delta = vs_pinned(self._doc, key)
+            if role == SORT_ROLE:
+                return -math.inf if delta is None else delta
+            return "" if delta is None else ("same" if delta == 0 else fmt_signed(delta, 2))
         if role == Qt.ItemDataRole.DisplayRole:
             return self._text(key, col)
         if role == SORT_ROLE:
@@ -297,6 +236,21 @@ class LayerTableModel(QAbstractTableModel):
             return sensitivity_tooltip(doc, key)
         return None
 
+    def _eval_clipped_data(self, key: TensorKey, role: int) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole:
+            return eval_clipped_text(self._doc, key)
+        if role == SORT_ROLE:
+            r = self._doc.representativeness(key)
+            return -1.0 if r is None else r.eval_clipped
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return eval_clipped_tooltip(self._doc, key)
+        if role == Qt.ItemDataRole.BackgroundRole:
+            r = self._doc.representativeness(key)
+            return QBrush(FAIR_BG) if r is not None and r.flagged else None
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
     def refresh_columns(self, first: Column, last: Column) -> None:
         """Every row of these columns changed (a sensitivity report, a fusion report)."""
         if self._keys:
@@ -319,82 +273,6 @@ class LayerTableModel(QAbstractTableModel):
             if layer in fusion.unfused:
                 return QBrush(BAD_BG)
         return None
-
-
-def native_text(report: FusionReport | None, layer: str) -> str:
-    """The sim-vs-native cell: '✓ QLinearConv', '⚠ QLinearConv' (may saturate), '✗ reason'."""
-    if report is None:
-        return ""
-    kernel = report.kernels.get(layer)
-    if kernel is not None:
-        if layer in report.saturating:
-            return f"⚠ {kernel}"
-        return f"✓ {kernel}" + (" (weight-only)" if kernel in WEIGHT_ONLY_KERNELS else "")
-    reason = report.unfused.get(layer)
-    if reason is not None:
-        return f"✗ float: {reason}"
-    return "—"
-
-
-def native_tooltip(report: FusionReport | None, layer: str, current: bool) -> str:
-    if report is None:
-        return (
-            "Run ▸ Evaluate (Ctrl+R) to see which layers ONNX Runtime runs as integer kernels"
-        )
-    kernel = report.kernels.get(layer)
-    if kernel is not None:
-        text = f"{layer}: ONNX Runtime runs it as {kernel}"
-        if layer in report.saturating:
-            text += (
-                ". On this CPU (AVX2 without VNNI) its u8s8 int8 sums can saturate with 8-bit "
-                "weights: native results may differ from the simulation. 7-bit weights (int7) "
-                "or the precise int8 kernels avoid it."
-            )
-    elif layer in report.unfused:
-        text = f"{layer}: left in float by ONNX Runtime — {report.unfused[layer]}"
-    else:
-        text = f"{layer}: not quantized when it was evaluated"
-    if not current:
-        text += "\n(Measured for earlier settings: run Evaluate again, Ctrl+R.)"
-    return text
-
-
-def sensitivity_row(doc: Document, key: TensorKey) -> LayerSensitivity | None:
-    return doc.measures.sensitivity_row(doc.tensor(key).layer.name)
-
-
-def sensitivity_value(doc: Document, key: TensorKey, col: Column) -> float | None:
-    """The number a sensitivity column holds for a tensor's layer (None: nothing to show)."""
-    row = sensitivity_row(doc, key)
-    if row is None:
-        return None
-    return row.drop if col is Column.DROP else row.recovery
-
-
-def sensitivity_text(doc: Document, key: TensorKey, col: Column) -> str:
-    report = doc.measures.sensitivity
-    if report is None or sensitivity_row(doc, key) is None:
-        return ""
-    return fmt_metric_change(sensitivity_value(doc, key, col), report.metric)
-
-
-def sensitivity_tooltip(doc: Document, key: TensorKey) -> str | None:
-    report, row = doc.measures.sensitivity, sensitivity_row(doc, key)
-    if report is None:
-        return "Run ▸ Sensitivity to measure how much each layer matters end to end"
-    if row is None:
-        return "This layer quantized nothing when sensitivity was measured"
-    m = report.metric
-    lines = [
-        f"{row.name} — {m.label} on {report.n_samples} samples",
-        f"float {st.fmt_num(report.float_value)}, all quantized "
-        f"{st.fmt_num(report.quantized_value)}",
-        f"only this layer quantized: {st.fmt_num(row.quantized_only.value(m))}",
-        f"only this layer float: {st.fmt_num(row.float_only.value(m))}",
-    ]
-    if doc.measures.sensitivity_stale:
-        lines.append("Measured for earlier settings: run Sensitivity again.")
-    return "\n".join(lines)
 
 
 class LayerTable(QWidget):
@@ -467,7 +345,12 @@ class LayerTable(QWidget):
         events.selection.connect(self._on_selection)
         events.sensitivity.connect(self.refresh_sensitivity)
         events.evaluation.connect(self.refresh_fusion)
+        events.pinned.connect(self.refresh_pinned)
+        events.eval_stats.connect(self.refresh_eval_stats)
+        events.pinned_results.connect(lambda _keys: self.refresh_pinned())
         self.refresh_sensitivity()
+        self.refresh_pinned()
+        self.refresh_eval_stats()
 
     # ----------------------------------------------------------------- following the document
     def reset(self) -> None:
@@ -496,6 +379,31 @@ class LayerTable(QWidget):
             if was_hidden and not hidden:
                 self.view.resizeColumnToContents(col)
         self.model.refresh_columns(min(SENSITIVITY_COLUMNS), max(SENSITIVITY_COLUMNS))
+
+    def refresh_eval_stats(self) -> None:
+        """The Eval clipped column follows the evaluation data's statistics (hidden without)."""
+        hidden = self._doc.eval_stats.stats is None
+        was_hidden = self.view.isColumnHidden(Column.EVAL_CLIPPED)
+        self.view.setColumnHidden(Column.EVAL_CLIPPED, hidden)
+        if was_hidden and not hidden:
+            header = self.view.horizontalHeader()
+            header.moveSection(
+                header.visualIndex(Column.EVAL_CLIPPED), header.visualIndex(Column.CLIPPED) + 1
+            )
+            self.view.resizeColumnToContents(Column.EVAL_CLIPPED)
+        self.model.refresh_columns(Column.EVAL_CLIPPED, Column.EVAL_CLIPPED)
+        self.update_summary()
+
+    def refresh_pinned(self) -> None:
+        """The Δ-vs-A column follows the pinned configuration (hidden while none is)."""
+        hidden = self._doc.pinned is None
+        was_hidden = self.view.isColumnHidden(Column.VS_A)
+        self.view.setColumnHidden(Column.VS_A, hidden)
+        if was_hidden and not hidden:
+            header = self.view.horizontalHeader()
+            header.moveSection(header.visualIndex(Column.VS_A), header.visualIndex(Column.SQNR) + 1)
+            self.view.resizeColumnToContents(Column.VS_A)
+        self.model.refresh_columns(Column.VS_A, Column.VS_A)
 
     def refresh_fusion(self) -> None:
         """The sim-vs-native column follows the last native evaluation's fusion report."""
@@ -566,25 +474,3 @@ class LayerTable(QWidget):
                 header.resizeSection(col, cap)
         for col in (Column.SQNR, Column.CLIPPED):
             header.resizeSection(col, max(header.sectionSize(col), 70))
-
-
-def summary_text(summary: Summary, doc: Document) -> str:
-    if summary.n_tensors == 0:
-        return "No model open"
-    parts = [
-        f"{summary.n_tensors} tensors ({summary.n_weights} weights, "
-        f"{summary.n_activations} activations)"
-    ]
-    if summary.n_analyzed < summary.n_tensors:
-        parts.append(f"{summary.n_analyzed} measured")
-    if summary.worst:
-        worst = ", ".join(
-            f"{doc.tensor(k).layer.name} {'W' if k[1] is TensorKind.WEIGHT else 'A'} "
-            f"{st.fmt_num(s, 3)}\u00a0dB"
-            for k, s in summary.worst
-        )
-        parts.append(f"worst: {worst}")
-    if not math.isnan(summary.weighted_sqnr_db):
-        sqnr = st.fmt_db(summary.weighted_sqnr_db).replace(" dB", "\u00a0dB")
-        parts.append(f"model-wide weighted SQNR {sqnr}")
-    return " · ".join(parts)

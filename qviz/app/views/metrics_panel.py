@@ -13,7 +13,7 @@ from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QSizePolicy, QWidget
 
 from qviz.app.views import plot_style as st
-from qviz.core.layerdata.columns import ColumnData, metric_texts
+from qviz.core.layerdata.columns import COMPARE_ROWS, ColumnData, compare_texts, metric_texts
 from qviz.core.model.loading import TensorKind
 
 # Row keys, in display order, with their labels. Tests and screenshots address cells by key.
@@ -31,6 +31,9 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("max_abs_error", "max abs error"),
     ("cosine", "cosine"),
 )
+# Rows shown only while a configuration is pinned for comparison ("A"), after the others.
+ALL_ROWS = ROWS + COMPARE_ROWS
+_COMPARE_KEYS = frozenset(key for key, _ in COMPARE_ROWS)
 _COLUMNS = {TensorKind.WEIGHT: 1, TensorKind.ACTIVATION: 2}
 _TITLES = {TensorKind.WEIGHT: "Weight", TensorKind.ACTIVATION: "Activation"}
 _COLORS = {TensorKind.WEIGHT: st.WEIGHT_COLOR, TensorKind.ACTIVATION: st.ACTIVATION_COLOR}
@@ -72,9 +75,11 @@ class MetricsPanel(QFrame):
             header.setStyleSheet(f"color: {_COLORS[kind]};")
             grid.addWidget(header, 0, col)
             self._headers[kind] = header
-        for row, (key, label) in enumerate(ROWS, start=1):
+        for row, (key, label) in enumerate(ALL_ROWS, start=1):
             name = QLabel(label)
-            name.setStyleSheet("color: #5f6368;")
+            name.setStyleSheet(
+                f"color: {st.PINNED_COLOR};" if key in _COMPARE_KEYS else "color: #5f6368;"
+            )
             name.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             grid.addWidget(name, row, 0)
             self._row_labels[key] = name
@@ -96,7 +101,7 @@ class MetricsPanel(QFrame):
         self._data[kind] = data
         header = self._headers[kind]
         if data is None:
-            for key, _ in ROWS:
+            for key, _ in ALL_ROWS:
                 self._cells[(kind, key)].setText("—")
                 self._cells[(kind, key)].setToolTip("")
                 self._texts[(kind, key)] = "—"
@@ -106,8 +111,10 @@ class MetricsPanel(QFrame):
             header.setStyleSheet(f"color: {_COLORS[kind]};")
             self._style_values(kind, preview=False)
             self._update_worst_row()
+            self._update_compare_rows()
             return
-        for key, text in metric_texts(data).items():
+        texts = metric_texts(data) | compare_texts(data.metrics, data.pinned)
+        for key, text in texts.items():
             self._texts[(kind, key)] = text
             cell = self._cells[(kind, key)]
             cell.setText(elide_middle(text) if key == "tensor" else text)
@@ -122,6 +129,14 @@ class MetricsPanel(QFrame):
         self._style_values(kind, data.preview)
         # "worst channel" only means something for per-channel / per-group tensors.
         self._update_worst_row()
+        self._update_compare_rows()
+
+    def _update_compare_rows(self) -> None:
+        show = any(d is not None and d.pinned is not None for d in self._data.values())
+        for key in _COMPARE_KEYS:
+            self._row_labels[key].setVisible(show)
+            for kind in _COLUMNS:
+                self._cells[(kind, key)].setVisible(show)
 
     def text(self, kind: TensorKind, key: str) -> str:
         """The full text of one cell (tests, screenshots); long names are elided on screen."""

@@ -155,6 +155,28 @@ def outcome_texts(outcome: EvaluationOutcome) -> dict[str, tuple[str, str, str]]
     return rows
 
 
+def pinned_texts(
+    b: EvaluationOutcome, a: EvaluationOutcome
+) -> dict[str, tuple[str, str]]:
+    """Per row: the pinned configuration A's number and the change from A to B."""
+    qa, qb = a.evaluation.quantized_metrics, b.evaluation.quantized_metrics
+    a_texts = outcome_texts(a)
+    out = {key: (a_texts[key][1], "") for key, _, _ in ROWS if key not in SPANNING_ROWS}
+    for key, metric, unit, digits in (
+        ("accuracy", Metric.ACCURACY, " points", 2), ("agreement", Metric.AGREEMENT, " points", 2),
+        ("sqnr", Metric.SQNR, " dB", 2), ("cosine", Metric.COSINE, "", 5),
+        ("kl", Metric.KL, "", 5),
+    ):
+        if metric in qa and metric in qb and math.isfinite(qb[metric] - qa[metric]):
+            delta = f"{qb[metric] - qa[metric]:+.{digits}f}{unit}".replace("-", "−")
+            out[key] = (out[key][0], delta)
+    ratio = a.evaluation.size.quantized_bytes / max(b.evaluation.size.quantized_bytes, 1)
+    out["size"] = (out["size"][0], fmt_ratio(ratio, "smaller", "larger"))
+    for key in ("latency",):
+        out[key] = ("", "")  # measured only by a full evaluation of each
+    return {k: v for k, v in out.items() if k in {r[0] for r in ROWS}}
+
+
 def source_text(outcome: EvaluationOutcome) -> str:
     """Where the numbers come from: "simulation, 256 samples of data.npz · 1.6 s"."""
     return f"{outcome.label} of {outcome.data_name} · {outcome.elapsed_s:.1f} s"
@@ -234,6 +256,16 @@ class ModelPanel(QWidget):
         verdict_box.addLayout(top)
         verdict_box.addLayout(criteria_row)
         verdict_box.addWidget(self.criteria_error)
+        # Why this machine's defaults differ from the usual ones (one line, while they stand).
+        self.defaults_label = QLabel()
+        self.defaults_label.setWordWrap(True)
+        self.defaults_label.setStyleSheet(f"color: {st.AXIS_PEN}; font-size: 8.5pt;")
+        self.defaults_label.setToolTip(
+            "qviz asks ONNX Runtime's int8 kernel itself whether it saturates on this CPU; "
+            "QVIZ_U8S8_SATURATES=0|1 overrides the answer. Any setting you choose replaces "
+            "the defaults."
+        )
+        verdict_box.addWidget(self.defaults_label)
         verdict_box.addLayout(buttons)
         verdict_box.addStretch(1)
         self.verdict_section = QWidget()
@@ -247,6 +279,12 @@ class ModelPanel(QWidget):
         for c, title in enumerate(("", "Float", "Quantized", "Δ")):
             head = QLabel(f"<b>{title}</b>")
             grid.addWidget(head, 0, c)
+        # A configuration pinned for comparison: its numbers and B − A, only while pinned.
+        self._pinned_widgets: list[QLabel] = []
+        for c, title in ((4, "A (pinned)"), (5, "B − A")):
+            head = QLabel(f"<b style='color:{st.PINNED_COLOR}'>{title}</b>")
+            grid.addWidget(head, 0, c)
+            self._pinned_widgets.append(head)
         for r, (key, label, tip) in enumerate(ROWS, start=1):
             name = QLabel(label)
             name.setToolTip(tip)
@@ -263,6 +301,14 @@ class ModelPanel(QWidget):
                         cell.setWordWrap(True)
                         grid.addWidget(cell, r, c, 1, 2)
                     continue
+                grid.addWidget(cell, r, c)
+            for c, col in ((4, "a"), (5, "ab")):
+                cell = QLabel("")
+                cell.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+                cell.setStyleSheet(f"color: {st.PINNED_COLOR};")
+                cell.setToolTip(f"{tip} — for the configuration pinned as A (Edit ▸ Pin as A)")
+                self._cells[(key, col)] = cell
+                self._pinned_widgets.append(cell)
                 grid.addWidget(cell, r, c)
         grid.setColumnStretch(3, 1)
         grid.setRowStretch(len(ROWS) + 1, 1)
@@ -310,6 +356,10 @@ class ModelPanel(QWidget):
         self.depth_view.layerClicked.connect(self._select_input)
         evaluation.statusChanged.connect(self._on_status)
         doc.events.evaluation.connect(self._on_evaluation)
+        doc.events.pinned.connect(self._show_pinned)
+        doc.events.model.connect(self._show_defaults_note)
+        doc.events.config.connect(lambda _keys: self._show_defaults_note())
+        self._show_defaults_note()
         doc.events.criteria.connect(self._on_criteria)
         doc.events.selection.connect(self._ring_selected_layer)
         doc.events.model.connect(self._ring_selected_layer)
@@ -393,10 +443,32 @@ class ModelPanel(QWidget):
         self.source_label.setText(f"On {source_text(outcome)}")
         self.source_label.setStyleSheet("")
         self.depth_view.show_depth(outcome.evaluation.depth, local)
+        self._show_pinned()
         notes = outcome.evaluation.notes
         self.notes_label.setText("\n".join(f"• {n}" for n in notes))
         self.notes_label.setVisible(bool(notes))
         self._update_verdict()
+
+    def _show_defaults_note(self) -> None:
+        note = self._doc.defaults_note
+        self.defaults_label.setText(note or "")
+        self.defaults_label.setVisible(bool(note))
+
+    def _show_pinned(self) -> None:
+        """A's numbers beside B's, while a configuration is pinned and measured."""
+        pinned = self._doc.pinned
+        a = None if pinned is None else pinned.evaluation
+        b = self.outcome
+        show = a is not None and b is not None
+        for w in self._pinned_widgets:
+            w.setVisible(show)
+        if a is None or b is None:
+            self.depth_view.set_pinned(None)
+            return
+        for key, (a_text, delta) in pinned_texts(b, a).items():
+            self._cells[(key, "a")].setText(a_text)
+            self._cells[(key, "ab")].setText(delta)
+        self.depth_view.set_pinned(a.evaluation.depth)
 
     def set_pending(self, text: str) -> None:
         """The settings changed: the numbers shown are for earlier settings until `text`'s
@@ -422,6 +494,7 @@ class ModelPanel(QWidget):
         self.source_label.setText(reason)
         self.source_label.setStyleSheet(f"color: {STALE_COLOR};")
         self.depth_view.show_depth((), {}, "No evaluation yet")
+        self._show_pinned()
         self.notes_label.clear()
         self.notes_label.hide()
         self._update_verdict()

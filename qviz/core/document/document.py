@@ -22,7 +22,10 @@ import numpy as np
 
 from qviz.core.calibration.analysis import QuantTensor, TensorKey, TensorResult, analyze_tensor
 from qviz.core.calibration.config import QuantConfig, TensorConfig
-from qviz.core.calibration.methods import Method, MethodSpec, choose_range
+from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.calibration.representative import Representativeness
+from qviz.core.data.split import Holdout
+from qviz.core.document.compare import Pinned, PinnedComparison
 from qviz.core.document.events import DocumentEvents
 from qviz.core.document.history import History, HistoryEntry
 from qviz.core.document.jobs import (
@@ -32,27 +35,25 @@ from qviz.core.document.jobs import (
     MeasureInputs,
     MixedOutcome,
 )
+from qviz.core.document.markers import MethodRanges
 from qviz.core.document.measures import MeasurementState
+from qviz.core.document.represent import EvaluationStats, with_evaluation_view
 from qviz.core.document.results import ResultStore
 from qviz.core.document.summary import Summary, summarize
 from qviz.core.document.tensors import ApplyScope, TensorIndex
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
-from qviz.core.files.session_file import SessionFile
 from qviz.core.layerdata.layer import LayerData, LayerPlots
 from qviz.core.model.loading import LoadedModel, TensorKind
-from qviz.core.quant.formats import FormatKind, PerTensor
+from qviz.core.quant.formats import PerTensor
+from qviz.core.runtime.defaults import recommended_defaults
 from qviz.core.stats.collect import CalibrationStats
 from qviz.core.stats.tensor_stats import TensorStats
-
-# Method markers for weights cost one pass over the tensor per method; skip huge ones.
-MAX_MARKER_WEIGHT = 4_000_000
-MARKER_METHODS = (Method.MINMAX, Method.PERCENTILE, Method.ENTROPY, Method.MSE)
 
 ConfigHistory = History[QuantConfig, TensorKey]
 
 
-class Document:
+class Document(PinnedComparison):
     """An open session (see the module docstring). Attributes are read-only from outside:
     change them through the methods, which announce the change on `events`."""
 
@@ -62,6 +63,9 @@ class Document:
         self.model_path: Path | None = None
         self.data_path: Path | None = None          # calibration data
         self.eval_data_path: Path | None = None     # evaluation data (None: the calibration data)
+        #: With one data set, the part of it kept apart for evaluation (None: evaluate on the
+        #: calibration data, a choice the user makes explicitly).
+        self.holdout: Holdout | None = Holdout()
         self.stats_path: Path | None = None
         self.stats: CalibrationStats | None = None
         self.selection: TensorKey | None = None
@@ -70,11 +74,18 @@ class Document:
         self.revision = 0
         self.history: ConfigHistory = History(QuantConfig())
         self.measures = MeasurementState(self.events)
+        self.eval_stats = EvaluationStats(self.events)
         self.modified = False
+        #: Why this machine's defaults differ from the usual ones (None: they don't).
+        self.defaults_note: str | None = None
         self._index = TensorIndex(None)
         self._results = ResultStore()
         self._plots = LayerPlots()
-        self._ranges: dict[tuple[TensorKey, MethodSpec, str, bool, bool], tuple[float, float]] = {}
+        self._markers = MethodRanges()
+        self.pinned: Pinned | None = None
+        #: Bumped when the model, statistics or evaluation data change (not the settings):
+        #: what a pinned configuration's own numbers depend on.
+        self.data_revision = 0
 
     # ================================================================= reading
     @property
@@ -131,6 +142,31 @@ class Document:
         """The data end-to-end numbers are measured on."""
         return self.eval_data_path or self.data_path
 
+    @property
+    def evaluation_holdout(self) -> Holdout | None:
+        """The part of the calibration data held out for evaluation (None: a separate
+        evaluation set, or the user chose to evaluate on the calibration data)."""
+        return self.holdout if self.eval_data_path is None else None
+
+    @property
+    def evaluation_label(self) -> str:
+        """What end-to-end numbers are measured on, as every result says it."""
+        if self.eval_data_path is not None:
+            return self.eval_data_path.name
+        if self.data_path is None:
+            return ""
+        if self.holdout is None:
+            return f"{self.data_path.name} (the calibration data)"
+        return f"the held-out 1 in {self.holdout.every} of {self.data_path.name}"
+
+    def set_holdout(self, holdout: Holdout | None) -> None:
+        """Hold out one sample in N of the calibration data for evaluation (None: evaluate on
+        the calibration data, chosen explicitly). Calibration should run again: the samples it
+        may use have changed."""
+        if holdout != self.holdout:
+            self.holdout = holdout
+            self._data_changed()
+
     # ================================================================= opening
     def set_model(self, model: LoadedModel, path: Path | None = None) -> None:
         """A new model: its statistics, results and measurements start empty; the settings
@@ -143,12 +179,21 @@ class Document:
         self._results.clear()
         self._results.set_limit(len(self._index))
         self._plots.clear()
-        self._ranges.clear()
-        self.history.reset(self.config)
+        self._markers.clear()
+        if self._untouched:
+            # No choice of the user's yet: start from what holds on this machine.
+            defaults = recommended_defaults()
+            self.history.reset(defaults.config)
+            self.defaults_note = defaults.note
+        else:
+            self.history.reset(self.config)
         if self.selection not in self._index:
             self.selection = self._index.tensors[0].key if self._index.tensors else None
         self.revision += 1
+        self.data_revision += 1
+        self.pinned = None  # its settings may name tensors this model does not have
         self.measures.model_changed(model.sha256, self.revision)
+        self.eval_stats.set(None)
         self._set_modified(False)
         self.events.model.emit()
         self.events.history.emit()
@@ -163,11 +208,25 @@ class Document:
         check_stats_match(self.model, stats)
         self.stats = stats
         self.stats_path = path
-        self._ranges.clear()
+        self._markers.clear()
         self._results.clear(TensorKind.ACTIVATION)
         self.revision += 1
+        self.data_revision += 1
         self.measures.invalidate(self.revision)
         self.events.stats.emit()
+        self._pinned_measures_changed()
+
+    def set_eval_stats(self, stats: CalibrationStats) -> None:
+        """Statistics of the evaluation data (same model), to judge the calibration data."""
+        if self.model is None or stats.model_sha256 != self.model.sha256:
+            raise QvizError("the evaluation statistics were collected on another model")
+        self.eval_stats.set(stats)
+
+    def representativeness(self, key: TensorKey) -> Representativeness | None:
+        return self.eval_stats.compare(key, self.config_for(key), self.stats)
+
+    def convergence(self, key: TensorKey) -> list[tuple[int, float, float]]:
+        return self.eval_stats.convergence(key, self.config_for(key), self.stats)
 
     def stats_saved(self, path: Path) -> None:
         """The statistics were written to `path` (a session saved now refers to it)."""
@@ -185,10 +244,13 @@ class Document:
         self._data_changed()
 
     def _data_changed(self) -> None:
+        self.eval_stats.set(None)  # of data no longer the evaluation data
         self.revision += 1
+        self.data_revision += 1
         self.measures.invalidate(self.revision)
         self._set_modified(True)
         self.events.data.emit()
+        self._pinned_measures_changed()
 
     # ================================================================= selection and view
     def select(self, key: TensorKey | tuple[str, TensorKind] | None) -> None:
@@ -258,6 +320,7 @@ class Document:
         """Replace the whole configuration as one undo step; returns the changed tensors."""
         if config == self.config:
             return []
+        self.defaults_note = None  # the user's choices from now on
         before = self.config
         self.history.record(label, config, focus)
         changed = self._config_changed(before)
@@ -397,9 +460,18 @@ class Document:
                     a_missing = error or "no activation statistics for this layer"
                 if result is not None:
                     a_ranges = self.method_ranges(key)
-        return self._plots.layer_data(
+        pinned = {k.kind: self.pinned_result(k) for k in self.visible_keys()}
+        data = self._plots.layer_data(
             weight, weight_values, activation, act_stats, w_ranges, a_ranges,
             weight_missing=w_missing, activation_missing=a_missing,
+            pinned_weight=pinned.get(TensorKind.WEIGHT),
+            pinned_activation=pinned.get(TensorKind.ACTIVATION),
+        )
+        if data.activation is None:
+            return data
+        key = TensorKey(data.activation.result.name, TensorKind.ACTIVATION)
+        return with_evaluation_view(
+            data, self.eval_stats.stats, self.representativeness(key), self.convergence(key)
         )
 
     def activation_stats(self, key: TensorKey) -> TensorStats | None:
@@ -413,41 +485,13 @@ class Document:
         return self._plots
 
     def method_ranges(self, key: TensorKey) -> dict[Method, tuple[float, float]]:
-        """Where each automatic method would put a tensor's (per-tensor) clip range, for the
-        markers on the error curve. Cached per tensor, method and format: Entropy and MSE
-        search the histogram, and the markers are redrawn on every click. Weights above
-        `MAX_MARKER_WEIGHT` values get none (each method is a pass over the whole tensor)."""
-        out: dict[Method, tuple[float, float]] = {}
+        """Where each automatic method would put the tensor's clip range (the markers)."""
         if key not in self._index or not self.can_analyze(key) or self.model is None:
-            return out
-        cfg = self.config_for(key)
-        if key.kind is TensorKind.ACTIVATION and cfg.fmt.kind is FormatKind.NF4:
-            return out
-        if key.kind is TensorKind.WEIGHT and self.element_count(key) > MAX_MARKER_WEIGHT:
-            return out
-        fmt = cfg.fmt
-        for method in MARKER_METHODS:
-            spec = MethodSpec.of(method, cfg.spec.percentile)
-            ckey = (key, spec, fmt.spec, fmt.symmetric, fmt.pow2_scale)
-            if ckey not in self._ranges:
-                try:
-                    self._ranges[ckey] = self._method_range(key, spec, cfg)
-                except QvizError:
-                    continue
-            out[method] = self._ranges[ckey]
-        return out
-
-    def _method_range(
-        self, key: TensorKey, spec: MethodSpec, cfg: TensorConfig
-    ) -> tuple[float, float]:
-        if key.kind is TensorKind.ACTIVATION:
-            assert self.stats is not None
-            lo, hi = choose_range(self.stats.tensors[key.name], spec, cfg.fmt)
-            return float(lo), float(hi)
-        assert self.model is not None
-        per_tensor = TensorConfig(spec, PerTensor(), cfg.fmt)
-        result = analyze_tensor(self.model, None, self._index.tensor(key), per_tensor)
-        return result.metrics.envelope
+            return {}
+        return self._markers.ranges(
+            self.model, self.stats, self._index.tensor(key), self.config_for(key),
+            self.element_count(key),
+        )
 
     def summary(self, n_worst: int = 3) -> Summary:
         scored = []
@@ -459,11 +503,19 @@ class Document:
             quantized = self.config_for(t.key).quantize
             sqnr = float(result.metrics.sqnr_db) if quantized else math.inf
             scored.append((t.key, sqnr, self.element_count(t.key)))
-        return summarize(self._index, scored, n_worst)
+        summary = summarize(self._index, scored, n_worst)
+        if self.eval_stats.stats is None:
+            return summary
+        flagged = tuple(
+            t.key for t in self._index.tensors
+            if (r := self.representativeness(t.key)) is not None and r.flagged
+        )
+        return replace(summary, unrepresentative=flagged)
 
     # ================================================================= measurements
-    def measure_inputs(self, what: str) -> MeasureInputs:
-        """Frozen inputs for an end-to-end measurement, or a QvizError saying what is missing."""
+    def measure_inputs(self, what: str, config: QuantConfig | None = None) -> MeasureInputs:
+        """Frozen inputs for an end-to-end measurement of `config` (default: the current
+        one), or a QvizError saying what is missing."""
         if self.model is None:
             raise QvizError(f"{what} needs a model: open one first (Ctrl+O)")
         if self.stats is None:
@@ -475,13 +527,20 @@ class Document:
             raise QvizError(
                 f"{what} runs the model on data, and none is open: open the data (Ctrl+D)"
             )
+        holdout = self.evaluation_holdout
+        current = config is None or config == self.config
         return MeasureInputs(
-            self.model, self.stats, self.config, path, self.revision, self._results.known()
+            self.model, self.stats, self.config if config is None else config, path,
+            self.revision, self._results.known() if current else {}, holdout,
+            self.evaluation_label,
         )
 
     def accept_evaluation(self, outcome: EvaluationOutcome) -> bool:
         """An evaluation finished; False when it was for earlier settings (dropped)."""
-        return self.measures.accept_evaluation(outcome, self.revision)
+        kept = self.measures.accept_evaluation(outcome, self.revision)
+        if kept and self.pinned is not None and self.pinned.evaluation is None:
+            self.accept_pinned_evaluation(outcome, self.data_revision)  # A's, if it is A
+        return kept
 
     def accept_sensitivity(self, report: object) -> bool:
         """A sensitivity report finished; False when it was measured on another model."""
@@ -494,45 +553,22 @@ class Document:
     def accept_mixed(self, outcome: MixedOutcome) -> bool:
         return self.measures.accept_mixed(outcome, self.model)
 
-    # ================================================================= the session file
-    def to_session(self) -> SessionFile:
-        return SessionFile(
-            model_path=self.model_path,
-            data_path=self.data_path,
-            eval_data_path=self.eval_data_path,
-            stats_path=self.stats_path,
-            model_sha256=None if self.model is None else self.model.sha256,
-            config=self.config,
-            selection=None if self.selection is None else (self.selection.name,
-                                                           self.selection.kind),
-            log_counts=self.log_counts,
-            criteria=self.measures.criteria_text,
-            sensitivity=self.measures.sensitivity,
-        )
+    # ================================================================= saved state
+    @property
+    def _untouched(self) -> bool:
+        """Nothing chosen yet: the history holds only its start, at the defaults."""
+        return len(self.history.entries) == 1 and self.config == QuantConfig()
 
-    def adopt_session(self, session: SessionFile) -> None:
-        """Take a loaded session's choices (the files are opened by the caller); the
-        history starts at them."""
+    def reset_history(self, config: QuantConfig) -> None:
+        """Start the undo history again at `config` (a session just opened)."""
+        self.defaults_note = None
         before = self.config
-        self.history.reset(session.config)
+        self.history.reset(config)
         self._config_changed(before)
         self.events.history.emit()
-        self.set_log_counts(session.log_counts)
-        if session.selection is not None:
-            key = self.find(*session.selection)
-            if key is not None:
-                self.select(key)
-        if session.criteria is not None:
-            try:
-                self.measures.set_criteria_text(session.criteria)
-            except QvizError:
-                pass  # a hand-edited session: the defaults stand, as for a new session
-        report = session.sensitivity
-        if report is not None and self.model is not None:
-            self.accept_sensitivity(report)
-        self._set_modified(False)
 
-    def mark_saved(self, path: Path | None = None) -> None:
+    def mark_saved(self) -> None:
+        """The document was written down: nothing differs from the file any more."""
         self._set_modified(False)
 
     def _set_modified(self, modified: bool) -> None:

@@ -17,6 +17,8 @@ class DocumentEvents(SignalGroup):
     model = Signal()
     #: Calibration statistics were set or replaced (activation results are recomputed).
     stats = Signal()
+    #: Statistics of the evaluation data arrived (or were dropped).
+    eval_stats = Signal()
     #: The calibration or evaluation data set changed.
     data = Signal()
     #: The configuration changed: the keys of the tensors whose settings differ.
@@ -35,6 +37,11 @@ class DocumentEvents(SignalGroup):
     sensitivity = Signal()
     #: A mixed-precision answer arrived or was dropped.
     mixed = Signal()
+    #: A configuration was pinned as "A" for comparison, unpinned, swapped, or its numbers
+    #: arrived.
+    pinned = Signal()
+    #: Results of the pinned configuration arrived for these tensors.
+    pinned_results = Signal(tuple)
     #: The undo history moved (a new step, an undo, a redo).
     history = Signal()
     #: Whether the document differs from its saved session changed.

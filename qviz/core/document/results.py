@@ -78,5 +78,15 @@ class ResultStore:
         self._current[key] = earlier
         return True
 
+    def earlier(self, key: TensorKey, cfg: TensorConfig) -> TensorResult | None:
+        """A result measured for these settings before, if still kept."""
+        return self._earlier.get((key, cfg))
+
+    def keep(self, key: TensorKey, result: TensorResult) -> None:
+        """Keep a result of other settings than the current ones (a pinned configuration)."""
+        self._earlier[(key, result.config)] = result
+        while len(self._earlier) > self._limit:
+            self._earlier.popitem(last=False)
+
     def current_results(self) -> list[TensorResult]:
         return list(self._current.values())

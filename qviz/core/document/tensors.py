@@ -7,7 +7,7 @@ every redraw, and the same array object keeps the plot caches keyed by identity 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from enum import Enum
 
 import numpy as np
@@ -38,7 +38,7 @@ class TensorIndex:
     def __contains__(self, key: object) -> bool:
         return key in self._by_key
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[TensorKey]:
         return iter(self._by_key)
 
     def __len__(self) -> int:
@@ -68,9 +68,9 @@ class TensorIndex:
             return float(math.prod(shape)) if shape else 0.0
         if stats is not None and key.name in stats.tensors and stats.n_samples:
             return stats.tensors[key.name].count / stats.n_samples
-        shape = self._shapes.get(key.name)
-        if shape and all(isinstance(d, int) for d in shape[1:]):
-            return float(math.prod(shape[1:]))  # type: ignore[arg-type]  # checked: all ints
+        dims = self._shapes.get(key.name)
+        if dims and all(isinstance(d, int) for d in dims[1:]):
+            return float(math.prod(d for d in dims[1:] if d is not None))  # leading: batch
         return 0.0
 
     def weight_values(self, name: str) -> np.ndarray:

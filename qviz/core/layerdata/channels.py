@@ -105,12 +105,13 @@ def channel_data(
         source = "one per-tensor clip range"
 
     group = None
-    if granularity is GranularityKind.PER_GROUP and qp.block_size and reduction_axis is not None:
-        group = _group_sqnr(w, fq, channel_axis, reduction_axis, int(qp.block_size))
-        source = f"clip envelope of each channel's groups of {qp.block_size}"
+    block = qp.block_size
+    if granularity is GranularityKind.PER_GROUP and block and reduction_axis is not None:
+        group = _group_sqnr(w, fq, channel_axis, reduction_axis, int(block))
+        source = f"clip envelope of each channel's groups of {block}"
     return ChannelData(
         mins, maxs, los, his, sqnr, outlier_mask(mins, maxs), group,
-        int(qp.block_size) if group is not None else None, source,
+        int(block) if group is not None and block else None, source,
     )
 
 

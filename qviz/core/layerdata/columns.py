@@ -14,6 +14,14 @@ from qviz.core.text import fmt_db, fmt_num, fmt_pct, fmt_range, fmt_zero_point, 
 
 
 @dataclass(frozen=True)
+class PinnedColumn:
+    """The pinned configuration's numbers for the same tensor."""
+
+    config: str
+    metrics: TensorMetrics
+
+
+@dataclass(frozen=True)
 class ColumnData:
     """What one column shows; built from a TensorResult or from a drag preview."""
 
@@ -24,6 +32,7 @@ class ColumnData:
     channel_word: str = "channel"  # what the clip envelope is over: "channel" or "group"
     preview: bool = False
     approximate: bool = False  # preview from a histogram of a huge weight (exact on release)
+    pinned: PinnedColumn | None = None  # the same tensor under the pinned configuration "A"
 
 
 def metric_texts(data: ColumnData) -> dict[str, str]:
@@ -56,4 +65,38 @@ def metric_texts(data: ColumnData) -> dict[str, str]:
         "worst": worst,
         "max_abs_error": fmt_num(m.max_abs_error),
         "cosine": f"{float(m.cosine):.6f}",
+    }
+
+
+# Rows the metrics panel adds while a configuration is pinned as "A" (see `compare_texts`).
+COMPARE_ROWS: tuple[tuple[str, str], ...] = (
+    ("a_config", "A quantizer"),
+    ("a_sqnr", "A SQNR"),
+    ("d_sqnr", "Δ SQNR (B − A)"),
+    ("a_clipped", "A clipped"),
+    ("a_mse", "A MSE"),
+)
+
+
+def compare_texts(current: TensorMetrics, pinned: PinnedColumn | None) -> dict[str, str]:
+    """The comparison rows of one column: A's numbers and the change from A to the current
+    settings (B); '—' everywhere when nothing is pinned."""
+    if pinned is None:
+        return {key: "—" for key, _ in COMPARE_ROWS}
+    a = pinned.metrics
+    same = float(current.sqnr_db) == float(a.sqnr_db) and float(current.mse) == float(a.mse)
+    with np.errstate(invalid="ignore"):
+        d_sqnr = float(current.sqnr_db) - float(a.sqnr_db)
+    if same:
+        delta = "same as A"
+    elif np.isnan(d_sqnr):
+        delta = "—"
+    else:
+        delta = ("+" if d_sqnr > 0 else "") + f"{fmt_num(d_sqnr)} dB"
+    return {
+        "a_config": pinned.config,
+        "a_sqnr": fmt_db(a.sqnr_db),
+        "d_sqnr": delta,
+        "a_clipped": fmt_pct(a.clipped_fraction),
+        "a_mse": fmt_num(a.mse),
     }

@@ -27,7 +27,7 @@ from qviz.core.calibration.config import method_label
 from qviz.core.calibration.methods import Method
 from qviz.core.calibration.metrics import TensorMetrics, exact_metrics, histogram_metrics
 from qviz.core.layerdata.channels import ChannelData, channel_data
-from qviz.core.layerdata.columns import ColumnData
+from qviz.core.layerdata.columns import ColumnData, PinnedColumn
 from qviz.core.layerdata.curves import (
     CurveData,
     Marker,
@@ -84,6 +84,7 @@ class WeightPanel:
     channels_missing: str          # why there is no channel view ("" when there is one)
     curve: CurveData
     column: ColumnData
+    pinned_band: tuple[float, float] | None = None  # the pinned configuration's ("A")
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,6 +97,13 @@ class ActivationPanel:
     note: str
     curve: CurveData
     column: ColumnData
+    pinned_band: tuple[float, float] | None = None
+    #: The evaluation data's histogram, scaled to the calibration data's total (to compare
+    #: shapes), and the range the method would choose on it alone.
+    eval_hist: tuple[np.ndarray, np.ndarray] | None = None
+    eval_band: tuple[float, float] | None = None
+    #: (samples, lo, hi) of the chosen range as calibration data grew.
+    convergence: tuple[tuple[int, float, float], ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,10 +120,15 @@ def _group_word(result: TensorResult) -> str:
     return "group" if isinstance(result.config.granularity, PerGroup) else "channel"
 
 
-def weight_column(r: TensorResult) -> ColumnData:
+def _pinned(r: TensorResult | None) -> PinnedColumn | None:
+    return None if r is None else PinnedColumn(r.config.label, r.metrics)
+
+
+def weight_column(r: TensorResult, pinned: TensorResult | None = None) -> ColumnData:
     cm = r.channel_metrics
     sq = None if cm is None else np.asarray(cm.sqnr_db)
-    return ColumnData(r.name, r.config.label, r.metrics, sq, _group_word(r))
+    return ColumnData(r.name, r.config.label, r.metrics, sq, _group_word(r),
+                      pinned=_pinned(pinned))
 
 
 def preview_label(fmt: NumberFormat, lo: float, hi: float) -> str:
@@ -189,13 +202,26 @@ class LayerPlots:
         *,
         weight_missing: str = "this layer has no weight",
         activation_missing: str = "not calibrated",
+        pinned_weight: TensorResult | None = None,
+        pinned_activation: TensorResult | None = None,
     ) -> LayerData:
+        """`pinned_*`: the same tensors under a configuration pinned for comparison ("A")."""
         wpanel = None
         if weight is not None and weight_values is not None:
             wpanel = self._weight_panel(weight, weight_values, weight_ranges)
+            if pinned_weight is not None:
+                wpanel = replace(
+                    wpanel, pinned_band=pinned_weight.metrics.envelope,
+                    column=weight_column(weight, pinned_weight),
+                )
         apanel = None
         if activation is not None and activation_stats is not None:
             apanel = self._activation_panel(activation, activation_stats, activation_ranges)
+            if pinned_activation is not None:
+                apanel = replace(
+                    apanel, pinned_band=pinned_activation.metrics.envelope,
+                    column=replace(apanel.column, pinned=_pinned(pinned_activation)),
+                )
         return LayerData(wpanel, apanel, weight_missing, activation_missing)
 
     def _weight_panel(
