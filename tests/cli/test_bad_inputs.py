@@ -198,7 +198,8 @@ CASES: list[tuple[str, list[str]]] = [
     # -- where output goes (export, mixed) --
     ("export-o-source-stats", ["export", "{w}/s.qvstats", "--file-format", "config",
                                "-o", "{w}/s.qvstats"]),
-    ("export-o-source-config", ["export", "{w}/c.json", "--file-format", "config", "-o", "{w}/c.json"]),
+    ("export-o-source-config", ["export", "{w}/c.json", "--file-format", "config",
+                                "-o", "{w}/c.json"]),
     ("export-o-recorded-model", ["export", "{w}/s.qvstats", "--file-format", "qdq",
                                  "-o", "{w}/model.onnx"]),
     ("export-o-given-model", ["export", "{w}/c.json", "--model", "{w}/model.onnx",

@@ -63,7 +63,8 @@ def test_config_file_exports_exactly_its_saved_scales(
     with the settings the config was made with."""
     from_config = tmp_path / "from_config.onnx"
     from_stats = tmp_path / "from_stats.onnx"
-    assert main(["export", str(files["config"]), "--file-format", "qdq", "-o", str(from_config)]) == 0
+    assert main(["export", str(files["config"]), "--file-format", "qdq",
+                 "-o", str(from_config)]) == 0
     assert main(["export", str(files["stats"]), "--file-format", "qdq", "-o", str(from_stats),
                  "--method", "percentile", "--asymmetric", "--number-format", "uint"]) == 0
     assert from_config.read_bytes() == from_stats.read_bytes()
