@@ -3,7 +3,9 @@ the rebuilt histogram of a rescaled tensor, the stats file's schema 2 and its pr
 
 from __future__ import annotations
 
+import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +172,28 @@ def test_stats_file_keeps_moments_and_grams(tmp_path: Path) -> None:
     for name, g in stats.grams.items():
         np.testing.assert_array_equal(back.grams[name].matrix, g.matrix)
         assert back.grams[name].rows == g.rows and back.grams[name].kernel == g.kernel
+
+
+def test_schema_2_fields_are_optional(tmp_path: Path) -> None:
+    """A schema-2 file without moments or Gram matrices (not collected, or written by a
+    collector of schema 2 that does not know them) opens with none, like a version-1 file."""
+    model = from_proto(_two_layer_model(), sha256="g")
+    stats = run_to_completion(collect_stats(model, random_data(model.inputs, 6),
+                                            channel_bins=None))
+    assert {t.moments for t in stats.tensors.values()} == {None}
+    save_stats(stats, tmp_path / "s.qvstats")
+    with zipfile.ZipFile(tmp_path / "s.qvstats") as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    meta = json.loads(members["meta.json"])
+    assert meta["schema_version"] == 2 and not any("channel_mean" in n for n in members)
+    del meta["grams"]
+    members["meta.json"] = json.dumps(meta).encode()
+    with zipfile.ZipFile(tmp_path / "other.qvstats", "w") as zf:
+        for n, data in members.items():
+            zf.writestr(n, data)
+    back = load_stats(tmp_path / "other.qvstats")
+    assert back.grams == {} and set(back.tensors) == set(stats.tensors)
+    assert {t.moments for t in back.tensors.values()} == {None}
 
 
 def test_version_1_stats_file_still_opens(tmp_path: Path) -> None:

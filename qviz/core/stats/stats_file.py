@@ -8,8 +8,9 @@ Schema history:
 * 1 — per-tensor histograms, exact min/max, per-channel min/max.
 * 2 — per-channel moments and histograms of every activation (``channel_*`` arrays beside a
   tensor's others), and the Gram matrices GPTQ needs (``grams``: one matrix per group of
-  weights sharing an input). A version-1 file still opens; transforms that need the new data
-  say "recollect to use this".
+  weights sharing an input). Every field new in 2 is optional: absent means not collected
+  (a file collected without them, or by another collector of schema 2, opens the same way). A
+  version-1 file still opens; transforms that need the new data say "recollect to use this".
 """
 
 from __future__ import annotations
@@ -43,10 +44,9 @@ SCHEMA_VERSION = 2
 STATS_SUFFIX = ".qvstats"
 
 
-
 def _migrate_1_to_2(document: dict[str, Any]) -> dict[str, Any]:
-    # Version 1 has no per-channel moments (their arrays are simply absent) and no grams.
-    return {**document, "schema_version": 2, "grams": []}
+    # Version 2's new fields are all optional: a version-1 document is one without them.
+    return {**document, "schema_version": 2}
 
 
 # Each entry upgrades meta.json from version N to N + 1; golden files under tests/data pin them.
@@ -166,7 +166,8 @@ def _decode(zf: zipfile.ZipFile, document: dict[str, Any], name: str) -> Calibra
 
 
 def _decode_grams(zf: zipfile.ZipFile, entries: Any, name: str) -> dict[str, GramStats]:
-    """The Gram matrices (schema 2), by weight; layers sharing an input share one."""
+    """The Gram matrices (schema 2; none when absent), by weight; layers sharing an input
+    share one."""
     if not isinstance(entries, list):
         raise QvizError(f"{name}: 'grams' must be a list")
     grams: dict[str, GramStats] = {}
