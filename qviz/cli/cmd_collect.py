@@ -38,8 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gram", action="store_true",
                    help="also keep the Gram matrix XᵀX of every weighted layer's input (GPTQ)")
     p.add_argument("--gram-budget", type=float, default=DEFAULT_GRAM_BUDGET / 2**30,
-                   metavar="GIB", help="memory the Gram matrices may take, in GiB "
-                                       f"(default {DEFAULT_GRAM_BUDGET / 2**30:g})")
+                   metavar="GIB", help="memory the Gram matrices may take, in GiB")
     p.add_argument("--state-dict", type=input_path,
                    help="state dict for a package.module:factory model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -71,7 +71,7 @@ def test_smoothquant_auto_export_gains_6_db_in_plain_ort(block, tmp_path: Path,
                                                          method: str) -> None:
     x = np.load(block["eval"])["hidden_states"]
     plain, smooth = tmp_path / "plain.onnx", tmp_path / "smooth.onnx"
-    common = ["export", str(block["stats"]), "--format", "qdq", "--method", method]
+    common = ["export", str(block["stats"]), "--file-format", "qdq", "--method", method]
     assert main([*common, "-o", str(plain)]) == 0
     assert main([*common, "--smoothquant", "auto", "-o", str(smooth)]) == 0
     before = _plain_ort_sqnr(block["model"], plain, x)
@@ -86,7 +86,8 @@ def test_evaluate_reports_what_plain_ort_measures(block, tmp_path: Path, capsys)
                  *flags]) == 0
     reported = json.loads(capsys.readouterr().out)["outputs"][0]["output_sqnr_db"]
     out = tmp_path / "all.onnx"
-    assert main(["export", str(block["stats"]), "--format", "qdq", "-o", str(out), *flags]) == 0
+    assert main(["export", str(block["stats"]), "--file-format", "qdq", "-o", str(out),
+                 *flags]) == 0
     x = np.load(block["eval"])["hidden_states"]
     assert _plain_ort_sqnr(block["model"], out, x) == pytest.approx(reported, abs=0.01)
 
@@ -94,15 +95,15 @@ def test_evaluate_reports_what_plain_ort_measures(block, tmp_path: Path, capsys)
 def test_config_file_records_and_rebuilds_the_transforms(block, tmp_path: Path) -> None:
     flags = ["--method", "mse", "--smoothquant", "auto", "--bias-correction"]
     cfg, direct, rebuilt = tmp_path / "t.json", tmp_path / "d.onnx", tmp_path / "r.onnx"
-    assert main(["export", str(block["stats"]), "--format", "config", "-o", str(cfg),
+    assert main(["export", str(block["stats"]), "--file-format", "config", "-o", str(cfg),
                  *flags]) == 0
     saved = load_config(cfg)
     assert saved.schema_version == 2 and len(saved.rescalings) == 2
     assert saved.quant_config.activations.transforms.smoothquant is not None
     assert any(t.corrected_bias is not None for t in saved.tensors)
-    assert main(["export", str(block["stats"]), "--format", "qdq", "-o", str(direct),
+    assert main(["export", str(block["stats"]), "--file-format", "qdq", "-o", str(direct),
                  *flags]) == 0
-    assert main(["export", str(cfg), "--format", "qdq", "-o", str(rebuilt)]) == 0
+    assert main(["export", str(cfg), "--file-format", "qdq", "-o", str(rebuilt)]) == 0
     a, b = onnx.load(direct), onnx.load(rebuilt)
     assert {i.name: i.raw_data for i in a.graph.initializer} == \
         {i.name: i.raw_data for i in b.graph.initializer}
@@ -110,10 +111,10 @@ def test_config_file_records_and_rebuilds_the_transforms(block, tmp_path: Path) 
 
 def test_config_with_gptq_refuses_to_rebuild(block, tmp_path: Path, capsys) -> None:
     cfg = tmp_path / "g.json"
-    assert main(["export", str(block["stats"]), "--format", "config", "-o", str(cfg),
+    assert main(["export", str(block["stats"]), "--file-format", "config", "-o", str(cfg),
                  "--gptq"]) == 0
     capsys.readouterr()
-    assert main(["export", str(cfg), "--format", "qdq", "-o", str(tmp_path / "g.onnx")]) == 2
+    assert main(["export", str(cfg), "--file-format", "qdq", "-o", str(tmp_path / "g.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "GPTQ" in err and "--stats" in err
     assert not (tmp_path / "g.onnx").exists()
@@ -130,9 +131,10 @@ class _Reader(CalibrationDataReader):
 def test_ort_overrides_come_with_the_transformed_float_model(block, tmp_path: Path) -> None:
     flags = ["--method", "mse", "--smoothquant", "auto", "--gptq", "--bias-correction"]
     overrides, ours = tmp_path / "ov.json", tmp_path / "ours.onnx"
-    assert main(["export", str(block["stats"]), "--format", "ort-overrides",
+    assert main(["export", str(block["stats"]), "--file-format", "ort-overrides",
                  "-o", str(overrides), *flags]) == 0
-    assert main(["export", str(block["stats"]), "--format", "qdq", "-o", str(ours), *flags]) == 0
+    assert main(["export", str(block["stats"]), "--file-format", "qdq", "-o", str(ours),
+                 *flags]) == 0
     beside = tmp_path / "ov.transformed.onnx"
     assert json.loads(overrides.read_text())["float_model"]["file"] == beside.name
     theirs = tmp_path / "theirs.onnx"
@@ -147,10 +149,10 @@ def test_ort_overrides_come_with_the_transformed_float_model(block, tmp_path: Pa
 
 def test_trt_cache_refuses_gptq_in_one_line(block, tmp_path: Path, capsys) -> None:
     out = tmp_path / "c.cache"
-    assert main(["export", str(block["stats"]), "--format", "trt-cache", "-o", str(out),
+    assert main(["export", str(block["stats"]), "--file-format", "trt-cache", "-o", str(out),
                  "--gptq"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "--format qdq" in err
+    assert "\n" not in err and "--file-format qdq" in err
     assert not out.exists() and not (tmp_path / "c.transformed.onnx").exists()
 
 

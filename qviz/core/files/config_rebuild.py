@@ -12,7 +12,7 @@ import math
 
 from qviz.core.calibration.analysis import TensorResult, quant_tensors
 from qviz.core.errors import QvizError
-from qviz.core.files.config_file import SavedConfig
+from qviz.core.files.config_file import SavedConfig, check_qparams_fit
 from qviz.core.model.loading import LoadedModel, TensorKind
 from qviz.core.transforms.bias import bias_site
 from qviz.core.transforms.plan import TransformPlan, plan_from_scales
@@ -41,6 +41,7 @@ def saved_results(
     )
     tmodel = plan.model
     by_key = {(t.name, t.kind): t for t in quant_tensors(tmodel)}
+    dims = {t.name: tuple(int(d) for d in t.dims) for t in tmodel.model.graph.initializer}
     results = []
     for st in saved.tensors:
         tensor = by_key.get((st.name, st.kind))
@@ -49,6 +50,7 @@ def saved_results(
                 f"the config file quantizes {st.kind.value} '{st.name}', which this model "
                 "does not have"
             )
+        check_qparams_fit(st.qparams, dims.get(st.name), f"{saved.origin}: tensor '{st.name}'")
         applied = None
         if st.corrected_bias is not None:
             if st.kind is not TensorKind.WEIGHT:

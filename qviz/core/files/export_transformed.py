@@ -74,7 +74,7 @@ def _refuse_for_trt(results: Sequence[TensorResult]) -> None:
         if a.values is not None:
             raise QvizError(
                 f"TensorRT computes its own weight scales, so GPTQ's rounding ('{r.name}') "
-                "cannot ship in a calibration cache: export --format qdq instead"
+                "cannot ship in a calibration cache: export --file-format qdq instead"
             )
         cfg = r.config
         trt_like = (cfg.fmt.kind is FormatKind.INT and cfg.fmt.bits == 8 and cfg.fmt.signed
@@ -84,7 +84,7 @@ def _refuse_for_trt(results: Sequence[TensorResult]) -> None:
             raise QvizError(
                 f"bias correction of '{r.name}' was computed for {cfg.label} weights, which "
                 "TensorRT does not use (it quantizes int8 per channel from the largest "
-                "magnitude): export --format qdq instead"
+                "magnitude): export --file-format qdq instead"
             )
 
 
@@ -113,7 +113,7 @@ def export_transformed(
     size = proto.ByteSize()
     if size > PROTOBUF_LIMIT:
         raise QvizError(f"the transformed float model is {size / 2**30:.1f} GiB; one .onnx file "
-                        "holds at most 2 GiB: export --format qdq instead")
+                        "holds at most 2 GiB: export --file-format qdq instead")
     beside = transformed_path(path)
     with ExitStack() as stack:
         tmp_model = stack.enter_context(atomic_path(beside))
