@@ -8,6 +8,7 @@ step; the document announces the change and every view redraws from it.
 
 from __future__ import annotations
 
+import html
 import math
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from qviz.app.dialogs.error_dialog import ErrorReporter
+from qviz.app.views.metrics_panel import elide_middle
 from qviz.core.calibration.analysis import TensorKey
 from qviz.core.calibration.config import TensorConfig, format_supported, granularity_supported
 from qviz.core.calibration.methods import DEFAULT_PERCENTILE, Method, MethodSpec
@@ -101,8 +103,11 @@ class ControlsPanel(QGroupBox):
         #: redraw synchronously), as the status line reports it.
         self.last_update_ms = float("nan")
 
+        # Two fixed lines, long names elided: a label that wraps inside the splitter loses its
+        # last line (the pane keeps the height it had), and a long name would widen the pane.
         self.target_label = QLabel("No tensor selected")
-        self.target_label.setWordWrap(True)
+        self.target_label.setMinimumHeight(2 * self.target_label.fontMetrics().lineSpacing() + 4)
+        self.target_label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         self.target_label.setToolTip("The tensor these settings are shown for")
 
         self.method_combo = QComboBox()
@@ -216,11 +221,14 @@ class ControlsPanel(QGroupBox):
                 w.setEnabled(enabled)
             if info is None or cfg is None:
                 self.target_label.setText("No tensor selected")
+                self.target_label.setToolTip("The tensor these settings are shown for")
                 return
             kind_word = "weight" if info.kind is TensorKind.WEIGHT else "activation"
-            self.target_label.setText(
-                f"<b>{info.name}</b> — {kind_word} of {info.layer} ({info.op_type})"
-            )
+            owner = f"{kind_word} of {elide_middle(info.layer, 52)} ({info.op_type})"
+            self.target_label.setText(f"<b>{html.escape(elide_middle(info.name, 56))}</b><br>"
+                                      f"{html.escape(owner)}")
+            self.target_label.setToolTip(f"{info.name} — {kind_word} of {info.layer} "
+                                         f"({info.op_type})")
             self._fill_scope(info)
             _set_data(self.method_combo, cfg.spec.method)
             if cfg.spec.percentile is not None:
