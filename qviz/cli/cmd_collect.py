@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from qviz.cli.options import add_data_options, load_dataset
+from qviz.cli.options import add_data_options, add_float_option, load_dataset
 from qviz.cli.progress_bar import ProgressBar
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import load_model
@@ -18,6 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("collect", help="run calibration and save a stats file",
                        description="Run the model over the data once and save the statistics.")
     p.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
+    add_float_option(p)
     add_data_options(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="stats file to write")
     p.add_argument("--batch-size", type=int, default=32)
@@ -55,5 +56,6 @@ def load_model_and_data(args: argparse.Namespace):  # -> tuple[LoadedModel, Data
     sample = None
     if not str(args.model).endswith(".onnx") and getattr(args, "data", None) is not None:
         sample = peek_sample(args.data)
-    model = load_model(args.model, sample=sample, state_dict=getattr(args, "state_dict", None))
+    model = load_model(args.model, sample=sample, state_dict=getattr(args, "state_dict", None),
+                       float_model=getattr(args, "float_model", None))
     return model, load_dataset(args, model)

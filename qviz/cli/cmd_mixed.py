@@ -33,7 +33,8 @@ from qviz.cli.cmd_sensitivity import (
 from qviz.cli.options import (
     add_data_options,
     add_quant_options,
-    config_from_args,
+    add_float_option,
+    config_for_model,
     quant_defaults,
 )
 from qviz.core.errors import QvizError
@@ -53,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "a qviz config file. Exit status 1 when no configuration meets the criterion.",
     )
     p.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
+    add_float_option(p)
     p.add_argument("--stats", type=Path, required=True, help="stats file from `qviz collect`")
     add_data_options(p)
     add_quant_options(p)
@@ -79,7 +81,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="LIST",
         help=f"precisions a layer may take, comma-separated (default {DEFAULT_ALLOW}): "
         "float, or a weight format (int2..int8, uint8, nf4, fp8_e4m3fn...) with int8 "
-        "activations, or WEIGHT/ACTIVATION such as int4/int4",
+        "activations, or WEIGHT/ACTIVATION such as int4/int4, or imported (a quantized "
+        "model's own pairs: --allow imported,float finds the pairs to drop)",
     )
     s.add_argument(
         "--objective",
@@ -143,7 +146,6 @@ def _check_options(args: argparse.Namespace) -> Criterion:
 def run(args: argparse.Namespace) -> int:
     criterion = _check_options(args)
     allowed = parse_precisions(args.allow)
-    base = config_from_args(args)
     from qviz.cli.cmd_collect import load_model_and_data
     from qviz.core.calibration.analysis import check_stats_match
     from qviz.core.files.config_file import save_config
@@ -153,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     stats = load_stats(args.stats)
     model, data = load_model_and_data(args)
     check_stats_match(model, stats)
+    base = config_for_model(args, model)
     if criterion.metric.needs_labels and data.labels is None:
         raise QvizError(f"{criterion.spec} needs labels, and {data.description} has none")
     result: MixedResult = drive(

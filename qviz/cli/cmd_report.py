@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from qviz.cli.options import add_quant_options, config_from_args
+from qviz.cli.options import add_float_option, add_quant_options, config_for_model
 from qviz.core.calibration.analysis import TensorResult, analyze, check_stats_match
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import LoadedModel, load_model
@@ -24,27 +24,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "computed from a stats file without re-running the model.")
     p.add_argument("stats", type=Path, help="stats file written by `qviz collect`")
     p.add_argument("--model", help="the model file, if it moved since collection")
+    add_float_option(p)
     add_quant_options(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=run)
 
 
 def open_stats_and_model(
-    stats_path: Path, model_path: str | None
+    stats_path: Path, model_path: str | None, float_path: Path | None = None
 ) -> tuple[CalibrationStats, LoadedModel]:
     stats = load_stats(stats_path)
     source = model_path or stats.model_source
     if not Path(source).exists() and ":" not in source:
         raise QvizError(f"the model {source} recorded in {stats_path.name} is gone; pass --model")
-    model = load_model(source)
+    float_model = float_path or stats.float_source
+    if float_model is not None and not Path(float_model).exists():
+        raise QvizError(f"the float original {float_model} recorded in {stats_path.name} is "
+                        "gone; pass --float")
+    model = load_model(source, float_model=float_model)
     check_stats_match(model, stats)
     return stats, model
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    stats, model = open_stats_and_model(args.stats, args.model)
-    results = analyze(model, stats, config)
+    stats, model = open_stats_and_model(args.stats, args.model, args.float_model)
+    results = analyze(model, stats, config_for_model(args, model))
     if args.json:
         json.dump(report_json(stats, results), sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -68,6 +72,7 @@ def tensor_json(r: TensorResult) -> dict[str, Any]:
         "format": r.config.fmt.label,
         "granularity": r.config.granularity.label,
         "method": r.config.spec.method.value,
+        "format_spec": r.config.fmt.spec,
         "range": [_value(m.lo), _value(m.hi)],
         "scale": _value(m.scale),
         "zero_point": _value(m.zero_point),

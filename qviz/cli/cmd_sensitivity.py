@@ -25,7 +25,7 @@ from qviz.cli.options import (
     add_data_options,
     add_model_and_source,
     add_quant_options,
-    config_from_args,
+    config_for_model,
     refuse_settings_with_config,
 )
 from qviz.cli.progress_bar import ProgressBar
@@ -162,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
     model, data = load_model_and_data(args)
     if metric is Metric.ACCURACY and data.labels is None:
         raise QvizError(f"--metric accuracy needs labels, and {data.description} has none")
+    if args.config is None and args.stats is None:
+        raise QvizError("sensitivity needs --stats (from `qviz collect`) or --config: the "
+                        "local error it ranks beside comes from the statistics")
     if args.config is not None:
         from qviz.core.files.config_file import load_config
 
@@ -172,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         from qviz.core.stats.stats_file import load_stats
 
         source = load_stats(args.stats)
-        config = config_from_args(args)
+        config = config_for_model(args, model)
         origin = (
             f"stats file {args.stats}: weights {config.weights.label}; "
             f"activations {config.activations.label}"

@@ -122,10 +122,39 @@ def load_dataset(args: argparse.Namespace, model: LoadedModel) -> Dataset:
     return load_data(args.data, model.inputs, preprocess)
 
 
+def add_float_option(parser: argparse.ArgumentParser) -> None:
+    """--float: the float original of a model quantized elsewhere."""
+    parser.add_argument(
+        "--float", dest="float_model", type=Path, metavar="FLOAT.onnx", default=None,
+        help="the float original of a quantized (Q/DQ or QOperator) .onnx MODEL; without it "
+        "qviz derives one by removing the Q/DQ pairs and dequantizing the weights",
+    )
+
+
+def settings_given(args: argparse.Namespace) -> bool:
+    """Whether any quantization setting differs from its default."""
+    return any(getattr(args, k) != v for k, v in quant_defaults().items())
+
+
+def config_for_model(args: argparse.Namespace, model: LoadedModel) -> QuantConfig:
+    """The configuration the options describe for `model`. A quantized model imported from
+    another tool keeps its own quantization ("imported") unless settings are given; given
+    settings apply to the tensors it quantizes."""
+    if model.imported is None:
+        return config_from_args(args)
+    from qviz.core.imported.configs import imported_config, restricted_to_imported
+
+    if not settings_given(args):
+        return imported_config(model)
+    return restricted_to_imported(config_from_args(args), model)
+
+
 def add_model_and_source(parser: argparse.ArgumentParser) -> None:
-    """MODEL plus where its quantization comes from: a saved config or stats + settings."""
+    """MODEL plus where its quantization comes from: a saved config or stats + settings (a
+    quantized model brings its own: then neither is needed)."""
     parser.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
-    source = parser.add_mutually_exclusive_group(required=True)
+    add_float_option(parser)
+    source = parser.add_mutually_exclusive_group(required=False)
     source.add_argument(
         "--config", type=Path, help="qviz config file (its saved scales are used as they are)"
     )
@@ -135,6 +164,13 @@ def add_model_and_source(parser: argparse.ArgumentParser) -> None:
         help="stats file from `qviz collect`; the quantization settings below derive the "
         "configuration (as in `qviz report`)",
     )
+
+
+def require_source(args: argparse.Namespace, model: LoadedModel, what: str) -> None:
+    """A float model needs --config or --stats to say how it is quantized."""
+    if args.config is None and args.stats is None and model.imported is None:
+        raise QvizError(f"{what} needs --config or --stats (or a quantized model, which "
+                        "brings its own quantization)")
 
 
 def quant_defaults() -> dict[str, Any]:

@@ -32,6 +32,7 @@ from qviz.core.errors import QvizError
 from qviz.core.files.atomic import atomic_open
 from qviz.core.model.loading import LoadedModel, TensorKind
 from qviz.core.quant.formats import DEFAULT_GROUP_SIZE, Granularity, NumberFormat, PerAxis, PerGroup
+from qviz.core.quant.imported_params import ImportedParams
 from qviz.core.quant.qparams import QParams
 
 SCHEMA_VERSION = 1
@@ -65,6 +66,7 @@ class SavedConfig:
     model_sha256: str
     qviz_version: str
     schema_version: int = SCHEMA_VERSION  # of the file as it was on disk, before migration
+    model_float_source: str | None = None  # the float original of a quantized model
 
     def tensor(self, name: str) -> SavedTensor:
         for t in self.tensors:
@@ -354,10 +356,17 @@ def config_document(
         "schema_version": SCHEMA_VERSION,
         "file": FILE_TYPE,
         "qviz_version": qviz.__version__,
-        "model": {"source": str(model.source), "sha256": model.sha256},
+        "model": {"source": str(model.source), "sha256": model.sha256, **_float_source(model)},
         **encode_quant_config(config),
         "tensors": [encode_result(r) for r in results],
     }
+
+
+def _float_source(model: LoadedModel) -> JsonDict:
+    imported = model.imported
+    if imported is None or imported.float_source is None:
+        return {}
+    return {"float_source": str(imported.float_source)}
 
 
 def save_config(
@@ -432,6 +441,7 @@ def decode_document(doc: JsonDict, source: str = "config file") -> SavedConfig:
         tensors.append(
             SavedTensor(str(entry["name"]), kind, str(entry.get("layer", "")), cfg, qp, metrics)
         )
+    quant_config, tensors = _with_saved_imported(quant_config, tensors)
     return SavedConfig(
         quant_config=quant_config,
         tensors=tuple(tensors),
@@ -439,7 +449,30 @@ def decode_document(doc: JsonDict, source: str = "config file") -> SavedConfig:
         model_sha256=str(model["sha256"]),
         qviz_version=str(doc.get("qviz_version", "")),
         schema_version=int(on_disk),  # type: ignore[arg-type]  # checked by migrate()
+        model_float_source=None if model.get("float_source") is None else str(
+            model["float_source"]),
     )
+
+
+def _with_saved_imported(
+    config: QuantConfig, tensors: list[SavedTensor]
+) -> tuple[QuantConfig, list[SavedTensor]]:
+    """An imported setting is written as its method only: its exact parameters are the
+    tensor's saved scale and zero point, put back here."""
+    saved = {t.name: t for t in tensors}
+
+    def fix(name: str, cfg: TensorConfig) -> TensorConfig:
+        if cfg.spec.method is not Method.IMPORTED or cfg.spec.imported is not None:
+            return cfg
+        found = saved.get(name)
+        if found is None:
+            raise QvizError(f"override '{name}': imported setting without saved parameters")
+        params = ImportedParams(found.qparams)
+        return dataclasses.replace(cfg, spec=MethodSpec(Method.IMPORTED, imported=params))
+
+    tensors = [dataclasses.replace(t, config=fix(t.name, t.config)) for t in tensors]
+    overrides = {name: fix(name, cfg) for name, cfg in config.overrides.items()}
+    return dataclasses.replace(config, overrides=overrides), tensors
 
 
 def load_config(path: str | Path) -> SavedConfig:

@@ -27,6 +27,7 @@ __all__ = [
     "imported_tensor_config",
     "own_choice_config",
     "pair_of",
+    "restricted_to_imported",
     "with_imported_params",
 ]
 
@@ -115,3 +116,15 @@ def with_imported_params(config: QuantConfig, model: LoadedModel) -> QuantConfig
         config.activations,
         {name: fix(name, cfg) for name, cfg in config.overrides.items()},
     )
+
+
+def restricted_to_imported(config: QuantConfig, model: LoadedModel) -> QuantConfig:
+    """`config` quantizing only the tensors the import quantizes (qviz's settings applied to
+    the same pairs, the rest kept float as imported)."""
+    if model.imported is None:
+        return config
+    overrides = dict(config.overrides)
+    for t in quant_tensors(model):
+        if pair_of(model, t.name, t.kind) is None:
+            overrides[t.name] = replace(config.for_tensor(t.name, t.kind), quantize=False)
+    return QuantConfig(config.weights, config.activations, overrides)

@@ -21,7 +21,7 @@ from qviz.core.errors import QvizError
 from qviz.core.imported.reading import is_dq, is_q
 from qviz.core.model.onnx_graph import FreshNames
 
-__all__ = ["NO_QDQ_FORM", "convert_qoperator"]
+__all__ = ["MOVING_OPS", "NO_QDQ_FORM", "convert_qoperator"]
 
 #: Quantized ops with no exact Q/DQ equivalent.
 NO_QDQ_FORM = frozenset(
@@ -43,7 +43,7 @@ NO_QDQ_FORM = frozenset(
 
 # Ops that only move, pick or copy values: on integer codes they equal DQ -> op -> Q with the
 # tensor's own parameters (input 0 is the data).
-_MOVING = frozenset(
+MOVING_OPS = frozenset(
     {
         "MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity",
         "Gather", "Slice", "Split", "Expand", "Tile", "DepthToSpace", "SpaceToDepth",
@@ -224,7 +224,7 @@ def convert_qoperator(model: onnx.ModelProto) -> bool:
         if rewrite is not None and n.domain in ("", "ai.onnx", "com.microsoft"):
             rewrite(c, n)
         elif not (is_q(n) or is_dq(n)) and any(i in c.params for i in n.input):
-            if n.op_type not in _MOVING or n.input[0] not in c.params:
+            if n.op_type not in MOVING_OPS or n.input[0] not in c.params:
                 raise QvizError(f"{n.op_type} node '{n.name}' computes on quantized integers: "
                                 "it has no exact Q/DQ form")
             _moving(c, n)

@@ -102,6 +102,8 @@ def _params(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) -> _Par
         # No zero point: uint8, or the type QuantizeLinear-21 names in output_dtype.
         zp_type = _attr(node, "output_dtype", 0) or onnx.TensorProto.UINT8
         zero_point = np.zeros(scale.shape, dtype=np.uint8)
+    if zero_point.size == 1 and scale.size == 1:
+        zero_point = zero_point.reshape(scale.shape)  # () and (1,) both mean per tensor
     if zero_point.shape != scale.shape:
         raise QvizError(f"{what}: zero point shape {list(zero_point.shape)} differs from scale "
                         f"shape {list(scale.shape)}")

@@ -37,8 +37,10 @@ from qviz.core.graph.containers import (
     required_opset,
 )
 from qviz.core.graph.qdq_types import QdqLayer, QdqMode, QdqModel, QdqTensor
+from qviz.core.imported.configs import granularity_of
 from qviz.core.imported.editing import GraphEditor
 from qviz.core.imported.layering import OUTPUT_OP
+from qviz.core.imported.qoperator import MOVING_OPS
 from qviz.core.imported.types import ImportedPair, PairKind
 from qviz.core.model.loading import LoadedModel, TensorKind
 from qviz.core.model.onnx_graph import default_opset, upgrade_opset
@@ -49,7 +51,7 @@ from qviz.core.quant.quantize import dequantize, fake_quantize, quantize
 if TYPE_CHECKING:
     from qviz.core.calibration.analysis import TensorResult
 
-__all__ = ["repair_qdq"]
+__all__ = ["as_imported", "repair_qdq"]
 
 
 class _Fate(Enum):
@@ -345,7 +347,9 @@ def _layer_records(
     graph = model.model.graph
     out = []
     for layer in model.layers:
-        if layer.op_type == OUTPUT_OP:
+        # Ops that only move values run on integers without a kernel of their own: no
+        # fusion to report for them (nor for a model output).
+        if layer.op_type == OUTPUT_OP or layer.op_type in MOVING_OPS:
             continue
         w = tensors.get(TensorKey(layer.weight, TensorKind.WEIGHT)) if layer.weight else None
         inputs = [tensors[k] for a in layer.activations
@@ -360,3 +364,39 @@ def _layer_records(
                             layer.node_name in bias_int32))
     return out
 
+
+
+def as_imported(model: LoadedModel) -> QdqModel:
+    """The imported graph as it is, with its record, for measuring it without statistics
+    (`qviz evaluate` on a quantized model): what ``repair_qdq`` returns for the imported
+    configuration, without analysing any tensor."""
+    imported = model.imported
+    if imported is None:
+        raise QvizError(f"{model.source} was not imported from a quantized model")
+    tensors: dict[TensorKey, QdqTensor] = {}
+    for t in quant_tensors(model):
+        p = imported.pair(t.name, PairKind.WEIGHT if t.kind is TensorKind.WEIGHT
+                          else PairKind.ACTIVATION)
+        if p is None or p.fmt is None:
+            continue
+        granularity = granularity_of(p, t.layer)
+        tensors[t.key] = QdqTensor(
+            t.name, t.kind, t.layer.name, p.fmt, granularity.label, p.params.qparams,
+            QdqMode.NATIVE, p.outputs[0],
+            stored_name=p.source if p.kind is PairKind.WEIGHT else None, depth=t.layer.depth,
+        )
+    layers = _layer_records(model, tensors, _int32_bias_layers(model))
+    ordered = tuple(sorted(tensors.values(), key=lambda t: t.depth))
+    opset = default_opset(imported.quantized)
+    assert opset is not None
+    return QdqModel(imported.quantized, ordered, tuple(layers), opset, ())
+
+
+def _int32_bias_layers(model: LoadedModel) -> set[str]:
+    """Float node names whose bias the imported graph stores as int32."""
+    imported = model.imported
+    assert imported is not None
+    to_float = {q: f for f, q in imported.node_map.items()}
+    outputs = {p.outputs[0] for p in imported.pairs if p.kind is PairKind.BIAS}
+    return {to_float.get(n.name, "") for n in imported.quantized.graph.node
+            if len(n.input) > 2 and n.input[2] in outputs}

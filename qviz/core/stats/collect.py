@@ -34,6 +34,8 @@ class CalibrationStats:
     n_samples: int
     tensors: Mapping[str, TensorStats] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: The float original given with a quantized model (None: none, or derived from it).
+    float_source: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
@@ -132,7 +134,14 @@ def collect_stats(
         n_samples=done,
         tensors=tensors,
         notes=tuple(notes),
+        float_source=_float_source(model),
     )
+
+
+def _float_source(model: LoadedModel) -> str | None:
+    imported = model.imported
+    return None if imported is None or imported.float_source is None else str(
+        imported.float_source)
 
 
 class CollectionCancelled(Exception):

@@ -44,7 +44,8 @@ def save_stats(stats: CalibrationStats, path: str | Path) -> None:
         document = {
             "schema_version": SCHEMA_VERSION,
             "qviz_version": __version__,
-            "model": {"source": stats.model_source, "sha256": stats.model_sha256},
+            "model": {"source": stats.model_source, "sha256": stats.model_sha256,
+                      **({"float_source": stats.float_source} if stats.float_source else {})},
             "data": {"description": stats.data_description, "is_random": stats.data_is_random},
             "n_samples": stats.n_samples,
             "notes": list(stats.notes),
@@ -77,6 +78,7 @@ def load_stats(path: str | Path) -> CalibrationStats:
         n_samples=int(document["n_samples"]),
         tensors=tensors,
         notes=tuple(document.get("notes", ())),
+        float_source=document["model"].get("float_source"),
     )
 
 
