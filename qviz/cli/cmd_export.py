@@ -19,8 +19,8 @@ from qviz.cli.cmd_report import open_stats_and_model
 from qviz.cli.options import (
     FORMAT_FAMILIES,
     add_data_options,
-    add_quant_options,
     add_float_option,
+    add_quant_options,
     config_for_model,
     load_dataset,
     refuse_settings_with_config,

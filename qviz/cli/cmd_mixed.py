@@ -32,8 +32,8 @@ from qviz.cli.cmd_sensitivity import (
 )
 from qviz.cli.options import (
     add_data_options,
-    add_quant_options,
     add_float_option,
+    add_quant_options,
     config_for_model,
     quant_defaults,
 )

@@ -65,7 +65,8 @@ def transformer_block(seed: int = 0) -> onnx.ModelProto:
         return rng.normal(0.0, 1.0 / np.sqrt(shape[0]), shape)
 
     inits = [
-        _init("ln_gamma", 1.0 + 0.1 * rng.normal(size=d)), _init("ln_beta", 0.1 * rng.normal(size=d)),
+        _init("ln_gamma", 1.0 + 0.1 * rng.normal(size=d)),
+        _init("ln_beta", 0.1 * rng.normal(size=d)),
         # Sharp attention (scores spread over several units), as trained models have.
         _init("wq", 3 * w(d, d)), _init("bq", 0.1 * rng.normal(size=d)),
         _init("wk", 3 * w(d, d)), _init("bk", 0.1 * rng.normal(size=d)),
@@ -80,11 +81,16 @@ def transformer_block(seed: int = 0) -> onnx.ModelProto:
         numpy_helper.from_array(np.array([1, 2], np.int64), "mask_axes"),
     ]
     n = helper.make_node
+
+    def linear(name: str, x: str, w: str, b: str, out: str) -> list[onnx.NodeProto]:
+        return [n("MatMul", [x, w], [f"{out}_mm"], name=f"{name}_proj"),
+                n("Add", [f"{out}_mm", b], [out], name=f"{name}_bias")]
+
     nodes = [
         n("LayerNormalization", ["x", "ln_gamma", "ln_beta"], ["ln"], name="ln", axis=-1),
-        n("MatMul", ["ln", "wq"], ["q_mm"], name="q_proj"), n("Add", ["q_mm", "bq"], ["q"], name="q_bias"),
-        n("MatMul", ["ln", "wk"], ["k_mm"], name="k_proj"), n("Add", ["k_mm", "bk"], ["k"], name="k_bias"),
-        n("MatMul", ["ln", "wv"], ["v_mm"], name="v_proj"), n("Add", ["v_mm", "bv"], ["v"], name="v_bias"),
+        *linear("q", "ln", "wq", "bq", "q"),
+        *linear("k", "ln", "wk", "bk", "k"),
+        *linear("v", "ln", "wv", "bv", "v"),
         n("Reshape", ["q", "heads_shape"], ["q_h"], name="q_heads"),
         n("Transpose", ["q_h"], ["q_t"], name="q_t", perm=[0, 2, 1, 3]),
         n("Reshape", ["k", "heads_shape"], ["k_h"], name="k_heads"),
@@ -101,11 +107,11 @@ def transformer_block(seed: int = 0) -> onnx.ModelProto:
         n("MatMul", ["probs", "v_t"], ["ctx_h"], name="context"),
         n("Transpose", ["ctx_h"], ["ctx_t"], name="ctx_t", perm=[0, 2, 1, 3]),
         n("Reshape", ["ctx_t", "model_shape"], ["ctx"], name="ctx_merge"),
-        n("MatMul", ["ctx", "wo"], ["o_mm"], name="o_proj"), n("Add", ["o_mm", "bo"], ["o"], name="o_bias"),
+        *linear("o", "ctx", "wo", "bo", "o"),
         n("Add", ["x", "o"], ["res1"], name="residual_1"),
-        n("MatMul", ["res1", "w1"], ["f1_mm"], name="ffn_up"), n("Add", ["f1_mm", "b1"], ["f1"], name="ffn_up_bias"),
+        *linear("ffn_up", "res1", "w1", "b1", "f1"),
         n("Relu", ["f1"], ["f1_relu"], name="ffn_relu"),
-        n("MatMul", ["f1_relu", "w2"], ["f2_mm"], name="ffn_down"), n("Add", ["f2_mm", "b2"], ["f2"], name="ffn_down_bias"),
+        *linear("ffn_down", "f1_relu", "w2", "b2", "f2"),
         n("Add", ["res1", "f2"], ["y"], name="residual_2"),
     ]
     graph = helper.make_graph(

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from qviz.core.calibration.metrics import TensorMetrics, histogram_metrics_of
 from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.calibration.metrics import TensorMetrics, histogram_metrics_of
 from qviz.core.calibration.weights import WeightAnalysis, weight_analysis_of
 from qviz.core.errors import QvizError
 from qviz.core.quant.formats import NumberFormat
@@ -36,7 +36,9 @@ def imported_activation(
     """The pair's parameters and the error they give the activation's histogram."""
     qp = imported_params(spec).qparams
     if qp.axis is not None:
-        raise QvizError(f"activation '{stats.name}': per-channel activation pairs are not supported")
+        raise QvizError(
+            f"activation '{stats.name}': per-channel activation pairs are not supported"
+        )
     return qp, histogram_metrics_of(stats, qp, fmt)
 
 

@@ -40,6 +40,7 @@ from qviz.core.document.summary import Summary, summarize
 from qviz.core.document.tensors import ApplyScope, TensorIndex
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
+from qviz.core.imported.configs import imported_config
 from qviz.core.layerdata.layer import LayerData, LayerPlots
 from qviz.core.model.loading import LoadedModel, TensorKind
 from qviz.core.quant.formats import PerTensor
@@ -145,7 +146,8 @@ class Document:
         self._results.set_limit(len(self._index))
         self._plots.clear()
         self._markers.clear()
-        self.history.reset(self.config)
+        # A quantized model opens with its own quantization; others keep the settings.
+        self.history.reset(self.config if model.imported is None else imported_config(model))
         if self.selection not in self._index:
             self.selection = self._index.tensors[0].key if self._index.tensors else None
         self.revision += 1

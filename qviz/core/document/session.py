@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from qviz.core.document.document import Document
 from qviz.core.errors import QvizError
 from qviz.core.files.session_file import SessionFile
+from qviz.core.imported.configs import with_imported_params
 
 
 def to_session(doc: Document) -> SessionFile:
@@ -21,13 +24,23 @@ def to_session(doc: Document) -> SessionFile:
         log_counts=doc.log_counts,
         criteria=doc.measures.criteria_text,
         sensitivity=doc.measures.sensitivity,
+        float_model_path=_float_model(doc),
     )
+
+
+def _float_model(doc: Document) -> Path | None:
+    imported = None if doc.model is None else doc.model.imported
+    return None if imported is None else imported.float_source
 
 
 def adopt_session(doc: Document, session: SessionFile) -> None:
     """Take a loaded session's choices into `doc` (the caller opens its files); the undo
     history starts at them."""
-    doc.reset_history(session.config)
+    config = session.config
+    if doc.model is not None:
+        # An imported setting is stored by name; the model's pair brings its parameters.
+        config = with_imported_params(config, doc.model)
+    doc.reset_history(config)
     doc.set_log_counts(session.log_counts)
     if session.selection is not None:
         key = doc.find(*session.selection)

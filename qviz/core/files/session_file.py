@@ -111,6 +111,8 @@ class SessionFile:
     schema_version: int = SCHEMA_VERSION  # of the file as it was on disk, before migration
     sensitivity: SensitivityReport | None = None  # the last report, so it is not re-run
     criteria: str | None = None  # as typed; None keeps the defaults
+    #: The float original of a quantized model (None: derived from it, or not quantized).
+    float_model_path: Path | None = None
 
 
 def _migrate_1_to_2(doc: JsonDict) -> JsonDict:
@@ -203,6 +205,8 @@ def session_document(session: SessionFile, base_dir: Path) -> JsonDict:
             "data": _rel(session.data_path, base_dir),
             "eval_data": _rel(session.eval_data_path, base_dir),
             "stats": _rel(session.stats_path, base_dir),
+            **({"float_model": _rel(session.float_model_path, base_dir)}
+               if session.float_model_path is not None else {}),
         },
         "config": encode_quant_config(session.config),
         "criteria": session.criteria,
@@ -263,6 +267,7 @@ def decode_session(doc: JsonDict, base_dir: Path, source: str = "session file") 
         schema_version=int(on_disk),  # type: ignore[arg-type]  # checked by migrate_session
         sensitivity=_decode_sensitivity(doc.get("sensitivity")),
         criteria=criteria,
+        float_model_path=_abs(files.get("float_model"), base_dir, "files.float_model"),
     )
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "combined_sha256",
     "derive_float",
     "is_quantized",
+    "is_quantized_file",
     "read_quantized",
 ]
 
@@ -135,3 +136,15 @@ def combined_sha256(quantized_sha256: str, float_sha256: str | None) -> str:
     caches made with one float original do not apply to another)."""
     text = f"qviz-imported|{quantized_sha256}|{float_sha256 or 'derived'}"
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def is_quantized_file(path: Path) -> bool:
+    """Whether the .onnx file `path` holds a quantized graph (its weights are not read);
+    False for anything that is not a readable ONNX file (loading says why)."""
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return False
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX: the loader reports it properly
+        return False
+    return is_quantized(model)

@@ -100,7 +100,9 @@ def extra_layers(
     read = {a for layer in [*layers, *out] for a in layer.activations}
     end = len(graph.node)
     for p in pairs:
-        if p.kind is PairKind.ACTIVATION and p.tensor and p.tensor not in read and p.to_graph_output:
+        if p.kind is not PairKind.ACTIVATION or not p.to_graph_output:
+            continue
+        if p.tensor and p.tensor not in read:
             out.append(Layer(
                 name=_unique(f"output {p.tensor}", OUTPUT_OP, taken),
                 node_name="",

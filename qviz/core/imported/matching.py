@@ -92,7 +92,8 @@ def match_float(
                 "model: the float model is not this model's source"
             )
     s_graph = stripped.model.graph
-    s_inputs = [i.name for i in s_graph.input if i.name not in {t.name for t in s_graph.initializer}]
+    s_constants = {t.name for t in s_graph.initializer}
+    s_inputs = [i.name for i in s_graph.input if i.name not in s_constants]
     if sorted(s_inputs) != sorted(f.inputs):
         raise QvizError(f"the float model's inputs {f.inputs} differ from the quantized "
                         f"model's {s_inputs}: it is not this model's source")

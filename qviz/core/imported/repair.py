@@ -43,7 +43,7 @@ from qviz.core.imported.layering import OUTPUT_OP
 from qviz.core.imported.qoperator import MOVING_OPS
 from qviz.core.imported.types import ImportedPair, PairKind
 from qviz.core.model.loading import LoadedModel, TensorKind
-from qviz.core.model.onnx_graph import default_opset, upgrade_opset
+from qviz.core.model.onnx_graph import default_opset, node_name, upgrade_opset
 from qviz.core.quant.formats import FormatKind
 from qviz.core.quant.imported_params import qparams_digest
 from qviz.core.quant.quantize import dequantize, fake_quantize, quantize
@@ -64,7 +64,7 @@ def _kind(p: ImportedPair) -> TensorKind:
     return TensorKind.WEIGHT if p.kind is PairKind.WEIGHT else TensorKind.ACTIVATION
 
 
-def _fate(p: ImportedPair, r: TensorResult | None) -> _Fate:
+def _fate(model: LoadedModel, p: ImportedPair, r: TensorResult | None) -> _Fate:
     if r is None:
         return _Fate.REMOVE
     spec = r.config.spec
@@ -72,11 +72,16 @@ def _fate(p: ImportedPair, r: TensorResult | None) -> _Fate:
         return _Fate.CHANGE
     if spec.method is Method.IMPORTED and spec.imported == p.params:
         return _Fate.KEEP
-    # Other settings that land on the very same parameters change nothing for an activation;
-    # a weight's codes may still differ (the tool may not have rounded to nearest).
-    if p.kind is PairKind.ACTIVATION and qparams_digest(r.qparams) == p.params.digest:
+    # Other settings that land on the very same parameters change nothing, unless a weight's
+    # codes differ (the tool that made the model may not have rounded to nearest).
+    if qparams_digest(r.qparams) != p.params.digest:
+        return _Fate.CHANGE
+    if p.kind is PairKind.ACTIVATION:
         return _Fate.KEEP
-    return _Fate.CHANGE
+    codes = p.params.codes
+    same = codes is not None and np.array_equal(quantize(model.weight(r.name), r.qparams,
+                                                         r.config.fmt), codes)
+    return _Fate.KEEP if same else _Fate.CHANGE
 
 
 def repair_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
@@ -101,7 +106,7 @@ def repair_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
             fates[i] = _Fate.KEEP  # qviz cannot configure it: it stays as imported
             continue
         paired.add(key)
-        fates[i] = _fate(p, by_key.get(key))
+        fates[i] = _fate(model, p, by_key.get(key))
     added = [r for key, r in by_key.items() if key not in paired]
     touched = [by_key[TensorKey(p.tensor, _kind(p))] for i, p in enumerate(imported.pairs)
                if fates.get(i) is _Fate.CHANGE] + added
@@ -267,17 +272,17 @@ def _biases(
     imported = model.imported
     assert imported is not None
     to_float = {q: f for f, q in imported.node_map.items()}
-    float_nodes = {n.name: n for n in model.model.graph.node}
+    float_nodes = {node_name(n, i): n for i, n in enumerate(model.model.graph.node)}
     int32: set[str] = set()
-    for i, p in enumerate(imported.pairs):
+    for p in imported.pairs:
         if p.kind is not PairKind.BIAS:
             continue
         for reader in ed.readers(p.outputs[0]):
             if reader.op_type not in ("Conv", "Gemm") or len(reader.input) < 3:
                 continue
             x_i, w_i = by_output.get(reader.input[0]), by_output.get(reader.input[1])
-            fx, fw = fates.get(x_i) if x_i is not None else None, (
-                fates.get(w_i) if w_i is not None else None)
+            fx = None if x_i is None else fates.get(x_i)
+            fw = None if w_i is None else fates.get(w_i)
             f_name = to_float.get(reader.name, "")
             if fx is _Fate.KEEP and fw is _Fate.KEEP:
                 int32.add(f_name)
@@ -356,7 +361,8 @@ def _layer_records(
                   if (k := TensorKey(a, TensorKind.ACTIVATION)) in tensors]
         if w is None and not inputs:
             continue
-        floats = [a for a in layer.activations if TensorKey(a, TensorKind.ACTIVATION) not in tensors]
+        floats = [a for a in layer.activations
+                  if TensorKey(a, TensorKind.ACTIVATION) not in tensors]
         output = _output_pair(graph, graph.node[layer.depth], tensors)
         note = "" if output is not None else "the layer's output is not quantized"
         renamed = replace(layer, node_name=imported.node_map.get(layer.node_name, layer.node_name))

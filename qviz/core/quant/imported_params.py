@@ -40,9 +40,9 @@ class ImportedParams:
     configuration file records scales, not codes).
     """
 
-    qparams: QParams = field(compare=False, hash=False)
+    qparams: QParams = field(compare=False, hash=False, repr=False)
     codes: np.ndarray | None = field(default=None, compare=False, hash=False, repr=False)
-    digest: str = field(default="", repr=False)
+    digest: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "digest", qparams_digest(self.qparams))
