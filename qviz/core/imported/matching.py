@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from qviz.core.errors import QvizError
 from qviz.core.imported.stripping import Stripped, dequantized_bias
@@ -41,8 +41,19 @@ class Match:
     notes: list[str] = field(default_factory=list)
 
 
-def _attrs(node: onnx.NodeProto) -> dict[str, bytes]:
-    return {a.name: a.SerializeToString() for a in node.attribute}
+def _attrs(node: onnx.NodeProto) -> dict[str, str]:
+    """The node's attributes, defaults filled in from its schema (a tool may write them out or
+    leave them implicit)."""
+    values = {a.name: repr(helper.get_attribute_value(a)) for a in node.attribute}
+    try:
+        schema = onnx.defs.get_schema(node.op_type, domain=node.domain)
+    except onnx.defs.SchemaError:
+        return values
+    for name, attr in schema.attributes.items():
+        default = attr.default_value
+        if name not in values and default.type != onnx.AttributeProto.UNDEFINED:
+            values[name] = repr(helper.get_attribute_value(default))
+    return values
 
 
 def _pair_word(p: ImportedPair) -> str:
@@ -105,12 +116,15 @@ def match_float(
     s_inits = {t.name: t for t in s_graph.initializer}
     matched: dict[str, str] = {}   # float node name -> imported node name
     folded: dict[str, onnx.NodeProto] = {}  # float node name -> the folded Relu/Clip
+    # A quantized tensor read where the float model reads the output of the Relu/Clip the
+    # quantizer folded into its pair (QOperator models keep the layer's own output name).
+    refold: dict[str, onnx.NodeProto] = {}
     float_names: dict[int, str] = {}  # weight/bias pair index -> float initializer
     for s in s_graph.node:
         fn = _counterpart(s, f, matched, folded)
         fname = f.name_of[id(fn)]
         matched[fname] = s.name
-        _check_node(s, fn, fname, f, stripped, s_inits, float_names, folded)
+        _check_node(s, fn, fname, f, stripped, s_inits, float_names, folded, refold)
     for fn, fname in zip(f.nodes, f.names, strict=True):
         if fname not in matched and fname not in folded and fn.op_type not in ("Identity",):
             raise QvizError(f"node '{fname}' ({fn.op_type}) of the float model is not in the "
@@ -123,7 +137,11 @@ def match_float(
     for i, p in enumerate(pairs):
         if p.kind is PairKind.ACTIVATION:
             t = stripped.names[i]
-            out.append(replace(p, tensor=t, folded=folded_at.get(t)))
+            if t in refold:
+                t, op = refold[t].output[0], refold[t]
+            else:
+                op = folded_at.get(t)
+            out.append(replace(p, tensor=t, folded=op))
             continue
         name = float_names.get(i, "")
         if name:
@@ -174,6 +192,7 @@ def _check_node(
     s_inits: Mapping[str, onnx.TensorProto],
     float_names: dict[int, str],
     folded: dict[str, onnx.NodeProto],
+    refold: dict[str, onnx.NodeProto],
 ) -> None:
     where = f"node '{s.name}' ({s.op_type})"
     if _attrs(s) != _attrs(fn):
@@ -199,6 +218,9 @@ def _check_node(
                                 f"'{float_names[k]}' and '{fi}'")
         elif si == fi:
             continue
+        elif (after := f.folded_after(si)) is not None and after.output[0] == fi:
+            folded[f.name_of[id(after)]] = after
+            refold[si] = after
         elif si in s_inits and fi in f.inits:
             a = numpy_helper.to_array(s_inits[si])
             b = numpy_helper.to_array(f.inits[fi])

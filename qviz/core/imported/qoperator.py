@@ -83,10 +83,18 @@ class _Converter:
     def weight_axis(self, scale: str, rank_axis: int) -> int | None:
         return None if self.value(scale).size == 1 else rank_axis
 
+    def float_name(self, integer: str) -> str:
+        """The float tensor behind integer tensor `integer`: ORT names it ``X_quantized``
+        after the float ``X``, which is the name to give back when it is free."""
+        base = integer.removesuffix("_quantized")
+        return self.names.fresh(base if base != integer else f"{integer}_float")
+
     def float_op(self, node: onnx.NodeProto, op: str, inputs: Sequence[str],
                  attrs: Mapping[str, object] | None = None, domain: str = "") -> str:
-        out = self.names.fresh(f"{node.output[0]}_float")
-        new = helper.make_node(op, list(inputs), [out], name=node.name, domain=domain)
+        out = self.float_name(node.output[0])
+        name = node.name.removesuffix("_quant")  # ORT's QOperator suffix on the float name
+        new = helper.make_node(op, list(inputs), [out], name=self.names.fresh(name),
+                               domain=domain)
         for a in node.attribute:
             if attrs is None or a.name in attrs:
                 new.attribute.append(a)
@@ -195,8 +203,9 @@ _REWRITES: dict[str, _Rewrite] = {
 def _moving(c: _Converter, n: onnx.NodeProto) -> None:
     scale, zp = c.params[n.input[0]]
     ins = [c.dq(n.input[0], scale, zp), *n.input[1:]]
-    outs = [c.names.fresh(f"{o}_float") for o in n.output]
-    new = helper.make_node(n.op_type, ins, outs, name=n.name, domain=n.domain)
+    outs = [c.float_name(o) for o in n.output]
+    new = helper.make_node(n.op_type, ins, outs, name=c.names.fresh(n.name.removesuffix("_quant")),
+                           domain=n.domain)
     new.attribute.extend(n.attribute)
     c.out.append(new)
     for o, f in zip(n.output, outs, strict=True):
@@ -216,6 +225,8 @@ def convert_qoperator(model: onnx.ModelProto) -> bool:
             )
     if not any(n.op_type in _REWRITES for n in graph.node):
         return False
+    # Shapes recorded for the float tensors the quantizer replaced would block their names.
+    del graph.value_info[:]
     c = _Converter(model)
     for n in graph.node:
         if is_q(n):

@@ -219,7 +219,7 @@ def load_onnx(
         raise QvizError(f"'{path.name}' is not a valid ONNX file (it holds no graph)")
     if importer.is_quantized(model):
         load_external_data(model, path)
-        return _load_imported(model, path, digest, check_model(model, path), float_model)
+        return _load_imported(model, path, digest, float_model, checked_from=path)
     if float_model is not None:
         raise QvizError(f"'{path.name}' is not quantized: a float original goes with a "
                         "quantized model")
@@ -239,7 +239,7 @@ def from_proto(
     copy.CopyFrom(model)
     digest = sha256 or hashlib.sha256(copy.SerializeToString()).hexdigest()
     if importer.is_quantized(copy):
-        return _load_imported(copy, Path(source), digest, check_model(copy, None), None)
+        return _load_imported(copy, Path(source), digest, None, checked_from=None)
     copy, notes = _rewrite(copy, check_model(copy, None))
     return _finish(copy, notes, source=Path(source), digest=digest)
 
@@ -248,12 +248,15 @@ def _load_imported(
     quantized: onnx.ModelProto,
     path: Path,
     digest: str,
-    notes: list[str],
     float_model: Path | None,
+    *,
+    checked_from: Path | None,
 ) -> LoadedModel:
     """A quantized model: its float original (loaded, or derived from it) with the imported
-    pairs attached (``qviz.core.imported``)."""
+    pairs attached (``qviz.core.imported``). Ops with no Q/DQ form are named before the
+    graph is checked: that is the clearer line."""
     qf = importer.read_quantized(quantized)
+    notes = check_model(quantized, checked_from)
     if float_model is None:
         derived, derive_notes = importer.derive_float(qf)
         base = _finish(*_rewrite(derived, [*notes, *derive_notes]), source=path, digest=digest)
