@@ -58,7 +58,9 @@ def test_parse_accepts_aliases(text: str, expected: NumberFormat) -> None:
     assert NumberFormat.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["int9", "int1", "uint32", "int12", "int", "fp16", "", "e4m3fnuz", "nf8"])
+@pytest.mark.parametrize(
+    "text", ["int9", "int1", "uint32", "int12", "int", "fp16", "", "e4m3fnuz", "nf8"]
+)
 def test_parse_rejects_unknown_text_with_one_line(text: str) -> None:
     with pytest.raises(QvizError) as info:
         NumberFormat.parse(text)

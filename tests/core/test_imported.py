@@ -326,7 +326,7 @@ def test_imported_analysis_needs_its_parameters() -> None:
     spec = MethodSpec(Method.IMPORTED)
     assert spec.imported is None
     params = ImportedParams(QParams(np.float32(0.1), np.int8(0)))
-    with pytest.raises(TypeError, match="apply to Method.IMPORTED"):
+    with pytest.raises(TypeError, match=r"apply to Method\.IMPORTED"):
         MethodSpec(Method.MINMAX, imported=params)
     # Equal parameters are equal specs (cache keys), whatever codes ride along.
     with_codes = ImportedParams(QParams(np.float32(0.1), np.int8(0)), np.zeros(3, np.int8))

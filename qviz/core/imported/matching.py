@@ -137,6 +137,7 @@ def match_float(
     for i, p in enumerate(pairs):
         if p.kind is PairKind.ACTIVATION:
             t = stripped.names[i]
+            op: onnx.NodeProto | None
             if t in refold:
                 t, op = refold[t].output[0], refold[t]
             else:

@@ -11,7 +11,7 @@ quantization (``DynamicQuantizeLinear``, ``MatMulInteger``), packed weights
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 import onnx
@@ -90,7 +90,7 @@ class _Converter:
         return self.names.fresh(base if base != integer else f"{integer}_float")
 
     def float_op(self, node: onnx.NodeProto, op: str, inputs: Sequence[str],
-                 attrs: Mapping[str, object] | None = None, domain: str = "") -> str:
+                 attrs: Collection[str] | None = None, domain: str = "") -> str:
         out = self.float_name(node.output[0])
         name = node.name.removesuffix("_quant")  # ORT's QOperator suffix on the float name
         new = helper.make_node(op, list(inputs), [out], name=self.names.fresh(name),

@@ -125,14 +125,14 @@ def repair_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
         if fate is None:
             continue
         key = TensorKey(p.tensor, _kind(p))
-        r = by_key.get(key)
+        result = by_key.get(key)
         if p.folded is not None and fate is not _Fate.KEEP:
             ed.restore_op(p.source, p.folded, _constants(model, p.folded))
         if fate is _Fate.REMOVE:
             _remove(ed, model, p)
-        elif r is not None:
-            t = _change(ed, model, p, r) if fate is _Fate.CHANGE else _keep(p, r)
-            tensors[key] = t
+        elif result is not None:
+            change = fate is _Fate.CHANGE
+            tensors[key] = _change(ed, model, p, result) if change else _keep(p, result)
     for r in added:
         tensors[TensorKey(r.name, r.kind)] = _add(ed, model, r)
     bias_int32 = _biases(ed, model, fates, by_output, tensors)
@@ -287,7 +287,7 @@ def _biases(
             if fx is _Fate.KEEP and fw is _Fate.KEEP:
                 int32.add(f_name)
                 continue
-            if fx is None or fw is None:
+            if x_i is None or w_i is None or fx is None or fw is None:
                 continue  # not a layer qviz configures: left as imported
             f_node = float_nodes.get(f_name)
             if f_node is None or len(f_node.input) < 3:
