@@ -19,7 +19,7 @@ from qviz.core.calibration.methods import Method
 from qviz.core.demo import demo_paths
 from qviz.core.imported.configs import imported_config
 from qviz.core.model.loading import TensorKind
-from tests.core.imported_models import quantize_demo
+from tools.quantized_examples import quantize_demo
 
 CALIBRATION_MS = 60_000
 RELU = TensorKey("relu", TensorKind.ACTIVATION)

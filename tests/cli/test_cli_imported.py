@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from qviz.cli import main
 from qviz.core.demo import demo_paths
 from qviz.core.stats.stats_file import load_stats
-from tests.core.imported_models import quantize_demo
+from tools.quantized_examples import quantize_demo
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ from qviz.core.quant.qparams import QParams
 from qviz.core.search.precisions import Precision, assignment_config, parse_precisions
 from qviz.core.stats.collect import CalibrationStats, collect_stats, run_to_completion
 from tests.core import model_factory as mf
-from tests.core.imported_models import quantize_demo
+from tools.quantized_examples import quantize_demo
 
 A, W = TensorKind.ACTIVATION, TensorKind.WEIGHT
 N_SAMPLES = 64

@@ -31,7 +31,7 @@ from qviz.core.imported.repair import as_imported
 from qviz.core.model.loading import LoadedModel, TensorKind, load_model
 from qviz.core.search.sensitivity import layer_sensitivity
 from qviz.core.stats.collect import CalibrationStats, collect_stats, run_to_completion
-from tests.core.imported_models import MASKED_SCORES, quantize_block, quantize_demo
+from tools.quantized_examples import MASKED_SCORES, quantize_block, quantize_demo
 
 A, W = TensorKind.ACTIVATION, TensorKind.WEIGHT
 
@@ -212,3 +212,20 @@ def test_the_mask_addition_is_the_worst_pair_and_removing_it_recovers_the_output
     after = ort.InferenceSession(str(out)).run(None, feeds)[0]
     assert _cosine(want, before) < 0.8
     assert _cosine(want, after) > 0.99
+
+
+def test_mixed_precision_finds_the_pair_to_drop(block: tuple[Path, Path, Path]) -> None:
+    from qviz.core.evaluation.criteria import Criterion
+    from qviz.core.search.mixed import mixed_precision
+
+    float_path, qdq_path, data_path = block
+    model = load_model(qdq_path, float_model=float_path)
+    data = load_data(data_path, model.inputs)
+    stats = run_to_completion(collect_stats(model, data))
+    base = imported_config(model)
+    result = run_to_completion(mixed_precision(
+        model, stats, base, data, Criterion.parse("cosine>=0.99"), "imported,float"))
+    assert result.passed
+    dropped = [name for name, cfg in result.config.overrides.items()
+               if not cfg.quantize and base.overrides[name].quantize]
+    assert dropped == [MASKED_SCORES]

@@ -1,6 +1,12 @@
-"""Quantized models made the way users make them, for the import tests: onnxruntime's
-``quantize_static`` run on the demo CNN and on a transformer block built here, whose attention
-adds a mask of float32's most negative value (-3.4e38) to the scores, as exported models do."""
+"""Quantized models made the way users make them: onnxruntime's ``quantize_static`` run on the
+demo CNN and on a transformer block built here, whose attention adds a mask of float32's most
+negative value (-3.4e38) to the scores, as exported models do. The import tests use them;
+run as a script to write them for the app::
+
+    .venv/bin/python tools/quantized_examples.py --out examples/
+
+writes the demo quantized (QDQ and QOperator) and the block with its float original and data.
+"""
 
 from __future__ import annotations
 
@@ -152,3 +158,23 @@ def quantize_block(folder: Path, n: int = 32) -> tuple[Path, Path, Path]:
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
     )
     return float_path, qdq_path, data_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="write quantize_static examples")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write into")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path in (
+        quantize_demo(args.out / "demo_qdq.onnx"),
+        quantize_demo(args.out / "demo_qoperator.onnx", fmt=QuantFormat.QOperator),
+        *quantize_block(args.out),
+    ):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
