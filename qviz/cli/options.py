@@ -20,7 +20,8 @@ from qviz.core.quant.formats import (
     PerTensor,
 )
 
-CHOOSABLE_METHODS = [m.value for m in Method if m is not Method.MANUAL]
+# Manual ranges and imported pairs belong to one tensor each: not a setting for every tensor.
+CHOOSABLE_METHODS = [m.value for m in Method if m not in (Method.MANUAL, Method.IMPORTED)]
 FORMAT_FAMILIES = ["int", "uint", "fp8_e4m3fn", "fp8_e5m2", "nf4"]
 
 

@@ -4,11 +4,9 @@ reopened. Offscreen; every wait is on a signal or a polled condition."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QSettings, QThreadPool
 from pytestqt.qtbot import QtBot
 
 from qviz.app.controllers.files import FloatChoice
@@ -19,36 +17,18 @@ from qviz.core.calibration.methods import Method
 from qviz.core.demo import demo_paths
 from qviz.core.imported.configs import imported_config
 from qviz.core.model.loading import TensorKind
+from tests.app.evaluation_fixtures import MakeWindow, make_window
 from tools.quantized_examples import quantize_demo
+
+__all__ = ["make_window"]  # the fixture, used by name
 
 CALIBRATION_MS = 60_000
 RELU = TensorKey("relu", TensorKind.ACTIVATION)
-MakeWindow = Callable[[], MainWindow]
 
 
 @pytest.fixture(scope="module")
 def qdq(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return quantize_demo(tmp_path_factory.mktemp("app") / "demo_qdq.onnx")
-
-
-@pytest.fixture
-def make_window(qtbot: QtBot, tmp_path: Path) -> Iterator[MakeWindow]:
-    windows: list[MainWindow] = []
-
-    def make() -> MainWindow:
-        settings = QSettings(str(tmp_path / f"q{len(windows)}.ini"), QSettings.Format.IniFormat)
-        window = MainWindow(settings, batch_size=500)
-        qtbot.addWidget(window)
-        window.resize(1600, 1000)
-        window.show()
-        windows.append(window)
-        return window
-
-    yield make
-    for window in windows:
-        window.close()
-        assert window.jobs.live_threads() == 0
-    assert QThreadPool.globalInstance().waitForDone(10_000)
 
 
 def _open(qtbot: QtBot, window: MainWindow, qdq: Path, choice: FloatChoice | None) -> None:

@@ -241,18 +241,23 @@ def test_qoperator_model_converts_to_qdq_exactly(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------ configurations
 
 
+def _imported_int8(
+    tmp_path: Path, mlp: tuple[Path, LoadedModel, CalibrationStats]
+) -> tuple[LoadedModel, CalibrationStats, QuantConfig]:
+    """The int8 Q/DQ mlp imported with its float original, its statistics and settings."""
+    imported = load_model(_int8_qdq(tmp_path, mlp), float_model=mlp[0])
+    return imported, stats_for(imported, mlp[0]), imported_config(imported)
+
+
 def test_config_file_and_session_keep_the_imported_parameters(
     mlp: tuple[Path, LoadedModel, CalibrationStats], tmp_path: Path
 ) -> None:
-    float_path = mlp[0]
-    imported = load_model(_int8_qdq(tmp_path, mlp), float_model=float_path)
-    stats = stats_for(imported, float_path)
-    config = imported_config(imported)
+    imported, stats, config = _imported_int8(tmp_path, mlp)
     results = analyze(imported, stats, config)
     path = tmp_path / "imported.json"
     save_config(path, imported, config, results)
     saved = load_config(path)
-    assert saved.model_float_source == str(float_path)
+    assert saved.model_float_source == str(mlp[0])
     again = results_from_saved(imported, saved)
     assert all(r.config.spec.method is Method.IMPORTED for r in again)
     assert saved.quant_config == config  # parameters compared bit for bit
@@ -296,10 +301,7 @@ def test_mixed_precision_can_keep_or_drop_imported_pairs(tmp_path: Path) -> None
 def test_repair_changes_formats_and_adds_pairs(
     mlp: tuple[Path, LoadedModel, CalibrationStats], tmp_path: Path
 ) -> None:
-    float_path = mlp[0]
-    imported = load_model(_int8_qdq(tmp_path, mlp), float_model=float_path)
-    stats = stats_for(imported, float_path)
-    config = imported_config(imported)
+    imported, stats, config = _imported_int8(tmp_path, mlp)
     # fc2's weight to int4 blockwise, its input to 6-bit (simulated) and fc1's weight float.
     config = config.with_override("fc2.weight", TensorConfig(
         MethodSpec(Method.MINMAX), PerGroup(8), NumberFormat.parse("int4")))

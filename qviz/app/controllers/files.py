@@ -144,8 +144,11 @@ class FileController(QObject):
                     f"(Ctrl+D) to measure the activations."
                 )
 
-        self.jobs.start(JobKind.LOAD, call_as_job(lambda: load_model(p, float_model=float_model)),
-                        f"Loading {p.name}", done)
+        if float_model is None:
+            load = call_as_job(lambda: load_model(p))
+        else:
+            load = call_as_job(lambda: load_model(p, float_model=float_model))
+        self.jobs.start(JobKind.LOAD, load, f"Loading {p.name}", done)
 
     def open_data(self, path: str | Path) -> None:
         """Calibrate the open model on this data (remembered for later if no model is open)."""

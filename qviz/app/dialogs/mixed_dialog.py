@@ -155,8 +155,6 @@ class MixedPrecisionDialog(QDialog):
             self.precision_checks[name] = box
             checks.addWidget(box)
         checks.addStretch(1)
-        self._show_imported_choice()
-        doc.events.model.connect(self._show_imported_choice)
         self.objective_combo = QComboBox()
         self.objective_combo.addItem("smallest model", Objective.SIZE)
         self.objective_combo.addItem("fewest float layers", Objective.FLOAT_LAYERS)
@@ -278,6 +276,8 @@ class MixedPrecisionDialog(QDialog):
         layout.addWidget(base_note)
         layout.addWidget(self.progress)
         layout.addWidget(self.splitter, 1)
+        self._show_imported_choice()
+        doc.events.model.connect(self._show_imported_choice)
         self._validate()
 
         controller.mixedBusy.connect(self.set_running)
