@@ -415,21 +415,16 @@ def config_document(
     model: LoadedModel, config: QuantConfig, results: Sequence[TensorResult]
 ) -> JsonDict:
     """The JSON document `save_config` writes (exposed for tests and for the Export dialog)."""
+    float_source = None if model.imported is None else model.imported.float_source
     return {
         "schema_version": SCHEMA_VERSION,
         "file": FILE_TYPE,
         "qviz_version": qviz.__version__,
-        "model": {"source": str(model.source), "sha256": model.sha256, **_float_source(model)},
+        "model": {"source": str(model.source), "sha256": model.sha256, **(
+            {} if float_source is None else {"float_source": str(float_source)})},
         **encode_quant_config(config),
         "tensors": [encode_result(r) for r in results],
     }
-
-
-def _float_source(model: LoadedModel) -> JsonDict:
-    imported = model.imported
-    if imported is None or imported.float_source is None:
-        return {}
-    return {"float_source": str(imported.float_source)}
 
 
 def save_config(
