@@ -154,3 +154,14 @@ def test_cancelling_the_question_opens_nothing(
     window.files.open_model(qdq)
     assert window.doc.model is None
     assert "cancelled" in window.statusBar().currentMessage()
+
+
+def test_the_app_command_line_takes_the_float_original(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from qviz.cli.gui import build_parser, run_gui
+
+    args = build_parser().parse_args(["q.onnx", "--float", "f.onnx"])
+    assert args.float_model == Path("f.onnx")
+    assert run_gui(["--float", "f.onnx"]) == 2
+    assert "--float needs the quantized model" in capsys.readouterr().err
