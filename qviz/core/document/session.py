@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from qviz.core.data.split import Holdout
 from qviz.core.document.document import Document
 from qviz.core.errors import QvizError
 from qviz.core.files.session_file import SessionFile
 from qviz.core.imported.configs import with_imported_params
+from qviz.core.imported.describe import float_original
 
 
 def to_session(doc: Document) -> SessionFile:
@@ -24,13 +24,9 @@ def to_session(doc: Document) -> SessionFile:
         log_counts=doc.log_counts,
         criteria=doc.measures.criteria_text,
         sensitivity=doc.measures.sensitivity,
-        float_model_path=_float_model(doc),
+        float_model_path=float_original(doc.model),
+        holdout_every=None if doc.holdout is None else doc.holdout.every,
     )
-
-
-def _float_model(doc: Document) -> Path | None:
-    imported = None if doc.model is None else doc.model.imported
-    return None if imported is None else imported.float_source
 
 
 def adopt_session(doc: Document, session: SessionFile) -> None:
@@ -41,6 +37,7 @@ def adopt_session(doc: Document, session: SessionFile) -> None:
         # An imported setting is stored by name; the model's pair brings its parameters.
         config = with_imported_params(config, doc.model)
     doc.reset_history(config)
+    doc.set_holdout(None if session.holdout_every is None else Holdout(session.holdout_every))
     doc.set_log_counts(session.log_counts)
     if session.selection is not None:
         key = doc.find(*session.selection)

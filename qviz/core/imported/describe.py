@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from qviz.core.imported.types import PairKind
 from qviz.core.model.loading import LoadedModel
 
-__all__ = ["import_summary"]
+__all__ = ["float_original", "import_summary"]
+
+
+def float_original(model: LoadedModel | None) -> Path | None:
+    """The float original file a quantized model was opened with (None: derived from it, or
+    not a quantized model): an input that no save may replace."""
+    imported = None if model is None else model.imported
+    return None if imported is None else imported.float_source
 
 
 def import_summary(model: LoadedModel | None) -> str | None:
