@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qviz.cli.given import given_options, record_given
 from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.data.dataset import Dataset, FeedLayout, Preprocess, load_data, random_data
@@ -169,6 +170,7 @@ def add_quant_options(parser: argparse.ArgumentParser, *, format_alias: bool = T
     act_sym.add_argument("--act-asymmetric", dest="act_symmetric", action="store_false",
                          help="asymmetric activation ranges with a zero point (default with "
                          "--number-format int)")
+    record_given(g._group_actions)  # settings_given: a value equal to its default still counts
 
 
 def _format(family: str, bits: int, symmetric: bool, pow2: bool) -> NumberFormat:
@@ -284,8 +286,9 @@ def add_float_option(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_given(args: argparse.Namespace) -> bool:
-    """Whether any quantization setting differs from its default."""
-    return any(getattr(args, k) != v for k, v in quant_defaults().items())
+    """Whether the command line wrote any quantization setting (even one equal to its
+    default: for a quantized model it replaces the imported choice)."""
+    return bool(given_options(args) & quant_defaults().keys())
 
 
 def config_for_model(args: argparse.Namespace, model: LoadedModel) -> QuantConfig:

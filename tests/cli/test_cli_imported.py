@@ -4,6 +4,7 @@ export it unchanged or repaired; bad input is one line and exit status 2."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -96,7 +97,7 @@ def test_evaluate_reproduces_plain_onnxruntime(
 
 def test_export_unchanged_is_the_imported_model(qdq: Path, stats: Path, tmp_path: Path) -> None:
     out = tmp_path / "same.onnx"
-    assert main(["export", str(stats), "--format", "qdq", "-o", str(out)]) == 0
+    assert main(["export", str(stats), "--file-format", "qdq", "-o", str(out)]) == 0
     want = {t.name: t.SerializeToString() for t in onnx.load(str(qdq)).graph.initializer}
     got = {t.name: t.SerializeToString() for t in onnx.load(str(out)).graph.initializer}
     assert got == want
@@ -136,3 +137,16 @@ def test_bad_float_original_is_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not (tmp_path / "s.qvstats").exists()
+
+
+def test_a_setting_equal_to_its_default_is_still_given() -> None:
+    from qviz.cli.options import add_quant_options, settings_given
+
+    parser = argparse.ArgumentParser()
+    add_quant_options(parser)
+    parser.add_argument("--json", action="store_true")
+    assert not settings_given(parser.parse_args([]))
+    assert not settings_given(parser.parse_args(["--json"]))
+    default = parser.parse_args([]).method
+    assert settings_given(parser.parse_args(["--method", default]))
+    assert settings_given(parser.parse_args(["--symmetric"]))
