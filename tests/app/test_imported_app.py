@@ -165,3 +165,17 @@ def test_the_app_command_line_takes_the_float_original(
     assert args.float_model == Path("f.onnx")
     assert run_gui(["--float", "f.onnx"]) == 2
     assert "--float needs the quantized model" in capsys.readouterr().err
+
+
+def test_no_save_replaces_the_float_original(
+    qtbot: QtBot, make_window: MakeWindow, qdq: Path, tmp_path: Path
+) -> None:
+    float_copy = tmp_path / "float.onnx"
+    float_copy.write_bytes(demo_paths().model.read_bytes())
+    before = float_copy.read_bytes()
+    window = make_window()
+    _open(qtbot, window, qdq, FloatChoice(float_copy))
+    assert not window.files.save_session_to(float_copy)
+    assert "float.onnx" in window.reporter.last_message
+    assert not window.files.save_stats_to(float_copy)
+    assert float_copy.read_bytes() == before

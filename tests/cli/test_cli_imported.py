@@ -150,3 +150,16 @@ def test_a_setting_equal_to_its_default_is_still_given() -> None:
     default = parser.parse_args([]).method
     assert settings_given(parser.parse_args(["--method", default]))
     assert settings_given(parser.parse_args(["--symmetric"]))
+
+
+def test_export_never_replaces_the_float_original(
+    stats: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    float_copy = tmp_path / "float.onnx"
+    float_copy.write_bytes(demo_paths().model.read_bytes())
+    before = float_copy.read_bytes()
+    code = main(["export", str(stats), "--float", str(float_copy), "--file-format", "qdq",
+                 "-o", str(float_copy)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert float_copy.read_bytes() == before
