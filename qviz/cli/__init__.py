@@ -13,7 +13,9 @@ from collections.abc import Sequence
 
 from qviz.core.errors import QvizError
 
-COMMANDS: tuple[str, ...] = ("collect", "report", "evaluate", "export", "sensitivity", "mixed")
+COMMANDS: tuple[str, ...] = (
+    "collect", "merge", "report", "evaluate", "export", "sensitivity", "mixed",
+)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from qviz.cli.options import add_data_options, load_dataset
 from qviz.cli.progress_bar import ProgressBar
+from qviz.core.data.shard import Shard, take_shard
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import load_model
 from qviz.core.stats.collect import collect_stats
+from qviz.core.stats.provenance import Provenance, ShardOrigin
 from qviz.core.stats.stats_file import save_stats
 
 
@@ -24,13 +27,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bins", type=int, default=2048, help="histogram bins per tensor")
     p.add_argument("--state-dict", type=Path, help="state dict for a package.module:factory model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--shard", metavar="K/N",
+                   help="collect only the K-th of N contiguous slices of the data (merge the "
+                        "N files with `qviz merge`)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.bins < 16:
         raise QvizError("--batch-size must be >= 1 and --bins >= 16")
+    shard = Shard.parse(args.shard) if args.shard else None
     model, data = load_model_and_data(args)
+    whole = data
+    if shard is not None:
+        data = take_shard(whole, shard)
     bar = ProgressBar(sys.stderr, enabled=not args.quiet)
     gen = collect_stats(model, data, batch_size=args.batch_size, bins=args.bins)
     while True:
@@ -40,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
             stats = stop.value
             break
     bar.close()
+    if shard is not None:
+        first, end = shard.bounds(len(whole))
+        origin = ShardOrigin(shard, first, end, len(whole), whole.description)
+        stats = replace(stats, provenance=Provenance(shard=origin))
     save_stats(stats, args.output)
     print(f"wrote {args.output}: {len(stats.tensors)} activation tensors, "
           f"{stats.n_samples} samples of {stats.data_description}", file=sys.stderr)

@@ -2,6 +2,10 @@
 
 A zip holding `meta.json` (versioned, human-readable) and one `.npy` per array. No pickle: a
 stats file from anywhere is safe to open. Written to a temporary file and renamed into place.
+
+Schema 2 adds ``provenance``: the shard of the data a collect covered, or the files a merge
+read and which of their histogram ranges it rebinned (`qviz.core.stats.provenance`). A
+schema-1 file reads as a plain collect.
 """
 
 from __future__ import annotations
@@ -19,13 +23,20 @@ from qviz import __version__
 from qviz.core.errors import QvizError
 from qviz.core.files.atomic import atomic_path
 from qviz.core.stats.collect import CalibrationStats
+from qviz.core.stats.provenance import Provenance
 from qviz.core.stats.tensor_stats import TensorStats
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATS_SUFFIX = ".qvstats"
 
+
+def _v1_to_v2(document: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 had no provenance: every such file is one plain collect."""
+    return {**document, "schema_version": 2, "provenance": Provenance().to_json()}
+
+
 # Each entry upgrades meta.json from version N to N + 1; golden files under tests/data pin them.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 
 def save_stats(stats: CalibrationStats, path: str | Path) -> None:
@@ -48,6 +59,7 @@ def save_stats(stats: CalibrationStats, path: str | Path) -> None:
             "data": {"description": stats.data_description, "is_random": stats.data_is_random},
             "n_samples": stats.n_samples,
             "notes": list(stats.notes),
+            "provenance": stats.provenance.to_json(),
             "tensors": tensors_meta,
         }
         zf.writestr("meta.json", json.dumps(document, indent=1))
@@ -65,6 +77,7 @@ def load_stats(path: str | Path) -> CalibrationStats:
                 arrays = {k: _read_array(zf, member) for k, member in entry["arrays"].items()}
                 tstats = TensorStats.from_arrays(entry["meta"], arrays)
                 tensors[tstats.name] = tstats
+            provenance = Provenance.from_json(document.get("provenance"))
     except zipfile.BadZipFile:
         raise QvizError(f"{p.name} is not a qviz stats file (not a zip archive)") from None
     except (KeyError, TypeError, ValueError) as exc:
@@ -77,7 +90,21 @@ def load_stats(path: str | Path) -> CalibrationStats:
         n_samples=int(document["n_samples"]),
         tensors=tensors,
         notes=tuple(document.get("notes", ())),
+        provenance=provenance,
     )
+
+
+def read_schema_version(path: str | Path) -> int:
+    """The ``schema_version`` a stats file was written with (before any migration)."""
+    p = Path(path)
+    try:
+        with zipfile.ZipFile(p) as zf:
+            version = json.loads(zf.read("meta.json")).get("schema_version")
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, AttributeError):
+        raise QvizError(f"{p.name} is not a qviz stats file") from None
+    if not isinstance(version, int):
+        raise QvizError(f"{p.name} has no schema_version; it is not a qviz stats file")
+    return version
 
 
 def is_stats_file(path: str | Path) -> bool:
