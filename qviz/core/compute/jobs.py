@@ -10,8 +10,10 @@ same to the bit wherever it ran.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+import copyreg
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from qviz.core.errors import QvizError
@@ -25,6 +27,19 @@ from qviz.core.search.reference import FloatReference
 if TYPE_CHECKING:
     from qviz.core.calibration.analysis import TensorResult
     from qviz.core.data.dataset import Dataset
+
+
+def read_only(items: Mapping[Any, Any]) -> MappingProxyType[Any, Any]:
+    return MappingProxyType(dict(items))
+
+
+def _reduce_proxy(proxy: MappingProxyType[Any, Any]) -> tuple[Any, tuple[Mapping[Any, Any]]]:
+    return read_only, (dict(proxy),)
+
+
+# The core's frozen results hold read-only mappings (metrics, reference outputs), which plain
+# pickle refuses; workers send them back and forth, so they pickle as read-only copies.
+copyreg.pickle(MappingProxyType, _reduce_proxy)
 
 __all__ = [
     "EvaluateJob",

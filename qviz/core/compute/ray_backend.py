@@ -31,7 +31,7 @@ from qviz.core.compute.jobs import (
     JobProgress,
     WorkContext,
 )
-from qviz.core.compute.process_pool import available_cores
+from qviz.core.compute.process_pool import available_cores, measurement_threads
 from qviz.core.compute.ray_worker import WorkerActor
 from qviz.core.errors import QvizError, first_line
 from qviz.core.runtime.sessions import Threads
@@ -115,7 +115,8 @@ class _RayPool(WorkerPool):
         self._where = where
         remote = ray.remote(WorkerActor).options(num_cpus=cpus, max_concurrency=2)
         ref = ray.put(context)
-        threads = Threads(intra_op=cpus)
+        # The driver's thread count, whatever the actor reserved: see process_pool.
+        threads = Threads(intra_op=measurement_threads())
         self._actors = [remote.remote(ref, threads) for _ in range(workers)]
         try:
             hellos = ray.get([a.hello.remote() for a in self._actors], timeout=START_TIMEOUT_S)
@@ -215,18 +216,24 @@ class _RayPool(WorkerPool):
 
 class RayBackend(ComputeBackend):
     """Ray actors: ``address`` None or ``"local"`` starts Ray on this machine; ``HOST:PORT``
-    (or ``ray://HOST:PORT``) joins a running cluster. ``workers`` actors of
-    ``cpus_per_worker`` CPUs each (default: as many as the cluster's CPUs allow)."""
+    (or ``ray://HOST:PORT``) joins a running cluster. ``workers`` actors reserving
+    ``cpus_per_worker`` CPUs each (default: the thread count every actor runs ORT with, so
+    nothing is oversubscribed; ``workers`` defaults to as many as the cluster's CPUs allow)."""
 
     def __init__(
-        self, address: str | None = None, *, workers: int | None = None, cpus_per_worker: int = 1
+        self,
+        address: str | None = None,
+        *,
+        workers: int | None = None,
+        cpus_per_worker: int | None = None,
     ) -> None:
         self.address = None if address in (None, "", LOCAL) else address
         if workers is not None and workers < 1:
             raise QvizError(f"Ray needs at least 1 worker, got {workers}")
-        if cpus_per_worker < 1:
+        if cpus_per_worker is not None and cpus_per_worker < 1:
             raise QvizError(f"each Ray worker needs at least 1 CPU, got {cpus_per_worker}")
-        self.workers, self.cpus = workers, cpus_per_worker
+        self.workers = workers
+        self.cpus = cpus_per_worker or measurement_threads()
         self._started = False
         self.where = self.address or "this machine"
         self.description = f"Ray ({self.where})"
@@ -256,10 +263,11 @@ class RayBackend(ComputeBackend):
         ray = self.connect()
         cpus = int(ray.cluster_resources().get("CPU", 1))
         n = self.workers or max(1, cpus // self.cpus)
+        cpus_each = self.cpus if self.workers is None else max(1, min(self.cpus, cpus // n))
         if max_workers is not None:
             n = max(1, min(n, max_workers))
         self.description = f"Ray ({self.where}, {n} workers)"
-        return _RayPool(ray, context, n, self.cpus, self.where)
+        return _RayPool(ray, context, n, cpus_each, self.where)
 
     def shutdown(self) -> None:
         if self._started:

@@ -277,6 +277,10 @@ class _ZipStream(_LazyArray):
         self._zip: zipfile.ZipFile | None = None
         self._pos = 0
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Compute backends ship data sets to worker processes: the stream reopens there.
+        return {**self.__dict__, "_stream": None, "_zip": None, "_pos": 0}
+
     def _open(self) -> None:
         self.close()
         self._zip = zipfile.ZipFile(self.path)
