@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from qviz.cli.compute_options import add_compute_options, compute_from_args
 from qviz.cli.options import (
     add_data_options,
     add_model_and_source,
@@ -27,9 +28,10 @@ from qviz.cli.options import (
     refuse_settings_with_config,
 )
 from qviz.cli.progress_bar import ProgressBar
+from qviz.core.compute.remote import evaluate_with
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, Verdict, check_all
-from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode, evaluate
+from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode
 from qviz.core.runtime.sessions import KernelPrecision
 
 
@@ -58,6 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--limit", type=int, metavar="N", help="evaluate the first N samples only")
     g.add_argument("--batch-size", type=int, default=64)
+    add_compute_options(p)
     g.add_argument(
         "--criterion",
         action="append",
@@ -118,24 +121,26 @@ def run(args: argparse.Namespace) -> int:
     if not results:
         raise QvizError("the configuration quantizes nothing: nothing to evaluate")
     precision = KernelPrecision.PRECISE if args.precise_int8 else KernelPrecision.DEFAULT
-    gen = evaluate(
-        model,
-        results,
-        data,
-        native=args.native,
-        precision=precision,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        latency=args.latency,
-    )
-    bar = ProgressBar(sys.stderr, enabled=not args.quiet)
-    while True:
-        try:
-            bar.update(next(gen))
-        except StopIteration as stop:
-            evaluation: Evaluation = stop.value
-            break
-    bar.close()
+    with compute_from_args(args) as compute:
+        gen = evaluate_with(
+            compute,
+            model,
+            results,
+            data,
+            native=args.native,
+            precision=precision,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            latency=args.latency,
+        )
+        bar = ProgressBar(sys.stderr, enabled=not args.quiet)
+        while True:
+            try:
+                bar.update(next(gen))
+            except StopIteration as stop:
+                evaluation: Evaluation = stop.value
+                break
+        bar.close()
     verdicts = check_all(criteria, evaluation)
     if args.json:
         doc = evaluation.to_json()

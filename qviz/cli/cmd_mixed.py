@@ -30,6 +30,7 @@ from qviz.cli.cmd_sensitivity import (
     fmt_num,
     precision_from_args,
 )
+from qviz.cli.compute_options import compute_from_args
 from qviz.cli.options import (
     add_data_options,
     add_quant_options,
@@ -155,25 +156,27 @@ def run(args: argparse.Namespace) -> int:
     check_stats_match(model, stats)
     if criterion.metric.needs_labels and data.labels is None:
         raise QvizError(f"{criterion.spec} needs labels, and {data.description} has none")
-    result: MixedResult = drive(
-        mixed_precision(
-            model,
-            stats,
-            base,
-            data,
-            criterion,
-            allowed,
-            objective=Objective(args.objective),
-            limit=args.limit,
-            confirm_limit=args.confirm_limit,
-            batch_size=args.batch_size,
-            native=not args.simulation,
-            precision=precision_from_args(args),
-            max_trials=args.max_trials,
-            cache=cache_from_args(args),
-        ),
-        args.quiet,
-    )
+    with compute_from_args(args) as compute:
+        result: MixedResult = drive(
+            mixed_precision(
+                model,
+                stats,
+                base,
+                data,
+                criterion,
+                allowed,
+                objective=Objective(args.objective),
+                limit=args.limit,
+                confirm_limit=args.confirm_limit,
+                batch_size=args.batch_size,
+                native=not args.simulation,
+                precision=precision_from_args(args),
+                max_trials=args.max_trials,
+                cache=cache_from_args(args),
+                compute=compute,
+            ),
+            args.quiet,
+        )
     written: Path | None = None
     if result.passed:
         save_config(args.output, model, result.config, result.results)

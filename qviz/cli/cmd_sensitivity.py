@@ -21,6 +21,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+from qviz.cli.compute_options import add_compute_options, compute_from_args
 from qviz.cli.options import (
     add_data_options,
     add_model_and_source,
@@ -101,6 +102,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", type=Path, help="sensitivity cache folder "
                    "(default ~/.cache/qviz/sensitivity)")  # fmt: skip
     g.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    add_compute_options(p)
 
 
 def parse_limit(text: str) -> int | None:
@@ -150,7 +152,6 @@ def drive(gen: Generator[Progress, None, Any], quiet: bool) -> Any:
         bar.close()
 
 
-
 def run(args: argparse.Namespace) -> int:
     check_run_options(args)
     if args.config is not None:
@@ -177,21 +178,23 @@ def run(args: argparse.Namespace) -> int:
             f"stats file {args.stats}: weights {config.weights.label}; "
             f"activations {config.activations.label}"
         )
-    report: SensitivityReport = drive(
-        sensitivity(
-            model,
-            source,
-            config,
-            data,
-            metric=metric,
-            limit=args.limit,
-            batch_size=args.batch_size,
-            native=not args.simulation,
-            precision=precision_from_args(args),
-            cache=cache_from_args(args),
-        ),
-        args.quiet,
-    )
+    with compute_from_args(args) as compute:
+        report: SensitivityReport = drive(
+            sensitivity(
+                model,
+                source,
+                config,
+                data,
+                metric=metric,
+                limit=args.limit,
+                batch_size=args.batch_size,
+                native=not args.simulation,
+                precision=precision_from_args(args),
+                cache=cache_from_args(args),
+                compute=compute,
+            ),
+            args.quiet,
+        )
     if args.json:
         doc = {"model": str(model.source), "config": origin, **report.to_json()}
         doc["ranking"] = [s.name for s in report.ranking()]
