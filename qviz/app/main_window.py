@@ -33,10 +33,12 @@ from PySide6.QtWidgets import (
 
 from qviz.app.actions import SHORTCUTS, WindowActions, WindowParts
 from qviz.app.controllers.analysis import AnalysisController
+from qviz.app.controllers.compute_controller import ComputeController
 from qviz.app.controllers.evaluation_controller import EvaluationController
 from qviz.app.controllers.files import FileController
 from qviz.app.controllers.jobs import JobController
 from qviz.app.controllers.sensitivity_controller import SensitivityController
+from qviz.app.dialogs.compute_dialog import ComputeDialog
 from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.app.dialogs.export_dialog import ExportDialog
 from qviz.app.dialogs.mixed_dialog import MixedPrecisionDialog
@@ -76,7 +78,8 @@ class MainWindow(QMainWindow):
     ) -> None:
         super().__init__(parent)
         self.doc = doc = Document()
-        self.recent = RecentFiles(settings if settings is not None else default_settings())
+        settings = settings if settings is not None else default_settings()
+        self.recent = RecentFiles(settings)
         self.reporter = ErrorReporter(self)
         self.reporter.statusMessage.connect(self.statusBar().showMessage)
         self.reporter.errorShown.connect(lambda m: self.statusBar().showMessage(f"Error: {m}"))
@@ -87,6 +90,8 @@ class MainWindow(QMainWindow):
         self.analysis = AnalysisController(doc, self.reporter, self)
         self.evaluation = EvaluationController(doc, self.jobs, self.reporter, self)
         self.sensitivity = SensitivityController(doc, self.reporter, self)
+        self.compute = ComputeController(settings, self.reporter, self)
+        self.sensitivity.compute = self.evaluation.compute = self.compute.holder
 
         # Views: each takes the document and follows its events.
         self.table = LayerTable(doc)
@@ -108,7 +113,7 @@ class MainWindow(QMainWindow):
             save_session_as=self.save_session_as_dialog, save_stats=self.save_stats_dialog,
             export=self.open_export_dialog, sensitivity=self.run_sensitivity,
             mixed=self.open_mixed_dialog, shortcuts=self.show_shortcuts,
-            fill_recent=self.fill_recent_menu,
+            fill_recent=self.fill_recent_menu, compute_backend=self.open_compute_dialog,
         ))
         self.setAcceptDrops(True)
         doc.events.model.connect(self._update_title)
@@ -332,6 +337,19 @@ class MainWindow(QMainWindow):
         menu.addSeparator()
         menu.addAction("Clear Recent Files").triggered.connect(self.recent.clear)
 
+    def open_compute_dialog(self) -> ComputeDialog:
+        """Run ▸ Compute Backend…: where sensitivity, mixed precision and full evaluations
+        run (non-modal; applied on OK)."""
+        dialog = ComputeDialog(self.compute.choice, self)
+
+        def apply() -> None:
+            with self.reporter.guard("Compute backend"):
+                self.compute.set_choice(dialog.choice())
+
+        dialog.accepted.connect(apply)
+        dialog.open()
+        return dialog
+
     def show_shortcuts(self) -> None:
         box = QMessageBox(QMessageBox.Icon.Information, "Keyboard shortcuts", "\n".join(SHORTCUTS),
                           QMessageBox.StandardButton.Close, self)
@@ -359,6 +377,7 @@ class MainWindow(QMainWindow):
             clean = self.analysis.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             clean = self.evaluation.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             clean = self.sensitivity.shutdown(SHUTDOWN_TIMEOUT_S) and clean
+            self.compute.shutdown()
             for dialog in self.findChildren(ExportDialog):
                 clean = dialog.runner.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             if not clean:
