@@ -82,3 +82,15 @@ def test_merge_refuses_bad_input(shards: list[Path], tmp_path: Path, small_data:
     assert main(["collect", str(demo_paths().model), "--data", str(small_data), "--shard",
                  "3/2", "-o", str(out)]) == 2
     _one_line_error(capsys, "K/N")
+
+
+def test_compute_options_refuse_bad_input_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, shards: list[Path], small_data: Path
+) -> None:
+    model = str(demo_paths().model)
+    base = ["sensitivity", model, "--stats", str(shards[0]), "--data", str(small_data),
+            "--limit", "16", "--no-cache", "--quiet"]
+    assert main([*base, "--ray", "127.0.0.1:1"]) == 2
+    _one_line_error(capsys, "cannot reach a Ray cluster at 127.0.0.1:1")
+    assert main([*base, "--workers", "0"]) == 2
+    _one_line_error(capsys, "--workers")

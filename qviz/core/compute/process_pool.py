@@ -143,7 +143,8 @@ class _ProcessPool(WorkerPool):
 
     def worker_pids(self) -> list[int]:
         """The worker processes' ids (diagnostics and the lost-worker test)."""
-        return list(self._executor._processes)  # type: ignore[attr-defined]
+        processes = getattr(self._executor, "_processes", None) or {}
+        return list(processes)
 
     def _rebuild(self) -> None:
         """A worker died: Python's pool is broken for good; start a new one and submit every
@@ -214,10 +215,16 @@ class ProcessBackend(ComputeBackend):
         if workers is not None and workers < 1:
             raise QvizError(f"a process pool needs at least 1 worker, got {workers}")
         self.workers = workers or max(1, available_cores() // measurement_threads())
+        self._pool: _ProcessPool | None = None
         self.description = f"{self.workers} local processes"
 
     def open(
         self, context: WorkContext, should_stop: ShouldStop, *, max_workers: int | None = None
     ) -> WorkerPool:
         n = self.workers if max_workers is None else max(1, min(self.workers, max_workers))
-        return _ProcessPool(context, n)
+        self._pool = _ProcessPool(context, n)
+        return self._pool
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the last pool's workers (diagnostics; the lost-worker test)."""
+        return self._pool.worker_pids() if self._pool is not None else []

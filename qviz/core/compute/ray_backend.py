@@ -235,6 +235,7 @@ class RayBackend(ComputeBackend):
         self.workers = workers
         self.cpus = cpus_per_worker or measurement_threads()
         self._started = False
+        self._pool: _RayPool | None = None
         self.where = self.address or "this machine"
         self.description = f"Ray ({self.where})"
 
@@ -267,7 +268,12 @@ class RayBackend(ComputeBackend):
         if max_workers is not None:
             n = max(1, min(n, max_workers))
         self.description = f"Ray ({self.where}, {n} workers)"
-        return _RayPool(ray, context, n, cpus_each, self.where)
+        self._pool = _RayPool(ray, context, n, cpus_each, self.where)
+        return self._pool
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the last pool's actors (diagnostics; the lost-worker test)."""
+        return list(self._pool.pids) if self._pool is not None else []
 
     def shutdown(self) -> None:
         if self._started:
