@@ -173,11 +173,11 @@ def test_a_stopped_sweep_keeps_its_finished_runs(
 
 
 def test_what_cannot_be_used_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(QvizError, match="cannot reach a Ray cluster at 127.0.0.1:1"):
+    with pytest.raises(QvizError, match=r"cannot reach a Ray cluster at 127\.0\.0\.1:1"):
         check_reachable("127.0.0.1:1", timeout=1.0)
     with pytest.raises(QvizError, match="HOST:PORT"):
         check_reachable("not an address")
-    with pytest.raises(QvizError, match="runs qviz 0.0.1, this is qviz"):
+    with pytest.raises(QvizError, match=r"runs qviz 0\.0\.1, this is qviz"):
         check_worker_version("0.0.1", "node-7")
     check_worker_version("1.2.3", "here", ours="1.2.3")  # the same version is welcome
     error = _actor_error(ray, RuntimeError("ModuleNotFoundError: No module named 'qviz'"), "h:1")
