@@ -19,7 +19,6 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
-import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -118,8 +117,8 @@ class _ProcessPool(WorkerPool):
         self._events: queue.Queue[tuple[int, int, Future[Any]]] = queue.Queue()
         self._generation = 0
         self._rebuilds = 0
-        self._lock = threading.Lock()
         self._executor = self._new_executor()
+        self._start_workers()
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -128,6 +127,19 @@ class _ProcessPool(WorkerPool):
             initializer=_init_worker,
             initargs=(self._payload, self._progress, self._stop, self._threads),
         )
+
+    def _start_workers(self) -> None:
+        """Start every worker now (each loads the context), so a context that cannot load
+        fails here, and a run's first jobs do not pay for the start-up."""
+        started = [self._executor.submit(worker_pid) for _ in range(self.workers)]
+        try:
+            for future in started:
+                future.result()
+        except BrokenProcessPool:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            raise QvizError(
+                "the worker processes could not start or load the model and data"
+            ) from None
 
     def _start(self, ticket: int) -> None:
         generation = self._generation

@@ -239,6 +239,10 @@ class RayBackend(ComputeBackend):
         self.where = self.address or "this machine"
         self.description = f"Ray ({self.where})"
 
+    @property
+    def connected(self) -> bool:
+        return self._started
+
     def connect(self) -> Any:
         """Ray, initialised: started here, joined, or the one this process already runs."""
         ray = import_ray()
