@@ -3,7 +3,7 @@ histogram bound, refusals, and the statistics file's schema 2 (with its golden s
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from qviz.core.quant.formats import NumberFormat
 from qviz.core.stats.collect import CalibrationStats, collect_stats, run_to_completion
 from qviz.core.stats.histogram import Histogram, HistogramAccumulator
 from qviz.core.stats.merge import (
+    MERGED_FIELDS,
     MergeInput,
     merge_histograms,
     merge_stats,
@@ -34,6 +35,7 @@ from qviz.core.stats.stats_file import (
     read_schema_version,
     save_stats,
 )
+from qviz.core.stats.tensor_stats import TensorStats
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SAMPLES = 400
@@ -219,3 +221,10 @@ def test_shards_cover_every_sample_once(demo: tuple[LoadedModel, Dataset]) -> No
         Shard.parse("3")
     with pytest.raises(QvizError, match="1 <= K <= N"):
         Shard.parse("0/2")
+
+
+def test_merge_knows_every_field_of_the_statistics() -> None:
+    """A field added to the statistics must be merged too (exactly, if it is exact): this
+    fails until `qviz.core.stats.merge` handles it."""
+    for cls in (TensorStats, CalibrationStats):
+        assert {f.name for f in fields(cls)} == MERGED_FIELDS[cls.__name__], cls.__name__

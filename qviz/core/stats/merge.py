@@ -47,7 +47,27 @@ from qviz.core.stats.histogram import Histogram, HistogramAccumulator
 from qviz.core.stats.provenance import MergeSource, Provenance, RebinnedRange
 from qviz.core.stats.tensor_stats import TensorStats
 
-__all__ = ["MergeInput", "merge_histograms", "merge_stats", "quantile_error_bound"]
+__all__ = [
+    "MERGED_FIELDS",
+    "MergeInput",
+    "merge_histograms",
+    "merge_stats",
+    "quantile_error_bound",
+]
+
+#: The fields of `TensorStats` and `CalibrationStats` this module knows how to merge. A field
+#: added to either must be merged here too (a test compares the sets): per-channel means, for
+#: one, merge as count-weighted sums, never as an average of averages.
+MERGED_FIELDS: dict[str, frozenset[str]] = {
+    "TensorStats": frozenset({
+        "name", "histogram", "min", "max", "count", "n_extreme", "n_nonfinite",
+        "channel_axis", "channel_min", "channel_max", "shapes_vary", "exponent_counts",
+    }),
+    "CalibrationStats": frozenset({
+        "model_source", "model_sha256", "data_description", "data_is_random", "n_samples",
+        "tensors", "notes", "provenance",
+    }),
+}  # fmt: skip
 
 # A merged edge this close to a source edge (relative to the source bin) is that edge.
 _EDGE_TOLERANCE = 1e-6
