@@ -12,17 +12,16 @@ a cost model of a sweep on W workers::
 
     T(W) = S + ceil(N / W) * (t + o)
 
-N runs (2n+1), t the time of one run in this process (Q/DQ graph built, session created, the
-subset run and compared), o what running it on a worker adds per run (shipping the job and
-its result, the worker's own session set-up), S the start of the pool (processes or actors
-started, the context — model, float reference — shipped and loaded once per worker). t is
-timed directly, S by opening and closing a pool, o by running each job here and on a
-1-worker pool back to back (the median difference: contention from other work on a shared
-machine hits both sides of a pair alike). The bytes shipped per job and per worker are
-printed too. The model is then compared with the 2-worker measurement and used to predict 8-
-and 64-core clusters
-(workers of ``threads`` cores each: every worker runs ORT with the local run's thread count,
-which keeps the numbers identical).
+N runs (2n+1); t the time of one run in this process (Q/DQ graph built, session created, the
+subset run and compared: the fastest local sweep divided by N); o what running it on a worker
+adds per run (shipping the job and its result, the worker's own session set-up), measured by
+running each job here and on a 1-worker pool back to back (the median difference: contention
+from other work on a shared machine hits both sides of a pair alike); S the start of a pool
+(processes or actors started, the context — model, float reference — shipped and loaded once
+per worker), timed by opening and closing one. The bytes shipped per job, per result and per
+worker are printed too. The model is compared with the 2-worker measurement and used to
+predict 8- and 64-core clusters (workers of ``threads`` cores each: every worker runs ORT with
+the local run's thread count, which keeps the numbers identical).
 
 Run: .venv/bin/python bench/bench_distributed.py [--model demo|PATH --data NPZ]
      [--limit 2000] [--batch-size 250] [--backends local,proc1,proc2,ray1,ray2] [--repeats 3]
@@ -186,6 +185,10 @@ def main() -> None:
     start_s = {name: min(v) for name, v in starts.items() if v}
     print("fastest of each: " + ", ".join(f"{k} {v:.2f} s" for k, v in wall.items()))
 
+    if "local" in wall:
+        # One run as the local sweep paid for it (its fastest round): the t of the model.
+        t = wall["local"] / n_runs
+        print(f"t = fastest local sweep / N = {t:.3f} s per run")
     base = wall.get("local")
     if base:
         print("speed-up over local: " + ", ".join(
