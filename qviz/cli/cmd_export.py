@@ -15,16 +15,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from qviz.cli.cmd_report import open_stats_and_model
+from qviz.cli.common import checked_output, drive, open_stats_and_model
 from qviz.cli.options import (
     FORMAT_FAMILIES,
     add_data_options,
     add_quant_options,
+    batch_size_type,
     config_from_args,
+    input_path,
+    layout_from_args,
     load_dataset,
+    output_path,
     refuse_settings_with_config,
+    sample_count,
 )
-from qviz.cli.progress_bar import ProgressBar
 from qviz.core.calibration.analysis import TensorResult, analyze
 from qviz.core.calibration.config import QuantConfig
 from qviz.core.errors import QvizError
@@ -38,7 +42,7 @@ from qviz.core.files.export import (
     export_qdq,
     export_trt_cache,
 )
-from qviz.core.files.report import PageFormat, build_report, write_report
+from qviz.core.files.report import PageFormat, build_report, report_files, write_report
 from qviz.core.model.loading import LoadedModel, load_model
 from qviz.core.stats.stats_file import is_stats_file
 
@@ -54,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "(its --format is --number-format here).",
         conflict_handler="resolve",
     )
-    p.add_argument("source", type=Path, metavar="STATS_OR_CONFIG",
+    p.add_argument("source", type=input_path, metavar="STATS_OR_CONFIG",
                    help="stats file from `qviz collect`, or a qviz config file (.json)")
     add_quant_options(p)
     p.add_argument("--number-format", dest="fmt", choices=FORMAT_FAMILIES, default="int",
@@ -62,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", dest="export_format", required=True,
                    choices=[f.value for f in ExportFormat],
                    help="; ".join(f"{f.value}: {f.description}" for f in ExportFormat))
-    p.add_argument("-o", "--output", type=Path, required=True,
+    p.add_argument("-o", "--output", type=output_path, required=True,
                    help="file to write (report: .html, .md, .json, or a folder)")
     p.add_argument("--model", help="the model file, if it moved since the stats/config were made")
     add_data_options(p, required=False)
@@ -72,8 +76,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "accuracy_drop<=1, cosine>=0.99, sqnr>=30, agreement>=99")
     g.add_argument("--native", action="store_true",
                    help="measure the effect with ORT's fused INT8 kernels, not the simulation")
-    g.add_argument("--limit", type=int, metavar="N", help="evaluate the first N samples only")
-    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--limit", type=sample_count, metavar="N",
+                   help="evaluate the first N samples only")
+    g.add_argument("--batch-size", type=batch_size_type, default=64)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     t = p.add_argument_group("TensorRT")
     t.add_argument("--trt-version", default=TRT_DEFAULT_VERSION,
@@ -85,7 +90,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 _FLAGS = {"fmt": "--number-format"}
 
 
-
 def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterion]:
     """Refuse contradictory options before anything is loaded or written."""
     has_data = args.data is not None or args.random is not None
@@ -93,6 +97,7 @@ def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterio
         extra = [name for name, given in (
             ("--data/--random", has_data), ("--criterion", bool(args.criterion)),
             ("--native", args.native), ("--limit", args.limit is not None),
+            ("--batch-axis/--const/--state", not layout_from_args(args).is_empty),
         ) if given]
         if extra:
             raise QvizError(f"{', '.join(extra)} only apply to --format report")
@@ -102,12 +107,8 @@ def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterio
             raise QvizError("--criterion needs --data (or --random) to measure against")
     if fmt is not ExportFormat.TRT_CACHE and args.trt_version != TRT_DEFAULT_VERSION:
         raise QvizError("--trt-version only applies to --format trt-cache")
-    if not args.trt_version.isdigit():
+    if not args.trt_version.isdigit() or len(args.trt_version) > 9:
         raise QvizError(f"--trt-version must be digits such as 8601, got {args.trt_version!r}")
-    if args.batch_size < 1:
-        raise QvizError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.limit is not None and args.limit < 1:
-        raise QvizError(f"--limit must be at least 1, got {args.limit}")
     return [Criterion.parse(text) for text in args.criterion]
 
 
@@ -141,23 +142,34 @@ def _evaluate(args: argparse.Namespace, model: LoadedModel,
     data = load_dataset(args, model)
     gen = evaluate(model, results, data, native=args.native, limit=args.limit,
                    batch_size=args.batch_size)
-    bar = ProgressBar(sys.stderr, enabled=not args.quiet)
-    while True:
-        try:
-            bar.update(next(gen))
-        except StopIteration as stop:
-            bar.close()
-            return stop.value
+    evaluation: Evaluation = drive(gen, args.quiet)
+    return evaluation
+
+
+def _check_output(
+    args: argparse.Namespace, fmt: ExportFormat, model: LoadedModel | None = None
+) -> Path:
+    """Where to write, refused if it is not writable or would replace an input (the source,
+    the model, its external data, the data); a report's beside-files are checked too."""
+    recorded = [str(model.source)] if model is not None else []
+    if fmt is ExportFormat.REPORT:
+        files = report_files(args.output)
+        folder = PageFormat.for_path(args.output) is PageFormat.FOLDER
+        # A new report folder is built whole beside its target: nothing inside to check yet.
+        inside = files[1:] if not folder or files[0].is_dir() else ()
+        return checked_output(args, files[0], files=inside, folder=folder, models=recorded)
+    return checked_output(args, args.output, models=recorded)
 
 
 def run(args: argparse.Namespace) -> int:
     fmt = ExportFormat(args.export_format)
     criteria = _check_options(args, fmt)
+    _check_output(args, fmt)  # before loading: a bad -o fails at once
     model, results, config, origin = load_results(args)
     if not results and fmt is not ExportFormat.CONFIG:
         raise QvizError("the configuration quantizes nothing: nothing to export")
-    out: Path = args.output
-    written: tuple[Path, ...] = (out,)
+    out = _check_output(args, fmt, model)
+    written: tuple[Path, ...] = (args.output,)
     notes: tuple[str, ...] = ()
     if fmt is ExportFormat.QDQ:
         notes = export_qdq(model, results, out).notes

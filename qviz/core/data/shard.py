@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from qviz.core.data.dataset import Dataset, _Chunk, _ImageChunk, _LazyArray
+from qviz.core.data.arrays import LazyArray
+from qviz.core.data.batching import Chunk, Dataset
 from qviz.core.errors import QvizError
 
 __all__ = ["Shard", "take_shard"]
@@ -62,10 +63,10 @@ class Shard:
         return cls(int(d["index"]), int(d["count"]))
 
 
-class _Offset(_LazyArray):
+class _Offset(LazyArray):
     """Samples ``[start, start + n)`` of another lazy array."""
 
-    def __init__(self, inner: _LazyArray, start: int, n: int) -> None:
+    def __init__(self, inner: LazyArray, start: int, n: int) -> None:
         self.inner, self.start = inner, start
         self.shape = (n, *inner.shape[1:])
         self.dtype = inner.dtype
@@ -77,23 +78,28 @@ class _Offset(_LazyArray):
 def take_shard(data: Dataset, shard: Shard) -> Dataset:
     """The samples of `shard` as a data set (lazy; labels and class names kept aligned)."""
     n = len(data)
+    if data.states:
+        raise QvizError(
+            "this model feeds its outputs back as inputs: its samples are one sequence, "
+            "which cannot be split into shards"
+        )
     start, stop = shard.bounds(n)
     if stop <= start:
         raise QvizError(
             f"shard {shard.label} of {data.description} is empty: it has only {n} samples"
         )
-    chunks: list[_Chunk] = []
+    chunks: list[Chunk] = []
     offset = 0
     for chunk in data._chunks:
         lo, hi = max(start, offset), min(stop, offset + chunk.n)
         if lo < hi:
-            if isinstance(chunk, _ImageChunk):  # one image: wholly in or out
+            if not chunk.shapes_known:  # one image, decoded when read: wholly in or out
                 chunks.append(chunk)
             else:
-                arrays: dict[str, _LazyArray] = {
+                arrays: dict[str, LazyArray] = {
                     k: _Offset(a, lo - offset, hi - lo) for k, a in chunk.arrays.items()
                 }
-                chunks.append(_Chunk(hi - lo, arrays, chunk.origin))
+                chunks.append(Chunk(hi - lo, arrays, chunk.origin))
         offset += chunk.n
     labels = None if data.labels is None else np.asarray(data.labels)[start:stop]
     return Dataset(
@@ -103,4 +109,6 @@ def take_shard(data: Dataset, shard: Shard) -> Dataset:
         is_random=data.is_random,
         labels=labels,
         class_names=data.class_names,
+        feeds=data.feeds,
+        whole=data._whole,
     )
