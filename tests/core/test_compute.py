@@ -18,11 +18,13 @@ from typing import Any
 
 import pytest
 
+import qviz
 import qviz.core.compute.jobs as jobs_mod
 from qviz.core.calibration.analysis import analyze
 from qviz.core.calibration.config import QuantConfig
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.compute.choice import BackendChoice, BackendKind
+from qviz.core.compute.identity import code_fingerprint, identity
 from qviz.core.compute.process_pool import ProcessBackend
 from qviz.core.compute.ray_backend import (
     RayBackend,
@@ -178,8 +180,10 @@ def test_what_cannot_be_used_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(QvizError, match="HOST:PORT"):
         check_reachable("not an address")
     with pytest.raises(QvizError, match=r"runs qviz 0\.0\.1, this is qviz"):
-        check_worker_version("0.0.1", "node-7")
-    check_worker_version("1.2.3", "here", ours="1.2.3")  # the same version is welcome
+        check_worker_version(("0.0.1", code_fingerprint()), "node-7")
+    with pytest.raises(QvizError, match="another build of qviz"):
+        check_worker_version((qviz.__version__, "0" * 16), "node-7")
+    check_worker_version(identity(), "here")  # the same qviz is welcome
     error = _actor_error(ray, RuntimeError("ModuleNotFoundError: No module named 'qviz'"), "h:1")
     assert "cannot import qviz" in str(error) and "qviz[ray]" in str(error)
     monkeypatch.setitem(sys.modules, "ray", None)  # as on a machine without the extra

@@ -21,8 +21,8 @@ import socket
 from collections import deque
 from typing import Any
 
-from qviz import __version__
 from qviz.core.compute.backend import ComputeBackend, ShouldStop, WorkerPool
+from qviz.core.compute.identity import identity
 from qviz.core.compute.jobs import (
     Job,
     JobDone,
@@ -81,12 +81,21 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         raise QvizError(f"cannot reach a Ray cluster at {address}: {why}") from None
 
 
-def check_worker_version(theirs: str, host: str, ours: str = __version__) -> None:
-    """A worker running another qviz could compute other numbers: refuse it."""
-    if theirs != ours:
+def check_worker_version(
+    theirs: tuple[str, str], host: str, ours: tuple[str, str] | None = None
+) -> None:
+    """A worker running another qviz could compute other numbers: refuse it. Versions are
+    (version, code fingerprint): two builds of one version differ by the second."""
+    ours = ours or identity()
+    if theirs[0] != ours[0]:
         raise QvizError(
-            f"the Ray worker on {host} runs qviz {theirs}, this is qviz {ours}: install the "
-            "same qviz on every node"
+            f"the Ray worker on {host} runs qviz {theirs[0]}, this is qviz {ours[0]}: install "
+            "the same qviz on every node"
+        )
+    if theirs[1] != ours[1]:
+        raise QvizError(
+            f"the Ray worker on {host} runs another build of qviz {ours[0]} (its code differs "
+            "from this one's): install the same qviz on every node"
         )
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from qviz import __version__
+from qviz.core.compute.identity import identity
 from qviz.core.compute.jobs import Job, WorkContext, job_steps
 from qviz.core.runtime.sessions import Threads, set_process_threads
 
@@ -28,9 +28,10 @@ class WorkerActor:
         self.context = context
         self._stop = threading.Event()
 
-    def hello(self) -> tuple[str, int, str]:
-        """This worker's qviz version, process id and host (checked before any job)."""
-        return __version__, os.getpid(), socket.gethostname()
+    def hello(self) -> tuple[tuple[str, str], int, str]:
+        """This worker's qviz (version, code fingerprint), process id and host (checked
+        before any job)."""
+        return identity(), os.getpid(), socket.gethostname()
 
     def run(self, job: Job) -> Iterator[tuple[str, Any]]:
         """``("progress", samples done)`` as batches finish, then ``("done", value)``."""
