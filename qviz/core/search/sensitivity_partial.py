@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from qviz.core.errors import QvizError
 from qviz.core.files.atomic import atomic_open
+from qviz.core.files.validate import parse_json
 from qviz.core.search.measure import Measurement
 from qviz.core.search.sensitivity_cache import CacheKey, SensitivityCache
 
@@ -38,7 +40,7 @@ class PartialRuns:
         if self.path is None:
             return {}
         try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            doc = parse_json(self.path.read_bytes(), str(self.path))
             if (
                 doc.get("file") != FILE_TYPE
                 or doc.get("schema_version") != PARTIAL_SCHEMA_VERSION
@@ -46,8 +48,7 @@ class PartialRuns:
             ):
                 return {}
             self._runs = {k: Measurement.from_json(v) for k, v in doc["runs"].items()}
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError,
-                TypeError, ValueError):
+        except (OSError, QvizError, AttributeError, KeyError, TypeError, ValueError):
             return {}
         return dict(self._runs)
 
@@ -61,7 +62,8 @@ class PartialRuns:
             "key": self.key.to_json(),
             "runs": {k: m.to_json() for k, m in self._runs.items()},
         }
-        with atomic_open(self.path, "w") as f:
+        # The first run of a sweep may finish before the cache's folder exists.
+        with atomic_open(self.path, "w", make_parents=True) as f:
             json.dump(doc, f, indent=1, allow_nan=False)
 
     def drop(self) -> None:
