@@ -37,8 +37,9 @@ from qviz.core.compute.remote import evaluate_with
 from qviz.core.data.dataset import Dataset, load_data
 from qviz.core.demo import demo_paths
 from qviz.core.errors import QvizError
+from qviz.core.evaluation.accumulators import OutputRole
 from qviz.core.evaluation.criteria import Criterion
-from qviz.core.evaluation.results import EvaluationCancelled
+from qviz.core.evaluation.results import EvaluationCancelled, Metric
 from qviz.core.model.loading import LoadedModel, TensorKind, load_model
 from qviz.core.progress import Progress, run_to_completion
 from qviz.core.search.mixed import mixed_precision
@@ -128,6 +129,13 @@ def test_ray_evaluation_and_mixed_search_equal_local(demo: Demo, local_ray: None
     here = run_to_completion(evaluate_with(None, model, results, data, **kw))
     there = run_to_completion(evaluate_with(RayBackend(workers=1), model, results, data, **kw))
     assert there.to_json() == here.to_json()
+    # What the outputs hold travels with the job: values, so no top-1 metrics there either.
+    kw["role"] = OutputRole.VALUES
+    there = run_to_completion(evaluate_with(RayBackend(workers=1), model, results, data, **kw))
+    assert Metric.AGREEMENT not in there.quantized_metrics
+    assert there.to_json() == run_to_completion(
+        evaluate_with(None, model, results, data, **kw)
+    ).to_json()
 
     base = QuantConfig()
     base = base.with_default(

@@ -3,6 +3,8 @@ histogram bound, refusals, and the statistics file's schema 2 (with its golden s
 
 from __future__ import annotations
 
+import json
+import zipfile
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -120,12 +122,25 @@ def test_merged_file_round_trips_with_its_provenance(
     path = tmp_path / "all.qvstats"
     save_stats(merged, path)
     back = load_stats(path)
-    assert read_schema_version(path) == SCHEMA_VERSION == 2
+    assert read_schema_version(path) == SCHEMA_VERSION >= 2
     assert back.provenance == merged.provenance
     assert back.provenance.merged_from[1].shard is not None
     assert back.provenance.merged_from[1].shard.shard == Shard(2, 2)
     for name, t in merged.tensors.items():
         assert np.array_equal(back.tensors[name].histogram.counts, t.histogram.counts)
+
+
+def test_provenance_is_optional_in_schema_2(
+    one_collect: CalibrationStats, tmp_path: Path
+) -> None:
+    """Every field schema 2 added is optional (absent: not recorded): a plain collect writes
+    no provenance, and a schema 2 file without one reads as a plain collect."""
+    path = tmp_path / "plain.qvstats"
+    save_stats(one_collect, path)
+    with zipfile.ZipFile(path) as zf:
+        meta = json.loads(zf.read("meta.json"))
+    assert meta["schema_version"] >= 2 and "provenance" not in meta
+    assert load_stats(path).provenance == Provenance()
 
 
 def test_golden_schema_1_file_loads_as_a_plain_collect() -> None:

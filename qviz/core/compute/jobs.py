@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from qviz.core.errors import QvizError
-from qviz.core.evaluation.evaluate import evaluate
+from qviz.core.evaluation.evaluate import OutputRole, evaluate
 from qviz.core.evaluation.results import Evaluation
 from qviz.core.model.loading import LoadedModel
 from qviz.core.runtime.sessions import KernelPrecision
@@ -90,6 +90,7 @@ class EvaluateJob:
     batch_size: int = 64
     latency: bool = False
     label: str = ""
+    role: OutputRole = OutputRole.AUTO
 
 
 Job = MeasureJob | EvaluateJob
@@ -156,6 +157,7 @@ def job_steps(
         limit=job.limit,
         batch_size=job.batch_size,
         latency=job.latency,
+        role=job.role,
         should_stop=should_stop,
     )
     while True:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from qviz.core.compute.backend import ComputeBackend, LocalBackend, opened, wait_for
 from qviz.core.compute.jobs import EvaluateJob, WorkContext, job_total
-from qviz.core.evaluation.evaluate import evaluate
+from qviz.core.evaluation.evaluate import OutputRole, evaluate
 from qviz.core.evaluation.results import Evaluation
 from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, ProgressClock
@@ -37,6 +37,7 @@ def evaluate_with(
     batch_size: int = 64,
     latency: bool = True,
     label: str = "evaluating",
+    role: OutputRole = OutputRole.AUTO,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Generator[Progress, None, Evaluation]:
     """`evaluate(model, results, data, ...)` on `compute` (here when None or local)."""
@@ -44,10 +45,10 @@ def evaluate_with(
         return (
             yield from evaluate(
                 model, results, data, native=native, precision=precision, limit=limit,
-                batch_size=batch_size, latency=latency, should_stop=should_stop,
+                batch_size=batch_size, latency=latency, role=role, should_stop=should_stop,
             )
         )  # fmt: skip
-    job = EvaluateJob(tuple(results), native, precision, limit, batch_size, latency, label)
+    job = EvaluateJob(tuple(results), native, precision, limit, batch_size, latency, label, role)
     context = WorkContext(model, data=data)
     yield Progress(0, 0, 0.0, None, f"{label}: starting a worker on {compute.description}")
     with opened(compute, context, should_stop, max_workers=1) as pool:

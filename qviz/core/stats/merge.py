@@ -66,6 +66,9 @@ MERGED_FIELDS: dict[str, frozenset[str]] = {
     "CalibrationStats": frozenset({
         "model_source", "model_sha256", "data_description", "data_is_random", "n_samples",
         "tensors", "notes", "provenance",
+        # Convergence snapshots follow one collect's sample order and are never written to
+        # a file: a merge has none.
+        "snapshots",
     }),
 }  # fmt: skip
 
@@ -298,6 +301,7 @@ def merge_stats(inputs: Sequence[MergeInput]) -> CalibrationStats:
         tensors=tensors,
         notes=tuple(notes),
         provenance=Provenance(merged_from=sources, rebinned=tuple(rebinned)),
+        snapshots=(),
     )
 
 

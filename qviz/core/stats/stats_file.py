@@ -40,8 +40,9 @@ STATS_SUFFIX = ".qvstats"
 
 
 def _v1_to_v2(document: dict[str, Any]) -> dict[str, Any]:
-    """Schema 1 had no provenance: every such file is one plain collect."""
-    return {**document, "schema_version": 2, "provenance": Provenance().to_json()}
+    """Schema 2's fields are all optional (absent: not recorded; no provenance is a plain
+    collect), so a schema 1 file is a schema 2 file as it is."""
+    return {**document, "schema_version": 2}
 
 
 # Each entry upgrades meta.json from version N to N + 1; golden files under tests/data pin them.
@@ -68,9 +69,10 @@ def save_stats(stats: CalibrationStats, path: str | Path) -> None:
             "data": {"description": stats.data_description, "is_random": stats.data_is_random},
             "n_samples": stats.n_samples,
             "notes": list(stats.notes),
-            "provenance": stats.provenance.to_json(),
             "tensors": tensors_meta,
         }
+        if stats.provenance != Provenance():  # absent: a plain collect over all the data
+            document["provenance"] = stats.provenance.to_json()
         zf.writestr("meta.json", json.dumps(document, indent=1))
 
 
