@@ -55,6 +55,7 @@ class WindowParts:
     shortcuts: Callable[[], None]
     fill_recent: Callable[[], None]
     open_quantized: Callable[[], None] | None = None
+    compute_backend: Callable[[], Any] | None = None
 
 
 class WindowActions:
@@ -174,6 +175,12 @@ class WindowActions:
             "accuracy or SQNR criterion at the smallest size, measured",
             w.mixed, "Ctrl+Shift+M",
         )
+        self.compute_backend = a(
+            "Compute &Backend…", "Where sensitivity, mixed precision and full evaluations run: "
+            "this process, local processes, or a Ray cluster",
+            w.compute_backend or (lambda: None),
+        )
+        self.compute_backend.setEnabled(w.compute_backend is not None)
 
         self.log_counts = a("&Log Counts", "Histogram counts on a logarithmic axis (shows "
                             "the tails)", lambda: doc.set_log_counts(self.log_counts.isChecked()),
@@ -230,6 +237,8 @@ class WindowActions:
         run_menu.addSeparator()
         run_menu.addAction(self.sensitivity)
         run_menu.addAction(self.mixed)
+        run_menu.addSeparator()
+        run_menu.addAction(self.compute_backend)
 
         settings_menu = bar.addMenu("&Settings")
         method_menu = settings_menu.addMenu("&Method")

@@ -33,11 +33,13 @@ from PySide6.QtWidgets import (
 
 from qviz.app.actions import SHORTCUTS, WindowActions, WindowParts
 from qviz.app.controllers.analysis import AnalysisController
+from qviz.app.controllers.compute_controller import ComputeController
 from qviz.app.controllers.evaluation_controller import EvaluationController
 from qviz.app.controllers.files import FileController
 from qviz.app.controllers.jobs import JobController
 from qviz.app.controllers.represent import EvalStatsController
 from qviz.app.controllers.sensitivity_controller import SensitivityController
+from qviz.app.dialogs.compute_dialog import ComputeDialog
 from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.app.dialogs.export_dialog import ExportDialog
 from qviz.app.dialogs.float_original import ask_float_original
@@ -81,7 +83,8 @@ class MainWindow(QMainWindow):
     ) -> None:
         super().__init__(parent)
         self.doc = doc = Document()
-        self.recent = RecentFiles(settings if settings is not None else default_settings())
+        settings = settings if settings is not None else default_settings()
+        self.recent = RecentFiles(settings)
         self.reporter = ErrorReporter(self)
         self.reporter.statusMessage.connect(self.statusBar().showMessage)
         self.reporter.errorShown.connect(lambda m: self.statusBar().showMessage(f"Error: {m}"))
@@ -92,6 +95,8 @@ class MainWindow(QMainWindow):
         self.analysis = AnalysisController(doc, self.reporter, self)
         self.evaluation = EvaluationController(doc, self.jobs, self.reporter, self)
         self.sensitivity = SensitivityController(doc, self.reporter, self)
+        self.compute = ComputeController(settings, self.reporter, self)
+        self.sensitivity.compute = self.evaluation.compute = self.compute.holder
         self.eval_stats = EvalStatsController(doc, self.reporter, self)
 
         # Views: each takes the document and follows its events.
@@ -116,6 +121,7 @@ class MainWindow(QMainWindow):
             export=self.open_export_dialog, sensitivity=self.run_sensitivity,
             mixed=self.open_mixed_dialog, shortcuts=self.show_shortcuts,
             fill_recent=self.fill_recent_menu, open_quantized=self.open_quantized_dialog,
+            compute_backend=self.open_compute_dialog,
         ))
         self.files.ask_float_original = lambda path: ask_float_original(self, path)
         self.setAcceptDrops(True)
@@ -354,6 +360,19 @@ class MainWindow(QMainWindow):
         menu.addSeparator()
         menu.addAction("Clear Recent Files").triggered.connect(self.recent.clear)
 
+    def open_compute_dialog(self) -> ComputeDialog:
+        """Run ▸ Compute Backend…: where sensitivity, mixed precision and full evaluations
+        run (non-modal; applied on OK)."""
+        dialog = ComputeDialog(self.compute.choice, self)
+
+        def apply() -> None:
+            with self.reporter.guard("Compute backend"):
+                self.compute.set_choice(dialog.choice())
+
+        dialog.accepted.connect(apply)
+        dialog.open()
+        return dialog
+
     def show_shortcuts(self) -> None:
         box = QMessageBox(QMessageBox.Icon.Information, "Keyboard shortcuts", "\n".join(SHORTCUTS),
                           QMessageBox.StandardButton.Close, self)
@@ -382,6 +401,7 @@ class MainWindow(QMainWindow):
             clean = self.evaluation.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             clean = self.sensitivity.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             clean = self.eval_stats.shutdown(SHUTDOWN_TIMEOUT_S) and clean
+            self.compute.shutdown()
             for dialog in self.findChildren(ExportDialog):
                 clean = dialog.runner.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             if not clean:

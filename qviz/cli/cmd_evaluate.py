@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from qviz.cli.common import drive, fmt_bytes, fmt_num, load_model_and_data
+from qviz.cli.compute_options import add_compute_options, compute_from_args
 from qviz.cli.options import (
     add_data_options,
     add_kernel_options,
@@ -34,6 +35,7 @@ from qviz.cli.options import (
     role_from_args,
     settings_given,
 )
+from qviz.core.compute.remote import evaluate_with
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, Verdict, check_all
 from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode, evaluate
@@ -57,6 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_limit(g, None, "evaluate the first N samples")
     g.add_argument("--batch-size", type=batch_size_type, default=64,
                    help="samples per run of the model")
+    add_compute_options(p)
     g.add_argument(
         "--criterion",
         action="append",
@@ -123,18 +126,18 @@ def run(args: argparse.Namespace) -> int:
     # reference, the simulation still gives the error along depth).
     native = args.native or model.imported is not None
     precision = KernelPrecision.PRECISE if args.precise_int8 else KernelPrecision.DEFAULT
-    gen = evaluate(
-        model,
-        results,
-        data,
-        native=native,
-        precision=precision,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        latency=args.latency,
-        role=role_from_args(args, criteria),
-    )
-    evaluation: Evaluation = drive(gen, args.quiet)
+    role = role_from_args(args, criteria)
+    with compute_from_args(args) as compute:
+        options: dict[str, Any] = dict(
+            native=native, precision=precision, limit=args.limit, batch_size=args.batch_size,
+            latency=args.latency, role=role,
+        )
+        if isinstance(results, QdqModel):
+            # A quantized model as it is: its graph is already built, so it runs here.
+            gen = evaluate(model, results, data, **options)
+        else:
+            gen = evaluate_with(compute, model, results, data, **options)
+        evaluation: Evaluation = drive(gen, args.quiet)
     verdicts = check_all(criteria, evaluation)
     if args.json:
         doc = evaluation.to_json()

@@ -29,6 +29,7 @@ from qviz.cli.common import (
     fmt_num,
     load_model_and_data,
 )
+from qviz.cli.compute_options import add_compute_options, compute_from_args
 from qviz.cli.options import (
     add_data_options,
     add_float_option,
@@ -109,6 +110,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-trials", type=int_in(0, 1 << 20), metavar="N",
                    help="configurations measured at most")
     add_run_options(p)
+    add_compute_options(p)
     o = p.add_argument_group("output")
     o.add_argument(
         "-o", "--output", type=output_path, required=True,
@@ -160,25 +162,27 @@ def run(args: argparse.Namespace) -> int:
     base = config_for_model(args, model)
     if criterion.metric.needs_labels and data.labels is None:
         raise QvizError(f"{criterion.spec} needs labels, and {data.description} has none")
-    result: MixedResult = drive(
-        mixed_precision(
-            model,
-            stats,
-            base,
-            data,
-            criterion,
-            allowed,
-            objective=Objective(args.objective),
-            limit=args.limit,
-            confirm_limit=args.confirm_limit,
-            batch_size=args.batch_size,
-            native=args.native,
-            precision=precision_from_args(args),
-            max_trials=args.max_trials,
-            cache=cache_from_args(args),
-        ),
-        args.quiet,
-    )
+    with compute_from_args(args) as compute:
+        result: MixedResult = drive(
+            mixed_precision(
+                model,
+                stats,
+                base,
+                data,
+                criterion,
+                allowed,
+                objective=Objective(args.objective),
+                limit=args.limit,
+                confirm_limit=args.confirm_limit,
+                batch_size=args.batch_size,
+                native=args.native,
+                precision=precision_from_args(args),
+                max_trials=args.max_trials,
+                cache=cache_from_args(args),
+                compute=compute,
+            ),
+            args.quiet,
+        )
     written: Path | None = None
     if result.passed:
         save_config(checked_output(args, args.output), model, result.config, result.results)

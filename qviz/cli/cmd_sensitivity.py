@@ -20,6 +20,7 @@ import sys
 from typing import Any
 
 from qviz.cli.common import drive, fmt_num, load_model_and_data
+from qviz.cli.compute_options import add_compute_options, compute_from_args
 from qviz.cli.options import (
     add_data_options,
     add_model_and_source,
@@ -61,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_options(p)
     add_quant_options(p)
     add_run_options(p)
+    add_compute_options(p)
     g = p.add_argument_group("output")
     g.add_argument(
         "--metric",
@@ -106,21 +108,23 @@ def run(args: argparse.Namespace) -> int:
             f"stats file {args.stats}: weights {config.weights.label}; "
             f"activations {config.activations.label}"
         )
-    report: SensitivityReport = drive(
-        sensitivity(
-            model,
-            source,
-            config,
-            data,
-            metric=metric,
-            limit=args.limit,
-            batch_size=args.batch_size,
-            native=args.native,
-            precision=precision_from_args(args),
-            cache=cache_from_args(args),
-        ),
-        args.quiet,
-    )
+    with compute_from_args(args) as compute:
+        report: SensitivityReport = drive(
+            sensitivity(
+                model,
+                source,
+                config,
+                data,
+                metric=metric,
+                limit=args.limit,
+                batch_size=args.batch_size,
+                native=args.native,
+                precision=precision_from_args(args),
+                cache=cache_from_args(args),
+                compute=compute,
+            ),
+            args.quiet,
+        )
     if args.json:
         doc = {"model": str(model.source), "config": origin, **report.to_json()}
         doc["ranking"] = [s.name for s in report.ranking()]

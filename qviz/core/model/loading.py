@@ -121,6 +121,15 @@ class LoadedModel:
             self, "_channel_axes", MappingProxyType(activation_axes(self.model, self.layers))
         )
 
+    def __reduce__(self) -> tuple[type[LoadedModel], tuple[object, ...]]:
+        # Compute backends ship the model to worker processes; the lookup tables (read-only
+        # proxies, which do not pickle) are rebuilt from the proto there.
+        return (
+            LoadedModel,
+            (self.model, self.source, self.sha256, self.inputs, self.outputs, self.layers,
+             self.notes),
+        )
+
     def weight(self, name: str) -> np.ndarray:
         """The initializer ``name`` as a float32 array (float16/bfloat16/float64 are converted)."""
         try:

@@ -21,6 +21,7 @@ from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, ProgressClock
 from qviz.core.progress import run_to_completion as run_to_completion  # re-exported
 from qviz.core.runtime.sessions import SessionConfig, build_session, with_outputs
+from qviz.core.stats.provenance import Provenance
 from qviz.core.stats.snapshots import Snapshot, coarse, snapshot_bins, snapshot_points
 from qviz.core.stats.tensor_stats import TensorStats, TensorStatsAccumulator
 
@@ -40,6 +41,8 @@ class CalibrationStats:
     float_source: str | None = None
     #: Coarse statistics after 16, 32, 64 … samples (when asked for): how ranges converge.
     snapshots: tuple[Snapshot, ...] = ()
+    #: A shard of the data, or a merge of several files (`qviz.core.stats.merge`).
+    provenance: Provenance = field(default_factory=Provenance)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
