@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from qviz.cli.given import record_given
 from qviz.core.calibration.config import QuantConfig
 from qviz.core.transforms.settings import SmoothQuant, Transforms
 
@@ -28,6 +29,7 @@ def add_transform_options(parser: argparse.ArgumentParser) -> None:
                         "(from the input's per-channel means)")
     g.add_argument("--gptq", action="store_true",
                    help="GPTQ rounding of weights (needs Gram matrices: qviz collect --gram)")
+    record_given(g._group_actions)  # transforms are settings too (`settings_given`)
 
 
 def apply_transform_options(args: argparse.Namespace, config: QuantConfig) -> QuantConfig:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -198,8 +199,38 @@ def test_schema_2_fields_are_optional(tmp_path: Path) -> None:
 
 def test_version_1_stats_file_still_opens(tmp_path: Path) -> None:
     """The golden file written by qviz before per-channel statistics (schema 1)."""
-    shutil.copy(DATA / "stats_v1.qvstats", tmp_path / "old.qvstats")
+    shutil.copy(DATA / "stats_v1_block16.qvstats", tmp_path / "old.qvstats")
     stats = load_stats(tmp_path / "old.qvstats")
     assert stats.grams == {}
     assert {t.moments for t in stats.tensors.values()} == {None}
     assert load_model(DATA / "block16.onnx").sha256 == stats.model_sha256
+
+
+def test_merged_shards_hold_the_moments_and_grams_of_one_collect() -> None:
+    """Moments and Gram matrices of two halves merged are those of one collect over all the
+    data (exactly); each channel's histogram keeps its count and stays within its range."""
+    from qviz.core.data.shard import Shard, take_shard
+    from qviz.core.stats.merge import MergeInput, merge_stats
+
+    model = from_proto(_two_layer_model(), sha256="g")
+    data = random_data(model.inputs, 12)
+    whole = run_to_completion(collect_stats(model, data, batch_size=4, gram=True))
+    halves = [run_to_completion(collect_stats(model, take_shard(data, Shard(k, 2)),
+                                              batch_size=4, gram=True)) for k in (1, 2)]
+    merged = merge_stats([MergeInput(f"{k}.qvstats", 2, s) for k, s in enumerate(halves)])
+    for name, t in whole.tensors.items():
+        m, w = merged.tensors[name].moments, t.moments
+        assert m is not None and w is not None and m.hist_counts is not None
+        np.testing.assert_array_equal(m.count, w.count)
+        np.testing.assert_allclose(m.mean, w.mean, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(m.mean_sq, w.mean_sq, rtol=1e-12)
+        np.testing.assert_allclose(m.hist_counts.sum(axis=1), w.count, rtol=1e-9)
+        assert m.hist_lo is not None and m.hist_hi is not None
+        assert (m.hist_lo <= t.channel_min + 1e-6).all() if t.channel_min is not None else True
+    assert set(merged.grams) == set(whole.grams) and whole.grams
+    for name, g in whole.grams.items():
+        np.testing.assert_allclose(merged.grams[name].matrix, g.matrix, rtol=1e-5,
+                                   atol=1e-6 * np.abs(g.matrix).max())  # float32 rows
+        assert merged.grams[name].rows == g.rows
+    without = replace(halves[1], grams={})
+    assert merge_stats([MergeInput("a", 2, halves[0]), MergeInput("b", 2, without)]).grams == {}

@@ -21,11 +21,13 @@ from qviz.core.calibration.analysis import (
     analyze_tensor,
 )
 from qviz.core.calibration.config import QuantConfig, TensorConfig
+from qviz.core.compute.backend import ComputeBackend
+from qviz.core.compute.remote import evaluate_with
 from qviz.core.data.dataset import Dataset, load_data
 from qviz.core.data.split import Holdout, Part, split
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
-from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode, evaluate
+from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode
 from qviz.core.model.loading import LoadedModel, load_model
 from qviz.core.progress import Progress
 from qviz.core.search.mixed import MixedResult, Objective, Precision, mixed_precision
@@ -97,7 +99,7 @@ def load_stats_and_model(
             f"{path.name} was collected on {source}, which is not there; open that model "
             f"(Ctrl+O) and then the statistics"
         )
-    model = load_model(source)
+    model = load_model(source, float_model=stats.float_source)
     if model.sha256 != stats.model_sha256:
         raise QvizError(
             f"{source} has changed since {path.name} was collected (sha256 differs); "
@@ -213,8 +215,10 @@ def evaluation_job(
     limit: int | None,
     batch_size: int,
     should_stop: ShouldStop,
+    compute: ComputeBackend | None = None,
 ) -> Generator[Progress, None, EvaluationOutcome]:
-    """Analyse what is not yet analysed and evaluate the Q/DQ model."""
+    """Analyse what is not yet analysed and evaluate the Q/DQ model (on `compute` when
+    given: the full evaluation can run on a cluster)."""
     started = time.perf_counter()
     model = inputs.model
     yield Progress(0, 0, 0.0, None, f"reading {inputs.data_path.name}")
@@ -222,8 +226,8 @@ def evaluation_job(
     plan = transform_model(model, inputs.stats, inputs.config)  # SmoothQuant, equalization
     model = plan.model
     results = analyze(model, plan.stats, inputs.config, inputs.known)
-    evaluation = yield from evaluate(
-        model, results, dataset, native=full, limit=None if full else limit,
+    evaluation = yield from evaluate_with(
+        compute, model, results, dataset, native=full, limit=None if full else limit,
         batch_size=batch_size, latency=full, should_stop=should_stop,
     )  # fmt: skip
     return EvaluationOutcome(
@@ -244,6 +248,7 @@ def sensitivity_job(
     metric: Metric | None,
     cache: SensitivityCache | None,
     should_stop: ShouldStop,
+    compute: ComputeBackend | None = None,
 ) -> Generator[Progress, None, SensitivityReport]:
     """Read the data and measure every layer."""
     yield Progress(0, 0, 0.0, None, f"reading {inputs.data_path.name}")
@@ -251,7 +256,7 @@ def sensitivity_job(
     return (
         yield from sensitivity(
             inputs.model, inputs.stats, inputs.config, data, metric=metric,
-            limit=limit, cache=cache, should_stop=should_stop,
+            limit=limit, cache=cache, compute=compute, should_stop=should_stop,
         )
     )  # fmt: skip
 
@@ -286,6 +291,7 @@ def mixed_job(
     *,
     cache: SensitivityCache | None,
     should_stop: ShouldStop,
+    compute: ComputeBackend | None = None,
 ) -> Generator[Progress, None, MixedOutcome]:
     """Read the data, search, then measure the all-lowest baseline on every sample too."""
     yield Progress(0, 0, 0.0, None, f"reading {inputs.data_path.name}")
@@ -294,17 +300,17 @@ def mixed_job(
     result: MixedResult = yield from mixed_precision(
         model, stats, inputs.config, data, request.criterion, request.allowed,
         objective=request.objective, limit=request.limit, cache=cache,
-        batch_size=MIXED_BATCH, should_stop=should_stop,
+        batch_size=MIXED_BATCH, compute=compute, should_stop=should_stop,
     )  # fmt: skip
     baseline = result.baseline
     if baseline.index == result.chosen.index or result.evaluation is None:
         return MixedOutcome(result, None)
     label = f"measuring {baseline.label} on every sample"
     plan = transform_model(model, stats, baseline.config)
-    gen = evaluate(
-        plan.model, analyze(plan.model, plan.stats, baseline.config), data,
+    gen = evaluate_with(
+        compute, plan.model, analyze(plan.model, plan.stats, baseline.config), data,
         native=result.evaluation.mode is RunMode.NATIVE, precision=result.evaluation.precision,
-        batch_size=MIXED_BATCH, latency=False, should_stop=should_stop,
+        batch_size=MIXED_BATCH, latency=False, label=label, should_stop=should_stop,
     )  # fmt: skip
     while True:
         try:

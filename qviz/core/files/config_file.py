@@ -57,6 +57,7 @@ from qviz.core.quant.formats import (
     PerAxis,
     PerGroup,
 )
+from qviz.core.quant.imported_params import ImportedParams
 from qviz.core.quant.qparams import QParams, blocked_shape
 from qviz.core.transforms.plan import TransformPlan
 
@@ -96,6 +97,7 @@ class SavedConfig:
     schema_version: int = SCHEMA_VERSION  # of the file as it was on disk, before migration
     origin: str = "the config file"  # where it was read from, for messages
     rescalings: tuple[SavedRescaling, ...] = ()  # SmoothQuant / equalization scales
+    model_float_source: str | None = None  # the float original of a quantized model
 
     @property
     def transformed(self) -> bool:
@@ -429,11 +431,13 @@ def config_document(
 ) -> JsonDict:
     """The JSON document `save_config` writes (exposed for tests and for the Export dialog);
     `plan`: the transforms the results were measured with (their scales are recorded)."""
+    float_source = None if model.imported is None else model.imported.float_source
     return {
         "schema_version": SCHEMA_VERSION,
         "file": FILE_TYPE,
         "qviz_version": qviz.__version__,
-        "model": {"source": str(model.source), "sha256": model.sha256},
+        "model": {"source": str(model.source), "sha256": model.sha256, **(
+            {} if float_source is None else {"float_source": str(float_source)})},
         **encode_quant_config(config),
         "rescalings": encode_rescalings(plan),
         "tensors": [encode_result(r) for r in results],
@@ -499,6 +503,7 @@ def decode_document(doc: JsonDict, source: str = "config file") -> SavedConfig:
             SavedTensor(name, kind, str(entry.get("layer", "")), cfg, qp, metrics,
                         decode_bias(entry.get("corrected_bias"), what))
         )
+    quant_config, tensors = _with_saved_imported(quant_config, tensors)
     return SavedConfig(
         quant_config=quant_config,
         tensors=tuple(tensors),
@@ -508,7 +513,30 @@ def decode_document(doc: JsonDict, source: str = "config file") -> SavedConfig:
         schema_version=int(on_disk),  # type: ignore[arg-type]  # checked by migrate()
         origin=source,
         rescalings=decode_rescalings(doc.get("rescalings"), source),
+        model_float_source=None if model.get("float_source") is None else str(
+            model["float_source"]),
     )
+
+
+def _with_saved_imported(
+    config: QuantConfig, tensors: list[SavedTensor]
+) -> tuple[QuantConfig, list[SavedTensor]]:
+    """An imported setting is written as its method only: its exact parameters are the
+    tensor's saved scale and zero point, put back here."""
+    saved = {t.name: t for t in tensors}
+
+    def fix(name: str, cfg: TensorConfig) -> TensorConfig:
+        if cfg.spec.method is not Method.IMPORTED or cfg.spec.imported is not None:
+            return cfg
+        found = saved.get(name)
+        if found is None:
+            raise QvizError(f"override '{name}': imported setting without saved parameters")
+        params = ImportedParams(found.qparams)
+        return dataclasses.replace(cfg, spec=MethodSpec(Method.IMPORTED, imported=params))
+
+    tensors = [dataclasses.replace(t, config=fix(t.name, t.config)) for t in tensors]
+    overrides = {name: fix(name, cfg) for name, cfg in config.overrides.items()}
+    return dataclasses.replace(config, overrides=overrides), tensors
 
 
 def load_config(path: str | Path) -> SavedConfig:

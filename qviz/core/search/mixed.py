@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
+from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 from qviz.core.calibration.analysis import (
@@ -39,14 +40,30 @@ from qviz.core.calibration.analysis import (
     quant_tensors,
 )
 from qviz.core.calibration.config import QuantConfig, TensorConfig
+from qviz.core.compute.backend import (
+    ComputeBackend,
+    LocalBackend,
+    SharedPool,
+    WorkerPool,
+    opened,
+    wait_for,
+)
+from qviz.core.compute.jobs import (
+    EvaluateJob,
+    JobDone,
+    JobEvent,
+    JobFailed,
+    MeasureJob,
+    WorkContext,
+    job_total,
+)
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, Verdict
-from qviz.core.evaluation.evaluate import evaluate
 from qviz.core.evaluation.results import Evaluation, RunMode
 from qviz.core.model.loading import LoadedModel, TensorKind
 from qviz.core.progress import Progress, ProgressClock
 from qviz.core.runtime.sessions import KernelPrecision
-from qviz.core.search.measure import Measurement, measure
+from qviz.core.search.measure import Measurement
 from qviz.core.search.mixed_result import (
     LayerChoice,
     MixedResult,
@@ -126,6 +143,13 @@ class _Search:
         self.points: list[ParetoPoint] = []
         self.by_assignment: dict[tuple[int, ...], ParetoPoint] = {}
         self._analysed: dict[tuple[str, TensorKind, TensorConfig], TensorResult] = {}
+        self.pool: WorkerPool | None = None
+        self.speculate = False
+        # Speculative measurements (see `prefetch`): running, and finished but not yet asked
+        # for. They become points only when the search asks for them, in its own order.
+        self._running: dict[tuple[int, ...], int] = {}
+        self._tickets: dict[int, tuple[int, ...]] = {}
+        self._ready: dict[tuple[int, ...], Measurement] = {}
 
     def key(self, levels: Mapping[str, int]) -> tuple[int, ...]:
         return tuple(levels[name] for name in self.layers)
@@ -165,17 +189,53 @@ class _Search:
         self.by_assignment[self.key(levels)] = point
         return point
 
+    def _job(self, levels: Mapping[str, int], label: str) -> MeasureJob:
+        results = tuple(self.results(self.config(levels)))
+        return MeasureJob(results, self.native, self.precision, label)
+
+    def prefetch(self, candidates: Sequence[Mapping[str, int]]) -> None:
+        """Start measuring, on idle workers, the assignments the search is likely to ask for
+        next. Only with parallel workers: the search still takes its decisions one by one in
+        the same order, so its points and answer are those of a sequential run; a guess it
+        never asks for is simply never recorded."""
+        if not self.speculate or self.pool is None:
+            return
+        free = self.pool.workers - len(self._running)
+        for levels in candidates:
+            if free <= 0:
+                return
+            key = self.key(levels)
+            if key in self.by_assignment or key in self._running or key in self._ready:
+                continue
+            ticket = self.pool.submit(self._job(levels, ""))
+            self._running[key], self._tickets[ticket] = ticket, key
+            free -= 1
+
+    def _other(self, event: JobEvent) -> None:
+        """An event of a speculative job, seen while waiting for another."""
+        key = self._tickets.get(event.ticket)
+        if key is None or not isinstance(event, JobDone | JobFailed):
+            return
+        del self._tickets[event.ticket], self._running[key]
+        if isinstance(event, JobDone):
+            self._ready[key] = event.value
+        # A failed guess is dropped: if the search asks for it, it runs (and fails) for real.
+
     def measure(self, levels: Mapping[str, int], label: str) -> Generator[int, None, ParetoPoint]:
-        known = self.by_assignment.get(self.key(levels))
+        key = self.key(levels)
+        known = self.by_assignment.get(key)
         if known is not None:
             return known
-        results = self.results(self.config(levels))
-        m = yield from measure(
-            self.ref,
-            results,
-            native=self.native,
-            precision=self.precision,
-            should_stop=self.should_stop,
+        if key in self._ready:
+            return self.record(levels, label, self._ready.pop(key))
+        assert self.pool is not None
+        ticket = self._running.pop(key, None)
+        if ticket is None:
+            ticket = self.pool.submit(self._job(levels, label))
+        else:
+            del self._tickets[ticket]
+        m = yield from wait_for(
+            self.pool, ticket, should_stop=self.should_stop, others=self._other
         )
         return self.record(levels, label, m)
 
@@ -200,6 +260,7 @@ def mixed_precision(
     precision: KernelPrecision = KernelPrecision.DEFAULT,
     max_trials: int | None = None,
     cache: SensitivityCache | None = None,
+    compute: ComputeBackend | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Generator[Progress, None, MixedResult]:
     """Find the cheapest per-layer precisions (from `allowed`) meeting `criterion`.
@@ -210,11 +271,47 @@ def mixed_precision(
     ``native=False``. `max_trials` caps the candidates measured after the sensitivity pass
     (default: enough for every layer to climb every level and come back down once).
 
+    Every run goes to `compute` (`qviz.core.compute`; one at a time here when None). With
+    parallel workers, idle ones measure the candidates the search is likely to ask for next;
+    the search still decides in the same order, so its points and answer are a sequential
+    run's.
+
     Yields `Progress` phase by phase (reading data, float pass, sensitivity, candidates,
     confirmation; each message says which; the candidates' total is the trial budget, an
     upper bound the search usually stops short of); returns the `MixedResult`; raises
     `EvaluationCancelled` when `should_stop()` turns true between batches.
     """
+    with ExitStack() as stack:
+        return (
+            yield from _mixed_precision(
+                model, stats, base, data, criterion, allowed, objective=objective,
+                limit=limit, confirm_limit=confirm_limit, batch_size=batch_size,
+                native=native, precision=precision, max_trials=max_trials, cache=cache,
+                compute=compute, stack=stack, should_stop=should_stop,
+            )
+        )  # fmt: skip
+
+
+def _mixed_precision(
+    model: LoadedModel,
+    stats: CalibrationStats,
+    base: QuantConfig,
+    data: Dataset,
+    criterion: Criterion,
+    allowed: Sequence[Precision] | str,
+    *,
+    objective: Objective = Objective.SIZE,
+    limit: int | None = DEFAULT_LIMIT,
+    confirm_limit: int | None = None,
+    batch_size: int = 128,
+    native: bool = True,
+    precision: KernelPrecision = KernelPrecision.DEFAULT,
+    max_trials: int | None,
+    cache: SensitivityCache | None,
+    compute: ComputeBackend | None,
+    stack: ExitStack,
+    should_stop: Callable[[], bool],
+) -> Generator[Progress, None, MixedResult]:
     start = time.perf_counter()
     levels = (
         parse_precisions(allowed)
@@ -266,6 +363,10 @@ def mixed_precision(
     # The float pass first, so the sensitivity pass and every candidate share it.
     ref = yield from complete_reference(ref, should_stop=should_stop)
     search.ref = ref
+    backend = compute or LocalBackend()
+    context = WorkContext(model, reference=ref, data=data)
+    search.pool = pool = stack.enter_context(opened(backend, context, should_stop))
+    search.speculate = backend.parallel
     current = dict.fromkeys(names, 0)
     lowest_results = search.results(search.config(current))
     report: SensitivityReport = yield from layer_sensitivity(
@@ -279,6 +380,7 @@ def mixed_precision(
         precision=precision,
         cache=cache,
         reference=ref,
+        compute=SharedPool(pool),
         should_stop=should_stop,
     )
     search.record(current, _lowest_label(levels), report.quantized)
@@ -312,12 +414,15 @@ def mixed_precision(
     if not passing:
         best = goodness(criterion, search.points[0].value)
         for k in range(1, len(levels)):
-            for name in ranked:
+            for i, name in enumerate(ranked):
                 if trials >= budget:
                     break
                 if current[name] >= k:
                     continue
                 trial = {**current, name: k}
+                search.prefetch(
+                    [{**current, n: k} for n in ranked[i + 1 :] if current[n] < k]
+                )
                 point = yield from run(trial, f"promote {name} to {levels[k].name}")
                 if point.passed:
                     current, passing = trial, True
@@ -339,10 +444,14 @@ def mixed_precision(
             float_first = 1 if objective is Objective.FLOAT_LAYERS and hi.is_float else 0
             return (float_first, layer.param_count * (hi.cost[0] - lo.cost[0]))
 
-        for name in sorted([n for n in names if current[n] > 0], key=saving, reverse=True):
+        order = sorted([n for n in names if current[n] > 0], key=saving, reverse=True)
+        for i, name in enumerate(order):
             while current[name] > 0 and trials < budget:
                 trial = dict(current)
                 trial[name] -= 1
+                guesses = [{**trial, name: trial[name] - 1}] if trial[name] > 0 else []
+                guesses += [{**current, n: current[n] - 1} for n in order[i + 1 :]]
+                search.prefetch(guesses)
                 point = yield from run(trial, f"demote {name} to {levels[trial[name]].name}")
                 if not point.passed:
                     break
@@ -372,24 +481,18 @@ def mixed_precision(
             evaluation, verdict = None, None
             break
         label = f"confirming {point.label} on the full data"
-        gen = evaluate(
-            model,
-            results,
-            data,
-            native=native,
-            precision=precision,
-            limit=confirm_limit,
-            batch_size=batch_size,
-            latency=False,
-            should_stop=should_stop,
+        job = EvaluateJob(
+            tuple(results), native, precision, confirm_limit, batch_size, label=label
         )
+        confirm_clock = ProgressClock(job_total(context, job), label)
+        gen = wait_for(pool, pool.submit(job), should_stop=should_stop, others=search._other)
         while True:
             try:
-                p = next(gen)
+                done = next(gen)
             except StopIteration as stop:
                 evaluation = stop.value
                 break
-            yield Progress(p.done, p.total, p.elapsed_s, p.remaining_s, label)
+            yield confirm_clock.report(done)
         assert evaluation is not None
         confirmations.append(evaluation)
         verdict = criterion.check(evaluation)

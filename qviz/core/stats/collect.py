@@ -23,6 +23,7 @@ from qviz.core.progress import run_to_completion as run_to_completion  # re-expo
 from qviz.core.runtime.sessions import SessionConfig, build_session, with_outputs
 from qviz.core.stats.channel_stats import DEFAULT_CHANNEL_BINS
 from qviz.core.stats.gram import DEFAULT_GRAM_BUDGET, GramCollector, GramStats, gram_specs
+from qviz.core.stats.provenance import Provenance
 from qviz.core.stats.snapshots import Snapshot, coarse, snapshot_bins, snapshot_points
 from qviz.core.stats.tensor_stats import TensorStats, TensorStatsAccumulator
 
@@ -43,8 +44,12 @@ class CalibrationStats:
     tensors: Mapping[str, TensorStats] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     grams: Mapping[str, GramStats] = field(default_factory=dict)
+    #: The float original given with a quantized model (None: none, or derived from it).
+    float_source: str | None = None
     #: Coarse statistics after 16, 32, 64 … samples (when asked for): how ranges converge.
     snapshots: tuple[Snapshot, ...] = ()
+    #: A shard of the data, or a merge of several files (`qviz.core.stats.merge`).
+    provenance: Provenance = field(default_factory=Provenance)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
@@ -184,8 +189,15 @@ def collect_stats(
         tensors=tensors,
         notes=tuple(notes),
         grams=grams.finish() if grams is not None else {},
+        float_source=_float_source(model),
         snapshots=tuple(taken),
     )
+
+
+def _float_source(model: LoadedModel) -> str | None:
+    imported = model.imported
+    return None if imported is None or imported.float_source is None else str(
+        imported.float_source)
 
 
 class CollectionCancelled(Exception):
