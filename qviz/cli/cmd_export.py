@@ -37,6 +37,7 @@ from qviz.core.files.export import (
     export_ort_overrides,
     export_qdq,
     export_trt_cache,
+    qdq_files,
 )
 from qviz.core.files.report import PageFormat, build_report, write_report
 from qviz.core.model.loading import LoadedModel, load_model
@@ -161,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     notes: tuple[str, ...] = ()
     if fmt is ExportFormat.QDQ:
         notes = export_qdq(model, results, out).notes
+        written = qdq_files(out)
     elif fmt is ExportFormat.CONFIG:
         save_config(out, model, config, results)
     elif fmt is ExportFormat.ORT_OVERRIDES:

@@ -152,17 +152,27 @@ def evaluate(
     acts = qdq.activations
     float_depth = [t.name for t in acts if t.name not in input_names]
     sim_depth = [t.graph_name for t in acts]
-    float_session = build_session(with_outputs(model.model, float_depth), SessionConfig.for_float())
-    sim_session = build_session(with_outputs(qdq.model, sim_depth), SessionConfig.for_simulation())
+    float_session = build_session(
+        with_outputs(model.model, float_depth),
+        SessionConfig.for_float(),
+        what="the float model",
+        data_dir=model.data_dir,
+    )
+    sim_session = build_session(
+        with_outputs(qdq.model, sim_depth),
+        SessionConfig.for_simulation(),
+        what="the quantized model",
+        data_dir=qdq.data_dir,
+    )
     notes: list[str] = []
     native_session = None
     native_config = SessionConfig.for_native(precision)
     if native:
-        native_session = build_session(qdq.model, native_config)
+        native_session = build_session(qdq.model, native_config, data_dir=qdq.data_dir)
     elif latency:
         # Only for timing: a graph ORT cannot optimize must not spoil the simulation.
         try:
-            native_session = build_session(qdq.model, native_config)
+            native_session = build_session(qdq.model, native_config, data_dir=qdq.data_dir)
         except QvizError as exc:
             notes.append(f"no native latency: {exc}")
 
@@ -213,7 +223,9 @@ def evaluate(
         notes.extend(fusion.notes)
     if latency and first_batch is not None and native_session is not None:
         yield clock.report(done, "measuring latency")
-        plain_float = build_session(model.model, SessionConfig.for_float())
+        plain_float = build_session(
+            model.model, SessionConfig.for_float(), data_dir=model.data_dir
+        )
         f_ms, n_ms = measure_latency(
             plain_float, native_session, first_batch, repeats=latency_repeats
         )

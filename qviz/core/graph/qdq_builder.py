@@ -24,7 +24,9 @@ from qviz.core.graph.containers import (
     onnx_array,
     required_opset,
 )
+from qviz.core.graph.qdq_files import QdqFolder
 from qviz.core.graph.qdq_types import QdqMode, QdqTensor
+from qviz.core.model.external_data import read_tensor
 from qviz.core.model.layers import Layer
 from qviz.core.model.loading import LoadedModel
 from qviz.core.model.onnx_graph import (
@@ -67,11 +69,13 @@ _BIAS_OPS = {"Conv": 2, "Gemm": 2}
 
 class QdqBuilder:
     """Mutable state of one `build_qdq` call: the copied graph and the nodes and
-    initializers added to it, put in place by :meth:`finish`."""
+    initializers added to it, put in place by :meth:`finish`. For a model whose weights are
+    in files, new large tensors go to a temporary folder as they are made (`QdqFolder`)."""
 
     def __init__(self, model: LoadedModel, results: Sequence[TensorResult]) -> None:
         self.loaded = model
         self.results = list(results)
+        self.folder = None if model.data_dir is None else QdqFolder(model.data_dir)
         proto = onnx.ModelProto()
         proto.CopyFrom(model.model)
         name_nodes(proto.graph)  # before any conversion, so layer node names still match
@@ -103,7 +107,8 @@ class QdqBuilder:
 
     def add_init(self, base: str, array: np.ndarray) -> str:
         name = self.names.fresh(base)
-        self.new_inits.append(numpy_helper.from_array(array, name))
+        tensor = numpy_helper.from_array(array, name)
+        self.new_inits.append(tensor if self.folder is None else self.folder.add(tensor))
         return name
 
     def place_after(self, tensor: str, nodes: list[onnx.NodeProto]) -> None:
@@ -227,7 +232,7 @@ class QdqBuilder:
         name = node.input[index]
         if name not in self.initializers:
             return False, "bias kept float: it is not a constant"
-        bias = numpy_helper.to_array(self.initializers[name]).astype(np.float32)
+        bias = read_tensor(self.initializers[name], self.loaded.data_dir).astype(np.float32)
         w_scale = np.asarray(w.qparams.scale, np.float32)
         n_out = bias.shape[0] if bias.ndim == 1 else None
         if n_out is None or (w_scale.ndim == 1 and w_scale.shape[0] != n_out):
@@ -329,8 +334,14 @@ class QdqBuilder:
         ]
         del self.graph.input[:]
         self.graph.input.extend(graph_inputs)
+        subject: onnx.ModelProto | str = self.proto
+        if self.folder is not None:
+            self.folder.finish(self.proto)
+            # The checker looks for external data beside the file it is given (with a proto,
+            # in the working directory): check the copy saved in the folder.
+            subject = str(self.folder.write_graph(self.proto))
         try:
-            onnx.checker.check_model(self.proto)
+            onnx.checker.check_model(subject)
         except onnx.checker.ValidationError as exc:
             raise QvizError(f"the Q/DQ graph does not validate: {first_line(exc)}") from exc
         return self.proto

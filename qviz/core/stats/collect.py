@@ -67,7 +67,10 @@ def collect_stats(
     if len(data) == 0:
         raise QvizError("the calibration data set is empty")
     session = build_session(
-        with_outputs(model.model, names), SessionConfig.for_float(), what="this model"
+        with_outputs(model.model, names),
+        SessionConfig.for_float(),
+        what="this model",
+        data_dir=model.data_dir,
     )
     input_names = {i.name for i in model.inputs}
     accumulators = {
