@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from collections.abc import Generator
 from pathlib import Path
+from typing import TypeVar
 
 from qviz.cli.options import add_data_options, load_dataset
 from qviz.cli.progress_bar import ProgressBar
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import load_model
+from qviz.core.progress import Progress
 from qviz.core.stats.collect import collect_stats
 from qviz.core.stats.stats_file import save_stats
+from qviz.core.stats.weight_collect import collect_weight_stats
+
+T = TypeVar("T")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--bins", type=int, default=2048, help="histogram bins per tensor")
     p.add_argument("--state-dict", type=Path, help="state dict for a package.module:factory model")
+    p.add_argument("--no-weight-stats", dest="weight_stats", action="store_false",
+                   help="do not store the large weights' statistics (report, export and the "
+                        "app then compute them from the model on first use)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -32,20 +42,27 @@ def run(args: argparse.Namespace) -> int:
         raise QvizError("--batch-size must be >= 1 and --bins >= 16")
     model, data = load_model_and_data(args)
     bar = ProgressBar(sys.stderr, enabled=not args.quiet)
-    gen = collect_stats(model, data, batch_size=args.batch_size, bins=args.bins)
-    while True:
-        try:
-            bar.update(next(gen))
-        except StopIteration as stop:
-            stats = stop.value
-            break
-    bar.close()
+    stats = drive(collect_stats(model, data, batch_size=args.batch_size, bins=args.bins), bar)
+    if args.weight_stats:
+        weights = drive(collect_weight_stats(model), bar)
+        stats = dataclasses.replace(stats, weights=weights)
     save_stats(stats, args.output)
-    print(f"wrote {args.output}: {len(stats.tensors)} activation tensors, "
+    stored = f", {len(stats.weights)} large weights" if stats.weights else ""
+    print(f"wrote {args.output}: {len(stats.tensors)} activation tensors{stored}, "
           f"{stats.n_samples} samples of {stats.data_description}", file=sys.stderr)
     for note in stats.notes:
         print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def drive(gen: Generator[Progress, None, T], bar: ProgressBar) -> T:
+    """Run a core generator to its end, showing its progress."""
+    while True:
+        try:
+            bar.update(next(gen))
+        except StopIteration as stop:
+            bar.close()
+            return stop.value
 
 
 def load_model_and_data(args: argparse.Namespace):  # -> tuple[LoadedModel, Dataset]

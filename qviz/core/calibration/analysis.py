@@ -14,7 +14,9 @@ from typing import NamedTuple
 from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.methods import choose_range
 from qviz.core.calibration.metrics import TensorMetrics, histogram_metrics
+from qviz.core.calibration.weight_cache import uses_stats, weight_stats
 from qviz.core.calibration.weights import ChannelMetrics, analyze_weight
+from qviz.core.calibration.weights_from_stats import analyze_weight_stats, handles
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import Layer, LoadedModel, TensorKind
 from qviz.core.quant.formats import FormatKind
@@ -83,17 +85,24 @@ def analyze_tensor(
     model: LoadedModel, stats: CalibrationStats | None, tensor: QuantTensor, cfg: TensorConfig
 ) -> TensorResult:
     """Quantization parameters and error metrics of one tensor under `cfg` (weights need no
-    statistics; an activation without them is a QvizError)."""
+    statistics; an activation without them is a QvizError).
+
+    A large weight (``weight_cache.uses_stats``) is analysed per tensor or per channel from
+    its statistics (``weights_from_stats``), any other from its values (``weights``)."""
     if tensor.kind is TensorKind.WEIGHT:
         layer = tensor.layer
-        analysis = analyze_weight(
-            model.weight(tensor.name),
-            layer.channel_axis,
-            layer.reduction_axis,
-            cfg.spec,
-            cfg.granularity,
-            cfg.fmt,
-        )
+        ws = weight_stats(model, layer, stats) if uses_stats(layer) else None
+        if ws is not None and handles(ws, cfg.granularity):
+            analysis = analyze_weight_stats(ws, cfg.spec, cfg.granularity, cfg.fmt)
+        else:
+            analysis = analyze_weight(
+                model.weight(tensor.name),
+                layer.channel_axis,
+                layer.reduction_axis,
+                cfg.spec,
+                cfg.granularity,
+                cfg.fmt,
+            )
         return TensorResult(
             tensor.name, layer, tensor.kind, cfg, analysis.qparams, analysis.metrics,
             analysis.channel_metrics,

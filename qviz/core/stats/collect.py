@@ -21,11 +21,16 @@ from qviz.core.progress import Progress, ProgressClock
 from qviz.core.progress import run_to_completion as run_to_completion  # re-exported
 from qviz.core.runtime.sessions import SessionConfig, build_session, run_session, with_outputs
 from qviz.core.stats.tensor_stats import TensorStats, TensorStatsAccumulator
+from qviz.core.stats.weight_stats import WeightStats
 
 
 @dataclass(frozen=True)
 class CalibrationStats:
-    """Everything calibration keeps: per-tensor statistics plus where they came from."""
+    """Everything calibration keeps: per-tensor statistics plus where they came from.
+
+    ``weights`` holds the statistics of the large weights (``weight_stats``), when they were
+    computed with the activations; a stats file reads them on demand, so it may be a lazy
+    mapping."""
 
     model_source: str
     model_sha256: str
@@ -34,9 +39,12 @@ class CalibrationStats:
     n_samples: int
     tensors: Mapping[str, TensorStats] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    weights: Mapping[str, WeightStats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
+        if isinstance(self.weights, dict):
+            object.__setattr__(self, "weights", MappingProxyType(self.weights))
 
 
 def activation_tensors(model: LoadedModel) -> list[str]:

@@ -204,8 +204,14 @@ class HistogramRows:
         return self.counts.sum(axis=1)
 
     def _cum(self) -> np.ndarray:
+        # Kept once computed: a weight's rows answer many cdf/quantile questions.
+        cached = self.__dict__.get("_cum_counts")
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
         cum = np.zeros((self.counts.shape[0], self.counts.shape[1] + 1))
         np.cumsum(self.counts, axis=1, out=cum[:, 1:])
+        cum.setflags(write=False)
+        object.__setattr__(self, "_cum_counts", cum)
         return cum
 
     def cdf(self, x: ArrayLike) -> np.ndarray:
