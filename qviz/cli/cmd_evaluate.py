@@ -30,6 +30,7 @@ from qviz.cli.progress_bar import ProgressBar
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, Verdict, check_all
 from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode, evaluate
+from qviz.core.runtime.latency import DEFAULT_BUDGET_S
 from qviz.core.runtime.sessions import KernelPrecision
 
 
@@ -54,7 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--precise-int8",
         action="store_true",
         help="use ORT's exact U8U8 kernels (session.x64quantprecision=1) for the "
-        "native run: no 16-bit saturation on AVX2 CPUs without VNNI",
+        "native run: no 16-bit saturation on AVX2 CPUs without VNNI; MatMulNBits (int4/int8 "
+        "per-group weights) computes in float32 instead of int8",
     )
     g.add_argument("--limit", type=int, metavar="N", help="evaluate the first N samples only")
     g.add_argument("--batch-size", type=int, default=64)
@@ -69,6 +71,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--no-latency", dest="latency", action="store_false", help="skip the latency measurement"
     )
+    g.add_argument(
+        "--latency-budget", type=float, default=DEFAULT_BUDGET_S, metavar="SECONDS",
+        help=f"time latency for this long (default {DEFAULT_BUDGET_S:g} s; at least 3 runs "
+        "each unless one run takes longer)",
+    )
+    g.add_argument(
+        "--latency-runs", type=int, metavar="N", help="time exactly N runs of each model instead"
+    )
     g.add_argument("--state-dict", type=Path, help="state dict for a package.module:factory model")
     g.add_argument("--json", action="store_true", help="print JSON instead of a table")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -81,6 +91,10 @@ def _check_options(args: argparse.Namespace) -> list[Criterion]:
         raise QvizError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise QvizError(f"--limit must be at least 1, got {args.limit}")
+    if not args.latency_budget > 0:
+        raise QvizError(f"--latency-budget must be positive, got {args.latency_budget:g}")
+    if args.latency_runs is not None and args.latency_runs < 1:
+        raise QvizError(f"--latency-runs must be at least 1, got {args.latency_runs}")
     if args.config is not None:
         refuse_settings_with_config(args, args.config)
     return [Criterion.parse(text) for text in args.criterion]
@@ -127,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         batch_size=args.batch_size,
         latency=args.latency,
+        latency_repeats=args.latency_runs,
+        latency_budget_s=args.latency_budget,
     )
     bar = ProgressBar(sys.stderr, enabled=not args.quiet)
     while True:
@@ -186,7 +202,7 @@ def _bar(sqnr: float, width: int = 30, top: float = 60.0) -> str:
 
 def evaluation_table(e: Evaluation, verdicts: Sequence[Verdict], model: str, source: str) -> str:
     mode = (
-        "native INT8 (ONNX Runtime, optimizations on)"
+        "native (ONNX Runtime's kernels, optimizations on)"
         if e.mode is RunMode.NATIVE
         else "simulation (Q/DQ evaluated op by op)"
     )
@@ -229,13 +245,18 @@ def evaluation_table(e: Evaluation, verdicts: Sequence[Verdict], model: str, sou
         lat = e.latency
         lines.append(
             f"latency: {lat.float_ms:.2f} ms float vs {lat.native_ms:.2f} ms native "
-            f"INT8 per batch of {lat.batch_size} (median of {lat.repeats}; "
+            f"quantized per batch of {lat.batch_size} (median of {lat.repeats}; "
             f"{lat.speedup:.2f}x, {lat.precision.value} kernels)"
         )
     if e.fusion is not None:
         f = e.fusion
         fused = ", ".join(f"{n} ({f.kernels[n]})" for n in f.fused) or "none"
-        lines.append(f"fused:   {len(f.fused)}/{f.n_layers} layers into integer kernels: {fused}")
+        lines.append(f"fused:   {len(f.fused)}/{f.n_layers} layers into quantized kernels: {fused}")
+        if f.weight_only:
+            lines.append(
+                f"         {len(f.weight_only)} of them weight-only (quantized weights, float "
+                "activations: MatMulNBits)"
+            )
         for name, why in f.unfused.items():
             lines.append(f"  not fused: {name}: {why}")
     for m in e.mismatch:

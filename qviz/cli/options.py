@@ -13,15 +13,15 @@ from qviz.core.data.dataset import Dataset, Preprocess, load_data, random_data
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import LoadedModel
 from qviz.core.quant.formats import (
-    FormatKind,
     Granularity,
     GranularityKind,
     NumberFormat,
+    PerGroup,
     PerTensor,
 )
 
 CHOOSABLE_METHODS = [m.value for m in Method if m is not Method.MANUAL]
-FORMAT_FAMILIES = ["int", "uint", "fp8_e4m3fn", "fp8_e5m2", "nf4"]
+FORMAT_FAMILIES = ["int", "uint", "fp8_e4m3fn", "fp8_e5m2", "nf4", "mxfp4", "nvfp4"]
 
 
 def add_quant_options(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +36,9 @@ def add_quant_options(parser: argparse.ArgumentParser) -> None:
                    default="per-channel", help="weight granularity; activations are per-tensor")
     g.add_argument("--group-size", type=int, default=128, help="block size for per-group")
     g.add_argument("--format", dest="fmt", choices=FORMAT_FAMILIES, default="int",
-                   help="number format family (nf4 is weight-only: activations stay int8)")
+                   help="number format family (nf4, mxfp4 and nvfp4 are weight-only: "
+                        "activations stay int8 unless --weight-only; mxfp4 and nvfp4 are "
+                        "per group of 32 and 16)")
     g.add_argument("--bits", type=int, default=8, help="bits for int/uint formats (2-8)")
     sym = g.add_mutually_exclusive_group()
     sym.add_argument("--symmetric", dest="symmetric", action="store_true", default=True,
@@ -48,6 +50,9 @@ def add_quant_options(parser: argparse.ArgumentParser) -> None:
                    help="activation format (e.g. uint8, int8, fp8_e4m3fn); default: with --format "
                         "int, unsigned asymmetric of the same bits (ONNX Runtime's pairing), "
                         "otherwise the weights' format")
+    g.add_argument("--weight-only", action="store_true",
+                   help="quantize the weights only; activations stay float (as large "
+                        "language models are quantized: int4/int8 per group, FP4)")
     act_sym = g.add_mutually_exclusive_group()
     act_sym.add_argument("--act-symmetric", dest="act_symmetric", action="store_true",
                          default=None, help="symmetric activation ranges")
@@ -71,7 +76,7 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
     if args.act_format is not None:
         act_fmt = NumberFormat.parse(args.act_format, symmetric=act_symmetric,
                                      pow2_scale=args.pow2_scale)
-    elif weight_fmt.kind is FormatKind.NF4:  # weight-only format: activations stay int8
+    elif weight_fmt.weight_only:  # weight-only format: activations stay int8
         act_fmt = NumberFormat(symmetric=act_symmetric, pow2_scale=args.pow2_scale)
     elif args.fmt == "int" and args.act_symmetric is None:
         # The app's default and ONNX Runtime's pairing: signed symmetric weights, unsigned
@@ -79,18 +84,22 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
         act_fmt = _format("uint", args.bits, False, args.pow2_scale)
     else:
         act_fmt = _format(args.fmt, args.bits, act_symmetric, args.pow2_scale)
-    if act_fmt.kind is FormatKind.NF4:
-        raise QvizError("nf4 is a weight-only format; choose another --act-format")
+    if act_fmt.weight_only:
+        raise QvizError(f"{act_fmt.spec} is a weight-only format; choose another --act-format")
     weight_method = Method(args.weight_method or "minmax")
+    granularity = Granularity.parse(args.granularity, group_size=args.group_size)
+    if weight_fmt.block_size is not None:  # a block format brings its own blocks
+        granularity = PerGroup(weight_fmt.block_size)
     weights = TensorConfig(
         spec=MethodSpec.of(weight_method, percentile=args.percentile),
-        granularity=Granularity.parse(args.granularity, group_size=args.group_size),
+        granularity=granularity,
         fmt=weight_fmt,
     )
     activations = TensorConfig(
         spec=MethodSpec.of(Method(args.method), percentile=args.percentile),
         granularity=PerTensor(),
         fmt=act_fmt,
+        quantize=not getattr(args, "weight_only", False),
     )
     return QuantConfig(weights=weights, activations=activations)
 

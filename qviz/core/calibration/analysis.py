@@ -19,7 +19,6 @@ from qviz.core.calibration.weights import ChannelMetrics, analyze_weight
 from qviz.core.calibration.weights_from_stats import analyze_weight_stats, handles
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import Layer, LoadedModel, TensorKind
-from qviz.core.quant.formats import FormatKind
 from qviz.core.quant.qparams import QParams, compute_qparams
 from qviz.core.stats.collect import CalibrationStats
 
@@ -113,8 +112,10 @@ def analyze_tensor(
         tstats = stats.tensors[tensor.name]
     except KeyError:
         raise QvizError(f"no calibration statistics for activation '{tensor.name}'") from None
-    if cfg.fmt.kind is FormatKind.NF4:
-        raise QvizError("NF4 is a weight-only format; activations need an integer or FP8 format")
+    if cfg.fmt.weight_only:
+        raise QvizError(
+            f"{cfg.fmt.spec} is a weight-only format; activations need an integer or FP8 format"
+        )
     lo, hi = choose_range(tstats, cfg.spec, cfg.fmt)
     qparams = compute_qparams(lo, hi, cfg.fmt)
     metrics = histogram_metrics(tstats, lo, hi, cfg.fmt)

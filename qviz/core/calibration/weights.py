@@ -21,7 +21,14 @@ from qviz.core.calibration.metrics import (
 )
 from qviz.core.calibration.mse import search_mse_ranges
 from qviz.core.errors import QvizError
-from qviz.core.quant.formats import Granularity, NumberFormat, PerAxis, PerGroup, PerTensor
+from qviz.core.quant.formats import (
+    Granularity,
+    NumberFormat,
+    PerAxis,
+    PerGroup,
+    PerTensor,
+    check_granularity,
+)
 from qviz.core.quant.qparams import QParams, compute_qparams
 from qviz.core.stats.histogram import HistogramRows
 from qviz.core.stats.tensor_stats import compute_stats
@@ -88,6 +95,12 @@ def analyze_weight(
     whenever ``channel_axis`` is given. NF4 is accepted here (weights are where it belongs).
     Raises QvizError for a missing axis, an empty or non-finite weight, or ENTROPY per group.
     """
+    check_granularity(fmt, granularity)
+    if fmt.block_size is not None and spec.method not in (Method.MINMAX, Method.MANUAL,
+                                                          Method.PERCENTILE):
+        raise QvizError(
+            f"{fmt.spec} scales follow each block's largest value: use minmax or percentile"
+        )
     arr = np.asarray(w)
     if arr.dtype.kind not in "fiub":
         raise QvizError(f"weight of dtype {arr.dtype} cannot be analysed")

@@ -51,7 +51,7 @@ from qviz.core.graph.qdq import QdqModel, build_qdq, initializer_bytes
 from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, ProgressClock, run_to_completion
 from qviz.core.runtime.fusion import fusion_report
-from qviz.core.runtime.latency import measure_latency
+from qviz.core.runtime.latency import DEFAULT_BUDGET_S, measure_latency
 from qviz.core.runtime.sessions import (
     KernelPrecision,
     SessionConfig,
@@ -128,7 +128,8 @@ def evaluate(
     limit: int | None = None,
     batch_size: int = 64,
     latency: bool = True,
-    latency_repeats: int = 20,
+    latency_repeats: int | None = None,
+    latency_budget_s: float = DEFAULT_BUDGET_S,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Generator[Progress, None, Evaluation]:
     """Run the float and quantized models over `data` (the first `limit` samples), yielding
@@ -138,7 +139,12 @@ def evaluate(
     file) or a Q/DQ model already built from them. With ``native`` the quantized numbers come
     from ORT's optimized (fused INT8) session, and the simulation-vs-native mismatch is
     measured; without it they come from the simulation. Raises `EvaluationCancelled` when
-    `should_stop()` turns true between batches.
+    `should_stop()` turns true between batches. Latency is timed for
+    ``latency_budget_s`` seconds, or ``latency_repeats`` runs when given.
+
+    Memory: every batch is folded into running sums and dropped, so beyond the sessions
+    themselves the run holds one batch's outputs whatever the number of samples; the sessions
+    used for the metrics are released before the latency sessions are built.
     """
     total = check_limits(data, limit, batch_size)
     qdq = quantized if isinstance(quantized, QdqModel) else build_qdq(model, quantized)
@@ -223,13 +229,20 @@ def evaluate(
         notes.extend(fusion.notes)
     if latency and first_batch is not None and native_session is not None:
         yield clock.report(done, "measuring latency")
+        # The float model with extra outputs and the simulation are done: let them go before
+        # a second float session is built (a large model's weights are held by each).
+        del float_session, sim_session
         plain_float = build_session(
             model.model, SessionConfig.for_float(), data_dir=model.data_dir
         )
-        f_ms, n_ms = measure_latency(
-            plain_float, native_session, first_batch, repeats=latency_repeats
+        f_ms, n_ms, runs = measure_latency(
+            plain_float,
+            native_session,
+            first_batch,
+            repeats=latency_repeats,
+            budget_s=latency_budget_s,
         )
-        measured = Latency(f_ms, n_ms, _batch_len(first_batch), latency_repeats, precision)
+        measured = Latency(f_ms, n_ms, _batch_len(first_batch), runs, precision)
 
     comparisons = tuple(a.result() for a in out_acc)
     primary = comparisons[0]

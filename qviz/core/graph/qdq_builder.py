@@ -35,7 +35,7 @@ from qviz.core.model.onnx_graph import (
     subgraph_references,
     upgrade_opset,
 )
-from qviz.core.quant.formats import FormatKind, NumberFormat
+from qviz.core.quant.formats import NumberFormat
 from qviz.core.quant.qparams import QParams
 from qviz.core.quant.quantize import dequantize, fake_quantize, quantize
 
@@ -179,7 +179,7 @@ class QdqBuilder:
             raise QvizError(f"weight '{r.name}' is not an initializer of the model")
         w = self.loaded.weight(r.name)
         fmt, qp = r.config.fmt, r.qparams
-        if container_dtype(fmt) is None:  # NF4: no ONNX type to hold its codes
+        if container_dtype(fmt) is None:  # NF4, MXFP4, NVFP4: stored dequantized
             fq = fake_quantize(w, qp, fmt).astype(np.float32)
             out = self.add_init(f"{r.name}_fake_quantized", fq)
             return QdqTensor.of(r, QdqMode.SIMULATED, out, stored_name=out)
@@ -206,8 +206,8 @@ class QdqBuilder:
     # -- activations ---------------------------------------------------------------------
     def quantize_activation(self, r: TensorResult) -> QdqTensor:
         fmt, qp = r.config.fmt, r.qparams
-        if fmt.kind is FormatKind.NF4:
-            raise QvizError(f"activation '{r.name}': NF4 is a weight-only format")
+        if fmt.weight_only:
+            raise QvizError(f"activation '{r.name}': {fmt.spec} is a weight-only format")
         if qp.axis is not None:
             raise QvizError(
                 f"activation '{r.name}': activations are quantized per tensor, not "

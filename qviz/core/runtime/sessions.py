@@ -11,7 +11,9 @@ model file on disk, serialized bytes, or a ``ModelProto``:
 * **native** (`Purpose.NATIVE`): optimizations on, so ORT fuses the Q/DQ patterns into its
   integer kernels (QLinearConv, QGemm, MatMulInteger...). "Extended" already holds every Q/DQ
   fusion; "all" (the default) adds layout changes on top. `KernelPrecision.PRECISE` switches
-  x86 CPUs to ORT's exact U8U8 kernels (``session.x64quantprecision=1``).
+  x86 CPUs to ORT's exact U8U8 kernels (``session.x64quantprecision=1``), and the
+  ``MatMulNBits`` kernels ORT makes of blockwise int4/int8 weights to float32 arithmetic
+  (their default, accuracy level 4, quantizes the activations to int8 inside the kernel).
 
 A path is the natural source: ORT reads the file and its external data itself, nothing is
 serialized, and there is no 2 GiB protobuf limit. A ``ModelProto`` is serialized first; a
@@ -45,6 +47,7 @@ from qviz.core.runtime.memory import check_fits
 
 __all__ = [
     "DATA_FOLDER_KEY",
+    "NBITS_ACCURACY_KEY",
     "PRECISION_KEY",
     "PROVIDERS",
     "KernelPrecision",
@@ -62,6 +65,9 @@ __all__ = [
 PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
 #: ORT's switch to slower but exact U8U8 kernels on x86 CPUs whose U8S8 path can saturate.
 PRECISION_KEY = "session.x64quantprecision"
+#: The accuracy level of the MatMulNBits kernels ORT fuses DequantizeLinear + MatMul into:
+#: 1 computes in float32 (what the simulation computes), 4 (ORT's default) in int8.
+NBITS_ACCURACY_KEY = "session.qdq_matmulnbits_accuracy_level"
 #: Where ORT resolves the external data of a model given as bytes.
 DATA_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 #: An optimized model saved by ORT keeps tensors of at least this size in a data file beside
@@ -82,7 +88,7 @@ class KernelPrecision(Enum):
     """Which x86 integer kernels ORT uses for int8 weights."""
 
     DEFAULT = "default"  # ORT's defaults: fast U8S8 kernels (can saturate without VNNI)
-    PRECISE = "precise"  # session.x64quantprecision=1: U8U8 kernels, no saturation
+    PRECISE = "precise"  # U8U8 kernels (no saturation); float32 MatMulNBits
 
 
 class Purpose(Enum):
@@ -200,6 +206,7 @@ class SessionConfig:
             options.inter_op_num_threads = self.threads.inter_op
         if self.precision is KernelPrecision.PRECISE:
             options.add_session_config_entry(PRECISION_KEY, "1")
+            options.add_session_config_entry(NBITS_ACCURACY_KEY, "1")
         if optimized_model_path is not None:
             options.optimized_model_filepath = os.fspath(optimized_model_path)
             options.add_session_config_entry(
