@@ -51,9 +51,8 @@ def measure_latency(
         t2 = time.perf_counter()
         times_f.append((t1 - t0) * 1e3)
         times_n.append((t2 - t1) * 1e3)
-        if repeats is None:
-            spent = t2 - start
-            enough = len(times_f) >= _MIN_REPEATS or spent >= budget_s
-            if spent >= budget_s and enough:
+        if repeats is None and t2 - start >= budget_s:
+            first_pair_too_long = len(times_f) == 1
+            if len(times_f) >= _MIN_REPEATS or first_pair_too_long:
                 break
     return statistics.median(times_f), statistics.median(times_n), len(times_f)

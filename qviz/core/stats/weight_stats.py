@@ -149,14 +149,37 @@ def _window(vmin: np.ndarray, vmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return lo, hi
 
 
-def _blocks(x3: np.ndarray) -> list[tuple[slice, slice]]:
-    """Chunks of a (P, C, Q) view, each about ``_CHUNK`` values, along P or else along C."""
+# Channels per chunk when they are the last axis (a MatMul weight): a chunk is a strided
+# view of whole rows of this many channels, so no transposed copy is made and the counts of
+# one chunk (channels x bins) stay in the processor's cache while they are incremented.
+_CHANNELS_LAST_GROUP = 256
+
+
+def _chunks(x3: np.ndarray) -> tuple[list[tuple[slice, slice]], int]:
+    """Chunks (over P, over C) of the (P, C, Q) view of about ``_CHUNK`` values each, and
+    the axis of a chunk's 2-D form (see :func:`_block`) that per-channel figures reduce."""
     p, c, q = x3.shape
-    if p > 1:
-        step = max(1, _CHUNK // max(c * q, 1))
-        return [(slice(i, min(p, i + step)), slice(0, c)) for i in range(0, p, step)]
-    step = max(1, _CHUNK // max(q, 1))
-    return [(slice(0, 1), slice(i, min(c, i + step))) for i in range(0, c, step)]
+    if q == 1 and p > 1:  # channels last: rows of a group of channels
+        width = min(c, _CHANNELS_LAST_GROUP)
+        rows = max(1, _CHUNK // width)
+        return [
+            (slice(i, min(p, i + rows)), slice(j, min(c, j + width)))
+            for j in range(0, c, width)
+            for i in range(0, p, rows)
+        ], 0
+    step = max(1, _CHUNK // max(p * q, 1))  # channels first: whole channels
+    return [(slice(0, p), slice(j, min(c, j + step))) for j in range(0, c, step)], 1
+
+
+def _block(x3: np.ndarray, ps: slice, cs: slice, along: int) -> np.ndarray:
+    """A chunk as a 2-D array: (rows, channels) when ``along`` is 0, else (channels, values).
+    Views where the layout allows (no copy); float32 values are read as they are."""
+    if along == 0:
+        return x3[ps, cs, 0]
+    block = x3[ps, cs, :]
+    if block.shape[0] == 1:
+        return block[0]
+    return np.moveaxis(block, 1, 0).reshape(block.shape[1], -1)
 
 
 def compute_weight_stats(
@@ -179,47 +202,58 @@ def compute_weight_stats(
         p = math.prod(arr.shape[:axis])
         x3 = arr.reshape(p, arr.shape[axis], -1)
     n_channels = x3.shape[1]
-    chunks = _blocks(x3)
+    chunks, along = _chunks(x3)
+
+    def per_channel(values: np.ndarray) -> np.ndarray:
+        """A per-channel (C',) array laid out to broadcast against a chunk."""
+        return values[None, :] if along == 0 else values[:, None]
 
     # Pass 1: exact per-channel min, max and sum of squares (float64 sums).
     cmin = np.full(n_channels, np.inf)
     cmax = np.full(n_channels, -np.inf)
     sumsq = np.zeros(n_channels)
+    spec = "pc,pc->c" if along == 0 else "cv,cv->c"
     for ps, cs in chunks:
-        block = np.asarray(x3[ps, cs], dtype=np.float32)
-        bmin = block.min(axis=(0, 2))
-        bmax = block.max(axis=(0, 2))
-        if not (np.isfinite(bmin).all() and np.isfinite(bmax).all()):
-            return None
-        np.minimum(cmin[cs], bmin, out=cmin[cs])
-        np.maximum(cmax[cs], bmax, out=cmax[cs])
-        sumsq[cs] += np.einsum("pcq,pcq->c", block, block, dtype=np.float64)
+        block = _block(x3, ps, cs, along)
+        np.minimum(cmin[cs], block.min(axis=along), out=cmin[cs])
+        np.maximum(cmax[cs], block.max(axis=along), out=cmax[cs])
+        sumsq[cs] += np.einsum(spec, block, block, dtype=np.float64)
+    if not (np.isfinite(cmin).all() and np.isfinite(cmax).all()):
+        return None
     tmin, tmax = float(cmin.min()), float(cmax.max())
     if max(abs(tmin), abs(tmax)) >= EXTREME_THRESHOLD:
         return None
 
-    # Pass 2: every channel's histogram and the tensor's, from one index computation each.
+    # Pass 2: every channel's histogram and the tensor's. Work arrays are allocated once:
+    # faulting in fresh memory for every chunk costs more than the arithmetic.
     lo, hi = _window(cmin, cmax)
     inv = (bins / (hi - lo)).astype(np.float32)
     lo32 = lo.astype(np.float32)
     t_lo, t_hi = _window(np.array([tmin]), np.array([tmax]))
+    t_lo32 = np.float32(t_lo[0])
     t_inv = np.float32(TENSOR_BINS / (t_hi[0] - t_lo[0]))
-    row_counts = np.zeros(n_channels * bins, dtype=np.int64)
+    row_counts = np.zeros((n_channels, bins), dtype=np.int64)
     tensor_counts = np.zeros(TENSOR_BINS, dtype=np.int64)
-    offsets = (np.arange(n_channels, dtype=np.int64) * bins).astype(np.int32 if
-                                                                     n_channels * bins < 2**31
-                                                                     else np.int64)
+    biggest = max(_block(x3, ps, cs, along).size for ps, cs in chunks[:2])
+    work = np.empty(biggest, dtype=np.float32)
+    index = np.empty(biggest, dtype=np.intp)
     for ps, cs in chunks:
-        block = np.asarray(x3[ps, cs], dtype=np.float32)
-        idx = (block - lo32[cs][None, :, None]) * inv[cs][None, :, None]
-        bin_idx = idx.astype(offsets.dtype)
-        np.clip(bin_idx, 0, bins - 1, out=bin_idx)
-        bin_idx += offsets[cs][None, :, None]
-        row_counts += np.bincount(bin_idx.ravel(), minlength=n_channels * bins)
-        t_idx = ((block - np.float32(t_lo[0])) * t_inv).astype(np.int32)
-        np.clip(t_idx, 0, TENSOR_BINS - 1, out=t_idx)
-        tensor_counts += np.bincount(t_idx.ravel(), minlength=TENSOR_BINS)
-    counts = row_counts.reshape(n_channels, bins)
+        block = _block(x3, ps, cs, along)
+        n = cs.stop - cs.start
+        scaled = work[: block.size].reshape(block.shape)
+        idx = index[: block.size].reshape(block.shape)
+        np.subtract(block, per_channel(lo32[cs]), out=scaled, casting="unsafe")
+        scaled *= per_channel(inv[cs])
+        np.copyto(idx, scaled, casting="unsafe")
+        np.clip(idx, 0, bins - 1, out=idx)
+        idx += per_channel(np.arange(n, dtype=np.intp) * bins)
+        row_counts[cs] += np.bincount(idx.ravel(), minlength=n * bins).reshape(n, bins)
+        np.subtract(block, t_lo32, out=scaled, casting="unsafe")
+        scaled *= t_inv
+        np.copyto(idx, scaled, casting="unsafe")
+        np.clip(idx, 0, TENSOR_BINS - 1, out=idx)
+        tensor_counts += np.bincount(idx.ravel(), minlength=TENSOR_BINS)
+    counts = row_counts
     const = cmax <= cmin  # a constant channel sits in the middle of its window
     if const.any():
         counts[const] = 0
