@@ -204,3 +204,31 @@ def test_large_inline_weights_move_to_a_temporary_folder(tmp_path: Path, monkeyp
     session = build_session(model.model, SessionConfig.for_float(), data_dir=model.data_dir)
     np.testing.assert_allclose(run_session(session, {"input_ids": ids})[0],
                                plain_outputs(path, ids), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["short", "memory"])
+def test_cli_says_one_line_and_writes_nothing(decoder: Path, tmp_path: Path, case: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    model = decoder
+    env = dict(os.environ)
+    if case == "short":
+        model = tmp_path / "tiny.onnx"
+        model.write_bytes(decoder.read_bytes())
+        data = decoder.with_name("tiny.onnx.data").read_bytes()
+        (tmp_path / "tiny.onnx.data").write_bytes(data[:-4096])
+    else:
+        env[memory.ENV_LIMIT] = "0.2"
+    out = tmp_path / "out.qvstats"
+    proc = subprocess.run(
+        [sys.executable, "-m", "qviz", "collect", str(model), "--data",
+         str(decoder.with_name("tiny.calib.npz")), "-o", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qviz: error:"), proc.stderr
+    assert ("too short" if case == "short" else "does not fit in memory") in lines[0]
+    assert not out.exists()

@@ -73,7 +73,7 @@ def metric_rows(ws: WeightStats) -> HistogramRows:
             counts = counts.reshape(counts.shape[0], -1, 2).sum(axis=2)
         return rows if counts is rows.counts else HistogramRows(counts, rows.lo, rows.hi)
 
-    return ws.remember(("metric_rows",), merge)  # type: ignore[no-any-return]
+    return ws.remember(("metric_rows",), merge)
 
 
 def _row_ranges(
@@ -81,11 +81,11 @@ def _row_ranges(
 ) -> tuple[np.ndarray, np.ndarray]:
     vmin, vmax = ws.channel_min, ws.channel_max
     if spec.method is Method.ENTROPY:
-        return ws.remember(  # type: ignore[no-any-return]
+        return ws.remember(
             ("entropy",), lambda: choose_row_ranges(ws.rows, vmin, vmax, spec, fmt)
         )
     if spec.method is Method.MSE:
-        return ws.remember(  # type: ignore[no-any-return]
+        return ws.remember(
             ("mse", fmt), lambda: mse_row_ranges(metric_rows(ws), vmin, vmax, fmt)
         )
     return choose_row_ranges(ws.rows, vmin, vmax, spec, fmt)

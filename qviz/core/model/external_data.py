@@ -192,7 +192,7 @@ class DataFileWriter:
     def _refer(self, tensor: onnx.TensorProto, start: int, length: int) -> None:
         for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
                       "uint64_data", "string_data"):
-            tensor.ClearField(field)  # type: ignore[arg-type]
+            tensor.ClearField(field)
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.EXTERNAL
         for key, value in (("location", self.location), ("offset", str(start)),

@@ -207,7 +207,7 @@ class HistogramRows:
         # Kept once computed: a weight's rows answer many cdf/quantile questions.
         cached = self.__dict__.get("_cum_counts")
         if cached is not None:
-            return cached  # type: ignore[no-any-return]
+            return cached
         cum = np.zeros((self.counts.shape[0], self.counts.shape[1] + 1))
         np.cumsum(self.counts, axis=1, out=cum[:, 1:])
         cum.setflags(write=False)
