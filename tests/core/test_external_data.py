@@ -127,8 +127,27 @@ def calibrated(decoder: Path):
     return model, stats, analyze(model, stats, W8A8_MSE)
 
 
-def test_qdq_graph_lives_in_a_temporary_folder(calibrated) -> None:
+def test_small_additions_stay_in_the_graph(calibrated) -> None:
+    """A graph adding little (a sensitivity run's one layer) reads its float weights from the
+    model's own folder: nothing is copied."""
     model, _, results = calibrated
+    one_layer = [r for r in results if r.layer.name == results[0].layer.name]
+    qdq = build_qdq(model, one_layer)
+    assert qdq.data_dir == model.data_dir and qdq.keepalive is None
+    session = build_session(qdq.model, SessionConfig.for_simulation(), data_dir=qdq.data_dir)
+    assert run_session(session, {"input_ids": token_ids_of(model)})[0].shape[-1] == 256
+
+
+def token_ids_of(model) -> np.ndarray:
+    return np.load(Path(model.source).with_name("tiny.eval.npz"))["input_ids"]
+
+
+def test_qdq_graph_lives_in_a_temporary_folder(calibrated, monkeypatch) -> None:
+    model, _, results = calibrated
+    monkeypatch.setattr(qdq_files_module, "INLINE_NEW_BYTES", 0)
+    from qviz.core.graph import qdq_builder
+
+    monkeypatch.setattr(qdq_builder, "INLINE_NEW_BYTES", 0)
     qdq = build_qdq(model, results)
     assert qdq.data_dir is not None and qdq.data_dir != model.data_dir
     folder = qdq.data_dir
@@ -142,8 +161,18 @@ def test_qdq_graph_lives_in_a_temporary_folder(calibrated) -> None:
     assert not folder.exists()  # the folder goes with the graph
 
 
+@pytest.fixture(params=["inline", "folder"])
+def qdq_mode(request: pytest.FixtureRequest, monkeypatch) -> str:
+    """Both ways a large model's Q/DQ graph holds its new tensors (see qdq_files)."""
+    if request.param == "folder":
+        from qviz.core.graph import qdq_builder
+
+        monkeypatch.setattr(qdq_builder, "INLINE_NEW_BYTES", 0)
+    return str(request.param)
+
+
 def test_export_is_onnx_plus_data_that_plain_ort_runs(calibrated, decoder: Path,
-                                                      tmp_path: Path) -> None:
+                                                      tmp_path: Path, qdq_mode: str) -> None:
     model, _, results = calibrated
     out = tmp_path / "q.onnx"
     export_qdq(model, results, out)
@@ -163,7 +192,8 @@ def test_export_is_onnx_plus_data_that_plain_ort_runs(calibrated, decoder: Path,
     assert ev.outputs[0].cosine == pytest.approx(float(cos.mean()), abs=1e-6)
 
 
-def test_a_full_disk_leaves_nothing_behind(calibrated, tmp_path: Path, monkeypatch) -> None:
+def test_a_full_disk_leaves_nothing_behind(calibrated, tmp_path: Path, monkeypatch,
+                                           qdq_mode: str) -> None:
     model, _, results = calibrated
     qdq = build_qdq(model, results)
 

@@ -114,7 +114,8 @@ def analyze_tensor(
         raise QvizError(f"no calibration statistics for activation '{tensor.name}'") from None
     if cfg.fmt.weight_only:
         raise QvizError(
-            f"{cfg.fmt.spec} is a weight-only format; activations need an integer or FP8 format"
+            f"{cfg.fmt.spec.upper()} is a weight-only format; activations need an integer or "
+            "FP8 format"
         )
     lo, hi = choose_range(tstats, cfg.spec, cfg.fmt)
     qparams = compute_qparams(lo, hi, cfg.fmt)

@@ -180,7 +180,7 @@ def build_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
         tuple(layers),
         opset,
         tuple(notes),
-        data_dir=None if folder is None else folder.path,
+        data_dir=b.data_dir,
         keepalive=folder,
     )
 

@@ -24,7 +24,7 @@ from qviz.core.graph.containers import (
     onnx_array,
     required_opset,
 )
-from qviz.core.graph.qdq_files import QdqFolder
+from qviz.core.graph.qdq_files import INLINE_NEW_BYTES, QdqFolder, checkable
 from qviz.core.graph.qdq_types import QdqMode, QdqTensor
 from qviz.core.model.external_data import read_tensor
 from qviz.core.model.layers import Layer
@@ -67,6 +67,20 @@ _BIAS_OPS = {"Conv": 2, "Gemm": 2}
 
 
 
+def _added_bytes(results: Sequence[TensorResult]) -> int:
+    """About what the quantized weights of `results` take (float32 for formats stored
+    dequantized)."""
+    from qviz.core.graph.qdq_files import new_tensor_bytes
+    from qviz.core.model.loading import TensorKind
+
+    sizes = []
+    for r in results:
+        if r.kind is TensorKind.WEIGHT and r.layer.weight_shape:
+            bits = 32.0 if container_dtype(r.config.fmt) is None else float(r.config.fmt.bits)
+            sizes.append((tuple(int(d) for d in r.layer.weight_shape), bits))
+    return new_tensor_bytes(sizes)
+
+
 class QdqBuilder:
     """Mutable state of one `build_qdq` call: the copied graph and the nodes and
     initializers added to it, put in place by :meth:`finish`. For a model whose weights are
@@ -75,7 +89,11 @@ class QdqBuilder:
     def __init__(self, model: LoadedModel, results: Sequence[TensorResult]) -> None:
         self.loaded = model
         self.results = list(results)
-        self.folder = None if model.data_dir is None else QdqFolder(model.data_dir)
+        self.folder = None
+        if model.data_dir is not None and _added_bytes(self.results) > INLINE_NEW_BYTES:
+            self.folder = QdqFolder(model.data_dir)
+        # Where the graph's external tensors are: the folder, or the source's (inline mode).
+        self.data_dir = model.data_dir if self.folder is None else self.folder.path
         proto = onnx.ModelProto()
         proto.CopyFrom(model.model)
         name_nodes(proto.graph)  # before any conversion, so layer node names still match
@@ -207,7 +225,9 @@ class QdqBuilder:
     def quantize_activation(self, r: TensorResult) -> QdqTensor:
         fmt, qp = r.config.fmt, r.qparams
         if fmt.weight_only:
-            raise QvizError(f"activation '{r.name}': {fmt.spec} is a weight-only format")
+            raise QvizError(
+                f"activation '{r.name}': {fmt.spec.upper()} is a weight-only format"
+            )
         if qp.axis is not None:
             raise QvizError(
                 f"activation '{r.name}': activations are quantized per tensor, not "
@@ -340,6 +360,8 @@ class QdqBuilder:
             # The checker looks for external data beside the file it is given (with a proto,
             # in the working directory): check the copy saved in the folder.
             subject = str(self.folder.write_graph(self.proto))
+        elif self.data_dir is not None:
+            subject = checkable(self.proto)
         try:
             onnx.checker.check_model(subject)
         except onnx.checker.ValidationError as exc:

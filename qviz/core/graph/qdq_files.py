@@ -37,13 +37,26 @@ from qviz.core.model.external_data import (
 )
 from qviz.core.model.onnx_graph import PROTOBUF_LIMIT, all_tensors
 
-__all__ = ["DATA_FILE", "EXTERNAL_MIN_BYTES", "QdqFolder", "save_qdq"]
+__all__ = [
+    "DATA_FILE",
+    "EXTERNAL_MIN_BYTES",
+    "INLINE_NEW_BYTES",
+    "QdqFolder",
+    "checkable",
+    "new_tensor_bytes",
+    "save_qdq",
+]
 
 #: The data file of a Q/DQ graph's temporary folder.
 DATA_FILE = "qviz_qdq.onnx.data"
 #: New tensors at least this large go to the data file (as onnx.save does); smaller ones (scales
 #: of a per-tensor quantization, zero points, shapes) stay in the graph.
 EXTERNAL_MIN_BYTES = 1024
+#: A graph whose new (quantized) tensors total at most this keeps them in the graph and reads
+#: its float tensors from the source model's folder: nothing is written or copied. That is
+#: every per-layer measurement of a sensitivity analysis or a mixed-precision search, where
+#: most of the model stays float; quantizing most of a large model takes the folder.
+INLINE_NEW_BYTES = 256 << 20
 #: Tensors at least this large go to an exported model's data file.
 _EXPORT_MIN_BYTES = 1024
 # Room left below protobuf's limit for the graph itself when deciding on one file.
@@ -100,6 +113,38 @@ class QdqFolder:
         if not self._file.closed:
             self._file.close()
         self._tmp.cleanup()
+
+
+def new_tensor_bytes(shapes_and_bits: list[tuple[tuple[int, ...], float]]) -> int:
+    """Bytes of the quantized weights a Q/DQ graph adds (shape, bits per value each)."""
+    total = 0.0
+    for shape, bits in shapes_and_bits:
+        n = 1
+        for d in shape:
+            n *= int(d)
+        total += n * bits / 8
+    return int(total)
+
+
+def checkable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy ``onnx.checker`` can check without the data files: every external
+    initializer becomes a graph input of the same type and shape (the checker would look
+    for the files in the working directory)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    keep = []
+    for tensor in graph.initializer:
+        if uses_external(tensor):
+            graph.input.append(
+                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type,
+                                                   list(tensor.dims))
+            )
+        else:
+            keep.append(tensor)
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    return out
 
 
 def _fits_one_file(model: onnx.ModelProto, data_dir: Path | None) -> bool:

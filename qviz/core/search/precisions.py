@@ -67,7 +67,9 @@ class Precision:
         weight = NumberFormat.parse(w_text)
         activation = NumberFormat.parse(a_text) if a_text else NumberFormat()
         if activation.weight_only:
-            raise QvizError(f"precision {text!r}: {activation.spec} is a weight-only format")
+            raise QvizError(
+                f"precision {text!r}: {activation.spec.upper()} is a weight-only format"
+            )
         return cls(key, weight, activation)
 
     def tensor_config(self, base: TensorConfig, kind: TensorKind) -> TensorConfig:
