@@ -30,6 +30,7 @@ from qviz.core.quant.formats import (
     NumberFormat,
     PerAxis,
     PerGroup,
+    PerTensor,
 )
 from qviz.core.quant.qparams import compute_qparams
 from qviz.core.quant.quantize import dequantize, fake_quantize, quantization_levels, quantize
@@ -197,3 +198,20 @@ def test_cli_weight_only_int4(decoder, tmp_path: Path, capsys) -> None:
     dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
     assert dq and all(any(a.name == "block_size" and a.i == 64 for a in n.attribute) for n in dq)
     assert not [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+
+
+@pytest.mark.parametrize("granularity", [PerTensor(), PerAxis(), PerGroup(32)],
+                         ids=["tensor", "channel", "group"])
+def test_quantize_in_chunks_is_bit_identical(granularity, monkeypatch) -> None:
+    from qviz.core.quant import quantize as module
+
+    monkeypatch.setattr(module, "_CHUNK_VALUES", 1000)  # many slices
+    w = np.random.default_rng(4).standard_normal((128, 96)).astype(np.float32)
+    for fmt in (NumberFormat(), NumberFormat(bits=4, symmetric=False), MXFP4):
+        if fmt.block_size and not isinstance(granularity, PerGroup):
+            continue
+        qp = analyze_weight(w, 1, 0, MethodSpec(Method.MINMAX), granularity, fmt).qparams
+        np.testing.assert_array_equal(module.quantize_in_chunks(w, qp, fmt),
+                                      quantize(w, qp, fmt))
+        np.testing.assert_array_equal(module.quantize_in_chunks(w, qp, fmt, fake=True),
+                                      fake_quantize(w, qp, fmt))

@@ -37,7 +37,7 @@ from qviz.core.model.onnx_graph import (
 )
 from qviz.core.quant.formats import NumberFormat
 from qviz.core.quant.qparams import QParams
-from qviz.core.quant.quantize import dequantize, fake_quantize, quantize
+from qviz.core.quant.quantize import dequantize, quantize_in_chunks
 
 if TYPE_CHECKING:  # analysis imports the calibration stack; the graph builder needs none of it
     from qviz.core.calibration.analysis import TensorResult
@@ -198,11 +198,11 @@ class QdqBuilder:
         w = self.loaded.weight(r.name)
         fmt, qp = r.config.fmt, r.qparams
         if container_dtype(fmt) is None:  # NF4, MXFP4, NVFP4: stored dequantized
-            fq = fake_quantize(w, qp, fmt).astype(np.float32)
+            fq = quantize_in_chunks(w, qp, fmt, fake=True)
             out = self.add_init(f"{r.name}_fake_quantized", fq)
             return QdqTensor.of(r, QdqMode.SIMULATED, out, stored_name=out)
         # 2..7-bit INT: quantize saturates to the narrow range, stored in int8/uint8.
-        q = onnx_array(quantize(w, qp, fmt), fmt)
+        q = onnx_array(quantize_in_chunks(w, qp, fmt), fmt)
         stored = self.add_init(f"{r.name}_quantized", q)
         scale = self.add_init(f"{r.name}_scale", np.asarray(qp.scale, np.float32))
         zp = self.add_init(f"{r.name}_zero_point", onnx_array(np.asarray(qp.zero_point), fmt))

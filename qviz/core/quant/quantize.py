@@ -15,7 +15,17 @@ from numpy.typing import ArrayLike
 from qviz.core.quant.formats import NF4_LEVELS, FormatKind, NumberFormat
 from qviz.core.quant.qparams import QParams
 
-__all__ = ["dequantize", "fake_quantize", "quantization_levels", "quantize"]
+__all__ = [
+    "dequantize",
+    "fake_quantize",
+    "quantization_levels",
+    "quantize",
+    "quantize_in_chunks",
+]
+
+# Values quantized at once by `quantize_in_chunks`: its float32 temporaries stay near 64 MB
+# whatever the tensor (a large weight read memory-mapped is never copied whole).
+_CHUNK_VALUES = 1 << 24
 
 # Decision boundaries between neighbouring NF4 levels. A value exactly on a boundary goes to
 # the lower level, as bitsandbytes' ``dQuantizeNF4`` (strict ``>`` comparisons) does.
@@ -181,3 +191,30 @@ def quantization_levels(scale: ArrayLike, zero_point: ArrayLike, fmt: NumberForm
     )
     levels = dequantize(_all_codes(fmt), qp, fmt).astype(np.float64)
     return np.unique(levels[np.isfinite(levels)])
+
+
+def quantize_in_chunks(
+    x: np.ndarray, qp: QParams, fmt: NumberFormat, *, fake: bool = False
+) -> np.ndarray:
+    """:func:`quantize` (or :func:`fake_quantize` with ``fake``) of a large tensor, slice by
+    slice along an axis the qparams do not vary along in blocks, so that memory beyond the
+    result is a few times one slice: the same values, bit for bit."""
+    arr = np.asarray(x)
+    if arr.size <= _CHUNK_VALUES or arr.ndim == 0:
+        return fake_quantize(arr, qp, fmt) if fake else quantize(arr, qp, fmt)
+    axis = next((a for a in range(arr.ndim) if a != qp.axis and arr.shape[a] > 1), None)
+    if axis is None:
+        return fake_quantize(arr, qp, fmt) if fake else quantize(arr, qp, fmt)
+    out = np.empty(arr.shape, dtype=np.float32 if fake else fmt.storage_dtype)
+    step = max(1, _CHUNK_VALUES // max(arr.size // arr.shape[axis], 1))
+    for start in range(0, arr.shape[axis], step):
+        index = [slice(None)] * arr.ndim
+        index[axis] = slice(start, min(arr.shape[axis], start + step))
+        part_qp = qp
+        if qp.block_size is not None:  # the blocked scale has the tensor's rank
+            part_qp = QParams(qp.scale[tuple(index)], qp.zero_point[tuple(index)],
+                              axis=qp.axis, block_size=qp.block_size)
+        part = arr[tuple(index)]
+        out[tuple(index)] = fake_quantize(part, part_qp, fmt) if fake else quantize(
+            part, part_qp, fmt)
+    return out
