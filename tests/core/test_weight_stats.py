@@ -234,3 +234,28 @@ def test_analysis_computes_missing_statistics_once(monkeypatch) -> None:
                            layer.reduction_axis, group.spec, group.granularity, group.fmt)
     r = analyze_tensor(model, stats, tensor, group)  # per group: from the values
     assert r.metrics.sqnr_db == exact.metrics.sqnr_db
+
+
+@pytest.mark.parametrize("fmt", [NumberFormat(bits=4), NumberFormat.parse("uint4", False),
+                                 NumberFormat(), NumberFormat.parse("mxfp4")],
+                         ids=["int4", "uint4a", "int8", "mxfp4"])
+@pytest.mark.parametrize("method", [Method.MINMAX, Method.PERCENTILE])
+def test_per_group_slices_give_the_whole_weight_answer(fmt, method, monkeypatch) -> None:
+    from qviz.core.calibration import weight_groups
+
+    monkeypatch.setattr(weight_groups, "SLICE_VALUES", 384 * 40)  # 7 slices of channels
+    w = weight()
+    spec = MethodSpec.of(method, percentile=99.0)
+    group = PerGroup(fmt.block_size or 32)
+    got = weight_groups.analyze_weight_groups(w, 1, 0, spec, group, fmt)
+    exact = analyze_weight(w, 1, 0, spec, group, fmt)
+    np.testing.assert_array_equal(got.qparams.scale, exact.qparams.scale)
+    np.testing.assert_array_equal(got.qparams.zero_point, exact.qparams.zero_point)
+    m, e = got.metrics, exact.metrics
+    for field in ("mse", "sqnr_db", "cosine", "clipped_fraction", "max_abs_error"):
+        assert getattr(m, field) == pytest.approx(getattr(e, field), rel=1e-9, abs=1e-12)
+    np.testing.assert_array_equal(m.lo, e.lo)
+    assert got.channel_metrics is not None and exact.channel_metrics is not None
+    np.testing.assert_allclose(got.channel_metrics.sqnr_db, exact.channel_metrics.sqnr_db,
+                               rtol=1e-9)
+    np.testing.assert_array_equal(got.channel_metrics.hi, exact.channel_metrics.hi)

@@ -15,10 +15,12 @@ from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.methods import choose_range
 from qviz.core.calibration.metrics import TensorMetrics, histogram_metrics
 from qviz.core.calibration.weight_cache import uses_stats, weight_stats
+from qviz.core.calibration.weight_groups import analyze_weight_groups
 from qviz.core.calibration.weights import ChannelMetrics, analyze_weight
 from qviz.core.calibration.weights_from_stats import analyze_weight_stats, handles
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import Layer, LoadedModel, TensorKind
+from qviz.core.quant.formats import PerGroup
 from qviz.core.quant.qparams import QParams, compute_qparams
 from qviz.core.stats.collect import CalibrationStats
 
@@ -90,9 +92,24 @@ def analyze_tensor(
     its statistics (``weights_from_stats``), any other from its values (``weights``)."""
     if tensor.kind is TensorKind.WEIGHT:
         layer = tensor.layer
-        ws = weight_stats(model, layer, stats) if uses_stats(layer) else None
+        large = uses_stats(layer)
+        ws = weight_stats(model, layer, stats) if large else None
         if ws is not None and handles(ws, cfg.granularity):
             analysis = analyze_weight_stats(ws, cfg.spec, cfg.granularity, cfg.fmt)
+        elif (
+            large
+            and isinstance(cfg.granularity, PerGroup)
+            and layer.channel_axis is not None
+            and layer.reduction_axis is not None
+        ):
+            analysis = analyze_weight_groups(
+                model.weight(tensor.name),
+                layer.channel_axis,
+                layer.reduction_axis,
+                cfg.spec,
+                cfg.granularity,
+                cfg.fmt,
+            )
         else:
             analysis = analyze_weight(
                 model.weight(tensor.name),
