@@ -64,10 +64,11 @@ class LevelGrid:
         return np.searchsorted(self.mids, u)
 
     def integrals(
-        self, u: np.ndarray, *, with_cross: bool = True
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
-        """Running integrals of ``eps^2``, ``eps`` and ``u * eps`` at ``u`` (any shape), and
-        the segment index of each ``u``; the middle two are None without ``with_cross``.
+        self, u: np.ndarray, z: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Running integrals at ``u`` (any shape) of ``eps^2`` and, given the zero point
+        ``z`` (broadcasting against ``u``), of ``(u - z) * eps`` (None without ``z``), and
+        the segment index of each ``u``.
 
         INT grids use closed forms: with unit gaps every whole segment adds 1/12 to the
         integral of ``eps^2``, nothing to that of ``eps`` and 1/24 to that of ``u * eps``,
@@ -77,25 +78,29 @@ class LevelGrid:
             first = self.levels[0]
             np.clip(k, first, self.levels[-1], out=k)
             d = u - k  # k is now the level itself
-            k -= first  # and now its index
             d2 = d * d
             d3 = d2 * d
-            g2 = d3 / 3.0 + k / 12.0
-            if not with_cross:
-                return g2, None, None, k
-            g1 = -d2 / 2.0
-            gu = -d3 / 3.0 - (k + first) * d2 / 2.0 + k / 24.0
-            return g2, g1, gu, k
+            d3 /= 3.0
+            if z is not None:
+                # -d^3/3 - (level - z) d^2/2 + index/24, with index = level - first
+                h = (z - k) * d2
+                h /= 2.0
+                h -= d3
+                h += (k - first) / 24.0
+            k -= first  # now the index
+            g2 = d3
+            g2 += k / 12.0
+            return g2, (h if z is not None else None), k
         idx = np.searchsorted(self.mids, u)
         level = self.levels[idx]
         d = u - level
         d2 = d * d
         g2 = d2 * d / 3.0 + self.c2[idx]
-        if not with_cross:
-            return g2, None, None, idx
+        if z is None:
+            return g2, None, idx
         g1 = -d2 / 2.0 + self.c1[idx]
         gu = -d2 * d / 3.0 - level * d2 / 2.0 + self.cu[idx]
-        return g2, g1, gu, idx
+        return g2, gu - z * g1, idx
 
     def eps(self, u: np.ndarray) -> np.ndarray:
         return self.levels[self.segment(u)] - u
@@ -155,9 +160,10 @@ def _bin_edges_in_codes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every row's bin edges in code units (R, B+1), and each row's bin width there (R, 1)."""
     n_bins = rows.counts.shape[1]
-    width = rows.width.reshape(-1, 1)
-    u = (rows.lo.reshape(-1, 1) + width * np.arange(n_bins + 1)) / s + z
-    return u, width / s
+    du = rows.width.reshape(-1, 1) / s
+    u = du * np.arange(n_bins + 1)
+    u += rows.lo.reshape(-1, 1) / s + z
+    return u, du
 
 
 def row_sse(
@@ -168,7 +174,7 @@ def row_sse(
     s = np.asarray(scale, dtype=np.float64).reshape(-1, 1)
     z = np.asarray(zero_point, dtype=np.float64).reshape(-1, 1)
     u, du = _bin_edges_in_codes(rows, s, z)
-    g2, _, _, _ = level_grid(fmt).integrals(u, with_cross=False)
+    g2, _, _ = level_grid(fmt).integrals(u)
     mean2 = np.diff(g2, axis=1)
     mean2 /= du
     return (s * s)[:, 0] * np.einsum("rb,rb->r", rows.counts, mean2)
@@ -190,16 +196,13 @@ def row_errors(
     s = np.asarray(scale, dtype=np.float64).reshape(-1, 1)
     z = np.asarray(zero_point, dtype=np.float64).reshape(-1, 1)
     u, du = _bin_edges_in_codes(rows, s, z)
-    g2, g1, gu, seg = grid.integrals(u)
-    assert g1 is not None and gu is not None
+    # sum of x * error: x = s (u - z), so the integral of (u - z) * eps.
+    g2, h, seg = grid.integrals(u, z)
+    assert h is not None
     counts = rows.counts
     s2 = (s * s)[:, 0]
-    mean2 = np.diff(g2, axis=1)
-    sse = s2 * np.einsum("rb,rb->r", counts, mean2) / du[:, 0]
-    # sum of x * error: x = s (u - z), so the integral of (u - z) * eps.
-    cross = np.diff(gu, axis=1)
-    cross -= z * np.diff(g1, axis=1)
-    sum_x_err = s2 * np.einsum("rb,rb->r", counts, cross) / du[:, 0]
+    sse = s2 * np.einsum("rb,rb->r", counts, np.diff(g2, axis=1)) / du[:, 0]
+    sum_x_err = s2 * np.einsum("rb,rb->r", counts, np.diff(h, axis=1)) / du[:, 0]
     # Clipped: the mass beyond the outermost levels plus half their gaps.
     bounds = (np.array([grid.clip_low, grid.clip_high])[None, :] - z) * s
     cdf = rows.cdf(bounds)
