@@ -224,9 +224,12 @@ class HistogramRows:
         k = np.clip(np.floor(u), 0, n_bins - 1).astype(np.intp)
         frac = np.clip(u - k, 0.0, 1.0)
         cum = self._cum()
-        return np.take_along_axis(cum, k, axis=1) + frac * np.take_along_axis(
-            self.counts, k, axis=1
-        )
+        # Flat indices: numpy's take_along_axis builds a broadcast index per call, which
+        # costs more than the lookup when a weight's thousands of rows are asked often.
+        rows = np.arange(k.shape[0], dtype=np.intp)[:, None]
+        at_cum = np.take(cum.reshape(-1), rows * (n_bins + 1) + k)
+        at_count = np.take(self.counts.reshape(-1), rows * n_bins + k)
+        return at_cum + frac * at_count
 
     def quantile(self, q: ArrayLike) -> np.ndarray:
         """Per row, the smallest ``x`` with ``cdf(x) >= q * total`` (``q`` scalar or (R,)).
