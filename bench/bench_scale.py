@@ -8,7 +8,7 @@ neighbours as much as the command (both are printed).
 * plain ORT: session from the file, then every calibration sample in batches (the baseline);
 * ``qviz collect`` (activation statistics, then the large weights' statistics);
 * ``qviz report`` (per-channel weights, MSE activations): weight analysis of every tensor;
-* ``qviz export --format qdq`` (W8A8: int8 per-channel weights, uint8 MSE activations);
+* ``qviz export --file-format qdq`` (W8A8: int8 per-channel weights, uint8 MSE activations);
 * the exported model checked in plain ORT: output cosine against the float model.
 
 Then, for the decoders, weight-only int4 per group (``--weight-only --bits 4 --granularity
@@ -186,8 +186,8 @@ def measure(m: Model, out: Path, batch: int) -> dict:
                report_rss_mb=report["peak_rss_mb"], report_entropy_s=entropy["wall_s"],
                report_entropy_cpu_s=entropy["cpu_s"],
                report_entropy_rss_mb=entropy["peak_rss_mb"])
-    export = run_guarded([*QVIZ, "export", str(stats), "--format", "qdq", "-o", str(qdq),
-                          "--method", "mse", "--granularity", "per-channel"])
+    export = run_guarded([*QVIZ, "export", str(stats), "--file-format", "qdq", "-o", str(qdq),
+                          "--method", "mse", "--granularity", "per-channel", "--bits", "8"])
     row.update(export_s=export["wall_s"], export_cpu_s=export["cpu_s"],
                export_rss_mb=export["peak_rss_mb"], export_mb=disk_mb(qdq))
     check = subprocess.run(child(_CHECK_EXPORT, str(m.path), str(qdq), str(m.eval), str(batch),
@@ -195,7 +195,7 @@ def measure(m: Model, out: Path, batch: int) -> dict:
     row.update(w8a8_cosine=json.loads(check.stdout)["cosine"])
     if m.decoder:
         w4 = out / f"{m.key}.w4g32.onnx"
-        run_guarded([*QVIZ, "export", str(stats), "--format", "qdq", "-o", str(w4),
+        run_guarded([*QVIZ, "export", str(stats), "--file-format", "qdq", "-o", str(w4),
                      "--weight-only", "--bits", "4", "--granularity", "per-group",
                      "--group-size", "32"])
         lat = subprocess.run(child(_CHECK_EXPORT, str(m.path), str(w4), str(m.eval),

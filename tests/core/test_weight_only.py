@@ -187,7 +187,7 @@ def test_cli_weight_only_int4(decoder, tmp_path: Path, capsys) -> None:
     assert main(["collect", path, "--data", calib, "-o", str(stats), "--quiet",
                  "--batch-size", "4"]) == 0
     out = tmp_path / "w4.onnx"
-    assert main(["export", str(stats), "--format", "qdq", "-o", str(out), "--weight-only",
+    assert main(["export", str(stats), "--file-format", "qdq", "-o", str(out), "--weight-only",
                  "--number-format", "int", "--bits", "4", "--granularity", "per-group",
                  "--group-size", "64"]) == 0
     text = capsys.readouterr().out

@@ -184,7 +184,7 @@ def test_round_trip_through_arrays() -> None:
 def _model_and_stats(monkeypatch):
     monkeypatch.setattr(weight_collect, "STATS_MIN_VALUES", 100)  # conv1, conv2; not fc
     model = from_proto(mf.make_conv_net(), source="net.onnx", sha256="1" * 64)
-    stats = CalibrationStats("net.onnx", "1" * 64, "nothing", False, 0)
+    stats = CalibrationStats("net.onnx", "1" * 64, "nothing", False, 1)
     return model, stats
 
 

@@ -44,6 +44,8 @@ from qviz.app.views.table_cells import (
     STALE_FG,
     VALUE_COLUMNS,
     Column,
+    eval_clipped_text,
+    eval_clipped_tooltip,
     native_text,
     native_tooltip,
     sensitivity_text,
@@ -127,6 +129,8 @@ class LayerTableModel(QAbstractTableModel):
         col = Column(index.column())
         if col is Column.NATIVE and role != KEY_ROLE:
             return self._native_data(key, role)
+        if col is Column.EVAL_CLIPPED:
+            return self._eval_clipped_data(key, role)
         if col is Column.VS_A and role in (Qt.ItemDataRole.DisplayRole, SORT_ROLE):
             delta = vs_pinned(self._doc, key)
             if role == SORT_ROLE:
@@ -232,6 +236,21 @@ class LayerTableModel(QAbstractTableModel):
             return sensitivity_tooltip(doc, key)
         return None
 
+    def _eval_clipped_data(self, key: TensorKey, role: int) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole:
+            return eval_clipped_text(self._doc, key)
+        if role == SORT_ROLE:
+            r = self._doc.representativeness(key)
+            return -1.0 if r is None else r.eval_clipped
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return eval_clipped_tooltip(self._doc, key)
+        if role == Qt.ItemDataRole.BackgroundRole:
+            r = self._doc.representativeness(key)
+            return QBrush(FAIR_BG) if r is not None and r.flagged else None
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
     def refresh_columns(self, first: Column, last: Column) -> None:
         """Every row of these columns changed (a sensitivity report, a fusion report)."""
         if self._keys:
@@ -291,11 +310,13 @@ class LayerTable(QWidget):
         header = self.view.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(False)
-        # Sim vs native beside the error numbers (after the sensitivity columns when shown):
-        # in a narrow pane it must stay in view without scrolling, like SQNR.
-        header.moveSection(
-            header.visualIndex(Column.NATIVE), header.visualIndex(Column.CLIPPED) + 1
-        )
+        # One fixed order, set once: the columns that appear later (Δ vs A, eval clipped,
+        # sensitivity, sim vs native) sit beside the error numbers, so in a narrow pane they
+        # stay in view without scrolling, and a column that appears never moves another.
+        beside = (Column.VS_A, Column.CLIPPED, Column.EVAL_CLIPPED, *SENSITIVITY_COLUMNS)
+        for offset, col in enumerate((*beside, Column.NATIVE)):
+            to = header.visualIndex(Column.SQNR) + 1 + offset
+            header.moveSection(header.visualIndex(col), to)
         self.view.setToolTip("Every quantizable tensor; click a row to show its layer")
         self.view.selectionModel().currentRowChanged.connect(self._on_current_changed)
 
@@ -313,11 +334,6 @@ class LayerTable(QWidget):
         layout.addWidget(self.view, 1)
         layout.addWidget(self.summary_label)
 
-        # The sensitivity columns sit right after Clipped: end to end beside local.
-        for offset, col in enumerate(SENSITIVITY_COLUMNS):
-            header.moveSection(
-                header.visualIndex(col), header.visualIndex(Column.CLIPPED) + 1 + offset
-            )
         events = doc.events
         events.model.connect(self.reset)
         events.config.connect(self._on_changed)
@@ -327,9 +343,11 @@ class LayerTable(QWidget):
         events.sensitivity.connect(self.refresh_sensitivity)
         events.evaluation.connect(self.refresh_fusion)
         events.pinned.connect(self.refresh_pinned)
+        events.eval_stats.connect(self.refresh_eval_stats)
         events.pinned_results.connect(lambda _keys: self.refresh_pinned())
         self.refresh_sensitivity()
         self.refresh_pinned()
+        self.refresh_eval_stats()
 
     # ----------------------------------------------------------------- following the document
     def reset(self) -> None:
@@ -359,14 +377,22 @@ class LayerTable(QWidget):
                 self.view.resizeColumnToContents(col)
         self.model.refresh_columns(min(SENSITIVITY_COLUMNS), max(SENSITIVITY_COLUMNS))
 
+    def refresh_eval_stats(self) -> None:
+        """The Eval clipped column follows the evaluation data's statistics (hidden without)."""
+        hidden = self._doc.eval_stats.stats is None
+        was_hidden = self.view.isColumnHidden(Column.EVAL_CLIPPED)
+        self.view.setColumnHidden(Column.EVAL_CLIPPED, hidden)
+        if was_hidden and not hidden:
+            self.view.resizeColumnToContents(Column.EVAL_CLIPPED)
+        self.model.refresh_columns(Column.EVAL_CLIPPED, Column.EVAL_CLIPPED)
+        self.update_summary()
+
     def refresh_pinned(self) -> None:
         """The Δ-vs-A column follows the pinned configuration (hidden while none is)."""
         hidden = self._doc.pinned is None
         was_hidden = self.view.isColumnHidden(Column.VS_A)
         self.view.setColumnHidden(Column.VS_A, hidden)
         if was_hidden and not hidden:
-            header = self.view.horizontalHeader()
-            header.moveSection(header.visualIndex(Column.VS_A), header.visualIndex(Column.SQNR) + 1)
             self.view.resizeColumnToContents(Column.VS_A)
         self.model.refresh_columns(Column.VS_A, Column.VS_A)
 

@@ -16,7 +16,6 @@ the graph stays a small protobuf whose initializers *refer* to the data, and
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import shutil
@@ -30,6 +29,7 @@ import onnx_ir as ir
 from onnx import helper, numpy_helper
 
 from qviz.core.errors import QvizError
+from qviz.core.files.outputs import write_error
 from qviz.core.model.onnx_graph import all_tensors
 
 __all__ = [
@@ -167,10 +167,9 @@ def read_tensor(tensor: onnx.TensorProto, base_dir: Path | None) -> np.ndarray:
 
 
 def disk_full_error(exc: OSError, target: Path) -> QvizError:
-    """One line for a failed write (a full disk says so)."""
-    if exc.errno == errno.ENOSPC:
-        return QvizError(f"the disk is full: cannot write {target} (nothing was left behind)")
-    return QvizError(f"cannot write {target}: {exc.strerror or exc}")
+    """One line for a failed write (a full disk says so), worded as every other write's;
+    the callers remove what they had written."""
+    return write_error(target, exc, existed=False)
 
 
 class DataFileWriter:

@@ -105,9 +105,11 @@ class WeightStats:
 
     @classmethod
     def from_arrays(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> WeightStats:
-        """Inverse of :meth:`to_arrays`. Raises KeyError/ValueError/TypeError when damaged."""
+        """Inverse of :meth:`to_arrays`. Raises KeyError/ValueError/TypeError when damaged
+        or when a value is out of its domain."""
         axis = meta.get("channel_axis")
         shape = tuple(int(d) for d in meta["shape"])
+        _check_arrays(shape, None if axis is None else int(axis), meta, arrays)
         rows = HistogramRows(
             np.asarray(arrays["row_counts"], dtype=np.float64), arrays["row_lo"], arrays["row_hi"]
         )
@@ -137,6 +139,35 @@ class WeightStats:
             channel_sumsq=np.asarray(arrays["channel_sumsq"], dtype=np.float64),
             tensor=tensor,
         )
+
+
+def _check_arrays(
+    shape: tuple[int, ...], axis: int | None, meta: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> None:
+    """A stored weight's figures in their domains: sizes that agree with the shape, finite
+    ordered bounds, non-negative counts and sums of squares."""
+    if any(d < 0 for d in shape) or (axis is not None and not 0 <= axis < len(shape)):
+        raise ValueError(f"shape {list(shape)} / channel axis {axis} do not fit")
+    n = 1 if axis is None else shape[axis]
+    for key in ("row_lo", "row_hi", "channel_min", "channel_max", "channel_sumsq"):
+        a = arrays[key]
+        if a.dtype.kind != "f" or a.shape != (n,) or not np.isfinite(a).all():
+            raise ValueError(f"{key} must be {n} finite numbers")
+    counts = arrays["row_counts"]
+    if counts.dtype.kind not in "iu" or counts.ndim != 2 or counts.shape[0] != n:
+        raise ValueError(f"row_counts must be {n} rows of integer counts")
+    tcounts = arrays["tensor_counts"]
+    if tcounts.dtype.kind not in "iuf" or tcounts.ndim != 1 or not np.isfinite(tcounts).all():
+        raise ValueError("tensor_counts must be one row of counts")
+    if (counts < 0).any() or (tcounts < 0).any() or (arrays["channel_sumsq"] < 0).any():
+        raise ValueError("counts and sums of squares must not be negative")
+    if not (arrays["row_lo"] < arrays["row_hi"]).all():
+        raise ValueError("every channel's histogram range must have lo < hi")
+    if not (arrays["channel_min"] <= arrays["channel_max"]).all():
+        raise ValueError("a channel's min is above its max")
+    bounds = [float(meta[k]) for k in ("tensor_lo", "tensor_hi", "min", "max")]
+    if not all(math.isfinite(b) for b in bounds) or not bounds[0] < bounds[1]:
+        raise ValueError("the tensor's histogram range must be finite with lo < hi")
 
 
 def _window(vmin: np.ndarray, vmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
