@@ -215,3 +215,19 @@ def test_quantize_in_chunks_is_bit_identical(granularity, monkeypatch) -> None:
                                       quantize(w, qp, fmt))
         np.testing.assert_array_equal(module.quantize_in_chunks(w, qp, fmt, fake=True),
                                       fake_quantize(w, qp, fmt))
+
+
+def test_weight_only_keeps_8_bit_weights_where_u8s8_may_saturate(u8s8_saturates: bool,
+                                                                 capsys) -> None:
+    """The int7 default guards the u8s8 kernels; a weight-only graph has none."""
+    from qviz.cli.options import config_from_args
+    from qviz.cli.parser import build_parser
+
+    parser = build_parser()
+    plain = config_from_args(parser.parse_args(["report", "s.qvstats"]))
+    assert plain.weights.fmt.bits == (7 if u8s8_saturates else 8)
+    capsys.readouterr()
+    args = parser.parse_args(["report", "s.qvstats", "--weight-only"])
+    cfg = config_from_args(args)
+    assert cfg.weights.fmt.bits == 8 and not cfg.activations.quantize
+    assert "note" not in capsys.readouterr().err

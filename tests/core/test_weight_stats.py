@@ -259,3 +259,57 @@ def test_per_group_slices_give_the_whole_weight_answer(fmt, method, monkeypatch)
     np.testing.assert_allclose(got.channel_metrics.sqnr_db, exact.channel_metrics.sqnr_db,
                                rtol=1e-9)
     np.testing.assert_array_equal(got.channel_metrics.hi, exact.channel_metrics.hi)
+
+
+def _rewrite_meta(src: Path, dst: Path, edit) -> None:
+    """Copy a stats file with its meta.json changed by ``edit`` (the arrays as they were)."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == "meta.json":
+                document = json.loads(data)
+                edit(document)
+                data = json.dumps(document).encode()
+            zout.writestr(info, data)
+
+
+def test_weights_are_optional_in_schema_2(monkeypatch, tmp_path: Path) -> None:
+    model, stats = _model_and_stats(monkeypatch)
+    from qviz.core.progress import run_to_completion
+
+    weights = run_to_completion(weight_collect.collect_weight_stats(model))
+    src = tmp_path / "full.qvstats"
+    save_stats(dataclasses.replace(stats, weights=weights), src)
+    bare = tmp_path / "bare.qvstats"
+    _rewrite_meta(src, bare, lambda d: d.pop("weights"))
+    assert len(load_stats(bare).weights) == 0  # absent = not collected
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: d.__setitem__("weights", {}), "'weights' must be a list"),
+    (lambda d: d["weights"][0].pop("meta"), "lacks its 'meta' object"),
+    (lambda d: d["weights"].append(d["weights"][0]), "listed twice"),
+    (lambda d: d["weights"][0]["meta"].__setitem__("tensor_hi", -1e30), "lo < hi"),
+    (lambda d: d["weights"][0]["meta"].__setitem__("shape", [3]), "do not fit|must be"),
+    (lambda d: d["weights"][0]["arrays"].__setitem__("row_lo", "weights/0/row_counts.npy"),
+     "must be"),
+])
+def test_damaged_weight_statistics_are_one_line(monkeypatch, tmp_path: Path, damage,
+                                                message: str) -> None:
+    from qviz.core.errors import QvizError
+    from qviz.core.progress import run_to_completion
+
+    model, stats = _model_and_stats(monkeypatch)
+    weights = run_to_completion(weight_collect.collect_weight_stats(model))
+    src = tmp_path / "full.qvstats"
+    save_stats(dataclasses.replace(stats, weights=weights), src)
+    bad = tmp_path / "bad.qvstats"
+    _rewrite_meta(src, bad, damage)
+    with pytest.raises(QvizError, match=message) as info:
+        loaded = load_stats(bad)
+        for name in loaded.weights:
+            loaded.weights[name]
+    assert "\n" not in str(info.value)
