@@ -10,6 +10,7 @@ from qviz.cli.common import checked_output, drive, load_model_and_data
 from qviz.cli.options import (
     MIN_BINS,
     add_data_options,
+    add_float_option,
     batch_size_type,
     input_path,
     int_in,
@@ -25,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("collect", help="run calibration and save a stats file",
                        description="Run the model over the data once and save the statistics.")
     p.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
+    add_float_option(p)
     add_data_options(p)
     p.add_argument("-o", "--output", type=output_path, required=True, help="stats file to write")
     p.add_argument("--batch-size", type=batch_size_type, default=32,

@@ -28,16 +28,19 @@ from qviz.cli.options import (
     add_output_role,
     add_quant_options,
     batch_size_type,
-    config_from_args,
+    config_for_model,
     input_path,
     int_in,
     positive_float,
     refuse_settings_with_config,
+    require_source,
     role_from_args,
+    settings_given,
 )
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, Verdict, check_all
 from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode, evaluate
+from qviz.core.graph.qdq_types import QdqModel
 from qviz.core.runtime.latency import DEFAULT_BUDGET_S
 from qviz.core.runtime.sessions import KernelPrecision
 
@@ -90,8 +93,17 @@ def _check_options(args: argparse.Namespace) -> list[Criterion]:
     return [Criterion.parse(text) for text in args.criterion]
 
 
-def _results(args: argparse.Namespace, model: Any) -> tuple[list[Any], str]:
-    """The analysed tensors and a description of where they come from."""
+def _results(args: argparse.Namespace, model: Any) -> tuple[Any, str]:
+    """The analysed tensors (or, for a quantized model as it is, its Q/DQ graph) and a
+    description of where they come from."""
+    require_source(args, model, "evaluate")
+    if args.config is None and args.stats is None:
+        from qviz.core.imported.repair import as_imported
+
+        if settings_given(args):
+            raise QvizError("quantization settings need --stats: without it a quantized "
+                            "model is evaluated as it is")
+        return as_imported(model), f"imported from {model.source}"
     if args.config is not None:
         from qviz.core.files.config_file import load_config, results_from_saved
 
@@ -100,9 +112,9 @@ def _results(args: argparse.Namespace, model: Any) -> tuple[list[Any], str]:
     from qviz.core.calibration.analysis import analyze, check_stats_match
     from qviz.core.stats.stats_file import load_stats
 
-    config = config_from_args(args)
     stats = load_stats(args.stats)
     check_stats_match(model, stats)
+    config = config_for_model(args, model)
     w, a = config.weights, config.activations
     return analyze(model, stats, config), (
         f"stats file {args.stats}: weights {w.label}; activations {a.label}"
@@ -117,14 +129,17 @@ def run(args: argparse.Namespace) -> int:
         if needing:
             raise QvizError(f"{', '.join(needing)} needs labels, and {data.description} has none")
     results, source = _results(args, model)
-    if not results:
+    if not isinstance(results, QdqModel) and not results:
         raise QvizError("the configuration quantizes nothing: nothing to evaluate")
+    # A quantized model is measured as it runs: natively (its float original is the
+    # reference, the simulation still gives the error along depth).
+    native = args.native or model.imported is not None
     precision = KernelPrecision.PRECISE if args.precise_int8 else KernelPrecision.DEFAULT
     gen = evaluate(
         model,
         results,
         data,
-        native=args.native,
+        native=native,
         precision=precision,
         limit=args.limit,
         batch_size=args.batch_size,
@@ -138,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         doc = evaluation.to_json()
         doc["model"] = str(model.source)
+        if model.imported is not None:
+            doc["float_model"] = model.imported.float_label
         doc["config"] = source
         doc["criteria"] = [verdict_json(v) for v in verdicts]
         json.dump(doc, sys.stdout, indent=1, allow_nan=False)

@@ -31,11 +31,12 @@ from qviz.cli.common import (
 )
 from qviz.cli.options import (
     add_data_options,
+    add_float_option,
     add_quant_options,
     add_run_options,
     cache_from_args,
     check_run_options,
-    config_from_args,
+    config_for_model,
     finite_float,
     input_path,
     int_in,
@@ -61,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "a qviz config file. Exit status 1 when no configuration meets the criterion.",
     )
     p.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
+    add_float_option(p)
     p.add_argument("--stats", type=input_path, required=True,
                    help="stats file from `qviz collect`")
     add_data_options(p)
@@ -89,7 +91,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="LIST",
         help=f"precisions a layer may take, comma-separated (default {DEFAULT_ALLOW}): "
         "float, or a weight format (int2..int8, uint8, nf4, fp8_e4m3fn...) with int8 "
-        "activations, or WEIGHT/ACTIVATION such as int4/int4",
+        "activations, or WEIGHT/ACTIVATION such as int4/int4, or imported (a quantized "
+        "model's own pairs: --allow imported,float finds the pairs to drop)",
     )
     s.add_argument(
         "--objective",
@@ -146,7 +149,6 @@ def _check_options(args: argparse.Namespace) -> Criterion:
 def run(args: argparse.Namespace) -> int:
     criterion = _check_options(args)
     allowed = parse_precisions(args.allow)
-    base = config_from_args(args)
     from qviz.core.calibration.analysis import check_stats_match
     from qviz.core.files.config_file import save_config
     from qviz.core.search.mixed import mixed_precision
@@ -155,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     stats = load_stats(args.stats)
     model, data = load_model_and_data(args)
     check_stats_match(model, stats)
+    base = config_for_model(args, model)
     if criterion.metric.needs_labels and data.labels is None:
         raise QvizError(f"{criterion.spec} needs labels, and {data.description} has none")
     result: MixedResult = drive(

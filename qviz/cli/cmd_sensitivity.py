@@ -27,7 +27,7 @@ from qviz.cli.options import (
     add_run_options,
     cache_from_args,
     check_run_options,
-    config_from_args,
+    config_for_model,
     input_path,
     precision_from_args,
     refuse_settings_with_config,
@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     model, data = load_model_and_data(args)
     if metric is Metric.ACCURACY and data.labels is None:
         raise QvizError(f"--metric accuracy needs labels, and {data.description} has none")
+    if args.config is None and args.stats is None:
+        raise QvizError("sensitivity needs --stats (from `qviz collect`) or --config: the "
+                        "local error it ranks beside comes from the statistics")
     if args.config is not None:
         from qviz.core.files.config_file import load_config
 
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         from qviz.core.stats.stats_file import load_stats
 
         source = load_stats(args.stats)
-        config = config_from_args(args)
+        config = config_for_model(args, model)
         origin = (
             f"stats file {args.stats}: weights {config.weights.label}; "
             f"activations {config.activations.label}"

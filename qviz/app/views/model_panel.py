@@ -49,6 +49,7 @@ from qviz.core.document.jobs import EvaluationOutcome
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Verdict, check_all, overall
 from qviz.core.evaluation.evaluate import Metric
+from qviz.core.imported.describe import import_summary
 from qviz.core.model.loading import TensorKind
 from qviz.core.text import fmt_bytes
 
@@ -216,6 +217,10 @@ class ModelPanel(QWidget):
         verdict_text.setSpacing(2)
         verdict_text.addWidget(self.verdict_label)
         verdict_text.addWidget(self.source_label)
+        self.imported_label = QLabel()  # what a quantized model was opened with
+        self.imported_label.setWordWrap(True)
+        self.imported_label.setVisible(False)
+        verdict_text.addWidget(self.imported_label)
         verdict_text.addStretch(1)
         top = QHBoxLayout()
         top.addWidget(self.badge, 0, Qt.AlignmentFlag.AlignTop)
@@ -363,6 +368,7 @@ class ModelPanel(QWidget):
         doc.events.criteria.connect(self._on_criteria)
         doc.events.selection.connect(self._ring_selected_layer)
         doc.events.model.connect(self._ring_selected_layer)
+        doc.events.model.connect(self._show_imported)
 
     # ----------------------------------------------------------------- following the document
     def _on_evaluation(self) -> None:
@@ -393,6 +399,11 @@ class ModelPanel(QWidget):
         """Ring, on the depth plot, the input of the layer shown in the layer view."""
         acts = [k.name for k in self._doc.visible_keys() if k.kind is TensorKind.ACTIVATION]
         self.set_selected_tensor(acts[0] if acts else None)
+
+    def _show_imported(self) -> None:
+        text = import_summary(self._doc.model)
+        self.imported_label.setText(text or "")
+        self.imported_label.setVisible(text is not None)
 
     def _select_input(self, tensor: str) -> None:
         key = TensorKey(tensor, TensorKind.ACTIVATION)

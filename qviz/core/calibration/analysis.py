@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from qviz.core.calibration.config import QuantConfig, TensorConfig
-from qviz.core.calibration.methods import choose_range
+from qviz.core.calibration.imported_analysis import imported_activation, imported_weight
+from qviz.core.calibration.methods import Method, choose_range
 from qviz.core.calibration.metrics import TensorMetrics, histogram_metrics
 from qviz.core.calibration.weight_cache import uses_stats, weight_stats
 from qviz.core.calibration.weight_groups import analyze_weight_groups
@@ -88,13 +89,20 @@ def analyze_tensor(
     """Quantization parameters and error metrics of one tensor under `cfg` (weights need no
     statistics; an activation without them is a QvizError).
 
-    A large weight (``weight_cache.uses_stats``) is analysed per tensor or per channel from
-    its statistics (``weights_from_stats``), any other from its values (``weights``)."""
+    An imported setting is analysed exactly against the model's own scales
+    (``imported_analysis``); a large weight (``weight_cache.uses_stats``) per tensor or per
+    channel from its statistics (``weights_from_stats``), any other from its values
+    (``weights``)."""
+    imported = cfg.spec.method is Method.IMPORTED
     if tensor.kind is TensorKind.WEIGHT:
         layer = tensor.layer
-        large = uses_stats(layer)
+        large = not imported and uses_stats(layer)
         ws = weight_stats(model, layer, stats) if large else None
-        if ws is not None and handles(ws, cfg.granularity):
+        if imported:
+            analysis = imported_weight(
+                model.weight(tensor.name), layer.channel_axis, cfg.spec, cfg.fmt
+            )
+        elif ws is not None and handles(ws, cfg.granularity):
             analysis = analyze_weight_stats(ws, cfg.spec, cfg.granularity, cfg.fmt)
         elif (
             large
@@ -134,6 +142,9 @@ def analyze_tensor(
             f"{cfg.fmt.spec.upper()} is a weight-only format; activations need an integer or "
             "FP8 format"
         )
+    if imported:
+        qparams, metrics = imported_activation(tstats, cfg.spec, cfg.fmt)
+        return TensorResult(tensor.name, tensor.layer, tensor.kind, cfg, qparams, metrics)
     lo, hi = choose_range(tstats, cfg.spec, cfg.fmt)
     qparams = compute_qparams(lo, hi, cfg.fmt)
     metrics = histogram_metrics(tstats, lo, hi, cfg.fmt)

@@ -91,7 +91,7 @@ def load_stats_and_model(
             f"{path.name} was collected on {source}, which is not there; open that model "
             f"(Ctrl+O) and then the statistics"
         )
-    model = load_model(source)
+    model = load_model(source, float_model=stats.float_source)
     if model.sha256 != stats.model_sha256:
         raise QvizError(
             f"{source} has changed since {path.name} was collected (sha256 differs); "

@@ -26,7 +26,7 @@ from typing import BinaryIO
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx import helper, numpy_helper
+from onnx import external_data_helper, helper, numpy_helper
 
 from qviz.core.errors import QvizError
 from qviz.core.files.outputs import write_error
@@ -40,6 +40,7 @@ __all__ = [
     "disk_full_error",
     "external_tensors",
     "inline_small",
+    "load_all",
     "location_of",
     "read_tensor",
     "tensor_nbytes",
@@ -147,6 +148,19 @@ def inline_small(model: onnx.ModelProto, base_dir: Path, limit: int) -> int:
             tensor.CopyFrom(numpy_helper.from_array(read_tensor(tensor, base_dir), tensor.name))
             moved += 1
     return moved
+
+
+def load_all(model: onnx.ModelProto, base_dir: Path, model_name: str) -> None:
+    """Read every external tensor of ``model`` into the graph, after
+    :func:`check_external_data`. Only for graphs whose every value is needed at once (a
+    model quantized elsewhere, whose float original is derived from its values)."""
+    if next(external_tensors(model), None) is None:
+        return
+    check_external_data(model, base_dir, model_name)
+    try:
+        external_data_helper.load_external_data_for_model(model, str(base_dir))
+    except (OSError, ValueError) as exc:
+        raise QvizError(f"cannot read the external data of '{model_name}': {exc}") from exc
 
 
 def read_tensor(tensor: onnx.TensorProto, base_dir: Path | None) -> np.ndarray:

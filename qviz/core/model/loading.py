@@ -6,7 +6,9 @@ exported to ONNX first (``qviz.core.model.torch_import``, the only place torch i
 take the same path as ``.onnx`` files:
 
 1. parse and check the file (``onnx.checker``, full check when the model fits in memory);
-2. refuse graphs that are already quantized (they hide the float weights qviz measures);
+2. import graphs that are already quantized (``qviz.core.imported``): their Q/DQ pairs become
+   an "imported" configuration of the float original (given, or derived from the quantized
+   model), which is what the following steps load;
 3. upgrade opsets older than 13 to 17 with ``onnx.version_converter`` (13 is the first opset
    whose QuantizeLinear/DequantizeLinear take a per-channel ``axis``; 17 is widely supported by
    runtimes and converts cleanly from 7..12). Opsets 13 and newer are kept as they are;
@@ -14,12 +16,13 @@ take the same path as ``.onnx`` files:
 5. run shape inference so activation shapes (and ranks, for channel axes) are known;
 6. find the quantizable layers (``qviz.core.model.layers``).
 
-The checks (1, 2) are in ``qviz.core.model.checks``, the rewrites (3 to 5) in
+The checks (1) are in ``qviz.core.model.checks``, the rewrites (3 to 5) in
 ``qviz.core.model.rewrites``; graph-level rewrites (3 and 5) run on a copy whose large
 tensors are replaced by placeholders (``qviz.core.model.onnx_graph``), so models above
 protobuf's 2 GB limit still convert and weights are not serialized again for every step.
 
-Weights are never loaded into the graph: external data stays in its files (checked for
+Weights are never loaded into the graph (except a quantized model's, whose float original is
+derived from its values): external data stays in its files (checked for
 presence and length at load time), the graph refers to it, and :meth:`LoadedModel.weight`
 memory-maps one tensor at a time (``qviz.core.model.external_data``). A file whose weights
 are inline and large is laid out the same way in a temporary folder, and a PyTorch export
@@ -43,14 +46,17 @@ import numpy as np
 import onnx
 
 from qviz.core.errors import QvizError, first_line
+from qviz.core.imported import importer
+from qviz.core.imported.types import ImportedQuantization
 from qviz.core.model.activation_axes import activation_axes
-from qviz.core.model.checks import check_model, refuse_quantized
+from qviz.core.model.checks import check_model
 from qviz.core.model.external_data import (
     DataFileWriter,
     check_external_data,
     disk_full_error,
     external_tensors,
     inline_small,
+    load_all,
     read_tensor,
     uses_external,
 )
@@ -131,6 +137,8 @@ class LoadedModel:
     notes: tuple[str, ...] = ()
     data_dir: Path | None = None
     keepalive: object = field(default=None, repr=False, compare=False)
+    #: The quantization of a model quantized elsewhere (``model`` is then its float original).
+    imported: ImportedQuantization | None = None
     _initializers: Mapping[str, onnx.TensorProto] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
@@ -187,15 +195,20 @@ def load_model(
     *,
     sample: Mapping[str, np.ndarray] | None = None,
     state_dict: Path | None = None,
+    float_model: str | Path | None = None,
 ) -> LoadedModel:
     """Load ``path`` as a float ONNX graph; see the module docstring for the steps.
 
     ``sample`` (input name -> one batch, leading axis 1) is needed to export PyTorch models
     (a ``.pt2`` program may bring its own example inputs); ``state_dict`` is a weights file
-    for a ``package.module:factory`` model. Raises QvizError for anything wrong with the file.
+    for a ``package.module:factory`` model; ``float_model`` is the float original of a
+    quantized ``.onnx`` file (derived from it when not given). Raises QvizError for anything
+    wrong with the files.
     """
     text = str(path)
     p = Path(path)
+    if float_model is not None and p.suffix.lower() not in ONNX_SUFFIXES:
+        raise QvizError("a float original goes with a quantized .onnx model only")
     if not p.exists() and is_torch_spec(text):
         return _load_torch(text, sample=sample, state_dict=state_dict)
     if not p.exists():
@@ -206,7 +219,7 @@ def load_model(
     if suffix in ONNX_SUFFIXES:
         if state_dict is not None:
             raise QvizError("a state dict only goes with a package.module:factory model")
-        return load_onnx(p)
+        return load_onnx(p, float_model=None if float_model is None else Path(float_model))
     if suffix in TORCHSCRIPT_SUFFIXES or suffix in EXPORT_SUFFIXES:
         return _load_torch(p, sample=sample, state_dict=state_dict)
     raise QvizError(
@@ -247,11 +260,14 @@ def load_onnx(
     sha256: str | None = None,
     extra_notes: tuple[str, ...] = (),
     keepalive: object = None,
+    float_model: Path | None = None,
 ) -> LoadedModel:
-    """Load an ``.onnx`` file; ``source``/``sha256`` override what is recorded (torch exports).
+    """Load an ``.onnx`` file; ``source``/``sha256`` override what is recorded (torch exports);
+    ``float_model``: the float original of a quantized file.
 
-    External data is checked (present, long enough) but not read. ``keepalive`` is held by
-    the LoadedModel (the temporary folder of a PyTorch export)."""
+    External data is checked (present, long enough) but not read, except for a quantized
+    file (its float original is derived from its values). ``keepalive`` is held by the
+    LoadedModel (the temporary folder of a PyTorch export)."""
     path = Path(path)
     digest = sha256 if sha256 is not None else file_sha256(path)
     try:
@@ -265,7 +281,12 @@ def load_onnx(
     if not model.graph.node and not model.graph.output:
         raise QvizError(f"'{path.name}' is not a valid ONNX file (it holds no graph)")
     try:
-        refuse_quantized(model)
+        if importer.is_quantized(model):
+            load_all(model, path.parent, path.name)
+            return _load_imported(model, path, digest, float_model, checked_from=path)
+        if float_model is not None:
+            raise QvizError(f"'{path.name}' is not quantized: a float original goes with a "
+                            "quantized model")
         data_dir: Path | None = None
         if _has_external(model):
             check_external_data(model, path.parent, path.name)
@@ -287,7 +308,10 @@ def load_onnx(
         ) from exc
     if data_dir is None and _inline_bytes(model) > INLINE_LIMIT_BYTES:
         keepalive, data_dir = _move_out(model, keepalive)
-    return _finish(model, source or path, digest, notes, data_dir, keepalive)
+    return _finish(
+        model, notes, source=source or path, digest=digest, data_dir=data_dir,
+        keepalive=keepalive,
+    )
 
 
 def _has_external(model: onnx.ModelProto) -> bool:
@@ -327,10 +351,61 @@ def from_proto(
     """
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    refuse_quantized(copy)
-    copy, notes = _rewrite(copy, check_model(copy, None))
     digest = sha256 or hashlib.sha256(copy.SerializeToString()).hexdigest()
-    return _finish(copy, Path(source), digest, notes, None, None)
+    if importer.is_quantized(copy):
+        return _load_imported(copy, Path(source), digest, None, checked_from=None)
+    copy, notes = _rewrite(copy, check_model(copy, None))
+    return _finish(copy, notes, source=Path(source), digest=digest)
+
+
+def _load_imported(
+    quantized: onnx.ModelProto,
+    path: Path,
+    digest: str,
+    float_model: Path | None,
+    *,
+    checked_from: Path | None,
+) -> LoadedModel:
+    """A quantized model: its float original (loaded, or derived from it) with the imported
+    pairs attached (``qviz.core.imported``). Ops with no Q/DQ form are named before the
+    graph is checked: that is the clearer line."""
+    qf = importer.read_quantized(quantized)
+    notes = check_model(quantized, checked_from)
+    if float_model is None:
+        derived, derive_notes = importer.derive_float(qf)
+        derived, notes = _rewrite(derived, [*notes, *derive_notes])
+        # The derived original's weights are laid out on disk like a large inline model's.
+        keepalive, data_dir = (
+            _move_out(derived, None) if _inline_bytes(derived) > INLINE_LIMIT_BYTES
+            else (None, None)
+        )
+        base = _finish(
+            derived, notes, source=path, digest=digest, data_dir=data_dir, keepalive=keepalive
+        )
+        float_digest = None
+    else:
+        try:
+            base = load_onnx(float_model)
+        except QvizError as exc:
+            raise QvizError(f"float original: {exc}") from None
+        if base.imported is not None:
+            raise QvizError(f"the float original '{float_model.name}' is itself quantized")
+        float_digest = base.sha256
+    imported, layers = importer.attach(
+        qf, path, float_model, base.model, base.layers, base.data_dir
+    )
+    return LoadedModel(
+        model=base.model,
+        source=path,
+        sha256=importer.combined_sha256(digest, float_digest),
+        inputs=base.inputs,
+        outputs=base.outputs,
+        layers=layers,
+        notes=(*base.notes, *imported.notes),
+        data_dir=base.data_dir,
+        keepalive=base.keepalive,
+        imported=imported,
+    )
 
 
 def _rewrite(model: onnx.ModelProto, notes: list[str]) -> tuple[onnx.ModelProto, list[str]]:
@@ -343,11 +418,12 @@ def _rewrite(model: onnx.ModelProto, notes: list[str]) -> tuple[onnx.ModelProto,
 
 def _finish(
     model: onnx.ModelProto,
+    notes: list[str],
+    *,
     source: Path,
     digest: str,
-    notes: list[str],
-    data_dir: Path | None,
-    keepalive: object,
+    data_dir: Path | None = None,
+    keepalive: object = None,
 ) -> LoadedModel:
     """Step 6, layer discovery, and what qviz records about the model."""
     graph = model.graph

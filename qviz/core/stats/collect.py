@@ -42,6 +42,8 @@ class CalibrationStats:
     tensors: Mapping[str, TensorStats] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     weights: Mapping[str, WeightStats] = field(default_factory=dict)
+    #: The float original given with a quantized model (None: none, or derived from it).
+    float_source: str | None = None
     #: Coarse statistics after 16, 32, 64 … samples (when asked for): how ranges converge.
     snapshots: tuple[Snapshot, ...] = ()
 
@@ -170,8 +172,15 @@ def collect_stats(
         n_samples=done,
         tensors=tensors,
         notes=tuple(notes),
+        float_source=_float_source(model),
         snapshots=tuple(taken),
     )
+
+
+def _float_source(model: LoadedModel) -> str | None:
+    imported = model.imported
+    return None if imported is None or imported.float_source is None else str(
+        imported.float_source)
 
 
 class CollectionCancelled(Exception):

@@ -79,7 +79,8 @@ def save_stats(stats: CalibrationStats, path: str | Path) -> None:
         document = {
             "schema_version": SCHEMA_VERSION,
             "qviz_version": __version__,
-            "model": {"source": stats.model_source, "sha256": stats.model_sha256},
+            "model": {"source": stats.model_source, "sha256": stats.model_sha256,
+                      **({"float_source": stats.float_source} if stats.float_source else {})},
             "data": {"description": stats.data_description, "is_random": stats.data_is_random},
             "n_samples": stats.n_samples,
             "notes": list(stats.notes),
@@ -158,6 +159,8 @@ def _decode(zf: zipfile.ZipFile, document: dict[str, Any], path: Path) -> Calibr
         tensors=tensors,
         notes=tuple(want_str(n, f"{name}: notes") for n in notes),
         weights=weights,
+        float_source=None if model.get("float_source") is None else want_str(
+            model.get("float_source"), f"{name}: model.float_source"),
     )
 
 
