@@ -21,6 +21,7 @@ from typing import Any
 from qviz.cli.common import drive, fmt_bytes, fmt_num, load_model_and_data
 from qviz.cli.compute_options import add_compute_options, compute_from_args
 from qviz.cli.options import (
+    MAX_SAMPLES,
     add_data_options,
     add_kernel_options,
     add_limit,
@@ -30,6 +31,8 @@ from qviz.cli.options import (
     batch_size_type,
     config_for_model,
     input_path,
+    int_in,
+    positive_float,
     refuse_settings_with_config,
     require_source,
     role_from_args,
@@ -40,6 +43,7 @@ from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, Verdict, check_all
 from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode, evaluate
 from qviz.core.graph.qdq_types import QdqModel
+from qviz.core.runtime.latency import DEFAULT_BUDGET_S
 from qviz.core.runtime.sessions import KernelPrecision
 
 
@@ -70,6 +74,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--no-latency", dest="latency", action="store_false", help="skip the latency measurement"
+    )
+    g.add_argument(
+        "--latency-budget", type=positive_float, default=DEFAULT_BUDGET_S, metavar="SECONDS",
+        help="time latency for this long (at least 3 runs each unless one run takes longer)",
+    )
+    g.add_argument(
+        "--latency-runs", type=int_in(1, MAX_SAMPLES), metavar="N",
+        help="time exactly N runs of each model instead",
     )
     g.add_argument("--state-dict", type=input_path,
                    help="state dict for a package.module:factory model")
@@ -130,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     with compute_from_args(args) as compute:
         options: dict[str, Any] = dict(
             native=native, precision=precision, limit=args.limit, batch_size=args.batch_size,
-            latency=args.latency, role=role,
+            latency=args.latency, latency_repeats=args.latency_runs,
+            latency_budget_s=args.latency_budget, role=role,
         )
         if isinstance(results, QdqModel):
             # A quantized model as it is: its graph is already built, so it runs here.
@@ -178,7 +191,7 @@ def _bar(sqnr: float, width: int = 30, top: float = 60.0) -> str:
 
 def evaluation_table(e: Evaluation, verdicts: Sequence[Verdict], model: str, source: str) -> str:
     mode = (
-        "native INT8 (ONNX Runtime, optimizations on)"
+        "native (ONNX Runtime's kernels, optimizations on)"
         if e.mode is RunMode.NATIVE
         else "simulation (Q/DQ evaluated op by op)"
     )
@@ -221,13 +234,18 @@ def evaluation_table(e: Evaluation, verdicts: Sequence[Verdict], model: str, sou
         lat = e.latency
         lines.append(
             f"latency: {lat.float_ms:.2f} ms float vs {lat.native_ms:.2f} ms native "
-            f"INT8 per batch of {lat.batch_size} (median of {lat.repeats}; "
+            f"quantized per batch of {lat.batch_size} (median of {lat.repeats}; "
             f"{lat.speedup:.2f}x, {lat.precision.value} kernels)"
         )
     if e.fusion is not None:
         f = e.fusion
         fused = ", ".join(f"{n} ({f.kernels[n]})" for n in f.fused) or "none"
-        lines.append(f"fused:   {len(f.fused)}/{f.n_layers} layers into integer kernels: {fused}")
+        lines.append(f"fused:   {len(f.fused)}/{f.n_layers} layers into quantized kernels: {fused}")
+        if f.weight_only:
+            lines.append(
+                f"         {len(f.weight_only)} of them weight-only (quantized weights, float "
+                "activations: MatMulNBits)"
+            )
         for name, why in f.unfused.items():
             lines.append(f"  not fused: {name}: {why}")
     for m in e.mismatch:

@@ -46,6 +46,7 @@ from qviz.core.files.export import (
     export_ort_overrides,
     export_qdq,
     export_trt_cache,
+    qdq_files,
 )
 from qviz.core.files.report import PageFormat, build_report, report_files, write_report
 from qviz.core.model.loading import LoadedModel, load_model
@@ -179,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     notes: tuple[str, ...] = ()
     if fmt is ExportFormat.QDQ:
         notes = export_qdq(model, results, out).notes
+        written = qdq_files(out)
     elif fmt is ExportFormat.CONFIG:
         save_config(out, model, config, results)
     elif fmt is ExportFormat.ORT_OVERRIDES:

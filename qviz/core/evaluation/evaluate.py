@@ -54,7 +54,7 @@ from qviz.core.graph.qdq import QdqModel, build_qdq, initializer_bytes
 from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, ProgressClock, run_to_completion
 from qviz.core.runtime.fusion import fusion_report
-from qviz.core.runtime.latency import measure_latency
+from qviz.core.runtime.latency import DEFAULT_BUDGET_S, measure_latency
 from qviz.core.runtime.sessions import (
     KernelPrecision,
     SessionConfig,
@@ -129,7 +129,8 @@ def evaluate(
     limit: int | None = None,
     batch_size: int = 64,
     latency: bool = True,
-    latency_repeats: int = 20,
+    latency_repeats: int | None = None,
+    latency_budget_s: float = DEFAULT_BUDGET_S,
     role: OutputRole = OutputRole.AUTO,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Generator[Progress, None, Evaluation]:
@@ -142,7 +143,12 @@ def evaluate(
     measured; without it they come from the simulation. ``role`` says whether the outputs
     hold class scores: top-1 agreement and accuracy are measured only there (`OutputRole.AUTO`
     decides from the labels and the graph). Raises `EvaluationCancelled` when
-    `should_stop()` turns true between batches.
+    `should_stop()` turns true between batches. Latency is timed for ``latency_budget_s``
+    seconds, or ``latency_repeats`` runs when given.
+
+    Memory: every batch is folded into running sums and dropped, so beyond the sessions
+    themselves the run holds one batch's outputs whatever the number of samples; the sessions
+    used for the metrics are released before the latency sessions are built.
     """
     total = check_limits(data, limit, batch_size)
     qdq = quantized if isinstance(quantized, QdqModel) else build_qdq(model, quantized)
@@ -156,17 +162,27 @@ def evaluate(
     acts = qdq.activations
     float_depth = [t.name for t in acts if t.name not in input_names]
     sim_depth = [t.graph_name for t in acts]
-    float_session = build_session(with_outputs(model.model, float_depth), SessionConfig.for_float())
-    sim_session = build_session(with_outputs(qdq.model, sim_depth), SessionConfig.for_simulation())
+    float_session = build_session(
+        with_outputs(model.model, float_depth),
+        SessionConfig.for_float(),
+        what="the float model",
+        data_dir=model.data_dir,
+    )
+    sim_session = build_session(
+        with_outputs(qdq.model, sim_depth),
+        SessionConfig.for_simulation(),
+        what="the quantized model",
+        data_dir=qdq.data_dir,
+    )
     notes: list[str] = []
     native_session = None
     native_config = SessionConfig.for_native(precision)
     if native:
-        native_session = build_session(qdq.model, native_config)
+        native_session = build_session(qdq.model, native_config, data_dir=qdq.data_dir)
     elif latency:
         # Only for timing: a graph ORT cannot optimize must not spoil the simulation.
         try:
-            native_session = build_session(qdq.model, native_config)
+            native_session = build_session(qdq.model, native_config, data_dir=qdq.data_dir)
         except QvizError as exc:
             notes.append(f"no native latency: {exc}")
 
@@ -223,11 +239,20 @@ def evaluate(
         notes.extend(fusion.notes)
     if latency and first_batch is not None and native_session is not None:
         yield clock.report(done, "measuring latency")
-        plain_float = build_session(model.model, SessionConfig.for_float())
-        f_ms, n_ms = measure_latency(
-            plain_float, native_session, first_batch, repeats=latency_repeats
+        # The float model with extra outputs and the simulation are done: let them go before
+        # a second float session is built (a large model's weights are held by each).
+        del float_session, sim_session
+        plain_float = build_session(
+            model.model, SessionConfig.for_float(), data_dir=model.data_dir
         )
-        measured = Latency(f_ms, n_ms, data.samples_in(first_batch), latency_repeats, precision)
+        f_ms, n_ms, runs = measure_latency(
+            plain_float,
+            native_session,
+            first_batch,
+            repeats=latency_repeats,
+            budget_s=latency_budget_s,
+        )
+        measured = Latency(f_ms, n_ms, data.samples_in(first_batch), runs, precision)
 
     comparisons = tuple(a.result() for a in out_acc)
     for a in out_acc:

@@ -155,7 +155,8 @@ class ModelSize:
 
 @dataclass(frozen=True)
 class Latency:
-    """Median wall time per batch of the float and native INT8 sessions on the same batch."""
+    """Median wall time per batch of the float and native sessions on the same batch, over
+    ``repeats`` interleaved runs of each (as many as the time budget allowed)."""
 
     float_ms: float
     native_ms: float

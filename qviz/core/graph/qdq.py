@@ -55,9 +55,9 @@ import onnx
 from onnx import helper
 
 from qviz.core.errors import QvizError
-from qviz.core.files.atomic import atomic_path
 from qviz.core.graph.containers import format_text
 from qviz.core.graph.qdq_builder import QdqBuilder
+from qviz.core.graph.qdq_files import save_qdq
 from qviz.core.graph.qdq_types import QdqLayer, QdqMode, QdqModel, QdqTensor
 from qviz.core.model.layers import Layer
 from qviz.core.model.loading import LoadedModel, TensorKind
@@ -179,7 +179,16 @@ def build_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
         notes.append("simulation only (no integer kernel reads them): " + ", ".join(simulated))
     opset = default_opset(proto)
     assert opset is not None  # upgrade_opset refuses a model without one
-    return QdqModel(proto, tensors, tuple(layers), opset, tuple(notes))
+    folder = b.folder
+    return QdqModel(
+        proto,
+        tensors,
+        tuple(layers),
+        opset,
+        tuple(notes),
+        data_dir=b.data_dir,
+        keepalive=folder,
+    )
 
 
 # --------------------------------------------------------------------------- size and saving
@@ -206,8 +215,10 @@ def initializer_bytes(model: onnx.ModelProto, nominal: Mapping[str, float] | Non
     return int(total)
 
 
-def save_qdq_model(qdq: QdqModel, path: str | Path) -> None:
-    """Write the Q/DQ graph as one .onnx file, atomically (weights inside, up to 2 GB)."""
-    data = qdq.serialized()
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+def save_qdq_model(qdq: QdqModel, path: str | Path, *, external: bool | None = None) -> list[Path]:
+    """Write the Q/DQ graph atomically: one ``.onnx`` file, or ``.onnx`` + ``.onnx.data`` when
+    ``external`` (default: when the float model's weights were in files) or when the graph
+    does not fit in one protobuf. Returns the files written."""
+    if external is None:
+        external = qdq.data_dir is not None
+    return save_qdq(qdq.model, qdq.data_dir, path, external=external)

@@ -108,8 +108,16 @@ def optimized_graph(qdq: QdqModel, precision: KernelPrecision) -> onnx.ModelProt
     with tempfile.TemporaryDirectory(prefix="qviz-fusion-") as tmp:
         path = os.path.join(tmp, "optimized.onnx")
         config = SessionConfig.for_native(precision, optimization=Optimization.EXTENDED)
-        build_session(qdq.model, config, what="the quantized model", optimized_model_path=path)
-        return onnx.load(path)
+        build_session(
+            qdq.model,
+            config,
+            what="the quantized model",
+            optimized_model_path=path,
+            data_dir=qdq.data_dir,
+        )
+        # The graph only: its weights (in a data file beside it for a large model) are not
+        # needed to see which kernels ORT chose.
+        return onnx.load(path, load_external_data=False)
 
 
 def _format_reason(t: QdqTensor, what: str) -> str | None:

@@ -74,8 +74,10 @@ class Precision:
         w_text, _, a_text = key.partition("/")
         weight = NumberFormat.parse(w_text)
         activation = NumberFormat.parse(a_text) if a_text else NumberFormat()
-        if activation.kind is FormatKind.NF4:
-            raise QvizError(f"precision {text!r}: NF4 is a weight-only format")
+        if activation.weight_only:
+            raise QvizError(
+                f"precision {text!r}: {activation.spec.upper()} is a weight-only format"
+            )
         return cls(key, weight, activation)
 
     def tensor_config(self, base: TensorConfig, kind: TensorKind) -> TensorConfig:

@@ -24,11 +24,16 @@ from qviz.core.runtime.sessions import SessionConfig, build_session, with_output
 from qviz.core.stats.provenance import Provenance
 from qviz.core.stats.snapshots import Snapshot, coarse, snapshot_bins, snapshot_points
 from qviz.core.stats.tensor_stats import TensorStats, TensorStatsAccumulator
+from qviz.core.stats.weight_stats import WeightStats
 
 
 @dataclass(frozen=True)
 class CalibrationStats:
-    """Everything calibration keeps: per-tensor statistics plus where they came from."""
+    """Everything calibration keeps: per-tensor statistics plus where they came from.
+
+    ``weights`` holds the statistics of the large weights (``weight_stats``), when they were
+    computed with the activations; a stats file reads them on demand, so it may be a lazy
+    mapping."""
 
     model_source: str
     model_sha256: str
@@ -37,6 +42,7 @@ class CalibrationStats:
     n_samples: int
     tensors: Mapping[str, TensorStats] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    weights: Mapping[str, WeightStats] = field(default_factory=dict)
     #: The float original given with a quantized model (None: none, or derived from it).
     float_source: str | None = None
     #: Coarse statistics after 16, 32, 64 … samples (when asked for): how ranges converge.
@@ -46,6 +52,8 @@ class CalibrationStats:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
+        if isinstance(self.weights, dict):
+            object.__setattr__(self, "weights", MappingProxyType(self.weights))
 
 
 def activation_tensors(model: LoadedModel) -> list[str]:
@@ -77,7 +85,10 @@ def collect_stats(
     if len(data) == 0:
         raise QvizError("the calibration data set is empty")
     session = build_session(
-        with_outputs(model.model, names), SessionConfig.for_float(), what="this model"
+        with_outputs(model.model, names),
+        SessionConfig.for_float(),
+        what="this model",
+        data_dir=model.data_dir,
     )
     input_names = {i.name for i in model.inputs}
     accumulators = {
