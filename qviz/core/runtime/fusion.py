@@ -109,7 +109,7 @@ def optimized_graph(qdq: QdqModel, precision: KernelPrecision) -> onnx.ModelProt
         path = os.path.join(tmp, "optimized.onnx")
         config = SessionConfig.for_native(precision, optimization=Optimization.EXTENDED)
         build_session(qdq.model, config, what="the quantized model", optimized_model_path=path)
-        return onnx.load(path)
+        return onnx.load(path, load_external_data=False)  # the graph is all we read
 
 
 def _format_reason(t: QdqTensor, what: str) -> str | None:

@@ -166,10 +166,15 @@ class SessionConfig:
         return self.optimization or _DEFAULT_OPTIMIZATION[self.purpose]
 
     def options(
-        self, optimized_model_path: str | os.PathLike[str] | None = None
+        self,
+        optimized_model_path: str | os.PathLike[str] | None = None,
+        profile_prefix: str | os.PathLike[str] | None = None,
     ) -> ort.SessionOptions:
         """Fresh ``ort.SessionOptions`` for this configuration; with `optimized_model_path`
-        ORT writes the graph it runs there when the session is created."""
+        ORT writes the graph it runs there when the session is created (initializers of
+        1 KiB and more in a ``.data`` file beside it, so a graph past protobuf's 2 GiB limit
+        can be written too); with `profile_prefix` ORT's profiler records every node's time
+        in a JSON file starting with that path (`session.end_profiling()` names it)."""
         options = ort.SessionOptions()
         options.graph_optimization_level = self.level.ort_level
         options.log_severity_level = _LOG_ERRORS_ONLY
@@ -180,7 +185,18 @@ class SessionConfig:
         if self.precision is KernelPrecision.PRECISE:
             options.add_session_config_entry(PRECISION_KEY, "1")
         if optimized_model_path is not None:
-            options.optimized_model_filepath = os.fspath(optimized_model_path)
+            path = os.fspath(optimized_model_path)
+            options.optimized_model_filepath = path
+            options.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name",
+                os.path.basename(path) + ".data",
+            )
+            options.add_session_config_entry(
+                "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+            )
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = os.fspath(profile_prefix)
         return options
 
 
@@ -190,14 +206,16 @@ def build_session(
     *,
     what: str = "the model",
     optimized_model_path: str | os.PathLike[str] | None = None,
+    profile_prefix: str | os.PathLike[str] | None = None,
 ) -> ort.InferenceSession:
     """A session on `source` built as `config` says; ORT's errors become one QvizError line
     ("ONNX Runtime cannot run <what>: ...").
 
     A path is read by ORT itself, external data included (resolved beside the file). With
-    `optimized_model_path`, ORT also saves the graph after its optimizations there.
+    `optimized_model_path`, ORT also saves the graph after its optimizations there; with
+    `profile_prefix`, its profiler is on (see `SessionConfig.options`).
     """
-    options = config.options(optimized_model_path)
+    options = config.options(optimized_model_path, profile_prefix)
     try:
         if isinstance(source, onnx.ModelProto):
             model: bytes | str = source.SerializeToString()
