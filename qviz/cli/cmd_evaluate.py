@@ -30,7 +30,8 @@ from qviz.cli.progress_bar import ProgressBar
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, Verdict, check_all
 from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode, evaluate
-from qviz.core.runtime.sessions import KernelPrecision
+from qviz.core.runtime.sessions import KernelPrecision, Threads
+from qviz.core.runtime.speed_text import fmt_speedup, speed_lines, threads_text
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -67,7 +68,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "sqnr>=30, agreement>=99",
     )
     g.add_argument(
-        "--no-latency", dest="latency", action="store_false", help="skip the latency measurement"
+        "--no-latency",
+        dest="latency",
+        action="store_false",
+        help="skip the latency measurement (whole model and per layer)",
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="intra-op threads ONNX Runtime times the models with (default 0: ORT's choice, "
+        "one per physical core); the batch is --batch-size",
     )
     g.add_argument("--state-dict", type=Path, help="state dict for a package.module:factory model")
     g.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -81,6 +93,8 @@ def _check_options(args: argparse.Namespace) -> list[Criterion]:
         raise QvizError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise QvizError(f"--limit must be at least 1, got {args.limit}")
+    if args.threads < 0:
+        raise QvizError(f"--threads must be 0 (ORT's choice) or more, got {args.threads}")
     if args.config is not None:
         refuse_settings_with_config(args, args.config)
     return [Criterion.parse(text) for text in args.criterion]
@@ -127,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         batch_size=args.batch_size,
         latency=args.latency,
+        threads=Threads(intra_op=args.threads),
     )
     bar = ProgressBar(sys.stderr, enabled=not args.quiet)
     while True:
@@ -229,15 +244,17 @@ def evaluation_table(e: Evaluation, verdicts: Sequence[Verdict], model: str, sou
         lat = e.latency
         lines.append(
             f"latency: {lat.float_ms:.2f} ms float vs {lat.native_ms:.2f} ms native "
-            f"INT8 per batch of {lat.batch_size} (median of {lat.repeats}; "
-            f"{lat.speedup:.2f}x, {lat.precision.value} kernels)"
+            f"INT8 per batch of {lat.batch_size} (median of {lat.repeats}, interleaved, "
+            f"{threads_text(lat.threads)}; {fmt_speedup(lat.speedup)}, "
+            f"{lat.precision.value} kernels)"
         )
     if e.fusion is not None:
         f = e.fusion
         fused = ", ".join(f"{n} ({f.kernels[n]})" for n in f.fused) or "none"
         lines.append(f"fused:   {len(f.fused)}/{f.n_layers} layers into integer kernels: {fused}")
         for name, why in f.unfused.items():
-            lines.append(f"  not fused: {name}: {why}")
+            fix = f.fixes.get(name)
+            lines.append(f"  not fused: {name}: {why}" + (f"; fix: {fix}" if fix else ""))
     for m in e.mismatch:
         if m.step is not None:
             size = f"max {_fmt(m.max_steps)} output steps"
@@ -247,6 +264,8 @@ def evaluation_table(e: Evaluation, verdicts: Sequence[Verdict], model: str, sou
             f"sim vs native: {m.output}: {size}, "
             f"{100 * m.fraction_differing:.3f} % of {m.n_elements} elements differ"
         )
+    if e.speed is not None:
+        lines += ["", *speed_lines(e.speed, e.slow_layers)]
     if e.depth:
         lines += ["", "error along depth (quantized model's activation vs float):"]
         name_w = max(len(p.tensor) for p in e.depth)

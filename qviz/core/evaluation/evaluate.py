@@ -51,18 +51,22 @@ from qviz.core.graph.qdq import QdqModel, build_qdq, initializer_bytes
 from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, ProgressClock, run_to_completion
 from qviz.core.runtime.fusion import fusion_report
-from qviz.core.runtime.latency import measure_latency
+from qviz.core.runtime.profile import TimingBudget
 from qviz.core.runtime.sessions import (
     KernelPrecision,
     SessionConfig,
+    Threads,
     build_session,
     run_session,
     with_outputs,
 )
+from qviz.core.runtime.slowdown import explain_slow_layers
+from qviz.core.runtime.speed import layer_speed
 
 if TYPE_CHECKING:
     from qviz.core.calibration.analysis import TensorResult
     from qviz.core.data.dataset import Dataset
+    from qviz.core.runtime.slowdown import SlowLayer
 
 # The result types and accumulators live in `results` and `accumulators`; they are
 # re-exported here, where callers know them from.
@@ -86,6 +90,10 @@ __all__ = [
     "run_to_completion",
 ]
 
+
+#: Seconds an evaluation spends at most timing the layers (profiled), then the whole model,
+#: once the minimum runs are made.
+DEFAULT_SPEED_BUDGET_S = 1.0
 
 # --------------------------------------------------------------------------- evaluate
 
@@ -128,7 +136,9 @@ def evaluate(
     limit: int | None = None,
     batch_size: int = 64,
     latency: bool = True,
-    latency_repeats: int = 20,
+    latency_repeats: int = 5,
+    threads: Threads | None = None,
+    speed_budget_s: float = DEFAULT_SPEED_BUDGET_S,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Generator[Progress, None, Evaluation]:
     """Run the float and quantized models over `data` (the first `limit` samples), yielding
@@ -139,6 +149,12 @@ def evaluate(
     from ORT's optimized (fused INT8) session, and the simulation-vs-native mismatch is
     measured; without it they come from the simulation. Raises `EvaluationCancelled` when
     `should_stop()` turns true between batches.
+
+    With `latency`, the float and the fused quantized model are timed on the first batch with
+    `threads` intra-op threads: each layer with ORT's profiler, then the whole model without
+    it, each side by side for at least `latency_repeats` runs and up to `speed_budget_s`
+    seconds (`Evaluation.speed`, `Evaluation.latency`, and the layers that run slower
+    quantized, with why, in `Evaluation.slow_layers`).
     """
     total = check_limits(data, limit, batch_size)
     qdq = quantized if isinstance(quantized, QdqModel) else build_qdq(model, quantized)
@@ -207,17 +223,28 @@ def evaluate(
 
     fusion = None
     measured = None
+    speed = None
+    slow: tuple[SlowLayer, ...] = ()
     if native_session is not None:
         yield clock.report(done, "checking which layers ONNX Runtime fused")
         fusion = fusion_report(qdq, precision)
         notes.extend(fusion.notes)
     if latency and first_batch is not None and native_session is not None:
-        yield clock.report(done, "measuring latency")
-        plain_float = build_session(model.model, SessionConfig.for_float())
-        f_ms, n_ms = measure_latency(
-            plain_float, native_session, first_batch, repeats=latency_repeats
+        yield clock.report(done, "timing every layer, float and quantized side by side")
+        budget = TimingBudget(
+            seconds=speed_budget_s, min_runs=latency_repeats, max_runs=max(latency_repeats, 200)
         )
-        measured = Latency(f_ms, n_ms, _batch_len(first_batch), latency_repeats, precision)
+        speed = layer_speed(
+            model, qdq, first_batch, threads=threads, precision=precision, budget=budget
+        )
+        timing = speed.timing
+        assert timing is not None  # layer_speed times the whole model by default
+        measured = Latency(
+            timing.a_ms, timing.b_ms, _batch_len(first_batch), timing.runs, precision,
+            paired_speedup=timing.speedup, threads=speed.threads,
+        )  # fmt: skip
+        bits = {p.layer.name: p.weight.fmt.bits for p in qdq.layers if p.weight is not None}
+        slow = explain_slow_layers(speed, fusion, model.layers, bits)
 
     comparisons = tuple(a.result() for a in out_acc)
     primary = comparisons[0]
@@ -270,4 +297,6 @@ def evaluate(
         precision=precision,
         notes=tuple(dict.fromkeys(notes)),
         simulated_tensors=simulated,
+        speed=speed,
+        slow_layers=slow,
     )

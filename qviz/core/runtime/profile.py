@@ -161,7 +161,8 @@ def profile_pair(
     with tempfile.TemporaryDirectory(prefix="qviz-profile-") as tmp:
         sessions: list[ort.InferenceSession] = []
         graphs: list[str] = []
-        for i, (source, config, label) in enumerate(((a, a_config, what[0]), (b, b_config, what[1]))):
+        pairs = ((a, a_config, what[0]), (b, b_config, what[1]))
+        for i, (source, config, label) in enumerate(pairs):
             graph_path = os.path.join(tmp, f"optimized_{i}.onnx")
             sessions.append(
                 build_session(
