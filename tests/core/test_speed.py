@@ -57,7 +57,9 @@ def feeds(data: Dataset, batch: int = 2) -> dict[str, np.ndarray]:
     return next(iter(data.batches(batch)))
 
 
-def int8_qdq(model: LoadedModel, stats: CalibrationStats, cfg: QuantConfig | None = None) -> QdqModel:
+def int8_qdq(
+    model: LoadedModel, stats: CalibrationStats, cfg: QuantConfig | None = None
+) -> QdqModel:
     return build_qdq(model, analyze(model, stats, cfg or QuantConfig()))
 
 
@@ -214,7 +216,7 @@ def test_charges_follow_controlled_times(
     x = speed.layer(first.name)
     assert x is not None
     assert x.float_ms == pytest.approx(0.5 * len(f_first))
-    assert (x.kernel_ms, x.qdq_ms) == (pytest.approx(2.0), pytest.approx(0.25))
+    assert x.kernel_ms == pytest.approx(2.0) and x.qdq_ms == pytest.approx(0.25)
     assert x.speedup == pytest.approx(x.float_ms / 2.25)
     assert speed.slower_layers() == (x,)
     slow = explain_slow_layers(speed, fusion_report(qdq), model.layers, {first.name: 8})
@@ -269,7 +271,7 @@ def test_layer_speed_times_both_models_side_by_side(
 
 
 def test_explanations_for_each_cause() -> None:
-    def layer(**kw: float | str | bool) -> LayerSpeed:
+    def layer(**kw: object) -> LayerSpeed:
         base: dict[str, object] = dict(name="L", node="n", op_type="Conv", depth=0,
                                        quantized=True, float_ms=1.0, kernel_ms=0.5,
                                        float_kernel="Conv", kernel="QLinearConv")
