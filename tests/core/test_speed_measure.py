@@ -36,7 +36,8 @@ def test_speedup_measure_reads_the_last_full_evaluation() -> None:
     empty = read_measure(doc, graph, NodeMeasure.SPEEDUP)
     assert not empty.readings and "Evaluate" in empty.note
 
-    results = analyze(model, doc.stats, doc.config)  # type: ignore[arg-type]
+    assert doc.stats is not None
+    results = analyze(model, doc.stats, doc.config)
     ev = run_to_completion(evaluate(model, results, data, native=True, limit=64, batch_size=8,
                                     latency_repeats=2, speed_budget_s=0.0))
     assert ev.speed is not None
