@@ -68,8 +68,8 @@ def test_full_evaluation_shows_speed_per_layer(
 
     # The panel: the slower layers in one row, the bars in the speed tab.
     panel = window.model_panel
-    row = panel.text("slower")
-    assert row == "none" if not slow else row.startswith(f"{len(slow)}: ")
+    slower = panel.text("slower")
+    assert slower == "none" if not slow else slower.startswith(f"{len(slow)}: ")
     ordered = sorted(speed.layers, key=lambda v: v.depth)
     assert view.layer_names == [v.name for v in ordered]
     assert view.heights("float") == [v.float_ms for v in ordered]
