@@ -27,6 +27,7 @@ from qviz.cli.options import (
 from qviz.cli.progress_bar import ProgressBar
 from qviz.core.calibration.analysis import TensorResult, analyze
 from qviz.core.calibration.config import QuantConfig
+from qviz.core.data.dataset import random_data
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
 from qviz.core.evaluation.evaluate import Evaluation, evaluate
@@ -39,7 +40,10 @@ from qviz.core.files.export import (
     export_trt_cache,
 )
 from qviz.core.files.report import PageFormat, build_report, write_report
+from qviz.core.graph.qdq import QdqModel
 from qviz.core.model.loading import LoadedModel, load_model
+from qviz.core.runtime.sessions import Threads
+from qviz.core.runtime.speed_check import check_speed, timing_feeds
 from qviz.core.stats.stats_file import is_stats_file
 
 
@@ -75,6 +79,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--limit", type=int, metavar="N", help="evaluate the first N samples only")
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp = p.add_argument_group("speed (Q/DQ model)")
+    sp.add_argument("--speed-batch", type=int, default=1, metavar="N",
+                    help="time the exported Q/DQ model against float at this batch (default 1; "
+                         "the inputs come from --data, else random)")
+    sp.add_argument("--threads", type=int, default=0, metavar="N",
+                    help="intra-op threads for the timing (default 0: ORT's choice)")
+    sp.add_argument("--no-speed-check", dest="speed_check", action="store_false",
+                    help="do not time the exported model against float")
     t = p.add_argument_group("TensorRT")
     t.add_argument("--trt-version", default=TRT_DEFAULT_VERSION,
                    help=f"TensorRT version in the cache header (default {TRT_DEFAULT_VERSION} "
@@ -91,7 +103,9 @@ def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterio
     has_data = args.data is not None or args.random is not None
     if fmt is not ExportFormat.REPORT:
         extra = [name for name, given in (
-            ("--data/--random", has_data), ("--criterion", bool(args.criterion)),
+            # A Q/DQ model's speed check reads its inputs from --data/--random.
+            ("--data/--random", has_data and fmt is not ExportFormat.QDQ),
+            ("--criterion", bool(args.criterion)),
             ("--native", args.native), ("--limit", args.limit is not None),
         ) if given]
         if extra:
@@ -100,6 +114,17 @@ def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterio
         PageFormat.for_path(args.output)  # a bad suffix fails now, not after evaluating
         if args.criterion and not has_data:
             raise QvizError("--criterion needs --data (or --random) to measure against")
+    if fmt is not ExportFormat.QDQ:
+        extra = [name for name, given in (
+            ("--speed-batch", args.speed_batch != 1), ("--threads", args.threads != 0),
+            ("--no-speed-check", not args.speed_check),
+        ) if given]
+        if extra:
+            raise QvizError(f"{', '.join(extra)} only apply to --format qdq")
+    if args.speed_batch < 1:
+        raise QvizError(f"--speed-batch must be at least 1, got {args.speed_batch}")
+    if args.threads < 0:
+        raise QvizError(f"--threads must be 0 (ORT's choice) or more, got {args.threads}")
     if fmt is not ExportFormat.TRT_CACHE and args.trt_version != TRT_DEFAULT_VERSION:
         raise QvizError("--trt-version only applies to --format trt-cache")
     if not args.trt_version.isdigit():
@@ -150,6 +175,26 @@ def _evaluate(args: argparse.Namespace, model: LoadedModel,
             return stop.value
 
 
+def _speed_lines(args: argparse.Namespace, model: LoadedModel, results: list[TensorResult],
+                 qdq: QdqModel) -> list[str]:
+    """The exported model timed against float: a summary, and a warning when it is slower.
+    A check that cannot run says so; the file is written either way."""
+    has_data = args.data is not None or args.random is not None
+    try:
+        data = (
+            load_dataset(args, model) if has_data else random_data(model.inputs, args.speed_batch)
+        )
+        check = check_speed(model, results, timing_feeds(data, args.speed_batch), qdq=qdq,
+                            threads=Threads(intra_op=args.threads), random_input=data.is_random)
+    except QvizError as exc:
+        return [f"speed not checked: {exc}"]
+    where = " (on random input)" if check.random_input else ""
+    lines = [f"speed: {check.summary}{where}"]
+    if check.warning is not None:
+        lines.append(f"warning: {check.warning}")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     fmt = ExportFormat(args.export_format)
     criteria = _check_options(args, fmt)
@@ -160,7 +205,10 @@ def run(args: argparse.Namespace) -> int:
     written: tuple[Path, ...] = (out,)
     notes: tuple[str, ...] = ()
     if fmt is ExportFormat.QDQ:
-        notes = export_qdq(model, results, out).notes
+        qdq = export_qdq(model, results, out)
+        notes = qdq.notes
+        if args.speed_check:
+            notes = (*notes, *_speed_lines(args, model, results, qdq))
     elif fmt is ExportFormat.CONFIG:
         save_config(out, model, config, results)
     elif fmt is ExportFormat.ORT_OVERRIDES:
@@ -176,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
         if report.outcome is not None:
             sys.stdout.write(f"verdict: {report.outcome.value}\n")
     for note in notes:
-        sys.stdout.write(f"note: {note}\n")
+        prefix = "" if note.startswith(("speed: ", "warning: ")) else "note: "
+        sys.stdout.write(f"{prefix}{note}\n")
     sys.stdout.write(f"wrote {', '.join(str(p) for p in written)} "
                      f"({len(results)} quantized tensors, {fmt.value})\n")
     return 0
