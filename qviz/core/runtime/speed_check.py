@@ -31,8 +31,11 @@ if TYPE_CHECKING:
     from qviz.core.calibration.analysis import TensorResult
     from qviz.core.data.dataset import Dataset
 
-__all__ = ["SpeedCheck", "check_speed", "is_slower", "keep_float", "timing_feeds"]
+__all__ = ["CHECK_BUDGET", "SpeedCheck", "check_speed", "is_slower", "keep_float", "timing_feeds"]
 
+#: How long an export's check times each configuration by default: each phase (profiled,
+#: then the whole model) at least 5 runs, then up to one second.
+CHECK_BUDGET = TimingBudget(seconds=1.0, min_runs=5, max_runs=100)
 #: How one configuration's Q/DQ model is timed against float (injectable for tests).
 Measure = Callable[[QdqModel], SpeedProfile]
 
@@ -158,7 +161,8 @@ def check_speed(
     when it is slower, measure the configuration keeping the slow layers float too."""
 
     def default_measure(q: QdqModel) -> SpeedProfile:
-        return layer_speed(model, q, feeds, threads=threads, precision=precision, budget=budget)
+        return layer_speed(model, q, feeds, threads=threads, precision=precision,
+                           budget=budget or CHECK_BUDGET)
 
     timed = measure or default_measure
     qdq = qdq if qdq is not None else build_qdq(model, results)
