@@ -254,7 +254,7 @@ class MainWindow(QMainWindow):
         dialog = ExportDialog(
             doc.model, doc.model_path, doc.stats, doc.config, self.reporter,
             outcome=doc.measures.evaluation, criteria=doc.measures.criteria,
-            directory=self._start_dir(), pinned=doc.pinned, parent=self,
+            directory=self._start_dir(), pinned=doc.pinned, data_path=doc.data_path, parent=self,
         )  # fmt: skip
         dialog.exported.connect(
             lambda r: self.statusBar().showMessage(f"Exported {r.written[0]}")
