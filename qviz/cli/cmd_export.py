@@ -84,7 +84,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="time the exported Q/DQ model against float at this batch (default 1; "
                          "the inputs come from --data, else random)")
     sp.add_argument("--threads", type=int, default=0, metavar="N",
-                    help="intra-op threads for the timing (default 0: ORT's choice)")
+                    help="intra-op threads for the timing, of the Q/DQ model or the report's "
+                         "evaluation (default 0: ORT's choice)")
     sp.add_argument("--no-speed-check", dest="speed_check", action="store_false",
                     help="do not time the exported model against float")
     t = p.add_argument_group("TensorRT")
@@ -116,8 +117,8 @@ def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterio
             raise QvizError("--criterion needs --data (or --random) to measure against")
     if fmt is not ExportFormat.QDQ:
         extra = [name for name, given in (
-            ("--speed-batch", args.speed_batch != 1), ("--threads", args.threads != 0),
-            ("--no-speed-check", not args.speed_check),
+            ("--speed-batch", args.speed_batch != 1), ("--no-speed-check", not args.speed_check),
+            ("--threads", args.threads != 0 and fmt is not ExportFormat.REPORT),
         ) if given]
         if extra:
             raise QvizError(f"{', '.join(extra)} only apply to --format qdq")
@@ -165,7 +166,7 @@ def _evaluate(args: argparse.Namespace, model: LoadedModel,
               results: list[TensorResult]) -> Evaluation:
     data = load_dataset(args, model)
     gen = evaluate(model, results, data, native=args.native, limit=args.limit,
-                   batch_size=args.batch_size)
+                   batch_size=args.batch_size, threads=Threads(intra_op=args.threads))
     bar = ProgressBar(sys.stderr, enabled=not args.quiet)
     while True:
         try:

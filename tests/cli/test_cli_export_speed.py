@@ -62,3 +62,38 @@ def test_the_check_can_be_skipped_and_is_refused_elsewhere(
     assert main(["export", str(demo_stats), "--format", "config", "-o", str(cfg),
                  "--threads", "2"]) == 2
     assert "only apply to --format qdq" in capsys.readouterr().err and not cfg.exists()
+
+
+def test_report_and_evaluate_json_carry_the_speed_per_layer(
+    demo_stats: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    demo = demo_paths()
+    page = tmp_path / "report.md"
+    assert main(["export", str(demo_stats), "--format", "report", "-o", str(page), "--data",
+                 str(demo.data), "--limit", "64", "--batch-size", "2", "--native", "--threads",
+                 "1", "--quiet"]) == 0
+    capsys.readouterr()
+    doc = json.loads(page.with_suffix(".json").read_text())
+    speed = doc["evaluation"]["speed"]
+    names = [row["layer"] for row in speed["layers"]]
+    assert speed["batch_size"] == 2 and speed["threads"] == 1 and names
+    text = page.read_text()
+    section = text[text.index("## Speed per layer"):]
+    assert all(f"| {name} |" in section for name in names)
+    assert "Batch 2, 1 thread" in section
+    for slow in doc["evaluation"]["slow_layers"]:
+        assert f"**{slow['layer']}**" in section and slow["fix"] in section
+
+    assert main(["evaluate", str(demo.model), "--stats", str(demo_stats), "--data",
+                 str(demo.data), "--limit", "64", "--batch-size", "1", "--native", "--json",
+                 "--quiet"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    layers = ev["speed"]["layers"]
+    assert [x["layer"] for x in layers] == names
+    for x in layers:
+        assert x["quantized_ms"] == pytest.approx(x["kernel_ms"] + x["qdq_ms"] + x["layout_ms"])
+        assert x["kernel"] and x["float_kernel"]
+    assert ev["speed"]["whole_model_ms"]["speedup"] == ev["latency_ms"]["speedup"]
+    assert isinstance(ev["slow_layers"], list)
