@@ -33,26 +33,22 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from qviz.core.calibration.analysis import (
-    TensorResult,
-    analyze_tensor,
     check_stats_match,
-    quant_tensors,
 )
-from qviz.core.calibration.config import QuantConfig, TensorConfig
+from qviz.core.calibration.config import QuantConfig
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, Verdict
 from qviz.core.evaluation.evaluate import evaluate
 from qviz.core.evaluation.results import Evaluation, RunMode
-from qviz.core.model.loading import LoadedModel, TensorKind
+from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, ProgressClock
-from qviz.core.runtime.sessions import KernelPrecision
-from qviz.core.search.measure import Measurement, measure
+from qviz.core.runtime.sessions import KernelPrecision, Threads
+from qviz.core.search.fastest import fastest_precision
 from qviz.core.search.mixed_result import (
     LayerChoice,
     MixedResult,
     ParetoPoint,
     cost_key,
-    criterion_holds,
     criterion_metric,
     criterion_value,
     goodness,
@@ -62,15 +58,14 @@ from qviz.core.search.precisions import (
     Objective,
     Precision,
     assignment_config,
-    layers_owning_tensors,
     parse_precisions,
 )
 from qviz.core.search.reference import (
     DEFAULT_LIMIT,
-    FloatReference,
     complete_reference,
     prepare_reference,
 )
+from qviz.core.search.search_state import SearchState
 from qviz.core.search.sensitivity import layer_sensitivity, module_path
 from qviz.core.search.sensitivity_report import SensitivityReport
 from qviz.core.stats.collect import CalibrationStats
@@ -102,83 +97,6 @@ __all__ = [
 MAX_CONFIRMATIONS = 3
 
 
-class _Search:
-    """State of one search: every measured assignment, memoised (nothing is run twice)."""
-
-    def __init__(
-        self,
-        model: LoadedModel,
-        stats: CalibrationStats,
-        base: QuantConfig,
-        levels: tuple[Precision, ...],
-        criterion: Criterion,
-        ref: FloatReference,
-        *,
-        native: bool,
-        precision: KernelPrecision,
-        should_stop: Callable[[], bool],
-    ) -> None:
-        self.model, self.stats, self.base, self.levels = model, stats, base, levels
-        self.criterion, self.ref = criterion, ref
-        self.native, self.precision, self.should_stop = native, precision, should_stop
-        self.layers = layers_owning_tensors(model)
-        self.points: list[ParetoPoint] = []
-        self.by_assignment: dict[tuple[int, ...], ParetoPoint] = {}
-        self._analysed: dict[tuple[str, TensorKind, TensorConfig], TensorResult] = {}
-
-    def key(self, levels: Mapping[str, int]) -> tuple[int, ...]:
-        return tuple(levels[name] for name in self.layers)
-
-    def config(self, levels: Mapping[str, int]) -> QuantConfig:
-        assignment = {name: self.levels[k] for name, k in levels.items()}
-        return assignment_config(self.model, self.base, assignment, self.levels[0])
-
-    def results(self, config: QuantConfig) -> list[TensorResult]:
-        """`analyze`, memoised per tensor and setting: the search re-analyses the same few
-        (tensor, format) pairs many times, and entropy/MSE ranges are not free."""
-        out = []
-        for t in quant_tensors(self.model):
-            cfg = config.for_tensor(t.name, t.kind)
-            if not cfg.quantize:
-                continue
-            k = (t.name, t.kind, cfg)
-            if k not in self._analysed:
-                self._analysed[k] = analyze_tensor(self.model, self.stats, t, cfg)
-            out.append(self._analysed[k])
-        return out
-
-    def record(self, levels: Mapping[str, int], label: str, m: Measurement) -> ParetoPoint:
-        value = criterion_value(self.criterion, m.metrics, self.ref.float_metrics)
-        point = ParetoPoint(
-            index=len(self.points),
-            label=label,
-            assignment={name: self.levels[k].name for name, k in levels.items()},
-            config=self.config(levels),
-            size_bytes=m.size_bytes,
-            n_float_layers=sum(1 for k in levels.values() if self.levels[k].is_float),
-            value=value,
-            passed=criterion_holds(self.criterion, value),
-            measurement=m,
-        )
-        self.points.append(point)
-        self.by_assignment[self.key(levels)] = point
-        return point
-
-    def measure(self, levels: Mapping[str, int], label: str) -> Generator[int, None, ParetoPoint]:
-        known = self.by_assignment.get(self.key(levels))
-        if known is not None:
-            return known
-        results = self.results(self.config(levels))
-        m = yield from measure(
-            self.ref,
-            results,
-            native=self.native,
-            precision=self.precision,
-            should_stop=self.should_stop,
-        )
-        return self.record(levels, label, m)
-
-
 def _lowest_label(levels: tuple[Precision, ...]) -> str:
     return f"all {levels[0].name}"
 
@@ -200,6 +118,8 @@ def mixed_precision(
     max_trials: int | None = None,
     cache: SensitivityCache | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    speed_batches: tuple[int, ...] = (),
+    threads: Threads | None = None,
 ) -> Generator[Progress, None, MixedResult]:
     """Find the cheapest per-layer precisions (from `allowed`) meeting `criterion`.
 
@@ -208,6 +128,10 @@ def mixed_precision(
     with `evaluate` on the first `confirm_limit` samples (all by default), natively unless
     ``native=False``. `max_trials` caps the candidates measured after the sensitivity pass
     (default: enough for every layer to climb every level and come back down once).
+
+    With ``objective=Objective.FASTEST`` the search is `fastest_precision`'s: the fastest
+    configuration that meets the criterion, timed at each of `speed_batches` (default
+    `batch_size`) with `threads` intra-op threads.
 
     Yields `Progress` phase by phase (reading data, float pass, sensitivity, candidates,
     confirmation; each message says which; the candidates' total is the trial budget, an
@@ -229,6 +153,17 @@ def mixed_precision(
     if confirm_limit is not None and confirm_limit < 1:
         raise QvizError(f"the confirmation sample limit must be at least 1, got {confirm_limit}")
     check_stats_match(model, stats)
+    if objective is Objective.FASTEST:
+        # Speed does not follow bits: a search of its own, from measured per-layer times.
+        return (
+            yield from fastest_precision(
+                model, stats, base, data, criterion, levels, limit=limit,
+                confirm_limit=confirm_limit, batch_size=batch_size, native=native,
+                precision=precision, max_trials=max_trials, cache=cache,
+                should_stop=should_stop, speed_batches=speed_batches or (batch_size,),
+                threads=threads or Threads(),
+            )
+        )  # fmt: skip
 
     ref = yield from prepare_reference(
         model,
@@ -238,7 +173,7 @@ def mixed_precision(
         run_float=False,
         should_stop=should_stop,
     )
-    search = _Search(
+    search = SearchState(
         model,
         stats,
         base,
