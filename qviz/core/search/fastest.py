@@ -36,8 +36,8 @@ from qviz.core.calibration.config import QuantConfig
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, Verdict
 from qviz.core.evaluation.evaluate import evaluate
-from qviz.core.evaluation.results import Evaluation, RunMode
-from qviz.core.graph.qdq import build_qdq
+from qviz.core.evaluation.results import Evaluation, EvaluationCancelled, RunMode
+from qviz.core.graph.qdq import QdqModel, build_qdq
 from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, ProgressClock
 from qviz.core.runtime.latency import PairTiming, time_pair
@@ -64,11 +64,13 @@ if TYPE_CHECKING:
     from qviz.core.data.dataset import Dataset
     from qviz.core.search.sensitivity_cache import SensitivityCache
 
-__all__ = ["SPEED_BUDGET", "fastest_precision", "measure_speed_table"]
+__all__ = ["SPEED_BUDGET", "Timer", "fastest_precision", "measure_speed_table"]
 
 #: How long each timing of the speed search runs: each precision's profile, and each
 #: candidate's end-to-end timing against float.
 SPEED_BUDGET = TimingBudget(seconds=1.5, min_runs=5, max_runs=200)
+#: Times one configuration's Q/DQ model against float on some feeds.
+Timer = Callable[[QdqModel, Mapping[str, np.ndarray]], PairTiming]
 #: Candidates confirmed at most (as the size-first search).
 MAX_CONFIRMATIONS = 3
 
@@ -124,11 +126,15 @@ def fastest_precision(
     speed_batches: tuple[int, ...],
     threads: Threads,
     budget: TimingBudget = SPEED_BUDGET,
+    table: SpeedTable | None = None,
+    timer: Timer | None = None,
 ) -> Generator[Progress, None, MixedResult]:
     """The speed-first search (see the module docstring); the arguments are
     `mixed_precision`'s, with the batches and threads to time at: the per-layer times at the
     first batch, the answer confirmed not slower than float at every one. `levels` are sorted
-    from the cheapest (fewest bits) to float."""
+    from the cheapest (fewest bits) to float. A `table` measured before is used as it is;
+    `timer` times one configuration's Q/DQ model against float on some feeds (default:
+    interleaved runs within `budget`)."""
     if not speed_batches or min(speed_batches) < 1:
         raise QvizError(f"timing batches must be at least 1, got {list(speed_batches)}")
     start = time.perf_counter()
@@ -148,25 +154,26 @@ def fastest_precision(
     # 1. Time every layer at every precision.
     all_feeds = [timing_feeds(data, b) for b in speed_batches]
     feeds = all_feeds[0]
-    timing = measure_speed_table(model, search, feeds, threads=threads, precision=precision,
-                                 budget=budget)
-    while True:
-        try:
-            name = next(timing)
-        except StopIteration as stop:
-            table: SpeedTable = stop.value
-            break
-        if should_stop():
-            from qviz.core.evaluation.results import EvaluationCancelled
-
-            raise EvaluationCancelled()
-        yield Progress(0, 0, time.perf_counter() - start, None,
-                       f"timing every layer at {name} against float")
+    if table is None:
+        timing = measure_speed_table(model, search, feeds, threads=threads,
+                                     precision=precision, budget=budget)
+        while True:
+            if should_stop():
+                raise EvaluationCancelled()
+            try:
+                name = next(timing)
+            except StopIteration as stop:
+                table = stop.value
+                break
+            yield Progress(0, 0, time.perf_counter() - start, None,
+                           f"timing every layer at {name} against float")
+    assert table is not None
+    speeds: SpeedTable = table
 
     def precision_of(levels_now: Mapping[str, int]) -> dict[str, str]:
         return {n: level_names[k] for n, k in levels_now.items()}
 
-    search.estimate = lambda levels_now: table.estimate(precision_of(levels_now))
+    search.estimate = lambda levels_now: speeds.estimate(precision_of(levels_now))
 
     # The ranking: the all-lowest configuration's sensitivity (also the first point).
     ref = yield from complete_reference(ref, should_stop=should_stop)
@@ -201,7 +208,7 @@ def fastest_precision(
         return point
 
     # 2. Each layer at its fastest precision.
-    current = {n: level_names.index(table.fastest(n, level_names)) for n in names}
+    current = {n: level_names.index(speeds.fastest(n, level_names)) for n in names}
     point = yield from run(current, "each layer at its fastest precision")
     passing = point.passed
     # 3. Promote towards accuracy, most sensitive first, until it passes.
@@ -226,14 +233,14 @@ def fastest_precision(
     if passing:
 
         def saving(name: str) -> float:
-            now = table.time(name, level_names[current[name]])
-            return now - min(table.time(name, p) for p in level_names)
+            now = speeds.time(name, level_names[current[name]])
+            return now - min(speeds.time(name, p) for p in level_names)
 
         for name in sorted(names, key=saving, reverse=True):
-            now = table.time(name, level_names[current[name]])
+            now = speeds.time(name, level_names[current[name]])
             faster = sorted(
-                (k for k, p in enumerate(level_names) if table.time(name, p) < now),
-                key=lambda k: table.time(name, level_names[k]),
+                (k for k, p in enumerate(level_names) if speeds.time(name, p) < now),
+                key=lambda k: speeds.time(name, level_names[k]),
             )
             for k in faster:
                 if trials >= trial_budget:
@@ -253,6 +260,12 @@ def fastest_precision(
         notes.append(f"no configuration tried met {criterion.spec} on the search subset; "
                      "the closest one is reported")
     plain_float = build_session(model.model, SessionConfig.for_float(threads))
+
+    def default_timer(q: QdqModel, f: Mapping[str, np.ndarray]) -> PairTiming:
+        native_session = build_session(q.model, SessionConfig.for_native(precision, threads))
+        return time_pair(plain_float, native_session, f, budget)
+
+    time_it = timer or default_timer
     Confirmed = tuple[ParetoPoint, Evaluation | None, Verdict | None, tuple[PairTiming, ...]]
     answer: Confirmed | None = None
     slower: Confirmed | None = None  # met the criterion, but ran slower than float
@@ -283,9 +296,8 @@ def fastest_precision(
             continue
         yield Progress(0, 0, time.perf_counter() - start, None,
                        f"timing {point.label} against float")
-        native_session = build_session(build_qdq(model, results).model,
-                                       SessionConfig.for_native(precision, threads))
-        timed = tuple(time_pair(plain_float, native_session, f, budget) for f in all_feeds)
+        qdq = build_qdq(model, results)
+        timed = tuple(time_it(qdq, f) for f in all_feeds)
         if not any(is_slower(t.speedup) for t in timed):
             answer = (point, ev, v, timed)
             break
@@ -329,7 +341,7 @@ def fastest_precision(
         points=tuple(search.points), sensitivity=report,
         float_size_bytes=report.float_size_bytes, search_samples=ref.n_samples,
         elapsed_s=time.perf_counter() - start, notes=tuple(dict.fromkeys(notes)),
-        confirmations=tuple(confirmations), speed_table=table,
+        confirmations=tuple(confirmations), speed_table=speeds,
         timings=tuple(zip(speed_batches, measured, strict=False)),
     )  # fmt: skip
 
