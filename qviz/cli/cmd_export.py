@@ -15,16 +15,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from qviz.cli.cmd_report import open_stats_and_model
+from qviz.cli.common import checked_output, drive, open_stats_and_model
 from qviz.cli.options import (
     FORMAT_FAMILIES,
+    MAX_THREADS,
     add_data_options,
     add_quant_options,
+    batch_size_type,
     config_from_args,
+    input_path,
+    int_in,
+    layout_from_args,
     load_dataset,
+    output_path,
     refuse_settings_with_config,
+    sample_count,
 )
-from qviz.cli.progress_bar import ProgressBar
 from qviz.core.calibration.analysis import TensorResult, analyze
 from qviz.core.calibration.config import QuantConfig
 from qviz.core.data.dataset import random_data
@@ -39,7 +45,7 @@ from qviz.core.files.export import (
     export_qdq,
     export_trt_cache,
 )
-from qviz.core.files.report import PageFormat, build_report, write_report
+from qviz.core.files.report import PageFormat, build_report, report_files, write_report
 from qviz.core.graph.qdq import QdqModel
 from qviz.core.model.loading import LoadedModel, load_model
 from qviz.core.runtime.sessions import Threads
@@ -58,7 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "(its --format is --number-format here).",
         conflict_handler="resolve",
     )
-    p.add_argument("source", type=Path, metavar="STATS_OR_CONFIG",
+    p.add_argument("source", type=input_path, metavar="STATS_OR_CONFIG",
                    help="stats file from `qviz collect`, or a qviz config file (.json)")
     add_quant_options(p)
     p.add_argument("--number-format", dest="fmt", choices=FORMAT_FAMILIES, default="int",
@@ -66,7 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", dest="export_format", required=True,
                    choices=[f.value for f in ExportFormat],
                    help="; ".join(f"{f.value}: {f.description}" for f in ExportFormat))
-    p.add_argument("-o", "--output", type=Path, required=True,
+    p.add_argument("-o", "--output", type=output_path, required=True,
                    help="file to write (report: .html, .md, .json, or a folder)")
     p.add_argument("--model", help="the model file, if it moved since the stats/config were made")
     add_data_options(p, required=False)
@@ -76,14 +82,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "accuracy_drop<=1, cosine>=0.99, sqnr>=30, agreement>=99")
     g.add_argument("--native", action="store_true",
                    help="measure the effect with ORT's fused INT8 kernels, not the simulation")
-    g.add_argument("--limit", type=int, metavar="N", help="evaluate the first N samples only")
-    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--limit", type=sample_count, metavar="N",
+                   help="evaluate the first N samples only")
+    g.add_argument("--batch-size", type=batch_size_type, default=64)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     sp = p.add_argument_group("speed (Q/DQ model)")
-    sp.add_argument("--speed-batch", type=int, default=1, metavar="N",
+    sp.add_argument("--speed-batch", type=batch_size_type, default=1, metavar="N",
                     help="time the exported Q/DQ model against float at this batch (default 1; "
                          "the inputs come from --data, else random)")
-    sp.add_argument("--threads", type=int, default=0, metavar="N",
+    sp.add_argument("--threads", type=int_in(0, MAX_THREADS), default=0, metavar="N",
                     help="intra-op threads for the timing, of the Q/DQ model or the report's "
                          "evaluation (default 0: ORT's choice)")
     sp.add_argument("--no-speed-check", dest="speed_check", action="store_false",
@@ -98,7 +105,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 _FLAGS = {"fmt": "--number-format"}
 
 
-
 def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterion]:
     """Refuse contradictory options before anything is loaded or written."""
     has_data = args.data is not None or args.random is not None
@@ -108,6 +114,7 @@ def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterio
             ("--data/--random", has_data and fmt is not ExportFormat.QDQ),
             ("--criterion", bool(args.criterion)),
             ("--native", args.native), ("--limit", args.limit is not None),
+            ("--batch-axis/--const/--state", not layout_from_args(args).is_empty),
         ) if given]
         if extra:
             raise QvizError(f"{', '.join(extra)} only apply to --format report")
@@ -122,18 +129,10 @@ def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterio
         ) if given]
         if extra:
             raise QvizError(f"{', '.join(extra)} only apply to --format qdq")
-    if args.speed_batch < 1:
-        raise QvizError(f"--speed-batch must be at least 1, got {args.speed_batch}")
-    if args.threads < 0:
-        raise QvizError(f"--threads must be 0 (ORT's choice) or more, got {args.threads}")
     if fmt is not ExportFormat.TRT_CACHE and args.trt_version != TRT_DEFAULT_VERSION:
         raise QvizError("--trt-version only applies to --format trt-cache")
-    if not args.trt_version.isdigit():
+    if not args.trt_version.isdigit() or len(args.trt_version) > 9:
         raise QvizError(f"--trt-version must be digits such as 8601, got {args.trt_version!r}")
-    if args.batch_size < 1:
-        raise QvizError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.limit is not None and args.limit < 1:
-        raise QvizError(f"--limit must be at least 1, got {args.limit}")
     return [Criterion.parse(text) for text in args.criterion]
 
 
@@ -166,14 +165,25 @@ def _evaluate(args: argparse.Namespace, model: LoadedModel,
               results: list[TensorResult]) -> Evaluation:
     data = load_dataset(args, model)
     gen = evaluate(model, results, data, native=args.native, limit=args.limit,
-                   batch_size=args.batch_size, threads=Threads(intra_op=args.threads))
-    bar = ProgressBar(sys.stderr, enabled=not args.quiet)
-    while True:
-        try:
-            bar.update(next(gen))
-        except StopIteration as stop:
-            bar.close()
-            return stop.value
+                   batch_size=args.batch_size,
+                   threads=Threads(intra_op=args.threads))
+    evaluation: Evaluation = drive(gen, args.quiet)
+    return evaluation
+
+
+def _check_output(
+    args: argparse.Namespace, fmt: ExportFormat, model: LoadedModel | None = None
+) -> Path:
+    """Where to write, refused if it is not writable or would replace an input (the source,
+    the model, its external data, the data); a report's beside-files are checked too."""
+    recorded = [str(model.source)] if model is not None else []
+    if fmt is ExportFormat.REPORT:
+        files = report_files(args.output)
+        folder = PageFormat.for_path(args.output) is PageFormat.FOLDER
+        # A new report folder is built whole beside its target: nothing inside to check yet.
+        inside = files[1:] if not folder or files[0].is_dir() else ()
+        return checked_output(args, files[0], files=inside, folder=folder, models=recorded)
+    return checked_output(args, args.output, models=recorded)
 
 
 def _speed_lines(args: argparse.Namespace, model: LoadedModel, results: list[TensorResult],
@@ -199,11 +209,12 @@ def _speed_lines(args: argparse.Namespace, model: LoadedModel, results: list[Ten
 def run(args: argparse.Namespace) -> int:
     fmt = ExportFormat(args.export_format)
     criteria = _check_options(args, fmt)
+    _check_output(args, fmt)  # before loading: a bad -o fails at once
     model, results, config, origin = load_results(args)
     if not results and fmt is not ExportFormat.CONFIG:
         raise QvizError("the configuration quantizes nothing: nothing to export")
-    out: Path = args.output
-    written: tuple[Path, ...] = (out,)
+    out = _check_output(args, fmt, model)
+    written: tuple[Path, ...] = (args.output,)
     notes: tuple[str, ...] = ()
     if fmt is ExportFormat.QDQ:
         qdq = export_qdq(model, results, out)

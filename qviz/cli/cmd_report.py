@@ -5,40 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from qviz.cli.options import add_quant_options, config_from_args
-from qviz.core.calibration.analysis import TensorResult, analyze, check_stats_match
-from qviz.core.errors import QvizError
-from qviz.core.model.loading import LoadedModel, load_model
+from qviz.cli.common import open_stats_and_model
+from qviz.cli.options import add_quant_options, config_from_args, input_path
+from qviz.core.calibration.analysis import TensorResult, analyze
 from qviz.core.stats.collect import CalibrationStats
-from qviz.core.stats.stats_file import load_stats
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="per-tensor ranges, scales and error metrics",
                        description="Per-tensor quantization parameters and error metrics, "
                                    "computed from a stats file without re-running the model.")
-    p.add_argument("stats", type=Path, help="stats file written by `qviz collect`")
+    p.add_argument("stats", type=input_path, help="stats file written by `qviz collect`")
     p.add_argument("--model", help="the model file, if it moved since collection")
     add_quant_options(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=run)
-
-
-def open_stats_and_model(
-    stats_path: Path, model_path: str | None
-) -> tuple[CalibrationStats, LoadedModel]:
-    stats = load_stats(stats_path)
-    source = model_path or stats.model_source
-    if not Path(source).exists() and ":" not in source:
-        raise QvizError(f"the model {source} recorded in {stats_path.name} is gone; pass --model")
-    model = load_model(source)
-    check_stats_match(model, stats)
-    return stats, model
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,16 +1,22 @@
-"""Options shared by the subcommands: quantization settings, model and data arguments."""
+"""Options shared by the subcommands: quantization settings, model, data and run arguments.
+
+Every number an option takes is checked where argparse reads it (its ``type``), so a value
+out of its domain is one line and exit code 2 before anything is loaded.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
-from qviz.core.data.dataset import Dataset, Preprocess, load_data, random_data
+from qviz.core.data.dataset import Dataset, FeedLayout, Preprocess, load_data, random_data
 from qviz.core.errors import QvizError
+from qviz.core.files.validate import MAX_GROUP_SIZE
 from qviz.core.model.loading import LoadedModel
 from qviz.core.quant.formats import (
     FormatKind,
@@ -19,9 +25,74 @@ from qviz.core.quant.formats import (
     NumberFormat,
     PerTensor,
 )
+from qviz.core.runtime.sessions import KernelPrecision
+from qviz.core.search.reference import DEFAULT_LIMIT
+from qviz.core.search.sensitivity_cache import SensitivityCache
 
 CHOOSABLE_METHODS = [m.value for m in Method if m is not Method.MANUAL]
 FORMAT_FAMILIES = ["int", "uint", "fp8_e4m3fn", "fp8_e5m2", "nf4"]
+MIN_BINS = 16
+MAX_BATCH_SIZE = 1 << 20
+#: ONNX Runtime intra-op threads (0: ORT's choice); more than this is a typo.
+MAX_THREADS = 4096
+#: Sample counts (--random, --limit...) beyond this are typos rather than data sets.
+MAX_SAMPLES = 1 << 40
+
+
+# --------------------------------------------------------------------------- value types
+
+
+def int_in(low: int, high: int, what: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}{what}, got {value}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}{what}, got {value}")
+        return value
+
+    return parse
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def percentile(text: str) -> float:
+    """An argparse type: a percentile in (0, 100]."""
+    value = finite_float(text)
+    if not 0.0 < value <= 100.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 100], got {value:g}")
+    return value
+
+
+def output_path(text: str) -> Path:
+    """An argparse type for -o: argparse would turn "" into "." (the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give the file to write")
+    return Path(text)
+
+
+def input_path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a path")
+    return Path(text)
+
+
+batch_size_type = int_in(1, MAX_BATCH_SIZE)
+sample_count = int_in(1, MAX_SAMPLES)
 
 
 def add_quant_options(parser: argparse.ArgumentParser) -> None:
@@ -30,14 +101,16 @@ def add_quant_options(parser: argparse.ArgumentParser) -> None:
                    help="how activation ranges are chosen (and weights', unless --weight-method)")
     g.add_argument("--weight-method", choices=CHOOSABLE_METHODS, default=None,
                    help="how weight ranges are chosen (default: minmax)")
-    g.add_argument("--percentile", type=float, default=99.99,
+    g.add_argument("--percentile", type=percentile, default=99.99,
                    help="percentile p for --method percentile (default 99.99)")
     g.add_argument("--granularity", choices=[k.value for k in GranularityKind],
                    default="per-channel", help="weight granularity; activations are per-tensor")
-    g.add_argument("--group-size", type=int, default=128, help="block size for per-group")
+    g.add_argument("--group-size", type=int_in(1, MAX_GROUP_SIZE), default=128,
+                   help="block size for per-group")
     g.add_argument("--format", dest="fmt", choices=FORMAT_FAMILIES, default="int",
                    help="number format family (nf4 is weight-only: activations stay int8)")
-    g.add_argument("--bits", type=int, default=8, help="bits for int/uint formats (2-8)")
+    g.add_argument("--bits", type=int_in(2, 8), default=8,
+                   help="bits for int/uint formats (2-8)")
     sym = g.add_mutually_exclusive_group()
     sym.add_argument("--symmetric", dest="symmetric", action="store_true", default=True,
                      help="symmetric ranges, zero point at 0 (default)")
@@ -62,10 +135,6 @@ def _format(family: str, bits: int, symmetric: bool, pow2: bool) -> NumberFormat
 
 def config_from_args(args: argparse.Namespace) -> QuantConfig:
     """The QuantConfig that `qviz report/export/evaluate` options describe."""
-    if not 0.0 < args.percentile <= 100.0:
-        raise QvizError(f"--percentile must be in (0, 100], got {args.percentile}")
-    if args.group_size < 1:
-        raise QvizError(f"--group-size must be positive, got {args.group_size}")
     weight_fmt = _format(args.fmt, args.bits, args.symmetric, args.pow2_scale)
     act_symmetric = args.symmetric if args.act_symmetric is None else args.act_symmetric
     if args.act_format is not None:
@@ -98,28 +167,52 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
 def add_data_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     g = parser.add_argument_group("data")
     src = g.add_mutually_exclusive_group(required=required)
-    src.add_argument("--data", type=Path,
+    src.add_argument("--data", type=input_path,
                      help=".npz, .npy, a folder of .npz samples, or a folder of images")
-    src.add_argument("--random", type=int, metavar="N",
+    src.add_argument("--random", type=sample_count, metavar="N",
                      help="use N samples of RANDOM input (labelled as such in every output)")
     g.add_argument("--preprocess", metavar="JSON_OR_SPEC",
                    help="image preprocessing: a JSON file, or "
                         "'size=224x224,scale=0.00392,mean=0.485/0.456/0.406,"
                         "std=0.229/0.224/0.225,layout=NCHW'")
+    lay = parser.add_argument_group(
+        "data layout (read from the model's signature; state it where that is ambiguous)"
+    )
+    lay.add_argument("--batch-axis", action="append", default=[], metavar="NAME=AXIS",
+                     help="the axis of input NAME that holds samples (NAME=none: feed the "
+                          "array whole, the same for every batch); repeatable")
+    lay.add_argument("--const", action="append", default=[], metavar="NAME=VALUE",
+                     help="feed input NAME a constant: every element VALUE (e.g. a scalar "
+                          "time step); repeatable")
+    lay.add_argument("--state", action="append", default=[], metavar="OUTPUT=INPUT",
+                     help="stateful model: feed output OUTPUT back as input INPUT of the next "
+                          "sample (the data gives the first value); samples then run one at "
+                          "a time, in order; repeatable")
+
+
+def layout_from_args(args: argparse.Namespace) -> FeedLayout:
+    return FeedLayout.parse(
+        getattr(args, "batch_axis", None) or (),
+        getattr(args, "const", None) or (),
+        getattr(args, "state", None) or (),
+    )
 
 
 def load_dataset(args: argparse.Namespace, model: LoadedModel) -> Dataset:
+    """The data the options name, laid out for ``model`` (stated layout checked against it)."""
+    from qviz.core.data.feeding import check_states
+
+    layout = layout_from_args(args)
+    check_states(model, layout.states)
     if getattr(args, "random", None) is not None:
-        if args.random < 1:
-            raise QvizError(f"--random needs a positive sample count, got {args.random}")
-        return random_data(model.inputs, args.random)
+        return random_data(model.inputs, args.random, layout=layout)
     preprocess = None
     if getattr(args, "preprocess", None):
         spec = args.preprocess
         preprocess = (
             Preprocess.from_json(Path(spec)) if spec.endswith(".json") else Preprocess.parse(spec)
         )
-    return load_data(args.data, model.inputs, preprocess)
+    return load_data(args.data, model.inputs, preprocess, layout)
 
 
 def add_model_and_source(parser: argparse.ArgumentParser) -> None:
@@ -127,11 +220,12 @@ def add_model_and_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--config", type=Path, help="qviz config file (its saved scales are used as they are)"
+        "--config", type=input_path,
+        help="qviz config file (its saved scales are used as they are)",
     )
     source.add_argument(
         "--stats",
-        type=Path,
+        type=input_path,
         help="stats file from `qviz collect`; the quantization settings below derive the "
         "configuration (as in `qviz report`)",
     )
@@ -163,3 +257,70 @@ def refuse_settings_with_config(
             f"{', '.join(given)} only apply {where}; the config file {config} holds its own "
             "settings"
         )
+
+
+# ----------------------------------------------------------------------- measurement runs
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """How the variants run: shared by `qviz sensitivity` and `qviz mixed`."""
+    g = p.add_argument_group("measurement")
+    g.add_argument(
+        "--limit",
+        type=parse_limit,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help=f"samples each variant runs on (default {DEFAULT_LIMIT}; 'all' for every sample)",
+    )
+    g.add_argument("--batch-size", type=batch_size_type, default=128)
+    g.add_argument(
+        "--simulation",
+        action="store_true",
+        help="run the variants in the simulation (Q/DQ op by op) instead of natively "
+        "(ORT's fused integer kernels, which production runs)",
+    )
+    g.add_argument(
+        "--precise-int8",
+        action="store_true",
+        help="use ORT's exact U8U8 kernels (session.x64quantprecision=1) natively: no 16-bit "
+        "saturation on AVX2 CPUs without VNNI",
+    )
+    g.add_argument("--cache-dir", type=input_path, help="sensitivity cache folder "
+                   "(default ~/.cache/qviz/sensitivity)")  # fmt: skip
+    g.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+
+
+def parse_limit(text: str) -> int | None:
+    """``N`` (at least 1) or ``all``."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a sample count or 'all', got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value > MAX_SAMPLES:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SAMPLES}, got {value}")
+    return value
+
+
+def check_run_options(args: argparse.Namespace) -> None:
+    if args.simulation and args.precise_int8:
+        raise QvizError(
+            "--precise-int8 chooses native kernels; it does not apply with --simulation"
+        )
+    if args.no_cache and args.cache_dir is not None:
+        raise QvizError("--cache-dir and --no-cache contradict each other")
+    if args.cache_dir is not None and args.cache_dir.exists() and not args.cache_dir.is_dir():
+        raise QvizError(f"--cache-dir {args.cache_dir} is a file, not a folder")
+
+
+def cache_from_args(args: argparse.Namespace) -> SensitivityCache | None:
+    return None if args.no_cache else SensitivityCache(args.cache_dir)
+
+
+def precision_from_args(args: argparse.Namespace) -> KernelPrecision:
+    return KernelPrecision.PRECISE if args.precise_int8 else KernelPrecision.DEFAULT

@@ -59,6 +59,7 @@ def test_every_format_is_written_and_reads_back(
     results = analyze(doc.model, doc.stats, doc.config)
     dialog = open_dialog(window)
 
+    (tmp_path / "out").mkdir()  # a save dialog offers existing folders only
     qdq = tmp_path / "out" / "model.qdq.onnx"
     export(qtbot, dialog, ExportFormat.QDQ, qdq)
     graph = onnx.load(str(qdq))

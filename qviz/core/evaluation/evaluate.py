@@ -21,11 +21,12 @@ as the ONNX operator it is, bit for bit what qviz's `quantize`/`dequantize` comp
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from qviz.core.data.feeding import StateCarry
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.accumulators import (
     MismatchAccumulator,
@@ -57,7 +58,6 @@ from qviz.core.runtime.sessions import (
     SessionConfig,
     Threads,
     build_session,
-    run_session,
     with_outputs,
 )
 from qviz.core.runtime.slowdown import explain_slow_layers
@@ -96,14 +96,6 @@ __all__ = [
 DEFAULT_SPEED_BUDGET_S = 1.0
 
 # --------------------------------------------------------------------------- evaluate
-
-
-def _truncate(feeds: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    return {k: v[:n] for k, v in feeds.items()}
-
-
-def _batch_len(feeds: Mapping[str, np.ndarray]) -> int:
-    return len(next(iter(feeds.values())))
 
 
 def model_size(model: LoadedModel, qdq: QdqModel) -> ModelSize:
@@ -188,22 +180,25 @@ def evaluate(
     labels = data.labels
     done = 0
     first_batch: dict[str, np.ndarray] | None = None
+    # Stateful models: each session carries the state its own previous run produced.
+    carry_f, carry_s, carry_n = (StateCarry.of(data) for _ in range(3))
     for feeds in data.batches(batch_size):
         if should_stop():
             raise EvaluationCancelled()
-        n = min(_batch_len(feeds), total - done)
+        n = min(data.samples_in(feeds), total - done)
         if n <= 0:
             break
-        feeds = _truncate(feeds, n)
+        feeds = data.head(feeds, n)
         if first_batch is None:
             first_batch = feeds
-        f_values = run_session(float_session, feeds, outputs + float_depth)
-        s_values = run_session(sim_session, feeds, outputs + sim_depth)
+        fed = carry_f.feeds(feeds)
+        f_values = carry_f.run(float_session, feeds, outputs + float_depth)
+        s_values = carry_s.run(sim_session, feeds, outputs + sim_depth)
         f_out, s_out = f_values[: len(outputs)], s_values[: len(outputs)]
         q_out = s_out
         if native:
             assert native_session is not None
-            q_out = run_session(native_session, feeds, outputs)
+            q_out = carry_n.run(native_session, feeds, outputs)
             for m_acc, s, q in zip(mismatch_acc, s_out, q_out, strict=True):
                 m_acc.update(s, q)
         batch_labels = None if labels is None else labels[done : done + n]
@@ -211,7 +206,7 @@ def evaluate(
             acc.update(f, q, batch_labels)
         f_named = dict(zip(float_depth, f_values[len(outputs) :], strict=True))
         for i, (t, q) in enumerate(zip(acts, s_values[len(outputs) :], strict=True)):
-            f = feeds[t.name] if t.name in input_names else f_named[t.name]
+            f = fed[t.name] if t.name in input_names else f_named[t.name]
             f64 = np.asarray(f, dtype=np.float64)
             diff = f64 - np.asarray(q, dtype=np.float64)
             depth_sums[i, 0] += float(np.sum(f64 * f64))
@@ -235,12 +230,13 @@ def evaluate(
             seconds=speed_budget_s, min_runs=latency_repeats, max_runs=max(latency_repeats, 200)
         )
         speed = layer_speed(
-            model, qdq, first_batch, threads=threads, precision=precision, budget=budget
+            model, qdq, first_batch, threads=threads, precision=precision, budget=budget,
+            batch_size=data.samples_in(first_batch),
         )
         timing = speed.timing
         assert timing is not None  # layer_speed times the whole model by default
         measured = Latency(
-            timing.a_ms, timing.b_ms, _batch_len(first_batch), timing.runs, precision,
+            timing.a_ms, timing.b_ms, data.samples_in(first_batch), timing.runs, precision,
             paired_speedup=timing.speedup, threads=speed.threads,
         )  # fmt: skip
         bits = {p.layer.name: p.weight.fmt.bits for p in qdq.layers if p.weight is not None}

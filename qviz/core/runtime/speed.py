@@ -444,10 +444,13 @@ def layer_speed(
     precision: KernelPrecision = KernelPrecision.DEFAULT,
     budget: TimingBudget | None = None,
     whole_model: bool = True,
+    batch_size: int | None = None,
 ) -> SpeedProfile:
     """Profile the float model and `qdq` (fused by ORT) side by side on `feeds` and charge
     every node's time to qviz's layers (see the module docstring); with `whole_model`, also
-    time both models without the profiler (`time_pair`, within the same budget)."""
+    time both models without the profiler (`time_pair`, within the same budget).
+    `batch_size` is how many samples `feeds` hold (`Dataset.samples_in`; by default the
+    first axis of the first input with one)."""
     threads = threads or Threads()
     float_model = named_float(model)
     float_config = SessionConfig.for_float(threads)
@@ -463,7 +466,8 @@ def layer_speed(
             feeds,
             budget,
         )
-    speed = attribute(model, qdq, float_profile, q_profile, batch_size=_batch_size(feeds),
+    batch = batch_size if batch_size is not None else _batch_size(feeds)
+    speed = attribute(model, qdq, float_profile, q_profile, batch_size=batch,
                       threads=threads.intra_op, precision=precision)
     return replace(speed, timing=timing)
 

@@ -15,11 +15,12 @@ from types import MappingProxyType
 import numpy as np
 
 from qviz.core.data.dataset import Dataset
+from qviz.core.data.feeding import StateCarry
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, ProgressClock
 from qviz.core.progress import run_to_completion as run_to_completion  # re-exported
-from qviz.core.runtime.sessions import SessionConfig, build_session, run_session, with_outputs
+from qviz.core.runtime.sessions import SessionConfig, build_session, with_outputs
 from qviz.core.stats.tensor_stats import TensorStats, TensorStatsAccumulator
 
 
@@ -83,27 +84,35 @@ def collect_stats(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qviz-collect") as pool:
         batches = iter(data.batches(batch_size))
 
+        # A stateful model's next batch needs this one's outputs: each run takes the state its
+        # predecessor left (submitted only after that one finished), and says what it was fed.
+        carry = StateCarry.of(data)
+
+        def run_fed(feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], dict]:
+            fed = carry.feeds(feeds)
+            return carry.run(session, feeds, from_outputs), fed
+
         def submit(feeds: Mapping[str, np.ndarray] | None) -> Future | None:
             if feeds is None:
                 return None
             if not from_outputs:  # every tensor is a graph input: nothing to run
                 done_future: Future = Future()
-                done_future.set_result([])
+                done_future.set_result(([], carry.feeds(feeds)))
                 return done_future
-            return pool.submit(run_session, session, feeds, from_outputs)
+            return pool.submit(run_fed, feeds)
 
         current = next(batches, None)
         pending = submit(current)
         while current is not None and pending is not None:
-            values = pending.result()
+            values, fed = pending.result()
             following = None if should_stop() else next(batches, None)
             pending_next = submit(following)
             for name, value in zip(from_outputs, values, strict=True):
                 accumulators[name].update(value)
             for name in names:
                 if name in input_names:
-                    accumulators[name].update(current[name])
-            done += len(next(iter(current.values())))
+                    accumulators[name].update(fed[name])
+            done += data.samples_in(current)
             yield clock.report(done)
             if should_stop():
                 if pending_next is not None:
