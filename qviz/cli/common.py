@@ -17,6 +17,7 @@ from qviz.cli.options import layout_from_args, load_dataset
 from qviz.cli.progress_bar import ProgressBar
 from qviz.core.data.dataset import Dataset
 from qviz.core.errors import QvizError
+from qviz.core.files.inputs import model_files
 from qviz.core.files.outputs import check_output, check_outputs
 from qviz.core.model.loading import LoadedModel, load_model
 from qviz.core.progress import Progress
@@ -65,9 +66,7 @@ def drive(gen: Generator[Progress, None, Any], quiet: bool) -> Any:
         bar.close()
 
 
-def fmt_num(
-    value: float | None, digits: int = 2, signed: bool = False, missing: str = "-"
-) -> str:
+def fmt_num(value: float | None, digits: int = 2, signed: bool = False, missing: str = "-") -> str:
     """A table cell: fixed digits, inf/-inf/nan spelled out, ``missing`` for None."""
     if value is None:
         return missing
@@ -85,49 +84,6 @@ def fmt_bytes(n: int) -> str:
 
 
 # ---------------------------------------------------------------------------- outputs
-
-
-def _model_files(model: str | Path | None, near: Iterable[Path]) -> list[Path]:
-    """The model file and, when an output lies in its folder, the external data it names."""
-    if model is None or not str(model) or not Path(model).is_file():
-        return []
-    path = Path(model)
-    files = [path]
-    folder = path.resolve().parent
-    if path.suffix.lower() == ".onnx" and any(
-        folder == p.resolve().parent or folder in p.resolve().parents for p in near
-    ):
-        files += external_data_files(path)
-    return files
-
-
-def external_data_files(path: Path) -> list[Path]:
-    """The external data files an ``.onnx`` model names (read without loading the weights)."""
-    import onnx
-    from onnx import external_data_helper
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception:  # an unreadable model is refused when it is loaded, not here
-        return []
-
-    def tensors(graph: onnx.GraphProto) -> Iterable[onnx.TensorProto]:
-        yield from graph.initializer
-        for node in graph.node:
-            for attr in node.attribute:
-                yield from ([attr.t] if attr.HasField("t") else [])
-                yield from attr.tensors
-                for sub in [attr.g] if attr.HasField("g") else []:
-                    yield from tensors(sub)
-                for sub in attr.graphs:
-                    yield from tensors(sub)
-
-    found: dict[Path, None] = {}
-    for tensor in tensors(proto.graph):
-        if external_data_helper.uses_external_data(tensor):
-            location = external_data_helper.ExternalDataInfo(tensor).location
-            found.setdefault(path.parent / location, None)
-    return list(found)
 
 
 def command_inputs(args: argparse.Namespace, *extra: str | Path | None) -> list[str | Path]:
@@ -155,7 +111,7 @@ def checked_output(
     targets = [Path(path), *files]
     inputs = command_inputs(args)
     for model in [getattr(args, "model", None), *models]:
-        inputs += _model_files(model, targets)
+        inputs += model_files(model, near=targets)
     target = check_output(path, inputs=inputs, folder=folder, flag="-o")
     check_outputs(list(files), inputs=inputs, flag="-o")
     return target

@@ -128,7 +128,9 @@ def test_demo_opens_calibrates_and_fills_the_table(qtbot: QtBot, make_window: Ma
     window = make_window()
     open_demo(qtbot, window)
     assert window.windowTitle().startswith("model.onnx")
-    assert window.doc.stats is not None and window.doc.stats.n_samples == 2000
+    # One sample in five of the demo's 2000 is held out for evaluation: calibration saw 1600.
+    assert window.doc.stats is not None and window.doc.stats.n_samples == 1600
+    assert "held out" in window.doc.stats.data_description
     assert window.table.model.rowCount() == 12
     for key in window.table.visible_keys():
         expected = core_result(window, key, window.doc.config_for(key))

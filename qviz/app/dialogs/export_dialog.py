@@ -59,6 +59,8 @@ from qviz.core.files.export import (
     export_qdq,
     export_trt_cache,
 )
+from qviz.core.files.inputs import model_files
+from qviz.core.files.outputs import check_output
 from qviz.core.files.report import build_report, write_report
 from qviz.core.graph.qdq import QdqModel
 from qviz.core.model.loading import LoadedModel
@@ -198,6 +200,7 @@ class ExportDialog(QDialog):
         criteria: Sequence[Criterion] = (),
         directory: Path | None = None,
         pinned: Pinned | None = None,
+        inputs: Sequence[Path | None] = (),
         data_path: Path | None = None,
         parent: QWidget | None = None,
     ) -> None:
@@ -211,6 +214,7 @@ class ExportDialog(QDialog):
         self._reporter = reporter
         self._outcome = outcome
         self._criteria = tuple(criteria)
+        self._inputs = tuple(inputs)  # files the session reads: an export never replaces one
         self._directory = directory if directory is not None else Path.cwd()
         self._data_path = data_path
         self.last_result: ExportResult | None = None
@@ -305,8 +309,8 @@ class ExportDialog(QDialog):
         speed_row.addStretch(1)
         self.speed_options = QWidget()
         self.speed_options.setLayout(speed_row)
-        inputs = "the session's data" if data_path is not None else "random input (no data open)"
-        self.speed_options.setToolTip(f"The timing runs on {inputs}")
+        timed_on = "the session's data" if data_path is not None else "random input (no data)"
+        self.speed_options.setToolTip(f"The timing runs on {timed_on}")
 
         form = QFormLayout()
         if pinned is not None:
@@ -350,9 +354,11 @@ class ExportDialog(QDialog):
 
         layout = QVBoxLayout(self)
         what = "no model open" if model_path is None else str(model_path)
-        source = QLabel(f"Model: {what}\nConfiguration: {config.weights.label} (weights), "
-                        f"{config.activations.label} (activations), "
-                        f"{len(config.overrides)} per-tensor overrides")
+        source = QLabel(
+            f"Model: {what}\nConfiguration: {config.weights.label} (weights), "
+            f"{config.activations.label} (activations), "
+            f"{len(config.overrides)} per-tensor overrides"
+        )
         source.setWordWrap(True)
         source.setStyleSheet("color: #5f6368;")
         layout.addWidget(source)
@@ -380,7 +386,9 @@ class ExportDialog(QDialog):
     def browse(self) -> None:
         fmt = self.export_format
         name, _ = QFileDialog.getSaveFileName(
-            self, f"Export {fmt.description}", self.path_edit.text(),
+            self,
+            f"Export {fmt.description}",
+            self.path_edit.text(),
             f"{_FILTERS[fmt]};;All files (*)",
         )
         if name:
@@ -413,6 +421,9 @@ class ExportDialog(QDialog):
         if not text:
             raise QvizError("choose where to write the file")
         fmt = self.export_format
+        path = Path(text).expanduser()
+        near = [path]
+        check_output(path, inputs=[*self._inputs, *model_files(self._model_path, near=near)])
         version = self.trt_version_edit.text().strip()
         if fmt is ExportFormat.TRT_CACHE and not version.isdigit():
             raise QvizError(f"the TensorRT version must be digits such as 8601, not {version!r}")
@@ -427,7 +438,7 @@ class ExportDialog(QDialog):
         outcome = outcome if include else None
         return ExportRequest(
             fmt=fmt,
-            path=Path(text).expanduser(),
+            path=path,
             model=self._model,
             stats=self._stats,
             config=config,

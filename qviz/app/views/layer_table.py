@@ -45,6 +45,8 @@ from qviz.app.views.table_cells import (
     STALE_FG,
     VALUE_COLUMNS,
     Column,
+    eval_clipped_text,
+    eval_clipped_tooltip,
     native_text,
     native_tooltip,
     sensitivity_text,
@@ -132,6 +134,8 @@ class LayerTableModel(QAbstractTableModel):
         col = Column(index.column())
         if col is Column.NATIVE and role != KEY_ROLE:
             return self._native_data(key, role)
+        if col is Column.EVAL_CLIPPED:
+            return self._eval_clipped_data(key, role)
         if col in SPEED_COLUMNS and role != KEY_ROLE:
             return self._speed_data(key, col, role)
         if col is Column.VS_A and role in (Qt.ItemDataRole.DisplayRole, SORT_ROLE):
@@ -237,6 +241,21 @@ class LayerTableModel(QAbstractTableModel):
             return key[0]
         if col in SENSITIVITY_COLUMNS:
             return sensitivity_tooltip(doc, key)
+        return None
+
+    def _eval_clipped_data(self, key: TensorKey, role: int) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole:
+            return eval_clipped_text(self._doc, key)
+        if role == SORT_ROLE:
+            r = self._doc.representativeness(key)
+            return -1.0 if r is None else r.eval_clipped
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return eval_clipped_tooltip(self._doc, key)
+        if role == Qt.ItemDataRole.BackgroundRole:
+            r = self._doc.representativeness(key)
+            return QBrush(FAIR_BG) if r is not None and r.flagged else None
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
 
     def refresh_columns(self, first: Column, last: Column) -> None:
@@ -353,9 +372,11 @@ class LayerTable(QWidget):
         events.evaluation.connect(self.refresh_fusion)
         events.evaluation.connect(self.refresh_speed)
         events.pinned.connect(self.refresh_pinned)
+        events.eval_stats.connect(self.refresh_eval_stats)
         events.pinned_results.connect(lambda _keys: self.refresh_pinned())
         self.refresh_sensitivity()
         self.refresh_pinned()
+        self.refresh_eval_stats()
         self.refresh_speed()
 
     # ----------------------------------------------------------------- following the document
@@ -385,6 +406,20 @@ class LayerTable(QWidget):
             if was_hidden and not hidden:
                 self.view.resizeColumnToContents(col)
         self.model.refresh_columns(min(SENSITIVITY_COLUMNS), max(SENSITIVITY_COLUMNS))
+
+    def refresh_eval_stats(self) -> None:
+        """The Eval clipped column follows the evaluation data's statistics (hidden without)."""
+        hidden = self._doc.eval_stats.stats is None
+        was_hidden = self.view.isColumnHidden(Column.EVAL_CLIPPED)
+        self.view.setColumnHidden(Column.EVAL_CLIPPED, hidden)
+        if was_hidden and not hidden:
+            header = self.view.horizontalHeader()
+            header.moveSection(
+                header.visualIndex(Column.EVAL_CLIPPED), header.visualIndex(Column.CLIPPED) + 1
+            )
+            self.view.resizeColumnToContents(Column.EVAL_CLIPPED)
+        self.model.refresh_columns(Column.EVAL_CLIPPED, Column.EVAL_CLIPPED)
+        self.update_summary()
 
     def refresh_pinned(self) -> None:
         """The Δ-vs-A column follows the pinned configuration (hidden while none is)."""

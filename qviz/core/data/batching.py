@@ -87,6 +87,20 @@ class Dataset:
     def __len__(self) -> int:
         return self._n
 
+    @property
+    def chunks(self) -> tuple[Chunk, ...]:
+        return tuple(self._chunks)
+
+    def with_samples(
+        self, chunks: Sequence[Chunk], labels: np.ndarray | None, description: str
+    ) -> Dataset:
+        """The same inputs and feeds over other samples (a part of this data set)."""
+        return Dataset(
+            inputs=self.inputs, chunks=chunks, description=description,
+            is_random=self.is_random, labels=labels, class_names=self.class_names,
+            feeds=self.feeds, whole=self._whole,
+        )
+
     def __repr__(self) -> str:
         return f"Dataset({self.description!r})"
 

@@ -13,8 +13,10 @@ Schema history:
   view settings. A session may also embed the last sensitivity report (`sensitivity`, written
   with `report_to_json`), so re-opening it does not re-run the model; older readers ignore the
   key, and a report that cannot be read is dropped (it is a cache, never a reason to fail).
-* 3 — adds the evaluation data (`files.eval_data`; null measures on the calibration data) and
-  the acceptance criteria the user typed (`criteria`; null keeps the defaults).
+* 3 — adds the evaluation data (`files.eval_data`), how evaluation is kept apart from
+  calibration when there is one data set (`evaluation.holdout_every`: one sample in N held out;
+  null evaluates on the calibration data, a choice made explicitly) and the acceptance criteria
+  the user typed (`criteria`; null keeps the defaults).
 
 Paths are written relative to the session file's folder, so a folder holding a model, its data
 and a session can be moved or shared as a whole; absolute paths are kept when there is no
@@ -33,6 +35,7 @@ from typing import Any
 
 import qviz
 from qviz.core.calibration.config import QuantConfig
+from qviz.core.data.split import DEFAULT_EVERY
 from qviz.core.errors import QvizError
 from qviz.core.files.atomic import atomic_open
 from qviz.core.files.config_file import decode_quant_config, encode_quant_config
@@ -111,6 +114,7 @@ class SessionFile:
     schema_version: int = SCHEMA_VERSION  # of the file as it was on disk, before migration
     sensitivity: SensitivityReport | None = None  # the last report, so it is not re-run
     criteria: str | None = None  # as typed; None keeps the defaults
+    holdout_every: int | None = DEFAULT_EVERY  # None: evaluate on the calibration data
     notes: tuple[str, ...] = ()  # what loading dropped (a damaged sensitivity report)
 
 
@@ -138,10 +142,13 @@ def _migrate_1_to_2(doc: JsonDict) -> JsonDict:
 
 
 def _migrate_2_to_3(doc: JsonDict) -> JsonDict:
-    """v3 adds the evaluation data and the typed criteria; a v2 session had neither."""
+    """v3 adds the evaluation data, the hold-out and the typed criteria; a v2 session had
+    none, and measured on its calibration data: it opens with the default hold-out."""
     files = dict(doc["files"])
     files["eval_data"] = None
-    return {**doc, "schema_version": 3, "files": files, "criteria": None}
+    evaluation = {"holdout_every": DEFAULT_EVERY}
+    return {**doc, "schema_version": 3, "files": files, "criteria": None,
+            "evaluation": evaluation}
 
 
 # MIGRATIONS[n] upgrades a schema_version n document to n + 1. Each old version keeps a golden
@@ -190,6 +197,7 @@ def session_document(session: SessionFile, base_dir: Path) -> JsonDict:
         },
         "config": encode_quant_config(session.config),
         "criteria": session.criteria,
+        "evaluation": {"holdout_every": session.holdout_every},
         "selection": selection,
         "view": {"log_counts": bool(session.log_counts)},
     }
@@ -248,6 +256,16 @@ def decode_session(doc: JsonDict, base_dir: Path, source: str = "session file") 
     criteria = doc.get("criteria")
     if criteria is not None and not isinstance(criteria, str):
         raise QvizError(f"{source}: 'criteria' must be text, got {criteria!r}")
+    evaluation = doc.get("evaluation", {"holdout_every": DEFAULT_EVERY})
+    if not isinstance(evaluation, Mapping):
+        raise QvizError(f"{source}: 'evaluation' must be an object, got {evaluation!r}")
+    every = evaluation.get("holdout_every")
+    if every is not None and (
+        isinstance(every, bool) or not isinstance(every, int) or not 2 <= every <= 1_000_000
+    ):
+        raise QvizError(
+            f"{source}: evaluation.holdout_every must be an integer from 2 or null, got {every!r}"
+        )
     sensitivity, note = _decode_sensitivity(doc.get("sensitivity"), source)
     return SessionFile(
         model_path=_abs(files.get("model"), base_dir, "files.model", source),
@@ -261,6 +279,7 @@ def decode_session(doc: JsonDict, base_dir: Path, source: str = "session file") 
         schema_version=int(on_disk),  # type: ignore[arg-type]  # checked by migrate_session
         sensitivity=sensitivity,
         criteria=criteria,
+        holdout_every=every,
         notes=() if note is None else (note,),
     )
 

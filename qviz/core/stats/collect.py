@@ -21,6 +21,7 @@ from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, ProgressClock
 from qviz.core.progress import run_to_completion as run_to_completion  # re-exported
 from qviz.core.runtime.sessions import SessionConfig, build_session, with_outputs
+from qviz.core.stats.snapshots import Snapshot, coarse, snapshot_bins, snapshot_points
 from qviz.core.stats.tensor_stats import TensorStats, TensorStatsAccumulator
 
 
@@ -35,6 +36,8 @@ class CalibrationStats:
     n_samples: int
     tensors: Mapping[str, TensorStats] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: Coarse statistics after 16, 32, 64 … samples (when asked for): how ranges converge.
+    snapshots: tuple[Snapshot, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
@@ -56,6 +59,7 @@ def collect_stats(
     batch_size: int = 32,
     bins: int = 2048,
     should_stop: Callable[[], bool] = lambda: False,
+    snapshots: bool = False,
 ) -> Generator[Progress, None, CalibrationStats]:
     """Run `model` over `data`, yielding Progress after each batch; return the statistics.
 
@@ -78,6 +82,10 @@ def collect_stats(
     from_outputs = [n for n in names if n not in input_names]
     clock = ProgressClock(len(data), "calibrating")
     done = 0
+    # Snapshots of the statistics after 16, 32, 64 … samples (when asked): how ranges converge.
+    points = list(snapshot_points(len(data))) if snapshots else []
+    snap_bins = snapshot_bins(len(names), bins, len(data))
+    taken: list[Snapshot] = []
     yield clock.report(0)
     # ONNX Runtime releases the GIL while it runs, so the next batch runs on a helper thread
     # while this one is folded into the histograms: the two costs overlap instead of adding.
@@ -113,6 +121,16 @@ def collect_stats(
                 if name in input_names:
                     accumulators[name].update(fed[name])
             done += data.samples_in(current)
+            if points and done >= points[0]:
+                # Batches rarely end on a power of two: one snapshot of the samples so far.
+                while points and done >= points[0]:
+                    points.pop(0)
+                taken.append(
+                    Snapshot(
+                        done,
+                        {n: coarse(a.finish(), snap_bins) for n, a in accumulators.items()},
+                    )
+                )
             yield clock.report(done)
             if should_stop():
                 if pending_next is not None:
@@ -141,6 +159,7 @@ def collect_stats(
         n_samples=done,
         tensors=tensors,
         notes=tuple(notes),
+        snapshots=tuple(taken),
     )
 
 
