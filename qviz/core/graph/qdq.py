@@ -57,6 +57,7 @@ from onnx import helper
 from qviz.core.errors import QvizError
 from qviz.core.files.atomic import atomic_path
 from qviz.core.graph.containers import format_text
+from qviz.core.graph.placement import place_for_fusion
 from qviz.core.graph.qdq_builder import QdqBuilder
 from qviz.core.graph.qdq_types import QdqLayer, QdqMode, QdqModel, QdqTensor
 from qviz.core.model.layers import Layer
@@ -95,8 +96,14 @@ def receives_quantized_input(layer: Layer, owner: str, quantized_weights: set[st
 # --------------------------------------------------------------------------- planning
 
 
-def build_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
+def build_qdq(
+    model: LoadedModel, results: Sequence[TensorResult], *, place: bool = True
+) -> QdqModel:
     """The Q/DQ graph for `results` (from `analyze` or a saved config), with its record.
+
+    With `place` (the default), activation quantization is then moved back through
+    data-movement ops where that is exact, so ONNX Runtime fuses the chains
+    (`qviz.core.graph.placement`); the simulation is the same either way.
 
     Raises QvizError for a configuration the graph cannot express (NF4 or per-channel
     activations) or when the model cannot be upgraded to the opset the formats need.
@@ -173,7 +180,8 @@ def build_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
         notes.append("simulation only (no integer kernel reads them): " + ", ".join(simulated))
     opset = default_opset(proto)
     assert opset is not None  # upgrade_opset refuses a model without one
-    return QdqModel(proto, tensors, tuple(layers), opset, tuple(notes))
+    built = QdqModel(proto, tensors, tuple(layers), opset, tuple(notes))
+    return place_for_fusion(built) if place else built
 
 
 # --------------------------------------------------------------------------- size and saving
