@@ -23,7 +23,6 @@ from qviz.core.model.loading import LoadedModel, from_proto, load_model
 from qviz.core.runtime.fusion import fusion_report, optimized_graph
 from qviz.core.runtime.sessions import KernelPrecision, SessionConfig, build_session
 from qviz.core.stats.collect import collect_stats, run_to_completion
-
 from tests.core import fusion_models, model_factory
 
 
