@@ -221,6 +221,8 @@ def native_tooltip(report: FusionReport | None, layer: str, current: bool) -> st
             )
     elif layer in report.unfused:
         text = f"{layer}: left in float by ONNX Runtime — {report.unfused[layer]}"
+        if layer in report.fixes:
+            text += f"\nWhat would fuse it: {report.fixes[layer]}"
     else:
         text = f"{layer}: not quantized when it was evaluated"
     if not current:
