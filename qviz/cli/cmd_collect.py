@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
     add_data_options(p)
     p.add_argument("-o", "--output", type=output_path, required=True, help="stats file to write")
-    p.add_argument("--batch-size", type=batch_size_type, default=32)
+    p.add_argument("--batch-size", type=batch_size_type, default=32,
+                   help="samples per run of the model")
     p.add_argument("--bins", type=int_in(MIN_BINS, MAX_BINS), default=2048,
                    help=f"histogram bins per tensor ({MIN_BINS}-{MAX_BINS})")
     p.add_argument("--state-dict", type=input_path,

@@ -22,14 +22,17 @@ from qviz.cli.common import drive, fmt_bytes, fmt_num, load_model_and_data
 from qviz.cli.options import (
     MAX_THREADS,
     add_data_options,
+    add_kernel_options,
+    add_limit,
     add_model_and_source,
+    add_output_role,
     add_quant_options,
     batch_size_type,
     config_from_args,
     input_path,
     int_in,
     refuse_settings_with_config,
-    sample_count,
+    role_from_args,
 )
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, Verdict, check_all
@@ -49,21 +52,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_options(p)
     add_quant_options(p)
     g = p.add_argument_group("evaluation")
-    g.add_argument(
-        "--native",
-        action="store_true",
-        help="quantized numbers from ONNX Runtime's fused INT8 kernels (graph "
-        "optimizations on) instead of the simulation; reports the mismatch",
-    )
-    g.add_argument(
-        "--precise-int8",
-        action="store_true",
-        help="use ORT's exact U8U8 kernels (session.x64quantprecision=1) for the "
-        "native run: no 16-bit saturation on AVX2 CPUs without VNNI",
-    )
-    g.add_argument("--limit", type=sample_count, metavar="N",
-                   help="evaluate the first N samples only")
-    g.add_argument("--batch-size", type=batch_size_type, default=64)
+    add_kernel_options(g, native=False)
+    add_output_role(g)
+    add_limit(g, None, "evaluate the first N samples")
+    g.add_argument("--batch-size", type=batch_size_type, default=64,
+                   help="samples per run of the model")
     g.add_argument(
         "--criterion",
         action="append",
@@ -139,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         latency=args.latency,
         threads=Threads(intra_op=args.threads),
+        role=role_from_args(args, criteria),
     )
     evaluation: Evaluation = drive(gen, args.quiet)
     verdicts = check_all(criteria, evaluation)

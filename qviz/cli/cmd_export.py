@@ -1,4 +1,4 @@
-"""`qviz export STATS_OR_CONFIG --format FORMAT -o OUT`: the files production consumes.
+"""`qviz export STATS_OR_CONFIG --file-format FORMAT -o OUT`: the files production consumes.
 
 From a qviz config file the saved scales are exported exactly as they are; from a stats file
 the configuration comes from the same settings `qviz report` takes. Formats: the Q/DQ ONNX
@@ -17,9 +17,12 @@ from pathlib import Path
 
 from qviz.cli.common import checked_output, drive, open_stats_and_model
 from qviz.cli.options import (
-    FORMAT_FAMILIES,
     MAX_THREADS,
+    OldSpelling,
     add_data_options,
+    add_kernel_options,
+    add_limit,
+    add_output_role,
     add_quant_options,
     batch_size_type,
     config_from_args,
@@ -29,12 +32,13 @@ from qviz.cli.options import (
     load_dataset,
     output_path,
     refuse_settings_with_config,
-    sample_count,
+    role_from_args,
 )
 from qviz.core.calibration.analysis import TensorResult, analyze
 from qviz.core.calibration.config import QuantConfig
 from qviz.core.data.dataset import random_data
 from qviz.core.errors import QvizError
+from qviz.core.evaluation.accumulators import OutputRole
 from qviz.core.evaluation.criteria import Criterion
 from qviz.core.evaluation.evaluate import Evaluation, evaluate
 from qviz.core.files.config_file import is_config_file, load_config, results_from_saved, save_config
@@ -48,30 +52,26 @@ from qviz.core.files.export import (
 from qviz.core.files.report import PageFormat, build_report, report_files, write_report
 from qviz.core.graph.qdq import QdqModel
 from qviz.core.model.loading import LoadedModel, load_model
-from qviz.core.runtime.sessions import Threads
+from qviz.core.runtime.sessions import KernelPrecision, Threads
 from qviz.core.runtime.speed_check import check_speed, timing_feeds
 from qviz.core.stats.stats_file import is_stats_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    # `qviz report`'s --format (the number format family) would clash with the export
-    # format the issue names --format; here the number format is --number-format instead.
-    # "resolve" lets the later --format take the option string over from the shared group.
     p = sub.add_parser(
         "export", help="write the Q/DQ model, config, ORT overrides, TensorRT cache or report",
         description="Export a configuration from a qviz config file (its saved scales, bit "
-                    "for bit) or from a stats file plus the settings `qviz report` takes "
-                    "(its --format is --number-format here).",
-        conflict_handler="resolve",
+                    "for bit) or from a stats file plus the settings `qviz report` takes.",
     )
     p.add_argument("source", type=input_path, metavar="STATS_OR_CONFIG",
                    help="stats file from `qviz collect`, or a qviz config file (.json)")
-    add_quant_options(p)
-    p.add_argument("--number-format", dest="fmt", choices=FORMAT_FAMILIES, default="int",
-                   help="number format family, as `qviz report --format` (nf4 is weight-only)")
-    p.add_argument("--format", dest="export_format", required=True,
-                   choices=[f.value for f in ExportFormat],
-                   help="; ".join(f"{f.value}: {f.description}" for f in ExportFormat))
+    add_quant_options(p, format_alias=False)  # here --format was the file type
+    choices = [f.value for f in ExportFormat]
+    p.add_argument("--file-format", dest="export_format", choices=choices,
+                   help="what to write (required): " +
+                   "; ".join(f"{f.value}: {f.description}" for f in ExportFormat))
+    p.add_argument("--format", dest="export_format", choices=choices, action=OldSpelling,
+                   new="--file-format")
     p.add_argument("-o", "--output", type=output_path, required=True,
                    help="file to write (report: .html, .md, .json, or a folder)")
     p.add_argument("--model", help="the model file, if it moved since the stats/config were made")
@@ -80,11 +80,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--criterion", action="append", default=[], metavar="TEXT",
                    help="acceptance criterion for the report (needs --data), repeatable: "
                         "accuracy_drop<=1, cosine>=0.99, sqnr>=30, agreement>=99")
-    g.add_argument("--native", action="store_true",
-                   help="measure the effect with ORT's fused INT8 kernels, not the simulation")
-    g.add_argument("--limit", type=sample_count, metavar="N",
-                   help="evaluate the first N samples only")
-    g.add_argument("--batch-size", type=batch_size_type, default=64)
+    add_kernel_options(g, native=False)
+    add_output_role(g)
+    add_limit(g, None, "evaluate the first N samples")
+    g.add_argument("--batch-size", type=batch_size_type, default=64,
+                   help="samples per run of the model")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     sp = p.add_argument_group("speed (Q/DQ model)")
     sp.add_argument("--speed-batch", type=batch_size_type, default=1, metavar="N",
@@ -102,9 +102,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-_FLAGS = {"fmt": "--number-format"}
-
-
 def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterion]:
     """Refuse contradictory options before anything is loaded or written."""
     has_data = args.data is not None or args.random is not None
@@ -114,10 +111,12 @@ def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterio
             ("--data/--random", has_data and fmt is not ExportFormat.QDQ),
             ("--criterion", bool(args.criterion)),
             ("--native", args.native), ("--limit", args.limit is not None),
+            ("--precise-int8", args.precise_int8),
+            ("--outputs", args.outputs != OutputRole.AUTO.value),
             ("--batch-axis/--const/--state", not layout_from_args(args).is_empty),
         ) if given]
         if extra:
-            raise QvizError(f"{', '.join(extra)} only apply to --format report")
+            raise QvizError(f"{', '.join(extra)} only apply to --file-format report")
     else:
         PageFormat.for_path(args.output)  # a bad suffix fails now, not after evaluating
         if args.criterion and not has_data:
@@ -128,9 +127,9 @@ def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterio
             ("--threads", args.threads != 0 and fmt is not ExportFormat.REPORT),
         ) if given]
         if extra:
-            raise QvizError(f"{', '.join(extra)} only apply to --format qdq")
+            raise QvizError(f"{', '.join(extra)} only apply to --file-format qdq")
     if fmt is not ExportFormat.TRT_CACHE and args.trt_version != TRT_DEFAULT_VERSION:
-        raise QvizError("--trt-version only applies to --format trt-cache")
+        raise QvizError("--trt-version only applies to --file-format trt-cache")
     if not args.trt_version.isdigit() or len(args.trt_version) > 9:
         raise QvizError(f"--trt-version must be digits such as 8601, got {args.trt_version!r}")
     return [Criterion.parse(text) for text in args.criterion]
@@ -152,7 +151,7 @@ def load_results(
         return model, analyze(model, stats, config), config, f"stats file {source}"
     if not is_config_file(source):
         raise QvizError(f"{source} is neither a qviz stats file nor a qviz config file")
-    refuse_settings_with_config(args, source, where="to a stats file", flags=_FLAGS)
+    refuse_settings_with_config(args, source, where="to a stats file")
     saved = load_config(source)
     model_path = args.model or saved.model_source
     if not Path(model_path).exists() and ":" not in model_path:
@@ -164,8 +163,9 @@ def load_results(
 def _evaluate(args: argparse.Namespace, model: LoadedModel,
               results: list[TensorResult]) -> Evaluation:
     data = load_dataset(args, model)
-    gen = evaluate(model, results, data, native=args.native, limit=args.limit,
-                   batch_size=args.batch_size,
+    precision = KernelPrecision.PRECISE if args.precise_int8 else KernelPrecision.DEFAULT
+    gen = evaluate(model, results, data, native=args.native, precision=precision,
+                   limit=args.limit, batch_size=args.batch_size, role=role_from_args(args),
                    threads=Threads(intra_op=args.threads))
     evaluation: Evaluation = drive(gen, args.quiet)
     return evaluation
@@ -207,6 +207,9 @@ def _speed_lines(args: argparse.Namespace, model: LoadedModel, results: list[Ten
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.export_format is None:
+        names = ", ".join(f.value for f in ExportFormat)
+        raise QvizError(f"say what to write with --file-format ({names})")
     fmt = ExportFormat(args.export_format)
     criteria = _check_options(args, fmt)
     _check_output(args, fmt)  # before loading: a bad -o fails at once

@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
             limit=args.limit,
             confirm_limit=args.confirm_limit,
             batch_size=args.batch_size,
-            native=not args.simulation,
+            native=args.native,
             precision=precision_from_args(args),
             max_trials=args.max_trials,
             cache=cache_from_args(args),

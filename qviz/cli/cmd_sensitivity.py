@@ -69,7 +69,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="task metric: accuracy (default with labels), agreement, sqnr (default "
         "without labels), cosine, kl",
     )
-    g.add_argument("--sort", choices=SORT_KEYS, default="depth", help="row order (default: depth)")
+    g.add_argument("--sort", choices=SORT_KEYS, default="depth",
+                   help="row order, in the table and the JSON")
     g.add_argument("--state-dict", type=input_path,
                    help="state dict for a package.module:factory model")
     g.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             metric=metric,
             limit=args.limit,
             batch_size=args.batch_size,
-            native=not args.simulation,
+            native=args.native,
             precision=precision_from_args(args),
             cache=cache_from_args(args),
         ),
@@ -120,6 +121,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         doc = {"model": str(model.source), "config": origin, **report.to_json()}
         doc["ranking"] = [s.name for s in report.ranking()]
+        # The layers in the order --sort asks for, as the table has them, with their rank.
+        entries = {e["name"]: e for e in doc["layers"]}
+        rank = {name: i + 1 for i, name in enumerate(doc["ranking"])}
+        doc["sort"] = args.sort
+        doc["layers"] = [
+            {**entries[s.name], "rank": rank[s.name]} for s in _rows(report, args.sort)
+        ]
         json.dump(doc, sys.stdout, indent=1, allow_nan=False)
         sys.stdout.write("\n")
     else:

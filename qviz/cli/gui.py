@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from qviz.cli import COMMANDS
 from qviz.cli.display import display_problem
 from qviz.core.errors import QvizError
 
@@ -24,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qviz",
         description="Quantization error, layer by layer. Without a path, opens the demo.",
-        epilog="Headless subcommands: qviz collect, qviz report (see qviz COMMAND --help).",
+        epilog="Headless commands: "
+        + ", ".join(f"qviz {c}" for c in COMMANDS)
+        + " (see qviz COMMAND --help).",
     )
     parser.add_argument(
         "path", nargs="?", type=Path,

@@ -151,7 +151,10 @@ def test_sensitivity_fills_the_table_and_the_chart_and_is_cached(
         s.recovery for s in core.layers
     )
     header = table.view.horizontalHeader()
-    assert header.visualIndex(Column.DROP) == header.visualIndex(Column.CLIPPED) + 1
+    # End to end beside local: Clipped, (Eval clipped,) Drop, Recovery side by side, fixed.
+    order = [Column.CLIPPED, Column.EVAL_CLIPPED, Column.DROP, Column.RECOVERY]
+    first_index = header.visualIndex(Column.CLIPPED)
+    assert [header.visualIndex(c) for c in order] == list(range(first_index, first_index + 4))
 
     # The chart: bars along depth with the same numbers; clicking one selects its layer.
     chart = window.sensitivity_panel.chart

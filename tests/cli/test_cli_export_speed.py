@@ -1,4 +1,4 @@
-"""`qviz export --format qdq` times the exported model against float and says, in one line,
+"""`qviz export --file-format qdq` times the exported model against float and says, in one line,
 when it is slower: on the demo with int4 weights (no integer kernel on CPU: every weight is
 dequantized on every run), the warning names a layer and why; the file is written anyway."""
 
@@ -30,7 +30,7 @@ def test_a_slower_export_is_announced_and_still_written(
     demo_stats: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "int4.onnx"
-    code = main(["export", str(demo_stats), "--format", "qdq", "-o", str(out), "--bits", "4",
+    code = main(["export", str(demo_stats), "--file-format", "qdq", "-o", str(out), "--bits", "4",
                  "--method", "minmax", "--speed-batch", "4", "--threads", "1",
                  "--data", str(demo_paths().data)])
     assert code == 0
@@ -50,18 +50,19 @@ def test_the_check_can_be_skipped_and_is_refused_elsewhere(
     demo_stats: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "int8.onnx"
-    assert main(["export", str(demo_stats), "--format", "qdq", "-o", str(out),
+    assert main(["export", str(demo_stats), "--file-format", "qdq", "-o", str(out),
                  "--no-speed-check"]) == 0
     assert "speed:" not in capsys.readouterr().out and out.is_file()
     for extra in (["--speed-batch", "0"], ["--threads", "-1"]):
         bad = tmp_path / "bad.onnx"
-        assert main(["export", str(demo_stats), "--format", "qdq", "-o", str(bad), *extra]) == 2
+        args = ["export", str(demo_stats), "--file-format", "qdq", "-o", str(bad), *extra]
+        assert main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and not bad.exists()
     cfg = tmp_path / "c.json"
-    assert main(["export", str(demo_stats), "--format", "config", "-o", str(cfg),
+    assert main(["export", str(demo_stats), "--file-format", "config", "-o", str(cfg),
                  "--threads", "2"]) == 2
-    assert "only apply to --format qdq" in capsys.readouterr().err and not cfg.exists()
+    assert "only apply to --file-format qdq" in capsys.readouterr().err and not cfg.exists()
 
 
 def test_report_and_evaluate_json_carry_the_speed_per_layer(
@@ -71,7 +72,7 @@ def test_report_and_evaluate_json_carry_the_speed_per_layer(
 
     demo = demo_paths()
     page = tmp_path / "report.md"
-    assert main(["export", str(demo_stats), "--format", "report", "-o", str(page), "--data",
+    assert main(["export", str(demo_stats), "--file-format", "report", "-o", str(page), "--data",
                  str(demo.data), "--limit", "64", "--batch-size", "2", "--native", "--threads",
                  "1", "--quiet"]) == 0
     capsys.readouterr()

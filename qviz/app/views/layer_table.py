@@ -335,11 +335,13 @@ class LayerTable(QWidget):
         header = self.view.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(False)
-        # Sim vs native beside the error numbers (after the sensitivity columns when shown):
-        # in a narrow pane it must stay in view without scrolling, like SQNR.
-        header.moveSection(
-            header.visualIndex(Column.NATIVE), header.visualIndex(Column.CLIPPED) + 1
-        )
+        # One fixed order, set once: the columns that appear later (Δ vs A, eval clipped,
+        # sensitivity, sim vs native) sit beside the error numbers, so in a narrow pane they
+        # stay in view without scrolling, and a column that appears never moves another.
+        beside = (Column.VS_A, Column.CLIPPED, Column.EVAL_CLIPPED, *SENSITIVITY_COLUMNS)
+        for offset, col in enumerate((*beside, Column.NATIVE)):
+            to = header.visualIndex(Column.SQNR) + 1 + offset
+            header.moveSection(header.visualIndex(col), to)
         self.view.setToolTip("Every quantizable tensor; click a row to show its layer")
         self.view.selectionModel().currentRowChanged.connect(self._on_current_changed)
 
@@ -357,11 +359,6 @@ class LayerTable(QWidget):
         layout.addWidget(self.view, 1)
         layout.addWidget(self.summary_label)
 
-        # The sensitivity columns sit right after Clipped: end to end beside local.
-        for offset, col in enumerate(SENSITIVITY_COLUMNS):
-            header.moveSection(
-                header.visualIndex(col), header.visualIndex(Column.CLIPPED) + 1 + offset
-            )
         events = doc.events
         events.model.connect(self.reset)
         events.config.connect(self._on_changed)
@@ -413,10 +410,6 @@ class LayerTable(QWidget):
         was_hidden = self.view.isColumnHidden(Column.EVAL_CLIPPED)
         self.view.setColumnHidden(Column.EVAL_CLIPPED, hidden)
         if was_hidden and not hidden:
-            header = self.view.horizontalHeader()
-            header.moveSection(
-                header.visualIndex(Column.EVAL_CLIPPED), header.visualIndex(Column.CLIPPED) + 1
-            )
             self.view.resizeColumnToContents(Column.EVAL_CLIPPED)
         self.model.refresh_columns(Column.EVAL_CLIPPED, Column.EVAL_CLIPPED)
         self.update_summary()
@@ -427,8 +420,6 @@ class LayerTable(QWidget):
         was_hidden = self.view.isColumnHidden(Column.VS_A)
         self.view.setColumnHidden(Column.VS_A, hidden)
         if was_hidden and not hidden:
-            header = self.view.horizontalHeader()
-            header.moveSection(header.visualIndex(Column.VS_A), header.visualIndex(Column.SQNR) + 1)
             self.view.resizeColumnToContents(Column.VS_A)
         self.model.refresh_columns(Column.VS_A, Column.VS_A)
 

@@ -538,7 +538,7 @@ class Document(PinnedComparison):
     def accept_evaluation(self, outcome: EvaluationOutcome) -> bool:
         """An evaluation finished; False when it was for earlier settings (dropped)."""
         kept = self.measures.accept_evaluation(outcome, self.revision)
-        if kept and self.pinned is not None and self.pinned.evaluation is None:
+        if kept and self.pinned is not None and self.pinned.like(outcome) is None:
             self.accept_pinned_evaluation(outcome, self.data_revision)  # A's, if it is A
         return kept
 

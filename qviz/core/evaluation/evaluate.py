@@ -32,7 +32,9 @@ from qviz.core.evaluation.accumulators import (
     MismatchAccumulator,
     OutputAccumulator,
     OutputKind,
+    OutputRole,
     class_axis,
+    looks_like_class_scores,
     output_kind,
     output_step,
     sqnr_db,
@@ -81,6 +83,7 @@ __all__ = [
     "OutputAccumulator",
     "OutputComparison",
     "OutputKind",
+    "OutputRole",
     "RunMode",
     "check_limits",
     "class_axis",
@@ -106,6 +109,12 @@ def model_size(model: LoadedModel, qdq: QdqModel) -> ModelSize:
     )
 
 
+def _classes(model: LoadedModel, output: str, role: OutputRole) -> bool | None:
+    if role is OutputRole.AUTO:
+        return True if looks_like_class_scores(model.model, output) else None
+    return role is OutputRole.CLASSES
+
+
 def check_limits(data: Dataset, limit: int | None, batch_size: int) -> int:
     """How many samples a run over `data` uses; a bad limit or batch size is the user's error."""
     if batch_size < 1:
@@ -128,9 +137,10 @@ def evaluate(
     limit: int | None = None,
     batch_size: int = 64,
     latency: bool = True,
-    latency_repeats: int = 5,
+    latency_repeats: int = 20,
     threads: Threads | None = None,
     speed_budget_s: float = DEFAULT_SPEED_BUDGET_S,
+    role: OutputRole = OutputRole.AUTO,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Generator[Progress, None, Evaluation]:
     """Run the float and quantized models over `data` (the first `limit` samples), yielding
@@ -139,7 +149,9 @@ def evaluate(
     `quantized` is the analysed tensors (`analyze`, or `results_from_saved` for a config
     file) or a Q/DQ model already built from them. With ``native`` the quantized numbers come
     from ORT's optimized (fused INT8) session, and the simulation-vs-native mismatch is
-    measured; without it they come from the simulation. Raises `EvaluationCancelled` when
+    measured; without it they come from the simulation. ``role`` says whether the outputs
+    hold class scores: top-1 agreement and accuracy are measured only there (`OutputRole.AUTO`
+    decides from the labels and the graph). Raises `EvaluationCancelled` when
     `should_stop()` turns true between batches.
 
     With `latency`, the float and the fused quantized model are timed on the first batch with
@@ -174,7 +186,10 @@ def evaluate(
         except QvizError as exc:
             notes.append(f"no native latency: {exc}")
 
-    out_acc = [OutputAccumulator(o, output_kind(model.model, o)) for o in outputs]
+    out_acc = [
+        OutputAccumulator(o, output_kind(model.model, o), classes=_classes(model, o, role))
+        for o in outputs
+    ]
     mismatch_acc = [MismatchAccumulator(o, output_step(qdq, o)) for o in outputs]
     depth_sums = np.zeros((len(acts), 2), dtype=np.float64)  # sum f^2, sum (f - q)^2
     labels = data.labels
@@ -243,6 +258,12 @@ def evaluate(
         slow = explain_slow_layers(speed, fusion, model.layers, bits)
 
     comparisons = tuple(a.result() for a in out_acc)
+    for a in out_acc:
+        if a.axis is not None and not a.classes:
+            notes.append(
+                f"output '{a.name}' holds values, not class scores (no labels fit it; no "
+                "Softmax, Gemm or name says so): no top-1 agreement or accuracy"
+            )
     primary = comparisons[0]
     float_metrics: dict[Metric, float] = {}
     quant_metrics = primary.quantized_metrics()
@@ -250,7 +271,7 @@ def evaluate(
     if primary.float_accuracy is not None and primary.quantized_accuracy is not None:
         float_metrics[Metric.ACCURACY] = primary.float_accuracy
         delta[Metric.ACCURACY] = primary.quantized_accuracy - primary.float_accuracy
-    elif labels is not None:
+    elif labels is not None and out_acc[0].classes is not False:
         notes.append(f"the labels do not fit output '{primary.name}': no accuracy")
 
     depth = tuple(
