@@ -39,7 +39,7 @@ from qviz.core.evaluation.evaluate import evaluate
 from qviz.core.evaluation.results import Evaluation, EvaluationCancelled, RunMode
 from qviz.core.graph.qdq import QdqModel, build_qdq
 from qviz.core.model.loading import LoadedModel
-from qviz.core.progress import Progress, ProgressClock
+from qviz.core.progress import Progress
 from qviz.core.runtime.latency import PairTiming, time_pair
 from qviz.core.runtime.profile import TimingBudget
 from qviz.core.runtime.sessions import KernelPrecision, SessionConfig, Threads, build_session
@@ -55,7 +55,7 @@ from qviz.core.search.mixed_result import (
 )
 from qviz.core.search.precisions import Objective, Precision
 from qviz.core.search.reference import complete_reference, prepare_reference
-from qviz.core.search.search_state import SearchState
+from qviz.core.search.search_state import SearchState, Trials
 from qviz.core.search.sensitivity import layer_sensitivity, module_path
 from qviz.core.search.speed_table import SpeedTable
 from qviz.core.stats.collect import CalibrationStats
@@ -188,24 +188,8 @@ def fastest_precision(
     ranked = [s.name for s in report.ranking() if s.name in lowest]
     ranked += [n for n in names if n not in ranked]
 
-    per_run = ref.n_samples
-    clock = ProgressClock(per_run * (trial_budget + 2), "searching for speed")
-    trials = 0
-
-    def run(levels_now: Mapping[str, int], label: str) -> Generator[Progress, None, ParetoPoint]:
-        nonlocal trials
-        before = len(search.points)
-        gen = search.measure(levels_now, label)
-        while True:
-            try:
-                done = next(gen)
-            except StopIteration as stop:
-                point: ParetoPoint = stop.value
-                break
-            yield clock.report(min(trials * per_run + done, clock.total - 1), label)
-        if len(search.points) > before:
-            trials += 1
-        return point
+    trials = Trials(search, trial_budget + 2, "searching for speed")
+    run = trials.run
 
     # 2. Each layer at its fastest precision.
     current = {n: level_names.index(speeds.fastest(n, level_names)) for n in names}
@@ -216,7 +200,7 @@ def fastest_precision(
         best = goodness(criterion, point.value)
         for _ in range(1, len(levels)):
             for name in ranked:
-                if trials >= trial_budget or current[name] >= len(levels) - 1:
+                if trials.count >= trial_budget or current[name] >= len(levels) - 1:
                     continue
                 trial = {**current, name: current[name] + 1}
                 point = yield from run(trial, f"promote {name} to {levels[trial[name]].name}")
@@ -226,7 +210,7 @@ def fastest_precision(
                 g = goodness(criterion, point.value)
                 if g > best:
                     current, best = trial, g
-            if passing or trials >= trial_budget:
+            if passing or trials.count >= trial_budget:
                 break
 
     # 4. Speed pass: each layer to a faster precision while the criterion still holds.
@@ -243,7 +227,7 @@ def fastest_precision(
                 key=lambda k: speeds.time(name, level_names[k]),
             )
             for k in faster:
-                if trials >= trial_budget:
+                if trials.count >= trial_budget:
                     break
                 trial = {**current, name: k}
                 point = yield from run(trial, f"{name} to {levels[k].name} (faster)")
@@ -327,7 +311,7 @@ def fastest_precision(
                     changed=final[n] != 0)
         for n, (layer, tensors) in search.layers.items()
     )  # fmt: skip
-    if trials >= trial_budget:
+    if trials.count >= trial_budget:
         notes.append(f"the search stopped after its budget of {trial_budget} trials")
     if evaluation is not None and evaluation.mode is RunMode.SIMULATION:
         notes.append("the confirmation ran in the simulation")

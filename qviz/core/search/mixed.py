@@ -29,7 +29,7 @@ confirmation for the answer — never predicted.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING
 
 from qviz.core.calibration.analysis import (
@@ -41,7 +41,7 @@ from qviz.core.evaluation.criteria import Criterion, Verdict
 from qviz.core.evaluation.evaluate import evaluate
 from qviz.core.evaluation.results import Evaluation, RunMode
 from qviz.core.model.loading import LoadedModel
-from qviz.core.progress import Progress, ProgressClock
+from qviz.core.progress import Progress
 from qviz.core.runtime.sessions import KernelPrecision, Threads
 from qviz.core.search.fastest import fastest_precision
 from qviz.core.search.mixed_result import (
@@ -65,7 +65,7 @@ from qviz.core.search.reference import (
     complete_reference,
     prepare_reference,
 )
-from qviz.core.search.search_state import SearchState
+from qviz.core.search.search_state import SearchState, Trials
 from qviz.core.search.sensitivity import layer_sensitivity, module_path
 from qviz.core.search.sensitivity_report import SensitivityReport
 from qviz.core.stats.collect import CalibrationStats
@@ -214,24 +214,8 @@ def mixed_precision(
     ranked = [s.name for s in report.ranking() if s.name in current]
     ranked += [n for n in names if n not in ranked]  # layers quantizing nothing at lowest
 
-    per_run = ref.n_samples
-    clock = ProgressClock(per_run * (budget + 1), "searching")
-    trials = 0
-
-    def run(levels_now: Mapping[str, int], label: str) -> Generator[Progress, None, ParetoPoint]:
-        nonlocal trials
-        before = len(search.points)
-        gen = search.measure(levels_now, label)
-        while True:
-            try:
-                done = next(gen)
-            except StopIteration as stop:
-                point: ParetoPoint = stop.value
-                break
-            yield clock.report(min(trials * per_run + done, clock.total - 1), label)
-        if len(search.points) > before:
-            trials += 1
-        return point
+    trials = Trials(search, budget + 1, "searching")
+    run = trials.run
 
     passing = search.points[0].passed
     # 2. Promote, most sensitive first, one level at a time. A promotion that does not make
@@ -242,7 +226,7 @@ def mixed_precision(
         best = goodness(criterion, search.points[0].value)
         for k in range(1, len(levels)):
             for name in ranked:
-                if trials >= budget:
+                if trials.count >= budget:
                     break
                 if current[name] >= k:
                     continue
@@ -254,7 +238,7 @@ def mixed_precision(
                 g = goodness(criterion, point.value)
                 if g > best:
                     current, best = trial, g
-            if passing or trials >= budget:
+            if passing or trials.count >= budget:
                 break
 
     # 3. Demote what the promotion overshot, biggest saving first.
@@ -269,7 +253,7 @@ def mixed_precision(
             return (float_first, layer.param_count * (hi.cost[0] - lo.cost[0]))
 
         for name in sorted([n for n in names if current[n] > 0], key=saving, reverse=True):
-            while current[name] > 0 and trials < budget:
+            while current[name] > 0 and trials.count < budget:
                 trial = dict(current)
                 trial[name] -= 1
                 point = yield from run(trial, f"demote {name} to {levels[trial[name]].name}")
@@ -344,7 +328,7 @@ def mixed_precision(
         )
         for name, (layer, tensors) in search.layers.items()
     )
-    if trials >= budget:
+    if trials.count >= budget:
         notes.append(f"the search stopped after its budget of {budget} trials")
     if evaluation is not None and evaluation.mode is RunMode.SIMULATION:
         notes.append("the confirmation ran in the simulation")

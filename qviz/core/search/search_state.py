@@ -14,6 +14,7 @@ from qviz.core.calibration.analysis import TensorResult, analyze_tensor, quant_t
 from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.evaluation.criteria import Criterion
 from qviz.core.model.loading import LoadedModel, TensorKind
+from qviz.core.progress import Progress, ProgressClock
 from qviz.core.runtime.sessions import KernelPrecision
 from qviz.core.search.measure import Measurement, measure
 from qviz.core.search.mixed_result import ParetoPoint, criterion_holds, criterion_value
@@ -107,3 +108,29 @@ class SearchState:
             should_stop=self.should_stop,
         )
         return self.record(levels, label, m)
+
+
+class Trials:
+    """Candidates measured one after another under one progress clock: `count` is how many
+    were new (a known assignment costs nothing and counts for nothing against the budget)."""
+
+    def __init__(self, search: SearchState, runs: int, what: str) -> None:
+        self.search = search
+        self.per_run = search.ref.n_samples
+        self.clock = ProgressClock(self.per_run * runs, what)
+        self.count = 0
+
+    def run(self, levels: Mapping[str, int], label: str) -> Generator[Progress, None, ParetoPoint]:
+        before = len(self.search.points)
+        gen = self.search.measure(levels, label)
+        while True:
+            try:
+                done = next(gen)
+            except StopIteration as stop:
+                point: ParetoPoint = stop.value
+                break
+            at = min(self.count * self.per_run + done, self.clock.total - 1)
+            yield self.clock.report(at, label)
+        if len(self.search.points) > before:
+            self.count += 1
+        return point
