@@ -54,6 +54,8 @@ class WindowParts:
     mixed: Callable[[], Any]
     shortcuts: Callable[[], None]
     fill_recent: Callable[[], None]
+    open_quantized: Callable[[], None] | None = None
+    compute_backend: Callable[[], Any] | None = None
 
 
 class WindowActions:
@@ -65,6 +67,8 @@ class WindowActions:
         self._menus()
         parts.doc.events.history.connect(self._sync_history)
         parts.doc.events.pinned.connect(self._sync_pinned)
+        parts.doc.events.model.connect(self._sync_model)
+        self._sync_model()
         parts.doc.events.data.connect(self._sync_evaluation)
         self._sync_evaluation()
         parts.jobs.busyChanged.connect(self.cancel.setEnabled)
@@ -88,6 +92,11 @@ class WindowActions:
         files, doc = w.files, w.doc
         self.open_model = a("Open &Model…", "Open an ONNX or PyTorch model",
                             w.open_model, "Ctrl+O")
+        self.open_quantized = a(
+            "Open &Quantized Model…", "Open a model quantized by another tool (Q/DQ or "
+            "QOperator ONNX) with its float original, to see which of its pairs hurt",
+            w.open_quantized or w.open_model, "Ctrl+Shift+Q",
+        )
         self.open_data = a(
             "Open Calibration &Data…", "Open calibration data (.npz, .npy or a folder) and "
             "calibrate the model on it", w.open_data, "Ctrl+D",
@@ -135,6 +144,10 @@ class WindowActions:
         self.swap = a("S&wap A and B", "Make the pinned configuration current and pin the "
                       "current one (undoable)", self._swap, "Ctrl+Shift+X")
         self.unpin = a("U&npin A", "Stop comparing with the pinned configuration", doc.unpin)
+        self.compare_own = a(
+            "Compare Imported with qviz's &Choice", "Pin the quantized model's own settings "
+            "as A and let qviz choose the ranges of the same tensors as B", self._compare_own,
+        )
 
         self.recalibrate = a("&Recalibrate", "Run calibration again on the current data",
                              files.recalibrate, "F5")
@@ -162,6 +175,12 @@ class WindowActions:
             "accuracy or SQNR criterion at the smallest size, measured",
             w.mixed, "Ctrl+Shift+M",
         )
+        self.compute_backend = a(
+            "Compute &Backend…", "Where sensitivity, mixed precision and full evaluations run: "
+            "this process, local processes, or a Ray cluster",
+            w.compute_backend or (lambda: None),
+        )
+        self.compute_backend.setEnabled(w.compute_backend is not None)
 
         self.log_counts = a("&Log Counts", "Histogram counts on a logarithmic axis (shows "
                             "the tails)", lambda: doc.set_log_counts(self.log_counts.isChecked()),
@@ -181,7 +200,8 @@ class WindowActions:
         w = self.w
         bar = w.window.menuBar()
         file_menu = bar.addMenu("&File")
-        for action in (self.open_model, self.open_data, self.open_stats, self.open_session):
+        for action in (self.open_model, self.open_quantized, self.open_data, self.open_stats,
+                       self.open_session):
             file_menu.addAction(action)
         evaluation_menu = file_menu.addMenu("E&valuation Data")
         evaluation_menu.setToolTipsVisible(True)
@@ -203,7 +223,7 @@ class WindowActions:
         edit_menu.addAction(self.undo)
         edit_menu.addAction(self.redo)
         edit_menu.addSeparator()
-        for action in (self.pin, self.swap, self.unpin):
+        for action in (self.pin, self.swap, self.unpin, self.compare_own):
             edit_menu.addAction(action)
         edit_menu.addSeparator()
         edit_menu.addAction(w.history_dock.toggleViewAction())
@@ -217,6 +237,8 @@ class WindowActions:
         run_menu.addSeparator()
         run_menu.addAction(self.sensitivity)
         run_menu.addAction(self.mixed)
+        run_menu.addSeparator()
+        run_menu.addAction(self.compute_backend)
 
         settings_menu = bar.addMenu("&Settings")
         method_menu = settings_menu.addMenu("&Method")
@@ -232,6 +254,16 @@ class WindowActions:
 
         help_menu = bar.addMenu("&Help")
         help_menu.addAction(self.shortcuts)
+
+    def _compare_own(self) -> None:
+        from qviz.core.imported.compare import compare_with_own_choice
+
+        with self.w.reporter.guard("Comparing with qviz's choice"):
+            compare_with_own_choice(self.w.doc)
+
+    def _sync_model(self) -> None:
+        model = self.w.doc.model
+        self.compare_own.setEnabled(model is not None and model.imported is not None)
 
     def _set_evaluation(self, held_out: bool) -> None:
         """Back to one data set: a held-out part of it, or the calibration data itself."""
@@ -273,7 +305,8 @@ SHORTCUTS = (
     "Ctrl+Z / Ctrl+Shift+Z  undo / redo a change of settings",
     "Ctrl+Shift+P  pin the configuration as A · Ctrl+Shift+X  swap A and B",
     "F5  recalibrate", "Esc  cancel the run",
-    "1–5  MinMax, Percentile, Entropy, MSE, Manual", "Ctrl+L  log histogram counts",
+    "1–5  MinMax, Percentile, Entropy, MSE, Manual · 6  Imported (quantized models)",
+    "Ctrl+Shift+Q  open a quantized model", "Ctrl+L  log histogram counts",
     "Ctrl+F  filter the layer table", "Ctrl+R  evaluate: every sample, native INT8",
     "Ctrl+E  export", "F6  sensitivity of every layer", "Ctrl+Shift+M  mixed precision",
     "Ctrl+Q  quit",

@@ -33,13 +33,16 @@ from PySide6.QtWidgets import (
 
 from qviz.app.actions import SHORTCUTS, WindowActions, WindowParts
 from qviz.app.controllers.analysis import AnalysisController
+from qviz.app.controllers.compute_controller import ComputeController
 from qviz.app.controllers.evaluation_controller import EvaluationController
 from qviz.app.controllers.files import FileController
 from qviz.app.controllers.jobs import JobController
 from qviz.app.controllers.represent import EvalStatsController
 from qviz.app.controllers.sensitivity_controller import SensitivityController
+from qviz.app.dialogs.compute_dialog import ComputeDialog
 from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.app.dialogs.export_dialog import ExportDialog
+from qviz.app.dialogs.float_original import ask_float_original
 from qviz.app.dialogs.mixed_dialog import MixedPrecisionDialog
 from qviz.app.recent_files import RecentFiles, default_settings
 from qviz.app.views import plot_style as st
@@ -53,12 +56,14 @@ from qviz.app.views.model_panel import ModelDock
 from qviz.app.views.sensitivity_view import SensitivityPanel
 from qviz.core.document.document import Document
 from qviz.core.files.session_file import SESSION_SUFFIX
+from qviz.core.imported.describe import float_original
 from qviz.core.stats.stats_file import STATS_SUFFIX
 
 log = logging.getLogger(__name__)
 
 MODEL_FILTER = "Models (*.onnx *.pt *.pth *.ts *.pt2);;All files (*)"
 DATA_FILTER = "Data (*.npz *.npy);;All files (*)"
+QUANTIZED_FILTER = "Quantized ONNX models (*.onnx);;All files (*)"
 STATS_FILTER = f"qviz statistics (*{STATS_SUFFIX});;All files (*)"
 SESSION_FILTER = f"qviz sessions (*{SESSION_SUFFIX});;All files (*)"
 # Closing waits this long for a run to reach its next batch boundary before giving up on it.
@@ -78,7 +83,8 @@ class MainWindow(QMainWindow):
     ) -> None:
         super().__init__(parent)
         self.doc = doc = Document()
-        self.recent = RecentFiles(settings if settings is not None else default_settings())
+        settings = settings if settings is not None else default_settings()
+        self.recent = RecentFiles(settings)
         self.reporter = ErrorReporter(self)
         self.reporter.statusMessage.connect(self.statusBar().showMessage)
         self.reporter.errorShown.connect(lambda m: self.statusBar().showMessage(f"Error: {m}"))
@@ -89,6 +95,8 @@ class MainWindow(QMainWindow):
         self.analysis = AnalysisController(doc, self.reporter, self)
         self.evaluation = EvaluationController(doc, self.jobs, self.reporter, self)
         self.sensitivity = SensitivityController(doc, self.reporter, self)
+        self.compute = ComputeController(settings, self.reporter, self)
+        self.sensitivity.compute = self.evaluation.compute = self.compute.holder
         self.eval_stats = EvalStatsController(doc, self.reporter, self)
 
         # Views: each takes the document and follows its events.
@@ -112,8 +120,10 @@ class MainWindow(QMainWindow):
             save_session_as=self.save_session_as_dialog, save_stats=self.save_stats_dialog,
             export=self.open_export_dialog, sensitivity=self.run_sensitivity,
             mixed=self.open_mixed_dialog, shortcuts=self.show_shortcuts,
-            fill_recent=self.fill_recent_menu,
+            fill_recent=self.fill_recent_menu, open_quantized=self.open_quantized_dialog,
+            compute_backend=self.open_compute_dialog,
         ))
+        self.files.ask_float_original = lambda path: ask_float_original(self, path)
         self.setAcceptDrops(True)
         doc.events.model.connect(self._update_title)
         doc.events.modified.connect(lambda modified: self.setWindowModified(modified))
@@ -204,7 +214,10 @@ class MainWindow(QMainWindow):
 
     def _update_title(self) -> None:
         path = self.doc.model_path
-        self.setWindowTitle(f"{path.name if path is not None else 'no model'}[*] — qviz")
+        model = self.doc.model
+        quantized = " (quantized)" if model is not None and model.imported is not None else ""
+        name = path.name if path is not None else "no model"
+        self.setWindowTitle(f"{name}{quantized}[*] — qviz")
 
     # ================================================================= sensitivity and mixed
     def run_sensitivity(self) -> None:
@@ -258,7 +271,8 @@ class MainWindow(QMainWindow):
             outcome=doc.measures.evaluation, criteria=doc.measures.criteria,
             directory=self._start_dir(), pinned=doc.pinned, parent=self,
             data_path=doc.eval_data_path or doc.data_path,
-            inputs=[doc.data_path, doc.eval_data_path, doc.stats_path, self.files.session_path],
+            inputs=[doc.data_path, doc.eval_data_path, doc.stats_path, self.files.session_path,
+                    float_original(doc.model)],
         )  # fmt: skip
         dialog.exported.connect(
             lambda r: self.statusBar().showMessage(f"Exported {r.written[0]}")
@@ -280,6 +294,11 @@ class MainWindow(QMainWindow):
 
     def open_model_dialog(self) -> None:
         if (p := self._ask_open("Open model", MODEL_FILTER)) is not None:
+            self.files.open_model(p)
+
+    def open_quantized_dialog(self) -> None:
+        """A quantized model, then its float original (asked by the file controller)."""
+        if (p := self._ask_open("Open quantized model", QUANTIZED_FILTER)) is not None:
             self.files.open_model(p)
 
     def open_data_dialog(self) -> None:
@@ -342,6 +361,19 @@ class MainWindow(QMainWindow):
         menu.addSeparator()
         menu.addAction("Clear Recent Files").triggered.connect(self.recent.clear)
 
+    def open_compute_dialog(self) -> ComputeDialog:
+        """Run ▸ Compute Backend…: where sensitivity, mixed precision and full evaluations
+        run (non-modal; applied on OK)."""
+        dialog = ComputeDialog(self.compute.choice, self)
+
+        def apply() -> None:
+            with self.reporter.guard("Compute backend"):
+                self.compute.set_choice(dialog.choice())
+
+        dialog.accepted.connect(apply)
+        dialog.open()
+        return dialog
+
     def show_shortcuts(self) -> None:
         box = QMessageBox(QMessageBox.Icon.Information, "Keyboard shortcuts", "\n".join(SHORTCUTS),
                           QMessageBox.StandardButton.Close, self)
@@ -370,6 +402,7 @@ class MainWindow(QMainWindow):
             clean = self.evaluation.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             clean = self.sensitivity.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             clean = self.eval_stats.shutdown(SHUTDOWN_TIMEOUT_S) and clean
+            self.compute.shutdown()
             for dialog in self.findChildren(ExportDialog):
                 clean = dialog.runner.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             if not clean:

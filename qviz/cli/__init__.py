@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import FrameType
 
-COMMANDS: tuple[str, ...] = ("collect", "report", "evaluate", "export", "sensitivity", "mixed")
+COMMANDS: tuple[str, ...] = (
+    "collect", "merge", "report", "evaluate", "export", "sensitivity", "mixed",
+)
 _interrupt_seen = False
 
 

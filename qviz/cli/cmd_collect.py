@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 from qviz.cli.common import checked_output, drive, load_model_and_data
 from qviz.cli.options import (
     MIN_BINS,
     add_data_options,
+    add_float_option,
     batch_size_type,
     input_path,
     int_in,
     output_path,
 )
+from qviz.core.data.shard import Shard, take_shard
 from qviz.core.files.validate import MAX_BINS
 from qviz.core.stats.collect import collect_stats
+from qviz.core.stats.provenance import Provenance, ShardOrigin
 from qviz.core.stats.stats_file import save_stats
 
 
@@ -23,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("collect", help="run calibration and save a stats file",
                        description="Run the model over the data once and save the statistics.")
     p.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
+    add_float_option(p)
     add_data_options(p)
     p.add_argument("-o", "--output", type=output_path, required=True, help="stats file to write")
     p.add_argument("--batch-size", type=batch_size_type, default=32,
@@ -32,14 +37,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state-dict", type=input_path,
                    help="state dict for a package.module:factory model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--shard", metavar="K/N",
+                   help="collect only the K-th of N contiguous slices of the data (merge the "
+                        "N files with `qviz merge`)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     out = checked_output(args, args.output)
+    shard = Shard.parse(args.shard) if args.shard else None
     model, data = load_model_and_data(args)
+    whole = data
+    if shard is not None:
+        data = take_shard(whole, shard)
     stats = drive(collect_stats(model, data, batch_size=args.batch_size, bins=args.bins),
                   args.quiet)
+    if shard is not None:
+        first, end = shard.bounds(len(whole))
+        origin = ShardOrigin(shard, first, end, len(whole), whole.description)
+        stats = replace(stats, provenance=Provenance(shard=origin))
     save_stats(stats, out)
     print(f"wrote {args.output}: {len(stats.tensors)} activation tensors, "
           f"{stats.n_samples} samples of {stats.data_description}", file=sys.stderr)

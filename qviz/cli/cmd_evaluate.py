@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from qviz.cli.common import drive, fmt_bytes, fmt_num, load_model_and_data
+from qviz.cli.compute_options import add_compute_options, compute_from_args
 from qviz.cli.options import (
     MAX_THREADS,
     add_data_options,
@@ -28,15 +29,19 @@ from qviz.cli.options import (
     add_output_role,
     add_quant_options,
     batch_size_type,
-    config_from_args,
+    config_for_model,
     input_path,
     int_in,
     refuse_settings_with_config,
+    require_source,
     role_from_args,
+    settings_given,
 )
+from qviz.core.compute.remote import evaluate_with
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, Verdict, check_all
 from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode, evaluate
+from qviz.core.graph.qdq_types import QdqModel
 from qviz.core.runtime.sessions import KernelPrecision, Threads
 from qviz.core.runtime.speed_text import fmt_speedup, speed_lines, threads_text
 
@@ -57,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_limit(g, None, "evaluate the first N samples")
     g.add_argument("--batch-size", type=batch_size_type, default=64,
                    help="samples per run of the model")
+    add_compute_options(p)
     g.add_argument(
         "--criterion",
         action="append",
@@ -92,8 +98,17 @@ def _check_options(args: argparse.Namespace) -> list[Criterion]:
     return [Criterion.parse(text) for text in args.criterion]
 
 
-def _results(args: argparse.Namespace, model: Any) -> tuple[list[Any], str]:
-    """The analysed tensors and a description of where they come from."""
+def _results(args: argparse.Namespace, model: Any) -> tuple[Any, str]:
+    """The analysed tensors (or, for a quantized model as it is, its Q/DQ graph) and a
+    description of where they come from."""
+    require_source(args, model, "evaluate")
+    if args.config is None and args.stats is None:
+        from qviz.core.imported.repair import as_imported
+
+        if settings_given(args):
+            raise QvizError("quantization settings need --stats: without it a quantized "
+                            "model is evaluated as it is")
+        return as_imported(model), f"imported from {model.source}"
     if args.config is not None:
         from qviz.core.files.config_file import load_config, results_from_saved
 
@@ -102,9 +117,9 @@ def _results(args: argparse.Namespace, model: Any) -> tuple[list[Any], str]:
     from qviz.core.calibration.analysis import analyze, check_stats_match
     from qviz.core.stats.stats_file import load_stats
 
-    config = config_from_args(args)
     stats = load_stats(args.stats)
     check_stats_match(model, stats)
+    config = config_for_model(args, model)
     w, a = config.weights, config.activations
     return analyze(model, stats, config), (
         f"stats file {args.stats}: weights {w.label}; activations {a.label}"
@@ -119,26 +134,30 @@ def run(args: argparse.Namespace) -> int:
         if needing:
             raise QvizError(f"{', '.join(needing)} needs labels, and {data.description} has none")
     results, source = _results(args, model)
-    if not results:
+    if not isinstance(results, QdqModel) and not results:
         raise QvizError("the configuration quantizes nothing: nothing to evaluate")
+    # A quantized model is measured as it runs: natively (its float original is the
+    # reference, the simulation still gives the error along depth).
+    native = args.native or model.imported is not None
     precision = KernelPrecision.PRECISE if args.precise_int8 else KernelPrecision.DEFAULT
-    gen = evaluate(
-        model,
-        results,
-        data,
-        native=args.native,
-        precision=precision,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        latency=args.latency,
-        threads=Threads(intra_op=args.threads),
-        role=role_from_args(args, criteria),
-    )
-    evaluation: Evaluation = drive(gen, args.quiet)
+    role = role_from_args(args, criteria)
+    with compute_from_args(args) as compute:
+        options: dict[str, Any] = dict(
+            native=native, precision=precision, limit=args.limit, batch_size=args.batch_size,
+            latency=args.latency, role=role, threads=Threads(intra_op=args.threads),
+        )
+        if isinstance(results, QdqModel):
+            # A quantized model as it is: its graph is already built, so it runs here.
+            gen = evaluate(model, results, data, **options)
+        else:
+            gen = evaluate_with(compute, model, results, data, **options)
+        evaluation: Evaluation = drive(gen, args.quiet)
     verdicts = check_all(criteria, evaluation)
     if args.json:
         doc = evaluation.to_json()
         doc["model"] = str(model.source)
+        if model.imported is not None:
+            doc["float_model"] = model.imported.float_label
         doc["config"] = source
         doc["criteria"] = [verdict_json(v) for v in verdicts]
         json.dump(doc, sys.stdout, indent=1, allow_nan=False)

@@ -20,12 +20,13 @@ from qviz.cli.options import (
     MAX_THREADS,
     OldSpelling,
     add_data_options,
+    add_float_option,
     add_kernel_options,
     add_limit,
     add_output_role,
     add_quant_options,
     batch_size_type,
-    config_from_args,
+    config_for_model,
     input_path,
     int_in,
     layout_from_args,
@@ -75,6 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=output_path, required=True,
                    help="file to write (report: .html, .md, .json, or a folder)")
     p.add_argument("--model", help="the model file, if it moved since the stats/config were made")
+    add_float_option(p)
     add_data_options(p, required=False)
     g = p.add_argument_group("report")
     g.add_argument("--criterion", action="append", default=[], metavar="TEXT",
@@ -146,8 +148,8 @@ def load_results(
     if args.model and ":" not in args.model and not Path(args.model).exists():
         raise QvizError(f"--model {args.model}: no such file")
     if is_stats_file(source):
-        config = config_from_args(args)
-        stats, model = open_stats_and_model(source, args.model)
+        stats, model = open_stats_and_model(source, args.model, args.float_model)
+        config = config_for_model(args, model)
         return model, analyze(model, stats, config), config, f"stats file {source}"
     if not is_config_file(source):
         raise QvizError(f"{source} is neither a qviz stats file nor a qviz config file")
@@ -156,7 +158,7 @@ def load_results(
     model_path = args.model or saved.model_source
     if not Path(model_path).exists() and ":" not in model_path:
         raise QvizError(f"the model {model_path} recorded in {source.name} is gone; pass --model")
-    model = load_model(model_path)
+    model = load_model(model_path, float_model=args.float_model or saved.model_float_source)
     return model, results_from_saved(model, saved), saved.quant_config, f"config file {source}"
 
 

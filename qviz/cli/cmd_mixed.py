@@ -29,14 +29,16 @@ from qviz.cli.common import (
     fmt_num,
     load_model_and_data,
 )
+from qviz.cli.compute_options import add_compute_options, compute_from_args
 from qviz.cli.options import (
     MAX_THREADS,
     add_data_options,
+    add_float_option,
     add_quant_options,
     add_run_options,
     cache_from_args,
     check_run_options,
-    config_from_args,
+    config_for_model,
     finite_float,
     input_path,
     int_in,
@@ -64,6 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "a qviz config file. Exit status 1 when no configuration meets the criterion.",
     )
     p.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
+    add_float_option(p)
     p.add_argument("--stats", type=input_path, required=True,
                    help="stats file from `qviz collect`")
     add_data_options(p)
@@ -92,7 +95,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="LIST",
         help=f"precisions a layer may take, comma-separated (default {DEFAULT_ALLOW}): "
         "float, or a weight format (int2..int8, uint8, nf4, fp8_e4m3fn...) with int8 "
-        "activations, or WEIGHT/ACTIVATION such as int4/int4",
+        "activations, or WEIGHT/ACTIVATION such as int4/int4, or imported (a quantized "
+        "model's own pairs: --allow imported,float finds the pairs to drop)",
     )
     s.add_argument(
         "--objective",
@@ -125,6 +129,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-trials", type=int_in(0, 1 << 20), metavar="N",
                    help="configurations measured at most")
     add_run_options(p)
+    add_compute_options(p)
     o = p.add_argument_group("output")
     o.add_argument(
         "-o", "--output", type=output_path, required=True,
@@ -186,7 +191,6 @@ def _speed_batches(args: argparse.Namespace) -> tuple[int, ...]:
 def run(args: argparse.Namespace) -> int:
     criterion = _check_options(args)
     allowed = parse_precisions(args.allow)
-    base = config_from_args(args)
     from qviz.core.calibration.analysis import check_stats_match
     from qviz.core.files.config_file import save_config
     from qviz.core.search.mixed import mixed_precision
@@ -195,29 +199,32 @@ def run(args: argparse.Namespace) -> int:
     stats = load_stats(args.stats)
     model, data = load_model_and_data(args)
     check_stats_match(model, stats)
+    base = config_for_model(args, model)
     if criterion.metric.needs_labels and data.labels is None:
         raise QvizError(f"{criterion.spec} needs labels, and {data.description} has none")
-    result: MixedResult = drive(
-        mixed_precision(
-            model,
-            stats,
-            base,
-            data,
-            criterion,
-            allowed,
-            objective=_objective(args),
-            limit=args.limit,
-            confirm_limit=args.confirm_limit,
-            batch_size=args.batch_size,
-            native=args.native,
-            precision=precision_from_args(args),
-            max_trials=args.max_trials,
-            cache=cache_from_args(args),
-            speed_batches=_speed_batches(args),
-            threads=Threads(intra_op=args.threads),
-        ),
-        args.quiet,
-    )
+    with compute_from_args(args) as compute:
+        result: MixedResult = drive(
+            mixed_precision(
+                model,
+                stats,
+                base,
+                data,
+                criterion,
+                allowed,
+                objective=_objective(args),
+                limit=args.limit,
+                confirm_limit=args.confirm_limit,
+                batch_size=args.batch_size,
+                native=args.native,
+                precision=precision_from_args(args),
+                max_trials=args.max_trials,
+                cache=cache_from_args(args),
+                compute=compute,
+                speed_batches=_speed_batches(args),
+                threads=Threads(intra_op=args.threads),
+            ),
+            args.quiet,
+        )
     written: Path | None = None
     if result.passed:
         save_config(checked_output(args, args.output), model, result.config, result.results)

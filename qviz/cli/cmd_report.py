@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from qviz.cli.common import open_stats_and_model
-from qviz.cli.options import add_quant_options, config_from_args, input_path
+from qviz.cli.options import add_float_option, add_quant_options, config_for_model, input_path
 from qviz.core.calibration.analysis import TensorResult, analyze
 from qviz.core.calibration.representative import Representativeness, compare
 from qviz.core.errors import QvizError
@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "computed from a stats file without re-running the model.")
     p.add_argument("stats", type=input_path, help="stats file written by `qviz collect`")
     p.add_argument("--model", help="the model file, if it moved since collection")
+    add_float_option(p)
     p.add_argument("--eval-stats", type=input_path, metavar="EVAL_STATS",
                    help="stats file of the evaluation (or production) data, from `qviz "
                         "collect`: per activation, how much of it the calibration ranges clip, "
@@ -36,10 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    stats, model = open_stats_and_model(args.stats, args.model)
+    stats, model = open_stats_and_model(args.stats, args.model, args.float_model)
     evaluation = None if args.eval_stats is None else _eval_stats(args.eval_stats, stats)
-    results = analyze(model, stats, config)
+    results = analyze(model, stats, config_for_model(args, model))
     seen = representativeness(stats, evaluation, results) if evaluation is not None else None
     if args.json:
         json.dump(report_json(stats, results, evaluation, seen), sys.stdout, indent=1)
@@ -86,6 +86,7 @@ def tensor_json(r: TensorResult) -> dict[str, Any]:
         "format": r.config.fmt.label,
         "granularity": r.config.granularity.label,
         "method": r.config.spec.method.value,
+        "format_spec": r.config.fmt.spec,
         "range": [_value(m.lo), _value(m.hi)],
         "scale": _value(m.scale),
         "zero_point": _value(m.zero_point),

@@ -20,6 +20,7 @@ import sys
 from typing import Any
 
 from qviz.cli.common import drive, fmt_num, load_model_and_data
+from qviz.cli.compute_options import add_compute_options, compute_from_args
 from qviz.cli.options import (
     add_data_options,
     add_model_and_source,
@@ -27,7 +28,7 @@ from qviz.cli.options import (
     add_run_options,
     cache_from_args,
     check_run_options,
-    config_from_args,
+    config_for_model,
     input_path,
     precision_from_args,
     refuse_settings_with_config,
@@ -61,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_options(p)
     add_quant_options(p)
     add_run_options(p)
+    add_compute_options(p)
     g = p.add_argument_group("output")
     g.add_argument(
         "--metric",
@@ -88,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
     model, data = load_model_and_data(args)
     if metric is Metric.ACCURACY and data.labels is None:
         raise QvizError(f"--metric accuracy needs labels, and {data.description} has none")
+    if args.config is None and args.stats is None:
+        raise QvizError("sensitivity needs --stats (from `qviz collect`) or --config: the "
+                        "local error it ranks beside comes from the statistics")
     if args.config is not None:
         from qviz.core.files.config_file import load_config
 
@@ -98,26 +103,28 @@ def run(args: argparse.Namespace) -> int:
         from qviz.core.stats.stats_file import load_stats
 
         source = load_stats(args.stats)
-        config = config_from_args(args)
+        config = config_for_model(args, model)
         origin = (
             f"stats file {args.stats}: weights {config.weights.label}; "
             f"activations {config.activations.label}"
         )
-    report: SensitivityReport = drive(
-        sensitivity(
-            model,
-            source,
-            config,
-            data,
-            metric=metric,
-            limit=args.limit,
-            batch_size=args.batch_size,
-            native=args.native,
-            precision=precision_from_args(args),
-            cache=cache_from_args(args),
-        ),
-        args.quiet,
-    )
+    with compute_from_args(args) as compute:
+        report: SensitivityReport = drive(
+            sensitivity(
+                model,
+                source,
+                config,
+                data,
+                metric=metric,
+                limit=args.limit,
+                batch_size=args.batch_size,
+                native=args.native,
+                precision=precision_from_args(args),
+                cache=cache_from_args(args),
+                compute=compute,
+            ),
+            args.quiet,
+        )
     if args.json:
         doc = {"model": str(model.source), "config": origin, **report.to_json()}
         doc["ranking"] = [s.name for s in report.ranking()]

@@ -34,21 +34,27 @@ def load_model_and_data(args: argparse.Namespace) -> tuple[LoadedModel, Dataset]
     sample = None
     if not str(args.model).endswith(".onnx") and getattr(args, "data", None) is not None:
         sample = peek_sample(args.data)
-    model = load_model(args.model, sample=sample, state_dict=getattr(args, "state_dict", None))
+    model = load_model(args.model, sample=sample, state_dict=getattr(args, "state_dict", None),
+                       float_model=getattr(args, "float_model", None))
     return model, load_dataset(args, model)
 
 
 def open_stats_and_model(
-    stats_path: Path, model_path: str | None
+    stats_path: Path, model_path: str | None, float_path: Path | None = None
 ) -> tuple[CalibrationStats, LoadedModel]:
-    """A stats file and the model it was collected on (or ``model_path`` if it moved)."""
+    """A stats file and the model it was collected on (or ``model_path`` if it moved); a
+    quantized model with the float original recorded with it (or ``float_path``)."""
     from qviz.core.calibration.analysis import check_stats_match
 
     stats = load_stats(stats_path)
     source = model_path or stats.model_source
     if not Path(source).exists() and ":" not in source:
         raise QvizError(f"the model {source} recorded in {stats_path.name} is gone; pass --model")
-    model = load_model(source)
+    float_model = float_path or stats.float_source
+    if float_model is not None and not Path(float_model).exists():
+        raise QvizError(f"the float original {float_model} recorded in {stats_path.name} is "
+                        "gone; pass --float")
+    model = load_model(source, float_model=float_model)
     check_stats_match(model, stats)
     return stats, model
 
@@ -88,7 +94,7 @@ def fmt_bytes(n: int) -> str:
 
 def command_inputs(args: argparse.Namespace, *extra: str | Path | None) -> list[str | Path]:
     """Every file or folder the command reads, as its arguments name them."""
-    names = ("model", "data", "stats", "config", "source", "state_dict")
+    names = ("model", "float_model", "data", "stats", "config", "source", "state_dict")
     found: list[str | Path] = [getattr(args, n) for n in names if getattr(args, n, None)]
     preprocess = getattr(args, "preprocess", None)
     if preprocess and str(preprocess).endswith(".json"):
@@ -110,7 +116,7 @@ def checked_output(
     config, state dict (`qviz.core.files.outputs.check_output`). Returns the path to write."""
     targets = [Path(path), *files]
     inputs = command_inputs(args)
-    for model in [getattr(args, "model", None), *models]:
+    for model in [getattr(args, "model", None), getattr(args, "float_model", None), *models]:
         inputs += model_files(model, near=targets)
     target = check_output(path, inputs=inputs, folder=folder, flag="-o")
     check_outputs(list(files), inputs=inputs, flag="-o")

@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluation data (default: one sample in five of --data, held out)",
     )
     parser.add_argument(
+        "--float", dest="float_model", type=Path, metavar="FLOAT.onnx",
+        help="the float original of a quantized (Q/DQ or QOperator) model (without it, the "
+        "app asks)",
+    )
+    parser.add_argument(
         "--batch-size", type=int, default=32, help="calibration batch size (default 32)"
     )
     return parser
@@ -52,6 +57,9 @@ def run_gui(argv: Sequence[str]) -> int:
         return 2
     if args.data is not None and args.path is None:
         sys.stderr.write("qviz: error: --data needs a model to calibrate\n")
+        return 2
+    if args.float_model is not None and args.path is None:
+        sys.stderr.write("qviz: error: --float needs the quantized model it belongs to\n")
         return 2
     if args.eval_data is not None and args.data is None:
         sys.stderr.write("qviz: error: --eval-data needs --data to calibrate on\n")
@@ -96,7 +104,11 @@ def run_gui(argv: Sequence[str]) -> int:
             window.reporter.report(exc)
             return
         if kind is PathKind.MODEL:
-            window.files.open_model(path, data_path=args.data, eval_data_path=args.eval_data)
+            from qviz.app.controllers.files import FloatChoice
+
+            choice = None if args.float_model is None else FloatChoice(args.float_model)
+            window.files.open_model(path, data_path=args.data, eval_data_path=args.eval_data,
+                                    float_choice=choice)
         else:
             window.files.open_path(path)
 

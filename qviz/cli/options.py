@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qviz.cli.given import given_options, record_given
 from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.data.dataset import Dataset, FeedLayout, Preprocess, load_data, random_data
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
     from qviz.core.evaluation.accumulators import OutputRole
     from qviz.core.evaluation.criteria import Criterion
 
-CHOOSABLE_METHODS = [m.value for m in Method if m is not Method.MANUAL]
+# Manual ranges and imported pairs belong to one tensor each: not a setting for every tensor.
+CHOOSABLE_METHODS = [m.value for m in Method if m not in (Method.MANUAL, Method.IMPORTED)]
 #: The activations' method of a new configuration (`QuantConfig()`), as the app starts.
 DEFAULT_METHOD = QuantConfig().activations.spec.method.value
 FORMAT_FAMILIES = ["int", "uint", "fp8_e4m3fn", "fp8_e5m2", "nf4"]
@@ -170,6 +172,7 @@ def add_quant_options(parser: argparse.ArgumentParser, *, format_alias: bool = T
     act_sym.add_argument("--act-asymmetric", dest="act_symmetric", action="store_false",
                          help="asymmetric activation ranges with a zero point (default with "
                          "--number-format int)")
+    record_given(g._group_actions)  # settings_given: a value equal to its default still counts
 
 
 def _format(family: str, bits: int, symmetric: bool, pow2: bool) -> NumberFormat:
@@ -275,10 +278,40 @@ def load_dataset(args: argparse.Namespace, model: LoadedModel) -> Dataset:
     return load_data(args.data, model.inputs, preprocess, layout)
 
 
+def add_float_option(parser: argparse.ArgumentParser) -> None:
+    """--float: the float original of a model quantized elsewhere."""
+    parser.add_argument(
+        "--float", dest="float_model", type=Path, metavar="FLOAT.onnx", default=None,
+        help="the float original of a quantized (Q/DQ or QOperator) .onnx MODEL; without it "
+        "qviz derives one by removing the Q/DQ pairs and dequantizing the weights",
+    )
+
+
+def settings_given(args: argparse.Namespace) -> bool:
+    """Whether the command line wrote any quantization setting (even one equal to its
+    default: for a quantized model it replaces the imported choice)."""
+    return bool(given_options(args) & quant_defaults().keys())
+
+
+def config_for_model(args: argparse.Namespace, model: LoadedModel) -> QuantConfig:
+    """The configuration the options describe for `model`. A quantized model imported from
+    another tool keeps its own quantization ("imported") unless settings are given; given
+    settings apply to the tensors it quantizes."""
+    if model.imported is None:
+        return config_from_args(args)
+    from qviz.core.imported.configs import imported_config, restricted_to_imported
+
+    if not settings_given(args):
+        return imported_config(model)
+    return restricted_to_imported(config_from_args(args), model)
+
+
 def add_model_and_source(parser: argparse.ArgumentParser) -> None:
-    """MODEL plus where its quantization comes from: a saved config or stats + settings."""
+    """MODEL plus where its quantization comes from: a saved config or stats + settings (a
+    quantized model brings its own: then neither is needed)."""
     parser.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
-    source = parser.add_mutually_exclusive_group(required=True)
+    add_float_option(parser)
+    source = parser.add_mutually_exclusive_group(required=False)
     source.add_argument(
         "--config", type=input_path,
         help="qviz config file (its saved scales are used as they are)",
@@ -289,6 +322,13 @@ def add_model_and_source(parser: argparse.ArgumentParser) -> None:
         help="stats file from `qviz collect`; the quantization settings below derive the "
         "configuration (as in `qviz report`)",
     )
+
+
+def require_source(args: argparse.Namespace, model: LoadedModel, what: str) -> None:
+    """A float model needs --config or --stats to say how it is quantized."""
+    if args.config is None and args.stats is None and model.imported is None:
+        raise QvizError(f"{what} needs --config or --stats (or a quantized model, which "
+                        "brings its own quantization)")
 
 
 def quant_defaults() -> dict[str, Any]:

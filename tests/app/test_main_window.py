@@ -517,3 +517,30 @@ def test_qviz_rejects_data_without_a_model(capsys: pytest.CaptureFixture[str]) -
 
     assert run_gui(["--data", "x.npz"]) == 2
     assert "needs a model" in capsys.readouterr().err
+
+
+def test_merged_statistics_open_like_any_other(
+    qtbot: QtBot, make_window: MakeWindow, tmp_path: Path
+) -> None:
+    """Two shards of the demo, merged: the window opens the result with its model."""
+    from qviz.core.data.shard import Shard, take_shard
+    from qviz.core.stats.merge import MergeInput, merge_stats
+    from qviz.core.stats.stats_file import SCHEMA_VERSION
+
+    demo = demo_paths()
+    model = load_model(demo.model)
+    data = take_shard(load_data(demo.data, model.inputs), Shard(1, 10))
+    parts = [
+        MergeInput(f"part{k}", SCHEMA_VERSION,
+                   run_to_completion(collect_stats(model, take_shard(data, Shard(k, 2)))))
+        for k in (1, 2)
+    ]
+    path = tmp_path / "merged.qvstats"
+    save_stats(merge_stats(parts), path)
+    window = make_window()
+    with qtbot.waitSignal(window.files.calibrated, timeout=CALIBRATION_MS):
+        window.files.open_path(path)
+    qtbot.waitUntil(lambda: not window.busy, timeout=CALIBRATION_MS)
+    assert window.doc.stats is not None and window.doc.stats.n_samples == 200
+    assert window.doc.stats.provenance.is_merge
+    assert window.table.cell_text(CONV_A, Column.SQNR) != ""

@@ -315,7 +315,11 @@ CASES: list[tuple[str, list[str]]] = [
     *[(f"collect-model-{name}", ["collect", f"{{w}}/{name}", "--data", "{w}/data.npz",
                                  "-o", "{w}/out/s.qvstats"])
       for name in ("m_trunc.onnx", "m_text.onnx", "m_weird.xyz", "m_pickle.pt", "m_pickle.pt2",
-                   "m_statedict.pt", "quantized.onnx", "m_missing.onnx", "adir")],
+                   "m_statedict.pt", "m_missing.onnx", "adir")],
+    # A quantized model is read (tests/cli/test_cli_imported.py); its float original is checked.
+    *[(f"collect-float-{name}", ["collect", "{w}/quantized.onnx", "--float", f"{{w}}/{name}",
+                                 "--data", "{w}/data.npz", "-o", "{w}/out/s.qvstats"])
+      for name in ("m_trunc.onnx", "m_text.onnx", "m_missing.onnx", "quantized.onnx", "adir")],
     ("collect-statedict-with-onnx", ["collect", "{w}/model.onnx", "--data", "{w}/data.npz",
                                      "--state-dict", "{w}/m_statedict.pt",
                                      "-o", "{w}/out/s.qvstats"]),

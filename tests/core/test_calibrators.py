@@ -16,7 +16,8 @@ from onnxruntime.quantization.calibrate import (
 from qviz.core.calibration.methods import Method, MethodSpec, choose_range
 from qviz.core.errors import QvizError
 from qviz.core.quant.formats import NumberFormat
-from qviz.core.quant.qparams import compute_qparams
+from qviz.core.quant.imported_params import ImportedParams
+from qviz.core.quant.qparams import QParams, compute_qparams
 from qviz.core.quant.quantize import fake_quantize
 from qviz.core.stats.tensor_stats import TensorStatsAccumulator, compute_stats
 from tests.core.calibration_reference import (
@@ -187,6 +188,15 @@ def test_empty_and_constant_tensors(method: Method) -> None:
     constant = compute_stats(np.full(100, 3.0))
     if method is Method.MANUAL:
         assert choose_range(empty, spec, INT8) == (-1.0, 1.0)
+        return
+    if method is Method.IMPORTED:
+        # The range comes with the parameters, whatever the statistics hold.
+        with pytest.raises(QvizError, match="no parameters"):
+            choose_range(empty, spec, INT8)
+        params = ImportedParams(QParams(np.float32(0.5), np.int8(0)))
+        spec = MethodSpec(Method.IMPORTED, imported=params)
+        assert choose_range(empty, spec, INT8) == choose_range(constant, spec, INT8)
+        assert choose_range(empty, spec, INT8) == (-63.5, 63.5)
         return
     assert choose_range(empty, spec, INT8) == (0.0, 0.0)
     lo, hi = choose_range(constant, spec, INT8_ASYM)

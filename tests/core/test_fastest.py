@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pytest
 
 from qviz.core.calibration.config import QuantConfig
+from qviz.core.compute.backend import ComputeBackend
+from qviz.core.compute.process_pool import ProcessBackend
 from qviz.core.data.dataset import Dataset, load_data
 from qviz.core.demo import DEMO_DIR
 from qviz.core.evaluation.criteria import Criterion
@@ -56,7 +59,13 @@ def timing(speedup: float) -> PairTiming:
     return PairTiming(1.0, 1.0 / speedup, speedup, speedup, speedup, 5)
 
 
-def search(demo: Demo, table: SpeedTable, speedup: float, batches: tuple[int, ...] = (1,)):
+def search(
+    demo: Demo,
+    table: SpeedTable,
+    speedup: float,
+    batches: tuple[int, ...] = (1,),
+    compute: ComputeBackend | None = None,
+):
     model, data, stats = demo
     timed: list[QdqModel] = []
 
@@ -69,7 +78,7 @@ def search(demo: Demo, table: SpeedTable, speedup: float, batches: tuple[int, ..
         limit=LIMIT, confirm_limit=LIMIT, batch_size=100, native=True,
         precision=KernelPrecision.DEFAULT, max_trials=None, cache=None,
         should_stop=lambda: False, speed_batches=batches, threads=Threads(), table=table,
-        timer=timer,
+        timer=timer, compute=compute,
     ))  # fmt: skip
     return result, timed
 
@@ -125,3 +134,20 @@ def test_a_real_search_measures_every_layer_at_every_precision(demo: Demo) -> No
     if result.results:  # a quantized answer was timed and is not slower than float
         assert [b for b, _ in result.timings] == [2]
         assert not is_slower(result.timings[0][1].speedup)
+
+
+def test_worker_processes_measure_what_a_local_run_measures(demo: Demo) -> None:
+    """Accuracy runs go to the compute backend (timings stay here): the same points, the
+    same answer, the same confirming evaluation as one run at a time here."""
+
+    def measured(compute: ComputeBackend | None) -> tuple[Any, ...]:
+        result, _ = search(demo, table_for(demo[0], slow_first=True), 1.6, compute=compute)
+        points = [(p.label, p.assignment, p.value, p.size_bytes) for p in result.points]
+        assert result.evaluation is not None
+        evaluation = result.evaluation.to_json()
+        evaluation.pop("elapsed_s", None)
+        return points, result.chosen.index, evaluation
+
+    local = measured(None)
+    assert len(local[0]) >= 2
+    assert measured(ProcessBackend(2)) == local

@@ -58,20 +58,32 @@ def test_parse_accepts_aliases(text: str, expected: NumberFormat) -> None:
     assert NumberFormat.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["int9", "int1", "uint16", "int", "fp16", "", "e4m3fnuz", "nf8"])
+@pytest.mark.parametrize(
+    "text", ["int9", "int1", "uint32", "int12", "int", "fp16", "", "e4m3fnuz", "nf8"]
+)
 def test_parse_rejects_unknown_text_with_one_line(text: str) -> None:
     with pytest.raises(QvizError) as info:
         NumberFormat.parse(text)
     message = str(info.value)
     assert "\n" not in message
     assert repr(text) in message
-    assert "int2..int8, uint2..uint8, fp8_e4m3fn, fp8_e5m2, nf4" in message
+    assert "int2..int8, int16, uint2..uint8, uint16, fp8_e4m3fn, fp8_e5m2, nf4" in message
 
 
-@pytest.mark.parametrize("bits", [0, 1, 9, 16, -8])
+@pytest.mark.parametrize("bits", [0, 1, 9, 15, 32, -8])
 def test_int_bits_are_validated(bits: int) -> None:
-    with pytest.raises(QvizError, match="2 to 8 bits"):
+    with pytest.raises(QvizError, match="2 to 8 bits or 16"):
         NumberFormat(bits=bits)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_16_bit_int_is_onnx_int16(signed: bool) -> None:
+    # ONNX (and ORT's QDQ quantizer) has 16-bit integer Q/DQ types: stored as themselves.
+    fmt = NumberFormat.parse("int16" if signed else "uint16")
+    assert fmt.bits == 16 and fmt.signed is signed
+    assert fmt.storage_dtype == np.dtype(np.int16 if signed else np.uint16)
+    assert fmt.onnx_dtype == (onnx.TensorProto.INT16 if signed else onnx.TensorProto.UINT16)
+    assert fmt.saturation_range == ((-32768.0, 32767.0) if signed else (0.0, 65535.0))
 
 
 def test_float_formats_are_normalized_to_their_fixed_shape() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import qviz.core.compute.jobs as jobs_mod
 import qviz.core.search.sensitivity as sens_mod
 from qviz.core.calibration.analysis import analyze
 from qviz.core.calibration.config import QuantConfig
@@ -59,11 +60,11 @@ def int4_config() -> QuantConfig:
 
 
 class CountingMeasure:
-    """Wraps `sensitivity.measure` to count the quantized graphs actually run."""
+    """Wraps `measure` (every backend runs jobs through it) to count the graphs run."""
 
     def __init__(self) -> None:
         self.calls = 0
-        self.inner = sens_mod.measure
+        self.inner = jobs_mod.measure
 
     def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         self.calls += 1
@@ -139,7 +140,7 @@ def test_cache_avoids_rerunning(
 ) -> None:
     model, data, stats = demo
     counter = CountingMeasure()
-    monkeypatch.setattr(sens_mod, "measure", counter)
+    monkeypatch.setattr(jobs_mod, "measure", counter)  # every backend runs jobs through it
     cache = SensitivityCache(tmp_path)
     config = int4_config()
     first = run_to_completion(sensitivity(model, stats, config, data, limit=200, cache=cache))

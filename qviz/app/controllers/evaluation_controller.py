@@ -26,6 +26,7 @@ from superqt.utils import qdebounced
 from qviz.app.controllers.jobs import JobController, JobKind
 from qviz.app.controllers.workers import BackgroundRunner
 from qviz.app.dialogs.error_dialog import ErrorReporter
+from qviz.core.compute.fallback import BackendHolder, run_with
 from qviz.core.document.document import Document
 from qviz.core.document.jobs import EvaluationOutcome, evaluation_job
 from qviz.core.errors import QvizError, first_line
@@ -73,6 +74,8 @@ class EvaluationController(QObject):
         self.reporter = reporter
         self.live_limit = live_limit
         self.batch_size = batch_size
+        #: Where the full evaluation runs (Run ▸ Compute Backend…); None: here.
+        self.compute: BackendHolder | None = None
         self.live_enabled = True
         self.status = LiveStatus(LiveState.UNAVAILABLE, "Open a model (Ctrl+O) to evaluate it")
         self.live = BackgroundRunner("live-evaluation", self)
@@ -178,13 +181,14 @@ class EvaluationController(QObject):
                 self.reporter.status(f"{self.jobs.label} is running: evaluate when it is done")
                 return
             inputs = self.doc.measure_inputs("Evaluation")
-            batch = self.batch_size
+            batch, holder = self.batch_size, self.compute
             self._cancel_live()
             self.jobs.start(
                 JobKind.EVALUATE,
-                lambda should_stop: evaluation_job(
-                    inputs, full=True, limit=None, batch_size=batch, should_stop=should_stop
-                ),
+                lambda should_stop: run_with(holder, lambda compute: evaluation_job(
+                    inputs, full=True, limit=None, batch_size=batch, should_stop=should_stop,
+                    compute=compute,
+                )),
                 FULL_EVALUATION_LABEL,
                 self._accept_full,
             )

@@ -8,7 +8,8 @@ status line says which ones are shown.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
@@ -32,9 +33,18 @@ from qviz.core.files.session_file import (
     load_session,
     save_session,
 )
+from qviz.core.imported.describe import float_original
+from qviz.core.imported.importer import is_quantized_file
 from qviz.core.model.loading import LoadedModel, load_model
 from qviz.core.stats.collect import CalibrationStats
 from qviz.core.stats.stats_file import save_stats
+
+
+@dataclass(frozen=True)
+class FloatChoice:
+    """The float original chosen for a quantized model; None: derive it from the model."""
+
+    path: Path | None
 
 
 class FileController(QObject):
@@ -61,6 +71,9 @@ class FileController(QObject):
         self.recent = recent
         self.batch_size = batch_size
         self.session_path: Path | None = None
+        #: Asked when a model turns out to be quantized: its float original, derive one, or
+        #: None to cancel. The window sets a dialog; without one, the float model is derived.
+        self.ask_float_original: Callable[[Path], FloatChoice | None] | None = None
         jobs.cancelled.connect(self._on_cancelled)
 
     @property
@@ -102,11 +115,22 @@ class FileController(QObject):
         stats_path: str | Path | None = None,
         eval_data_path: str | Path | None = None,
         session: SessionFile | None = None,
+        float_choice: FloatChoice | None = None,
     ) -> None:
-        """Load a model in the background; then read `stats_path` or calibrate on data."""
+        """Load a model in the background; then read `stats_path` or calibrate on data.
+
+        A quantized model needs its float original: `float_choice`, or else the user is
+        asked (`ask_float_original`)."""
         p = Path(path)
         data = Path(data_path) if data_path is not None else None
         stats = Path(stats_path) if stats_path is not None else None
+        if float_choice is None and is_quantized_file(p):
+            ask = self.ask_float_original
+            float_choice = FloatChoice(None) if ask is None else ask(p)
+            if float_choice is None:
+                self.reporter.status(f"Opening {p.name} cancelled")
+                return
+        float_model = None if float_choice is None else float_choice.path
 
         def done(model: LoadedModel) -> None:
             self._install_model(model, p, session)
@@ -124,7 +148,11 @@ class FileController(QObject):
                     f"(Ctrl+D) to measure the activations."
                 )
 
-        self.jobs.start(JobKind.LOAD, call_as_job(lambda: load_model(p)), f"Loading {p.name}", done)
+        if float_model is None:
+            load = call_as_job(lambda: load_model(p))
+        else:
+            load = call_as_job(lambda: load_model(p, float_model=float_model))
+        self.jobs.start(JobKind.LOAD, load, f"Loading {p.name}", done)
 
     def open_data(self, path: str | Path) -> None:
         """Calibrate the open model on this data (remembered for later if no model is open)."""
@@ -209,6 +237,7 @@ class FileController(QObject):
                 stats_path=session.stats_path,
                 eval_data_path=session.eval_data_path,
                 session=session,
+                float_choice=FloatChoice(session.float_model_path),
             )
 
     # ----------------------------------------------------------------- results of jobs
@@ -247,6 +276,7 @@ class FileController(QObject):
         doc = self.doc
         found: list[Path | None] = [doc.data_path, doc.eval_data_path, *extra]
         found += model_files(doc.model_path, near=[target])
+        found += model_files(float_original(doc.model), near=[target])
         if stats:
             found.append(doc.stats_path)
         return found

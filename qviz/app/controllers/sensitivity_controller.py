@@ -16,6 +16,7 @@ from PySide6.QtCore import QObject, Signal
 
 from qviz.app.controllers.workers import BackgroundRunner
 from qviz.app.dialogs.error_dialog import ErrorReporter
+from qviz.core.compute.fallback import BackendHolder, run_with
 from qviz.core.document.document import Document
 from qviz.core.document.jobs import MixedOutcome, MixedRequest, mixed_job, sensitivity_job
 from qviz.core.errors import QvizError
@@ -52,6 +53,8 @@ class SensitivityController(QObject):
         #: Where reports are cached (None: no cache). Tests point it at a temporary folder.
         self.cache: SensitivityCache | None = SensitivityCache()
         self.metric: Metric | None = None  # None: accuracy with labels, else output SQNR
+        #: Where the runs go (Run ▸ Compute Backend…); None: here, one at a time.
+        self.compute: BackendHolder | None = None
         self.runner = BackgroundRunner("sensitivity", self)
         self.mixed_runner = BackgroundRunner("mixed precision", self)
         for runner, progress, cancelled, busy in (
@@ -83,11 +86,12 @@ class SensitivityController(QObject):
         except QvizError as exc:
             self.reporter.report(exc, "Sensitivity")
             return False
-        metric, cache = self.metric, self.cache
+        metric, cache, holder = self.metric, self.cache, self.compute
         self.runner.start(
-            lambda should_stop: sensitivity_job(
-                inputs, limit=limit, metric=metric, cache=cache, should_stop=should_stop
-            ),
+            lambda should_stop: run_with(holder, lambda compute: sensitivity_job(
+                inputs, limit=limit, metric=metric, cache=cache, should_stop=should_stop,
+                compute=compute,
+            )),
             "Sensitivity",
             self._on_sensitivity_done,
         )
@@ -127,11 +131,11 @@ class SensitivityController(QObject):
             self.reporter.report(exc, "Mixed precision")
             self.mixedFailed.emit(str(exc))
             return False
-        cache = self.cache
+        cache, holder = self.cache, self.compute
         self.mixed_runner.start(
-            lambda should_stop: mixed_job(
-                inputs, request, cache=cache, should_stop=should_stop
-            ),
+            lambda should_stop: run_with(holder, lambda compute: mixed_job(
+                inputs, request, cache=cache, should_stop=should_stop, compute=compute
+            )),
             "Mixed precision",
             self._on_mixed_done,
         )

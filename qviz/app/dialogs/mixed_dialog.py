@@ -66,6 +66,8 @@ PRECISIONS: tuple[tuple[str, str], ...] = (
     ("int4", "4-bit integer weights, int8 activations"),
     ("int8", "8-bit integer weights and activations"),
     ("float", "the layer stays float (its weight and input are not quantized)"),
+    ("imported", "the quantized model's own Q/DQ pairs for the layer (a model quantized "
+     "elsewhere: imported + float finds the pairs to drop)"),
 )
 DEFAULT_CRITERION = "accuracy_drop<=0.5"
 CHANGED_BG = QColor("#fff3cd")
@@ -291,6 +293,8 @@ class MixedPrecisionDialog(QDialog):
         layout.addWidget(base_note)
         layout.addWidget(self.progress)
         layout.addWidget(self.splitter, 1)
+        self._show_imported_choice()
+        doc.events.model.connect(self._show_imported_choice)
         self._validate()
 
         self._on_objective()
@@ -304,12 +308,22 @@ class MixedPrecisionDialog(QDialog):
         self._on_mixed()
 
     # ----------------------------------------------------------------- the form
+    def _show_imported_choice(self) -> None:
+        """"imported" is offered for a model quantized elsewhere only, and is then the
+        question: which of its pairs to keep, which to drop."""
+        model = self._doc.model
+        imported = model is not None and model.imported is not None
+        box = self.precision_checks["imported"]
+        box.setVisible(imported)
+        for name, check in self.precision_checks.items():
+            check.setChecked(name in ("imported", "float") if imported else name != "imported")
+
     def request(self) -> MixedRequest:
         """The form as a request; QvizError with one clear line when it is not valid."""
         criterion = Criterion.parse(self.criterion_edit.text())
         allowed = [n for n, box in self.precision_checks.items() if box.isChecked()]
         if not any(n != "float" for n in allowed):
-            raise QvizError("allow at least one quantized precision (int4 or int8)")
+            raise QvizError("allow at least one quantized precision (int4, int8 or imported)")
         limit = int(self.limit_spin.value())
         objective = self.objective_combo.currentData()
         return MixedRequest(criterion, parse_precisions(allowed), objective, limit,

@@ -41,6 +41,8 @@ class ChannelView(QWidget):
         self._shown_for: tuple[str, str] | None = None
 
         self.title = QLabel()
+        # Wrapped: a long tensor name must not set the window's minimum width.
+        self.title.setWordWrap(True)
         self.title.setStyleSheet("font-weight: 600;")
         self.caption = QLabel()
         self.caption.setWordWrap(True)
@@ -102,6 +104,7 @@ class ChannelView(QWidget):
         layout.setSpacing(2)
         # Empty state: a sentence in place of empty axes (same size, so nothing jumps).
         self.placeholder = QLabel()
+        self.placeholder.setWordWrap(True)
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.placeholder.setStyleSheet("color: #5f6368; background: white;")
         self.stack = QStackedWidget()

@@ -8,6 +8,7 @@ step; the document announces the change and every view redraws from it.
 
 from __future__ import annotations
 
+import html
 import math
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from qviz.app.dialogs.error_dialog import ErrorReporter
+from qviz.app.views.metrics_panel import elide_middle
 from qviz.core.calibration.analysis import TensorKey
 from qviz.core.calibration.config import TensorConfig, format_supported, granularity_supported
 from qviz.core.calibration.methods import DEFAULT_PERCENTILE, Method, MethodSpec
@@ -53,6 +55,8 @@ METHODS: tuple[tuple[Method, str, str], ...] = (
     (Method.MSE, "MSE", "Range minimizing the mean squared quantization error"),
     (Method.MANUAL, "Manual", "Your own clip range: type it here or drag the band on the "
      "histogram"),
+    (Method.IMPORTED, "Imported", "The scale and zero point of the quantized model's own Q/DQ "
+     "pair for this tensor (a model quantized by another tool)"),
 )
 GRANULARITIES: tuple[tuple[GranularityKind, str, str], ...] = (
     (GranularityKind.PER_TENSOR, "Per-tensor", "One scale for the whole tensor"),
@@ -96,13 +100,17 @@ class ControlsPanel(QGroupBox):
         self._doc = doc
         self._reporter = reporter
         self._info: TensorInfo | None = None
+        self._imported: TensorConfig | None = None  # the selected tensor's imported setting
         self._updating = False
         #: Milliseconds the last edit took to reach every view (the document's listeners
         #: redraw synchronously), as the status line reports it.
         self.last_update_ms = float("nan")
 
+        # Two fixed lines, long names elided: a label that wraps inside the splitter loses its
+        # last line (the pane keeps the height it had), and a long name would widen the pane.
         self.target_label = QLabel("No tensor selected")
-        self.target_label.setWordWrap(True)
+        self.target_label.setMinimumHeight(2 * self.target_label.fontMetrics().lineSpacing() + 4)
+        self.target_label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         self.target_label.setToolTip("The tensor these settings are shown for")
 
         self.method_combo = QComboBox()
@@ -216,12 +224,18 @@ class ControlsPanel(QGroupBox):
                 w.setEnabled(enabled)
             if info is None or cfg is None:
                 self.target_label.setText("No tensor selected")
+                self.target_label.setToolTip("The tensor these settings are shown for")
                 return
             kind_word = "weight" if info.kind is TensorKind.WEIGHT else "activation"
-            self.target_label.setText(
-                f"<b>{info.name}</b> — {kind_word} of {info.layer} ({info.op_type})"
-            )
+            owner = f"{kind_word} of {elide_middle(info.layer, 52)} ({info.op_type})"
+            self.target_label.setText(f"<b>{html.escape(elide_middle(info.name, 56))}</b><br>"
+                                      f"{html.escape(owner)}")
+            self.target_label.setToolTip(f"{info.name} — {kind_word} of {info.layer} "
+                                         f"({info.op_type})")
             self._fill_scope(info)
+            self._imported = self._imported_config()
+            _enable_items(self.method_combo,
+                          lambda m: m is not Method.IMPORTED or self._imported is not None)
             _set_data(self.method_combo, cfg.spec.method)
             if cfg.spec.percentile is not None:
                 self.percentile_spin.setValue(cfg.spec.percentile)
@@ -236,6 +250,7 @@ class ControlsPanel(QGroupBox):
                 "int" if cfg.fmt.signed else "uint"
             )
             _set_data(self.format_combo, fid)
+            self.bits_spin.setMaximum(16 if cfg.fmt.bits == 16 else 8)  # 16: imported int16
             self.bits_spin.setValue(cfg.fmt.bits)
             self.symmetric_check.setChecked(cfg.fmt.symmetric)
             # Only offer what this kind of tensor can take.
@@ -252,6 +267,8 @@ class ControlsPanel(QGroupBox):
         if self._info is None:
             return None
         method = self.method_combo.currentData()
+        if method is Method.IMPORTED and self._imported is not None:
+            return self._imported  # the pair's parameters fix its format and granularity
         manual = None
         if method is Method.MANUAL:
             manual = (self.lo_spin.value(), self.hi_spin.value())
@@ -274,7 +291,7 @@ class ControlsPanel(QGroupBox):
 
     def choose_method(self, method: Method) -> None:
         """Select a method as if the user picked it (keyboard shortcuts 1–5)."""
-        if self._info is not None:
+        if self._info is not None and (method is not Method.IMPORTED or self._imported):
             _set_data(self.method_combo, method)
 
     # ----------------------------------------------------------------- internals
@@ -284,6 +301,14 @@ class ControlsPanel(QGroupBox):
             self.granularity_combo, self.group_spin, self.format_combo, self.bits_spin,
             self.symmetric_check, self.scope_combo, self.apply_button,
         ]
+
+    def _imported_config(self) -> TensorConfig | None:
+        doc, key = self._doc, self._doc.selection
+        if doc.model is None or doc.model.imported is None or key is None:
+            return None
+        from qviz.core.imported.configs import imported_tensor_config
+
+        return imported_tensor_config(doc.model, key, doc.tensor(key).layer)
 
     def _fill_scope(self, info: TensorInfo) -> None:
         kind_word = "weights" if info.kind is TensorKind.WEIGHT else "activations"
@@ -303,17 +328,22 @@ class ControlsPanel(QGroupBox):
         self.lo_spin.setEnabled(method is Method.MANUAL)
         self.hi_spin.setEnabled(method is Method.MANUAL)
         per_group = self.granularity_combo.currentData() is GranularityKind.PER_GROUP
-        self.group_spin.setEnabled(per_group)
+        # An imported pair's parameters fix its granularity and format.
+        free = method is not Method.IMPORTED
+        self.granularity_combo.setEnabled(free)
+        self.format_combo.setEnabled(free)
+        self.group_spin.setEnabled(per_group and free)
         is_int = self.format_combo.currentData() in ("int", "uint")
-        self.bits_spin.setEnabled(is_int)
-        self.symmetric_check.setEnabled(is_int)
+        self.bits_spin.setEnabled(is_int and free)
+        self.symmetric_check.setEnabled(is_int and free)
         if not is_int:
             fid = self.format_combo.currentData()
             self.bits_spin.blockSignals(True)
             self.bits_spin.setValue(4 if fid == "nf4" else 8)
             self.bits_spin.blockSignals(False)
-        # Manual ranges belong to one tensor; copying one to every layer makes no sense.
-        manual = method is Method.MANUAL
+        # Manual ranges and imported pairs belong to one tensor; copying one to every layer
+        # makes no sense.
+        manual = method in (Method.MANUAL, Method.IMPORTED)
         self.scope_combo.setEnabled(not manual)
         self.apply_button.setEnabled(not manual)
 
@@ -336,7 +366,8 @@ class ControlsPanel(QGroupBox):
         key = self._doc.selection
         if cfg is None or key is None:
             return
-        scope = ApplyScope.TENSOR if cfg.spec.method is Method.MANUAL else self.scope()
+        own = cfg.spec.method in (Method.MANUAL, Method.IMPORTED)
+        scope = ApplyScope.TENSOR if own else self.scope()
         self.apply(cfg, scope)
 
     def apply(self, cfg: TensorConfig, scope: ApplyScope = ApplyScope.TENSOR) -> None:

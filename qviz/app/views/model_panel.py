@@ -51,6 +51,7 @@ from qviz.core.document.jobs import EvaluationOutcome
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Verdict, check_all, overall
 from qviz.core.evaluation.evaluate import Metric
+from qviz.core.imported.describe import import_summary
 from qviz.core.model.loading import TensorKind
 from qviz.core.text import fmt_bytes
 
@@ -146,13 +147,12 @@ def outcome_texts(outcome: EvaluationOutcome) -> dict[str, tuple[str, str, str]]
         rows["fused"] = ("", f"{len(fusion.fused)} of {fusion.n_layers}: {which}{saturating}", "")
     else:
         rows["fused"] = ("", FULL_ONLY, "")
+    rows["slower"] = ("", FULL_ONLY, "")  # until a full evaluation times the layers
     if ev.speed is not None:
         slow = ev.slow_layers
         named = ", ".join(f"{x.layer} ({x.cause.value})" for x in slow[:3])
         more = f" and {len(slow) - 3} more" if len(slow) > 3 else ""
         rows["slower"] = ("", f"{len(slow)}: {named}{more}" if slow else "none", "")
-    else:
-        rows["slower"] = ("", FULL_ONLY, "")
     if ev.mismatch:
         m = ev.mismatch[0]
         steps = "" if m.max_steps is None else f" ({m.max_steps:.3g} steps)"
@@ -228,6 +228,10 @@ class ModelPanel(QWidget):
         verdict_text.setSpacing(2)
         verdict_text.addWidget(self.verdict_label)
         verdict_text.addWidget(self.source_label)
+        self.imported_label = QLabel()  # what a quantized model was opened with
+        self.imported_label.setWordWrap(True)
+        self.imported_label.setVisible(False)
+        verdict_text.addWidget(self.imported_label)
         verdict_text.addStretch(1)
         top = QHBoxLayout()
         top.addWidget(self.badge, 0, Qt.AlignmentFlag.AlignTop)
@@ -381,6 +385,7 @@ class ModelPanel(QWidget):
         doc.events.criteria.connect(self._on_criteria)
         doc.events.selection.connect(self._ring_selected_layer)
         doc.events.model.connect(self._ring_selected_layer)
+        doc.events.model.connect(self._show_imported)
 
     # ----------------------------------------------------------------- following the document
     def _on_evaluation(self) -> None:
@@ -411,6 +416,11 @@ class ModelPanel(QWidget):
         """Ring, on the depth plot, the input of the layer shown in the layer view."""
         acts = [k.name for k in self._doc.visible_keys() if k.kind is TensorKind.ACTIVATION]
         self.set_selected_tensor(acts[0] if acts else None)
+
+    def _show_imported(self) -> None:
+        text = import_summary(self._doc.model)
+        self.imported_label.setText(text or "")
+        self.imported_label.setVisible(text is not None)
 
     def _select_input(self, tensor: str) -> None:
         key = TensorKey(tensor, TensorKind.ACTIVATION)

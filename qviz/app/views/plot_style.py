@@ -44,6 +44,7 @@ METHOD_COLORS: dict[Method, str] = {
     Method.ENTROPY: "#009E73",
     Method.MSE: "#CC79A7",
     Method.MANUAL: "#56B4E9",
+    Method.IMPORTED: "#D55E00",
 }
 CURRENT_COLOR = "#000000"
 # The configuration pinned for comparison ("A"): a colour no method or tensor kind uses.
@@ -56,6 +57,7 @@ METHOD_NAMES: dict[Method, str] = {
     Method.ENTROPY: "Entropy",
     Method.MSE: "MSE",
     Method.MANUAL: "Manual",
+    Method.IMPORTED: "Imported",
 }
 
 # Error-curve traces.

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from qviz.core.calibration.config import QuantConfig, TensorConfig
-from qviz.core.calibration.methods import choose_range
+from qviz.core.calibration.imported_analysis import imported_activation, imported_weight
+from qviz.core.calibration.methods import Method, choose_range
 from qviz.core.calibration.metrics import TensorMetrics, histogram_metrics
 from qviz.core.calibration.weights import ChannelMetrics, analyze_weight
 from qviz.core.errors import QvizError
@@ -84,8 +85,17 @@ def analyze_tensor(
 ) -> TensorResult:
     """Quantization parameters and error metrics of one tensor under `cfg` (weights need no
     statistics; an activation without them is a QvizError)."""
+    imported = cfg.spec.method is Method.IMPORTED
     if tensor.kind is TensorKind.WEIGHT:
         layer = tensor.layer
+        if imported:
+            analysis = imported_weight(
+                model.weight(tensor.name), layer.channel_axis, cfg.spec, cfg.fmt
+            )
+            return TensorResult(
+                tensor.name, layer, tensor.kind, cfg, analysis.qparams, analysis.metrics,
+                analysis.channel_metrics,
+            )
         analysis = analyze_weight(
             model.weight(tensor.name),
             layer.channel_axis,
@@ -106,6 +116,9 @@ def analyze_tensor(
         raise QvizError(f"no calibration statistics for activation '{tensor.name}'") from None
     if cfg.fmt.kind is FormatKind.NF4:
         raise QvizError("NF4 is a weight-only format; activations need an integer or FP8 format")
+    if imported:
+        qparams, metrics = imported_activation(tstats, cfg.spec, cfg.fmt)
+        return TensorResult(tensor.name, tensor.layer, tensor.kind, cfg, qparams, metrics)
     lo, hi = choose_range(tstats, cfg.spec, cfg.fmt)
     qparams = compute_qparams(lo, hi, cfg.fmt)
     metrics = histogram_metrics(tstats, lo, hi, cfg.fmt)

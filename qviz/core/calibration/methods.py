@@ -32,6 +32,7 @@ from qviz.core.calibration.mse import mse_ranges
 from qviz.core.calibration.percentile import percentile_ranges
 from qviz.core.errors import QvizError
 from qviz.core.quant.formats import NumberFormat
+from qviz.core.quant.imported_params import ImportedParams
 from qviz.core.stats.histogram import HistogramRows
 from qviz.core.stats.tensor_stats import TensorStats
 
@@ -53,6 +54,8 @@ class Method(Enum):
     ENTROPY = "entropy"
     MSE = "mse"
     MANUAL = "manual"
+    # The exact scale and zero point of a model quantized by another tool (its Q/DQ pair).
+    IMPORTED = "imported"
 
 
 DEFAULT_PERCENTILE = 99.99
@@ -63,13 +66,16 @@ class MethodSpec:
     """A method and the one parameter that applies to it, nothing else: ``percentile``
     (PERCENTILE only, in (0, 100]; 99.99 when not given) or ``manual_range`` (MANUAL only,
     ``lo < hi``; checked when the range is chosen, so a spec can exist before the user has
-    set a range). A parameter given to a method it does not apply to is a TypeError, so
-    equal choices are equal specs (and equal cache keys); :meth:`of` drops them instead, for
-    callers that hold every parameter whatever the method (a form, command-line options)."""
+    set a range) or ``imported`` (IMPORTED only: the parameters of a Q/DQ pair read from a
+    quantized model; like a manual range, checked when used). A parameter given to a method
+    it does not apply to is a TypeError, so equal choices are equal specs (and equal cache
+    keys); :meth:`of` drops them instead, for callers that hold every parameter whatever the
+    method (a form, command-line options)."""
 
     method: Method = Method.MINMAX
     percentile: float | None = None
     manual_range: tuple[float, float] | None = None
+    imported: ImportedParams | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, Method):
@@ -87,6 +93,8 @@ class MethodSpec:
                 object.__setattr__(self, "manual_range", (lo, hi))
         elif self.manual_range is not None:
             raise TypeError(f"a manual range applies to Method.MANUAL, not {self.method}")
+        if self.imported is not None and self.method is not Method.IMPORTED:
+            raise TypeError(f"imported parameters apply to Method.IMPORTED, not {self.method}")
 
     @classmethod
     def of(
@@ -117,11 +125,19 @@ def choose_range(stats: TensorStats, spec: MethodSpec, fmt: NumberFormat) -> tup
     * MINMAX: the exact ``(min, max)``, as onnxruntime's ``MinMaxCalibrater``.
     * PERCENTILE, ENTROPY, MSE: see :func:`choose_row_ranges` (one histogram).
     * MANUAL: ``spec.manual_range``; QvizError unless finite with ``lo < hi``.
+    * IMPORTED: the range the imported per-tensor parameters cover (QvizError without them,
+      or for per-channel ones: a single range cannot stand for them).
 
-    A tensor with no finite values gives ``(0.0, 0.0)`` for every method but MANUAL.
+    A tensor with no finite values gives ``(0.0, 0.0)`` for every method but MANUAL and
+    IMPORTED.
     """
     if spec.method is Method.MANUAL:
         return _manual_range(spec)
+    if spec.method is Method.IMPORTED:
+        lo_i, hi_i = _imported_ranges(spec, fmt)
+        if lo_i.size != 1:
+            raise QvizError("imported per-channel parameters have no single clip range")
+        return float(lo_i.reshape(-1)[0]), float(hi_i.reshape(-1)[0])
     if spec.method is Method.MINMAX or stats.count == 0 or stats.histogram.total <= 0:
         return stats.min, stats.max
     vmin, vmax = data_extent(stats)
@@ -207,13 +223,21 @@ def choose_row_ranges(
     real quantizer (``fake_quantize``) over the histogram's values, represented by sub-bin
     sample points: see :func:`mse.search_mse_ranges`.
 
-    MINMAX gives ``(vmin, vmax)``; MANUAL broadcasts ``spec.manual_range``.
+    MINMAX gives ``(vmin, vmax)``; MANUAL broadcasts ``spec.manual_range``; IMPORTED gives
+    the imported parameters' ranges (one per scale; R must match, or be 1 for per-tensor).
     """
     lo_d = np.asarray(vmin, dtype=np.float64).reshape(-1)
     hi_d = np.asarray(vmax, dtype=np.float64).reshape(-1)
     method = spec.method
     if method is Method.MINMAX:
         return lo_d.copy(), hi_d.copy()
+    if method is Method.IMPORTED:
+        lo_i, hi_i = (a.reshape(-1) for a in _imported_ranges(spec, fmt))
+        if lo_i.size not in (1, lo_d.size):
+            raise QvizError(
+                f"the imported parameters hold {lo_i.size} scales, not {lo_d.size}"
+            )
+        return np.broadcast_to(lo_i, lo_d.shape).copy(), np.broadcast_to(hi_i, lo_d.shape).copy()
     if method is Method.MANUAL:
         m_lo, m_hi = _manual_range(spec)
         return np.full(lo_d.shape, m_lo), np.full(lo_d.shape, m_hi)
@@ -237,6 +261,12 @@ def _clamp(
     lo = np.clip(lo, lo_d, hi_d)
     hi = np.clip(hi, lo_d, hi_d)
     return lo, np.maximum(hi, lo)
+
+
+def _imported_ranges(spec: MethodSpec, fmt: NumberFormat) -> tuple[np.ndarray, np.ndarray]:
+    if spec.imported is None:
+        raise QvizError("imported method chosen but the model holds no parameters for it")
+    return spec.imported.effective_range(fmt)
 
 
 def _manual_range(spec: MethodSpec) -> tuple[float, float]:

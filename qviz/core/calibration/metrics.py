@@ -31,6 +31,7 @@ __all__ = [
     "error_curve",
     "exact_metrics",
     "histogram_metrics",
+    "histogram_metrics_of",
     "sqnr_db",
 ]
 
@@ -168,7 +169,12 @@ def histogram_metrics(stats: TensorStats, lo: float, hi: float, fmt: NumberForma
     rounding boundary inside an interval, half the gap between the two levels it separates.
     An empty histogram gives zero error, SQNR +inf and cosine 1.
     """
-    qp = compute_qparams(lo, hi, fmt)
+    return histogram_metrics_of(stats, compute_qparams(lo, hi, fmt), fmt)
+
+
+def histogram_metrics_of(stats: TensorStats, qp: QParams, fmt: NumberFormat) -> TensorMetrics:
+    """:func:`histogram_metrics` for given per-tensor qparams (an imported scale and zero
+    point, which no clip range reproduces bit for bit)."""
     eff_lo, eff_hi = _scale_range(qp, fmt)
     hist = stats.histogram
     base = {
@@ -246,11 +252,14 @@ def exact_metrics(x: ArrayLike, qp: QParams, fmt: NumberFormat) -> TensorMetrics
 
 
 def exact_metrics_with_output(
-    x: ArrayLike, qp: QParams, fmt: NumberFormat
+    x: ArrayLike, qp: QParams, fmt: NumberFormat, quantized: ArrayLike | None = None
 ) -> tuple[TensorMetrics, np.ndarray]:
-    """:func:`exact_metrics` plus the fake-quantized float32 tensor (for per-channel sums)."""
+    """:func:`exact_metrics` plus the fake-quantized float32 tensor (for per-channel sums).
+
+    ``quantized``: the values the quantized model really holds, when they are not
+    ``fake_quantize(x)`` (an imported weight whose tool chose its own codes)."""
     x32 = np.asarray(x, dtype=np.float32)
-    xq32 = fake_quantize(x32, qp, fmt)
+    xq32 = fake_quantize(x32, qp, fmt) if quantized is None else np.asarray(quantized, np.float32)
     finite = np.isfinite(x32)
     all_finite = bool(finite.all())
     xv = x32.astype(np.float64) if all_finite else x32[finite].astype(np.float64)

@@ -26,7 +26,7 @@ from qviz.core.quant.qparams import QParams, compute_qparams
 from qviz.core.stats.histogram import HistogramRows
 from qviz.core.stats.tensor_stats import compute_stats
 
-__all__ = ["ChannelMetrics", "WeightAnalysis", "analyze_weight"]
+__all__ = ["ChannelMetrics", "WeightAnalysis", "analyze_weight", "weight_analysis_of"]
 
 # Per-row (channel / block) histograms for ENTROPY and MSE: fewer bins than an activation's
 # 2048 because a row holds far fewer values, and the cost is rows x bins.
@@ -118,8 +118,23 @@ def analyze_weight(
             )
         qp = _group_qparams(arr, red, granularity.group_size, spec, fmt)
 
-    metrics, fq = exact_metrics_with_output(arr, qp, fmt)
-    channel_metrics = None if ch is None else _channel_metrics(arr, fq, qp, ch, metrics)
+    return weight_analysis_of(arr, ch, qp, fmt)
+
+
+def weight_analysis_of(
+    w: np.ndarray,
+    channel_axis: int | None,
+    qp: QParams,
+    fmt: NumberFormat,
+    quantized: np.ndarray | None = None,
+) -> WeightAnalysis:
+    """The exact error of weight ``w`` under given qparams (``quantized``: the values the
+    model really holds, when they are not ``fake_quantize(w)``), with per-channel metrics
+    along ``channel_axis`` (non-negative, or None)."""
+    metrics, fq = exact_metrics_with_output(w, qp, fmt, quantized)
+    channel_metrics = (
+        None if channel_axis is None else _channel_metrics(w, fq, qp, channel_axis, metrics)
+    )
     return WeightAnalysis(qparams=qp, metrics=metrics, channel_metrics=channel_metrics)
 
 

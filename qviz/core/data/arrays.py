@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 import zipfile
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -68,6 +68,10 @@ class ZipStream(LazyArray):
         self._stream: IO[bytes] | None = None
         self._zip: zipfile.ZipFile | None = None
         self._pos = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Compute backends ship data sets to worker processes: the stream reopens there.
+        return {**self.__dict__, "_stream": None, "_zip": None, "_pos": 0}
 
     def _open(self) -> None:
         self.close()

@@ -43,6 +43,7 @@ from qviz.core.document.summary import Summary, summarize
 from qviz.core.document.tensors import ApplyScope, TensorIndex
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
+from qviz.core.imported.configs import imported_config
 from qviz.core.layerdata.layer import LayerData, LayerPlots
 from qviz.core.model.loading import LoadedModel, TensorKind
 from qviz.core.quant.formats import PerTensor
@@ -171,6 +172,8 @@ class Document(PinnedComparison):
     def set_model(self, model: LoadedModel, path: Path | None = None) -> None:
         """A new model: its statistics, results and measurements start empty; the settings
         are kept (they are per tensor name) and the history starts again from them."""
+        # Settings of an imported model are its pairs': they mean nothing to another model.
+        leaving_import = self.model is not None and self.model.imported is not None
         self.model = model
         self.model_path = Path(path) if path is not None else Path(model.source)
         self.stats = None
@@ -180,7 +183,11 @@ class Document(PinnedComparison):
         self._results.set_limit(len(self._index))
         self._plots.clear()
         self._markers.clear()
-        if self._untouched:
+        if model.imported is not None:
+            # A quantized model opens with its own quantization.
+            self.history.reset(imported_config(model))
+            self.defaults_note = None
+        elif self._untouched or leaving_import:
             # No choice of the user's yet: start from what holds on this machine.
             defaults = recommended_defaults()
             self.history.reset(defaults.config)

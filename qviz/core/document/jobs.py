@@ -21,11 +21,13 @@ from qviz.core.calibration.analysis import (
     analyze_tensor,
 )
 from qviz.core.calibration.config import QuantConfig, TensorConfig
+from qviz.core.compute.backend import ComputeBackend
+from qviz.core.compute.remote import evaluate_with
 from qviz.core.data.dataset import Dataset, load_data
 from qviz.core.data.split import Holdout, Part, split
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
-from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode, evaluate
+from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode
 from qviz.core.model.loading import LoadedModel, load_model
 from qviz.core.progress import Progress
 from qviz.core.runtime.sessions import Threads
@@ -92,7 +94,7 @@ def load_stats_and_model(
             f"{path.name} was collected on {source}, which is not there; open that model "
             f"(Ctrl+O) and then the statistics"
         )
-    model = load_model(source)
+    model = load_model(source, float_model=stats.float_source)
     if model.sha256 != stats.model_sha256:
         raise QvizError(
             f"{source} has changed since {path.name} was collected (sha256 differs); "
@@ -197,15 +199,17 @@ def evaluation_job(
     limit: int | None,
     batch_size: int,
     should_stop: ShouldStop,
+    compute: ComputeBackend | None = None,
 ) -> Generator[Progress, None, EvaluationOutcome]:
-    """Analyse what is not yet analysed and evaluate the Q/DQ model."""
+    """Analyse what is not yet analysed and evaluate the Q/DQ model (on `compute` when
+    given: the full evaluation can run on a cluster)."""
     started = time.perf_counter()
     model = inputs.model
     yield Progress(0, 0, 0.0, None, f"reading {inputs.data_path.name}")
     dataset = inputs.load()
     results = analyze(model, inputs.stats, inputs.config, inputs.known)
-    evaluation = yield from evaluate(
-        model, results, dataset, native=full, limit=None if full else limit,
+    evaluation = yield from evaluate_with(
+        compute, model, results, dataset, native=full, limit=None if full else limit,
         batch_size=batch_size, latency=full, should_stop=should_stop,
     )  # fmt: skip
     return EvaluationOutcome(
@@ -226,6 +230,7 @@ def sensitivity_job(
     metric: Metric | None,
     cache: SensitivityCache | None,
     should_stop: ShouldStop,
+    compute: ComputeBackend | None = None,
 ) -> Generator[Progress, None, SensitivityReport]:
     """Read the data and measure every layer."""
     yield Progress(0, 0, 0.0, None, f"reading {inputs.data_path.name}")
@@ -233,7 +238,7 @@ def sensitivity_job(
     return (
         yield from sensitivity(
             inputs.model, inputs.stats, inputs.config, data, metric=metric,
-            limit=limit, cache=cache, should_stop=should_stop,
+            limit=limit, cache=cache, compute=compute, should_stop=should_stop,
         )
     )  # fmt: skip
 
@@ -270,6 +275,7 @@ def mixed_job(
     *,
     cache: SensitivityCache | None,
     should_stop: ShouldStop,
+    compute: ComputeBackend | None = None,
 ) -> Generator[Progress, None, MixedOutcome]:
     """Read the data, search, then measure the all-lowest baseline on every sample too."""
     yield Progress(0, 0, 0.0, None, f"reading {inputs.data_path.name}")
@@ -278,17 +284,17 @@ def mixed_job(
     result: MixedResult = yield from mixed_precision(
         model, stats, inputs.config, data, request.criterion, request.allowed,
         objective=request.objective, limit=request.limit, cache=cache,
-        batch_size=MIXED_BATCH, should_stop=should_stop,
+        batch_size=MIXED_BATCH, compute=compute, should_stop=should_stop,
         speed_batches=(request.speed_batch,), threads=Threads(intra_op=request.threads),
     )  # fmt: skip
     baseline = result.baseline
     if baseline.index == result.chosen.index or result.evaluation is None:
         return MixedOutcome(result, None)
     label = f"measuring {baseline.label} on every sample"
-    gen = evaluate(
-        model, analyze(model, stats, baseline.config), data,
+    gen = evaluate_with(
+        compute, model, analyze(model, stats, baseline.config), data,
         native=result.evaluation.mode is RunMode.NATIVE, precision=result.evaluation.precision,
-        batch_size=MIXED_BATCH, latency=False, should_stop=should_stop,
+        batch_size=MIXED_BATCH, latency=False, label=label, should_stop=should_stop,
     )  # fmt: skip
     while True:
         try:

@@ -6,6 +6,8 @@ from qviz.core.data.split import Holdout
 from qviz.core.document.document import Document
 from qviz.core.errors import QvizError
 from qviz.core.files.session_file import SessionFile
+from qviz.core.imported.configs import with_imported_params
+from qviz.core.imported.describe import float_original
 
 
 def to_session(doc: Document) -> SessionFile:
@@ -22,6 +24,7 @@ def to_session(doc: Document) -> SessionFile:
         log_counts=doc.log_counts,
         criteria=doc.measures.criteria_text,
         sensitivity=doc.measures.sensitivity,
+        float_model_path=float_original(doc.model),
         holdout_every=None if doc.holdout is None else doc.holdout.every,
     )
 
@@ -29,7 +32,11 @@ def to_session(doc: Document) -> SessionFile:
 def adopt_session(doc: Document, session: SessionFile) -> None:
     """Take a loaded session's choices into `doc` (the caller opens its files); the undo
     history starts at them."""
-    doc.reset_history(session.config)
+    config = session.config
+    if doc.model is not None:
+        # An imported setting is stored by name; the model's pair brings its parameters.
+        config = with_imported_params(config, doc.model)
+    doc.reset_history(config)
     doc.set_holdout(None if session.holdout_every is None else Holdout(session.holdout_every))
     doc.set_log_counts(session.log_counts)
     if session.selection is not None:

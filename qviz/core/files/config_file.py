@@ -47,6 +47,7 @@ from qviz.core.quant.formats import (
     PerAxis,
     PerGroup,
 )
+from qviz.core.quant.imported_params import ImportedParams
 from qviz.core.quant.qparams import QParams, blocked_shape
 
 SCHEMA_VERSION = 1
@@ -81,6 +82,7 @@ class SavedConfig:
     qviz_version: str
     schema_version: int = SCHEMA_VERSION  # of the file as it was on disk, before migration
     origin: str = "the config file"  # where it was read from, for messages
+    model_float_source: str | None = None  # the float original of a quantized model
 
     def tensor(self, name: str) -> SavedTensor:
         for t in self.tensors:
@@ -413,11 +415,13 @@ def config_document(
     model: LoadedModel, config: QuantConfig, results: Sequence[TensorResult]
 ) -> JsonDict:
     """The JSON document `save_config` writes (exposed for tests and for the Export dialog)."""
+    float_source = None if model.imported is None else model.imported.float_source
     return {
         "schema_version": SCHEMA_VERSION,
         "file": FILE_TYPE,
         "qviz_version": qviz.__version__,
-        "model": {"source": str(model.source), "sha256": model.sha256},
+        "model": {"source": str(model.source), "sha256": model.sha256, **(
+            {} if float_source is None else {"float_source": str(float_source)})},
         **encode_quant_config(config),
         "tensors": [encode_result(r) for r in results],
     }
@@ -480,6 +484,7 @@ def decode_document(doc: JsonDict, source: str = "config file") -> SavedConfig:
         tensors.append(
             SavedTensor(name, kind, str(entry.get("layer", "")), cfg, qp, metrics)
         )
+    quant_config, tensors = _with_saved_imported(quant_config, tensors)
     return SavedConfig(
         quant_config=quant_config,
         tensors=tuple(tensors),
@@ -488,7 +493,30 @@ def decode_document(doc: JsonDict, source: str = "config file") -> SavedConfig:
         qviz_version=str(doc.get("qviz_version", "")),
         schema_version=int(on_disk),  # type: ignore[arg-type]  # checked by migrate()
         origin=source,
+        model_float_source=None if model.get("float_source") is None else str(
+            model["float_source"]),
     )
+
+
+def _with_saved_imported(
+    config: QuantConfig, tensors: list[SavedTensor]
+) -> tuple[QuantConfig, list[SavedTensor]]:
+    """An imported setting is written as its method only: its exact parameters are the
+    tensor's saved scale and zero point, put back here."""
+    saved = {t.name: t for t in tensors}
+
+    def fix(name: str, cfg: TensorConfig) -> TensorConfig:
+        if cfg.spec.method is not Method.IMPORTED or cfg.spec.imported is not None:
+            return cfg
+        found = saved.get(name)
+        if found is None:
+            raise QvizError(f"override '{name}': imported setting without saved parameters")
+        params = ImportedParams(found.qparams)
+        return dataclasses.replace(cfg, spec=MethodSpec(Method.IMPORTED, imported=params))
+
+    tensors = [dataclasses.replace(t, config=fix(t.name, t.config)) for t in tensors]
+    overrides = {name: fix(name, cfg) for name, cfg in config.overrides.items()}
+    return dataclasses.replace(config, overrides=overrides), tensors
 
 
 def load_config(path: str | Path) -> SavedConfig:

@@ -116,6 +116,8 @@ class SessionFile:
     criteria: str | None = None  # as typed; None keeps the defaults
     holdout_every: int | None = DEFAULT_EVERY  # None: evaluate on the calibration data
     notes: tuple[str, ...] = ()  # what loading dropped (a damaged sensitivity report)
+    #: The float original of a quantized model (None: derived from it, or not quantized).
+    float_model_path: Path | None = None
 
 
 def _migrate_1_to_2(doc: JsonDict) -> JsonDict:
@@ -194,6 +196,8 @@ def session_document(session: SessionFile, base_dir: Path) -> JsonDict:
             "data": _rel(session.data_path, base_dir),
             "eval_data": _rel(session.eval_data_path, base_dir),
             "stats": _rel(session.stats_path, base_dir),
+            **({"float_model": _rel(session.float_model_path, base_dir)}
+               if session.float_model_path is not None else {}),
         },
         "config": encode_quant_config(session.config),
         "criteria": session.criteria,
@@ -281,6 +285,7 @@ def decode_session(doc: JsonDict, base_dir: Path, source: str = "session file") 
         criteria=criteria,
         holdout_every=every,
         notes=() if note is None else (note,),
+        float_model_path=_abs(files.get("float_model"), base_dir, "files.float_model"),
     )
 
 

@@ -37,7 +37,7 @@ __all__ = [
 MIN_OPSET = 13
 #: FP8 QuantizeLinear/DequantizeLinear (with ``saturate``) exist from opset 19.
 FP8_OPSET = 19
-#: INT4/UINT4 tensors and blocked (per-group) quantization exist from opset 21.
+#: INT4/UINT4 (and INT16/UINT16) Q/DQ and blocked (per-group) quantization exist from opset 21.
 BLOCKED_OPSET = 21
 #: The ONNX types of the only formats with QLinear kernels on CPU.
 INT8_ONNX = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
@@ -94,8 +94,9 @@ def required_opset(results: Iterable[TensorResult]) -> int:
             continue  # NF4, stored as float: no Q/DQ type involved
         if fmt.kind in (FormatKind.FP8_E4M3FN, FormatKind.FP8_E5M2):
             need = max(need, FP8_OPSET)
-        if fmt.onnx_dtype in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
-            need = max(need, BLOCKED_OPSET)
+        if fmt.onnx_dtype in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4,
+                              onnx.TensorProto.INT16, onnx.TensorProto.UINT16):
+            need = max(need, BLOCKED_OPSET)  # 4- and 16-bit Q/DQ types are opset 21's
         if r.qparams.block_size is not None:
             need = max(need, BLOCKED_OPSET)
     return need

@@ -108,6 +108,12 @@ def build_qdq(
     Raises QvizError for a configuration the graph cannot express (NF4 or per-channel
     activations) or when the model cannot be upgraded to the opset the formats need.
     """
+    if model.imported is not None:
+        # An imported model's quantized graph is the imported graph, repaired where the
+        # configuration differs from it (what is measured is what ships).
+        from qviz.core.imported.repair import repair_qdq
+
+        return repair_qdq(model, results)
     b = QdqBuilder(model, results)
     by_key: dict[tuple[str, TensorKind], TensorResult] = {}
     for r in results:

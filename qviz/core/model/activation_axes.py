@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import onnx
 
-from qviz.core.model.layers import Layer
+from qviz.core.model.layers import LAYER_OP_TYPES, Layer
 
 __all__ = ["activation_axes", "known_shapes"]
 
@@ -53,6 +53,8 @@ def activation_axes(model: onnx.ModelProto, layers: tuple[Layer, ...]) -> dict[s
         votes.setdefault(tensor, set()).add(axis)
 
     for layer in layers:
+        if layer.op_type not in LAYER_OP_TYPES:
+            continue  # a layer an imported model adds (Add, Softmax, an output): no axis rule
         node = graph.node[layer.depth]
         out = node.output[0]
         if layer.op_type in ("Conv", "ConvTranspose"):

@@ -1,63 +1,24 @@
-"""Checks on a model file before qviz works on it: readable external data, a valid graph of
-a supported opset, and float (not already quantized)."""
+"""Checks on a model file before qviz works on it: readable external data and a valid graph of
+a supported opset. (A model that is already quantized is imported: ``qviz.core.imported``.)"""
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import onnx
 from onnx import external_data_helper, shape_inference
 
 from qviz.core.errors import QvizError, first_line
-from qviz.core.model.onnx_graph import PROTOBUF_LIMIT, all_nodes, all_tensors, default_opset
+from qviz.core.model.onnx_graph import PROTOBUF_LIMIT, all_tensors, default_opset
 
 __all__ = [
     "MIN_SUPPORTED_OPSET",
-    "QUANTIZED_OP_TYPES",
     "check_model",
     "load_external_data",
-    "refuse_quantized",
 ]
 
 #: The version converter has adapters from opset 7 on; older graphs are refused.
 MIN_SUPPORTED_OPSET = 7
-
-#: Op types that only appear in graphs that were quantized already (ONNX and ORT contrib ops).
-QUANTIZED_OP_TYPES = frozenset(
-    {
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "DynamicQuantizeLinear",
-        "ConvInteger",
-        "MatMulInteger",
-        "MatMulIntegerToFloat",
-        "DynamicQuantizeMatMul",
-        "DynamicQuantizeLSTM",
-        "MatMulNBits",
-        "MatMulBnb4",
-        "GatherBlockQuantized",
-        "QGemm",
-        "QAttention",
-        "QEmbedLayerNormalization",
-        "QOrderedMatMul",
-    }
-)
-
-
-def refuse_quantized(model: onnx.ModelProto) -> None:
-    """QvizError if the graph holds quantized ops: they hide the float weights qviz measures."""
-    counts = Counter(
-        n.op_type
-        for n in all_nodes(model.graph)
-        if n.op_type in QUANTIZED_OP_TYPES or n.op_type.startswith("QLinear")
-    )
-    if counts:
-        found = ", ".join(f"{n} {op}" for op, n in counts.most_common())
-        raise QvizError(
-            f"model is already quantized: {found} nodes; open the float model instead"
-        )
-
 
 def load_external_data(model: onnx.ModelProto, path: Path) -> None:
     """Read the external data of the model file ``path`` into ``model``; a missing file is

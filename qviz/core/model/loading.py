@@ -6,7 +6,9 @@ exported to ONNX first (``qviz.core.model.torch_import``, the only place torch i
 take the same path as ``.onnx`` files:
 
 1. parse and check the file (``onnx.checker``, full check when the model fits in memory);
-2. refuse graphs that are already quantized (they hide the float weights qviz measures);
+2. import graphs that are already quantized (``qviz.core.imported``): their Q/DQ pairs become
+   an "imported" configuration of the float original (given, or derived from the quantized
+   model), which is what the following steps load;
 3. upgrade opsets older than 13 to 17 with ``onnx.version_converter`` (13 is the first opset
    whose QuantizeLinear/DequantizeLinear take a per-channel ``axis``; 17 is widely supported by
    runtimes and converts cleanly from 7..12). Opsets 13 and newer are kept as they are;
@@ -14,7 +16,7 @@ take the same path as ``.onnx`` files:
 5. run shape inference so activation shapes (and ranks, for channel axes) are known;
 6. find the quantizable layers (``qviz.core.model.layers``).
 
-The checks (1, 2) are in ``qviz.core.model.checks``, the rewrites (3 to 5) in
+The checks (1) are in ``qviz.core.model.checks``, the rewrites (3 to 5) in
 ``qviz.core.model.rewrites``; graph-level rewrites (3 and 5) run on a copy whose large
 tensors are replaced by placeholders (``qviz.core.model.onnx_graph``), so models above
 protobuf's 2 GB limit still convert and weights are not serialized again for every step.
@@ -37,8 +39,10 @@ import onnx
 from onnx import numpy_helper
 
 from qviz.core.errors import QvizError, first_line
+from qviz.core.imported import importer
+from qviz.core.imported.types import ImportedQuantization
 from qviz.core.model.activation_axes import activation_axes
-from qviz.core.model.checks import check_model, load_external_data, refuse_quantized
+from qviz.core.model.checks import check_model, load_external_data
 from qviz.core.model.hashing import file_sha256
 from qviz.core.model.layers import Layer, find_layers
 from qviz.core.model.onnx_graph import all_nodes, node_name
@@ -101,6 +105,8 @@ class LoadedModel:
     outputs: tuple[str, ...]
     layers: tuple[Layer, ...]
     notes: tuple[str, ...] = ()
+    #: The quantization of a model quantized elsewhere (``model`` is then its float original).
+    imported: ImportedQuantization | None = None
     _initializers: Mapping[str, onnx.TensorProto] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
@@ -113,6 +119,15 @@ class LoadedModel:
         object.__setattr__(self, "_initializers", MappingProxyType(inits))
         object.__setattr__(
             self, "_channel_axes", MappingProxyType(activation_axes(self.model, self.layers))
+        )
+
+    def __reduce__(self) -> tuple[type[LoadedModel], tuple[object, ...]]:
+        # Compute backends ship the model to worker processes; the lookup tables (read-only
+        # proxies, which do not pickle) are rebuilt from the proto there.
+        return (
+            LoadedModel,
+            (self.model, self.source, self.sha256, self.inputs, self.outputs, self.layers,
+             self.notes),
         )
 
     def weight(self, name: str) -> np.ndarray:
@@ -145,15 +160,20 @@ def load_model(
     *,
     sample: Mapping[str, np.ndarray] | None = None,
     state_dict: Path | None = None,
+    float_model: str | Path | None = None,
 ) -> LoadedModel:
     """Load ``path`` as a float ONNX graph; see the module docstring for the steps.
 
     ``sample`` (input name -> one batch, leading axis 1) is needed to export PyTorch models
     (a ``.pt2`` program may bring its own example inputs); ``state_dict`` is a weights file
-    for a ``package.module:factory`` model. Raises QvizError for anything wrong with the file.
+    for a ``package.module:factory`` model; ``float_model`` is the float original of a
+    quantized ``.onnx`` file (derived from it when not given). Raises QvizError for anything
+    wrong with the files.
     """
     text = str(path)
     p = Path(path)
+    if float_model is not None and p.suffix.lower() not in ONNX_SUFFIXES:
+        raise QvizError("a float original goes with a quantized .onnx model only")
     if not p.exists() and is_torch_spec(text):
         return _load_torch(text, sample=sample, state_dict=state_dict)
     if not p.exists():
@@ -164,7 +184,7 @@ def load_model(
     if suffix in ONNX_SUFFIXES:
         if state_dict is not None:
             raise QvizError("a state dict only goes with a package.module:factory model")
-        return load_onnx(p)
+        return load_onnx(p, float_model=None if float_model is None else Path(float_model))
     if suffix in TORCHSCRIPT_SUFFIXES or suffix in EXPORT_SUFFIXES:
         return _load_torch(p, sample=sample, state_dict=state_dict)
     raise QvizError(
@@ -198,8 +218,10 @@ def load_onnx(
     source: Path | None = None,
     sha256: str | None = None,
     extra_notes: tuple[str, ...] = (),
+    float_model: Path | None = None,
 ) -> LoadedModel:
-    """Load an ``.onnx`` file; ``source``/``sha256`` override what is recorded (torch exports)."""
+    """Load an ``.onnx`` file; ``source``/``sha256`` override what is recorded (torch exports);
+    ``float_model``: the float original of a quantized file."""
     path = Path(path)
     digest = sha256 if sha256 is not None else file_sha256(path)
     try:
@@ -213,10 +235,15 @@ def load_onnx(
     if not model.graph.node and not model.graph.output:
         raise QvizError(f"'{path.name}' is not a valid ONNX file (it holds no graph)")
     try:
-        refuse_quantized(model)
+        if importer.is_quantized(model):
+            load_external_data(model, path)
+            return _load_imported(model, path, digest, float_model, checked_from=path)
+        if float_model is not None:
+            raise QvizError(f"'{path.name}' is not quantized: a float original goes with a "
+                            "quantized model")
         load_external_data(model, path)
         model, notes = _rewrite(model, [*extra_notes, *check_model(model, path)])
-        return _finish(model, source or path, digest, notes)
+        return _finish(model, notes, source=source or path, digest=digest)
     except QvizError:
         raise
     except Exception as exc:
@@ -237,10 +264,49 @@ def from_proto(
     """
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    refuse_quantized(copy)
-    copy, notes = _rewrite(copy, check_model(copy, None))
     digest = sha256 or hashlib.sha256(copy.SerializeToString()).hexdigest()
-    return _finish(copy, Path(source), digest, notes)
+    if importer.is_quantized(copy):
+        return _load_imported(copy, Path(source), digest, None, checked_from=None)
+    copy, notes = _rewrite(copy, check_model(copy, None))
+    return _finish(copy, notes, source=Path(source), digest=digest)
+
+
+def _load_imported(
+    quantized: onnx.ModelProto,
+    path: Path,
+    digest: str,
+    float_model: Path | None,
+    *,
+    checked_from: Path | None,
+) -> LoadedModel:
+    """A quantized model: its float original (loaded, or derived from it) with the imported
+    pairs attached (``qviz.core.imported``). Ops with no Q/DQ form are named before the
+    graph is checked: that is the clearer line."""
+    qf = importer.read_quantized(quantized)
+    notes = check_model(quantized, checked_from)
+    if float_model is None:
+        derived, derive_notes = importer.derive_float(qf)
+        base = _finish(*_rewrite(derived, [*notes, *derive_notes]), source=path, digest=digest)
+        float_digest = None
+    else:
+        try:
+            base = load_onnx(float_model)
+        except QvizError as exc:
+            raise QvizError(f"float original: {exc}") from None
+        if base.imported is not None:
+            raise QvizError(f"the float original '{float_model.name}' is itself quantized")
+        float_digest = base.sha256
+    imported, layers = importer.attach(qf, path, float_model, base.model, base.layers)
+    return LoadedModel(
+        model=base.model,
+        source=path,
+        sha256=importer.combined_sha256(digest, float_digest),
+        inputs=base.inputs,
+        outputs=base.outputs,
+        layers=layers,
+        notes=(*base.notes, *imported.notes),
+        imported=imported,
+    )
 
 
 def _rewrite(model: onnx.ModelProto, notes: list[str]) -> tuple[onnx.ModelProto, list[str]]:
@@ -251,7 +317,9 @@ def _rewrite(model: onnx.ModelProto, notes: list[str]) -> tuple[onnx.ModelProto,
     return model, notes
 
 
-def _finish(model: onnx.ModelProto, source: Path, digest: str, notes: list[str]) -> LoadedModel:
+def _finish(
+    model: onnx.ModelProto, notes: list[str], *, source: Path, digest: str
+) -> LoadedModel:
     """Step 6, layer discovery, and what qviz records about the model."""
     graph = model.graph
     init_shapes = {t.name: tuple(int(d) for d in t.dims) for t in graph.initializer}

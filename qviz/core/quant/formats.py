@@ -89,10 +89,15 @@ _ONNX_INT: dict[tuple[int, bool], int] = {
     (8, False): onnx.TensorProto.UINT8,
     (4, True): onnx.TensorProto.INT4,
     (4, False): onnx.TensorProto.UINT4,
+    (16, True): onnx.TensorProto.INT16,
+    (16, False): onnx.TensorProto.UINT16,
 }
 
 _MIN_INT_BITS = 2
 _MAX_INT_BITS = 8
+# ONNX's 16-bit integer types (ORT's QDQ quantizer writes them for 16-bit activations): the one
+# width above a byte, stored in int16/uint16 rather than in an 8-bit container.
+_WIDE_INT_BITS = 16
 
 # Accepted spellings, lower-cased with "-" and " " folded to "_". The first spelling of each
 # kind is the canonical one that ``NumberFormat.spec`` writes.
@@ -108,7 +113,11 @@ _FLOAT_ALIASES: dict[str, FormatKind] = {
     "nf4": FormatKind.NF4,
 }
 _INT_RE = re.compile(r"(u?)int(\d+)")
-_FORMAT_CHOICES = "int2..int8, uint2..uint8, fp8_e4m3fn, fp8_e5m2, nf4"
+_FORMAT_CHOICES = "int2..int8, int16, uint2..uint8, uint16, fp8_e4m3fn, fp8_e5m2, nf4"
+
+
+def _valid_int_bits(bits: int) -> bool:
+    return _MIN_INT_BITS <= bits <= _MAX_INT_BITS or bits == _WIDE_INT_BITS
 
 
 @dataclass(frozen=True)
@@ -134,9 +143,10 @@ class NumberFormat:
             # bool is an int subclass; int(True) bits would be a silent bug.
             if isinstance(self.bits, bool) or not isinstance(self.bits, int):
                 raise TypeError(f"bits must be an int, not {type(self.bits).__name__}")
-            if not _MIN_INT_BITS <= self.bits <= _MAX_INT_BITS:
+            if not _valid_int_bits(self.bits):
                 raise QvizError(
-                    f"integer formats have {_MIN_INT_BITS} to {_MAX_INT_BITS} bits, not {self.bits}"
+                    f"integer formats have {_MIN_INT_BITS} to {_MAX_INT_BITS} bits or "
+                    f"{_WIDE_INT_BITS}, not {self.bits}"
                 )
         else:
             # Frozen dataclass: object.__setattr__ is the documented way to normalize fields.
@@ -238,9 +248,11 @@ class NumberFormat:
     @property
     def storage_dtype(self) -> np.dtype:
         """numpy dtype holding quantized values and zero points: int8/uint8 for every INT
-        width (int4 and 2..7-bit values unpacked, one per byte), ml_dtypes FP8 types, and
-        uint8 codebook indices for NF4."""
+        width up to 8 (int4 and 2..7-bit values unpacked, one per byte), int16/uint16 for
+        16 bits, ml_dtypes FP8 types, and uint8 codebook indices for NF4."""
         if self.kind is FormatKind.INT:
+            if self.bits == _WIDE_INT_BITS:
+                return np.dtype(np.int16 if self.signed else np.uint16)
             return np.dtype(np.int8 if self.signed else np.uint8)
         if self.kind is FormatKind.NF4:
             return np.dtype(np.uint8)
@@ -260,7 +272,7 @@ class NumberFormat:
         match = _INT_RE.fullmatch(key)
         if match is not None:
             bits = int(match.group(2))
-            if _MIN_INT_BITS <= bits <= _MAX_INT_BITS:
+            if _valid_int_bits(bits):
                 return cls(
                     kind=FormatKind.INT,
                     bits=bits,

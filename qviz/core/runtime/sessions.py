@@ -46,6 +46,7 @@ __all__ = [
     "Threads",
     "build_session",
     "run_session",
+    "set_process_threads",
     "with_outputs",
 ]
 
@@ -118,6 +119,18 @@ class Threads:
                 )
 
 
+_process_threads: Threads | None = None
+
+
+def set_process_threads(threads: Threads | None) -> None:
+    """The threads every session of this process takes when its config leaves them to ORT.
+
+    A compute backend's worker process calls it once: N workers sharing a machine would
+    otherwise each start one ORT thread per core."""
+    global _process_threads
+    _process_threads = threads
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """How to build one session. ``optimization`` None means the purpose's own level (float
@@ -178,10 +191,13 @@ class SessionConfig:
         options = ort.SessionOptions()
         options.graph_optimization_level = self.level.ort_level
         options.log_severity_level = _LOG_ERRORS_ONLY
-        if self.threads.intra_op:
-            options.intra_op_num_threads = self.threads.intra_op
-        if self.threads.inter_op:
-            options.inter_op_num_threads = self.threads.inter_op
+        threads = self.threads
+        if threads == Threads() and _process_threads is not None:
+            threads = _process_threads
+        if threads.intra_op:
+            options.intra_op_num_threads = threads.intra_op
+        if threads.inter_op:
+            options.inter_op_num_threads = threads.inter_op
         if self.precision is KernelPrecision.PRECISE:
             options.add_session_config_entry(PRECISION_KEY, "1")
         if optimized_model_path is not None:

@@ -22,20 +22,29 @@ fastest choice. So this search starts from time measured on this machine:
 
 Every configuration measured is a `ParetoPoint` with its predicted latency, so the Pareto
 plot can show latency against the metric.
+
+Where things run: the accuracy of each candidate (the sensitivity pass, the measurements, the
+confirming evaluations) goes to the run's compute backend like the size-first search's, the
+same numbers wherever it ran. The timings — the per-layer profiles and the end-to-end
+confirmation — are taken here, in this process, because the answer must be fastest on the
+machine the user runs qviz on; they run while no job is (the profiles before the workers
+start, each confirmation timing after its evaluation, and this search guesses nothing ahead),
+so a local process pool does not compete with them.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Mapping
+from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from qviz.core.calibration.config import QuantConfig
+from qviz.core.compute.backend import ComputeBackend, SharedPool
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, Verdict
-from qviz.core.evaluation.evaluate import evaluate
 from qviz.core.evaluation.results import Evaluation, EvaluationCancelled, RunMode
 from qviz.core.graph.qdq import QdqModel, build_qdq
 from qviz.core.model.loading import LoadedModel
@@ -128,13 +137,51 @@ def fastest_precision(
     budget: TimingBudget = SPEED_BUDGET,
     table: SpeedTable | None = None,
     timer: Timer | None = None,
+    compute: ComputeBackend | None = None,
 ) -> Generator[Progress, None, MixedResult]:
     """The speed-first search (see the module docstring); the arguments are
     `mixed_precision`'s, with the batches and threads to time at: the per-layer times at the
     first batch, the answer confirmed not slower than float at every one. `levels` are sorted
     from the cheapest (fewest bits) to float. A `table` measured before is used as it is;
     `timer` times one configuration's Q/DQ model against float on some feeds (default:
-    interleaved runs within `budget`)."""
+    interleaved runs within `budget`). Accuracy runs go to `compute` (one at a time here
+    when None); timings are taken here."""
+    with ExitStack() as stack:
+        return (
+            yield from _fastest(
+                model, stats, base, data, criterion, levels, limit=limit,
+                confirm_limit=confirm_limit, batch_size=batch_size, native=native,
+                precision=precision, max_trials=max_trials, cache=cache,
+                should_stop=should_stop, speed_batches=speed_batches, threads=threads,
+                budget=budget, table=table, timer=timer, compute=compute, stack=stack,
+            )
+        )  # fmt: skip
+
+
+def _fastest(
+    model: LoadedModel,
+    stats: CalibrationStats,
+    base: QuantConfig,
+    data: Dataset,
+    criterion: Criterion,
+    levels: tuple[Precision, ...],
+    *,
+    limit: int | None,
+    confirm_limit: int | None,
+    batch_size: int,
+    native: bool,
+    precision: KernelPrecision,
+    max_trials: int | None,
+    cache: SensitivityCache | None,
+    should_stop: Callable[[], bool],
+    speed_batches: tuple[int, ...],
+    threads: Threads,
+    budget: TimingBudget,
+    table: SpeedTable | None,
+    timer: Timer | None,
+    compute: ComputeBackend | None,
+    stack: ExitStack,
+) -> Generator[Progress, None, MixedResult]:
     if not speed_batches or min(speed_batches) < 1:
         raise QvizError(f"timing batches must be at least 1, got {list(speed_batches)}")
     start = time.perf_counter()
@@ -178,11 +225,12 @@ def fastest_precision(
     # The ranking: the all-lowest configuration's sensitivity (also the first point).
     ref = yield from complete_reference(ref, should_stop=should_stop)
     search.ref = ref
+    pool = search.open(compute, data, stack)  # after the profiles: nothing runs beside them
     lowest = dict.fromkeys(names, 0)
     report = yield from layer_sensitivity(
         model, search.results(search.config(lowest)), data, metric=criterion_metric(criterion),
         limit=limit, batch_size=batch_size, native=native, precision=precision, cache=cache,
-        reference=ref, should_stop=should_stop,
+        reference=ref, compute=SharedPool(pool), should_stop=should_stop,
     )  # fmt: skip
     search.record(lowest, f"all {levels[0].name}", report.quantized)
     ranked = [s.name for s in report.ranking() if s.name in lowest]
@@ -261,16 +309,7 @@ def fastest_precision(
             answer = (point, None, None, ())
             break
         label = f"confirming {point.label} on the full data"
-        gen = evaluate(model, results, data, native=native, precision=precision,
-                       limit=confirm_limit, batch_size=batch_size, latency=False,
-                       should_stop=should_stop)
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as stop:
-                ev: Evaluation = stop.value
-                break
-            yield Progress(p.done, p.total, p.elapsed_s, p.remaining_s, label)
+        ev = yield from search.confirm(results, confirm_limit, batch_size, label)
         confirmations.append(ev)
         v = criterion.check(ev)
         if not v.passed:

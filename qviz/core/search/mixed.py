@@ -30,15 +30,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Sequence
+from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 from qviz.core.calibration.analysis import (
     check_stats_match,
 )
 from qviz.core.calibration.config import QuantConfig
+from qviz.core.compute.backend import ComputeBackend, SharedPool
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, Verdict
-from qviz.core.evaluation.evaluate import evaluate
 from qviz.core.evaluation.results import Evaluation, RunMode
 from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress
@@ -117,6 +118,7 @@ def mixed_precision(
     precision: KernelPrecision = KernelPrecision.DEFAULT,
     max_trials: int | None = None,
     cache: SensitivityCache | None = None,
+    compute: ComputeBackend | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     speed_batches: tuple[int, ...] = (),
     threads: Threads | None = None,
@@ -129,15 +131,55 @@ def mixed_precision(
     ``native=False``. `max_trials` caps the candidates measured after the sensitivity pass
     (default: enough for every layer to climb every level and come back down once).
 
+    Every run goes to `compute` (`qviz.core.compute`; one at a time here when None). With
+    parallel workers, idle ones measure the candidates the search is likely to ask for next;
+    the search still decides in the same order, so its points and answer are a sequential
+    run's.
+
     With ``objective=Objective.FASTEST`` the search is `fastest_precision`'s: the fastest
     configuration that meets the criterion, timed at each of `speed_batches` (default
-    `batch_size`) with `threads` intra-op threads.
+    `batch_size`) with `threads` intra-op threads (timings on this machine; its accuracy
+    measurements go to `compute` too).
 
     Yields `Progress` phase by phase (reading data, float pass, sensitivity, candidates,
     confirmation; each message says which; the candidates' total is the trial budget, an
     upper bound the search usually stops short of); returns the `MixedResult`; raises
     `EvaluationCancelled` when `should_stop()` turns true between batches.
     """
+    with ExitStack() as stack:
+        return (
+            yield from _mixed_precision(
+                model, stats, base, data, criterion, allowed, objective=objective,
+                limit=limit, confirm_limit=confirm_limit, batch_size=batch_size,
+                native=native, precision=precision, max_trials=max_trials, cache=cache,
+                compute=compute, stack=stack, should_stop=should_stop,
+                speed_batches=speed_batches, threads=threads,
+            )
+        )  # fmt: skip
+
+
+def _mixed_precision(
+    model: LoadedModel,
+    stats: CalibrationStats,
+    base: QuantConfig,
+    data: Dataset,
+    criterion: Criterion,
+    allowed: Sequence[Precision] | str,
+    *,
+    objective: Objective,
+    limit: int | None,
+    confirm_limit: int | None,
+    batch_size: int,
+    native: bool,
+    precision: KernelPrecision,
+    max_trials: int | None,
+    cache: SensitivityCache | None,
+    compute: ComputeBackend | None,
+    stack: ExitStack,
+    should_stop: Callable[[], bool],
+    speed_batches: tuple[int, ...],
+    threads: Threads | None,
+) -> Generator[Progress, None, MixedResult]:
     start = time.perf_counter()
     levels = (
         parse_precisions(allowed)
@@ -159,7 +201,7 @@ def mixed_precision(
             yield from fastest_precision(
                 model, stats, base, data, criterion, levels, limit=limit,
                 confirm_limit=confirm_limit, batch_size=batch_size, native=native,
-                precision=precision, max_trials=max_trials, cache=cache,
+                precision=precision, max_trials=max_trials, cache=cache, compute=compute,
                 should_stop=should_stop, speed_batches=speed_batches or (batch_size,),
                 threads=threads or Threads(),
             )
@@ -195,6 +237,7 @@ def mixed_precision(
     # The float pass first, so the sensitivity pass and every candidate share it.
     ref = yield from complete_reference(ref, should_stop=should_stop)
     search.ref = ref
+    pool = search.open(compute, data, stack)
     current = dict.fromkeys(names, 0)
     lowest_results = search.results(search.config(current))
     report: SensitivityReport = yield from layer_sensitivity(
@@ -208,6 +251,7 @@ def mixed_precision(
         precision=precision,
         cache=cache,
         reference=ref,
+        compute=SharedPool(pool),
         should_stop=should_stop,
     )
     search.record(current, _lowest_label(levels), report.quantized)
@@ -225,12 +269,15 @@ def mixed_precision(
     if not passing:
         best = goodness(criterion, search.points[0].value)
         for k in range(1, len(levels)):
-            for name in ranked:
+            for i, name in enumerate(ranked):
                 if trials.count >= budget:
                     break
                 if current[name] >= k:
                     continue
                 trial = {**current, name: k}
+                search.prefetch(
+                    [{**current, n: k} for n in ranked[i + 1 :] if current[n] < k]
+                )
                 point = yield from run(trial, f"promote {name} to {levels[k].name}")
                 if point.passed:
                     current, passing = trial, True
@@ -252,10 +299,14 @@ def mixed_precision(
             float_first = 1 if objective is Objective.FLOAT_LAYERS and hi.is_float else 0
             return (float_first, layer.param_count * (hi.cost[0] - lo.cost[0]))
 
-        for name in sorted([n for n in names if current[n] > 0], key=saving, reverse=True):
+        order = sorted([n for n in names if current[n] > 0], key=saving, reverse=True)
+        for i, name in enumerate(order):
             while current[name] > 0 and trials.count < budget:
                 trial = dict(current)
                 trial[name] -= 1
+                guesses = [{**trial, name: trial[name] - 1}] if trial[name] > 0 else []
+                guesses += [{**current, n: current[n] - 1} for n in order[i + 1 :]]
+                search.prefetch(guesses)
                 point = yield from run(trial, f"demote {name} to {levels[trial[name]].name}")
                 if not point.passed:
                     break
@@ -285,25 +336,7 @@ def mixed_precision(
             evaluation, verdict = None, None
             break
         label = f"confirming {point.label} on the full data"
-        gen = evaluate(
-            model,
-            results,
-            data,
-            native=native,
-            precision=precision,
-            limit=confirm_limit,
-            batch_size=batch_size,
-            latency=False,
-            should_stop=should_stop,
-        )
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as stop:
-                evaluation = stop.value
-                break
-            yield Progress(p.done, p.total, p.elapsed_s, p.remaining_s, label)
-        assert evaluation is not None
+        evaluation = yield from search.confirm(results, confirm_limit, batch_size, label)
         confirmations.append(evaluation)
         verdict = criterion.check(evaluation)
         if verdict.passed or not point.passed:

@@ -42,27 +42,35 @@ class Precision:
     name: str
     weight: NumberFormat | None
     activation: NumberFormat | None
+    #: ``imported``: the layer keeps the base configuration's own settings (a quantized
+    #: model's imported pairs): the search then decides which pairs to keep, change or drop.
+    keeps_base: bool = False
 
     @property
     def is_float(self) -> bool:
-        return self.weight is None and self.activation is None
+        return self.weight is None and self.activation is None and not self.keeps_base
 
     @property
     def cost(self) -> tuple[int, int]:
         """Sort key from cheapest to dearest: weight bits (they dominate size), then
-        activation bits; float counts as 32."""
+        activation bits; float counts as 32, the imported settings as just below float
+        (they are what is being repaired, whatever their widths)."""
+        if self.keeps_base:
+            return (_FLOAT_BITS - 1, _FLOAT_BITS - 1)
         w = _FLOAT_BITS if self.weight is None else self.weight.bits
         a = _FLOAT_BITS if self.activation is None else self.activation.bits
         return (w, a)
 
     @classmethod
     def parse(cls, text: str) -> Precision:
-        """``float``; or a weight format (``int4``, ``int8``, ``uint8``, ``nf4``,
-        ``fp8_e4m3fn``...) with int8 activations; or ``WEIGHT/ACTIVATION`` (``int4/int4``).
-        QvizError for anything else."""
+        """``float``; ``imported`` (the base configuration's own settings); or a weight format
+        (``int4``, ``int8``, ``uint8``, ``nf4``, ``fp8_e4m3fn``...) with int8 activations; or
+        ``WEIGHT/ACTIVATION`` (``int4/int4``). QvizError for anything else."""
         key = str(text).strip().lower()
         if key in ("float", "fp32", "float32", "f32"):
             return cls("float", None, None)
+        if key == "imported":
+            return cls("imported", None, None, keeps_base=True)
         w_text, _, a_text = key.partition("/")
         weight = NumberFormat.parse(w_text)
         activation = NumberFormat.parse(a_text) if a_text else NumberFormat()
@@ -72,6 +80,8 @@ class Precision:
 
     def tensor_config(self, base: TensorConfig, kind: TensorKind) -> TensorConfig:
         """`base` (method, granularity, symmetry) at this precision's format for `kind`."""
+        if self.keeps_base:
+            return base
         fmt = self.weight if kind is TensorKind.WEIGHT else self.activation
         if fmt is None:
             return replace(base, quantize=False)
@@ -88,9 +98,9 @@ def parse_precisions(text: str | Sequence[str]) -> tuple[Precision, ...]:
     if not items:
         raise QvizError("no precision allowed: give e.g. int4,int8,float")
     precisions = [Precision.parse(i) for i in items]
-    seen: dict[tuple[Any, Any], str] = {}
+    seen: dict[tuple[Any, Any, bool], str] = {}
     for p in precisions:
-        key = (p.weight, p.activation)
+        key = (p.weight, p.activation, p.keeps_base)
         if key in seen:
             raise QvizError(f"precision {p.name!r} is given twice (as {seen[key]!r})")
         seen[key] = p.name
@@ -135,12 +145,16 @@ def assignment_config(
     the tensors of layers at another one (base overrides are replaced, not merged)."""
     weights = default.tensor_config(base.weights, TensorKind.WEIGHT)
     activations = default.tensor_config(base.activations, TensorKind.ACTIVATION)
-    overrides: dict[str, TensorConfig] = {}
+    # Keeping the base's own settings keeps its overrides too (an imported model's pairs).
+    overrides: dict[str, TensorConfig] = dict(base.overrides) if default.keeps_base else {}
     for name, (_layer, tensors) in layers_owning_tensors(model).items():
         p = assignment.get(name, default)
         if p == default:
             continue
         for tensor, kind in tensors:
-            base_cfg = base.weights if kind is TensorKind.WEIGHT else base.activations
+            if p.keeps_base:
+                base_cfg = base.for_tensor(tensor, kind)
+            else:
+                base_cfg = base.weights if kind is TensorKind.WEIGHT else base.activations
             overrides[tensor] = p.tensor_config(base_cfg, kind)
     return QuantConfig(weights=weights, activations=activations, overrides=overrides)

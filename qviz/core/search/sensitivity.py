@@ -38,6 +38,8 @@ import numpy as np
 
 from qviz.core.calibration.analysis import TensorResult, analyze, check_stats_match
 from qviz.core.calibration.config import QuantConfig
+from qviz.core.compute.backend import ComputeBackend, opened, run_jobs
+from qviz.core.compute.jobs import MeasureJob, WorkContext
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.results import Metric, RunMode
 from qviz.core.files.config_file import SavedConfig, results_from_saved
@@ -54,6 +56,7 @@ from qviz.core.search.reference import (
     prepare_reference,
 )
 from qviz.core.search.sensitivity_cache import CacheKey, SensitivityCache
+from qviz.core.search.sensitivity_partial import PartialRuns
 from qviz.core.search.sensitivity_report import (
     LayerSensitivity,
     SensitivityReport,
@@ -167,6 +170,7 @@ def layer_sensitivity(
     cache: SensitivityCache | None = None,
     reference: FloatReference | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    compute: ComputeBackend | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Generator[Progress, None, SensitivityReport]:
     """Sensitivity of every layer `results` quantizes (the analysed tensors of one config).
@@ -176,7 +180,10 @@ def layer_sensitivity(
     report for the same model, parameters, samples and run mode is returned without running
     anything (``cached=True``), and a fresh one is stored. A `reference` already prepared on
     `data` (by a mixed-precision search) is reused as it is: its samples win over `limit` and
-    `batch_size`.
+    `batch_size`. The 2n+1 runs go to `compute` (`qviz.core.compute`; one at a time here when
+    None) and come back in run order, so the report is the same whatever ran them; with a
+    `cache`, each finished run is kept at once, and a sweep that stops half way resumes
+    from there.
     """
     start = time.perf_counter()
     results = list(results)
@@ -224,22 +231,10 @@ def layer_sensitivity(
         runs.append((f"quantizing only {name}", groups[name]))
         rest = [r for other, g in groups.items() if other != name for r in g]
         runs.append((f"keeping only {name} float", rest))
-    per_run = reference.n_samples
-    clock = ProgressClock(per_run * len(runs), "sensitivity")
-    measured: list[Measurement] = []
-    for i, (what, subset) in enumerate(runs):
-        yield clock.report(i * per_run, what)
-        gen = measure(
-            reference, subset, native=native, precision=precision, should_stop=should_stop
-        )
-        while True:
-            try:
-                done = next(gen)
-            except StopIteration as stop:
-                measured.append(stop.value)
-                break
-            yield clock.report(i * per_run + done, what)
-    yield clock.report(per_run * len(runs), "sensitivity done")
+    measured = yield from _measure_runs(
+        runs, reference, PartialRuns(cache, key), compute,
+        native=native, precision=precision, should_stop=should_stop,
+    )  # fmt: skip
 
     quantized = measured[0]
     layers: list[LayerSensitivity] = []
@@ -287,7 +282,42 @@ def layer_sensitivity(
     report = report.with_metric(chosen)
     if cache is not None:
         cache.store(key, report)
+        PartialRuns(cache, key).drop()
     return report
+
+
+def _measure_runs(
+    runs: Sequence[tuple[str, Sequence[TensorResult]]],
+    reference: FloatReference,
+    partial: PartialRuns,
+    compute: ComputeBackend | None,
+    *,
+    native: bool,
+    precision: KernelPrecision,
+    should_stop: Callable[[], bool],
+) -> Generator[Progress, None, list[Measurement]]:
+    """Every run measured on `compute` (today's one-at-a-time when None), in run order;
+    runs an unfinished sweep already measured come from `partial`, and each run that
+    finishes is added to it at once."""
+    known = partial.load()
+    todo = [i for i, (what, _) in enumerate(runs) if what not in known]
+    per_run = reference.n_samples
+    clock = ProgressClock(per_run * len(runs), "sensitivity")
+    values: list[Measurement] = []
+    if todo:
+        jobs = [
+            MeasureJob(tuple(runs[i][1]), native, precision, label=runs[i][0]) for i in todo
+        ]
+        context = WorkContext(reference.model, reference=reference)
+        with opened(compute, context, should_stop, max_workers=len(jobs)) as pool:
+            values = yield from run_jobs(
+                pool, jobs, clock=clock, offset=per_run * (len(runs) - len(todo)),
+                should_stop=should_stop,
+                on_done=lambda k, m: partial.store(runs[todo[k]][0], m),
+            )  # fmt: skip
+    yield clock.report(per_run * len(runs), "sensitivity done")
+    fresh = dict(zip(todo, values, strict=True))
+    return [fresh[i] if i in fresh else known[what] for i, (what, _) in enumerate(runs)]
 
 
 def resolve_results(
@@ -317,6 +347,7 @@ def sensitivity(
     native: bool = True,
     precision: KernelPrecision = KernelPrecision.DEFAULT,
     cache: SensitivityCache | None = None,
+    compute: ComputeBackend | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Generator[Progress, None, SensitivityReport]:
     """Per-layer sensitivity of `config` on `source` statistics (or of a saved config file).
@@ -336,6 +367,7 @@ def sensitivity(
             native=native,
             precision=precision,
             cache=cache,
+            compute=compute,
             should_stop=should_stop,
         )
     )

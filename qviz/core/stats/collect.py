@@ -21,6 +21,7 @@ from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, ProgressClock
 from qviz.core.progress import run_to_completion as run_to_completion  # re-exported
 from qviz.core.runtime.sessions import SessionConfig, build_session, with_outputs
+from qviz.core.stats.provenance import Provenance
 from qviz.core.stats.snapshots import Snapshot, coarse, snapshot_bins, snapshot_points
 from qviz.core.stats.tensor_stats import TensorStats, TensorStatsAccumulator
 
@@ -36,8 +37,12 @@ class CalibrationStats:
     n_samples: int
     tensors: Mapping[str, TensorStats] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: The float original given with a quantized model (None: none, or derived from it).
+    float_source: str | None = None
     #: Coarse statistics after 16, 32, 64 … samples (when asked for): how ranges converge.
     snapshots: tuple[Snapshot, ...] = ()
+    #: A shard of the data, or a merge of several files (`qviz.core.stats.merge`).
+    provenance: Provenance = field(default_factory=Provenance)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
@@ -159,8 +164,15 @@ def collect_stats(
         n_samples=done,
         tensors=tensors,
         notes=tuple(notes),
+        float_source=_float_source(model),
         snapshots=tuple(taken),
     )
+
+
+def _float_source(model: LoadedModel) -> str | None:
+    imported = model.imported
+    return None if imported is None or imported.float_source is None else str(
+        imported.float_source)
 
 
 class CollectionCancelled(Exception):

@@ -407,6 +407,22 @@ class HistogramAccumulator:
         counts[self._bins // 2] = self._point_count
         return Histogram(counts, c - half, c + half)
 
+    # ------------------------------------------------------------------ merging
+    @classmethod
+    def resume(cls, hist: Histogram) -> HistogramAccumulator:
+        """An accumulator whose bins are `hist`'s (its range can grow as if it had built
+        them; `qviz.core.stats.merge` uses it to line several histograms up exactly)."""
+        acc = cls(hist.bins)
+        acc._counts = np.array(hist.counts, dtype=np.float64)
+        acc._lo, acc._width = hist.lo, hist.bin_width
+        return acc
+
+    def extend_range(self, vmin: float, vmax: float) -> None:
+        """Grow the range (by the exact pair-merging doublings) until it covers
+        ``[vmin, vmax]``; nothing happens when it already does."""
+        if self._counts is not None and (vmin < self._lo or vmax > self._hi):
+            self._grow(vmin, vmax)
+
     # ------------------------------------------------------------------ internals
     @property
     def _hi(self) -> float:

@@ -2,6 +2,10 @@
 
 A zip holding `meta.json` (versioned, human-readable) and one `.npy` per array. No pickle: a
 stats file from anywhere is safe to open. Written to a temporary file and renamed into place.
+
+Schema 2 adds ``provenance``: the shard of the data a collect covered, or the files a merge
+read and which of their histogram ranges it rebinned (`qviz.core.stats.provenance`). A
+schema-1 file reads as a plain collect.
 """
 
 from __future__ import annotations
@@ -28,13 +32,21 @@ from qviz.core.files.validate import (
     want_str,
 )
 from qviz.core.stats.collect import CalibrationStats
+from qviz.core.stats.provenance import Provenance
 from qviz.core.stats.tensor_stats import TensorStats
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATS_SUFFIX = ".qvstats"
 
+
+def _v1_to_v2(document: dict[str, Any]) -> dict[str, Any]:
+    """Schema 2's fields are all optional (absent: not recorded; no provenance is a plain
+    collect), so a schema 1 file is a schema 2 file as it is."""
+    return {**document, "schema_version": 2}
+
+
 # Each entry upgrades meta.json from version N to N + 1; golden files under tests/data pin them.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 
 def save_stats(stats: CalibrationStats, path: str | Path) -> None:
@@ -53,12 +65,15 @@ def save_stats(stats: CalibrationStats, path: str | Path) -> None:
         document = {
             "schema_version": SCHEMA_VERSION,
             "qviz_version": __version__,
-            "model": {"source": stats.model_source, "sha256": stats.model_sha256},
+            "model": {"source": stats.model_source, "sha256": stats.model_sha256,
+                      **({"float_source": stats.float_source} if stats.float_source else {})},
             "data": {"description": stats.data_description, "is_random": stats.data_is_random},
             "n_samples": stats.n_samples,
             "notes": list(stats.notes),
             "tensors": tensors_meta,
         }
+        if stats.provenance != Provenance():  # absent: a plain collect over all the data
+            document["provenance"] = stats.provenance.to_json()
         zf.writestr("meta.json", json.dumps(document, indent=1))
 
 
@@ -120,6 +135,13 @@ def _decode(zf: zipfile.ZipFile, document: dict[str, Any], name: str) -> Calibra
         if tname in tensors:
             raise QvizError(f"{what}: listed twice")
         tensors[tname] = tstats
+    provenance = document.get("provenance")
+    if provenance is not None and not isinstance(provenance, dict):
+        raise QvizError(f"{name}: 'provenance' must be an object")
+    try:
+        origin = Provenance.from_json(provenance)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise QvizError(f"{name}: damaged provenance ({exc})") from None
     return CalibrationStats(
         model_source=want_str(model.get("source"), f"{name}: model.source"),
         model_sha256=want_str(model.get("sha256"), f"{name}: model.sha256"),
@@ -128,7 +150,26 @@ def _decode(zf: zipfile.ZipFile, document: dict[str, Any], name: str) -> Calibra
         n_samples=n_samples,
         tensors=tensors,
         notes=tuple(want_str(n, f"{name}: notes") for n in notes),
+        float_source=None if model.get("float_source") is None else want_str(
+            model.get("float_source"), f"{name}: model.float_source"),
+        provenance=origin,
     )
+
+
+def read_schema_version(path: str | Path) -> int:
+    """The ``schema_version`` a stats file was written with (before any migration)."""
+    p = Path(path)
+    try:
+        with zipfile.ZipFile(p) as zf:
+            if "meta.json" not in zf.namelist():
+                raise QvizError(f"{p.name} is not a qviz stats file (no meta.json inside)")
+            document = parse_json(_read_member(zf, "meta.json", MAX_META_BYTES, p.name), p.name)
+    except (OSError, zipfile.BadZipFile, ValueError):
+        raise QvizError(f"{p.name} is not a qviz stats file") from None
+    version = document.get("schema_version") if isinstance(document, dict) else None
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise QvizError(f"{p.name} has no schema_version; it is not a qviz stats file")
+    return version
 
 
 def _check_tensor_meta(meta: dict[str, Any], arrays: dict[str, np.ndarray], what: str) -> None:
