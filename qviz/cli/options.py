@@ -43,6 +43,8 @@ DEFAULT_METHOD = QuantConfig().activations.spec.method.value
 FORMAT_FAMILIES = ["int", "uint", "fp8_e4m3fn", "fp8_e5m2", "nf4", "mxfp4", "nvfp4"]
 MIN_BINS = 16
 MAX_BATCH_SIZE = 1 << 20
+#: ONNX Runtime intra-op threads (0: ORT's choice); more than this is a typo.
+MAX_THREADS = 4096
 #: Sample counts (--random, --limit...) beyond this are typos rather than data sets.
 MAX_SAMPLES = 1 << 40
 

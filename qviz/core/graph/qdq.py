@@ -56,6 +56,7 @@ from onnx import helper
 
 from qviz.core.errors import QvizError
 from qviz.core.graph.containers import format_text
+from qviz.core.graph.placement import place_for_fusion
 from qviz.core.graph.qdq_builder import QdqBuilder
 from qviz.core.graph.qdq_files import save_qdq
 from qviz.core.graph.qdq_types import QdqLayer, QdqMode, QdqModel, QdqTensor
@@ -95,8 +96,14 @@ def receives_quantized_input(layer: Layer, owner: str, quantized_weights: set[st
 # --------------------------------------------------------------------------- planning
 
 
-def build_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
+def build_qdq(
+    model: LoadedModel, results: Sequence[TensorResult], *, place: bool = True
+) -> QdqModel:
     """The Q/DQ graph for `results` (from `analyze` or a saved config), with its record.
+
+    With `place` (the default), activation quantization is then moved back through
+    data-movement ops where that is exact, so ONNX Runtime fuses the chains
+    (`qviz.core.graph.placement`); the simulation is the same either way.
 
     Raises QvizError for a configuration the graph cannot express (NF4 or per-channel
     activations) or when the model cannot be upgraded to the opset the formats need.
@@ -180,7 +187,7 @@ def build_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
     opset = default_opset(proto)
     assert opset is not None  # upgrade_opset refuses a model without one
     folder = b.folder
-    return QdqModel(
+    built = QdqModel(
         proto,
         tensors,
         tuple(layers),
@@ -189,6 +196,7 @@ def build_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
         data_dir=b.data_dir,
         keepalive=folder,
     )
+    return place_for_fusion(built) if place else built
 
 
 # --------------------------------------------------------------------------- size and saving

@@ -205,11 +205,14 @@ class SessionConfig:
         self,
         optimized_model_path: str | os.PathLike[str] | None = None,
         data_dir: str | os.PathLike[str] | None = None,
+        profile_prefix: str | os.PathLike[str] | None = None,
     ) -> ort.SessionOptions:
         """Fresh ``ort.SessionOptions`` for this configuration; with `optimized_model_path`
-        ORT writes the graph it runs there when the session is created (large tensors in a
-        ``.data`` file beside it); `data_dir` is the folder external data is read from when
-        the model is given as bytes."""
+        ORT writes the graph it runs there when the session is created (initializers of
+        1 KiB and more in a ``.data`` file beside it, so a graph past protobuf's 2 GiB limit
+        can be written too); `data_dir` is the folder external data is read from when the
+        model is given as bytes; with `profile_prefix` ORT's profiler records every node's
+        time in a JSON file starting with that path (`session.end_profiling()` names it)."""
         options = ort.SessionOptions()
         options.graph_optimization_level = self.level.ort_level
         options.log_severity_level = _LOG_ERRORS_ONLY
@@ -231,6 +234,9 @@ class SessionConfig:
             options.add_session_config_entry(_OPTIMIZED_MIN_KEY, "1024")
         if data_dir is not None:
             options.add_session_config_entry(DATA_FOLDER_KEY, os.fspath(data_dir))
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = os.fspath(profile_prefix)
         return options
 
 
@@ -241,18 +247,20 @@ def build_session(
     what: str = "the model",
     optimized_model_path: str | os.PathLike[str] | None = None,
     data_dir: str | os.PathLike[str] | None = None,
+    profile_prefix: str | os.PathLike[str] | None = None,
 ) -> ort.InferenceSession:
     """A session on `source` built as `config` says; ORT's errors become one QvizError line
     ("ONNX Runtime cannot run <what>: ...").
 
     A path is read by ORT itself, external data included (resolved beside the file). A proto
     or bytes whose tensors refer to external data need `data_dir`, the folder that data is
-    in. With `optimized_model_path`, ORT also saves the graph after its optimizations there.
-    A ``ModelProto`` whose weights would not fit in the memory available is refused first.
+    in. With `optimized_model_path`, ORT also saves the graph after its optimizations there;
+    with `profile_prefix`, its profiler is on (see `SessionConfig.options`). A ``ModelProto``
+    whose weights would not fit in the memory available is refused first.
     """
     if data_dir is not None and not isinstance(source, onnx.ModelProto | bytes):
         raise ValueError("data_dir applies to a model given as a proto or bytes")
-    options = config.options(optimized_model_path, data_dir)
+    options = config.options(optimized_model_path, data_dir, profile_prefix)
     if isinstance(source, onnx.ModelProto):
         check_fits(total_tensor_bytes(source), what)
     try:

@@ -116,6 +116,15 @@ class Objective(Enum):
 
     SIZE = "size"  # smallest model (initializer bytes as stored)
     FLOAT_LAYERS = "float-layers"  # fewest layers kept in float, then smallest
+    FASTEST = "fastest"  # fastest measured on this machine (per-layer timings, then end to end)
+
+    @property
+    def label(self) -> str:
+        return {
+            Objective.SIZE: "smallest",
+            Objective.FLOAT_LAYERS: "fewest float layers",
+            Objective.FASTEST: "fastest",
+        }[self]
 
 
 def layers_owning_tensors(
