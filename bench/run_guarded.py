@@ -1,8 +1,9 @@
 """Run one command under ``/usr/bin/time -v``; stop it if its RSS passes a limit.
 
-Prints one JSON line: exit code, wall seconds, peak RSS (MB, from time -v), whether the guard
-stopped it, and the last lines of its stderr. Meant for measuring qviz's commands on models
-that may not fit: on a shared machine a runaway process must not take everyone's memory.
+Prints one JSON line: exit code, wall seconds, CPU seconds (user + system, all threads), peak
+RSS (MB, from time -v), whether the guard stopped it, and the last lines of its stderr.
+Meant for measuring qviz's commands on models that may not fit: on a shared machine a
+runaway process must not take everyone's memory.
 
 Run: .venv/bin/python bench/run_guarded.py --limit-mb 14000 -- qviz collect MODEL --data D -o S
 """
@@ -65,6 +66,8 @@ def main() -> int:
     if args.stdout:
         out.close()  # type: ignore[union-attr]
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    user = re.search(r"User time \(seconds\): ([\d.]+)", text)
+    system = re.search(r"System time \(seconds\): ([\d.]+)", text)
     tail = [ln for ln in text.splitlines()
             if ln.strip() and not ln.startswith("\t") and not ln.startswith("Command ")]
     print(json.dumps({
@@ -72,6 +75,10 @@ def main() -> int:
         "rc": proc.returncode,
         "wall_s": round(wall, 2),
         "peak_rss_mb": round(int(peak.group(1)) / 1024) if peak else None,
+        # CPU time (all threads): on a machine other work keeps busy, wall time measures the
+        # neighbours as much as the command.
+        "cpu_s": round(float(user.group(1)) + float(system.group(1)), 2) if user and system
+        else None,
         "stopped_at_limit": stopped,
         "stderr_tail": tail[-3:],
     }))

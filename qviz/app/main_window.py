@@ -270,6 +270,7 @@ class MainWindow(QMainWindow):
             doc.model, doc.model_path, doc.stats, doc.config, self.reporter,
             outcome=doc.measures.evaluation, criteria=doc.measures.criteria,
             directory=self._start_dir(), pinned=doc.pinned, parent=self,
+            data_path=doc.eval_data_path or doc.data_path,
             inputs=[doc.data_path, doc.eval_data_path, doc.stats_path, self.files.session_path,
                     float_original(doc.model)],
         )  # fmt: skip

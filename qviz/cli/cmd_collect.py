@@ -24,6 +24,7 @@ from qviz.core.stats.collect import collect_stats
 from qviz.core.stats.gram import DEFAULT_GRAM_BUDGET
 from qviz.core.stats.provenance import Provenance, ShardOrigin
 from qviz.core.stats.stats_file import save_stats
+from qviz.core.stats.weight_collect import collect_weight_stats
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    metavar="GIB", help="memory the Gram matrices may take, in GiB")
     p.add_argument("--state-dict", type=input_path,
                    help="state dict for a package.module:factory model")
+    p.add_argument("--no-weight-stats", dest="weight_stats", action="store_false",
+                   help="do not store the large weights' statistics (report, export and the "
+                        "app then compute them from the model on first use)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--shard", metavar="K/N",
                    help="collect only the K-th of N contiguous slices of the data (merge the "
@@ -71,8 +75,12 @@ def run(args: argparse.Namespace) -> int:
         first, end = shard.bounds(len(whole))
         origin = ShardOrigin(shard, first, end, len(whole), whole.description)
         stats = replace(stats, provenance=Provenance(shard=origin))
+    if args.weight_stats:
+        weights = drive(collect_weight_stats(model), args.quiet)
+        stats = replace(stats, weights=weights)
     save_stats(stats, out)
-    print(f"wrote {args.output}: {len(stats.tensors)} activation tensors, "
+    stored = f", {len(stats.weights)} large weights" if stats.weights else ""
+    print(f"wrote {args.output}: {len(stats.tensors)} activation tensors{stored}, "
           f"{stats.n_samples} samples of {stats.data_description}", file=sys.stderr)
     for note in stats.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -21,6 +21,8 @@ from typing import Any
 from qviz.cli.common import drive, fmt_bytes, fmt_num, load_model_and_data
 from qviz.cli.compute_options import add_compute_options, compute_from_args
 from qviz.cli.options import (
+    MAX_SAMPLES,
+    MAX_THREADS,
     add_data_options,
     add_kernel_options,
     add_limit,
@@ -30,6 +32,8 @@ from qviz.cli.options import (
     batch_size_type,
     config_for_model,
     input_path,
+    int_in,
+    positive_float,
     refuse_settings_with_config,
     require_source,
     role_from_args,
@@ -38,9 +42,16 @@ from qviz.cli.options import (
 from qviz.core.compute.remote import evaluate_with
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, Verdict, check_all
-from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode, evaluate
+from qviz.core.evaluation.evaluate import (
+    DEFAULT_SPEED_BUDGET_S,
+    Evaluation,
+    Metric,
+    RunMode,
+    evaluate,
+)
 from qviz.core.graph.qdq_types import QdqModel
-from qviz.core.runtime.sessions import KernelPrecision
+from qviz.core.runtime.sessions import KernelPrecision, Threads
+from qviz.core.runtime.speed_text import fmt_speedup, speed_lines, threads_text
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -69,7 +80,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "sqnr>=30, agreement>=99",
     )
     g.add_argument(
-        "--no-latency", dest="latency", action="store_false", help="skip the latency measurement"
+        "--no-latency",
+        dest="latency",
+        action="store_false",
+        help="skip the latency measurement (whole model and per layer)",
+    )
+    g.add_argument(
+        "--threads",
+        type=int_in(0, MAX_THREADS),
+        default=0,
+        metavar="N",
+        help="intra-op threads ONNX Runtime times the models with (default 0: ORT's choice, "
+        "one per physical core); the batch is --batch-size",
+    )
+    g.add_argument(
+        "--latency-budget", type=positive_float, default=DEFAULT_SPEED_BUDGET_S,
+        metavar="SECONDS",
+        help="time each model about this long, per layer with ORT's profiler and then whole "
+        "(at least 3 runs each)",
+    )
+    g.add_argument(
+        "--latency-runs", type=int_in(1, MAX_SAMPLES), metavar="N",
+        help="time exactly N runs of each model instead",
     )
     g.add_argument("--state-dict", type=input_path,
                    help="state dict for a package.module:factory model")
@@ -137,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
     with compute_from_args(args) as compute:
         options: dict[str, Any] = dict(
             native=native, precision=precision, limit=args.limit, batch_size=args.batch_size,
-            latency=args.latency, role=role,
+            latency=args.latency, latency_repeats=args.latency_runs,
+            latency_budget_s=args.latency_budget, role=role,
+            threads=Threads(intra_op=args.threads),
         )
         if isinstance(results, QdqModel):
             # A quantized model as it is: its graph is already built, so it runs here.
@@ -185,7 +219,7 @@ def _bar(sqnr: float, width: int = 30, top: float = 60.0) -> str:
 
 def evaluation_table(e: Evaluation, verdicts: Sequence[Verdict], model: str, source: str) -> str:
     mode = (
-        "native INT8 (ONNX Runtime, optimizations on)"
+        "native (ONNX Runtime's kernels, optimizations on)"
         if e.mode is RunMode.NATIVE
         else "simulation (Q/DQ evaluated op by op)"
     )
@@ -228,15 +262,22 @@ def evaluation_table(e: Evaluation, verdicts: Sequence[Verdict], model: str, sou
         lat = e.latency
         lines.append(
             f"latency: {lat.float_ms:.2f} ms float vs {lat.native_ms:.2f} ms native "
-            f"INT8 per batch of {lat.batch_size} (median of {lat.repeats}; "
-            f"{lat.speedup:.2f}x, {lat.precision.value} kernels)"
+            f"INT8 per batch of {lat.batch_size} (median of {lat.repeats}, interleaved, "
+            f"{threads_text(lat.threads)}; {fmt_speedup(lat.speedup)}, "
+            f"{lat.precision.value} kernels)"
         )
     if e.fusion is not None:
         f = e.fusion
         fused = ", ".join(f"{n} ({f.kernels[n]})" for n in f.fused) or "none"
-        lines.append(f"fused:   {len(f.fused)}/{f.n_layers} layers into integer kernels: {fused}")
+        lines.append(f"fused:   {len(f.fused)}/{f.n_layers} layers into quantized kernels: {fused}")
+        if f.weight_only:
+            lines.append(
+                f"         {len(f.weight_only)} of them weight-only (quantized weights, float "
+                "activations: MatMulNBits)"
+            )
         for name, why in f.unfused.items():
-            lines.append(f"  not fused: {name}: {why}")
+            fix = f.fixes.get(name)
+            lines.append(f"  not fused: {name}: {why}" + (f"; fix: {fix}" if fix else ""))
     for m in e.mismatch:
         if m.step is not None:
             size = f"max {_fmt(m.max_steps)} output steps"
@@ -246,6 +287,8 @@ def evaluation_table(e: Evaluation, verdicts: Sequence[Verdict], model: str, sou
             f"sim vs native: {m.output}: {size}, "
             f"{100 * m.fraction_differing:.3f} % of {m.n_elements} elements differ"
         )
+    if e.speed is not None:
+        lines += ["", *speed_lines(e.speed, e.slow_layers)]
     if e.depth:
         lines += ["", "error along depth (quantized model's activation vs float):"]
         name_w = max(len(p.tensor) for p in e.depth)

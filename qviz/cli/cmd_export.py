@@ -17,6 +17,7 @@ from pathlib import Path
 
 from qviz.cli.common import checked_output, drive, open_stats_and_model
 from qviz.cli.options import (
+    MAX_THREADS,
     OldSpelling,
     add_data_options,
     add_float_option,
@@ -27,6 +28,7 @@ from qviz.cli.options import (
     batch_size_type,
     config_for_model,
     input_path,
+    int_in,
     layout_from_args,
     load_dataset,
     output_path,
@@ -35,17 +37,20 @@ from qviz.cli.options import (
 )
 from qviz.core.calibration.analysis import TensorResult, analyze
 from qviz.core.calibration.config import QuantConfig
+from qviz.core.data.dataset import random_data
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.accumulators import OutputRole
 from qviz.core.evaluation.criteria import Criterion
 from qviz.core.evaluation.evaluate import Evaluation, evaluate
 from qviz.core.files.config_file import is_config_file, load_config, save_config
 from qviz.core.files.config_rebuild import saved_results
-from qviz.core.files.export import TRT_DEFAULT_VERSION, ExportFormat, export_qdq
+from qviz.core.files.export import TRT_DEFAULT_VERSION, ExportFormat, export_qdq, qdq_files
 from qviz.core.files.export_transformed import export_transformed, transformed_path
 from qviz.core.files.report import PageFormat, build_report, report_files, write_report
+from qviz.core.graph.qdq import QdqModel
 from qviz.core.model.loading import LoadedModel, load_model
-from qviz.core.runtime.sessions import KernelPrecision
+from qviz.core.runtime.sessions import KernelPrecision, Threads
+from qviz.core.runtime.speed_check import check_speed, timing_feeds
 from qviz.core.stats.stats_file import is_stats_file
 from qviz.core.transforms.plan import TransformPlan, transform_model
 
@@ -80,6 +85,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", type=batch_size_type, default=64,
                    help="samples per run of the model")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp = p.add_argument_group("speed (Q/DQ model)")
+    sp.add_argument("--speed-batch", type=batch_size_type, default=1, metavar="N",
+                    help="time the exported Q/DQ model against float at this batch (default 1; "
+                         "the inputs come from --data, else random)")
+    sp.add_argument("--threads", type=int_in(0, MAX_THREADS), default=0, metavar="N",
+                    help="intra-op threads for the timing, of the Q/DQ model or the report's "
+                         "evaluation (default 0: ORT's choice)")
+    sp.add_argument("--no-speed-check", dest="speed_check", action="store_false",
+                    help="do not time the exported model against float")
     t = p.add_argument_group("TensorRT")
     t.add_argument("--trt-version", default=TRT_DEFAULT_VERSION,
                    help=f"TensorRT version in the cache header (default {TRT_DEFAULT_VERSION} "
@@ -92,7 +106,9 @@ def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterio
     has_data = args.data is not None or args.random is not None
     if fmt is not ExportFormat.REPORT:
         extra = [name for name, given in (
-            ("--data/--random", has_data), ("--criterion", bool(args.criterion)),
+            # A Q/DQ model's speed check reads its inputs from --data/--random.
+            ("--data/--random", has_data and fmt is not ExportFormat.QDQ),
+            ("--criterion", bool(args.criterion)),
             ("--native", args.native), ("--limit", args.limit is not None),
             ("--precise-int8", args.precise_int8),
             ("--outputs", args.outputs != OutputRole.AUTO.value),
@@ -104,6 +120,13 @@ def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterio
         PageFormat.for_path(args.output)  # a bad suffix fails now, not after evaluating
         if args.criterion and not has_data:
             raise QvizError("--criterion needs --data (or --random) to measure against")
+    if fmt is not ExportFormat.QDQ:
+        extra = [name for name, given in (
+            ("--speed-batch", args.speed_batch != 1), ("--no-speed-check", not args.speed_check),
+            ("--threads", args.threads != 0 and fmt is not ExportFormat.REPORT),
+        ) if given]
+        if extra:
+            raise QvizError(f"{', '.join(extra)} only apply to --file-format qdq")
     if fmt is not ExportFormat.TRT_CACHE and args.trt_version != TRT_DEFAULT_VERSION:
         raise QvizError("--trt-version only applies to --file-format trt-cache")
     if not args.trt_version.isdigit() or len(args.trt_version) > 9:
@@ -145,7 +168,8 @@ def _evaluate(args: argparse.Namespace, model: LoadedModel,
     data = load_dataset(args, model)
     precision = KernelPrecision.PRECISE if args.precise_int8 else KernelPrecision.DEFAULT
     gen = evaluate(model, results, data, native=args.native, precision=precision,
-                   limit=args.limit, batch_size=args.batch_size, role=role_from_args(args))
+                   limit=args.limit, batch_size=args.batch_size, role=role_from_args(args),
+                   threads=Threads(intra_op=args.threads))
     evaluation: Evaluation = drive(gen, args.quiet)
     return evaluation
 
@@ -169,6 +193,26 @@ def _check_output(
     return checked_output(args, args.output, models=recorded)
 
 
+def _speed_lines(args: argparse.Namespace, model: LoadedModel, results: list[TensorResult],
+                 qdq: QdqModel) -> list[str]:
+    """The exported model timed against float: a summary, and a warning when it is slower.
+    A check that cannot run says so; the file is written either way."""
+    has_data = args.data is not None or args.random is not None
+    try:
+        data = (
+            load_dataset(args, model) if has_data else random_data(model.inputs, args.speed_batch)
+        )
+        check = check_speed(model, results, timing_feeds(data, args.speed_batch), qdq=qdq,
+                            threads=Threads(intra_op=args.threads), random_input=data.is_random)
+    except QvizError as exc:
+        return [f"speed not checked: {exc}"]
+    where = " (on random input)" if check.random_input else ""
+    lines = [f"speed: {check.summary}{where}"]
+    if check.warning is not None:
+        lines.append(f"warning: {check.warning}")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     if args.export_format is None:
         names = ", ".join(f.value for f in ExportFormat)
@@ -183,7 +227,11 @@ def run(args: argparse.Namespace) -> int:
     written: tuple[Path, ...] = (args.output,)
     notes: tuple[str, ...] = ()
     if fmt is ExportFormat.QDQ:
-        notes = export_qdq(model, results, out).notes
+        qdq = export_qdq(model, results, out)
+        notes = qdq.notes
+        if args.speed_check:
+            notes = (*notes, *_speed_lines(args, model, results, qdq))
+        written = qdq_files(out)
     elif fmt is ExportFormat.CONFIG:
         save_config(out, model, config, results, plan)
     elif fmt is ExportFormat.ORT_OVERRIDES:
@@ -199,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
         if report.outcome is not None:
             sys.stdout.write(f"verdict: {report.outcome.value}\n")
     for note in [*notes, *plan.notes]:
-        sys.stdout.write(f"note: {note}\n")
+        prefix = "" if note.startswith(("speed: ", "warning: ")) else "note: "
+        sys.stdout.write(f"{prefix}{note}\n")
     sys.stdout.write(f"wrote {', '.join(str(p) for p in written)} "
                      f"({len(results)} quantized tensors, {fmt.value})\n")
     return 0

@@ -31,6 +31,7 @@ from qviz.cli.common import (
 )
 from qviz.cli.compute_options import add_compute_options, compute_from_args
 from qviz.cli.options import (
+    MAX_THREADS,
     add_data_options,
     add_float_option,
     add_quant_options,
@@ -49,6 +50,8 @@ from qviz.cli.options import (
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, CriterionMetric
 from qviz.core.evaluation.evaluate import Metric, RunMode
+from qviz.core.runtime.sessions import Threads
+from qviz.core.runtime.speed_text import fmt_ms, fmt_speedup
 from qviz.core.search.mixed import MixedResult, Objective, parse_precisions
 
 DEFAULT_ALLOW = "int4,int8,float"
@@ -97,9 +100,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument(
         "--objective",
-        choices=[o.value for o in Objective],
+        choices=["smallest", *(o.value for o in Objective)],
         default=Objective.SIZE.value,
-        help="what cheapest means: smallest size (default) or fewest float layers",
+        help="what cheapest means: smallest size (default; also 'smallest'), fewest float "
+        "layers, or fastest: the fastest configuration measured on this machine (per-layer "
+        "timings at each precision, the answer timed end to end against float)",
+    )
+    s.add_argument(
+        "--speed-batch",
+        default=None,
+        metavar="N[,N...]",
+        help="with --objective fastest: the batch size(s) to time at (default: --batch-size); "
+        "per-layer times at the first, the answer must not be slower than float at any",
+    )
+    s.add_argument(
+        "--threads",
+        type=int_in(0, MAX_THREADS),
+        default=0,
+        metavar="N",
+        help="with --objective fastest: intra-op threads to time with (default 0: ORT's choice)",
     )
     s.add_argument(
         "--confirm-limit",
@@ -142,10 +161,31 @@ def _check_options(args: argparse.Namespace) -> Criterion:
     given = [flag for key, flag in _SET_BY_ALLOW.items() if getattr(args, key) != defaults[key]]
     if given:
         raise QvizError(f"{', '.join(given)}: --allow sets every layer's format")
+    fastest = _objective(args) is Objective.FASTEST
+    if not fastest and (args.speed_batch is not None or args.threads != 0):
+        raise QvizError("--speed-batch and --threads only apply to --objective fastest")
+    _speed_batches(args)
     checked_output(args, args.output)
     if not args.stats.is_file():
         raise QvizError(f"{args.stats}: no such file")
     return criterion_from_args(args)
+
+
+def _objective(args: argparse.Namespace) -> Objective:
+    return Objective.SIZE if args.objective == "smallest" else Objective(args.objective)
+
+
+def _speed_batches(args: argparse.Namespace) -> tuple[int, ...]:
+    if args.speed_batch is None:
+        return (args.batch_size,)
+    try:
+        batches = tuple(int(x) for x in str(args.speed_batch).split(",") if x.strip())
+    except ValueError:
+        text = args.speed_batch
+        raise QvizError(f"--speed-batch takes sizes such as 1,8, got {text!r}") from None
+    if not batches or min(batches) < 1:
+        raise QvizError(f"--speed-batch sizes must be at least 1, got {args.speed_batch!r}")
+    return batches
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
                 data,
                 criterion,
                 allowed,
-                objective=Objective(args.objective),
+                objective=_objective(args),
                 limit=args.limit,
                 confirm_limit=args.confirm_limit,
                 batch_size=args.batch_size,
@@ -180,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
                 max_trials=args.max_trials,
                 cache=cache_from_args(args),
                 compute=compute,
+                speed_batches=_speed_batches(args),
+                threads=Threads(intra_op=args.threads),
             ),
             args.quiet,
         )
@@ -207,7 +249,7 @@ def mixed_table(r: MixedResult, model: str, written: Path | None) -> str:
     run_mode = sens.quantized.mode_label
     lines = [
         f"model:     {model}",
-        f"criterion: {c.spec} ({c.metric.label}); objective: {r.objective.value}",
+        f"criterion: {c.spec} ({c.metric.label}); objective: {r.objective.label}",
         f"allowed:   {', '.join(p.name for p in r.allowed)}",
         f"search:    {len(r.points)} configurations measured on {r.search_samples} samples, "
         f"{run_mode}; sensitivity "
@@ -216,12 +258,14 @@ def mixed_table(r: MixedResult, model: str, written: Path | None) -> str:
         f"configurations tried ({c.metric.label} on the search subset):",
     ]
     front = {p.index for p in r.pareto_front()}
-    rows = [("#", "size", c.metric.label, "float layers", "", "pareto", "step")]
+    fastest = r.objective is Objective.FASTEST
+    rows = [("#", "predicted ms" if fastest else "size", c.metric.label, "float layers", "",
+             "pareto", "step")]
     for p in r.points:
         rows.append(
             (
                 str(p.index),
-                fmt_bytes(p.size_bytes),
+                fmt_ms(p.latency_ms) if fastest else fmt_bytes(p.size_bytes),
                 fmt_num(p.value, digits),
                 str(p.n_float_layers),
                 "pass" if p.passed else "fail",
@@ -265,6 +309,11 @@ def mixed_table(r: MixedResult, model: str, written: Path | None) -> str:
         f"size:      {fmt_bytes(r.float_size_bytes)} float -> {fmt_bytes(r.size_bytes)} "
         f"({ratio:.2f}x smaller)"
     )
+    for batch, t in r.timings:
+        lines.append(
+            f"speed:     batch {batch}: float {fmt_ms(t.a_ms)} ms, quantized {fmt_ms(t.b_ms)} "
+            f"ms — {fmt_speedup(t.speedup)} (median of {t.runs} interleaved runs)"
+        )
     if r.verdict is not None:
         lines.append(r.verdict.text)
     elif r.passed:

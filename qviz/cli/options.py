@@ -22,10 +22,10 @@ from qviz.core.errors import QvizError
 from qviz.core.files.validate import MAX_GROUP_SIZE
 from qviz.core.model.loading import LoadedModel
 from qviz.core.quant.formats import (
-    FormatKind,
     Granularity,
     GranularityKind,
     NumberFormat,
+    PerGroup,
     PerTensor,
 )
 from qviz.core.runtime.defaults import recommended_defaults
@@ -41,9 +41,11 @@ if TYPE_CHECKING:
 CHOOSABLE_METHODS = [m.value for m in Method if m not in (Method.MANUAL, Method.IMPORTED)]
 #: The activations' method of a new configuration (`QuantConfig()`), as the app starts.
 DEFAULT_METHOD = QuantConfig().activations.spec.method.value
-FORMAT_FAMILIES = ["int", "uint", "fp8_e4m3fn", "fp8_e5m2", "nf4"]
+FORMAT_FAMILIES = ["int", "uint", "fp8_e4m3fn", "fp8_e5m2", "nf4", "mxfp4", "nvfp4"]
 MIN_BINS = 16
 MAX_BATCH_SIZE = 1 << 20
+#: ONNX Runtime intra-op threads (0: ORT's choice); more than this is a typo.
+MAX_THREADS = 4096
 #: Sample counts (--random, --limit...) beyond this are typos rather than data sets.
 MAX_SAMPLES = 1 << 40
 
@@ -76,6 +78,14 @@ def finite_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    value = finite_float(text)
+    if not value > 0.0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value:g}")
     return value
 
 
@@ -147,8 +157,9 @@ def add_quant_options(parser: argparse.ArgumentParser, *, format_alias: bool = T
         g.add_argument("--format", dest="fmt", choices=FORMAT_FAMILIES, action=OldSpelling,
                        new="--number-format")
     g.add_argument("--number-format", dest="fmt", choices=FORMAT_FAMILIES, default="int",
-                   help="number format family of the weights (nf4 is weight-only: activations "
-                        "stay int8)")
+                   help="number format family of the weights (nf4, mxfp4 and nvfp4 are "
+                        "weight-only: activations stay int8 unless --weight-only; mxfp4 and "
+                        "nvfp4 are per group of 32 and 16)")
     g.add_argument("--bits", type=int_in(2, 8), default=None,
                    help="bits for int/uint formats, 2-8 (default: 8; weights 7 on CPUs whose "
                         "int8 kernels may saturate 8-bit weights, said on stderr)")
@@ -164,6 +175,9 @@ def add_quant_options(parser: argparse.ArgumentParser, *, format_alias: bool = T
                    help="activation number format (e.g. uint8, int8, fp8_e4m3fn); default: "
                         "with --number-format int, unsigned asymmetric of 8 bits (ONNX "
                         "Runtime's pairing), otherwise the weights' format")
+    g.add_argument("--weight-only", action="store_true",
+                   help="quantize the weights only; activations stay float (as large "
+                        "language models are quantized: int4/int8 per group, FP4)")
     act_sym = g.add_mutually_exclusive_group()
     act_sym.add_argument("--act-symmetric", dest="act_symmetric", action="store_true",
                          default=None, help="symmetric activation ranges (default: as the "
@@ -185,7 +199,8 @@ def weight_bits(args: argparse.Namespace) -> tuple[int, int]:
     (`recommended_defaults`: 7-bit int weights where the int8 kernels may saturate)."""
     if args.bits is not None:
         return args.bits, args.bits
-    if args.fmt != "int":
+    if args.fmt != "int" or getattr(args, "weight_only", False):
+        # Weight-only graphs have no u8s8 kernels to saturate.
         return 8, 8
     defaults = recommended_defaults()
     bits = defaults.config.weights.fmt.bits
@@ -203,7 +218,7 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
     if args.act_format is not None:
         act_fmt = NumberFormat.parse(args.act_format, symmetric=act_symmetric,
                                      pow2_scale=args.pow2_scale)
-    elif weight_fmt.kind is FormatKind.NF4:  # weight-only format: activations stay int8
+    elif weight_fmt.weight_only:  # weight-only format: activations stay int8
         act_fmt = NumberFormat(symmetric=act_symmetric, pow2_scale=args.pow2_scale)
     elif args.fmt == "int" and args.act_symmetric is None:
         # The app's default and ONNX Runtime's pairing: signed symmetric weights, unsigned
@@ -211,18 +226,23 @@ def config_from_args(args: argparse.Namespace) -> QuantConfig:
         act_fmt = _format("uint", a_bits, False, args.pow2_scale)
     else:
         act_fmt = _format(args.fmt, a_bits, act_symmetric, args.pow2_scale)
-    if act_fmt.kind is FormatKind.NF4:
-        raise QvizError("nf4 is a weight-only format; choose another --act-number-format")
+    if act_fmt.weight_only:
+        raise QvizError(f"{act_fmt.spec} is a weight-only format; choose another "
+                        "--act-number-format")
     weight_method = Method(args.weight_method)
+    granularity = Granularity.parse(args.granularity, group_size=args.group_size)
+    if weight_fmt.block_size is not None:  # a block format brings its own blocks
+        granularity = PerGroup(weight_fmt.block_size)
     weights = TensorConfig(
         spec=MethodSpec.of(weight_method, percentile=args.percentile),
-        granularity=Granularity.parse(args.granularity, group_size=args.group_size),
+        granularity=granularity,
         fmt=weight_fmt,
     )
     activations = TensorConfig(
         spec=MethodSpec.of(Method(args.method), percentile=args.percentile),
         granularity=PerTensor(),
         fmt=act_fmt,
+        quantize=not getattr(args, "weight_only", False),
     )
     return apply_transform_options(args, QuantConfig(weights=weights, activations=activations))
 
@@ -380,7 +400,8 @@ def add_kernel_options(g: argparse._ArgumentGroup, *, native: bool) -> None:
         "--precise-int8",
         action="store_true",
         help="native runs use ORT's exact U8U8 kernels (session.x64quantprecision=1): no "
-        "16-bit saturation on AVX2 CPUs without VNNI",
+        "16-bit saturation on AVX2 CPUs without VNNI; MatMulNBits (int4/int8 per-group "
+        "weights) computes in float32 instead of int8",
     )
 
 

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from qviz.core.errors import QvizError
 from qviz.core.model import onnx_graph
 from qviz.core.model.loading import InputSpec, LoadedModel, TensorKind, from_proto, load_model
+from qviz.core.runtime.sessions import DATA_FOLDER_KEY
 
 try:  # works whether or not tests/ is a package
     from tests.core import model_factory as mf
@@ -24,8 +25,11 @@ except ImportError:
 
 
 def run(model: LoadedModel, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    if model.data_dir is not None:
+        options.add_session_config_entry(DATA_FOLDER_KEY, str(model.data_dir))
     session = ort.InferenceSession(
-        model.model.SerializeToString(), providers=["CPUExecutionProvider"]
+        model.model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
     return session.run(None, feeds)
 

@@ -12,6 +12,7 @@ import pytest
 
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import LoadedModel, load_model
+from qviz.core.runtime.sessions import DATA_FOLDER_KEY
 
 torch = pytest.importorskip("torch")
 # Users still hand us TorchScript; the tests make some with the (deprecated) tracer.
@@ -45,8 +46,11 @@ def sample() -> dict[str, np.ndarray]:
 
 
 def run_onnx(model: LoadedModel, x: np.ndarray) -> np.ndarray:
+    options = ort.SessionOptions()
+    if model.data_dir is not None:  # weights in the export's data file
+        options.add_session_config_entry(DATA_FOLDER_KEY, str(model.data_dir))
     session = ort.InferenceSession(
-        model.model.SerializeToString(), providers=["CPUExecutionProvider"]
+        model.model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
     return session.run(None, {model.inputs[0].name: x})[0]
 
@@ -185,3 +189,20 @@ def test_missing_torch_gives_install_hint(monkeypatch: pytest.MonkeyPatch, sampl
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
     with pytest.raises(QvizError, match=r"pip install 'qviz\[torch\]'"):
         load_model(FACTORY, sample=sample)
+
+
+def test_exported_weights_stay_in_the_exports_folder() -> None:
+    """A PyTorch model is exported with its weights in a data file (a model past 2 GB can
+    only be exported that way): the folder lives as long as the model, then goes."""
+    import gc
+
+    sample = {"x": np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)}
+    model = load_model("tests.core.torch_models:make_wide_mlp", sample=sample)
+    folder = model.data_dir
+    assert folder is not None and folder.is_dir()
+    x = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
+    expected = run_torch(torch_models.make_wide_mlp(), x)
+    np.testing.assert_allclose(run_onnx(model, x), expected, rtol=1e-4, atol=1e-5)
+    del model
+    gc.collect()
+    assert not folder.exists()

@@ -95,3 +95,14 @@ def make_fixed_batch_net() -> FixedBatchNet:
 def make_not_a_module() -> str:
     """A broken factory: returns something that is not a module."""
     return "not a module"
+
+
+def make_wide_mlp() -> nn.Module:
+    """x[N,64] -> Linear(64, 64) -> ReLU -> Linear(64, 10): weights over 1 kB, which the
+    export keeps in its data file (and qviz in the export's temporary folder)."""
+    gen = torch.Generator().manual_seed(3)
+    net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    return net.eval()

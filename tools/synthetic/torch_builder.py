@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from onnx import external_data_helper
 from torch import nn
 
 from qviz.core.model.loading import LoadedModel, load_model
@@ -207,7 +208,10 @@ def planted_tensors(loaded: LoadedModel) -> list[str]:
 def decoder_proto(spec: DecoderSpec, sample: np.ndarray) -> onnx.ModelProto:
     """The decoder exported through qviz's PyTorch import, weights inline, metadata set."""
     loaded = load_through_qviz(spec, sample)
-    model = loaded.model
+    model = onnx.ModelProto()
+    model.CopyFrom(loaded.model)
+    if loaded.data_dir is not None:  # qviz keeps an export's weights in its data file
+        external_data_helper.load_external_data_for_model(model, str(loaded.data_dir))
     _tidy(model)
     props: dict[str, Any] = metadata("decoder", spec.to_json(), spec.outlier_plan(),
                                      planted_tensors(loaded), DECODER_NOTE)

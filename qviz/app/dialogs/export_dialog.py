@@ -8,6 +8,11 @@ file is exactly the configuration the panel measured. The export runs on a backg
 runner; the core writes every file atomically, so a failed export leaves nothing behind.
 Success is said in the dialog with the path; a failure goes to the window's error reporter
 and the dialog stays usable.
+
+A Q/DQ model is then timed against float at the chosen batch and thread count (the
+session's data, else random input): the dialog says how fast it ran and, when it is slower,
+warns in one line with the layer losing most, why, and the configuration that would not be
+(`qviz.core.runtime.speed_check`). The file is written either way.
 """
 
 from __future__ import annotations
@@ -31,14 +36,16 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from qviz.app.controllers.workers import BackgroundRunner, call_as_job
 from qviz.app.dialogs.error_dialog import ErrorReporter
-from qviz.core.calibration.analysis import analyze
+from qviz.core.calibration.analysis import TensorResult, analyze
 from qviz.core.calibration.config import QuantConfig
+from qviz.core.data.dataset import load_data, random_data
 from qviz.core.document.compare import Pinned
 from qviz.core.document.jobs import EvaluationOutcome
 from qviz.core.errors import QvizError
@@ -54,12 +61,16 @@ from qviz.core.files.export_transformed import export_transformed
 from qviz.core.files.inputs import model_files
 from qviz.core.files.outputs import check_output
 from qviz.core.files.report import build_report, write_report
+from qviz.core.graph.qdq import QdqModel
 from qviz.core.model.loading import LoadedModel
+from qviz.core.runtime.sessions import Threads
+from qviz.core.runtime.speed_check import SpeedCheck, check_speed, timing_feeds
 from qviz.core.stats.collect import CalibrationStats
 from qviz.core.transforms.plan import transform_model
 
 SUCCESS_COLOR = "#2e7d32"
 ERROR_COLOR = "#c62828"
+WARNING_COLOR = "#b71c1c"
 
 # What the file is called by default, after the model's name.
 _DEFAULT_NAMES = {
@@ -96,6 +107,9 @@ class ExportRequest:
     evaluation_label: str = ""
     criteria: tuple[Criterion, ...] = ()
     trt_version: str = TRT_DEFAULT_VERSION
+    speed_batch: int | None = None  # a Q/DQ model is timed against float at this batch
+    threads: int = 0
+    data_path: Path | None = None  # the timing's inputs (None: random)
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,27 @@ class ExportResult:
     written: tuple[Path, ...]
     n_tensors: int
     notes: tuple[str, ...]
+    speed: SpeedCheck | None = None
+    speed_problem: str = ""  # why the timing could not run (the file is written anyway)
+
+
+def _check_speed(
+    req: ExportRequest, model: LoadedModel, results: list[TensorResult], qdq: QdqModel
+) -> tuple[SpeedCheck | None, str]:
+    """The exported model timed against `model` (the float model it was built from: the
+    transformed one when transforms apply)."""
+    assert req.speed_batch is not None
+    try:
+        data = (
+            random_data(req.model.inputs, req.speed_batch) if req.data_path is None
+            else load_data(req.data_path, req.model.inputs)
+        )  # fmt: skip
+        feeds = timing_feeds(data, req.speed_batch)
+        check = check_speed(model, results, feeds, qdq=qdq,
+                            threads=Threads(intra_op=req.threads), random_input=data.is_random)
+    except QvizError as exc:
+        return None, str(exc)
+    return check, ""
 
 
 def run_export(req: ExportRequest) -> ExportResult:
@@ -115,9 +150,11 @@ def run_export(req: ExportRequest) -> ExportResult:
         raise QvizError("the configuration quantizes nothing: nothing to export")
     written: tuple[Path, ...] = (req.path,)
     notes: tuple[str, ...] = plan.notes
+    qdq: QdqModel | None = None
     try:
         if req.fmt is ExportFormat.QDQ:
-            notes += tuple(export_qdq(model, results, req.path).notes)
+            qdq = export_qdq(model, results, req.path)
+            notes += tuple(qdq.notes)
         elif req.fmt is ExportFormat.CONFIG:
             save_config(req.path, model, req.config, results, plan)
         elif req.fmt in (ExportFormat.ORT_OVERRIDES, ExportFormat.TRT_CACHE):
@@ -137,7 +174,10 @@ def run_export(req: ExportRequest) -> ExportResult:
         reason = exc.strerror or str(exc)
         where = exc.filename or req.path
         raise QvizError(f"cannot write {where}: {reason}") from exc
-    return ExportResult(req.fmt, written, len(results), notes)
+    if qdq is None or req.speed_batch is None:
+        return ExportResult(req.fmt, written, len(results), notes)
+    speed, problem = _check_speed(req, model, results, qdq)
+    return ExportResult(req.fmt, written, len(results), notes, speed, problem)
 
 
 class ExportDialog(QDialog):
@@ -163,6 +203,7 @@ class ExportDialog(QDialog):
         directory: Path | None = None,
         pinned: Pinned | None = None,
         inputs: Sequence[Path | None] = (),
+        data_path: Path | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -177,6 +218,7 @@ class ExportDialog(QDialog):
         self._criteria = tuple(criteria)
         self._inputs = tuple(inputs)  # files the session reads: an export never replaces one
         self._directory = directory if directory is not None else Path.cwd()
+        self._data_path = data_path
         self.last_result: ExportResult | None = None
         self.runner = BackgroundRunner("export", self)
         self.runner.succeeded.connect(self._on_succeeded)
@@ -244,6 +286,34 @@ class ExportDialog(QDialog):
         )
         self.trt_version_edit.setMaximumWidth(100)
 
+        # Speed check of a Q/DQ model.
+        self.speed_check = QCheckBox("Time it against float at batch")
+        self.speed_check.setChecked(True)
+        self.speed_check.setToolTip(
+            "After writing, run the exported model and the float one side by side in ONNX "
+            "Runtime and say whether the quantized model is slower (and why)"
+        )
+        self.speed_batch_spin = QSpinBox()
+        self.speed_batch_spin.setRange(1, 65536)
+        self.speed_batch_spin.setValue(1)
+        self.threads_spin = QSpinBox()
+        self.threads_spin.setRange(0, 1024)
+        self.threads_spin.setSpecialValueText("ORT's choice")
+        self.threads_spin.setToolTip("Intra-op threads ONNX Runtime runs both models with")
+        self.speed_check.toggled.connect(self.speed_batch_spin.setEnabled)
+        self.speed_check.toggled.connect(self.threads_spin.setEnabled)
+        speed_row = QHBoxLayout()
+        speed_row.setContentsMargins(0, 0, 0, 0)
+        speed_row.addWidget(self.speed_check)
+        speed_row.addWidget(self.speed_batch_spin)
+        speed_row.addWidget(QLabel("threads"))
+        speed_row.addWidget(self.threads_spin)
+        speed_row.addStretch(1)
+        self.speed_options = QWidget()
+        self.speed_options.setLayout(speed_row)
+        timed_on = "the session's data" if data_path is not None else "random input (no data)"
+        self.speed_options.setToolTip(f"The timing runs on {timed_on}")
+
         form = QFormLayout()
         if pinned is not None:
             form.addRow("Configuration", self.which_combo)
@@ -262,6 +332,8 @@ class ExportDialog(QDialog):
         form.addRow(self.report_label, self.report_options)
         self.trt_label = QLabel("TensorRT version")
         form.addRow(self.trt_label, self.trt_version_edit)
+        self.speed_label = QLabel("Speed")
+        form.addRow(self.speed_label, self.speed_options)
 
         self.status_label = QLabel()
         self.status_label.setWordWrap(True)
@@ -376,6 +448,12 @@ class ExportDialog(QDialog):
             evaluation_label="" if outcome is None else f"{outcome.label} of {outcome.data_name}",
             criteria=self._criteria if outcome is not None else (),
             trt_version=version or TRT_DEFAULT_VERSION,
+            speed_batch=(
+                self.speed_batch_spin.value()
+                if fmt is ExportFormat.QDQ and self.speed_check.isChecked() else None
+            ),
+            threads=self.threads_spin.value(),
+            data_path=self._data_path,
         )
 
     def _on_format_changed(self, _index: int = 0) -> None:
@@ -385,6 +463,8 @@ class ExportDialog(QDialog):
             w.setVisible(is_report)
         for w in (self.trt_label, self.trt_version_edit):
             w.setVisible(fmt is ExportFormat.TRT_CACHE)
+        for w in (self.speed_label, self.speed_options):
+            w.setVisible(fmt is ExportFormat.QDQ)
         # Follow the format with the default name, unless the user typed their own.
         current = Path(self.path_edit.text()) if self.path_edit.text() else None
         name = default_name(fmt, self._model_path)
@@ -410,10 +490,21 @@ class ExportDialog(QDialog):
         notes = "".join(f"<br>note: {html.escape(n)}" for n in value.notes)
         wrote = f"<span style='color:{SUCCESS_COLOR}'><b>Wrote</b></span>"
         self.status_label.setText(
-            f"{wrote} {html.escape(str(first))}{more} ({value.n_tensors} quantized tensors){notes}"
+            f"{wrote} {html.escape(str(first))}{more} "
+            f"({value.n_tensors} quantized tensors){notes}{_speed_html(value)}"
         )
         self.status_label.setStyleSheet("")
         self.exported.emit(value)
+
+    @property
+    def speed_text(self) -> str:
+        """What the last export said about speed, as plain text (tests read it)."""
+        r = self.last_result
+        if r is None or (r.speed is None and not r.speed_problem):
+            return ""
+        if r.speed is None:
+            return f"speed not checked: {r.speed_problem}"
+        return r.speed.warning or r.speed.summary
 
     def _on_failed(self, exc: BaseException) -> None:
         self._show_failure(self._reporter.report(exc, "Exporting"))
@@ -427,3 +518,19 @@ class ExportDialog(QDialog):
         """Closing waits for a running export: its file is then whole, or not there."""
         self.runner.shutdown(30.0)
         super().done(result)
+
+
+def _speed_html(result: ExportResult) -> str:
+    """The speed check's line: a summary, or the one-line warning when the model is slower."""
+    if result.speed_problem:
+        return f"<br>speed not checked: {html.escape(result.speed_problem)}"
+    check = result.speed
+    if check is None:
+        return ""
+    where = " (on random input)" if check.random_input else ""
+    if check.warning is None:
+        return f"<br>Speed: {html.escape(check.summary)}{where}"
+    return (
+        f"<br><span style='color:{WARNING_COLOR}'><b>Warning:</b> "
+        f"{html.escape(check.warning)}{where}</span>"
+    )

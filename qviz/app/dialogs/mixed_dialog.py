@@ -51,6 +51,7 @@ from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
 from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode
 from qviz.core.progress import Progress, format_seconds
+from qviz.core.runtime.speed_text import fmt_ms, fmt_speedup
 from qviz.core.search.mixed import (
     MixedResult,
     Objective,
@@ -160,10 +161,24 @@ class MixedPrecisionDialog(QDialog):
         self.objective_combo = QComboBox()
         self.objective_combo.addItem("smallest model", Objective.SIZE)
         self.objective_combo.addItem("fewest float layers", Objective.FLOAT_LAYERS)
+        self.objective_combo.addItem("fastest (measured here)", Objective.FASTEST)
         self.objective_combo.setToolTip(
-            "What the cheapest passing configuration means: the smallest size, or the fewest "
-            "layers kept float (then the smallest)"
+            "What the cheapest passing configuration means: the smallest size, the fewest "
+            "layers kept float (then the smallest), or the fastest: every layer timed at each "
+            "precision on this machine, the answer timed against float"
         )
+        # The speed objective's timing: batch and threads.
+        self.speed_batch_spin = QSpinBox()
+        self.speed_batch_spin.setRange(1, 65536)
+        self.speed_batch_spin.setValue(1)
+        self.speed_batch_spin.setPrefix("batch ")
+        self.speed_batch_spin.setToolTip("The batch size the models are timed at")
+        self.threads_spin = QSpinBox()
+        self.threads_spin.setRange(0, 1024)
+        self.threads_spin.setSpecialValueText("ORT's threads")
+        self.threads_spin.setSuffix(" threads")
+        self.threads_spin.setToolTip("Intra-op threads ONNX Runtime times the models with")
+        self.objective_combo.currentIndexChanged.connect(self._on_objective)
         self.limit_spin = QSpinBox()
         self.limit_spin.setRange(16, 1_000_000)
         self.limit_spin.setSingleStep(100)
@@ -202,6 +217,8 @@ class MixedPrecisionDialog(QDialog):
         form.addRow("Allowed per layer", checks)
         opts = QHBoxLayout()
         opts.addWidget(self.objective_combo)
+        opts.addWidget(self.speed_batch_spin)
+        opts.addWidget(self.threads_spin)
         opts.addWidget(QLabel("search on"))
         opts.addWidget(self.limit_spin)
         opts.addWidget(QLabel("samples"))
@@ -282,6 +299,7 @@ class MixedPrecisionDialog(QDialog):
         doc.events.model.connect(self._show_imported_choice)
         self._validate()
 
+        self._on_objective()
         controller.mixedBusy.connect(self.set_running)
         controller.mixedProgress.connect(self.show_progress)
         controller.mixedCancelled.connect(lambda: self.show_message("Search cancelled."))
@@ -310,7 +328,13 @@ class MixedPrecisionDialog(QDialog):
             raise QvizError("allow at least one quantized precision (int4, int8 or imported)")
         limit = int(self.limit_spin.value())
         objective = self.objective_combo.currentData()
-        return MixedRequest(criterion, parse_precisions(allowed), objective, limit)
+        return MixedRequest(criterion, parse_precisions(allowed), objective, limit,
+                            self.speed_batch_spin.value(), self.threads_spin.value())
+
+    def _on_objective(self, _index: int = 0) -> None:
+        fastest = self.objective_combo.currentData() is Objective.FASTEST
+        self.speed_batch_spin.setVisible(fastest)
+        self.threads_spin.setVisible(fastest)
 
     def set_request(
         self,
@@ -318,6 +342,8 @@ class MixedPrecisionDialog(QDialog):
         allowed: tuple[str, ...] = ("int4", "int8", "float"),
         objective: Objective = Objective.SIZE,
         limit: int = DEFAULT_LIMIT,
+        speed_batch: int = 1,
+        threads: int = 0,
     ) -> None:
         """Fill the form (scripts, tests and screenshots use it as a user would type)."""
         self.criterion_edit.setText(criterion)
@@ -325,6 +351,8 @@ class MixedPrecisionDialog(QDialog):
             box.setChecked(name in allowed)
         self.objective_combo.setCurrentIndex(self.objective_combo.findData(objective))
         self.limit_spin.setValue(limit)
+        self.speed_batch_spin.setValue(speed_batch)
+        self.threads_spin.setValue(threads)
 
     def _validate(self) -> None:
         try:
@@ -422,6 +450,9 @@ class MixedPrecisionDialog(QDialog):
         lines = [
             html.escape(measured),
             html.escape(size_text(result)) + ".",
+            *(html.escape(f"Timed at batch {b}: float {fmt_ms(t.a_ms)} ms, quantized "
+                          f"{fmt_ms(t.b_ms)} ms — {fmt_speedup(t.speedup)}.")
+              for b, t in result.timings),
             "<b>" + html.escape(changes_text(result)) + "</b>",
             html.escape(base_line),
             html.escape(

@@ -73,10 +73,15 @@ FORMATS: tuple[tuple[str, str, str], ...] = (
     ("fp8_e4m3fn", "FP8 E4M3FN", "8-bit float, 4 exponent bits: more precision, max 448"),
     ("fp8_e5m2", "FP8 E5M2", "8-bit float, 5 exponent bits: more range, max 57344"),
     ("nf4", "NF4", "4-bit NormalFloat codebook (QLoRA), weights only, simulated"),
+    ("mxfp4", "MXFP4", "OCP Microscaling FP4: E2M1 values, a power-of-two scale per block of "
+     "32; weights only, simulated"),
+    ("nvfp4", "NVFP4", "NVIDIA FP4: E2M1 values, an E4M3 scale per block of 16 times one "
+     "per tensor; weights only, simulated"),
 )
 _FORMAT_KIND = {
     "int": FormatKind.INT, "uint": FormatKind.INT, "fp8_e4m3fn": FormatKind.FP8_E4M3FN,
-    "fp8_e5m2": FormatKind.FP8_E5M2, "nf4": FormatKind.NF4,
+    "fp8_e5m2": FormatKind.FP8_E5M2, "nf4": FormatKind.NF4, "mxfp4": FormatKind.MXFP4,
+    "nvfp4": FormatKind.NVFP4,
 }
 
 
@@ -265,7 +270,7 @@ class ControlsPanel(QGroupBox):
             self.symmetric_check.setChecked(cfg.fmt.symmetric)
             self.transforms.show_for(info.kind, cfg.transforms)
             # Only offer what this kind of tensor can take.
-            allowed_g = granularity_supported(info.kind)
+            allowed_g = granularity_supported(info.kind, cfg.fmt)
             _enable_items(self.granularity_combo, lambda g: g in allowed_g)
             allowed_f = format_supported(info.kind)
             _enable_items(self.format_combo, lambda f: _FORMAT_KIND[f] in allowed_f)
@@ -292,6 +297,8 @@ class ControlsPanel(QGroupBox):
         else:
             text = fid
         fmt = NumberFormat.parse(text, symmetric=self.symmetric_check.isChecked())
+        if fmt.block_size is not None:  # a block format brings its own blocks
+            granularity = Granularity.of(GranularityKind.PER_GROUP, fmt.block_size)
         return TensorConfig(spec, granularity, fmt, transforms=self.transforms.transforms())
 
     def scope(self) -> ApplyScope:
@@ -350,7 +357,7 @@ class ControlsPanel(QGroupBox):
         if not is_int:
             fid = self.format_combo.currentData()
             self.bits_spin.blockSignals(True)
-            self.bits_spin.setValue(4 if fid == "nf4" else 8)
+            self.bits_spin.setValue(4 if fid in ("nf4", "mxfp4", "nvfp4") else 8)
             self.bits_spin.blockSignals(False)
         self.transforms.sync()
         # Manual ranges and imported pairs belong to one tensor; copying one to every layer

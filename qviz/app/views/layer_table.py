@@ -40,6 +40,7 @@ from qviz.app.views.table_cells import (
     KEY_ROLE,
     SENSITIVITY_COLUMNS,
     SORT_ROLE,
+    SPEED_COLUMNS,
     SQNR_TOOLTIP,
     STALE_FG,
     VALUE_COLUMNS,
@@ -51,6 +52,10 @@ from qviz.app.views.table_cells import (
     sensitivity_text,
     sensitivity_tooltip,
     sensitivity_value,
+    speed_background,
+    speed_text,
+    speed_tooltip,
+    speed_value,
     sqnr_background,
     summary_text,
     vs_pinned,
@@ -131,6 +136,8 @@ class LayerTableModel(QAbstractTableModel):
             return self._native_data(key, role)
         if col is Column.EVAL_CLIPPED:
             return self._eval_clipped_data(key, role)
+        if col in SPEED_COLUMNS and role != KEY_ROLE:
+            return self._speed_data(key, col, role)
         if col is Column.VS_A and role in (Qt.ItemDataRole.DisplayRole, SORT_ROLE):
             delta = vs_pinned(self._doc, key)
             if role == SORT_ROLE:
@@ -256,6 +263,24 @@ class LayerTableModel(QAbstractTableModel):
         if self._keys:
             self.dataChanged.emit(self.index(0, first), self.index(len(self._keys) - 1, last))
 
+    # ----------------------------------------------------------------- speed
+    def _speed_data(self, key: TensorKey, col: Column, role: int) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole:
+            return speed_text(self._doc, key, col)
+        if role == SORT_ROLE:
+            value = speed_value(self._doc, key, col)
+            return -math.inf if value is None or math.isnan(value) else value
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return speed_tooltip(self._doc, key)
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == Qt.ItemDataRole.ForegroundRole and not self._doc.measures.fusion_current:
+            return QBrush(STALE_FG)
+        if role == Qt.ItemDataRole.BackgroundRole and col is Column.SPEEDUP:
+            bg = speed_background(self._doc, key)
+            return None if bg is None else QBrush(bg)
+        return None
+
     # ----------------------------------------------------------------- sim vs native
     def _native_data(self, key: TensorKey, role: int) -> Any:
         layer = self._doc.tensor(key).layer.name
@@ -342,12 +367,14 @@ class LayerTable(QWidget):
         events.selection.connect(self._on_selection)
         events.sensitivity.connect(self.refresh_sensitivity)
         events.evaluation.connect(self.refresh_fusion)
+        events.evaluation.connect(self.refresh_speed)
         events.pinned.connect(self.refresh_pinned)
         events.eval_stats.connect(self.refresh_eval_stats)
         events.pinned_results.connect(lambda _keys: self.refresh_pinned())
         self.refresh_sensitivity()
         self.refresh_pinned()
         self.refresh_eval_stats()
+        self.refresh_speed()
 
     # ----------------------------------------------------------------- following the document
     def reset(self) -> None:
@@ -395,6 +422,21 @@ class LayerTable(QWidget):
         if was_hidden and not hidden:
             self.view.resizeColumnToContents(Column.VS_A)
         self.model.refresh_columns(Column.VS_A, Column.VS_A)
+
+    def refresh_speed(self) -> None:
+        """The speed columns follow the last full evaluation (hidden while there is none),
+        right after sim vs native."""
+        hidden = self._doc.measures.speed is None
+        header = self.view.horizontalHeader()
+        for offset, col in enumerate(SPEED_COLUMNS):
+            was_hidden = self.view.isColumnHidden(col)
+            self.view.setColumnHidden(col, hidden)
+            if was_hidden and not hidden:
+                header.moveSection(
+                    header.visualIndex(col), header.visualIndex(Column.NATIVE) + 1 + offset
+                )
+                self.view.resizeColumnToContents(col)
+        self.model.refresh_columns(min(SPEED_COLUMNS), max(SPEED_COLUMNS))
 
     def refresh_fusion(self) -> None:
         """The sim-vs-native column follows the last native evaluation's fusion report."""

@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSizePolicy,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -43,6 +44,7 @@ from qviz.app.controllers.evaluation_controller import (
 )
 from qviz.app.views import plot_style as st
 from qviz.app.views.depth_view import DepthView
+from qviz.app.views.speed_view import SpeedView
 from qviz.core.calibration.analysis import TensorKey
 from qviz.core.document.document import Document
 from qviz.core.document.jobs import EvaluationOutcome
@@ -71,6 +73,9 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("latency", "Latency", "Median time per batch: float model (all optimizations) against "
                            "ONNX Runtime's fused INT8 kernels, same batch, interleaved runs"),
     ("fused", "Fused layers", "Quantized layers ONNX Runtime turned into integer kernels"),
+    ("slower", "Slower layers", "Quantized layers that run slower than in float (ONNX "
+                                "Runtime's profiler, same batch), the most time lost first; "
+                                "the Speed per layer tab and the table say why"),
     ("mismatch", "Sim vs native", "Largest difference between the simulation and the native "
                                   "INT8 output, and how many output values differ"),
 )
@@ -78,7 +83,7 @@ COLUMNS = ("float", "quantized", "delta")
 FULL_ONLY = "— (Evaluate, Ctrl+R)"
 MAX_SIZE = 16_777_215  # QWIDGETSIZE_MAX
 # Rows whose quantized cell is one sentence over the quantized and Δ columns.
-SPANNING_ROWS = frozenset({"fused", "mismatch"})
+SPANNING_ROWS = frozenset({"fused", "slower", "mismatch"})
 
 
 def fmt_pct_value(value: float | None) -> str:
@@ -142,6 +147,12 @@ def outcome_texts(outcome: EvaluationOutcome) -> dict[str, tuple[str, str, str]]
         rows["fused"] = ("", f"{len(fusion.fused)} of {fusion.n_layers}: {which}{saturating}", "")
     else:
         rows["fused"] = ("", FULL_ONLY, "")
+    rows["slower"] = ("", FULL_ONLY, "")  # until a full evaluation times the layers
+    if ev.speed is not None:
+        slow = ev.slow_layers
+        named = ", ".join(f"{x.layer} ({x.cause.value})" for x in slow[:3])
+        more = f" and {len(slow) - 3} more" if len(slow) > 3 else ""
+        rows["slower"] = ("", f"{len(slow)}: {named}{more}" if slow else "none", "")
     if ev.mismatch:
         m = ev.mismatch[0]
         steps = "" if m.max_steps is None else f" ({m.max_steps:.3g} steps)"
@@ -334,8 +345,14 @@ class ModelPanel(QWidget):
         depth_box.setSpacing(2)
         depth_box.addWidget(depth_title)
         depth_box.addWidget(self.depth_view, 1)
-        self.depth_section = QWidget()
-        self.depth_section.setLayout(depth_box)
+        depth_page = QWidget()
+        depth_page.setLayout(depth_box)
+        # Speed along depth beside error along depth: the two things quantizing changes.
+        self.speed_view = SpeedView(doc)
+        self.depth_section = QTabWidget()
+        self.depth_section.setDocumentMode(True)
+        self.depth_section.addTab(depth_page, "Error along depth")
+        self.depth_section.addTab(self.speed_view, "Speed per layer")
 
         # --- notes
         self.notes_label = QLabel()

@@ -1,6 +1,8 @@
-"""Size against the task metric for every configuration a mixed-precision search measured.
+"""Size (or latency) against the task metric for every configuration a search measured.
 
-x is the model's size as stored (KiB of initializers: the weights at their chosen precision);
+x is the model's size as stored (KiB of initializers: the weights at their chosen precision),
+or — where the search measured per-layer times (the speed objective) — its predicted
+milliseconds per run (`XAxis`; the speed objective shows latency first);
 y the criterion's number (e.g. the accuracy drop in points) measured on the search subset.
 Points that meet the criterion are filled green, the others hollow red; the Pareto front (no
 other point is both smaller and better) is joined by a line; the criterion's threshold is a
@@ -15,15 +17,17 @@ from __future__ import annotations
 
 import html
 import math
+from enum import Enum
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from qviz.app.views import plot_style as st
 from qviz.core.evaluation.criteria import Comparison
-from qviz.core.search.mixed import MixedResult, ParetoPoint
+from qviz.core.runtime.speed_text import fmt_ms
+from qviz.core.search.mixed import MixedResult, Objective, ParetoPoint, pareto_front
 from qviz.core.text import KIB, fmt_bytes, fmt_decimals
 
 PASS_COLOR = "#2e7d32"
@@ -39,14 +43,20 @@ def short_data_name(description: str) -> str:
     return description.split(": ", 1)[0] if ": " in description else description
 
 
+class XAxis(Enum):
+    SIZE = "model size (KiB of weights as stored)"
+    LATENCY = "predicted ms per run (measured per-layer times)"
+
+
 def point_text(p: ParetoPoint, result: MixedResult) -> str:
     """One point, as its tooltip and the applied-point line say it."""
     c = result.criterion
     verdict = "meets" if p.passed else "fails"
     n = p.n_float_layers
     floats = f", {n} layer{'s' if n != 1 else ''} float" if n else ""
+    latency = "" if p.latency_ms is None else f", predicted {fmt_ms(p.latency_ms)} ms"
     return (
-        f"#{p.index} {p.label}: {fmt_bytes(p.size_bytes)}, {c.metric.label} "
+        f"#{p.index} {p.label}: {fmt_bytes(p.size_bytes)}{latency}, {c.metric.label} "
         f"{fmt_decimals(p.value, c.metric.digits())}{c.metric.unit} on "
         f"{p.measurement.n_samples} samples ({verdict} {c.spec}){floats}"
     )
@@ -62,6 +72,15 @@ class ParetoView(QWidget):
         st.configure_pyqtgraph()
         self._result: MixedResult | None = None
         self._applied: int | None = None
+        self.axis = XAxis.SIZE
+        self.axis_combo = QComboBox()
+        for a in XAxis:
+            self.axis_combo.addItem(a.value, a)
+        self.axis_combo.setToolTip(
+            "What x shows: each configuration's size, or its latency predicted from the "
+            "per-layer times the speed objective measured"
+        )
+        self.axis_combo.currentIndexChanged.connect(self._on_axis)
 
         self.plot_widget = pg.PlotWidget()
         self.plot_widget.setMinimumSize(360, 260)
@@ -120,6 +139,11 @@ class ParetoView(QWidget):
         self.caption.setStyleSheet(f"color: {st.AXIS_PEN};")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        axis_row = QHBoxLayout()
+        axis_row.addWidget(QLabel("x:"))
+        axis_row.addWidget(self.axis_combo)
+        axis_row.addStretch(1)
+        layout.addLayout(axis_row)
         layout.addWidget(self.plot_widget, 1)
         layout.addWidget(self.caption)
         self.set_result(None)
@@ -129,7 +153,33 @@ class ParetoView(QWidget):
     def result(self) -> MixedResult | None:
         return self._result
 
-    def set_result(self, result: MixedResult | None) -> None:
+    def set_axis(self, axis: XAxis) -> None:
+        """Show size or predicted latency on x (latency only where the search timed)."""
+        self.axis_combo.setCurrentIndex(self.axis_combo.findData(axis))
+
+    def _on_axis(self, _index: int) -> None:
+        self.axis = self.axis_combo.currentData()
+        applied = self._applied
+        self.set_result(self._result, keep_axis=True)
+        if applied is not None:
+            self.set_applied(applied)
+
+    def _x(self, p: ParetoPoint) -> float:
+        if self.axis is XAxis.LATENCY:
+            return math.nan if p.latency_ms is None else p.latency_ms
+        return p.size_bytes / KIB
+
+    def set_result(self, result: MixedResult | None, keep_axis: bool = False) -> None:
+        timed = result is not None and any(p.latency_ms is not None for p in result.points)
+        self.axis_combo.setEnabled(timed)
+        if not keep_axis:
+            fastest = result is not None and result.objective is Objective.FASTEST
+            axis = XAxis.LATENCY if fastest and timed else XAxis.SIZE
+            self.axis_combo.blockSignals(True)
+            self.axis_combo.setCurrentIndex(self.axis_combo.findData(axis))
+            self.axis_combo.blockSignals(False)
+            self.axis = axis
+        self.plot.setLabel("bottom", self.axis.value)
         self._result = result
         self._applied = None
         self.applied.setData([], [])
@@ -147,9 +197,9 @@ class ParetoView(QWidget):
             return
         c = result.criterion
         pts = result.points
-        x = np.array([p.size_bytes / KIB for p in pts], float)
+        x = np.array([self._x(p) for p in pts], float)
         y = np.array([p.value for p in pts], float)
-        finite = np.isfinite(y)
+        finite = np.isfinite(y) & np.isfinite(x)
         spots = [
             {
                 "pos": (x[i], y[i]),
@@ -162,21 +212,26 @@ class ParetoView(QWidget):
             if finite[i]
         ]
         self.points.setData(spots)
-        front = [p for p in result.pareto_front() if math.isfinite(p.value)]
-        self.front.setData([p.size_bytes / KIB for p in front], [p.value for p in front])
+        front = [p for p in pareto_front(pts, c, self._x) if math.isfinite(p.value)]
+        self.front.setData([self._x(p) for p in front], [p.value for p in front])
         ch = result.chosen
-        if math.isfinite(ch.value):
-            self.chosen.setData([{"pos": (ch.size_bytes / KIB, ch.value), "data": ch.index}])
+        ch_x = self._x(ch)
+        if math.isfinite(ch.value) and math.isfinite(ch_x):
+            self.chosen.setData([{"pos": (ch_x, ch.value), "data": ch.index}])
         else:
             self.chosen.setData([], [])
         measured = result.measured_value
-        if measured is not None and math.isfinite(measured) and result.evaluation is not None:
-            self.confirmed.setData([result.size_bytes / KIB], [measured])
+        # The confirmation is drawn at the answer's x: its size as measured, or its
+        # predicted latency (the timing against float is in the dialog's summary).
+        confirmed_x = result.size_bytes / KIB if self.axis is XAxis.SIZE else ch_x
+        if (measured is not None and math.isfinite(measured) and result.evaluation is not None
+                and math.isfinite(confirmed_x)):
+            self.confirmed.setData([confirmed_x], [measured])
             self.confirmed_label.setText(
                 f"confirmed on all {result.evaluation.n_samples}: "
                 f"{fmt_decimals(measured, c.metric.digits())}"
             )
-            self.confirmed_label.setPos(result.size_bytes / KIB, measured)
+            self.confirmed_label.setPos(confirmed_x, measured)
         else:
             self.confirmed.setData([], [])
             self.confirmed_label.setText("")
@@ -199,17 +254,21 @@ class ParetoView(QWidget):
         self.pass_region.show()
         base = result.baseline
         self.baseline_label.setText(f"{base.label}")
+        base_x = self._x(base)
         self.baseline_label.setPos(
-            base.size_bytes / KIB, base.value if math.isfinite(base.value) else 0.0
+            base_x if math.isfinite(base_x) else 0.0,
+            base.value if math.isfinite(base.value) else 0.0,
         )
         verdict = "PASS" if result.passed else "FAIL"
         self.chosen_label.setText(f"answer ({verdict})")
-        self.chosen_label.setPos(ch.size_bytes / KIB, ch.value if math.isfinite(ch.value) else 0)
+        self.chosen_label.setPos(ch_x if math.isfinite(ch_x) else 0.0,
+                                 ch.value if math.isfinite(ch.value) else 0)
         self.plot.setLabel(
             "left", f"{c.metric.label}{c.metric.unit} on {result.search_samples} samples"
         )
-        x_lo, x_hi = float(x.min()), float(x.max())
-        x_pad = max(0.06 * (x_hi - x_lo), 1.0)
+        xs = x[np.isfinite(x)]
+        x_lo, x_hi = (float(xs.min()), float(xs.max())) if xs.size else (0.0, 1.0)
+        x_pad = max(0.06 * (x_hi - x_lo), 1.0 if self.axis is XAxis.SIZE else 1e-3)
         self.plot.setXRange(x_lo - x_pad, x_hi + 2 * x_pad, padding=0)
         self.plot.setYRange(y_lo - 0.08 * span, y_hi + 0.12 * span, padding=0)
         # Above the line on the right edge: where the passing side is not.
@@ -253,8 +312,8 @@ class ParetoView(QWidget):
             self.applied.setData([], [])
             return
         p = self.point(index)
-        if math.isfinite(p.value):
-            self.applied.setData([p.size_bytes / KIB], [p.value])
+        if math.isfinite(p.value) and math.isfinite(self._x(p)):
+            self.applied.setData([self._x(p)], [p.value])
 
     @property
     def applied_index(self) -> int | None:

@@ -17,6 +17,9 @@ from qviz.core.document.summary import Summary
 from qviz.core.evaluation.display import fmt_metric_change
 from qviz.core.model.loading import TensorKind
 from qviz.core.runtime.fusion import WEIGHT_ONLY_KERNELS, FusionReport
+from qviz.core.runtime.slowdown import NOISE
+from qviz.core.runtime.speed import LayerSpeed
+from qviz.core.runtime.speed_text import fmt_ms, fmt_speedup, threads_text
 from qviz.core.search.sensitivity import LayerSensitivity
 
 # SQNR colour scale. 35 dB is about int8 per-channel quality on a well-behaved tensor; below
@@ -60,6 +63,11 @@ class Column(IntEnum):
     VS_A = 14
     # With statistics of the evaluation data: how much of it the calibration range clips.
     EVAL_CLIPPED = 15
+    # From the last full evaluation's per-layer speed (hidden until there is one); shown
+    # after sim vs native. A layer's numbers on each of its rows.
+    FLOAT_MS = 16
+    QUANT_MS = 17
+    SPEEDUP = 18
 
 
 HEADERS: dict[Column, tuple[str, str]] = {
@@ -98,6 +106,22 @@ HEADERS: dict[Column, tuple[str, str]] = {
         "⚠: more than sampling explains (the calibration data does not represent the "
         "evaluation data here). Hover for the ranges.",
     ),
+    Column.FLOAT_MS: (
+        "Float ms",
+        "The layer's time per run in the float model (median over interleaved runs, ONNX "
+        "Runtime's profiler, the evaluation's batch), from the last full evaluation (Ctrl+R). "
+        "Grey: measured for earlier settings.",
+    ),
+    Column.QUANT_MS: (
+        "Quant ms",
+        "The layer's time per run in the quantized model: its kernel plus the Q/DQ nodes and "
+        "layout changes ONNX Runtime runs for it (the tooltip breaks it down).",
+    ),
+    Column.SPEEDUP: (
+        "Speed-up",
+        "Float ms ÷ quantized ms: above 1 the quantized layer is faster. Red: slower than "
+        "float (the tooltip says why and what would fix it).",
+    ),
     Column.VS_A: (
         "Δ vs A",
         "The tensor's SQNR now (B) minus its SQNR under the configuration pinned as A "
@@ -105,6 +129,7 @@ HEADERS: dict[Column, tuple[str, str]] = {
     ),
 }
 SENSITIVITY_COLUMNS = (Column.DROP, Column.RECOVERY)
+SPEED_COLUMNS = (Column.FLOAT_MS, Column.QUANT_MS, Column.SPEEDUP)
 STALE_FG = QColor("#9e9e9e")
 # The columns a settings change can alter (contiguous); dataChanged covers only these.
 VALUE_COLUMNS = (Column.SQNR, Column.CLIPPED, Column.METHOD, Column.GRANULARITY, Column.FORMAT)
@@ -196,11 +221,79 @@ def native_tooltip(report: FusionReport | None, layer: str, current: bool) -> st
             )
     elif layer in report.unfused:
         text = f"{layer}: left in float by ONNX Runtime — {report.unfused[layer]}"
+        if layer in report.fixes:
+            text += f"\nWhat would fuse it: {report.fixes[layer]}"
     else:
         text = f"{layer}: not quantized when it was evaluated"
     if not current:
         text += "\n(Measured for earlier settings: run Evaluate again, Ctrl+R.)"
     return text
+
+
+def layer_speed_of(doc: Document, key: TensorKey) -> LayerSpeed | None:
+    speed = doc.measures.speed
+    return None if speed is None else speed.layer(doc.tensor(key).layer.name)
+
+
+def speed_value(doc: Document, key: TensorKey, col: Column) -> float | None:
+    """The number a speed column holds for a tensor's layer (None: nothing to show)."""
+    x = layer_speed_of(doc, key)
+    if x is None:
+        return None
+    if col is Column.FLOAT_MS:
+        return x.float_ms
+    if col is Column.QUANT_MS:
+        return x.quantized_ms
+    return x.speedup
+
+
+def speed_text(doc: Document, key: TensorKey, col: Column) -> str:
+    value = speed_value(doc, key, col)
+    if value is None:
+        return ""
+    if col is Column.SPEEDUP:
+        return f"{value:.2f}×" if math.isfinite(value) else ""
+    return fmt_ms(value)
+
+
+def speed_background(doc: Document, key: TensorKey) -> QColor | None:
+    """Red for a quantized layer slower than float beyond the noise, green when faster."""
+    x = layer_speed_of(doc, key)
+    if x is None or not x.quantized or not doc.measures.fusion_current:
+        return None
+    if x.speedup < 1 / (1 + NOISE):
+        return BAD_BG
+    if x.speedup > 1 + NOISE:
+        return GOOD_BG
+    return None
+
+
+def speed_tooltip(doc: Document, key: TensorKey) -> str:
+    speed = doc.measures.speed
+    if speed is None:
+        return "Run ▸ Evaluate (Ctrl+R) to time every layer, float and quantized"
+    x = layer_speed_of(doc, key)
+    if x is None:
+        return "Not timed"
+    lines = [
+        f"{x.name} — batch {speed.batch_size}, {threads_text(speed.threads)}",
+        f"float: {fmt_ms(x.float_ms)} ms ({x.float_kernel or 'no kernel seen'})",
+        f"quantized: {fmt_ms(x.quantized_ms)} ms = {x.kernel or '?'} {fmt_ms(x.kernel_ms)}"
+        + (f" + Q/DQ {fmt_ms(x.qdq_ms)}" if x.qdq_ms else "")
+        + (f" + layout {fmt_ms(x.layout_ms)}" if x.layout_ms else ""),
+        f"speed-up: {fmt_speedup(x.speedup)}",
+    ]
+    if x.weight_dequantized:
+        lines.append("its weights are dequantized on every run")
+    evaluation = doc.measures.last_full
+    slow = [] if evaluation is None else [
+        s for s in evaluation.evaluation.slow_layers if s.layer == x.name
+    ]
+    if slow:
+        lines += [f"why: {slow[0].reason}", f"fix: {slow[0].fix}"]
+    if not doc.measures.fusion_current:
+        lines.append("(Measured for earlier settings: run Evaluate again, Ctrl+R.)")
+    return "\n".join(lines)
 
 
 def sensitivity_row(doc: Document, key: TensorKey) -> LayerSensitivity | None:

@@ -15,10 +15,13 @@ from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.imported_analysis import imported_activation, imported_weight
 from qviz.core.calibration.methods import Method, choose_range
 from qviz.core.calibration.metrics import TensorMetrics, histogram_metrics
+from qviz.core.calibration.weight_cache import uses_stats, weight_stats
+from qviz.core.calibration.weight_groups import analyze_weight_groups
 from qviz.core.calibration.weights import ChannelMetrics, analyze_weight
+from qviz.core.calibration.weights_from_stats import analyze_weight_stats, handles
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import Layer, LoadedModel, TensorKind
-from qviz.core.quant.formats import FormatKind
+from qviz.core.quant.formats import PerGroup
 from qviz.core.quant.qparams import QParams, compute_qparams
 from qviz.core.stats.collect import CalibrationStats
 from qviz.core.transforms.weight_transforms import AppliedWeight, apply_weight_transforms
@@ -90,23 +93,49 @@ def analyze_tensor(
     model: LoadedModel, stats: CalibrationStats | None, tensor: QuantTensor, cfg: TensorConfig
 ) -> TensorResult:
     """Quantization parameters and error metrics of one tensor under `cfg` (weights need no
-    statistics; an activation without them is a QvizError)."""
+    statistics; an activation without them is a QvizError).
+
+    An imported setting is analysed exactly against the model's own scales
+    (``imported_analysis``); a large weight (``weight_cache.uses_stats``) per tensor or per
+    channel from its statistics (``weights_from_stats``), any other from its values
+    (``weights``)."""
     imported = cfg.spec.method is Method.IMPORTED
     if tensor.kind is TensorKind.WEIGHT:
         layer = tensor.layer
-        w = model.weight(tensor.name)
+        large = not imported and uses_stats(layer)
+        ws = weight_stats(model, layer, stats) if large else None
         if imported:
-            analysis = imported_weight(w, layer.channel_axis, cfg.spec, cfg.fmt)
-            return TensorResult(
-                tensor.name, layer, tensor.kind, cfg, analysis.qparams, analysis.metrics,
-                analysis.channel_metrics,
+            analysis = imported_weight(
+                model.weight(tensor.name), layer.channel_axis, cfg.spec, cfg.fmt
             )
-        analysis = analyze_weight(
-            w, layer.channel_axis, layer.reduction_axis, cfg.spec, cfg.granularity, cfg.fmt
-        )
-        if cfg.transforms.changes_weight:  # GPTQ, bias correction: qviz.core.transforms
+        elif ws is not None and handles(ws, cfg.granularity):
+            analysis = analyze_weight_stats(ws, cfg.spec, cfg.granularity, cfg.fmt)
+        elif (
+            large
+            and isinstance(cfg.granularity, PerGroup)
+            and layer.channel_axis is not None
+            and layer.reduction_axis is not None
+        ):
+            analysis = analyze_weight_groups(
+                model.weight(tensor.name),
+                layer.channel_axis,
+                layer.reduction_axis,
+                cfg.spec,
+                cfg.granularity,
+                cfg.fmt,
+            )
+        else:
+            analysis = analyze_weight(
+                model.weight(tensor.name),
+                layer.channel_axis,
+                layer.reduction_axis,
+                cfg.spec,
+                cfg.granularity,
+                cfg.fmt,
+            )
+        if not imported and cfg.transforms.changes_weight:  # GPTQ, bias correction
             metrics, channels, applied = apply_weight_transforms(
-                model, stats, layer, w, analysis, cfg
+                model, stats, layer, model.weight(tensor.name), analysis, cfg
             )
             return TensorResult(tensor.name, layer, tensor.kind, cfg, analysis.qparams,
                                 metrics, channels, applied)
@@ -120,8 +149,11 @@ def analyze_tensor(
         tstats = stats.tensors[tensor.name]
     except KeyError:
         raise QvizError(f"no calibration statistics for activation '{tensor.name}'") from None
-    if cfg.fmt.kind is FormatKind.NF4:
-        raise QvizError("NF4 is a weight-only format; activations need an integer or FP8 format")
+    if cfg.fmt.weight_only:
+        raise QvizError(
+            f"{cfg.fmt.spec.upper()} is a weight-only format; activations need an integer or "
+            "FP8 format"
+        )
     if imported:
         qparams, metrics = imported_activation(tstats, cfg.spec, cfg.fmt)
         return TensorResult(tensor.name, tensor.layer, tensor.kind, cfg, qparams, metrics)

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.model.loading import TensorKind
 from qviz.core.quant.formats import (
+    WEIGHT_ONLY_KINDS,
     FormatKind,
     Granularity,
     GranularityKind,
@@ -115,15 +116,20 @@ class QuantConfig:
         return replace(self, activations=cfg)
 
 
-def granularity_supported(kind: TensorKind) -> Sequence[GranularityKind]:
-    """Activations are quantized per tensor: ONNX Runtime's INT8 kernels take one scale."""
+def granularity_supported(
+    kind: TensorKind, fmt: NumberFormat | None = None
+) -> Sequence[GranularityKind]:
+    """Activations are quantized per tensor: ONNX Runtime's INT8 kernels take one scale. A
+    block format (MXFP4, NVFP4) is per group of its own block size (``fmt.block_size``)."""
     if kind is TensorKind.ACTIVATION:
         return (GranularityKind.PER_TENSOR,)
+    if fmt is not None and fmt.block_size is not None:
+        return (GranularityKind.PER_GROUP,)
     return tuple(GranularityKind)
 
 
 def format_supported(kind: TensorKind) -> Sequence[FormatKind]:
-    """NF4 is a weight-only codebook format."""
+    """NF4 (a codebook) and the FP4 block formats MXFP4 and NVFP4 are weight-only."""
     if kind is TensorKind.ACTIVATION:
-        return tuple(k for k in FormatKind if k is not FormatKind.NF4)
+        return tuple(k for k in FormatKind if k not in WEIGHT_ONLY_KINDS)
     return tuple(FormatKind)

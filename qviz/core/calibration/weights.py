@@ -21,12 +21,21 @@ from qviz.core.calibration.metrics import (
 )
 from qviz.core.calibration.mse import search_mse_ranges
 from qviz.core.errors import QvizError
-from qviz.core.quant.formats import Granularity, NumberFormat, PerAxis, PerGroup, PerTensor
+from qviz.core.quant.formats import (
+    Granularity,
+    NumberFormat,
+    PerAxis,
+    PerGroup,
+    PerTensor,
+    check_granularity,
+)
 from qviz.core.quant.qparams import QParams, compute_qparams
 from qviz.core.stats.histogram import HistogramRows
 from qviz.core.stats.tensor_stats import compute_stats
 
-__all__ = ["ChannelMetrics", "WeightAnalysis", "analyze_weight", "weight_analysis_of"]
+__all__ = [
+    "ChannelMetrics", "WeightAnalysis", "analyze_weight", "group_qparams", "weight_analysis_of",
+]
 
 # Per-row (channel / block) histograms for ENTROPY and MSE: fewer bins than an activation's
 # 2048 because a row holds far fewer values, and the cost is rows x bins.
@@ -88,6 +97,7 @@ def analyze_weight(
     whenever ``channel_axis`` is given. NF4 is accepted here (weights are where it belongs).
     Raises QvizError for a missing axis, an empty or non-finite weight, or ENTROPY per group.
     """
+    _check_choice(spec, granularity, fmt)
     arr = np.asarray(w)
     if arr.dtype.kind not in "fiub":
         raise QvizError(f"weight of dtype {arr.dtype} cannot be analysed")
@@ -110,13 +120,7 @@ def analyze_weight(
         qp = compute_qparams(lo_r, hi_r, fmt, axis=axis)
     else:
         assert isinstance(granularity, PerGroup)
-        if red is None:
-            raise QvizError("per-group quantization needs a weight with a reduction axis")
-        if spec.method is Method.ENTROPY:
-            raise QvizError(
-                "entropy calibration is not available per group: use minmax, percentile or mse"
-            )
-        qp = _group_qparams(arr, red, granularity.group_size, spec, fmt)
+        qp = group_qparams(arr, ch, red, spec, granularity, fmt)
 
     return weight_analysis_of(arr, ch, qp, fmt)
 
@@ -136,6 +140,36 @@ def weight_analysis_of(
         None if channel_axis is None else _channel_metrics(w, fq, qp, channel_axis, metrics)
     )
     return WeightAnalysis(qparams=qp, metrics=metrics, channel_metrics=channel_metrics)
+
+
+def _check_choice(spec: MethodSpec, granularity: Granularity, fmt: NumberFormat) -> None:
+    check_granularity(fmt, granularity)
+    if fmt.block_size is not None and spec.method not in (Method.MINMAX, Method.MANUAL,
+                                                          Method.PERCENTILE):
+        raise QvizError(
+            f"{fmt.spec} scales follow each block's largest value: use minmax or percentile"
+        )
+
+
+def group_qparams(
+    arr: np.ndarray,
+    channel_axis: int | None,
+    reduction_axis: int | None,
+    spec: MethodSpec,
+    granularity: PerGroup,
+    fmt: NumberFormat,
+) -> QParams:
+    """The per-group qparams :func:`analyze_weight` picks (blocks along the reduction axis);
+    also what `weight_groups` computes a slice of channels at a time."""
+    _check_choice(spec, granularity, fmt)
+    red = _normalize_axis(reduction_axis, arr.ndim, "reduction")
+    if red is None:
+        raise QvizError("per-group quantization needs a weight with a reduction axis")
+    if spec.method is Method.ENTROPY:
+        raise QvizError(
+            "entropy calibration is not available per group: use minmax, percentile or mse"
+        )
+    return _group_qparams(arr, red, granularity.group_size, spec, fmt)
 
 
 def _normalize_axis(axis: int | None, ndim: int, what: str) -> int | None:

@@ -17,10 +17,10 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from qviz.core.errors import QvizError
-from qviz.core.evaluation.evaluate import OutputRole, evaluate
+from qviz.core.evaluation.evaluate import DEFAULT_SPEED_BUDGET_S, OutputRole, evaluate
 from qviz.core.evaluation.results import Evaluation
 from qviz.core.model.loading import LoadedModel
-from qviz.core.runtime.sessions import KernelPrecision
+from qviz.core.runtime.sessions import KernelPrecision, Threads
 from qviz.core.search.measure import Measurement, measure
 from qviz.core.search.reference import FloatReference
 
@@ -91,6 +91,11 @@ class EvaluateJob:
     latency: bool = False
     label: str = ""
     role: OutputRole = OutputRole.AUTO
+    #: ORT's threads for the latency timing (on the worker's machine).
+    threads: Threads | None = None
+    #: Exactly this many timed runs, else about this many seconds (see `evaluate`).
+    latency_repeats: int | None = None
+    latency_budget_s: float = DEFAULT_SPEED_BUDGET_S
 
 
 Job = MeasureJob | EvaluateJob
@@ -158,6 +163,9 @@ def job_steps(
         batch_size=job.batch_size,
         latency=job.latency,
         role=job.role,
+        threads=job.threads,
+        latency_repeats=job.latency_repeats,
+        latency_budget_s=job.latency_budget_s,
         should_stop=should_stop,
     )
     while True:

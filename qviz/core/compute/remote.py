@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 from qviz.core.compute.backend import ComputeBackend, LocalBackend, opened, wait_for
 from qviz.core.compute.jobs import EvaluateJob, WorkContext, job_total
-from qviz.core.evaluation.evaluate import OutputRole, evaluate
+from qviz.core.evaluation.evaluate import DEFAULT_SPEED_BUDGET_S, OutputRole, evaluate
 from qviz.core.evaluation.results import Evaluation
 from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, ProgressClock
-from qviz.core.runtime.sessions import KernelPrecision
+from qviz.core.runtime.sessions import KernelPrecision, Threads
 
 if TYPE_CHECKING:
     from qviz.core.calibration.analysis import TensorResult
@@ -38,6 +38,9 @@ def evaluate_with(
     latency: bool = True,
     label: str = "evaluating",
     role: OutputRole = OutputRole.AUTO,
+    threads: Threads | None = None,
+    latency_repeats: int | None = None,
+    latency_budget_s: float = DEFAULT_SPEED_BUDGET_S,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Generator[Progress, None, Evaluation]:
     """`evaluate(model, results, data, ...)` on `compute` (here when None or local)."""
@@ -45,10 +48,15 @@ def evaluate_with(
         return (
             yield from evaluate(
                 model, results, data, native=native, precision=precision, limit=limit,
-                batch_size=batch_size, latency=latency, role=role, should_stop=should_stop,
+                batch_size=batch_size, latency=latency, role=role, threads=threads,
+                latency_repeats=latency_repeats, latency_budget_s=latency_budget_s,
+                should_stop=should_stop,
             )
         )  # fmt: skip
-    job = EvaluateJob(tuple(results), native, precision, limit, batch_size, latency, label, role)
+    job = EvaluateJob(
+        tuple(results), native, precision, limit, batch_size, latency, label, role, threads,
+        latency_repeats, latency_budget_s,
+    )
     context = WorkContext(model, data=data)
     yield Progress(0, 0, 0.0, None, f"{label}: starting a worker on {compute.description}")
     with opened(compute, context, should_stop, max_workers=1) as pool:

@@ -30,6 +30,7 @@ from qviz.core.evaluation.criteria import Criterion
 from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode
 from qviz.core.model.loading import LoadedModel, load_model
 from qviz.core.progress import Progress
+from qviz.core.runtime.sessions import Threads
 from qviz.core.search.mixed import MixedResult, Objective, Precision, mixed_precision
 from qviz.core.search.sensitivity import SensitivityReport, sensitivity
 from qviz.core.search.sensitivity_cache import SensitivityCache
@@ -279,6 +280,8 @@ class MixedRequest:
     allowed: tuple[Precision, ...]  # cheapest first (`parse_precisions`)
     objective: Objective
     limit: int
+    speed_batch: int = 1  # the speed objective times at this batch...
+    threads: int = 0  # ...with these intra-op threads (0: ORT's choice)
 
     @property
     def allowed_text(self) -> str:
@@ -301,6 +304,7 @@ def mixed_job(
         model, stats, inputs.config, data, request.criterion, request.allowed,
         objective=request.objective, limit=request.limit, cache=cache,
         batch_size=MIXED_BATCH, compute=compute, should_stop=should_stop,
+        speed_batches=(request.speed_batch,), threads=Threads(intra_op=request.threads),
     )  # fmt: skip
     baseline = result.baseline
     if baseline.index == result.chosen.index or result.evaluation is None:

@@ -12,7 +12,7 @@ from qviz.core.calibration.config import TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec, choose_range
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import LoadedModel, TensorKind
-from qviz.core.quant.formats import FormatKind, PerTensor
+from qviz.core.quant.formats import PerTensor
 from qviz.core.stats.collect import CalibrationStats
 
 MAX_MARKER_WEIGHT = 4_000_000
@@ -41,7 +41,7 @@ class MethodRanges:
         out: dict[Method, tuple[float, float]] = {}
         key = tensor.key
         if key.kind is TensorKind.ACTIVATION and (
-            stats is None or key.name not in stats.tensors or cfg.fmt.kind is FormatKind.NF4
+            stats is None or key.name not in stats.tensors or cfg.fmt.weight_only
         ):
             return out
         if key.kind is TensorKind.WEIGHT and element_count > MAX_MARKER_WEIGHT:

@@ -25,6 +25,7 @@ from qviz.core.evaluation.criteria import (
 from qviz.core.evaluation.evaluate import Metric
 from qviz.core.model.loading import LoadedModel
 from qviz.core.runtime.fusion import FusionReport
+from qviz.core.runtime.speed import SpeedProfile
 from qviz.core.search.sensitivity import LayerSensitivity, SensitivityReport, results_digest
 
 
@@ -90,6 +91,11 @@ class MeasurementState:
     @property
     def fusion_current(self) -> bool:
         return self.last_full is not None and self.last_full.revision == self._revision
+
+    @property
+    def speed(self) -> SpeedProfile | None:
+        """The last full evaluation's per-layer speed (current as `fusion_current` says)."""
+        return None if self.last_full is None else self.last_full.evaluation.speed
 
     # ----------------------------------------------------------------- criteria
     @property

@@ -54,17 +54,21 @@ from qviz.core.graph.qdq import QdqModel, build_qdq, initializer_bytes
 from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, ProgressClock, run_to_completion
 from qviz.core.runtime.fusion import fusion_report
-from qviz.core.runtime.latency import measure_latency
+from qviz.core.runtime.profile import TimingBudget
 from qviz.core.runtime.sessions import (
     KernelPrecision,
     SessionConfig,
+    Threads,
     build_session,
     with_outputs,
 )
+from qviz.core.runtime.slowdown import explain_slow_layers
+from qviz.core.runtime.speed import layer_speed
 
 if TYPE_CHECKING:
     from qviz.core.calibration.analysis import TensorResult
     from qviz.core.data.dataset import Dataset
+    from qviz.core.runtime.slowdown import SlowLayer
 
 # The result types and accumulators live in `results` and `accumulators`; they are
 # re-exported here, where callers know them from.
@@ -89,6 +93,12 @@ __all__ = [
     "run_to_completion",
 ]
 
+
+#: Seconds an evaluation spends at most timing the layers (profiled), then the whole model,
+#: once the minimum runs are made.
+DEFAULT_SPEED_BUDGET_S = 1.0
+# A median needs a few runs of each model.
+_MIN_LATENCY_RUNS = 3
 
 # --------------------------------------------------------------------------- evaluate
 
@@ -129,7 +139,9 @@ def evaluate(
     limit: int | None = None,
     batch_size: int = 64,
     latency: bool = True,
-    latency_repeats: int = 20,
+    latency_repeats: int | None = None,
+    latency_budget_s: float = DEFAULT_SPEED_BUDGET_S,
+    threads: Threads | None = None,
     role: OutputRole = OutputRole.AUTO,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Generator[Progress, None, Evaluation]:
@@ -143,6 +155,16 @@ def evaluate(
     hold class scores: top-1 agreement and accuracy are measured only there (`OutputRole.AUTO`
     decides from the labels and the graph). Raises `EvaluationCancelled` when
     `should_stop()` turns true between batches.
+
+    With `latency`, the float and the fused quantized model are timed on the first batch with
+    `threads` intra-op threads: each layer with ORT's profiler, then the whole model without
+    it, each side by side for exactly ``latency_repeats`` runs when given, else for about
+    ``latency_budget_s`` seconds (at least 3 runs) (`Evaluation.speed`, `Evaluation.latency`,
+    and the layers that run slower quantized, with why, in `Evaluation.slow_layers`).
+
+    Memory: every batch is folded into running sums and dropped, so beyond the sessions
+    themselves the run holds one batch's outputs whatever the number of samples; the sessions
+    used for the metrics are released before the timed sessions are built.
     """
     total = check_limits(data, limit, batch_size)
     qdq = quantized if isinstance(quantized, QdqModel) else build_qdq(model, quantized)
@@ -156,17 +178,27 @@ def evaluate(
     acts = qdq.activations
     float_depth = [t.name for t in acts if t.name not in input_names]
     sim_depth = [t.graph_name for t in acts]
-    float_session = build_session(with_outputs(model.model, float_depth), SessionConfig.for_float())
-    sim_session = build_session(with_outputs(qdq.model, sim_depth), SessionConfig.for_simulation())
+    float_session = build_session(
+        with_outputs(model.model, float_depth),
+        SessionConfig.for_float(),
+        what="the float model",
+        data_dir=model.data_dir,
+    )
+    sim_session = build_session(
+        with_outputs(qdq.model, sim_depth),
+        SessionConfig.for_simulation(),
+        what="the quantized model",
+        data_dir=qdq.data_dir,
+    )
     notes: list[str] = []
     native_session = None
     native_config = SessionConfig.for_native(precision)
     if native:
-        native_session = build_session(qdq.model, native_config)
+        native_session = build_session(qdq.model, native_config, data_dir=qdq.data_dir)
     elif latency:
         # Only for timing: a graph ORT cannot optimize must not spoil the simulation.
         try:
-            native_session = build_session(qdq.model, native_config)
+            native_session = build_session(qdq.model, native_config, data_dir=qdq.data_dir)
         except QvizError as exc:
             notes.append(f"no native latency: {exc}")
 
@@ -217,17 +249,34 @@ def evaluate(
 
     fusion = None
     measured = None
+    speed = None
+    slow: tuple[SlowLayer, ...] = ()
     if native_session is not None:
         yield clock.report(done, "checking which layers ONNX Runtime fused")
         fusion = fusion_report(qdq, precision)
         notes.extend(fusion.notes)
     if latency and first_batch is not None and native_session is not None:
-        yield clock.report(done, "measuring latency")
-        plain_float = build_session(model.model, SessionConfig.for_float())
-        f_ms, n_ms = measure_latency(
-            plain_float, native_session, first_batch, repeats=latency_repeats
+        yield clock.report(done, "timing every layer, float and quantized side by side")
+        # The float model with extra outputs and the simulation are done: let them go before
+        # the timed sessions are built (a large model's weights are held by each).
+        del float_session, sim_session
+        if latency_repeats is not None:
+            budget = TimingBudget(seconds=0.0, min_runs=latency_repeats,
+                                  max_runs=latency_repeats)
+        else:
+            budget = TimingBudget(seconds=latency_budget_s, min_runs=_MIN_LATENCY_RUNS)
+        speed = layer_speed(
+            model, qdq, first_batch, threads=threads, precision=precision, budget=budget,
+            batch_size=data.samples_in(first_batch),
         )
-        measured = Latency(f_ms, n_ms, data.samples_in(first_batch), latency_repeats, precision)
+        timing = speed.timing
+        assert timing is not None  # layer_speed times the whole model by default
+        measured = Latency(
+            timing.a_ms, timing.b_ms, data.samples_in(first_batch), timing.runs, precision,
+            paired_speedup=timing.speedup, threads=speed.threads,
+        )  # fmt: skip
+        bits = {p.layer.name: p.weight.fmt.bits for p in qdq.layers if p.weight is not None}
+        slow = explain_slow_layers(speed, fusion, model.layers, bits)
 
     comparisons = tuple(a.result() for a in out_acc)
     for a in out_acc:
@@ -286,4 +335,6 @@ def evaluate(
         precision=precision,
         notes=tuple(dict.fromkeys(notes)),
         simulated_tensors=simulated,
+        speed=speed,
+        slow_layers=slow,
     )

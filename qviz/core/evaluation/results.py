@@ -18,6 +18,8 @@ from qviz.core.jsonnum import json_float
 from qviz.core.jsonnum import json_number as _num
 from qviz.core.runtime.fusion import FusionReport
 from qviz.core.runtime.sessions import KernelPrecision
+from qviz.core.runtime.slowdown import SlowLayer
+from qviz.core.runtime.speed import SpeedProfile
 
 __all__ = [
     "DepthPoint",
@@ -155,16 +157,24 @@ class ModelSize:
 
 @dataclass(frozen=True)
 class Latency:
-    """Median wall time per batch of the float and native INT8 sessions on the same batch."""
+    """Median wall time per batch of the float and native INT8 sessions on the same batch,
+    timed interleaved over ``repeats`` runs of each (as many as the time budget allowed).
+    ``paired_speedup`` is the median of each pair of runs' ratio (the steadier figure on a
+    loaded machine), when it was kept; ``threads`` the intra-op threads (0: ORT's choice)."""
 
     float_ms: float
     native_ms: float
     batch_size: int
     repeats: int
     precision: KernelPrecision = KernelPrecision.DEFAULT
+    paired_speedup: float | None = None
+    threads: int = 0
 
     @property
     def speedup(self) -> float:
+        """How many times faster the quantized model ran (above 1: faster)."""
+        if self.paired_speedup is not None:
+            return self.paired_speedup
         return self.float_ms / self.native_ms if self.native_ms > 0 else math.inf
 
 
@@ -209,6 +219,8 @@ class Evaluation:
     precision: KernelPrecision = KernelPrecision.DEFAULT
     notes: tuple[str, ...] = ()
     simulated_tensors: tuple[str, ...] = ()
+    speed: SpeedProfile | None = None
+    slow_layers: tuple[SlowLayer, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("float_metrics", "quantized_metrics", "delta"):
@@ -274,7 +286,10 @@ class Evaluation:
                 "speedup": _num(self.latency.speedup),
                 "batch_size": self.latency.batch_size,
                 "repeats": self.latency.repeats,
+                "threads": self.latency.threads,
             },
+            "speed": None if self.speed is None else self.speed.to_json(),
+            "slow_layers": [s.to_json() for s in self.slow_layers],
             "depth": [
                 {
                     "tensor": p.tensor,

@@ -40,9 +40,6 @@ _TRT_QMAX = 127.0
 _F32_MAX = float(np.finfo(np.float32).max)
 _F32_TINY = float(np.finfo(np.float32).tiny)
 
-# ONNX's protobuf encoding cannot hold a single message over 2 GiB.
-_PROTOBUF_LIMIT = 2**31 - 1
-
 
 class ExportFormat(Enum):
     """What `qviz export --format` (and the app's Export dialog) can write."""
@@ -81,19 +78,23 @@ class ExportFormat(Enum):
 def export_qdq(
     model: LoadedModel, results: Sequence[TensorResult], path: str | Path
 ) -> QdqModel:
-    """Write the Q/DQ graph as one self-contained .onnx file (weights inside), atomically.
+    """Write the Q/DQ graph atomically: one self-contained .onnx file (weights inside), or
+    ``NAME.onnx`` + ``NAME.onnx.data`` when the float model kept its weights in files or the
+    graph is past protobuf's 2 GB limit (see `qdq_files.save_qdq`).
 
     Returns the built graph's record; its `notes` say what is simulation only (formats with
     no ONNX type are stored fake-quantized in float and never run natively).
     """
     qdq = build_qdq(model, results)
-    size = qdq.model.ByteSize()
-    if size > _PROTOBUF_LIMIT:
-        raise QvizError(
-            f"the Q/DQ model is {size / 2**30:.1f} GiB; a single .onnx file holds at most 2 GiB"
-        )
     save_qdq_model(qdq, path)
     return qdq
+
+
+def qdq_files(path: str | Path) -> tuple[Path, ...]:
+    """The files a Q/DQ export to `path` consists of (the data file only when written)."""
+    target = Path(path)
+    data = target.with_name(target.name + ".data")
+    return (target, data) if data.exists() else (target,)
 
 
 # --- ONNX Runtime TensorQuantOverrides --------------------------------------------------------

@@ -40,8 +40,10 @@ from qviz.core.files.outputs import (
     temporary_prefix,
     write_error,
 )
+from qviz.core.files.report_speed import speed_html, speed_markdown
 from qviz.core.jsonnum import json_number as _num
 from qviz.core.model.loading import LoadedModel, TensorKind
+from qviz.core.runtime.speed_text import fmt_speedup
 
 # Reference line on the SQNR chart: below 20 dB the quantization noise carries a tenth of the
 # signal's power, which visibly hurts most models (the same reading aid as the layer table).
@@ -231,7 +233,7 @@ class Report:
         out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in _metric_rows(ev)]
         out.append("")
         out += [f"- {line}" for line in _size_latency_lines(ev)] + [""]
-        return out
+        return out + speed_markdown(ev)
 
     # -- HTML --------------------------------------------------------------------------
     def to_html(self, image_names: Mapping[str, str] | None = None) -> str:
@@ -266,6 +268,7 @@ class Report:
             body.append("</table><ul>")
             body += [f"<li>{e(line)}</li>" for line in _size_latency_lines(ev)]
             body.append("</ul>")
+            body += speed_html(ev)
         for plot in self.plots:
             if plot.key in images:
                 body.append(f"<h2>{e(plot.title)}</h2>")
@@ -365,9 +368,9 @@ def _size_latency_lines(ev: Evaluation) -> list[str]:
     if ev.latency is not None:
         lat = ev.latency
         lines.append(
-            f"latency (batch {lat.batch_size}, median of {lat.repeats}): "
+            f"latency (batch {lat.batch_size}, median of {lat.repeats}, interleaved): "
             f"{lat.float_ms:.3f} ms float → {lat.native_ms:.3f} ms native INT8 "
-            f"({lat.speedup:.2f}× speed-up)"
+            f"({fmt_speedup(lat.speedup)})"
         )
     for mm in ev.mismatch:
         lines.append(

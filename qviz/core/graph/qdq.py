@@ -55,9 +55,10 @@ import onnx
 from onnx import helper
 
 from qviz.core.errors import QvizError
-from qviz.core.files.atomic import atomic_path
 from qviz.core.graph.containers import format_text
+from qviz.core.graph.placement import place_for_fusion
 from qviz.core.graph.qdq_builder import QdqBuilder
+from qviz.core.graph.qdq_files import save_qdq
 from qviz.core.graph.qdq_types import QdqLayer, QdqMode, QdqModel, QdqTensor
 from qviz.core.model.layers import Layer
 from qviz.core.model.loading import LoadedModel, TensorKind
@@ -95,8 +96,14 @@ def receives_quantized_input(layer: Layer, owner: str, quantized_weights: set[st
 # --------------------------------------------------------------------------- planning
 
 
-def build_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
+def build_qdq(
+    model: LoadedModel, results: Sequence[TensorResult], *, place: bool = True
+) -> QdqModel:
     """The Q/DQ graph for `results` (from `analyze` or a saved config), with its record.
+
+    With `place` (the default), activation quantization is then moved back through
+    data-movement ops where that is exact, so ONNX Runtime fuses the chains
+    (`qviz.core.graph.placement`); the simulation is the same either way.
 
     Raises QvizError for a configuration the graph cannot express (NF4 or per-channel
     activations) or when the model cannot be upgraded to the opset the formats need.
@@ -179,7 +186,17 @@ def build_qdq(model: LoadedModel, results: Sequence[TensorResult]) -> QdqModel:
         notes.append("simulation only (no integer kernel reads them): " + ", ".join(simulated))
     opset = default_opset(proto)
     assert opset is not None  # upgrade_opset refuses a model without one
-    return QdqModel(proto, tensors, tuple(layers), opset, tuple(notes))
+    folder = b.folder
+    built = QdqModel(
+        proto,
+        tensors,
+        tuple(layers),
+        opset,
+        tuple(notes),
+        data_dir=b.data_dir,
+        keepalive=folder,
+    )
+    return place_for_fusion(built) if place else built
 
 
 # --------------------------------------------------------------------------- size and saving
@@ -206,8 +223,10 @@ def initializer_bytes(model: onnx.ModelProto, nominal: Mapping[str, float] | Non
     return int(total)
 
 
-def save_qdq_model(qdq: QdqModel, path: str | Path) -> None:
-    """Write the Q/DQ graph as one .onnx file, atomically (weights inside, up to 2 GB)."""
-    data = qdq.serialized()
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+def save_qdq_model(qdq: QdqModel, path: str | Path, *, external: bool | None = None) -> list[Path]:
+    """Write the Q/DQ graph atomically: one ``.onnx`` file, or ``.onnx`` + ``.onnx.data`` when
+    ``external`` (default: when the float model's weights were in files) or when the graph
+    does not fit in one protobuf. Returns the files written."""
+    if external is None:
+        external = qdq.data_dir is not None
+    return save_qdq(qdq.model, qdq.data_dir, path, external=external)

@@ -24,8 +24,10 @@ from qviz.core.graph.containers import (
     onnx_array,
     required_opset,
 )
+from qviz.core.graph.qdq_files import INLINE_NEW_BYTES, QdqFolder, checkable
 from qviz.core.graph.qdq_types import QdqMode, QdqTensor
 from qviz.core.graph.transform_edits import apply_bias_corrections, weight_values
+from qviz.core.model.external_data import read_tensor
 from qviz.core.model.layers import Layer
 from qviz.core.model.loading import LoadedModel
 from qviz.core.model.onnx_graph import (
@@ -34,9 +36,9 @@ from qviz.core.model.onnx_graph import (
     subgraph_references,
     upgrade_opset,
 )
-from qviz.core.quant.formats import FormatKind, NumberFormat
+from qviz.core.quant.formats import NumberFormat
 from qviz.core.quant.qparams import QParams
-from qviz.core.quant.quantize import dequantize, fake_quantize, quantize
+from qviz.core.quant.quantize import dequantize, quantize_in_chunks
 
 if TYPE_CHECKING:  # analysis imports the calibration stack; the graph builder needs none of it
     from qviz.core.calibration.analysis import TensorResult
@@ -66,13 +68,33 @@ _BIAS_OPS = {"Conv": 2, "Gemm": 2}
 
 
 
+def _added_bytes(results: Sequence[TensorResult]) -> int:
+    """About what the quantized weights of `results` take (float32 for formats stored
+    dequantized)."""
+    from qviz.core.graph.qdq_files import new_tensor_bytes
+    from qviz.core.model.loading import TensorKind
+
+    sizes = []
+    for r in results:
+        if r.kind is TensorKind.WEIGHT and r.layer.weight_shape:
+            bits = 32.0 if container_dtype(r.config.fmt) is None else float(r.config.fmt.bits)
+            sizes.append((tuple(int(d) for d in r.layer.weight_shape), bits))
+    return new_tensor_bytes(sizes)
+
+
 class QdqBuilder:
     """Mutable state of one `build_qdq` call: the copied graph and the nodes and
-    initializers added to it, put in place by :meth:`finish`."""
+    initializers added to it, put in place by :meth:`finish`. For a model whose weights are
+    in files, new large tensors go to a temporary folder as they are made (`QdqFolder`)."""
 
     def __init__(self, model: LoadedModel, results: Sequence[TensorResult]) -> None:
         self.loaded = model
         self.results = list(results)
+        self.folder = None
+        if model.data_dir is not None and _added_bytes(self.results) > INLINE_NEW_BYTES:
+            self.folder = QdqFolder(model.data_dir)
+        # Where the graph's external tensors are: the folder, or the source's (inline mode).
+        self.data_dir = model.data_dir if self.folder is None else self.folder.path
         proto = onnx.ModelProto()
         proto.CopyFrom(model.model)
         name_nodes(proto.graph)  # before any conversion, so layer node names still match
@@ -106,7 +128,8 @@ class QdqBuilder:
 
     def add_init(self, base: str, array: np.ndarray) -> str:
         name = self.names.fresh(base)
-        self.new_inits.append(numpy_helper.from_array(array, name))
+        tensor = numpy_helper.from_array(array, name)
+        self.new_inits.append(tensor if self.folder is None else self.folder.add(tensor))
         return name
 
     def place_after(self, tensor: str, nodes: list[onnx.NodeProto]) -> None:
@@ -177,12 +200,12 @@ class QdqBuilder:
             raise QvizError(f"weight '{r.name}' is not an initializer of the model")
         w = weight_values(r, self.loaded.weight)  # GPTQ's rounded values, if any
         fmt, qp = r.config.fmt, r.qparams
-        if container_dtype(fmt) is None:  # NF4: no ONNX type to hold its codes
-            fq = fake_quantize(w, qp, fmt).astype(np.float32)
+        if container_dtype(fmt) is None:  # NF4, MXFP4, NVFP4: stored dequantized
+            fq = quantize_in_chunks(w, qp, fmt, fake=True)
             out = self.add_init(f"{r.name}_fake_quantized", fq)
             return QdqTensor.of(r, QdqMode.SIMULATED, out, stored_name=out)
         # 2..7-bit INT: quantize saturates to the narrow range, stored in int8/uint8.
-        q = onnx_array(quantize(w, qp, fmt), fmt)
+        q = onnx_array(quantize_in_chunks(w, qp, fmt), fmt)
         stored = self.add_init(f"{r.name}_quantized", q)
         scale = self.add_init(f"{r.name}_scale", np.asarray(qp.scale, np.float32))
         zp = self.add_init(f"{r.name}_zero_point", onnx_array(np.asarray(qp.zero_point), fmt))
@@ -204,8 +227,10 @@ class QdqBuilder:
     # -- activations ---------------------------------------------------------------------
     def quantize_activation(self, r: TensorResult) -> QdqTensor:
         fmt, qp = r.config.fmt, r.qparams
-        if fmt.kind is FormatKind.NF4:
-            raise QvizError(f"activation '{r.name}': NF4 is a weight-only format")
+        if fmt.weight_only:
+            raise QvizError(
+                f"activation '{r.name}': {fmt.spec.upper()} is a weight-only format"
+            )
         if qp.axis is not None:
             raise QvizError(
                 f"activation '{r.name}': activations are quantized per tensor, not "
@@ -230,7 +255,7 @@ class QdqBuilder:
         name = node.input[index]
         if name not in self.initializers:
             return False, "bias kept float: it is not a constant"
-        bias = numpy_helper.to_array(self.initializers[name]).astype(np.float32)
+        bias = read_tensor(self.initializers[name], self.loaded.data_dir).astype(np.float32)
         w_scale = np.asarray(w.qparams.scale, np.float32)
         n_out = bias.shape[0] if bias.ndim == 1 else None
         if n_out is None or (w_scale.ndim == 1 and w_scale.shape[0] != n_out):
@@ -332,8 +357,16 @@ class QdqBuilder:
         ]
         del self.graph.input[:]
         self.graph.input.extend(graph_inputs)
+        subject: onnx.ModelProto | str = self.proto
+        if self.folder is not None:
+            self.folder.finish(self.proto)
+            # The checker looks for external data beside the file it is given (with a proto,
+            # in the working directory): check the copy saved in the folder.
+            subject = str(self.folder.write_graph(self.proto))
+        elif self.data_dir is not None:
+            subject = checkable(self.proto)
         try:
-            onnx.checker.check_model(self.proto)
+            onnx.checker.check_model(subject)
         except onnx.checker.ValidationError as exc:
             raise QvizError(f"the Q/DQ graph does not validate: {first_line(exc)}") from exc
         return self.proto

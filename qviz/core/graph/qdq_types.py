@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -110,7 +111,9 @@ class QdqModel:
     """The Q/DQ graph and a record of what was quantized, and how.
 
     ``model`` is a protobuf message and so technically mutable: treat it as read-only (copy it
-    before changing it); everything in qviz does.
+    before changing it); everything in qviz does. When the float model's weights are in
+    files, so are the graph's: its large tensors refer to files in ``data_dir`` (a temporary
+    folder ``keepalive`` owns; build sessions with ``data_dir=qdq.data_dir``).
     """
 
     model: onnx.ModelProto
@@ -118,6 +121,8 @@ class QdqModel:
     layers: tuple[QdqLayer, ...]
     opset: int
     notes: tuple[str, ...] = ()
+    data_dir: Path | None = None
+    keepalive: object = field(default=None, repr=False)
     _by_key: Mapping[tuple[str, TensorKind], QdqTensor] = field(
         default_factory=lambda: MappingProxyType({}), repr=False
     )
@@ -146,4 +151,5 @@ class QdqModel:
         return tuple(t for t in self.tensors if t.mode is QdqMode.SIMULATED)
 
     def serialized(self) -> bytes:
+        """The graph as one protobuf (a graph whose tensors are in files: the graph only)."""
         return self.model.SerializeToString()

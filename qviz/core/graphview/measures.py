@@ -14,7 +14,9 @@ Built in:
 * sensitivity — the task metric's drop with only this layer quantized, or its recovery with
   only this layer float (the last sensitivity report);
 * sim vs native — whether ONNX Runtime ran the layer as an integer kernel (which one) or left
-  it in float (why), from the last full evaluation's fusion report.
+  it in float (why), from the last full evaluation's fusion report;
+* speed-up — float time ÷ quantized time of every node ORT's profiler timed in the last full
+  evaluation (a layer with the Q/DQ and layout changes ORT runs for it).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class NodeMeasure(Enum):
     DROP = "drop"
     RECOVERY = "recovery"
     NATIVE = "native"
+    SPEEDUP = "speedup"
 
 
 @dataclass(frozen=True)
@@ -266,6 +269,53 @@ def _native(doc: Document, graph: OpGraph) -> NodeReadings:
                         stale=stale)
 
 
+SPEEDUP_SCALE = ColourScale(
+    "Speed-up (float ms ÷ quantized ms, last full evaluation)",
+    ((0.25, "#b2182b"), (0.67, "#ef8a62"), (1.0, "#f7f7f7"), (1.5, "#67a9cf"),
+     (4.0, "#2166ac")),
+    ("≤ 0.25× (4× slower)", "0.67×", "1× (same)", "1.5×", "≥ 4× faster"),
+    log=True,
+)
+
+
+def _fmt_speedup(v: float) -> str:
+    return f"{v:.2f}×"
+
+
+def _speedup(doc: Document, graph: OpGraph) -> NodeReadings:
+    """Each node's float time ÷ its quantized time: a layer with the Q/DQ and layout changes
+    ORT runs for it, any other node as it is (a node ORT fused away has no reading)."""
+    speed = doc.measures.speed
+    if speed is None:
+        return NodeReadings(NodeMeasure.SPEEDUP, MappingProxyType({}), SPEEDUP_SCALE, False,
+                            _fmt_speedup, note="Run ▸ Evaluate (Ctrl+R) to time every layer")
+    readings: dict[str, Reading] = {}
+    for node in speed.nodes:
+        nid = f"n:{node.index}"
+        if nid not in graph or node.float_ms <= 0 or node.quantized_ms <= 0:
+            continue
+        v = node.float_ms / node.quantized_ms
+        lines: tuple[str, ...] = (
+            f"float {node.float_ms:.3f} ms, quantized {node.quantized_ms:.3f} ms",
+        )
+        readings[nid] = Reading(v, _fmt_speedup(v), SPEEDUP_SCALE.colour(v), lines)
+    for nid, layer in _layers(doc, graph):
+        x = speed.layer(layer.name)
+        if x is None or x.float_ms <= 0 or x.quantized_ms <= 0:
+            continue
+        v = x.speedup
+        lines = (
+            f"float {x.float_ms:.3f} ms ({x.float_kernel}), quantized {x.quantized_ms:.3f} ms "
+            f"({x.kernel})",
+            f"of which Q/DQ {x.qdq_ms:.3f} ms, layout {x.layout_ms:.3f} ms",
+        )
+        readings[nid] = Reading(v, _fmt_speedup(v), SPEEDUP_SCALE.colour(v), lines)
+    stale = not doc.measures.fusion_current
+    return NodeReadings(NodeMeasure.SPEEDUP, MappingProxyType(readings), SPEEDUP_SCALE, False,
+                        _fmt_speedup, note="measured for earlier settings" if stale else "",
+                        stale=stale)
+
+
 MEASURES: dict[NodeMeasure, Measure] = {
     m.kind: m
     for m in (
@@ -283,6 +333,9 @@ MEASURES: dict[NodeMeasure, Measure] = {
         Measure(NodeMeasure.NATIVE, "Sim vs native",
                 "Which integer kernel ONNX Runtime ran the layer as, or why it stayed float "
                 "(Run ▸ Evaluate)", _native),
+        Measure(NodeMeasure.SPEEDUP, "Speed-up",
+                "Float time ÷ quantized time per run, each node as ONNX Runtime ran it "
+                "(Run ▸ Evaluate)", _speedup),
     )
 }
 

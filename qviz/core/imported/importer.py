@@ -102,11 +102,13 @@ def attach(
     float_source: Path | None,
     float_model: onnx.ModelProto,
     layers: tuple[Layer, ...],
+    data_dir: Path | None = None,
 ) -> tuple[ImportedQuantization, tuple[Layer, ...]]:
-    """Match the pairs to `float_model` (whose layers qviz found) and add the layers the
-    pairs need; returns the import and every layer, in graph order."""
+    """Match the pairs to `float_model` (whose layers qviz found; `data_dir`: the folder its
+    external tensors lie in) and add the layers the pairs need; returns the import and every
+    layer, in graph order."""
     stripped = strip_pairs(qf.model, qf.pairs)
-    match = match_float(qf.model, qf.pairs, stripped, float_model)
+    match = match_float(qf.model, qf.pairs, stripped, float_model, data_dir)
     extras = extra_layers(float_model, layers, match.pairs, qf.model, match.node_map)
     unmapped = [p for p in match.pairs if not p.tensor and p.kind is not PairKind.BIAS]
     notes = [*qf.notes, *match.notes]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -20,6 +21,7 @@ from onnx import helper, numpy_helper
 from qviz.core.errors import QvizError
 from qviz.core.imported.stripping import Stripped, dequantized_bias
 from qviz.core.imported.types import ImportedPair, PairKind
+from qviz.core.model.external_data import read_tensor
 from qviz.core.model.onnx_graph import node_name
 from qviz.core.quant.quantize import dequantize, quantize
 
@@ -63,8 +65,9 @@ def _pair_word(p: ImportedPair) -> str:
 class _Float:
     """Lookups over the float graph."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, data_dir: Path | None) -> None:
         graph = model.graph
+        self.data_dir = data_dir
         self.nodes = list(graph.node)
         self.names = [node_name(n, i) for i, n in enumerate(self.nodes)]
         self.by_name = dict(zip(self.names, self.nodes, strict=True))
@@ -79,6 +82,10 @@ class _Float:
         self.tensors = set(self.producer) | set(self.inputs) | set(self.inits)
         self.name_of = {id(n): name for n, name in zip(self.nodes, self.names, strict=True)}
 
+    def value(self, name: str) -> np.ndarray:
+        """A float initializer's values (memory-mapped when its data lies in a file)."""
+        return read_tensor(self.inits[name], self.data_dir)
+
     def folded_after(self, tensor: str) -> onnx.NodeProto | None:
         """The Relu/Clip that alone reads `tensor`, if there is one."""
         readers = self.readers.get(tensor, [])
@@ -92,9 +99,11 @@ def match_float(
     pairs: Sequence[ImportedPair],
     stripped: Stripped,
     float_model: onnx.ModelProto,
+    data_dir: Path | None = None,
 ) -> Match:
-    """Match `pairs` (read from `quantized`, stripped to `stripped`) to `float_model`."""
-    f = _Float(float_model)
+    """Match `pairs` (read from `quantized`, stripped to `stripped`) to `float_model`
+    (`data_dir`: the folder its external tensors lie in)."""
+    f = _Float(float_model, data_dir)
     for i, p in enumerate(pairs):
         t = stripped.names[i]
         if p.kind is PairKind.ACTIVATION and t not in f.tensors:
@@ -146,7 +155,7 @@ def match_float(
             continue
         name = float_names.get(i, "")
         if name:
-            if _check_weight(p, name, f.inits[name]):
+            if _check_weight(p, name, f.value(name)):
                 differing.append(name)
         out.append(replace(p, tensor=name))
     if differing:
@@ -224,7 +233,7 @@ def _check_node(
             refold[si] = after
         elif si in s_inits and fi in f.inits:
             a = numpy_helper.to_array(s_inits[si])
-            b = numpy_helper.to_array(f.inits[fi])
+            b = f.value(fi)
             if a.shape != b.shape or not np.array_equal(a, b):
                 raise QvizError(f"{where}: constant input {j} ('{si}') differs from the float "
                                 f"model's ('{fi}')")
@@ -241,10 +250,10 @@ def _check_node(
         raise QvizError(f"{where}: output '{so}' is '{fo}' in the float model")
 
 
-def _check_weight(p: ImportedPair, name: str, init: onnx.TensorProto) -> bool:
+def _check_weight(p: ImportedPair, name: str, values: np.ndarray) -> bool:
     """QvizError when the pair's codes are not the float weight `name`'s; True when they are
     its, but not its rounding (the tool chose codes of its own)."""
-    w = np.asarray(numpy_helper.to_array(init), dtype=np.float32)
+    w = np.asarray(values, dtype=np.float32)
     qp = p.params.qparams
     if p.kind is PairKind.BIAS:
         held = dequantized_bias(p)

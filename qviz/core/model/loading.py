@@ -20,6 +20,14 @@ The checks (1) are in ``qviz.core.model.checks``, the rewrites (3 to 5) in
 ``qviz.core.model.rewrites``; graph-level rewrites (3 and 5) run on a copy whose large
 tensors are replaced by placeholders (``qviz.core.model.onnx_graph``), so models above
 protobuf's 2 GB limit still convert and weights are not serialized again for every step.
+
+Weights are never loaded into the graph (except a quantized model's, whose float original is
+derived from its values): external data stays in its files (checked for
+presence and length at load time), the graph refers to it, and :meth:`LoadedModel.weight`
+memory-maps one tensor at a time (``qviz.core.model.external_data``). A file whose weights
+are inline and large is laid out the same way in a temporary folder, and a PyTorch export
+keeps its temporary folder for as long as the model is open: every ONNX Runtime session is
+built from the small graph plus that folder (``LoadedModel.data_dir``).
 """
 
 from __future__ import annotations
@@ -36,13 +44,22 @@ from types import MappingProxyType
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from qviz.core.errors import QvizError, first_line
 from qviz.core.imported import importer
 from qviz.core.imported.types import ImportedQuantization
 from qviz.core.model.activation_axes import activation_axes
-from qviz.core.model.checks import check_model, load_external_data
+from qviz.core.model.checks import check_model
+from qviz.core.model.external_data import (
+    DataFileWriter,
+    check_external_data,
+    disk_full_error,
+    external_tensors,
+    inline_small,
+    load_all,
+    read_tensor,
+    uses_external,
+)
 from qviz.core.model.hashing import file_sha256
 from qviz.core.model.layers import Layer, find_layers
 from qviz.core.model.onnx_graph import all_nodes, node_name
@@ -64,6 +81,13 @@ ONNX_SUFFIXES = frozenset({".onnx"})
 # "package.module:factory" (also "module:factory"); never a Windows drive path like "C:\x".
 _TORCH_SPEC = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 _SUBGRAPH_OPS = ("If", "Loop", "Scan")
+#: Inline weights beyond this many bytes are moved to a temporary data file at load time, so
+#: the graph every session is built from stays small (sessions then read the weights from
+#: disk, as for a model saved with external data).
+INLINE_LIMIT_BYTES = 256 << 20
+#: Tensors at least this large stay in (or are moved to) data files; smaller external ones
+#: are read into the graph at load time (shape inference needs their values).
+_EXTERNAL_MIN_BYTES = 1024
 
 
 class TensorKind(Enum):
@@ -96,6 +120,12 @@ class LoadedModel:
 
     Equality is identity: two loads of one file are different objects holding protobufs
     that are expensive to compare.
+
+    ``model`` is the graph; initializers whose data lies in files refer to them relative to
+    ``data_dir`` (None when every tensor is inline). Build ONNX Runtime sessions with
+    ``data_dir=model.data_dir`` and read weights with :meth:`weight`, never by loading the
+    external data into the graph. ``keepalive`` holds a temporary folder the data lives in
+    (a PyTorch export, or a large inline model moved out of memory) for the model's lifetime.
     """
 
     model: onnx.ModelProto
@@ -105,6 +135,8 @@ class LoadedModel:
     outputs: tuple[str, ...]
     layers: tuple[Layer, ...]
     notes: tuple[str, ...] = ()
+    data_dir: Path | None = None
+    keepalive: object = field(default=None, repr=False, compare=False)
     #: The quantization of a model quantized elsewhere (``model`` is then its float original).
     imported: ImportedQuantization | None = None
     _initializers: Mapping[str, onnx.TensorProto] = field(
@@ -131,12 +163,24 @@ class LoadedModel:
         )
 
     def weight(self, name: str) -> np.ndarray:
-        """The initializer ``name`` as a float32 array (float16/bfloat16/float64 are converted)."""
+        """The initializer ``name`` as a float32 array (float16/bfloat16/float64 are converted).
+
+        External float32 data is memory-mapped and read-only: only the pages a computation
+        touches are read, and nothing stays in memory once the array is dropped."""
+        return np.asarray(self.stored(name), dtype=np.float32)
+
+    def stored(self, name: str) -> np.ndarray:
+        """The initializer ``name`` in its stored type (memory-mapped when external)."""
         try:
             tensor = self._initializers[name]
         except KeyError:
             raise KeyError(f"no initializer named {name!r} in the model") from None
-        return np.asarray(numpy_helper.to_array(tensor), dtype=np.float32)
+        return read_tensor(tensor, self.data_dir)
+
+    @property
+    def has_external_data(self) -> bool:
+        """True when some weights are read from files (``data_dir``) rather than the graph."""
+        return self.data_dir is not None
 
     def activation_channel_axis(self, tensor: str) -> int | None:
         """The channel axis of activation ``tensor``, non-negative, or None when unknown.
@@ -199,17 +243,23 @@ def _load_torch(
     # Imported here so that ONNX users never import torch (nor need it installed).
     from qviz.core.model import torch_import as torch_import
 
-    with tempfile.TemporaryDirectory(prefix="qviz-export-") as tmp:
+    # The exported weights stay in the temporary folder (they may be far beyond 2 GB); the
+    # LoadedModel keeps it, and it is removed when the model is dropped.
+    tmp = tempfile.TemporaryDirectory(prefix="qviz-export-")
+    try:
         exported = torch_import.export_to_onnx(
-            spec, Path(tmp), sample=sample, state_dict=state_dict
+            spec, Path(tmp.name), sample=sample, state_dict=state_dict
         )
-        # External data is read into memory here, before the temporary folder goes away.
         return load_onnx(
             exported.onnx_path,
             source=exported.source,
             sha256=exported.sha256,
             extra_notes=exported.notes,
+            keepalive=tmp,
         )
+    except BaseException:
+        tmp.cleanup()
+        raise
 
 
 def load_onnx(
@@ -218,10 +268,15 @@ def load_onnx(
     source: Path | None = None,
     sha256: str | None = None,
     extra_notes: tuple[str, ...] = (),
+    keepalive: object = None,
     float_model: Path | None = None,
 ) -> LoadedModel:
     """Load an ``.onnx`` file; ``source``/``sha256`` override what is recorded (torch exports);
-    ``float_model``: the float original of a quantized file."""
+    ``float_model``: the float original of a quantized file.
+
+    External data is checked (present, long enough) but not read, except for a quantized
+    file (its float original is derived from its values). ``keepalive`` is held by the
+    LoadedModel (the temporary folder of a PyTorch export)."""
     path = Path(path)
     digest = sha256 if sha256 is not None else file_sha256(path)
     try:
@@ -236,14 +291,21 @@ def load_onnx(
         raise QvizError(f"'{path.name}' is not a valid ONNX file (it holds no graph)")
     try:
         if importer.is_quantized(model):
-            load_external_data(model, path)
+            load_all(model, path.parent, path.name)
             return _load_imported(model, path, digest, float_model, checked_from=path)
         if float_model is not None:
             raise QvizError(f"'{path.name}' is not quantized: a float original goes with a "
                             "quantized model")
-        load_external_data(model, path)
-        model, notes = _rewrite(model, [*extra_notes, *check_model(model, path)])
-        return _finish(model, notes, source=source or path, digest=digest)
+        data_dir: Path | None = None
+        if _has_external(model):
+            check_external_data(model, path.parent, path.name)
+            data_dir = path.parent
+        notes = check_model(model, path)
+        if data_dir is not None:
+            inline_small(model, data_dir, _EXTERNAL_MIN_BYTES)
+            if not _has_external(model):
+                data_dir = None
+        model, notes = _rewrite(model, [*extra_notes, *notes])
     except QvizError:
         raise
     except Exception as exc:
@@ -253,6 +315,40 @@ def load_onnx(
             f"'{path.name}' is not a usable ONNX model ({type(exc).__name__}: "
             f"{first_line(exc)})"
         ) from exc
+    if data_dir is None and _inline_bytes(model) > INLINE_LIMIT_BYTES:
+        keepalive, data_dir = _move_out(model, keepalive)
+    return _finish(
+        model, notes, source=source or path, digest=digest, data_dir=data_dir,
+        keepalive=keepalive,
+    )
+
+
+def _has_external(model: onnx.ModelProto) -> bool:
+    return next(external_tensors(model), None) is not None
+
+
+def _inline_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+def _move_out(model: onnx.ModelProto, keepalive: object) -> tuple[object, Path]:
+    """Write the large inline initializers to a data file in a temporary folder and make
+    them refer to it: sessions then read them from disk, and the graph stays small."""
+    tmp = tempfile.TemporaryDirectory(prefix="qviz-model-")
+    folder = Path(tmp.name)
+    target = folder / "weights.onnx.data"
+    try:
+        with open(target, "wb") as f:
+            writer = DataFileWriter(f, target.name)
+            for tensor in model.graph.initializer:
+                if not uses_external(tensor) and tensor.ByteSize() >= _EXTERNAL_MIN_BYTES:
+                    writer.write_inline(tensor)
+    except OSError as exc:
+        tmp.cleanup()
+        raise disk_full_error(exc, target) from exc
+    # Both the export folder (if any) and this one live as long as the model.
+    owner = tmp if keepalive is None else (keepalive, tmp)
+    return owner, folder
 
 
 def from_proto(
@@ -286,7 +382,15 @@ def _load_imported(
     notes = check_model(quantized, checked_from)
     if float_model is None:
         derived, derive_notes = importer.derive_float(qf)
-        base = _finish(*_rewrite(derived, [*notes, *derive_notes]), source=path, digest=digest)
+        derived, notes = _rewrite(derived, [*notes, *derive_notes])
+        # The derived original's weights are laid out on disk like a large inline model's.
+        keepalive, data_dir = (
+            _move_out(derived, None) if _inline_bytes(derived) > INLINE_LIMIT_BYTES
+            else (None, None)
+        )
+        base = _finish(
+            derived, notes, source=path, digest=digest, data_dir=data_dir, keepalive=keepalive
+        )
         float_digest = None
     else:
         try:
@@ -296,7 +400,9 @@ def _load_imported(
         if base.imported is not None:
             raise QvizError(f"the float original '{float_model.name}' is itself quantized")
         float_digest = base.sha256
-    imported, layers = importer.attach(qf, path, float_model, base.model, base.layers)
+    imported, layers = importer.attach(
+        qf, path, float_model, base.model, base.layers, base.data_dir
+    )
     return LoadedModel(
         model=base.model,
         source=path,
@@ -305,6 +411,8 @@ def _load_imported(
         outputs=base.outputs,
         layers=layers,
         notes=(*base.notes, *imported.notes),
+        data_dir=base.data_dir,
+        keepalive=base.keepalive,
         imported=imported,
     )
 
@@ -318,7 +426,13 @@ def _rewrite(model: onnx.ModelProto, notes: list[str]) -> tuple[onnx.ModelProto,
 
 
 def _finish(
-    model: onnx.ModelProto, notes: list[str], *, source: Path, digest: str
+    model: onnx.ModelProto,
+    notes: list[str],
+    *,
+    source: Path,
+    digest: str,
+    data_dir: Path | None = None,
+    keepalive: object = None,
 ) -> LoadedModel:
     """Step 6, layer discovery, and what qviz records about the model."""
     graph = model.graph
@@ -336,6 +450,8 @@ def _finish(
         outputs=tuple(o.name for o in graph.output),
         layers=discovery.layers,
         notes=tuple(notes),
+        data_dir=data_dir,
+        keepalive=keepalive,
     )
 
 

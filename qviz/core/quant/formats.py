@@ -20,7 +20,10 @@ import onnx
 from qviz.core.errors import QvizError
 
 __all__ = [
+    "FORMAT_BLOCK_SIZE",
+    "FP4_MAX",
     "NF4_LEVELS",
+    "WEIGHT_ONLY_KINDS",
     "FormatKind",
     "Granularity",
     "GranularityKind",
@@ -28,6 +31,7 @@ __all__ = [
     "PerAxis",
     "PerGroup",
     "PerTensor",
+    "check_granularity",
 ]
 
 
@@ -38,6 +42,22 @@ class FormatKind(Enum):
     FP8_E4M3FN = "fp8_e4m3fn"
     FP8_E5M2 = "fp8_e5m2"
     NF4 = "nf4"
+    # OCP Microscaling FP4: E2M1 values, one power-of-two (E8M0) scale per block of 32.
+    MXFP4 = "mxfp4"
+    # NVIDIA's FP4: E2M1 values, one E4M3 scale per block of 16 times one float32 scale per
+    # tensor.
+    NVFP4 = "nvfp4"
+
+
+#: Kinds that only weights take: a codebook (NF4), or block formats whose scales production
+#: computes per block at run time for activations (MX/NV FP4), which static calibration
+#: cannot stand for.
+WEIGHT_ONLY_KINDS = frozenset({FormatKind.NF4, FormatKind.MXFP4, FormatKind.NVFP4})
+#: The block (group) size each block format is defined with.
+FORMAT_BLOCK_SIZE: dict[FormatKind, int] = {FormatKind.MXFP4: 32, FormatKind.NVFP4: 16}
+#: E2M1, the element type of both FP4 formats: +-{0, 0.5, 1, 1.5, 2, 3, 4, 6}.
+FP4_E2M1 = np.dtype(ml_dtypes.float4_e2m1fn)
+FP4_MAX = 6.0
 
 
 # The 16 NormalFloat-4 levels of QLoRA (Dettmers et al. 2023, appendix E), as published in
@@ -111,9 +131,15 @@ _FLOAT_ALIASES: dict[str, FormatKind] = {
     "e5m2": FormatKind.FP8_E5M2,
     "float8_e5m2": FormatKind.FP8_E5M2,
     "nf4": FormatKind.NF4,
+    "mxfp4": FormatKind.MXFP4,
+    "mx_fp4": FormatKind.MXFP4,
+    "nvfp4": FormatKind.NVFP4,
+    "nv_fp4": FormatKind.NVFP4,
 }
 _INT_RE = re.compile(r"(u?)int(\d+)")
-_FORMAT_CHOICES = "int2..int8, int16, uint2..uint8, uint16, fp8_e4m3fn, fp8_e5m2, nf4"
+_FORMAT_CHOICES = (
+    "int2..int8, int16, uint2..uint8, uint16, fp8_e4m3fn, fp8_e5m2, nf4, mxfp4, nvfp4"
+)
 
 
 def _valid_int_bits(bits: int) -> bool:
@@ -124,10 +150,12 @@ def _valid_int_bits(bits: int) -> bool:
 class NumberFormat:
     """A quantized number format.
 
-    ``bits``, ``signed`` and ``symmetric`` only vary for ``INT``. FP8 and NF4 are always
-    signed and symmetric with zero point 0, and their width is fixed (8 and 4); whatever is
-    passed for those fields is replaced by the fixed value in ``__post_init__`` so that, e.g.,
-    a GUI "symmetric" checkbox can be passed straight through and equal formats compare equal.
+    ``bits``, ``signed`` and ``symmetric`` only vary for ``INT``. FP8, NF4 and the FP4 block
+    formats are always signed and symmetric with zero point 0, and their width is fixed (8 and
+    4); whatever is passed for those fields is replaced by the fixed value in
+    ``__post_init__`` so that, e.g., a GUI "symmetric" checkbox can be passed straight
+    through and equal formats compare equal. MXFP4 and NVFP4 fix their scales too (a power
+    of two; an E4M3 value times a per-tensor float32), so ``pow2_scale`` does not apply.
     """
 
     kind: FormatKind = FormatKind.INT
@@ -150,9 +178,12 @@ class NumberFormat:
                 )
         else:
             # Frozen dataclass: object.__setattr__ is the documented way to normalize fields.
-            object.__setattr__(self, "bits", 4 if self.kind is FormatKind.NF4 else 8)
+            four = self.kind in (FormatKind.NF4, FormatKind.MXFP4, FormatKind.NVFP4)
+            object.__setattr__(self, "bits", 4 if four else 8)
             object.__setattr__(self, "signed", True)
             object.__setattr__(self, "symmetric", True)
+            if self.kind in FORMAT_BLOCK_SIZE:
+                object.__setattr__(self, "pow2_scale", False)
 
     # ------------------------------------------------------------------ ranges
     @property
@@ -179,6 +210,8 @@ class NumberFormat:
             return float(2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1)
         if self.kind is FormatKind.NF4:
             return 1.0
+        if self.kind in FORMAT_BLOCK_SIZE:
+            return FP4_MAX
         return _FP8_MAX[self.kind]
 
     @property
@@ -209,8 +242,8 @@ class NumberFormat:
         """Human text: "int8 sym", "uint4 asym", "fp8 e4m3fn", "nf4 (simulation only)"."""
         if self.kind is FormatKind.INT:
             text = f"{self.spec} {'sym' if self.symmetric else 'asym'}"
-        elif self.kind is FormatKind.NF4:
-            text = "nf4"
+        elif self.kind in WEIGHT_ONLY_KINDS:
+            text = self.kind.value
         else:
             text = self.kind.value.replace("_", " ")
         if self.pow2_scale:
@@ -222,13 +255,26 @@ class NumberFormat:
     # ------------------------------------------------------------------ runtime types
     @property
     def simulation_only(self) -> bool:
-        """True when no runtime executes the format at all: NF4.
+        """True when ONNX Runtime executes the format nowhere: NF4, and MXFP4/NVFP4 (ONNX
+        Runtime's CPU kernels have no FP4 block format; qviz stores their dequantized values
+        and measures them exactly in simulation).
 
         INT 2, 3, 5, 6 and 7 bits have no ONNX type of their own, but weights in those widths
         run natively held in int8/uint8 (ONNX Runtime's reduce_range is 7-bit weights);
         only activations in those widths are simulated (see ``native_activation``).
         """
-        return self.kind is FormatKind.NF4
+        return self.kind in WEIGHT_ONLY_KINDS
+
+    @property
+    def weight_only(self) -> bool:
+        """True for formats only weights take (NF4, MXFP4, NVFP4)."""
+        return self.kind in WEIGHT_ONLY_KINDS
+
+    @property
+    def block_size(self) -> int | None:
+        """The block size a block format is defined with (MXFP4 32, NVFP4 16), else None:
+        such a format is quantized per group of exactly that size."""
+        return FORMAT_BLOCK_SIZE.get(self.kind)
 
     @property
     def native_activation(self) -> bool:
@@ -241,7 +287,7 @@ class NumberFormat:
         no such type."""
         if self.kind is FormatKind.INT:
             return _ONNX_INT.get((self.bits, self.signed))
-        if self.kind is FormatKind.NF4:
+        if self.kind in WEIGHT_ONLY_KINDS:
             return None
         return _FP8_ONNX[self.kind]
 
@@ -249,20 +295,24 @@ class NumberFormat:
     def storage_dtype(self) -> np.dtype:
         """numpy dtype holding quantized values and zero points: int8/uint8 for every INT
         width up to 8 (int4 and 2..7-bit values unpacked, one per byte), int16/uint16 for
-        16 bits, ml_dtypes FP8 types, and uint8 codebook indices for NF4."""
+        16 bits, ml_dtypes FP8 types, uint8 codebook indices for NF4, and ml_dtypes' E2M1
+        for MXFP4/NVFP4."""
         if self.kind is FormatKind.INT:
             if self.bits == _WIDE_INT_BITS:
                 return np.dtype(np.int16 if self.signed else np.uint16)
             return np.dtype(np.int8 if self.signed else np.uint8)
         if self.kind is FormatKind.NF4:
             return np.dtype(np.uint8)
+        if self.kind in FORMAT_BLOCK_SIZE:
+            return FP4_E2M1
         return _FP8_STORAGE[self.kind]
 
     # ------------------------------------------------------------------ parsing
     @classmethod
     def parse(cls, text: str, symmetric: bool = True, pow2_scale: bool = False) -> NumberFormat:
         """Read a format name: "int2".."int8", "uint2".."uint8", "fp8_e4m3fn" (alias "e4m3"),
-        "fp8_e5m2" (alias "e5m2"), "nf4". Case, spaces and dashes are forgiven.
+        "fp8_e5m2" (alias "e5m2"), "nf4", "mxfp4", "nvfp4". Case, spaces and dashes are
+        forgiven.
 
         Raises QvizError (one line, listing the choices) for anything else.
         """
@@ -391,3 +441,16 @@ class PerGroup(Granularity):
     @property
     def label(self) -> str:
         return f"per-group ({self.group_size})"
+
+
+def check_granularity(fmt: NumberFormat, granularity: Granularity) -> None:
+    """QvizError unless `granularity` suits `fmt`: a block format (MXFP4, NVFP4) is defined
+    with one scale per block of its own size along the reduction axis."""
+    block = fmt.block_size
+    if block is None:
+        return
+    if not isinstance(granularity, PerGroup) or granularity.group_size != block:
+        raise QvizError(
+            f"{fmt.spec} has one scale per block of {block}: choose per-group ({block}), "
+            f"not {granularity.label}"
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -19,6 +20,9 @@ from qviz.core.quant.formats import FormatKind, NumberFormat
 __all__ = ["QParams", "blocked_shape", "compute_qparams"]
 
 _F32 = np.finfo(np.float32)
+# E2M1's largest exponent (its largest value is 1.5 * 2^2 = 6), and E4M3's largest value.
+_E2M1_EMAX = 2
+_E4M3_MAX = 448.0
 # Smallest scale kept. ORT uses the smallest *normal* float32: a denormal scale loses
 # precision and x / scale overflows to inf for ordinary x, so such scales become 1.0.
 _MIN_SCALE = float(_F32.tiny)
@@ -88,6 +92,21 @@ def _pow2_ceil(scale: np.ndarray) -> np.ndarray:
     return np.where(mantissa == 0.5, scale, up).astype(np.float32)
 
 
+def _block_format_scale(absmax: np.ndarray, fmt: NumberFormat) -> np.ndarray:
+    """MXFP4's E8M0 and NVFP4's E4M3-times-float32 block scales (see compute_qparams)."""
+    if fmt.kind is FormatKind.MXFP4:
+        _, exponent = np.frexp(absmax)  # absmax = m 2^e, m in [0.5, 1): floor(log2) = e - 1
+        exponent = np.clip(exponent - 1 - _E2M1_EMAX, -127, 127)
+        return np.where(absmax > 0, np.ldexp(1.0, exponent), 0.0)
+    top = float(absmax.max()) if absmax.size else 0.0
+    global_scale = np.float32(top / (fmt.qmax * _E4M3_MAX))
+    if global_scale <= 0.0:
+        return np.zeros(absmax.shape)
+    block = (absmax / fmt.qmax / float(global_scale)).astype(np.float32)
+    block = np.minimum(block, _E4M3_MAX).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    return (block * global_scale).astype(np.float64)
+
+
 def compute_qparams(
     lo: ArrayLike,
     hi: ArrayLike,
@@ -109,6 +128,13 @@ def compute_qparams(
       zero point 0, as ORT does.
 
     FP8 and NF4: ``scale = absmax / qmax`` (qmax 448, 57344 or 1), zero point 0.
+
+    MXFP4 (blocks of 32): the OCP Microscaling rule, a power of two
+    ``2^(floor(log2(absmax)) - 2)`` (E8M0; 2 is E2M1's largest exponent), so a block's
+    largest values may exceed 6 steps and saturate, as the format does. NVFP4 (blocks of
+    16): a per-tensor float32 scale ``g = max(absmax) / (6 * 448)`` and per block the E4M3
+    value nearest ``absmax / (6 g)``; the block's scale is their product. Both need the
+    blocked layout (``block_size`` equal to the format's block).
 
     Guards beyond ORT: NaN bounds raise QvizError; infinite or beyond-float32 bounds are clamped
     to ±3.4028235e38 first, so the scale is always finite (at most float32 max) and positive.
@@ -144,6 +170,13 @@ def compute_qparams(
             scale64 = (2.0 * absmax) / (qmax - qmin)
         else:
             scale64 = absmax / qmax
+    if fmt.block_size is not None:
+        if block_size != fmt.block_size:
+            raise QvizError(
+                f"{fmt.spec} takes one scale per block of {fmt.block_size}, "
+                f"not {'per tensor or per channel' if block_size is None else block_size}"
+            )
+        scale64 = _block_format_scale(np.maximum(-lo64, hi64), fmt)
     degenerate = scale64 < _MIN_SCALE
     scale64 = np.where(degenerate, 1.0, scale64)
     scale = scale64.astype(np.float32)

@@ -38,10 +38,13 @@ from qviz.core.runtime.sessions import (
 
 __all__ = [
     "INTEGER_KERNELS",
+    "KEEP_FLOAT",
     "SATURATION_NOTE",
     "WEIGHT_ONLY_KERNELS",
     "FusionReport",
     "fusion_report",
+    "unfused",
+    "unfused_reason",
 ]
 
 #: ORT ops that compute with integer inputs and weights.
@@ -68,7 +71,9 @@ class FusionReport:
     """Layers (by display name) ORT fused into integer kernels, and the others with a reason.
 
     ``kernels`` maps each fused layer to the ORT op it became; ``weight_only`` lists layers run
-    by a weight-only kernel (MatMulNBits: int4 weights, float activations). ``saturating``
+    by a weight-only kernel (MatMulNBits: int4 weights, float activations); ``fixes`` says,
+    for each layer left in float, what would let it fuse (or that keeping it float costs
+    nothing in speed). ``saturating``
     lists the fused layers whose 8-bit signed weights ORT's default u8s8 kernels can saturate
     on this CPU (AVX2 without VNNI); it is empty where that cannot happen.
     """
@@ -79,10 +84,12 @@ class FusionReport:
     weight_only: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     saturating: tuple[str, ...] = ()
+    fixes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "unfused", MappingProxyType(dict(self.unfused)))
         object.__setattr__(self, "kernels", MappingProxyType(dict(self.kernels)))
+        object.__setattr__(self, "fixes", MappingProxyType(dict(self.fixes)))
 
     @property
     def n_layers(self) -> int:
@@ -94,6 +101,7 @@ class FusionReport:
             "kernels": dict(self.kernels),
             "weight_only": list(self.weight_only),
             "unfused": dict(self.unfused),
+            "fixes": dict(self.fixes),
             "saturating": list(self.saturating),
             "notes": list(self.notes),
         }
@@ -108,57 +116,106 @@ def optimized_graph(qdq: QdqModel, precision: KernelPrecision) -> onnx.ModelProt
     with tempfile.TemporaryDirectory(prefix="qviz-fusion-") as tmp:
         path = os.path.join(tmp, "optimized.onnx")
         config = SessionConfig.for_native(precision, optimization=Optimization.EXTENDED)
-        build_session(qdq.model, config, what="the quantized model", optimized_model_path=path)
-        return onnx.load(path)
+        build_session(
+            qdq.model,
+            config,
+            what="the quantized model",
+            optimized_model_path=path,
+            data_dir=qdq.data_dir,
+        )
+        # The graph only: its weights (in a data file beside it for a large model) are not
+        # needed to see which kernels ORT chose.
+        return onnx.load(path, load_external_data=False)
 
 
-def _format_reason(t: QdqTensor, what: str) -> str | None:
-    """Why a tensor's format rules out ORT's CPU integer kernels, or None if it does not."""
+# What fixes each kind of unfused layer. Keeping the layer float is always an answer: it then
+# runs at float speed without the Q/DQ nodes a layer left unfused pays for on every run.
+KEEP_FLOAT = "keep the layer float (it then runs at float speed, without Q/DQ nodes)"
+
+
+def _format_reason(t: QdqTensor, what: str) -> tuple[str, str] | None:
+    """Why a tensor's format rules out ORT's CPU integer kernels and what would not, or None
+    if it does not."""
     if t.mode is QdqMode.SIMULATED:
         if container_dtype(t.fmt) is None:
-            return f"{what} in {t.fmt.spec} have no ONNX type: simulation only"
+            return (
+                f"{what} in {t.fmt.spec} have no ONNX type: simulation only",
+                "use int8 (or per-group int4 weights on a MatMul, ORT's MatMulNBits), or "
+                + KEEP_FLOAT,
+            )
         return (
             f"{what} in {t.fmt.spec} are clipped to {t.fmt.bits} bits after an 8-bit Q/DQ: "
-            f"simulation only, no integer kernel reads them"
+            f"simulation only, no integer kernel reads them",
+            f"use 8-bit {what} (int8 or uint8), or {KEEP_FLOAT}",
         )
     if t.fmt.kind in (FormatKind.FP8_E4M3FN, FormatKind.FP8_E5M2):
-        return f"{what} in {t.fmt.spec}: ONNX Runtime's CPU provider has no FP8 kernels"
+        return (
+            f"{what} in {t.fmt.spec}: ONNX Runtime's CPU provider has no FP8 kernels",
+            f"use int8 {what}, or {KEEP_FLOAT}",
+        )
     if t.fmt.bits == 4:
-        return f"{what} in {t.fmt.spec}: no 4-bit integer kernel for this op on CPU"
+        return (
+            f"{what} in {t.fmt.spec}: no 4-bit integer kernel for this op on CPU",
+            "use int8 weights (per-group int4 runs natively only on a MatMul, as MatMulNBits), "
+            "or " + KEEP_FLOAT,
+        )
     return None
 
 
-def unfused_reason(plan: QdqLayer) -> str:
-    """The best explanation qviz can give for a quantized layer ORT left in float."""
+def unfused(plan: QdqLayer) -> tuple[str, str]:
+    """Why ORT left a quantized layer in float (the best explanation qviz can give), and what
+    would let it fuse."""
     layer = plan.layer
     if plan.weight is not None:
-        reason = _format_reason(plan.weight, "weights")
-        if reason:
-            return reason
+        found = _format_reason(plan.weight, "weights")
+        if found:
+            return found
         if plan.weight.qparams.block_size is not None and layer.op_type != "MatMul":
-            return f"per-group weights: ORT has no blocked-weight {layer.op_type} kernel"
+            return (
+                f"per-group weights: ORT has no blocked-weight {layer.op_type} kernel",
+                "use per-channel weights, or " + KEEP_FLOAT,
+            )
     elif layer.weight is not None:
-        return "weights kept in float"
+        return (
+            "weights kept in float",
+            "quantize its weights too, or keep its input float as well",
+        )
     for t in plan.inputs:
-        reason = _format_reason(t, "activations")
-        if reason:
-            return reason
+        found = _format_reason(t, "activations")
+        if found:
+            return found
     if plan.float_inputs:
-        return f"input {', '.join(plan.float_inputs)} is not quantized"
+        names = ", ".join(plan.float_inputs)
+        return f"input {names} is not quantized", f"quantize {names} too, or {KEEP_FLOAT}"
     if layer.weight is None and layer.op_type == "MatMul":
         if plan.output is None:
             return (
                 f"activation x activation MatMul needs a quantized output to become "
-                f"QLinearMatMul ({plan.output_note})"
+                f"QLinearMatMul ({plan.output_note})",
+                "quantize the input its output feeds (ORT fuses DQ → MatMul → Q), or "
+                + KEEP_FLOAT,
             )
-        return "activation x activation MatMul not fused by ONNX Runtime"
+        return "activation x activation MatMul not fused by ONNX Runtime", KEEP_FLOAT
     if layer.op_type in ("Conv", "ConvTranspose") and plan.output is None:
-        return f"output not quantized ({plan.output_note})"
+        return (
+            f"output not quantized ({plan.output_note})",
+            "quantize the input of the layer its output feeds (ORT fuses DQ → Conv → Q "
+            "only), or " + KEEP_FLOAT,
+        )
     if plan.weight is not None and plan.weight.qparams.block_size is not None:
-        return "per-group weights: not matched by ORT's blocked MatMul fusion"
+        return (
+            "per-group weights: not matched by ORT's blocked MatMul fusion",
+            "use int4 weights in blocks of 16, 32, 64 or 128 along the reduction axis "
+            "(MatMulNBits), or per-channel int8",
+        )
     if plan.bias_note:
-        return plan.bias_note
-    return "ONNX Runtime did not fuse this pattern (no reason known to qviz)"
+        return plan.bias_note, "use 8-bit integer inputs and weights, or " + KEEP_FLOAT
+    return "ONNX Runtime did not fuse this pattern (no reason known to qviz)", KEEP_FLOAT
+
+
+def unfused_reason(plan: QdqLayer) -> str:
+    """The best explanation qviz can give for a quantized layer ORT left in float."""
+    return unfused(plan)[0]
 
 
 def _kernel_of_layers(optimized: onnx.ModelProto, qdq: QdqModel) -> dict[str, str]:
@@ -249,7 +306,8 @@ def fusion_report(
     kernels = _kernel_of_layers(optimized, qdq)
     fused: list[str] = []
     weight_only: list[str] = []
-    unfused: dict[str, str] = {}
+    unfused_layers: dict[str, str] = {}
+    fixes: dict[str, str] = {}
     fused_kernels: dict[str, str] = {}
     notes: list[str] = []
     for plan in qdq.layers:
@@ -262,17 +320,18 @@ def fusion_report(
             # ORT quantizes float weights between a DQ'd input and a Q'd output on its own
             # (WeightBiasQuantization): fused, but not with the weights qviz configured.
             what = "weights are simulation only" if simulated else "weights are float"
-            unfused[name] = (
+            unfused_layers[name] = (
                 f"{what}; ORT re-quantized them to int8 itself and ran {op}, so native "
                 f"results do not show the configured format"
             )
+            fixes[name] = "quantize its weights as int8 in qviz, or " + KEEP_FLOAT
         elif integer or op in WEIGHT_ONLY_KERNELS:
             fused.append(name)
             fused_kernels[name] = op
             if op in WEIGHT_ONLY_KERNELS:
                 weight_only.append(name)
         else:
-            unfused[name] = unfused_reason(plan)
+            unfused_layers[name], fixes[name] = unfused(plan)
     notes.extend(_dropped_relu_notes(qdq, optimized))
     saturating: tuple[str, ...] = ()
     if precision is KernelPrecision.DEFAULT and u8s8_may_saturate():
@@ -285,5 +344,11 @@ def fusion_report(
     if saturating:
         notes.append(SATURATION_NOTE)
     return FusionReport(
-        tuple(fused), unfused, fused_kernels, tuple(weight_only), tuple(notes), saturating
+        tuple(fused),
+        unfused_layers,
+        fused_kernels,
+        tuple(weight_only),
+        tuple(notes),
+        saturating,
+        fixes,
     )

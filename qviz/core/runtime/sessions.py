@@ -11,12 +11,20 @@ model file on disk, serialized bytes, or a ``ModelProto``:
 * **native** (`Purpose.NATIVE`): optimizations on, so ORT fuses the Q/DQ patterns into its
   integer kernels (QLinearConv, QGemm, MatMulInteger...). "Extended" already holds every Q/DQ
   fusion; "all" (the default) adds layout changes on top. `KernelPrecision.PRECISE` switches
-  x86 CPUs to ORT's exact U8U8 kernels (``session.x64quantprecision=1``).
+  x86 CPUs to ORT's exact U8U8 kernels (``session.x64quantprecision=1``), and the
+  ``MatMulNBits`` kernels ORT makes of blockwise int4/int8 weights to float32 arithmetic
+  (their default, accuracy level 4, quantizes the activations to int8 inside the kernel).
 
 A path is the natural source: ORT reads the file and its external data itself, nothing is
-serialized, and there is no 2 GiB protobuf limit. A ``ModelProto`` is serialized first (fine
-for graphs under 2 GiB). `SessionConfig` is a frozen, picklable value, so a compute backend
-can send "how to build the session" to another process; ``ort.SessionOptions`` is not.
+serialized, and there is no 2 GiB protobuf limit. A ``ModelProto`` is serialized first; a
+large model's graph refers to its weights in files instead of holding them (see
+``qviz.core.model.external_data``), so only the small graph is serialized and ``data_dir``
+tells ORT the folder those files are in: ORT then reads the weights from disk exactly as when
+it opens the model file itself. Before a session is built, the weights it will hold are
+compared with the memory the system has available (`qviz.core.runtime.memory`), so a model
+that cannot fit is one clear error rather than a crash. `SessionConfig` is a frozen,
+picklable value, so a compute backend can send "how to build the session" to another
+process; ``ort.SessionOptions`` is not.
 
 ORT raises its own exception types; `build_session` and `run_session` turn every one into a
 one-line `QvizError`.
@@ -34,8 +42,12 @@ import onnx
 import onnxruntime as ort
 
 from qviz.core.errors import QvizError, first_line
+from qviz.core.model.external_data import total_tensor_bytes
+from qviz.core.runtime.memory import check_fits
 
 __all__ = [
+    "DATA_FOLDER_KEY",
+    "NBITS_ACCURACY_KEY",
     "PRECISION_KEY",
     "PROVIDERS",
     "KernelPrecision",
@@ -54,8 +66,19 @@ __all__ = [
 PROVIDERS: tuple[str, ...] = ("CPUExecutionProvider",)
 #: ORT's switch to slower but exact U8U8 kernels on x86 CPUs whose U8S8 path can saturate.
 PRECISION_KEY = "session.x64quantprecision"
+#: The accuracy level of the MatMulNBits kernels ORT fuses DequantizeLinear + MatMul into:
+#: 1 computes in float32 (what the simulation computes), 4 (ORT's default) in int8.
+NBITS_ACCURACY_KEY = "session.qdq_matmulnbits_accuracy_level"
+#: Where ORT resolves the external data of a model given as bytes.
+DATA_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
+#: An optimized model saved by ORT keeps tensors of at least this size in a data file beside
+#: it (a large model's optimized graph is as large as the model).
+_OPTIMIZED_DATA_KEY = "session.optimized_model_external_initializers_file_name"
+_OPTIMIZED_MIN_KEY = "session.optimized_model_external_initializers_min_size_in_bytes"
 # ORT's warnings (e.g. about unused initializers) are not the user's business: errors only.
 _LOG_ERRORS_ONLY = 3
+# How ORT's allocators say they ran out of memory.
+_OUT_OF_MEMORY = ("bad_alloc", "bad allocation", "Failed to allocate memory", "std::bad_alloc")
 
 #: What `build_session` builds from: a model file (its external data beside it), the
 #: serialized model, or the proto itself.
@@ -66,7 +89,7 @@ class KernelPrecision(Enum):
     """Which x86 integer kernels ORT uses for int8 weights."""
 
     DEFAULT = "default"  # ORT's defaults: fast U8S8 kernels (can saturate without VNNI)
-    PRECISE = "precise"  # session.x64quantprecision=1: U8U8 kernels, no saturation
+    PRECISE = "precise"  # U8U8 kernels (no saturation); float32 MatMulNBits
 
 
 class Purpose(Enum):
@@ -179,10 +202,17 @@ class SessionConfig:
         return self.optimization or _DEFAULT_OPTIMIZATION[self.purpose]
 
     def options(
-        self, optimized_model_path: str | os.PathLike[str] | None = None
+        self,
+        optimized_model_path: str | os.PathLike[str] | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        profile_prefix: str | os.PathLike[str] | None = None,
     ) -> ort.SessionOptions:
         """Fresh ``ort.SessionOptions`` for this configuration; with `optimized_model_path`
-        ORT writes the graph it runs there when the session is created."""
+        ORT writes the graph it runs there when the session is created (initializers of
+        1 KiB and more in a ``.data`` file beside it, so a graph past protobuf's 2 GiB limit
+        can be written too); `data_dir` is the folder external data is read from when the
+        model is given as bytes; with `profile_prefix` ORT's profiler records every node's
+        time in a JSON file starting with that path (`session.end_profiling()` names it)."""
         options = ort.SessionOptions()
         options.graph_optimization_level = self.level.ort_level
         options.log_severity_level = _LOG_ERRORS_ONLY
@@ -195,8 +225,18 @@ class SessionConfig:
             options.inter_op_num_threads = threads.inter_op
         if self.precision is KernelPrecision.PRECISE:
             options.add_session_config_entry(PRECISION_KEY, "1")
+            options.add_session_config_entry(NBITS_ACCURACY_KEY, "1")
         if optimized_model_path is not None:
             options.optimized_model_filepath = os.fspath(optimized_model_path)
+            options.add_session_config_entry(
+                _OPTIMIZED_DATA_KEY, os.path.basename(os.fspath(optimized_model_path)) + ".data"
+            )
+            options.add_session_config_entry(_OPTIMIZED_MIN_KEY, "1024")
+        if data_dir is not None:
+            options.add_session_config_entry(DATA_FOLDER_KEY, os.fspath(data_dir))
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = os.fspath(profile_prefix)
         return options
 
 
@@ -206,14 +246,23 @@ def build_session(
     *,
     what: str = "the model",
     optimized_model_path: str | os.PathLike[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    profile_prefix: str | os.PathLike[str] | None = None,
 ) -> ort.InferenceSession:
     """A session on `source` built as `config` says; ORT's errors become one QvizError line
     ("ONNX Runtime cannot run <what>: ...").
 
-    A path is read by ORT itself, external data included (resolved beside the file). With
-    `optimized_model_path`, ORT also saves the graph after its optimizations there.
+    A path is read by ORT itself, external data included (resolved beside the file). A proto
+    or bytes whose tensors refer to external data need `data_dir`, the folder that data is
+    in. With `optimized_model_path`, ORT also saves the graph after its optimizations there;
+    with `profile_prefix`, its profiler is on (see `SessionConfig.options`). A ``ModelProto``
+    whose weights would not fit in the memory available is refused first.
     """
-    options = config.options(optimized_model_path)
+    if data_dir is not None and not isinstance(source, onnx.ModelProto | bytes):
+        raise ValueError("data_dir applies to a model given as a proto or bytes")
+    options = config.options(optimized_model_path, data_dir, profile_prefix)
+    if isinstance(source, onnx.ModelProto):
+        check_fits(total_tensor_bytes(source), what)
     try:
         if isinstance(source, onnx.ModelProto):
             model: bytes | str = source.SerializeToString()
@@ -222,8 +271,13 @@ def build_session(
         else:
             model = os.fspath(source)
         return ort.InferenceSession(model, options, providers=list(PROVIDERS))
+    except MemoryError:
+        raise QvizError(f"not enough memory to run {what}") from None
     except Exception as exc:  # ORT and protobuf raise their own types; all mean "cannot run"
-        raise QvizError(f"ONNX Runtime cannot run {what}: {first_line(exc)}") from exc
+        text = first_line(exc)
+        if any(marker in text for marker in _OUT_OF_MEMORY):
+            raise QvizError(f"not enough memory to run {what} ({text})") from exc
+        raise QvizError(f"ONNX Runtime cannot run {what}: {text}") from exc
 
 
 def run_session(

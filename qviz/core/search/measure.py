@@ -111,7 +111,7 @@ def measure(
     qdq = build_qdq(model, results)
     run_native = native and not qdq.simulated
     config = SessionConfig.for_native(precision) if run_native else SessionConfig.for_simulation()
-    session = build_session(qdq.model, config)
+    session = build_session(qdq.model, config, data_dir=qdq.data_dir)
     done = 0
     carry = StateCarry.of(ref.data)  # the quantized model carries its own state
     for b in ref.iter_batches():

@@ -29,47 +29,27 @@ confirmation for the answer — never predicted.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Sequence
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 from qviz.core.calibration.analysis import (
-    TensorResult,
-    analyze_tensor,
     check_stats_match,
-    quant_tensors,
 )
-from qviz.core.calibration.config import QuantConfig, TensorConfig
-from qviz.core.compute.backend import (
-    ComputeBackend,
-    LocalBackend,
-    SharedPool,
-    WorkerPool,
-    opened,
-    wait_for,
-)
-from qviz.core.compute.jobs import (
-    EvaluateJob,
-    JobDone,
-    JobEvent,
-    JobFailed,
-    MeasureJob,
-    WorkContext,
-    job_total,
-)
+from qviz.core.calibration.config import QuantConfig
+from qviz.core.compute.backend import ComputeBackend, SharedPool
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, Verdict
 from qviz.core.evaluation.results import Evaluation, RunMode
-from qviz.core.model.loading import LoadedModel, TensorKind
-from qviz.core.progress import Progress, ProgressClock
-from qviz.core.runtime.sessions import KernelPrecision
-from qviz.core.search.measure import Measurement
+from qviz.core.model.loading import LoadedModel
+from qviz.core.progress import Progress
+from qviz.core.runtime.sessions import KernelPrecision, Threads
+from qviz.core.search.fastest import fastest_precision
 from qviz.core.search.mixed_result import (
     LayerChoice,
     MixedResult,
     ParetoPoint,
     cost_key,
-    criterion_holds,
     criterion_metric,
     criterion_value,
     goodness,
@@ -79,15 +59,14 @@ from qviz.core.search.precisions import (
     Objective,
     Precision,
     assignment_config,
-    layers_owning_tensors,
     parse_precisions,
 )
 from qviz.core.search.reference import (
     DEFAULT_LIMIT,
-    FloatReference,
     complete_reference,
     prepare_reference,
 )
+from qviz.core.search.search_state import SearchState, Trials
 from qviz.core.search.sensitivity import layer_sensitivity, module_path
 from qviz.core.search.sensitivity_report import SensitivityReport
 from qviz.core.stats.collect import CalibrationStats
@@ -120,126 +99,6 @@ __all__ = [
 MAX_CONFIRMATIONS = 3
 
 
-class _Search:
-    """State of one search: every measured assignment, memoised (nothing is run twice)."""
-
-    def __init__(
-        self,
-        model: LoadedModel,
-        stats: CalibrationStats,
-        base: QuantConfig,
-        levels: tuple[Precision, ...],
-        criterion: Criterion,
-        ref: FloatReference,
-        *,
-        native: bool,
-        precision: KernelPrecision,
-        should_stop: Callable[[], bool],
-    ) -> None:
-        self.model, self.stats, self.base, self.levels = model, stats, base, levels
-        self.criterion, self.ref = criterion, ref
-        self.native, self.precision, self.should_stop = native, precision, should_stop
-        self.layers = layers_owning_tensors(model)
-        self.points: list[ParetoPoint] = []
-        self.by_assignment: dict[tuple[int, ...], ParetoPoint] = {}
-        self._analysed: dict[tuple[str, TensorKind, TensorConfig], TensorResult] = {}
-        self.pool: WorkerPool | None = None
-        self.speculate = False
-        # Speculative measurements (see `prefetch`): running, and finished but not yet asked
-        # for. They become points only when the search asks for them, in its own order.
-        self._running: dict[tuple[int, ...], int] = {}
-        self._tickets: dict[int, tuple[int, ...]] = {}
-        self._ready: dict[tuple[int, ...], Measurement] = {}
-
-    def key(self, levels: Mapping[str, int]) -> tuple[int, ...]:
-        return tuple(levels[name] for name in self.layers)
-
-    def config(self, levels: Mapping[str, int]) -> QuantConfig:
-        assignment = {name: self.levels[k] for name, k in levels.items()}
-        return assignment_config(self.model, self.base, assignment, self.levels[0])
-
-    def results(self, config: QuantConfig) -> list[TensorResult]:
-        """`analyze`, memoised per tensor and setting: the search re-analyses the same few
-        (tensor, format) pairs many times, and entropy/MSE ranges are not free."""
-        out = []
-        for t in quant_tensors(self.model):
-            cfg = config.for_tensor(t.name, t.kind)
-            if not cfg.quantize:
-                continue
-            k = (t.name, t.kind, cfg)
-            if k not in self._analysed:
-                self._analysed[k] = analyze_tensor(self.model, self.stats, t, cfg)
-            out.append(self._analysed[k])
-        return out
-
-    def record(self, levels: Mapping[str, int], label: str, m: Measurement) -> ParetoPoint:
-        value = criterion_value(self.criterion, m.metrics, self.ref.float_metrics)
-        point = ParetoPoint(
-            index=len(self.points),
-            label=label,
-            assignment={name: self.levels[k].name for name, k in levels.items()},
-            config=self.config(levels),
-            size_bytes=m.size_bytes,
-            n_float_layers=sum(1 for k in levels.values() if self.levels[k].is_float),
-            value=value,
-            passed=criterion_holds(self.criterion, value),
-            measurement=m,
-        )
-        self.points.append(point)
-        self.by_assignment[self.key(levels)] = point
-        return point
-
-    def _job(self, levels: Mapping[str, int], label: str) -> MeasureJob:
-        results = tuple(self.results(self.config(levels)))
-        return MeasureJob(results, self.native, self.precision, label)
-
-    def prefetch(self, candidates: Sequence[Mapping[str, int]]) -> None:
-        """Start measuring, on idle workers, the assignments the search is likely to ask for
-        next. Only with parallel workers: the search still takes its decisions one by one in
-        the same order, so its points and answer are those of a sequential run; a guess it
-        never asks for is simply never recorded."""
-        if not self.speculate or self.pool is None:
-            return
-        free = self.pool.workers - len(self._running)
-        for levels in candidates:
-            if free <= 0:
-                return
-            key = self.key(levels)
-            if key in self.by_assignment or key in self._running or key in self._ready:
-                continue
-            ticket = self.pool.submit(self._job(levels, ""))
-            self._running[key], self._tickets[ticket] = ticket, key
-            free -= 1
-
-    def _other(self, event: JobEvent) -> None:
-        """An event of a speculative job, seen while waiting for another."""
-        key = self._tickets.get(event.ticket)
-        if key is None or not isinstance(event, JobDone | JobFailed):
-            return
-        del self._tickets[event.ticket], self._running[key]
-        if isinstance(event, JobDone):
-            self._ready[key] = event.value
-        # A failed guess is dropped: if the search asks for it, it runs (and fails) for real.
-
-    def measure(self, levels: Mapping[str, int], label: str) -> Generator[int, None, ParetoPoint]:
-        key = self.key(levels)
-        known = self.by_assignment.get(key)
-        if known is not None:
-            return known
-        if key in self._ready:
-            return self.record(levels, label, self._ready.pop(key))
-        assert self.pool is not None
-        ticket = self._running.pop(key, None)
-        if ticket is None:
-            ticket = self.pool.submit(self._job(levels, label))
-        else:
-            del self._tickets[ticket]
-        m = yield from wait_for(
-            self.pool, ticket, should_stop=self.should_stop, others=self._other
-        )
-        return self.record(levels, label, m)
-
-
 def _lowest_label(levels: tuple[Precision, ...]) -> str:
     return f"all {levels[0].name}"
 
@@ -262,6 +121,8 @@ def mixed_precision(
     cache: SensitivityCache | None = None,
     compute: ComputeBackend | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    speed_batches: tuple[int, ...] = (),
+    threads: Threads | None = None,
 ) -> Generator[Progress, None, MixedResult]:
     """Find the cheapest per-layer precisions (from `allowed`) meeting `criterion`.
 
@@ -276,6 +137,11 @@ def mixed_precision(
     the search still decides in the same order, so its points and answer are a sequential
     run's.
 
+    With ``objective=Objective.FASTEST`` the search is `fastest_precision`'s: the fastest
+    configuration that meets the criterion, timed at each of `speed_batches` (default
+    `batch_size`) with `threads` intra-op threads (timings on this machine; its accuracy
+    measurements go to `compute` too).
+
     Yields `Progress` phase by phase (reading data, float pass, sensitivity, candidates,
     confirmation; each message says which; the candidates' total is the trial budget, an
     upper bound the search usually stops short of); returns the `MixedResult`; raises
@@ -288,6 +154,7 @@ def mixed_precision(
                 limit=limit, confirm_limit=confirm_limit, batch_size=batch_size,
                 native=native, precision=precision, max_trials=max_trials, cache=cache,
                 compute=compute, stack=stack, should_stop=should_stop,
+                speed_batches=speed_batches, threads=threads,
             )
         )  # fmt: skip
 
@@ -300,17 +167,19 @@ def _mixed_precision(
     criterion: Criterion,
     allowed: Sequence[Precision] | str,
     *,
-    objective: Objective = Objective.SIZE,
-    limit: int | None = DEFAULT_LIMIT,
-    confirm_limit: int | None = None,
-    batch_size: int = 128,
-    native: bool = True,
-    precision: KernelPrecision = KernelPrecision.DEFAULT,
+    objective: Objective,
+    limit: int | None,
+    confirm_limit: int | None,
+    batch_size: int,
+    native: bool,
+    precision: KernelPrecision,
     max_trials: int | None,
     cache: SensitivityCache | None,
     compute: ComputeBackend | None,
     stack: ExitStack,
     should_stop: Callable[[], bool],
+    speed_batches: tuple[int, ...],
+    threads: Threads | None,
 ) -> Generator[Progress, None, MixedResult]:
     start = time.perf_counter()
     levels = (
@@ -332,6 +201,17 @@ def _mixed_precision(
     plan = transform_model(model, stats, base)
     assert plan.stats is not None
     model, stats = plan.model, plan.stats
+    if objective is Objective.FASTEST:
+        # Speed does not follow bits: a search of its own, from measured per-layer times.
+        return (
+            yield from fastest_precision(
+                model, stats, base, data, criterion, levels, limit=limit,
+                confirm_limit=confirm_limit, batch_size=batch_size, native=native,
+                precision=precision, max_trials=max_trials, cache=cache, compute=compute,
+                should_stop=should_stop, speed_batches=speed_batches or (batch_size,),
+                threads=threads or Threads(),
+            )
+        )  # fmt: skip
 
     ref = yield from prepare_reference(
         model,
@@ -341,7 +221,7 @@ def _mixed_precision(
         run_float=False,
         should_stop=should_stop,
     )
-    search = _Search(
+    search = SearchState(
         model,
         stats,
         base,
@@ -363,10 +243,7 @@ def _mixed_precision(
     # The float pass first, so the sensitivity pass and every candidate share it.
     ref = yield from complete_reference(ref, should_stop=should_stop)
     search.ref = ref
-    backend = compute or LocalBackend()
-    context = WorkContext(model, reference=ref, data=data)
-    search.pool = pool = stack.enter_context(opened(backend, context, should_stop))
-    search.speculate = backend.parallel
+    pool = search.open(compute, data, stack)
     current = dict.fromkeys(names, 0)
     lowest_results = search.results(search.config(current))
     report: SensitivityReport = yield from layer_sensitivity(
@@ -387,24 +264,8 @@ def _mixed_precision(
     ranked = [s.name for s in report.ranking() if s.name in current]
     ranked += [n for n in names if n not in ranked]  # layers quantizing nothing at lowest
 
-    per_run = ref.n_samples
-    clock = ProgressClock(per_run * (budget + 1), "searching")
-    trials = 0
-
-    def run(levels_now: Mapping[str, int], label: str) -> Generator[Progress, None, ParetoPoint]:
-        nonlocal trials
-        before = len(search.points)
-        gen = search.measure(levels_now, label)
-        while True:
-            try:
-                done = next(gen)
-            except StopIteration as stop:
-                point: ParetoPoint = stop.value
-                break
-            yield clock.report(min(trials * per_run + done, clock.total - 1), label)
-        if len(search.points) > before:
-            trials += 1
-        return point
+    trials = Trials(search, budget + 1, "searching")
+    run = trials.run
 
     passing = search.points[0].passed
     # 2. Promote, most sensitive first, one level at a time. A promotion that does not make
@@ -415,7 +276,7 @@ def _mixed_precision(
         best = goodness(criterion, search.points[0].value)
         for k in range(1, len(levels)):
             for i, name in enumerate(ranked):
-                if trials >= budget:
+                if trials.count >= budget:
                     break
                 if current[name] >= k:
                     continue
@@ -430,7 +291,7 @@ def _mixed_precision(
                 g = goodness(criterion, point.value)
                 if g > best:
                     current, best = trial, g
-            if passing or trials >= budget:
+            if passing or trials.count >= budget:
                 break
 
     # 3. Demote what the promotion overshot, biggest saving first.
@@ -446,7 +307,7 @@ def _mixed_precision(
 
         order = sorted([n for n in names if current[n] > 0], key=saving, reverse=True)
         for i, name in enumerate(order):
-            while current[name] > 0 and trials < budget:
+            while current[name] > 0 and trials.count < budget:
                 trial = dict(current)
                 trial[name] -= 1
                 guesses = [{**trial, name: trial[name] - 1}] if trial[name] > 0 else []
@@ -481,19 +342,7 @@ def _mixed_precision(
             evaluation, verdict = None, None
             break
         label = f"confirming {point.label} on the full data"
-        job = EvaluateJob(
-            tuple(results), native, precision, confirm_limit, batch_size, label=label
-        )
-        confirm_clock = ProgressClock(job_total(context, job), label)
-        gen = wait_for(pool, pool.submit(job), should_stop=should_stop, others=search._other)
-        while True:
-            try:
-                done = next(gen)
-            except StopIteration as stop:
-                evaluation = stop.value
-                break
-            yield confirm_clock.report(done)
-        assert evaluation is not None
+        evaluation = yield from search.confirm(results, confirm_limit, batch_size, label)
         confirmations.append(evaluation)
         verdict = criterion.check(evaluation)
         if verdict.passed or not point.passed:
@@ -518,7 +367,7 @@ def _mixed_precision(
         )
         for name, (layer, tensors) in search.layers.items()
     )
-    if trials >= budget:
+    if trials.count >= budget:
         notes.append(f"the search stopped after its budget of {budget} trials")
     if evaluation is not None and evaluation.mode is RunMode.SIMULATION:
         notes.append("the confirmation ran in the simulation")

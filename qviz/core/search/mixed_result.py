@@ -4,7 +4,7 @@ trade-off front, and the confirmed answer (`MixedResult`), judged by the user's 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -14,9 +14,11 @@ from qviz.core.calibration.config import QuantConfig
 from qviz.core.evaluation.criteria import Comparison, Criterion, CriterionMetric, Verdict
 from qviz.core.evaluation.results import Evaluation, Metric, RunMode, metrics_to_json
 from qviz.core.jsonnum import json_number as _num
+from qviz.core.runtime.latency import PairTiming
 from qviz.core.search.measure import Measurement
 from qviz.core.search.precisions import Objective, Precision
 from qviz.core.search.sensitivity_report import SensitivityReport
+from qviz.core.search.speed_table import SpeedTable
 
 __all__ = [
     "LayerChoice",
@@ -73,6 +75,7 @@ class ParetoPoint:
     value: float
     passed: bool
     measurement: Measurement
+    latency_ms: float | None = None  # predicted from per-layer timings (speed objective)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "assignment", MappingProxyType(dict(self.assignment)))
@@ -85,7 +88,14 @@ class ParetoPoint:
 def cost_key(objective: Objective, p: ParetoPoint) -> tuple[float, ...]:
     if objective is Objective.FLOAT_LAYERS:
         return (p.n_float_layers, p.size_bytes)
+    if objective is Objective.FASTEST:
+        latency = math.inf if p.latency_ms is None else p.latency_ms
+        return (latency, p.size_bytes)
     return (p.size_bytes, p.n_float_layers)
+
+
+def _latency(p: ParetoPoint) -> float:
+    return math.nan if p.latency_ms is None else p.latency_ms
 
 
 def goodness(criterion: Criterion, value: float) -> float:
@@ -95,11 +105,17 @@ def goodness(criterion: Criterion, value: float) -> float:
     return -value if criterion.comparison is Comparison.AT_MOST else value
 
 
-def pareto_front(points: Sequence[ParetoPoint], criterion: Criterion) -> tuple[ParetoPoint, ...]:
-    """Points no other point beats on both size and criterion value, by increasing size."""
+def pareto_front(
+    points: Sequence[ParetoPoint],
+    criterion: Criterion,
+    cost: Callable[[ParetoPoint], float] = lambda p: float(p.size_bytes),
+) -> tuple[ParetoPoint, ...]:
+    """Points no other point beats on both `cost` (size by default; latency for the speed
+    objective) and criterion value, by increasing cost; points without a cost are left out."""
     front: list[ParetoPoint] = []
     best = -math.inf
-    for p in sorted(points, key=lambda p: (p.size_bytes, -goodness(criterion, p.value))):
+    costed = [p for p in points if not math.isnan(cost(p))]
+    for p in sorted(costed, key=lambda p: (cost(p), -goodness(criterion, p.value))):
         g = goodness(criterion, p.value)
         if g > best:
             front.append(p)
@@ -147,6 +163,10 @@ class MixedResult:
     elapsed_s: float = 0.0
     notes: tuple[str, ...] = ()
     confirmations: tuple[Evaluation, ...] = field(default=(), repr=False)
+    # The speed objective: every layer's measured time at each precision, and the answer
+    # timed end to end against float at each batch (none: the answer is float itself).
+    speed_table: SpeedTable | None = None
+    timings: tuple[tuple[int, PairTiming], ...] = ()
 
     @property
     def changed(self) -> tuple[LayerChoice, ...]:
@@ -171,6 +191,10 @@ class MixedResult:
         return self.points[0]
 
     def pareto_front(self) -> tuple[ParetoPoint, ...]:
+        """The trade-off front: against predicted latency for the speed objective, else
+        against size."""
+        if self.objective is Objective.FASTEST:
+            return pareto_front(self.points, self.criterion, _latency)
         return pareto_front(self.points, self.criterion)
 
     def to_json(self) -> dict[str, Any]:
@@ -224,11 +248,23 @@ class MixedResult:
                     "passed": p.passed,
                     "pareto": p.index in front,
                     "assignment": dict(p.assignment),
+                    "predicted_ms": _num(p.latency_ms),
                     "measurement": p.measurement.to_json(),
                 }
                 for p in self.points
             ],
             "sensitivity": self.sensitivity.to_json(),
+            "speed": None if self.speed_table is None else self.speed_table.to_json(),
+            "timings": [
+                {
+                    "batch_size": batch,
+                    "float_ms": _num(t.a_ms),
+                    "quantized_ms": _num(t.b_ms),
+                    "speedup": _num(t.speedup),
+                    "runs": t.runs,
+                }
+                for batch, t in self.timings
+            ],
             "elapsed_s": _num(self.elapsed_s),
             "notes": list(self.notes),
         }

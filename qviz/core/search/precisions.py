@@ -78,8 +78,10 @@ class Precision:
         w_text, _, a_text = key.partition("/")
         weight = NumberFormat.parse(w_text)
         activation = NumberFormat.parse(a_text) if a_text else NumberFormat()
-        if activation.kind is FormatKind.NF4:
-            raise QvizError(f"precision {text!r}: NF4 is a weight-only format")
+        if activation.weight_only:
+            raise QvizError(
+                f"precision {text!r}: {activation.spec.upper()} is a weight-only format"
+            )
         return cls(key, weight, activation)
 
     def tensor_config(self, base: TensorConfig, kind: TensorKind) -> TensorConfig:
@@ -118,6 +120,15 @@ class Objective(Enum):
 
     SIZE = "size"  # smallest model (initializer bytes as stored)
     FLOAT_LAYERS = "float-layers"  # fewest layers kept in float, then smallest
+    FASTEST = "fastest"  # fastest measured on this machine (per-layer timings, then end to end)
+
+    @property
+    def label(self) -> str:
+        return {
+            Objective.SIZE: "smallest",
+            Objective.FLOAT_LAYERS: "fewest float layers",
+            Objective.FASTEST: "fastest",
+        }[self]
 
 
 def layers_owning_tensors(

@@ -88,7 +88,9 @@ class FloatReference:
         if not self.streaming:
             yield from self.batches
             return
-        session = build_session(self.model.model, SessionConfig.for_float())
+        session = build_session(
+            self.model.model, SessionConfig.for_float(), data_dir=self.model.data_dir
+        )
         carry = StateCarry.of(self.data)
         for b in _read_batches(self.data, self.n_samples, self.batch_size):
             yield replace(b, outputs=tuple(carry.run(session, b.feeds, self.model.outputs)))
@@ -187,7 +189,7 @@ def complete_reference(
     if ref.float_done:
         return ref
     model = ref.model
-    session = build_session(model.model, SessionConfig.for_float())
+    session = build_session(model.model, SessionConfig.for_float(), data_dir=model.data_dir)
     clock = ProgressClock(ref.n_samples, "running the float model")
     primary = model.outputs[0]
     acc = OutputAccumulator(primary, output_kind(model.model, primary))

@@ -26,6 +26,7 @@ from qviz.core.stats.gram import DEFAULT_GRAM_BUDGET, GramCollector, GramStats, 
 from qviz.core.stats.provenance import Provenance
 from qviz.core.stats.snapshots import Snapshot, coarse, snapshot_bins, snapshot_points
 from qviz.core.stats.tensor_stats import TensorStats, TensorStatsAccumulator
+from qviz.core.stats.weight_stats import WeightStats
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,9 @@ class CalibrationStats:
 
     ``grams`` maps a weight name to the Gram matrix of its layer's input rows (GPTQ), when
     collected (``collect_stats(gram=True)``); layers reading one activation share one.
-    """
+    ``weights`` holds the statistics of the large weights (``weight_stats``), when they were
+    computed with the activations; a stats file reads them on demand, so it may be a lazy
+    mapping."""
 
     model_source: str
     model_sha256: str
@@ -44,6 +47,7 @@ class CalibrationStats:
     tensors: Mapping[str, TensorStats] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     grams: Mapping[str, GramStats] = field(default_factory=dict)
+    weights: Mapping[str, WeightStats] = field(default_factory=dict)
     #: The float original given with a quantized model (None: none, or derived from it).
     float_source: str | None = None
     #: Coarse statistics after 16, 32, 64 … samples (when asked for): how ranges converge.
@@ -54,6 +58,8 @@ class CalibrationStats:
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
         object.__setattr__(self, "grams", MappingProxyType(dict(self.grams)))
+        if isinstance(self.weights, dict):
+            object.__setattr__(self, "weights", MappingProxyType(self.weights))
 
 
 def activation_tensors(model: LoadedModel) -> list[str]:
@@ -93,7 +99,10 @@ def collect_stats(
     if len(data) == 0:
         raise QvizError("the calibration data set is empty")
     session = build_session(
-        with_outputs(model.model, names), SessionConfig.for_float(), what="this model"
+        with_outputs(model.model, names),
+        SessionConfig.for_float(),
+        what="this model",
+        data_dir=model.data_dir,
     )
     input_names = {i.name for i in model.inputs}
     accumulators = {

@@ -204,8 +204,14 @@ class HistogramRows:
         return self.counts.sum(axis=1)
 
     def _cum(self) -> np.ndarray:
+        # Kept once computed: a weight's rows answer many cdf/quantile questions.
+        cached = self.__dict__.get("_cum_counts")
+        if cached is not None:
+            return cached
         cum = np.zeros((self.counts.shape[0], self.counts.shape[1] + 1))
         np.cumsum(self.counts, axis=1, out=cum[:, 1:])
+        cum.setflags(write=False)
+        object.__setattr__(self, "_cum_counts", cum)
         return cum
 
     def cdf(self, x: ArrayLike) -> np.ndarray:
@@ -218,9 +224,12 @@ class HistogramRows:
         k = np.clip(np.floor(u), 0, n_bins - 1).astype(np.intp)
         frac = np.clip(u - k, 0.0, 1.0)
         cum = self._cum()
-        return np.take_along_axis(cum, k, axis=1) + frac * np.take_along_axis(
-            self.counts, k, axis=1
-        )
+        # Flat indices: numpy's take_along_axis builds a broadcast index per call, which
+        # costs more than the lookup when a weight's thousands of rows are asked often.
+        rows = np.arange(k.shape[0], dtype=np.intp)[:, None]
+        at_cum = np.take(cum.reshape(-1), rows * (n_bins + 1) + k)
+        at_count = np.take(self.counts.reshape(-1), rows * n_bins + k)
+        return at_cum + frac * at_count
 
     def quantile(self, q: ArrayLike) -> np.ndarray:
         """Per row, the smallest ``x`` with ``cdf(x) >= q * total`` (``q`` scalar or (R,)).

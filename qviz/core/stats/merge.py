@@ -72,6 +72,8 @@ MERGED_FIELDS: dict[str, frozenset[str]] = {
         # Convergence snapshots follow one collect's sample order and are never written to
         # a file: a merge has none.
         "snapshots",
+        # Of the model, not of the data (the inputs share the model's sha256): the first's.
+        "weights",
     }),
 }  # fmt: skip
 
@@ -306,9 +308,10 @@ def merge_stats(inputs: Sequence[MergeInput]) -> CalibrationStats:
         notes=tuple(notes),
         provenance=Provenance(merged_from=sources, rebinned=tuple(rebinned)),
         snapshots=(),
+        weights=next((i.stats.weights for i in inputs if len(i.stats.weights)), first.weights),
         grams=merge_grams([i.stats.grams for i in inputs]),
-        float_source=first.float_source if len(
-            {i.stats.float_source for i in inputs}) == 1 else None,
+        float_source=next((i.stats.float_source for i in inputs if i.stats.float_source),
+                          None),
     )
 
 

@@ -13,16 +13,19 @@ Schema history:
   version-1 file still opens; transforms that need the new data say "recollect to use this".
   Schema 2 also adds ``provenance``: the shard of the data a collect covered, or the files a
   merge read and which of their histogram ranges it rebinned (`qviz.core.stats.provenance`);
-  absent, the file is a plain collect.
+  absent, the file is a plain collect. And it may hold the statistics of the large weights
+  (``weights`` in meta.json, arrays under ``weights/N/``), read only when a weight is analysed:
+  opening the statistics of a model of any size reads its activations' histograms and no more.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import threading
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,7 @@ from qviz.core.stats.collect import CalibrationStats
 from qviz.core.stats.gram import GramStats
 from qviz.core.stats.provenance import Provenance
 from qviz.core.stats.tensor_stats import TensorStats
+from qviz.core.stats.weight_stats import WeightStats
 
 SCHEMA_VERSION = 2
 STATS_SUFFIX = ".qvstats"
@@ -58,18 +62,26 @@ def _v1_to_v2(document: dict[str, Any]) -> dict[str, Any]:
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 
+def _write_arrays(
+    zf: zipfile.ZipFile, prefix: str, arrays: dict[str, np.ndarray]
+) -> dict[str, str]:
+    files = {}
+    for key, array in arrays.items():
+        member = f"{prefix}/{key}.npy"
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+        zf.writestr(member, buf.getvalue())
+        files[key] = member
+    return files
+
+
 def save_stats(stats: CalibrationStats, path: str | Path) -> None:
     tensors_meta = []
+    weights_meta = []
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for index, tstats in enumerate(stats.tensors.values()):
             meta, arrays = tstats.to_arrays()
-            files = {}
-            for key, array in arrays.items():
-                member = f"tensors/{index}/{key}.npy"
-                buf = io.BytesIO()
-                np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-                zf.writestr(member, buf.getvalue())
-                files[key] = member
+            files = _write_arrays(zf, f"tensors/{index}", arrays)
             tensors_meta.append({"meta": meta, "arrays": files})
         grams_meta: list[dict[str, Any]] = []
         by_object: dict[int, dict[str, Any]] = {}
@@ -85,6 +97,11 @@ def save_stats(stats: CalibrationStats, path: str | Path) -> None:
                 by_object[id(gram)] = entry
                 grams_meta.append(entry)
             entry["weights"].append(weight)
+        # One weight at a time: a lazy mapping reads each from its own file just here.
+        for index, name in enumerate(stats.weights):
+            meta, arrays = stats.weights[name].to_arrays()
+            files = _write_arrays(zf, f"weights/{index}", arrays)
+            weights_meta.append({"meta": meta, "arrays": files})
         document = {
             "schema_version": SCHEMA_VERSION,
             "qviz_version": __version__,
@@ -95,6 +112,7 @@ def save_stats(stats: CalibrationStats, path: str | Path) -> None:
             "notes": list(stats.notes),
             "tensors": tensors_meta,
             "grams": grams_meta,
+            "weights": weights_meta,
         }
         if stats.provenance != Provenance():  # absent: a plain collect over all the data
             document["provenance"] = stats.provenance.to_json()
@@ -117,7 +135,7 @@ def load_stats(path: str | Path) -> CalibrationStats:
     try:
         with zipfile.ZipFile(p) as zf:
             document = _read_meta(zf, p)
-            return _decode(zf, document, p.name)
+            return _decode(zf, document, p)
     except zipfile.BadZipFile:
         raise QvizError(f"{p.name} is not a qviz stats file (not a zip archive)") from None
     except (KeyError, TypeError, ValueError, AttributeError, EOFError, zlib.error,
@@ -129,7 +147,8 @@ def load_stats(path: str | Path) -> CalibrationStats:
         raise QvizError(f"{p.name}: cannot read the stats file ({exc.strerror or exc})") from None
 
 
-def _decode(zf: zipfile.ZipFile, document: dict[str, Any], name: str) -> CalibrationStats:
+def _decode(zf: zipfile.ZipFile, document: dict[str, Any], path: Path) -> CalibrationStats:
+    name = path.name
     model = document.get("model")
     data = document.get("data")
     if not isinstance(model, dict) or not isinstance(data, dict):
@@ -168,6 +187,7 @@ def _decode(zf: zipfile.ZipFile, document: dict[str, Any], name: str) -> Calibra
         origin = Provenance.from_json(provenance)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise QvizError(f"{name}: damaged provenance ({exc})") from None
+    weights = StoredWeightStats(path, _weight_entries(document.get("weights", []), name))
     return CalibrationStats(
         model_source=want_str(model.get("source"), f"{name}: model.source"),
         model_sha256=want_str(model.get("sha256"), f"{name}: model.sha256"),
@@ -177,6 +197,7 @@ def _decode(zf: zipfile.ZipFile, document: dict[str, Any], name: str) -> Calibra
         tensors=tensors,
         notes=tuple(want_str(n, f"{name}: notes") for n in notes),
         grams=_decode_grams(zf, document.get("grams", []), name),
+        weights=weights,
         float_source=None if model.get("float_source") is None else want_str(
             model.get("float_source"), f"{name}: model.float_source"),
         provenance=origin,
@@ -311,3 +332,55 @@ def _read_array(
         return np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as exc:  # numpy parses the header with ast/tokenize: any error there
         raise QvizError(f"{what}: member '{member}' is not a numeric .npy array ({exc})") from None
+
+
+def _weight_entries(entries: object, name: str) -> list[dict[str, Any]]:
+    """The ``weights`` list of meta.json, each entry's shape checked (its arrays are read and
+    checked when the weight is asked for)."""
+    if not isinstance(entries, list):
+        raise QvizError(f"{name}: 'weights' must be a list")
+    checked = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("meta"), dict):
+            raise QvizError(f"{name}: weights[{i}] lacks its 'meta' object")
+        wname = want_str(entry["meta"].get("name"), f"{name}: weights[{i}].name")
+        members = entry.get("arrays")
+        if not isinstance(members, dict) or not all(
+            isinstance(k, str) and isinstance(m, str) for k, m in members.items()
+        ):
+            raise QvizError(f"{name}: weight '{wname}': 'arrays' must map names to members")
+        if wname in seen:
+            raise QvizError(f"{name}: weight '{wname}': listed twice")
+        seen.add(wname)
+        checked.append(entry)
+    return checked
+
+
+class StoredWeightStats(Mapping[str, WeightStats]):
+    """The weight statistics of a stats file, read from the zip when one is asked for (and
+    not kept: the analysis keeps what it uses, within its own budget)."""
+
+    def __init__(self, path: Path, entries: list[dict[str, Any]]) -> None:
+        self._path = path
+        self._entries = {str(e["meta"]["name"]): e for e in entries}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> WeightStats:
+        entry = self._entries[name]
+        try:
+            with self._lock, zipfile.ZipFile(self._path) as zf:
+                what = f"{self._path.name}: weight '{name}'"
+                arrays = {k: _read_array(zf, m, what) for k, m in entry["arrays"].items()}
+            return WeightStats.from_arrays(entry["meta"], arrays)
+        except (OSError, zipfile.BadZipFile, KeyError, TypeError, ValueError, EOFError,
+                zlib.error, NotImplementedError, RuntimeError) as exc:
+            raise QvizError(
+                f"{self._path.name}: cannot read the statistics of weight '{name}' ({exc})"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
 
@@ -29,6 +29,7 @@ from qviz.core.calibration.config import QuantConfig
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import LoadedModel, TensorKind
 from qviz.core.stats.collect import CalibrationStats
+from qviz.core.stats.weight_stats import WeightStats
 from qviz.core.transforms.rewrite import rewrite_model
 from qviz.core.transforms.scales import (
     AlphaSearch,
@@ -245,10 +246,10 @@ def _build(
         return TransformPlan(model, stats, model, stats, skipped=skipped)
     assert stats is not None
     out_model = rewrite_model(model, weights, [(a.site, a.scales) for a in applied.values()])
-    out_stats = CalibrationStats(
-        model_source=stats.model_source, model_sha256=stats.model_sha256,
-        data_description=stats.data_description, data_is_random=stats.data_is_random,
-        n_samples=stats.n_samples, tensors=new_stats, notes=stats.notes, grams=grams,
+    # The rest of the statistics stay as they are, except the stored statistics of the weights
+    # a rescaling changed: those are measured again on the transformed model.
+    out_stats = replace(
+        stats, tensors=new_stats, grams=grams, weights=_Without(stats.weights, set(weights))
     )
     return TransformPlan(model, stats, out_model, out_stats, applied, skipped, _contexts(applied))
 
@@ -330,3 +331,22 @@ def _contexts(applied: Mapping[str, AppliedScaling]) -> dict[tuple[str, TensorKi
                 and a.site.folds and a.site.folds[0].kind is FoldKind.LAYER:
             parts.setdefault((a.site.producer.weight, TensorKind.WEIGHT), []).append(tag)
     return {k: "|".join(v) for k, v in parts.items()}
+
+
+class _Without(Mapping[str, WeightStats]):
+    """`base` without the names in `drop`, read lazily as `base` is (a stats file's weight
+    statistics are read one at a time, when asked for)."""
+
+    def __init__(self, base: Mapping[str, WeightStats], drop: set[str]) -> None:
+        self._base, self._drop = base, frozenset(drop)
+
+    def __getitem__(self, name: str) -> WeightStats:
+        if name in self._drop:
+            raise KeyError(name)
+        return self._base[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return (n for n in self._base if n not in self._drop)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
