@@ -158,3 +158,19 @@ def test_a_shared_weight_is_not_rescaled() -> None:
     stats = replace(stats, model_sha256=model.sha256)
     plan = transform_model(model, stats, _config(Transforms(smoothquant=SmoothQuant(0.5))))
     assert "shared" in plan.skipped["p"]
+
+
+def test_stored_weight_statistics_of_rescaled_weights_are_dropped(block) -> None:
+    """A stats file's statistics of a weight describe the untransformed weight: the plan keeps
+    those of the weights no rescaling touched and drops the others (measured again later)."""
+    from qviz.core.stats.weight_stats import compute_weight_stats
+
+    model, stats, _ = block
+    names = ["block.mlp.fc1.weight", "block.mlp.fc2.weight"]
+    stored = {n: compute_weight_stats(model.weight(n), n, 0) for n in names}
+    with_weights = replace(stats, weights=stored)
+    plan = transform_model(model, with_weights, _config(Transforms(smoothquant=SmoothQuant(0.5))))
+    assert plan.stats is not None
+    rescaled = {n for n in names if plan.context(n, TensorKind.WEIGHT)}
+    assert rescaled and set(plan.stats.weights) == set(names) - rescaled
+    assert plan.stats.weights.get(next(iter(rescaled))) is None
