@@ -172,8 +172,8 @@ def eval_clipped_text(doc: Document, key: TensorKey) -> str:
 
 
 def eval_clipped_tooltip(doc: Document, key: TensorKey) -> str | None:
-    r = doc.representativeness(key)
-    if r is None:
+    r = doc.representativeness(key, eval_alone=True)  # one tensor, on hover: the full answer
+    if r is None or r.eval_range is None:
         return None
     verdict = (
         "More than sampling explains: the calibration data does not represent the "

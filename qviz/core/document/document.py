@@ -229,8 +229,14 @@ class Document(PinnedComparison):
             raise QvizError("the evaluation statistics were collected on another model")
         self.eval_stats.set(stats)
 
-    def representativeness(self, key: TensorKey) -> Representativeness | None:
-        return self.eval_stats.compare(key, self.config_for(key), self.stats)
+    def representativeness(
+        self, key: TensorKey, *, eval_alone: bool = False
+    ) -> Representativeness | None:
+        """How the evaluation data falls against `key`'s range (`eval_alone`: with the range
+        the evaluation data alone would choose, a second search — for the tensor on view)."""
+        return self.eval_stats.compare(
+            key, self.config_for(key), self.stats, self.result(key), eval_alone=eval_alone
+        )
 
     def convergence(self, key: TensorKey) -> list[tuple[int, float, float]]:
         return self.eval_stats.convergence(key, self.config_for(key), self.stats)
@@ -478,7 +484,8 @@ class Document(PinnedComparison):
             return data
         key = TensorKey(data.activation.result.name, TensorKind.ACTIVATION)
         return with_evaluation_view(
-            data, self.eval_stats.stats, self.representativeness(key), self.convergence(key)
+            data, self.eval_stats.stats, self.representativeness(key, eval_alone=True),
+            self.convergence(key),
         )
 
     def activation_stats(self, key: TensorKey) -> TensorStats | None:
