@@ -140,7 +140,7 @@ def test_sensitivity_fills_the_table_and_the_chart_and_is_cached(
         assert row.drop is not None
         assert table.cell_text(key, Column.DROP) == signed(row.drop)
         assert table.cell_text(key, Column.RECOVERY) == signed(row.recovery)
-        index = table.model.index(table.model.row_of(key), Column.RECOVERY)  # type: ignore[arg-type]
+        index = table.model.index_of(key, Column.RECOVERY)
         assert table.model.data(index, SORT_ROLE) == pytest.approx(row.recovery)
     # Sortable: by recovery, the layer that recovers most comes first.
     table.view.sortByColumn(Column.RECOVERY, Qt.SortOrder.DescendingOrder)
@@ -148,7 +148,7 @@ def test_sensitivity_fills_the_table_and_the_chart_and_is_cached(
     assert core.layer(doc.tensor(first).layer.name).recovery == max(
         s.recovery for s in core.layers
     )
-    header = table.view.horizontalHeader()
+    header = table.view.header()
     assert header.visualIndex(Column.DROP) == header.visualIndex(Column.CLIPPED) + 1
 
     # The chart: bars along depth with the same numbers; clicking one selects its layer.
@@ -211,8 +211,7 @@ def test_reopened_session_shows_the_report_without_running_it(
     int4 = TensorConfig(MethodSpec(Method.MINMAX), PerTensor(), NumberFormat.parse("int4"))
     other.controls.apply(int4)
     qtbot.waitUntil(lambda: other.doc.measures.sensitivity_stale, timeout=CALIBRATION_MS)
-    row = other.table.model.row_of(CONV_W)
-    index = other.table.model.index(row, Column.DROP)  # type: ignore[arg-type]
+    index = other.table.model.index_of(CONV_W, Column.DROP)
     brush = other.table.model.data(index, Qt.ItemDataRole.ForegroundRole)
     assert brush is not None and brush.color() == STALE_FG
     assert "earlier settings" in other.sensitivity_panel.summary.text()
