@@ -283,3 +283,56 @@ def common_label(group: Group, labels: Mapping[TensorKey, str], mixed: str = "mi
 def flatten(tree: TensorTree) -> Sequence[TensorKey]:
     """Every tensor in the tree's order (graph order)."""
     return tree.root.keys
+
+
+# ------------------------------------------------------------------------- along depth
+
+
+@dataclass(frozen=True)
+class Band:
+    """Consecutive points along depth that lie in one top-level group (one block)."""
+
+    label: str   # the group's row name ("model.layers.3")
+    path: str    # its full path
+    start: int   # first point's index
+    stop: int    # one past the last point's index
+
+
+@dataclass(frozen=True)
+class DepthGroups:
+    """How points along depth group into blocks (`depth_groups`)."""
+
+    bands: tuple[Band, ...]          # empty when the names have no groups (or only one)
+    short_names: tuple[str, ...]     # each point's name after its band's path
+
+
+def depth_groups(layer_names: Sequence[str]) -> DepthGroups:
+    """Blocks along depth for points named by their layers (in depth order): runs of points
+    in the same top-level group of `build_tree`, and each point's name within its block, so
+    a plot of hundreds of points can band and label by block."""
+    keys = [TensorKey(str(i), TensorKind.ACTIVATION) for i in range(len(layer_names))]
+    tree = build_tree(zip(keys, layer_names, strict=True))
+    top: list[str | None] = []
+    for key in keys:
+        above = tree.ancestors(key)
+        top.append(above[0] if above else None)
+    bands: list[Band] = []
+    start = 0
+    for i in range(1, len(keys) + 1):
+        if i == len(keys) or top[i] != top[start]:
+            path = top[start]
+            if path is not None:
+                bands.append(Band(tree.groups[path].label, path, start, i))
+            start = i
+    short = tuple(
+        _after(name, path) if path is not None else name
+        for name, path in zip(layer_names, top, strict=True)
+    )
+    if len({b.path for b in bands}) < 2:
+        return DepthGroups((), tuple(layer_names))
+    return DepthGroups(tuple(bands), short)
+
+
+def _after(name: str, path: str) -> str:
+    rest = name[len(path):].lstrip("./ ") if name.startswith(path) else name
+    return rest or name
