@@ -3,6 +3,8 @@ along depth, ticks that never crowd."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from PySide6.QtCore import QPoint, QPointF, Qt
@@ -61,7 +63,7 @@ def test_ticks_name_blocks_when_points_crowd_and_points_when_zoomed() -> None:
     xs = [x for x, _ in ticks]
     px = 800 / n
     widest = max(text_px(label) for label in labels)
-    assert all((b - a) * px >= widest for a, b in zip(xs, xs[1:], strict=False))
+    assert all((b - a) * px >= widest for a, b in itertools.pairwise(xs))
     # Zoomed to 4 points: each point by its name within its block, and blocks titled inside.
     ticks = visible_ticks(names, bands, (57.5, 61.5), 800, text_px)
     assert [label for _x, label in ticks] == list(names[58:62])
