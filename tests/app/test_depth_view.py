@@ -26,7 +26,7 @@ PARTS = ("self_attn.q_proj", "self_attn.scores", "self_attn.context", "self_attn
 
 def decoder_points(blocks: int) -> list[DepthPoint]:
     rng = np.random.default_rng(0)
-    points = []
+    points: list[DepthPoint] = []
     for i in range(blocks):
         for part in PARTS:
             d = len(points)

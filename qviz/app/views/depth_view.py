@@ -270,7 +270,7 @@ class DepthView(QWidget):
                               minXRange=min(float(n), float(MIN_VISIBLE_POINTS)))
             # The same points again (a new live evaluation): keep where the user zoomed.
             x_range = tuple(self.vb.viewRange()[0]) if same_points else (-0.5, n - 0.5)
-            st.set_view_range(self.vb, x=x_range, y=y_range)  # type: ignore[arg-type]
+            st.set_view_range(self.vb, x=x_range, y=y_range)
             self._draw_bands(y_range)
         else:
             self.vb.setLimits(xMin=None, xMax=None, minXRange=None)
