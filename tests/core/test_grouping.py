@@ -14,6 +14,7 @@ from qviz.core.document.grouping import (
     TensorScore,
     build_tree,
     common_label,
+    kinds_label,
     path_tokens,
     summarize_group,
     summarize_groups,
@@ -177,6 +178,16 @@ def test_a_group_with_nothing_measured_has_no_numbers() -> None:
     s = summarize_group(tree.groups["model.layers.0"], {}, {})
     assert s.n_measured == 0 and s.worst is None
     assert math.isnan(s.weighted_sqnr_db) and math.isnan(s.max_clipped)
+
+
+def test_kinds_label_says_weights_then_activations() -> None:
+    w1, w2, a1 = TensorKey("w1", W), TensorKey("w2", W), TensorKey("a1", A)
+    group = Group("g", "g", (w1, w2, a1), (w1, w2, a1))
+    assert kinds_label(group, {w1: "int8", w2: "int8", a1: "uint8"}) == "int8 / uint8"
+    assert kinds_label(group, {w1: "int8", w2: "int8", a1: "int8"}) == "int8"
+    assert kinds_label(group, {w1: "int8", w2: "int4", a1: "uint8"}) == "mixed / uint8"
+    only_w = Group("g", "g", (w1, w2), (w1, w2))
+    assert kinds_label(only_w, {w1: "mse", w2: "mse"}) == "mse"
 
 
 @pytest.mark.parametrize(("values", "expected"), [

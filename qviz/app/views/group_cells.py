@@ -17,7 +17,8 @@ from qviz.core.document.grouping import Group, GroupSummary
 from qviz.core.model.loading import TensorKind
 from qviz.core.text import fmt_count
 
-# Columns a group row fills with a label its tensors share ("mixed" when they differ).
+# Columns a group row fills with a label its tensors share: its weights' and its activations'
+# settings ("int8 / uint8", "mixed" where they differ), its kind and op where all agree.
 SHARED_COLUMNS = (Column.KIND, Column.OP, Column.METHOD, Column.GRANULARITY, Column.FORMAT)
 
 

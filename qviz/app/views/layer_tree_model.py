@@ -61,6 +61,7 @@ from qviz.core.document.grouping import (
     TensorTree,
     build_tree,
     common_label,
+    kinds_label,
     summarize_groups,
 )
 from qviz.core.model.loading import TensorKind
@@ -299,8 +300,11 @@ class LayerTreeModel(QAbstractItemModel):
         cached = self._shared.get((group.path, col))
         if cached is None:
             labels = {k: self._text(k, col) for k in group.keys}
-            mixed = "" if col in (Column.KIND, Column.OP) else "mixed"
-            cached = self._shared[(group.path, col)] = common_label(group, labels, mixed)
+            if col in (Column.KIND, Column.OP):
+                cached = common_label(group, labels, mixed="")
+            else:  # settings: the weights' and the activations' apart
+                cached = kinds_label(group, labels)
+            self._shared[(group.path, col)] = cached
         return cached
 
     # ----------------------------------------------------------------- tensor rows

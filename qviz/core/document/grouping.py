@@ -280,6 +280,20 @@ def common_label(group: Group, labels: Mapping[TensorKey, str], mixed: str = "mi
     return mixed if seen else ""
 
 
+def kinds_label(group: Group, labels: Mapping[TensorKey, str], mixed: str = "mixed") -> str:
+    """A setting of the group's weights and of its activations (``"int8 / uint8"``), each
+    `mixed` where its tensors differ; one label where both agree or the group holds one
+    kind."""
+    parts = []
+    for kind in (TensorKind.WEIGHT, TensorKind.ACTIVATION):
+        seen = {labels[k] for k in group.keys if k.kind is kind and k in labels}
+        if seen:
+            parts.append(next(iter(seen)) if len(seen) == 1 else mixed)
+    if len(parts) == 2 and parts[0] == parts[1]:
+        return parts[0]
+    return " / ".join(parts)
+
+
 def flatten(tree: TensorTree) -> Sequence[TensorKey]:
     """Every tensor in the tree's order (graph order)."""
     return tree.root.keys

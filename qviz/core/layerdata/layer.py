@@ -128,7 +128,7 @@ def weight_column(r: TensorResult, pinned: TensorResult | None = None) -> Column
     cm = r.channel_metrics
     sq = None if cm is None else np.asarray(cm.sqnr_db)
     return ColumnData(r.name, r.config.label, r.metrics, sq, _group_word(r),
-                      pinned=_pinned(pinned))
+                      pinned=_pinned(pinned), layer=r.layer.name)
 
 
 def preview_label(fmt: NumberFormat, lo: float, hi: float) -> str:
@@ -317,7 +317,7 @@ class LayerPlots:
             base, markers=markers, current=marker_of(r.metrics),
             current_label=f"current ({method_label(r.config.spec)})",
         )
-        column = ColumnData(r.name, r.config.label, r.metrics)
+        column = ColumnData(r.name, r.config.label, r.metrics, layer=r.layer.name)
         return ActivationPanel(r, s, band, " ".join(notes), curve, column)
 
 
