@@ -14,7 +14,10 @@ the network input) and writes into ``screenshots/``:
   int4/int8/float allowed: the measured answer, the chosen layers and the Pareto plot.
 * ``model_panel.png`` — the model dock after Run ▸ Evaluate: PASS/FAIL against the criteria,
   float vs quantized accuracy, size, latency, fused layers, the error along depth, notes;
-* ``export_dialog.png`` — File ▸ Export… after writing the report with the evaluation.
+* ``export_dialog.png`` — File ▸ Export… after writing the report with the evaluation;
+* ``graph_view.png`` — View ▸ Graph: the whole graph coloured by local SQNR, Q/DQ edges,
+  quantized weights and the integer kernels of the full evaluation marked, the selected
+  layer highlighted.
 
 Usage::
 
@@ -119,6 +122,24 @@ def model_panel_shots(app: QApplication, window: MainWindow, out: Path, tmp: Pat
     dialog.close()
 
 
+def graph_view_shot(app: QApplication, window: MainWindow, out: Path) -> None:
+    """``graph_view.png``: the graph dock, floated at a portrait size, coloured by local SQNR."""
+    from qviz.core.graphview.measures import NodeMeasure
+
+    dock = window.graph_dock
+    dock.show()
+    dock.setFloating(True)
+    dock.resize(600, 1180)  # tall enough for the whole demo at a readable zoom
+    view = dock.view
+    view.set_measure(NodeMeasure.SQNR)
+    wait_until(lambda: view.layout_shown is not None and view.readings is not None)
+    settle(app, window)
+    save(dock, out / "graph_view.png")
+    print(f"graph view: {view.status_label.text()}")
+    dock.hide()
+    dock.setFloating(False)
+
+
 def settle(app: QApplication, window: MainWindow) -> None:
     """Let layouts, deferred paints and throttled updates finish before grabbing."""
     for _ in range(5):
@@ -201,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"could not write {path}")
             print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
         print(f"selected {key.name}; status: {window.status_text()}")
+        graph_view_shot(app, window, args.out)
         model_panel_shots(app, window, args.out, Path(tmp))
         sensitivity_shots(app, window, args.out, Path(tmp) / "sensitivity-cache")
         window.close()

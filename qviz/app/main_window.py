@@ -43,6 +43,7 @@ from qviz.app.dialogs.mixed_dialog import MixedPrecisionDialog
 from qviz.app.recent_files import RecentFiles, default_settings
 from qviz.app.views import plot_style as st
 from qviz.app.views.controls import ControlsPanel
+from qviz.app.views.graph_view import GraphDock
 from qviz.app.views.history_view import HistoryView
 from qviz.app.views.job_status import JobStatus
 from qviz.app.views.layer_table import LayerTable
@@ -102,7 +103,8 @@ class MainWindow(QMainWindow):
 
         self.commands = WindowActions(WindowParts(
             self, doc, self.reporter, self.files, self.jobs, self.evaluation, self.controls,
-            self.table, (self.model_dock, self.sensitivity_dock, self.history_dock),
+            self.table,
+            (self.model_dock, self.sensitivity_dock, self.history_dock, self.graph_dock),
             self.history_dock,
             open_model=self.open_model_dialog, open_data=self.open_data_dialog,
             open_eval_data=self.open_eval_data_dialog, open_stats=self.open_stats_dialog,
@@ -176,6 +178,10 @@ class MainWindow(QMainWindow):
         toggle.setStatusTip(toggle.toolTip())
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.history_dock)
         self.history_dock.hide()
+
+        self.graph_dock = GraphDock(self.doc, self)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.graph_dock)
+        self.graph_dock.hide()
 
     # ================================================================= state
     @property

@@ -172,7 +172,7 @@ def test_criteria_pass_and_fail_with_the_numbers_behind_them(evaluated_window: M
         assert text.startswith("PASS:")
         assert text.split(": ", 1)[1] in panel.verdict_label.text().replace("&lt;", "<")
 
-    failing = f"accuracy_drop<={max(drop - 0.2, 0.0) - 0.01:.2f}"
+    failing = f"accuracy_drop<={drop - 0.05:.2f}"  # just under what was measured
     panel.set_criteria_text(failing)
     assert panel.badge.text() == "FAIL" and panel.passed is False
     verdict = Criterion.parse(failing).check(evaluation)

@@ -256,6 +256,16 @@ class ModelPanel(QWidget):
         verdict_box.addLayout(top)
         verdict_box.addLayout(criteria_row)
         verdict_box.addWidget(self.criteria_error)
+        # Why this machine's defaults differ from the usual ones (one line, while they stand).
+        self.defaults_label = QLabel()
+        self.defaults_label.setWordWrap(True)
+        self.defaults_label.setStyleSheet(f"color: {st.AXIS_PEN}; font-size: 8.5pt;")
+        self.defaults_label.setToolTip(
+            "qviz asks ONNX Runtime's int8 kernel itself whether it saturates on this CPU; "
+            "QVIZ_U8S8_SATURATES=0|1 overrides the answer. Any setting you choose replaces "
+            "the defaults."
+        )
+        verdict_box.addWidget(self.defaults_label)
         verdict_box.addLayout(buttons)
         verdict_box.addStretch(1)
         self.verdict_section = QWidget()
@@ -347,6 +357,9 @@ class ModelPanel(QWidget):
         evaluation.statusChanged.connect(self._on_status)
         doc.events.evaluation.connect(self._on_evaluation)
         doc.events.pinned.connect(self._show_pinned)
+        doc.events.model.connect(self._show_defaults_note)
+        doc.events.config.connect(lambda _keys: self._show_defaults_note())
+        self._show_defaults_note()
         doc.events.criteria.connect(self._on_criteria)
         doc.events.selection.connect(self._ring_selected_layer)
         doc.events.model.connect(self._ring_selected_layer)
@@ -435,6 +448,11 @@ class ModelPanel(QWidget):
         self.notes_label.setText("\n".join(f"• {n}" for n in notes))
         self.notes_label.setVisible(bool(notes))
         self._update_verdict()
+
+    def _show_defaults_note(self) -> None:
+        note = self._doc.defaults_note
+        self.defaults_label.setText(note or "")
+        self.defaults_label.setVisible(bool(note))
 
     def _show_pinned(self) -> None:
         """A's numbers beside B's, while a configuration is pinned and measured."""

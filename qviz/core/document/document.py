@@ -23,7 +23,7 @@ import numpy as np
 from qviz.core.calibration.analysis import QuantTensor, TensorKey, TensorResult, analyze_tensor
 from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
-from qviz.core.document.compare import Pinned
+from qviz.core.document.compare import Pinned, PinnedComparison
 from qviz.core.document.events import DocumentEvents
 from qviz.core.document.history import History, HistoryEntry
 from qviz.core.document.jobs import (
@@ -43,13 +43,14 @@ from qviz.core.evaluation.criteria import Criterion
 from qviz.core.layerdata.layer import LayerData, LayerPlots
 from qviz.core.model.loading import LoadedModel, TensorKind
 from qviz.core.quant.formats import PerTensor
+from qviz.core.runtime.defaults import recommended_defaults
 from qviz.core.stats.collect import CalibrationStats
 from qviz.core.stats.tensor_stats import TensorStats
 
 ConfigHistory = History[QuantConfig, TensorKey]
 
 
-class Document:
+class Document(PinnedComparison):
     """An open session (see the module docstring). Attributes are read-only from outside:
     change them through the methods, which announce the change on `events`."""
 
@@ -68,6 +69,8 @@ class Document:
         self.history: ConfigHistory = History(QuantConfig())
         self.measures = MeasurementState(self.events)
         self.modified = False
+        #: Why this machine's defaults differ from the usual ones (None: they don't).
+        self.defaults_note: str | None = None
         self._index = TensorIndex(None)
         self._results = ResultStore()
         self._plots = LayerPlots()
@@ -145,7 +148,13 @@ class Document:
         self._results.set_limit(len(self._index))
         self._plots.clear()
         self._markers.clear()
-        self.history.reset(self.config)
+        if self._untouched:
+            # No choice of the user's yet: start from what holds on this machine.
+            defaults = recommended_defaults()
+            self.history.reset(defaults.config)
+            self.defaults_note = defaults.note
+        else:
+            self.history.reset(self.config)
         if self.selection not in self._index:
             self.selection = self._index.tensors[0].key if self._index.tensors else None
         self.revision += 1
@@ -196,93 +205,6 @@ class Document:
         self._set_modified(True)
         self.events.data.emit()
         self._pinned_measures_changed()
-
-    # ================================================================= A/B comparison
-    def pin(self, label: str | None = None) -> None:
-        """Pin the current configuration as "A"; exploring goes on as "B"."""
-        evaluation = self.measures.evaluation
-        if evaluation is not None and evaluation.config != self.config:
-            evaluation = None
-        self.pinned = Pinned(self.config, label or self._step_name(), self.data_revision,
-                             evaluation)
-        self.events.pinned.emit()
-
-    def _step_name(self) -> str:
-        """The current configuration as the history names it ("as opened" at the start)."""
-        return self.history.current.label if self.history.index else "settings as opened"
-
-    def unpin(self) -> None:
-        if self.pinned is not None:
-            self.pinned = None
-            self.events.pinned.emit()
-
-    def swap_pinned(self) -> None:
-        """B becomes A and A becomes the current configuration (one undo step)."""
-        pinned = self.pinned
-        if pinned is None:
-            raise QvizError("nothing is pinned: pin a configuration first (Edit ▸ Pin as A)")
-        current = self.measures.evaluation
-        keep = current if current is not None and current.config == self.config else None
-        self.pinned = Pinned(self.config, self._step_name(), self.data_revision, keep)
-        self.set_config(pinned.config, f"swap A and B (now: {pinned.label})")
-        self.events.pinned.emit()
-
-    def pinned_result(self, key: TensorKey, compute: bool = True) -> TensorResult | None:
-        """The tensor's result under the pinned configuration (None without one, when it
-        cannot be measured, or when not measured yet and `compute` is False)."""
-        if self.pinned is None or self.model is None or not self.can_analyze(key):
-            return None
-        cfg = self.pinned.config.for_tensor(key.name, key.kind)
-        if not cfg.quantize:
-            return None
-        if cfg == self.config_for(key):
-            return self.analyze(key) if compute else self.result(key)
-        found = self._results.earlier(key, cfg)
-        if found is not None or not compute:
-            return found
-        try:
-            result = analyze_tensor(self.model, self.stats, self._index.tensor(key), cfg)
-        except QvizError:
-            return None
-        self._results.keep(key, result)
-        return result
-
-    def pinned_jobs(self) -> list[AnalysisJob]:
-        """Jobs measuring the pinned configuration where it differs and is not known yet."""
-        if self.pinned is None:
-            return []
-        jobs = []
-        for t in self._index.tensors:
-            cfg = self.pinned.config.for_tensor(t.name, t.kind)
-            if (cfg.quantize and cfg != self.config_for(t.key) and self.can_analyze(t.key)
-                    and self._results.earlier(t.key, cfg) is None):
-                jobs.append(AnalysisJob(t.key, t, cfg))
-        return jobs
-
-    def accept_pinned_results(self, outcomes: Iterable[AnalysisOutcome]) -> None:
-        kept = []
-        for key, outcome in outcomes:
-            if isinstance(outcome, TensorResult) and key in self._index:
-                self._results.keep(key, outcome)
-                kept.append(key)
-        if kept:
-            self.events.pinned_results.emit(tuple(kept))
-
-    def accept_pinned_evaluation(self, outcome: EvaluationOutcome, data_revision: int) -> bool:
-        """An evaluation of the pinned configuration; False when it no longer applies."""
-        pinned = self.pinned
-        if pinned is None or outcome.config != pinned.config:
-            return False
-        if data_revision != self.data_revision:
-            return False
-        self.pinned = pinned.with_evaluation(outcome)
-        self.events.pinned.emit()
-        return True
-
-    def _pinned_measures_changed(self) -> None:
-        if self.pinned is not None and self.pinned.evaluation is not None:
-            self.pinned = Pinned(self.pinned.config, self.pinned.label, self.data_revision)
-            self.events.pinned.emit()
 
     # ================================================================= selection and view
     def select(self, key: TensorKey | tuple[str, TensorKind] | None) -> None:
@@ -352,6 +274,7 @@ class Document:
         """Replace the whole configuration as one undo step; returns the changed tensors."""
         if config == self.config:
             return []
+        self.defaults_note = None  # the user's choices from now on
         before = self.config
         self.history.record(label, config, focus)
         changed = self._config_changed(before)
@@ -570,8 +493,14 @@ class Document:
         return self.measures.accept_mixed(outcome, self.model)
 
     # ================================================================= saved state
+    @property
+    def _untouched(self) -> bool:
+        """Nothing chosen yet: the history holds only its start, at the defaults."""
+        return len(self.history.entries) == 1 and self.config == QuantConfig()
+
     def reset_history(self, config: QuantConfig) -> None:
         """Start the undo history again at `config` (a session just opened)."""
+        self.defaults_note = None
         before = self.config
         self.history.reset(config)
         self._config_changed(before)
