@@ -273,7 +273,11 @@ class LayerTable(QWidget):
             self.view.setExpanded(index, expanded)
 
     def update_summary(self) -> None:
-        self.summary_label.setText(summary_text(self._doc.summary(), self._doc))
+        text = summary_text(self._doc.summary(), self._doc)
+        prefix = self.model.tree.prefix
+        if prefix and self._doc.tensors:  # what every name shares is left out of the rows
+            text += f" · names under {prefix}"
+        self.summary_label.setText(text)
 
     def focus_filter(self) -> None:
         self.filter_edit.setFocus()
