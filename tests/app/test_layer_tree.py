@@ -15,6 +15,7 @@ from qviz.app.main_window import MainWindow
 from qviz.app.views import plot_style as st
 from qviz.app.views.layer_table import EXPAND_ALL_MAX, Column, LayerTable
 from qviz.app.views.layer_tree_model import GROUP_ROLE
+from qviz.app.views.table_cells import summary_text
 from qviz.core.calibration.analysis import TensorKey
 from qviz.core.document.grouping import TensorScore, summarize_group
 from qviz.core.document.summary import weighted_sqnr_db
@@ -244,6 +245,8 @@ def test_a_settings_change_repaints_the_groups_above(qtbot: QtBot, window: MainW
     s, _ = core_summary(window, "model.layers.1")
     assert table.group_text("model.layers.1", Column.WEIGHTED) == st.fmt_num(s.weighted_sqnr_db)
     assert table.cell_text(key, Column.FORMAT) == cfg.fmt.label
+    # The summary line, from the scores the tree keeps, says what the document's does.
+    assert table.summary_label.text() == summary_text(window.doc.summary(), window.doc)
 
 
 def test_a_flat_model_stays_a_flat_list(qtbot: QtBot, make_window: MakeWindow) -> None:  # noqa: F811

@@ -37,6 +37,7 @@ from qviz.app.views.table_cells import (
 )
 from qviz.core.calibration.analysis import TensorKey
 from qviz.core.document.document import Document
+from qviz.core.document.summary import summarize
 
 __all__ = [
     "BAD_BG", "FAIR_BG", "KEY_ROLE", "SORT_ROLE", "STALE_FG", "Column", "LayerTable",
@@ -273,7 +274,9 @@ class LayerTable(QWidget):
             self.view.setExpanded(index, expanded)
 
     def update_summary(self) -> None:
-        text = summary_text(self._doc.summary(), self._doc)
+        # The document's summary, from the scores the tree keeps (same inputs, same function).
+        summary = summarize(self._doc.index, self.model.scored())
+        text = summary_text(summary, self._doc)
         prefix = self.model.tree.prefix
         if prefix and self._doc.tensors:  # what every name shares is left out of the rows
             text += f" · names under {prefix}"

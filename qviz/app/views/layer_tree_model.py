@@ -62,7 +62,7 @@ from qviz.core.document.grouping import (
     build_tree,
     common_label,
     kinds_label,
-    summarize_groups,
+    summarize_group,
 )
 from qviz.core.model.loading import TensorKind
 from qviz.core.text import fmt_count, fmt_shape, fmt_signed
@@ -97,7 +97,11 @@ class LayerTreeModel(QAbstractItemModel):
         self._depth: list[int] = [0]        # graph order of the node's first tensor
         self._leaf: dict[TensorKey, int] = {}
         self._group: dict[str, int] = {}
-        self._summaries: dict[str, GroupSummary] | None = None
+        # Group numbers and shared labels, kept until a tensor under the group changes (a
+        # one-tensor change recomputes its few groups, not all of a thousand tensors' groups).
+        self._scores: dict[TensorKey, TensorScore] | None = None
+        self._params: dict[TensorKey, float] = {}
+        self._summaries: dict[str, GroupSummary] = {}
         self._shared: dict[tuple[str, Column], str] = {}
 
     # ----------------------------------------------------------------- updates
@@ -129,18 +133,25 @@ class LayerTreeModel(QAbstractItemModel):
     def refresh(self, keys: Iterable[TensorKey] | None = None) -> None:
         """Settings or results changed for `keys` (None: all): repaint those rows and the
         groups above them."""
-        self._summaries = None
-        self._shared.clear()
-        if len(self._node) <= 1:
-            return
         if keys is None:
-            nodes = list(range(1, len(self._node)))
-        else:
-            nodes = [self._leaf[k] for k in keys if k in self._leaf]
-            above = {self._group[p] for k in keys for p in self.tree.ancestors(k)
-                     if p in self._group}
-            nodes.extend(above)
-        self._emit_rows(nodes, Column.SQNR, max(Column))
+            self._scores = None
+            self._summaries.clear()
+            self._shared.clear()
+            if len(self._node) > 1:
+                self._emit_rows(range(1, len(self._node)), Column.SQNR, max(Column))
+            return
+        keys = [k for k in keys if k in self._leaf]
+        paths = {p for k in keys for p in self.tree.ancestors(k)}
+        if self._scores is not None:
+            for key in keys:
+                self._score(key)
+        for path in paths:
+            self._summaries.pop(path, None)
+        for cached in [c for c in self._shared if c[0] in paths]:
+            del self._shared[cached]
+        nodes = [self._leaf[k] for k in keys] + [self._group[p] for p in paths]
+        if nodes:
+            self._emit_rows(nodes, Column.SQNR, max(Column))
 
     def refresh_columns(self, first: Column, last: Column) -> None:
         """Every row of these columns changed (a sensitivity report, a fusion report)."""
@@ -195,23 +206,44 @@ class LayerTreeModel(QAbstractItemModel):
         return len(self._leaf)
 
     def summary(self, path: str) -> GroupSummary:
-        """A group's numbers (the core's), computed for every group once per change."""
-        if self._summaries is None:
-            doc = self._doc
-            scores: dict[TensorKey, TensorScore] = {}
-            for key in self._leaf:
-                result = doc.result(key)
-                if result is None:
-                    continue
-                quantized = doc.config_for(key).quantize
-                scores[key] = TensorScore(
-                    sqnr_db=float(result.metrics.sqnr_db) if quantized else math.inf,
-                    size=doc.element_count(key),
-                    clipped=float(result.metrics.clipped_fraction) if quantized else 0.0,
-                )
-            params = {k: doc.element_count(k) for k in self._leaf if k.kind is TensorKind.WEIGHT}
-            self._summaries = summarize_groups(self.tree, scores, params)
-        return self._summaries[path]
+        """A group's numbers (the core's), kept until a tensor under it changes."""
+        summary = self._summaries.get(path)
+        if summary is None:
+            if self._scores is None:
+                self._scores = {}
+                for key in self._leaf:
+                    self._score(key)
+                self._params = {k: self._doc.element_count(k) for k in self._leaf
+                                if k.kind is TensorKind.WEIGHT}
+            group = self.tree.groups[path] if path else self.tree.root
+            summary = self._summaries[path] = summarize_group(group, self._scores, self._params)
+        return summary
+
+    def scored(self) -> list[tuple[TensorKey, float, float]]:
+        """(tensor, SQNR dB, element count) of every measured tensor in graph order: what
+        the document's `summary` reads, from the scores kept here (a change looks up only
+        the tensors it changed, not a thousand)."""
+        if self._scores is None:
+            self.summary("")
+        assert self._scores is not None
+        scores = self._scores
+        return [(t.key, s.sqnr_db, s.size) for t in self._doc.tensors
+                if (s := scores.get(t.key)) is not None]
+
+    def _score(self, key: TensorKey) -> None:
+        """Keep a tensor's score up to date (the SQNR of its result; exact when kept float)."""
+        assert self._scores is not None
+        doc = self._doc
+        result = doc.result(key)
+        if result is None:
+            self._scores.pop(key, None)
+            return
+        quantized = doc.config_for(key).quantize
+        self._scores[key] = TensorScore(
+            sqnr_db=float(result.metrics.sqnr_db) if quantized else math.inf,
+            size=doc.element_count(key),
+            clipped=float(result.metrics.clipped_fraction) if quantized else 0.0,
+        )
 
     # ----------------------------------------------------------------- Qt model API
     def index(self, row: int, column: int, parent: Index = QModelIndex()) -> QModelIndex:  # noqa: B008
