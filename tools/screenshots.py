@@ -15,6 +15,9 @@ the network input) and writes into ``screenshots/``:
 * ``model_panel.png`` — the model dock after Run ▸ Evaluate: PASS/FAIL against the criteria,
   float vs quantized accuracy, size, latency, fused layers, the error along depth, notes;
 * ``export_dialog.png`` — File ▸ Export… after writing the report with the evaluation;
+* ``compare.png`` — A/B comparison: the configuration pinned as A (Edit ▸ Pin as A), then B
+  with 4-bit weights on the selected conv: A's band on the histogram, A beside B and the
+  change in the metrics panel, the table's Δ vs A column, A's and B's end-to-end numbers;
 * ``graph_view.png`` — View ▸ Graph: the whole graph coloured by local SQNR, Q/DQ edges,
   quantized weights and the integer kernels of the full evaluation marked, the selected
   layer highlighted;
@@ -119,6 +122,7 @@ def model_panel_shots(app: QApplication, window: MainWindow, out: Path, tmp: Pat
     done: list[object] = []
     dialog.exported.connect(done.append)
     dialog.set_format(ExportFormat.REPORT)
+    (tmp / "export").mkdir(exist_ok=True)
     dialog.set_path(tmp / "export" / "model-report.html")
     dialog.export_now()
     wait_until(lambda: bool(done) and not dialog.busy)
@@ -143,6 +147,24 @@ def graph_view_shot(app: QApplication, window: MainWindow, out: Path) -> None:
     print(f"graph view: {view.status_label.text()}")
     dock.hide()
     dock.setFloating(False)
+
+
+def compare_shot(app: QApplication, window: MainWindow, key: TensorKey, out: Path) -> None:
+    """``compare.png``: A pinned, B with 4-bit weights on the conv weight ``key``; then back."""
+    doc = window.doc
+    window.commands.pin.trigger()
+    doc.select(key)
+    ev = window.evaluation
+    evaluated: list[object] = []
+    ev.evaluated.connect(evaluated.append)
+    window.controls.bits_spin.setValue(4)
+    wait_until(lambda: bool(evaluated) and not ev.is_pending and not window.busy)
+    settle(app, window)
+    save(window, out / "compare.png")
+    print(f"compare: {window.compare_label.text()}")
+    window.commands.unpin.trigger()
+    doc.undo()
+    wait_until(lambda: not ev.is_pending and not window.busy)
 
 
 def settle(app: QApplication, window: MainWindow) -> None:
@@ -272,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selected {key.name}; status: {window.status_text()}")
         graph_view_shot(app, window, args.out)
         model_panel_shots(app, window, args.out, Path(tmp))
+        compare_shot(app, window, key, args.out)
         sensitivity_shots(app, window, args.out, Path(tmp) / "sensitivity-cache")
         window.close()
         if args.large_layers > 0:

@@ -21,6 +21,7 @@ from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.app.views.controls import METHODS, ControlsPanel
 from qviz.app.views.layer_table import LayerTable
 from qviz.core.calibration.methods import Method
+from qviz.core.data.split import Holdout
 from qviz.core.document.document import Document
 
 Shortcut = str | QKeySequence | QKeySequence.StandardKey
@@ -64,6 +65,8 @@ class WindowActions:
         self._menus()
         parts.doc.events.history.connect(self._sync_history)
         parts.doc.events.pinned.connect(self._sync_pinned)
+        parts.doc.events.data.connect(self._sync_evaluation)
+        self._sync_evaluation()
         parts.jobs.busyChanged.connect(self.cancel.setEnabled)
         self._sync_history()
         self._sync_pinned()
@@ -94,6 +97,18 @@ class WindowActions:
             "sensitivity, mixed precision) are measured on", w.open_eval_data,
             "Ctrl+Shift+D",
         )
+        self.held_out = a(
+            "Evaluate on a &Held-Out Part", "Keep one sample in five of the calibration data "
+            "apart and measure end-to-end numbers on it (calibrates again on the rest)",
+            lambda: self._set_evaluation(held_out=True),
+        )
+        self.on_calibration = a(
+            "Evaluate on the &Calibration Data", "Measure end-to-end numbers on the samples "
+            "the ranges were fitted to: quick, but not evidence; every result says so",
+            lambda: self._set_evaluation(held_out=False),
+        )
+        for action in (self.held_out, self.on_calibration):
+            action.setCheckable(True)
         self.open_stats = a("Open &Statistics…", "Open statistics collected earlier "
                             "(qviz collect)", w.open_stats, "Ctrl+Shift+T")
         self.open_session = a("Open S&ession…", "Open a saved session: model, data and every "
@@ -166,9 +181,12 @@ class WindowActions:
         w = self.w
         bar = w.window.menuBar()
         file_menu = bar.addMenu("&File")
-        for action in (self.open_model, self.open_data, self.open_eval_data, self.open_stats,
-                       self.open_session):
+        for action in (self.open_model, self.open_data, self.open_stats, self.open_session):
             file_menu.addAction(action)
+        evaluation_menu = file_menu.addMenu("E&valuation Data")
+        evaluation_menu.setToolTipsVisible(True)
+        for action in (self.held_out, self.on_calibration, self.open_eval_data):
+            evaluation_menu.addAction(action)
         self.recent_menu = file_menu.addMenu("Open &Recent")
         self.recent_menu.setToolTipsVisible(True)
         self.recent_menu.aboutToShow.connect(w.fill_recent)
@@ -214,6 +232,19 @@ class WindowActions:
 
         help_menu = bar.addMenu("&Help")
         help_menu.addAction(self.shortcuts)
+
+    def _set_evaluation(self, held_out: bool) -> None:
+        """Back to one data set: a held-out part of it, or the calibration data itself."""
+        w = self.w
+        with w.reporter.guard("Choosing the evaluation data"):
+            w.files.set_holdout(Holdout() if held_out else None)
+        self._sync_evaluation()
+
+    def _sync_evaluation(self) -> None:
+        doc = self.w.doc
+        separate = doc.eval_data_path is not None
+        self.held_out.setChecked(not separate and doc.holdout is not None)
+        self.on_calibration.setChecked(not separate and doc.holdout is None)
 
     def _swap(self) -> None:
         with self.w.reporter.guard("Swapping A and B"):

@@ -36,6 +36,7 @@ from qviz.app.controllers.analysis import AnalysisController
 from qviz.app.controllers.evaluation_controller import EvaluationController
 from qviz.app.controllers.files import FileController
 from qviz.app.controllers.jobs import JobController
+from qviz.app.controllers.represent import EvalStatsController
 from qviz.app.controllers.sensitivity_controller import SensitivityController
 from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.app.dialogs.export_dialog import ExportDialog
@@ -88,6 +89,7 @@ class MainWindow(QMainWindow):
         self.analysis = AnalysisController(doc, self.reporter, self)
         self.evaluation = EvaluationController(doc, self.jobs, self.reporter, self)
         self.sensitivity = SensitivityController(doc, self.reporter, self)
+        self.eval_stats = EvalStatsController(doc, self.reporter, self)
 
         # Views: each takes the document and follows its events.
         self.table = LayerTable(doc)
@@ -186,7 +188,7 @@ class MainWindow(QMainWindow):
     # ================================================================= state
     @property
     def busy(self) -> bool:
-        return self.jobs.is_busy or self.analysis.is_busy
+        return self.jobs.is_busy or self.analysis.is_busy or self.eval_stats.is_busy
 
     @property
     def is_calibrating(self) -> bool:
@@ -257,6 +259,7 @@ class MainWindow(QMainWindow):
             doc.model, doc.model_path, doc.stats, doc.config, self.reporter,
             outcome=doc.measures.evaluation, criteria=doc.measures.criteria,
             directory=self._start_dir(), pinned=doc.pinned, parent=self,
+            inputs=[doc.data_path, doc.eval_data_path, doc.stats_path, self.files.session_path],
         )  # fmt: skip
         dialog.exported.connect(
             lambda r: self.statusBar().showMessage(f"Exported {r.written[0]}")
@@ -367,6 +370,7 @@ class MainWindow(QMainWindow):
             clean = self.analysis.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             clean = self.evaluation.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             clean = self.sensitivity.shutdown(SHUTDOWN_TIMEOUT_S) and clean
+            clean = self.eval_stats.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             for dialog in self.findChildren(ExportDialog):
                 clean = dialog.runner.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             if not clean:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from qviz.cli.options import add_data_options, load_dataset
-from qviz.cli.progress_bar import ProgressBar
-from qviz.core.errors import QvizError
-from qviz.core.model.loading import load_model
+from qviz.cli.common import checked_output, drive, load_model_and_data
+from qviz.cli.options import (
+    MIN_BINS,
+    add_data_options,
+    batch_size_type,
+    input_path,
+    int_in,
+    output_path,
+)
+from qviz.core.files.validate import MAX_BINS
 from qviz.core.stats.collect import collect_stats
 from qviz.core.stats.stats_file import save_stats
 
@@ -19,41 +24,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Run the model over the data once and save the statistics.")
     p.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
     add_data_options(p)
-    p.add_argument("-o", "--output", type=Path, required=True, help="stats file to write")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--bins", type=int, default=2048, help="histogram bins per tensor")
-    p.add_argument("--state-dict", type=Path, help="state dict for a package.module:factory model")
+    p.add_argument("-o", "--output", type=output_path, required=True, help="stats file to write")
+    p.add_argument("--batch-size", type=batch_size_type, default=32,
+                   help="samples per run of the model")
+    p.add_argument("--bins", type=int_in(MIN_BINS, MAX_BINS), default=2048,
+                   help=f"histogram bins per tensor ({MIN_BINS}-{MAX_BINS})")
+    p.add_argument("--state-dict", type=input_path,
+                   help="state dict for a package.module:factory model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1 or args.bins < 16:
-        raise QvizError("--batch-size must be >= 1 and --bins >= 16")
+    out = checked_output(args, args.output)
     model, data = load_model_and_data(args)
-    bar = ProgressBar(sys.stderr, enabled=not args.quiet)
-    gen = collect_stats(model, data, batch_size=args.batch_size, bins=args.bins)
-    while True:
-        try:
-            bar.update(next(gen))
-        except StopIteration as stop:
-            stats = stop.value
-            break
-    bar.close()
-    save_stats(stats, args.output)
+    stats = drive(collect_stats(model, data, batch_size=args.batch_size, bins=args.bins),
+                  args.quiet)
+    save_stats(stats, out)
     print(f"wrote {args.output}: {len(stats.tensors)} activation tensors, "
           f"{stats.n_samples} samples of {stats.data_description}", file=sys.stderr)
     for note in stats.notes:
         print(f"note: {note}", file=sys.stderr)
     return 0
-
-
-def load_model_and_data(args: argparse.Namespace):  # -> tuple[LoadedModel, Dataset]
-    """Load the model (torch models are exported with one sample of the data) and the data."""
-    from qviz.core.data.dataset import peek_sample
-
-    sample = None
-    if not str(args.model).endswith(".onnx") and getattr(args, "data", None) is not None:
-        sample = peek_sample(args.data)
-    model = load_model(args.model, sample=sample, state_dict=getattr(args, "state_dict", None))
-    return model, load_dataset(args, model)

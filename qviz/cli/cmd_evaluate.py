@@ -16,17 +16,22 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from qviz.cli.common import drive, fmt_bytes, fmt_num, load_model_and_data
 from qviz.cli.options import (
     add_data_options,
+    add_kernel_options,
+    add_limit,
     add_model_and_source,
+    add_output_role,
     add_quant_options,
+    batch_size_type,
     config_from_args,
+    input_path,
     refuse_settings_with_config,
+    role_from_args,
 )
-from qviz.cli.progress_bar import ProgressBar
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, Verdict, check_all
 from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode, evaluate
@@ -44,20 +49,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_data_options(p)
     add_quant_options(p)
     g = p.add_argument_group("evaluation")
-    g.add_argument(
-        "--native",
-        action="store_true",
-        help="quantized numbers from ONNX Runtime's fused INT8 kernels (graph "
-        "optimizations on) instead of the simulation; reports the mismatch",
-    )
-    g.add_argument(
-        "--precise-int8",
-        action="store_true",
-        help="use ORT's exact U8U8 kernels (session.x64quantprecision=1) for the "
-        "native run: no 16-bit saturation on AVX2 CPUs without VNNI",
-    )
-    g.add_argument("--limit", type=int, metavar="N", help="evaluate the first N samples only")
-    g.add_argument("--batch-size", type=int, default=64)
+    add_kernel_options(g, native=False)
+    add_output_role(g)
+    add_limit(g, None, "evaluate the first N samples")
+    g.add_argument("--batch-size", type=batch_size_type, default=64,
+                   help="samples per run of the model")
     g.add_argument(
         "--criterion",
         action="append",
@@ -69,18 +65,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--no-latency", dest="latency", action="store_false", help="skip the latency measurement"
     )
-    g.add_argument("--state-dict", type=Path, help="state dict for a package.module:factory model")
+    g.add_argument("--state-dict", type=input_path,
+                   help="state dict for a package.module:factory model")
     g.add_argument("--json", action="store_true", help="print JSON instead of a table")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
 
-
 def _check_options(args: argparse.Namespace) -> list[Criterion]:
-    if args.batch_size < 1:
-        raise QvizError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.limit is not None and args.limit < 1:
-        raise QvizError(f"--limit must be at least 1, got {args.limit}")
     if args.config is not None:
         refuse_settings_with_config(args, args.config)
     return [Criterion.parse(text) for text in args.criterion]
@@ -107,8 +99,6 @@ def _results(args: argparse.Namespace, model: Any) -> tuple[list[Any], str]:
 
 def run(args: argparse.Namespace) -> int:
     criteria = _check_options(args)
-    from qviz.cli.cmd_collect import load_model_and_data
-
     model, data = load_model_and_data(args)
     if data.labels is None:
         needing = [c.spec for c in criteria if c.metric.needs_labels]
@@ -127,15 +117,9 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         batch_size=args.batch_size,
         latency=args.latency,
+        role=role_from_args(args, criteria),
     )
-    bar = ProgressBar(sys.stderr, enabled=not args.quiet)
-    while True:
-        try:
-            bar.update(next(gen))
-        except StopIteration as stop:
-            evaluation: Evaluation = stop.value
-            break
-    bar.close()
+    evaluation: Evaluation = drive(gen, args.quiet)
     verdicts = check_all(criteria, evaluation)
     if args.json:
         doc = evaluation.to_json()
@@ -160,19 +144,7 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
 
 
 def _fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
-    if value is None:
-        return ""
-    if not math.isfinite(value):
-        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def _bytes(n: int) -> str:
-    if n >= 1 << 20:
-        return f"{n / (1 << 20):.2f} MiB"
-    if n >= 1 << 10:
-        return f"{n / (1 << 10):.1f} KiB"
-    return f"{n} B"
+    return fmt_num(value, digits, signed, missing="")
 
 
 _DIGITS = {Metric.COSINE: 5, Metric.KL: 5, Metric.MAX_ABS_ERROR: 4}
@@ -222,7 +194,7 @@ def evaluation_table(e: Evaluation, verdicts: Sequence[Verdict], model: str, sou
     s = e.size
     lines += [
         "",
-        f"size:    {_bytes(s.float_bytes)} float -> {_bytes(s.quantized_bytes)} "
+        f"size:    {fmt_bytes(s.float_bytes)} float -> {fmt_bytes(s.quantized_bytes)} "
         f"quantized ({s.ratio:.2f}x smaller{', nominal' if s.nominal else ''})",
     ]
     if e.latency is not None:

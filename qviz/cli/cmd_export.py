@@ -1,4 +1,4 @@
-"""`qviz export STATS_OR_CONFIG --format FORMAT -o OUT`: the files production consumes.
+"""`qviz export STATS_OR_CONFIG --file-format FORMAT -o OUT`: the files production consumes.
 
 From a qviz config file the saved scales are exported exactly as they are; from a stats file
 the configuration comes from the same settings `qviz report` takes. Formats: the Q/DQ ONNX
@@ -15,19 +15,27 @@ import argparse
 import sys
 from pathlib import Path
 
-from qviz.cli.cmd_report import open_stats_and_model
+from qviz.cli.common import checked_output, drive, open_stats_and_model
 from qviz.cli.options import (
-    FORMAT_FAMILIES,
+    OldSpelling,
     add_data_options,
+    add_kernel_options,
+    add_limit,
+    add_output_role,
     add_quant_options,
+    batch_size_type,
     config_from_args,
+    input_path,
+    layout_from_args,
     load_dataset,
+    output_path,
     refuse_settings_with_config,
+    role_from_args,
 )
-from qviz.cli.progress_bar import ProgressBar
 from qviz.core.calibration.analysis import TensorResult, analyze
 from qviz.core.calibration.config import QuantConfig
 from qviz.core.errors import QvizError
+from qviz.core.evaluation.accumulators import OutputRole
 from qviz.core.evaluation.criteria import Criterion
 from qviz.core.evaluation.evaluate import Evaluation, evaluate
 from qviz.core.files.config_file import is_config_file, load_config, results_from_saved, save_config
@@ -38,31 +46,28 @@ from qviz.core.files.export import (
     export_qdq,
     export_trt_cache,
 )
-from qviz.core.files.report import PageFormat, build_report, write_report
+from qviz.core.files.report import PageFormat, build_report, report_files, write_report
 from qviz.core.model.loading import LoadedModel, load_model
+from qviz.core.runtime.sessions import KernelPrecision
 from qviz.core.stats.stats_file import is_stats_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    # `qviz report`'s --format (the number format family) would clash with the export
-    # format the issue names --format; here the number format is --number-format instead.
-    # "resolve" lets the later --format take the option string over from the shared group.
     p = sub.add_parser(
         "export", help="write the Q/DQ model, config, ORT overrides, TensorRT cache or report",
         description="Export a configuration from a qviz config file (its saved scales, bit "
-                    "for bit) or from a stats file plus the settings `qviz report` takes "
-                    "(its --format is --number-format here).",
-        conflict_handler="resolve",
+                    "for bit) or from a stats file plus the settings `qviz report` takes.",
     )
-    p.add_argument("source", type=Path, metavar="STATS_OR_CONFIG",
+    p.add_argument("source", type=input_path, metavar="STATS_OR_CONFIG",
                    help="stats file from `qviz collect`, or a qviz config file (.json)")
-    add_quant_options(p)
-    p.add_argument("--number-format", dest="fmt", choices=FORMAT_FAMILIES, default="int",
-                   help="number format family, as `qviz report --format` (nf4 is weight-only)")
-    p.add_argument("--format", dest="export_format", required=True,
-                   choices=[f.value for f in ExportFormat],
-                   help="; ".join(f"{f.value}: {f.description}" for f in ExportFormat))
-    p.add_argument("-o", "--output", type=Path, required=True,
+    add_quant_options(p, format_alias=False)  # here --format was the file type
+    choices = [f.value for f in ExportFormat]
+    p.add_argument("--file-format", dest="export_format", choices=choices,
+                   help="what to write (required): " +
+                   "; ".join(f"{f.value}: {f.description}" for f in ExportFormat))
+    p.add_argument("--format", dest="export_format", choices=choices, action=OldSpelling,
+                   new="--file-format")
+    p.add_argument("-o", "--output", type=output_path, required=True,
                    help="file to write (report: .html, .md, .json, or a folder)")
     p.add_argument("--model", help="the model file, if it moved since the stats/config were made")
     add_data_options(p, required=False)
@@ -70,20 +75,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--criterion", action="append", default=[], metavar="TEXT",
                    help="acceptance criterion for the report (needs --data), repeatable: "
                         "accuracy_drop<=1, cosine>=0.99, sqnr>=30, agreement>=99")
-    g.add_argument("--native", action="store_true",
-                   help="measure the effect with ORT's fused INT8 kernels, not the simulation")
-    g.add_argument("--limit", type=int, metavar="N", help="evaluate the first N samples only")
-    g.add_argument("--batch-size", type=int, default=64)
+    add_kernel_options(g, native=False)
+    add_output_role(g)
+    add_limit(g, None, "evaluate the first N samples")
+    g.add_argument("--batch-size", type=batch_size_type, default=64,
+                   help="samples per run of the model")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     t = p.add_argument_group("TensorRT")
     t.add_argument("--trt-version", default=TRT_DEFAULT_VERSION,
                    help=f"TensorRT version in the cache header (default {TRT_DEFAULT_VERSION} "
                         "= 8.6.1; TensorRT ignores a cache from another version)")
     p.set_defaults(run=run)
-
-
-_FLAGS = {"fmt": "--number-format"}
-
 
 
 def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterion]:
@@ -93,21 +95,20 @@ def _check_options(args: argparse.Namespace, fmt: ExportFormat) -> list[Criterio
         extra = [name for name, given in (
             ("--data/--random", has_data), ("--criterion", bool(args.criterion)),
             ("--native", args.native), ("--limit", args.limit is not None),
+            ("--precise-int8", args.precise_int8),
+            ("--outputs", args.outputs != OutputRole.AUTO.value),
+            ("--batch-axis/--const/--state", not layout_from_args(args).is_empty),
         ) if given]
         if extra:
-            raise QvizError(f"{', '.join(extra)} only apply to --format report")
+            raise QvizError(f"{', '.join(extra)} only apply to --file-format report")
     else:
         PageFormat.for_path(args.output)  # a bad suffix fails now, not after evaluating
         if args.criterion and not has_data:
             raise QvizError("--criterion needs --data (or --random) to measure against")
     if fmt is not ExportFormat.TRT_CACHE and args.trt_version != TRT_DEFAULT_VERSION:
-        raise QvizError("--trt-version only applies to --format trt-cache")
-    if not args.trt_version.isdigit():
+        raise QvizError("--trt-version only applies to --file-format trt-cache")
+    if not args.trt_version.isdigit() or len(args.trt_version) > 9:
         raise QvizError(f"--trt-version must be digits such as 8601, got {args.trt_version!r}")
-    if args.batch_size < 1:
-        raise QvizError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.limit is not None and args.limit < 1:
-        raise QvizError(f"--limit must be at least 1, got {args.limit}")
     return [Criterion.parse(text) for text in args.criterion]
 
 
@@ -127,7 +128,7 @@ def load_results(
         return model, analyze(model, stats, config), config, f"stats file {source}"
     if not is_config_file(source):
         raise QvizError(f"{source} is neither a qviz stats file nor a qviz config file")
-    refuse_settings_with_config(args, source, where="to a stats file", flags=_FLAGS)
+    refuse_settings_with_config(args, source, where="to a stats file")
     saved = load_config(source)
     model_path = args.model or saved.model_source
     if not Path(model_path).exists() and ":" not in model_path:
@@ -139,25 +140,40 @@ def load_results(
 def _evaluate(args: argparse.Namespace, model: LoadedModel,
               results: list[TensorResult]) -> Evaluation:
     data = load_dataset(args, model)
-    gen = evaluate(model, results, data, native=args.native, limit=args.limit,
-                   batch_size=args.batch_size)
-    bar = ProgressBar(sys.stderr, enabled=not args.quiet)
-    while True:
-        try:
-            bar.update(next(gen))
-        except StopIteration as stop:
-            bar.close()
-            return stop.value
+    precision = KernelPrecision.PRECISE if args.precise_int8 else KernelPrecision.DEFAULT
+    gen = evaluate(model, results, data, native=args.native, precision=precision,
+                   limit=args.limit, batch_size=args.batch_size, role=role_from_args(args))
+    evaluation: Evaluation = drive(gen, args.quiet)
+    return evaluation
+
+
+def _check_output(
+    args: argparse.Namespace, fmt: ExportFormat, model: LoadedModel | None = None
+) -> Path:
+    """Where to write, refused if it is not writable or would replace an input (the source,
+    the model, its external data, the data); a report's beside-files are checked too."""
+    recorded = [str(model.source)] if model is not None else []
+    if fmt is ExportFormat.REPORT:
+        files = report_files(args.output)
+        folder = PageFormat.for_path(args.output) is PageFormat.FOLDER
+        # A new report folder is built whole beside its target: nothing inside to check yet.
+        inside = files[1:] if not folder or files[0].is_dir() else ()
+        return checked_output(args, files[0], files=inside, folder=folder, models=recorded)
+    return checked_output(args, args.output, models=recorded)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.export_format is None:
+        names = ", ".join(f.value for f in ExportFormat)
+        raise QvizError(f"say what to write with --file-format ({names})")
     fmt = ExportFormat(args.export_format)
     criteria = _check_options(args, fmt)
+    _check_output(args, fmt)  # before loading: a bad -o fails at once
     model, results, config, origin = load_results(args)
     if not results and fmt is not ExportFormat.CONFIG:
         raise QvizError("the configuration quantizes nothing: nothing to export")
-    out: Path = args.output
-    written: tuple[Path, ...] = (out,)
+    out = _check_output(args, fmt, model)
+    written: tuple[Path, ...] = (args.output,)
     notes: tuple[str, ...] = ()
     if fmt is ExportFormat.QDQ:
         notes = export_qdq(model, results, out).notes

@@ -22,19 +22,27 @@ import math
 import sys
 from pathlib import Path
 
-from qviz.cli.cmd_sensitivity import (
-    add_run_options,
-    cache_from_args,
-    check_run_options,
+from qviz.cli.common import (
+    checked_output,
     drive,
+    fmt_bytes,
     fmt_num,
-    precision_from_args,
+    load_model_and_data,
 )
 from qviz.cli.options import (
     add_data_options,
     add_quant_options,
+    add_run_options,
+    cache_from_args,
+    check_run_options,
     config_from_args,
+    finite_float,
+    input_path,
+    int_in,
+    output_path,
+    precision_from_args,
     quant_defaults,
+    sample_count,
 )
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion, CriterionMetric
@@ -53,19 +61,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "a qviz config file. Exit status 1 when no configuration meets the criterion.",
     )
     p.add_argument("model", help="model: .onnx, TorchScript, .pt2, or package.module:factory")
-    p.add_argument("--stats", type=Path, required=True, help="stats file from `qviz collect`")
+    p.add_argument("--stats", type=input_path, required=True,
+                   help="stats file from `qviz collect`")
     add_data_options(p)
     add_quant_options(p)
     c = p.add_argument_group("criterion (one of)")
     crit = c.add_mutually_exclusive_group(required=True)
     crit.add_argument(
         "--max-accuracy-drop",
-        type=float,
+        type=finite_float,
         metavar="POINTS",
         help="accuracy may drop at most this many points (needs labels)",
     )
     crit.add_argument(
-        "--min-output-sqnr", type=float, metavar="DB", help="output SQNR at least this many dB"
+        "--min-output-sqnr", type=finite_float, metavar="DB",
+        help="output SQNR at least this many dB"
     )
     crit.add_argument(
         "--criterion",
@@ -89,17 +99,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument(
         "--confirm-limit",
-        type=int,
+        type=sample_count,
         metavar="N",
         help="confirm the answer on the first N samples (default: all of them)",
     )
-    s.add_argument("--max-trials", type=int, metavar="N", help="configurations measured at most")
+    s.add_argument("--max-trials", type=int_in(0, 1 << 20), metavar="N",
+                   help="configurations measured at most")
     add_run_options(p)
     o = p.add_argument_group("output")
     o.add_argument(
-        "-o", "--output", type=Path, required=True, help="qviz config file to write (.json)"
+        "-o", "--output", type=output_path, required=True,
+        help="qviz config file to write (.json)"
     )
-    o.add_argument("--state-dict", type=Path, help="state dict for a package.module:factory model")
+    o.add_argument("--state-dict", type=input_path,
+                   help="state dict for a package.module:factory model")
     o.add_argument("--json", action="store_true", help="print JSON instead of a table")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -109,15 +122,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 _SET_BY_ALLOW = {"bits": "--bits", "fmt": "--format"}
 
 
-
 def criterion_from_args(args: argparse.Namespace) -> Criterion:
     if args.max_accuracy_drop is not None:
-        if not math.isfinite(args.max_accuracy_drop):
-            raise QvizError("--max-accuracy-drop must be a finite number")
         return Criterion(CriterionMetric.ACCURACY_DROP, args.max_accuracy_drop)
     if args.min_output_sqnr is not None:
-        if not math.isfinite(args.min_output_sqnr):
-            raise QvizError("--min-output-sqnr must be a finite number")
         return Criterion(CriterionMetric.OUTPUT_SQNR, args.min_output_sqnr)
     return Criterion.parse(args.criterion)
 
@@ -129,12 +137,7 @@ def _check_options(args: argparse.Namespace) -> Criterion:
     given = [flag for key, flag in _SET_BY_ALLOW.items() if getattr(args, key) != defaults[key]]
     if given:
         raise QvizError(f"{', '.join(given)}: --allow sets every layer's format")
-    if args.confirm_limit is not None and args.confirm_limit < 1:
-        raise QvizError(f"--confirm-limit must be at least 1, got {args.confirm_limit}")
-    if args.max_trials is not None and args.max_trials < 0:
-        raise QvizError(f"--max-trials must not be negative, got {args.max_trials}")
-    if args.output.is_dir():
-        raise QvizError(f"-o {args.output} is a folder; give the config file to write")
+    checked_output(args, args.output)
     if not args.stats.is_file():
         raise QvizError(f"{args.stats}: no such file")
     return criterion_from_args(args)
@@ -144,7 +147,6 @@ def run(args: argparse.Namespace) -> int:
     criterion = _check_options(args)
     allowed = parse_precisions(args.allow)
     base = config_from_args(args)
-    from qviz.cli.cmd_collect import load_model_and_data
     from qviz.core.calibration.analysis import check_stats_match
     from qviz.core.files.config_file import save_config
     from qviz.core.search.mixed import mixed_precision
@@ -167,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
             limit=args.limit,
             confirm_limit=args.confirm_limit,
             batch_size=args.batch_size,
-            native=not args.simulation,
+            native=args.native,
             precision=precision_from_args(args),
             max_trials=args.max_trials,
             cache=cache_from_args(args),
@@ -176,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     )
     written: Path | None = None
     if result.passed:
-        save_config(args.output, model, result.config, result.results)
+        save_config(checked_output(args, args.output), model, result.config, result.results)
         written = args.output
     if args.json:
         doc = {"model": str(model.source), "stats": str(args.stats), **result.to_json()}
@@ -189,14 +191,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- table
-
-
-def _bytes(n: int) -> str:
-    if n >= 1 << 20:
-        return f"{n / (1 << 20):.2f} MiB"
-    if n >= 1 << 10:
-        return f"{n / (1 << 10):.1f} KiB"
-    return f"{n} B"
 
 
 def mixed_table(r: MixedResult, model: str, written: Path | None) -> str:
@@ -220,7 +214,7 @@ def mixed_table(r: MixedResult, model: str, written: Path | None) -> str:
         rows.append(
             (
                 str(p.index),
-                _bytes(p.size_bytes),
+                fmt_bytes(p.size_bytes),
                 fmt_num(p.value, digits),
                 str(p.n_float_layers),
                 "pass" if p.passed else "fail",
@@ -261,7 +255,7 @@ def mixed_table(r: MixedResult, model: str, written: Path | None) -> str:
         lines.append(f"output:    SQNR {fmt_num(e.quantized_metrics.get(Metric.SQNR))} dB")
     ratio = r.float_size_bytes / r.size_bytes if r.size_bytes else math.inf
     lines.append(
-        f"size:      {_bytes(r.float_size_bytes)} float -> {_bytes(r.size_bytes)} "
+        f"size:      {fmt_bytes(r.float_size_bytes)} float -> {fmt_bytes(r.size_bytes)} "
         f"({ratio:.2f}x smaller)"
     )
     if r.verdict is not None:

@@ -17,24 +17,25 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Generator
-from pathlib import Path
 from typing import Any
 
+from qviz.cli.common import drive, fmt_num, load_model_and_data
 from qviz.cli.options import (
     add_data_options,
     add_model_and_source,
     add_quant_options,
+    add_run_options,
+    cache_from_args,
+    check_run_options,
     config_from_args,
+    input_path,
+    precision_from_args,
     refuse_settings_with_config,
 )
-from qviz.cli.progress_bar import ProgressBar
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.evaluate import Metric
-from qviz.core.progress import Progress, format_seconds
-from qviz.core.runtime.sessions import KernelPrecision
-from qviz.core.search.sensitivity import DEFAULT_LIMIT, SensitivityReport, float_value
-from qviz.core.search.sensitivity_cache import SensitivityCache
+from qviz.core.progress import format_seconds
+from qviz.core.search.sensitivity import SensitivityReport, float_value
 
 # Short names people type, beside the keys `qviz evaluate --json` uses.
 METRIC_NAMES: dict[str, Metric] = {
@@ -68,87 +69,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="task metric: accuracy (default with labels), agreement, sqnr (default "
         "without labels), cosine, kl",
     )
-    g.add_argument("--sort", choices=SORT_KEYS, default="depth", help="row order (default: depth)")
-    g.add_argument("--state-dict", type=Path, help="state dict for a package.module:factory model")
+    g.add_argument("--sort", choices=SORT_KEYS, default="depth",
+                   help="row order, in the table and the JSON")
+    g.add_argument("--state-dict", type=input_path,
+                   help="state dict for a package.module:factory model")
     g.add_argument("--json", action="store_true", help="print JSON instead of a table")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
-
-
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    """How the variants run: shared by `qviz sensitivity` and `qviz mixed`."""
-    g = p.add_argument_group("measurement")
-    g.add_argument(
-        "--limit",
-        type=parse_limit,
-        default=DEFAULT_LIMIT,
-        metavar="N",
-        help=f"samples each variant runs on (default {DEFAULT_LIMIT}; 'all' for every sample)",
-    )
-    g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument(
-        "--simulation",
-        action="store_true",
-        help="run the variants in the simulation (Q/DQ op by op) instead of natively "
-        "(ORT's fused integer kernels, which production runs)",
-    )
-    g.add_argument(
-        "--precise-int8",
-        action="store_true",
-        help="use ORT's exact U8U8 kernels (session.x64quantprecision=1) natively: no 16-bit "
-        "saturation on AVX2 CPUs without VNNI",
-    )
-    g.add_argument("--cache-dir", type=Path, help="sensitivity cache folder "
-                   "(default ~/.cache/qviz/sensitivity)")  # fmt: skip
-    g.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-
-
-def parse_limit(text: str) -> int | None:
-    """``N`` (at least 1) or ``all``."""
-    if text.strip().lower() == "all":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a sample count or 'all', got {text!r}"
-        ) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def check_run_options(args: argparse.Namespace) -> None:
-    if args.batch_size < 1:
-        raise QvizError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.simulation and args.precise_int8:
-        raise QvizError(
-            "--precise-int8 chooses native kernels; it does not apply with --simulation"
-        )
-    if args.no_cache and args.cache_dir is not None:
-        raise QvizError("--cache-dir and --no-cache contradict each other")
-
-
-def cache_from_args(args: argparse.Namespace) -> SensitivityCache | None:
-    return None if args.no_cache else SensitivityCache(args.cache_dir)
-
-
-def precision_from_args(args: argparse.Namespace) -> KernelPrecision:
-    return KernelPrecision.PRECISE if args.precise_int8 else KernelPrecision.DEFAULT
-
-
-def drive(gen: Generator[Progress, None, Any], quiet: bool) -> Any:
-    """Run a core generator to its result with a progress bar on stderr."""
-    bar = ProgressBar(sys.stderr, enabled=not quiet)
-    try:
-        while True:
-            try:
-                bar.update(next(gen))
-            except StopIteration as stop:
-                return stop.value
-    finally:
-        bar.close()
-
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
     if args.config is not None:
         refuse_settings_with_config(args, args.config)
     metric = METRIC_NAMES[args.metric] if args.metric else None
-    from qviz.cli.cmd_collect import load_model_and_data
     from qviz.core.search.sensitivity import sensitivity
 
     model, data = load_model_and_data(args)
@@ -186,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             metric=metric,
             limit=args.limit,
             batch_size=args.batch_size,
-            native=not args.simulation,
+            native=args.native,
             precision=precision_from_args(args),
             cache=cache_from_args(args),
         ),
@@ -195,6 +121,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         doc = {"model": str(model.source), "config": origin, **report.to_json()}
         doc["ranking"] = [s.name for s in report.ranking()]
+        # The layers in the order --sort asks for, as the table has them, with their rank.
+        entries = {e["name"]: e for e in doc["layers"]}
+        rank = {name: i + 1 for i, name in enumerate(doc["ranking"])}
+        doc["sort"] = args.sort
+        doc["layers"] = [
+            {**entries[s.name], "rank": rank[s.name]} for s in _rows(report, args.sort)
+        ]
         json.dump(doc, sys.stdout, indent=1, allow_nan=False)
         sys.stdout.write("\n")
     else:
@@ -203,14 +136,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- table
-
-
-def fmt_num(value: float | None, digits: int = 2, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    if not math.isfinite(value):
-        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
 def metric_digits(metric: Metric) -> int:

@@ -1,7 +1,8 @@
-"""`qviz [PATH] [--data DATA]`: open the desktop app.
+"""`qviz [PATH] [--data DATA] [--eval-data EVAL]`: open the desktop app.
 
 * no path — the built-in demo model with its data, calibrating in the background;
-* a model — opened, and calibrated on `--data` when given;
+* a model — opened, and calibrated on `--data` when given; end-to-end numbers measured on
+  `--eval-data` when given, else on a part of `--data` held out for evaluation;
 * a stats file (`.qvstats`) — its statistics and the model they were collected on;
 * a session (`*.qviz.json`) — the model, data and every setting saved in it.
 """
@@ -15,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from qviz.cli import COMMANDS
+from qviz.cli.display import display_problem
 from qviz.core.errors import QvizError
 
 
@@ -22,13 +25,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qviz",
         description="Quantization error, layer by layer. Without a path, opens the demo.",
-        epilog="Headless subcommands: qviz collect, qviz report (see qviz COMMAND --help).",
+        epilog="Headless commands: "
+        + ", ".join(f"qviz {c}" for c in COMMANDS)
+        + " (see qviz COMMAND --help).",
     )
     parser.add_argument(
         "path", nargs="?", type=Path,
         help="a model (.onnx .pt .pth .ts .pt2), statistics (.qvstats) or session (.qviz.json)",
     )
     parser.add_argument("--data", type=Path, help="calibration data for the model")
+    parser.add_argument(
+        "--eval-data", type=Path,
+        help="evaluation data (default: one sample in five of --data, held out)",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=32, help="calibration batch size (default 32)"
     )
@@ -43,6 +52,13 @@ def run_gui(argv: Sequence[str]) -> int:
         return 2
     if args.data is not None and args.path is None:
         sys.stderr.write("qviz: error: --data needs a model to calibrate\n")
+        return 2
+    if args.eval_data is not None and args.data is None:
+        sys.stderr.write("qviz: error: --eval-data needs --data to calibrate on\n")
+        return 2
+    problem = display_problem()
+    if problem is not None:
+        sys.stderr.write(f"qviz: error: {problem}\n")
         return 2
 
     # Qt is imported only here so the headless subcommands never need a display.
@@ -80,7 +96,7 @@ def run_gui(argv: Sequence[str]) -> int:
             window.reporter.report(exc)
             return
         if kind is PathKind.MODEL:
-            window.files.open_model(path, data_path=args.data)
+            window.files.open_model(path, data_path=args.data, eval_data_path=args.eval_data)
         else:
             window.files.open_path(path)
 

@@ -74,7 +74,7 @@ def core_evaluation(window: MainWindow, config: QuantConfig | None = None, *,
                     limit: int | None = LIVE_LIMIT) -> Evaluation:
     """What the core's evaluate() measures for the window's settings, without the window."""
     doc = window.doc
-    assert doc.model is not None and doc.stats is not None and doc.data_path is not None
-    results = analyze(doc.model, doc.stats, config if config is not None else doc.config)
-    data = load_data(doc.data_path, doc.model.inputs)
-    return run_to_completion(evaluate(doc.model, results, data, limit=limit, latency=False))
+    inputs = doc.measure_inputs("Evaluation", config)  # the window's evaluation data
+    results = analyze(inputs.model, inputs.stats, inputs.config)
+    data = inputs.load()
+    return run_to_completion(evaluate(inputs.model, results, data, limit=limit, latency=False))

@@ -104,6 +104,36 @@ def test_pin_a_then_explore_b(qtbot: QtBot, window: MainWindow) -> None:
     assert not panel._row_labels["a_sqnr"].isVisible()
 
 
+def test_a_and_b_are_compared_like_with_like(qtbot: QtBot, window: MainWindow) -> None:
+    """B's live numbers beside A's live ones; after Run ▸ Evaluate, B's full evaluation beside
+    A's, measured the same way (never a 256-sample simulation against a full native run)."""
+    doc, panel = window.doc, window.model_panel
+    window.commands.pin.trigger()
+    doc.select(CONV_W)
+    with qtbot.waitSignal(window.evaluation.evaluated, timeout=RUN_MS):
+        window.controls.bits_spin.setValue(4)
+    pinned = doc.pinned
+    b = doc.measures.evaluation
+    assert pinned is not None and b is not None and not b.full
+    assert pinned.live is not None and pinned.full is None
+    assert pinned.live.evaluation.n_samples == b.evaluation.n_samples
+
+    window.evaluation.evaluate_full()
+    qtbot.waitUntil(
+        lambda: doc.pinned is not None and doc.pinned.full is not None, timeout=RUN_MS
+    )
+    qtbot.waitUntil(lambda: not window.busy and not window.evaluation.pinned_live.is_busy,
+                    timeout=RUN_MS)
+    a_full, b_full = doc.pinned.full, doc.measures.evaluation
+    assert a_full is not None and b_full is not None and b_full.full
+    assert a_full.evaluation.n_samples == b_full.evaluation.n_samples
+    assert a_full.evaluation.mode is b_full.evaluation.mode
+    acc_a = a_full.evaluation.quantized_metrics[Metric.ACCURACY]
+    acc_b = b_full.evaluation.quantized_metrics[Metric.ACCURACY]
+    assert panel.text("accuracy", "a") == f"{acc_a:.2f} %"
+    assert panel.text("accuracy", "ab") == f"{acc_b - acc_a:+.2f} points".replace("-", "−")
+
+
 def test_export_either_configuration(qtbot: QtBot, window: MainWindow, tmp_path: Path) -> None:
     from qviz.core.files.config_file import load_config
     from qviz.core.files.export import ExportFormat
@@ -112,8 +142,9 @@ def test_export_either_configuration(qtbot: QtBot, window: MainWindow, tmp_path:
     window.commands.pin.trigger()
     doc.select(RELU)
     window.controls.method_combo.setCurrentIndex(
-        window.controls.method_combo.findData(Method.MSE)
+        window.controls.method_combo.findData(Method.ENTROPY)  # not the default (MSE)
     )
+    assert doc.config != doc.pinned.config  # type: ignore[union-attr]
     dialog = window.open_export_dialog()
     assert dialog is not None and dialog.which_combo.isVisible()
     for which, config in (("A", doc.pinned.config), ("B", doc.config)):  # type: ignore[union-attr]

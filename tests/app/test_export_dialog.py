@@ -59,6 +59,7 @@ def test_every_format_is_written_and_reads_back(
     results = analyze(doc.model, doc.stats, doc.config)
     dialog = open_dialog(window)
 
+    (tmp_path / "out").mkdir()  # a save dialog offers existing folders only
     qdq = tmp_path / "out" / "model.qdq.onnx"
     export(qtbot, dialog, ExportFormat.QDQ, qdq)
     graph = onnx.load(str(qdq))
@@ -176,3 +177,26 @@ def test_export_needs_a_model(make_window: MakeWindow) -> None:
     window = make_window()
     assert window.open_export_dialog() is None
     assert "open a model" in window.status_text()
+
+
+def test_no_export_or_save_replaces_a_file_the_session_reads(
+    qtbot: QtBot, evaluated_window: MainWindow, tmp_path: Path
+) -> None:
+    window = evaluated_window
+    doc = window.doc
+    assert doc.model_path is not None
+    before = doc.model_path.read_bytes()
+    dialog = open_dialog(window)
+    dialog.set_format(ExportFormat.QDQ)
+    dialog.set_path(doc.model_path)  # the model itself
+    with qtbot.waitSignal(window.reporter.errorShown, timeout=RUN_MS) as blocker:
+        assert not dialog.export_now()
+    assert doc.model_path.name in blocker.args[0] and "bug" not in blocker.args[0]
+    dialog.close()
+    # Saving the session or the statistics onto the model is refused the same way.
+    with qtbot.waitSignal(window.reporter.errorShown, timeout=RUN_MS):
+        assert not window.files.save_session_to(doc.model_path)
+    with qtbot.waitSignal(window.reporter.errorShown, timeout=RUN_MS):
+        assert not window.files.save_stats_to(doc.model_path)
+    assert doc.model_path.read_bytes() == before
+    assert window.files.save_session_to(tmp_path / "fine.qvsession")

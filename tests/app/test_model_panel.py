@@ -233,29 +233,34 @@ def test_full_evaluation_fills_latency_fusion_and_the_table(
     outcome = blocker.args[0]
     qtbot.waitUntil(lambda: not window.jobs.is_busy, timeout=RUN_MS)
     ev = outcome.evaluation
-    assert outcome.full and ev.mode is RunMode.NATIVE and ev.n_samples == 2000
+    # Measured on the 400 samples held out of the demo's 2000, never on the calibration data.
+    assert outcome.full and ev.mode is RunMode.NATIVE and ev.n_samples == 400
     assert ev.latency is not None and ev.fusion is not None
     texts = outcome_texts(outcome)
     for row in ("accuracy", "latency", "fused", "mismatch", "size"):
         assert [panel.text(row, c) for c in ("float", "quantized", "delta")] == list(texts[row])
     assert panel.text("latency", "float") == f"{ev.latency.float_ms:.2f} ms"
     assert panel.text("fused").startswith(f"{len(ev.fusion.fused)} of {ev.fusion.n_layers}")
-    # The default 8-bit weights put every fused layer at risk where the kernels saturate.
-    assert set(ev.fusion.saturating) == (set(ev.fusion.fused) if u8s8_saturates else set())
-    assert ("may saturate" in panel.text("fused")) is u8s8_saturates
-    assert "native INT8, all 2000 samples" in panel.source_label.text()
+    # 8-bit signed weights put every fused layer at risk where the kernels saturate. (The
+    # window took its defaults from the real detection before the fixture's answer: int8
+    # weights where the kernels are exact, int7 where they saturate, never at risk.)
+    weights = window.doc.config.weights.fmt
+    at_risk = u8s8_saturates and weights.bits == 8 and weights.signed
+    assert set(ev.fusion.saturating) == (set(ev.fusion.fused) if at_risk else set())
+    assert ("may saturate" in panel.text("fused")) is at_risk
+    assert "native INT8, all 400 samples of the held-out 1 in 5" in panel.source_label.text()
     assert "Evaluated on native INT8" in window.status_text()
     # The layer table tells, per layer, which kernel ORT chose (or why not).
     layer = window.doc.tensor(CONV_W).layer.name
     kernel = ev.fusion.kernels.get(layer)
     cell = window.table.cell_text(CONV_W, Column.NATIVE)
     if kernel is not None:
-        assert kernel in cell and cell[0] == ("⚠" if u8s8_saturates else "✓")
+        assert kernel in cell and cell[0] == ("⚠" if at_risk else "✓")
         model = window.table.model
         tip = model.data(
             model.index_of(CONV_W, Column.NATIVE), Qt.ItemDataRole.ToolTipRole
         )
-        assert ("can saturate" in tip) is u8s8_saturates
+        assert ("can saturate" in tip) is at_risk
     else:
         assert cell.startswith("✗") and ev.fusion.unfused[layer] in cell
     # A later live run for the same settings does not replace the fuller numbers.

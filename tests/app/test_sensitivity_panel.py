@@ -24,6 +24,7 @@ from qviz.core.calibration.analysis import QuantTensor, TensorKey
 from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.data.dataset import load_data
+from qviz.core.data.split import Holdout, Part, split
 from qviz.core.document.session import to_session
 from qviz.core.evaluation.evaluate import Metric, RunMode
 from qviz.core.files.session_file import SessionFile, load_session, save_session
@@ -124,9 +125,10 @@ def test_sensitivity_fills_the_table_and_the_chart_and_is_cached(
     assert report.metric is Metric.ACCURACY and report.n_samples == LIMIT
     assert window.sensitivity_dock.isVisible() and not table.view.isColumnHidden(Column.RECOVERY)
 
-    # The core, run on its own with the document's model, statistics, settings and data.
+    # The core, run on its own with the document's model, statistics, settings and its
+    # evaluation data (the samples held out of the calibration data).
     assert doc.model is not None and doc.stats is not None and doc.data_path is not None
-    data = load_data(doc.data_path, doc.model.inputs)
+    data = split(load_data(doc.data_path, doc.model.inputs), Holdout(), Part.EVALUATION)
     core = run_to_completion(sensitivity(doc.model, doc.stats, doc.config, data, limit=LIMIT))
     assert [s.name for s in report.layers] == [s.name for s in core.layers]
     for mine, theirs in zip(report.layers, core.layers, strict=True):
@@ -149,7 +151,10 @@ def test_sensitivity_fills_the_table_and_the_chart_and_is_cached(
         s.recovery for s in core.layers
     )
     header = table.view.header()
-    assert header.visualIndex(Column.DROP) == header.visualIndex(Column.CLIPPED) + 1
+    # End to end beside local: Clipped, (Eval clipped,) Drop, Recovery side by side, fixed.
+    order = [Column.CLIPPED, Column.EVAL_CLIPPED, Column.DROP, Column.RECOVERY]
+    first_index = header.visualIndex(Column.CLIPPED)
+    assert [header.visualIndex(c) for c in order] == list(range(first_index, first_index + 4))
 
     # The chart: bars along depth with the same numbers; clicking one selects its layer.
     chart = window.sensitivity_panel.chart
@@ -265,10 +270,10 @@ def test_mixed_precision_finds_a_passing_mix_and_points_apply(
     # The proof: 4-bit weights everywhere fail, measured on every sample; the mix meets it.
     assert result.baseline.label == "all int4" and not result.baseline.passed
     base = window.doc.measures.mixed.baseline
-    assert base is not None and base.n_samples == 2000
+    assert base is not None and base.n_samples == 400  # every held-out sample
     assert base.accuracy_drop is not None and base.accuracy_drop > 0.5
     e = result.evaluation
-    assert result.passed and e is not None and e.n_samples == 2000
+    assert result.passed and e is not None and e.n_samples == 400
     assert e.mode is RunMode.NATIVE
     assert e.accuracy_drop is not None and e.accuracy_drop <= 0.5
     assert result.changed and result.size_bytes < 2 * result.baseline.size_bytes
@@ -278,7 +283,7 @@ def test_mixed_precision_finds_a_passing_mix_and_points_apply(
     assert dialog.verdict_label.text().startswith("PASS: accuracy drop")
     summary = dialog.summary_label.text()
     accuracy = e.quantized_metrics[Metric.ACCURACY]
-    assert f"accuracy {accuracy:.2f} %" in summary and "all 2000 samples" in summary
+    assert f"accuracy {accuracy:.2f} %" in summary and "all 400 samples" in summary
     assert fmt_bytes(result.size_bytes) in summary
     assert f"accuracy {base.quantized_metrics[Metric.ACCURACY]:.2f} %" in summary
     assert "FAIL" in summary  # the all-int4 comparison

@@ -74,7 +74,7 @@ def test_report_table(demo_stats: Path, capsys: pytest.CaptureFixture[str]) -> N
         ["report", "STATS", "--method", "bogus"],
         ["report", "STATS", "--bits", "9"],
         ["report", "STATS", "--percentile", "120", "--method", "percentile"],
-        ["report", "STATS", "--format", "int", "--bits", "1"],
+        ["report", "STATS", "--number-format", "int", "--bits", "1"],
         ["report", "/nonexistent.qvstats"],
         ["report", "STATS", "--no-such-option"],
     ],

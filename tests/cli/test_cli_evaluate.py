@@ -141,11 +141,17 @@ def test_the_cpu_answer_can_be_set_in_the_environment(
     marks the fused int8 layers at risk exactly when told (the measured numbers still come
     from this machine's kernels, so only the report is asserted)."""
     monkeypatch.setenv(ENV_VAR, "1" if saturates else "0")
-    assert main([*base_args(demo_stats), "--native", "--json", "--limit", "64"]) == 0
+    assert main([*base_args(demo_stats), "--native", "--json", "--limit", "64", "--bits", "8"]) == 0
     fusion = json.loads(capsys.readouterr().out)["native"]["fusion"]
     assert len(fusion["fused"]) == 6
     assert set(fusion["saturating"]) == (set(fusion["fused"]) if saturates else set())
     assert (SATURATION_NOTE in fusion["notes"]) is saturates
+    # Without --bits the weights default to what does not saturate there (int7), said once.
+    assert main([*base_args(demo_stats), "--native", "--json", "--limit", "64"]) == 0
+    out = capsys.readouterr()
+    fusion = json.loads(out.out)["native"]["fusion"]
+    assert len(fusion["fused"]) == 6 and not fusion["saturating"]
+    assert ("default to int7" in out.err) is saturates and out.err.count("\n") == saturates
 
 
 def test_a_bad_cpu_answer_in_the_environment_is_one_line(

@@ -31,7 +31,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     stats = tmp / "conv_net.qvstats"
     assert main(["collect", str(model), "--random", "16", "-o", str(stats), "--quiet"]) == 0
     config = tmp / "conv_net.json"
-    assert main(["export", str(stats), "--format", "config", "-o", str(config),
+    assert main(["export", str(stats), "--file-format", "config", "-o", str(config),
                  "--method", "percentile", "--asymmetric", "--number-format", "uint"]) == 0
     return {"model": model, "stats": stats, "config": config}
 
@@ -43,7 +43,7 @@ def test_every_format_from_stats_and_from_config(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / f"out.{fmt}"
-    assert main(["export", str(files[source]), "--format", fmt, "-o", str(out)]) == 0
+    assert main(["export", str(files[source]), "--file-format", fmt, "-o", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     if fmt == "qdq":
         onnx.checker.check_model(onnx.load(out))
@@ -63,20 +63,21 @@ def test_config_file_exports_exactly_its_saved_scales(
     with the settings the config was made with."""
     from_config = tmp_path / "from_config.onnx"
     from_stats = tmp_path / "from_stats.onnx"
-    assert main(["export", str(files["config"]), "--format", "qdq", "-o", str(from_config)]) == 0
-    assert main(["export", str(files["stats"]), "--format", "qdq", "-o", str(from_stats),
+    assert main(["export", str(files["config"]), "--file-format", "qdq",
+                 "-o", str(from_config)]) == 0
+    assert main(["export", str(files["stats"]), "--file-format", "qdq", "-o", str(from_stats),
                  "--method", "percentile", "--asymmetric", "--number-format", "uint"]) == 0
     assert from_config.read_bytes() == from_stats.read_bytes()
     # Re-saving a config file reproduces it byte for byte.
     again = tmp_path / "again.json"
-    assert main(["export", str(files["config"]), "--format", "config", "-o", str(again)]) == 0
+    assert main(["export", str(files["config"]), "--file-format", "config", "-o", str(again)]) == 0
     assert again.read_bytes() == files["config"].read_bytes()
 
 
 def test_report_with_measured_effect(files: dict[str, Path], tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "report.html"
-    args = ["export", str(files["config"]), "--format", "report", "-o", str(out),
+    args = ["export", str(files["config"]), "--file-format", "report", "-o", str(out),
             "--random", "16", "--criterion", "cosine>=0.5", "--quiet"]
     assert main(args) == 0
     assert "verdict: PASS" in capsys.readouterr().out
@@ -88,22 +89,22 @@ def test_report_with_measured_effect(files: dict[str, Path], tmp_path: Path,
 
 def test_report_without_data_goes_to_a_folder(files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "rep"
-    assert main(["export", str(files["stats"]), "--format", "report", "-o", str(out)]) == 0
+    assert main(["export", str(files["stats"]), "--file-format", "report", "-o", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "report.html", "report.json", "report.md", "sqnr.svg"]
 
 
 BAD = [
-    (["{missing}", "--format", "qdq"], "no such file"),
-    (["{model}", "--format", "qdq"], "neither a qviz stats file nor a qviz config file"),
-    (["{stats}", "--format", "pdf"], "invalid choice"),
-    (["{config}", "--format", "qdq", "--bits", "4"], "--bits only apply to a stats file"),
-    (["{stats}", "--format", "qdq", "--random", "4"], "only apply to --format report"),
-    (["{stats}", "--format", "report", "--criterion", "sqnr>=3"], "--criterion needs --data"),
-    (["{stats}", "--format", "ort-overrides", "--bits", "6"], "cannot express"),
-    (["{stats}", "--format", "trt-cache", "--trt-version", "8.6"], "must be digits"),
-    (["{future}", "--format", "qdq"], "schema_version 7; this qviz reads up to 1"),
-    (["{stats}", "--format", "qdq", "--model", "{missing}"], "--model .*: no such file"),
+    (["{missing}", "--file-format", "qdq"], "no such file"),
+    (["{model}", "--file-format", "qdq"], "neither a qviz stats file nor a qviz config file"),
+    (["{stats}", "--file-format", "pdf"], "invalid choice"),
+    (["{config}", "--file-format", "qdq", "--bits", "4"], "--bits only apply to a stats file"),
+    (["{stats}", "--file-format", "qdq", "--random", "4"], "only apply to --file-format report"),
+    (["{stats}", "--file-format", "report", "--criterion", "sqnr>=3"], "--criterion needs --data"),
+    (["{stats}", "--file-format", "ort-overrides", "--bits", "6"], "cannot express"),
+    (["{stats}", "--file-format", "trt-cache", "--trt-version", "8.6"], "must be digits"),
+    (["{future}", "--file-format", "qdq"], "schema_version 7; this qviz reads up to 1"),
+    (["{stats}", "--file-format", "qdq", "--model", "{missing}"], "--model .*: no such file"),
 ]
 
 
@@ -119,6 +120,7 @@ def test_bad_input_is_one_line_exit_2_and_no_file(
     names = {**{k: str(v) for k, v in files.items()}, "missing": str(tmp_path / "absent.bin"),
              "future": str(future)}
     out = tmp_path / "out" / "result.onnx"
+    out.parent.mkdir()
     if "report" in argv:
         out = out.with_suffix(".html")
     args = ["export", *(a.format(**names) for a in argv), "-o", str(out)]
@@ -130,4 +132,4 @@ def test_bad_input_is_one_line_exit_2_and_no_file(
     err = capsys.readouterr().err
     assert err.startswith("qviz: error: ") and err.count("\n") == 1, err
     assert re.search(message, err), err
-    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+    assert list(out.parent.iterdir()) == []

@@ -70,13 +70,23 @@ def test_sensitivity_json_and_cache(
     assert main(args) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["cached"] and again["layers"] == doc["layers"]
+    assert [x["rank"] for x in doc["layers"]] == [
+        doc["ranking"].index(x["name"]) + 1 for x in doc["layers"]
+    ]
+
+    # --sort orders the JSON's layers as it orders the table's rows.
+    assert main([*args, "--sort", "score"]) == 0
+    by_score = json.loads(capsys.readouterr().out)
+    assert by_score["sort"] == "score"
+    assert [x["name"] for x in by_score["layers"]] == doc["ranking"]
+    assert [x["rank"] for x in by_score["layers"]] == list(range(1, len(doc["ranking"]) + 1))
 
 
 def test_sensitivity_table_from_a_config_file(
     demo_stats: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "int4.json"
-    assert main(["export", str(demo_stats), "--format", "config", "--bits", "4",
+    assert main(["export", str(demo_stats), "--file-format", "config", "--bits", "4",
                  "-o", str(config)]) == 0  # fmt: skip
     capsys.readouterr()
     args = ["sensitivity", *model_data(), "--config", str(config), "--limit", "100",
@@ -159,7 +169,7 @@ def test_evaluate_and_export_accept_the_config(
     assert ev["quantized"]["accuracy"] == doc["measured"]["quantized"]["accuracy"]
     assert ev["size_bytes"]["quantized"] == doc["size_bytes"]["quantized"]
     qdq = tmp_path / "mixed.onnx"
-    assert main(["export", str(out), "--format", "qdq", "-o", str(qdq)]) == 0
+    assert main(["export", str(out), "--file-format", "qdq", "-o", str(qdq)]) == 0
     assert qdq.is_file()
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from qviz.core.data import arrays as arrays_module
 from qviz.core.data import dataset as data_module
 from qviz.core.data.dataset import (
     Dataset,
@@ -25,8 +26,8 @@ from qviz.core.model.loading import InputSpec
 F32 = np.dtype(np.float32)
 IMAGE_INPUT = (InputSpec("x", (None, 3, 8, 8), F32),)
 SEQ_INPUTS = (
-    InputSpec("x", (None, None, 8), F32),
-    InputSpec("mask", (None, None), F32),
+    InputSpec("x", (None, None, 8), F32, ("N", "S", None)),
+    InputSpec("mask", (None, None), F32, ("N", "S")),
 )
 
 
@@ -88,7 +89,7 @@ def test_compressed_npz_streams(tmp_path: Path) -> None:
     x = images(9).astype(np.float32)
     np.savez_compressed(tmp_path / "d.npz", x=x, labels=np.arange(9) % 3)
     ds = load_data(tmp_path / "d.npz", IMAGE_INPUT)
-    assert isinstance(ds._chunks[0].arrays["x"], data_module._ZipStream)
+    assert isinstance(ds._chunks[0].arrays["x"], arrays_module.ZipStream)
     for size in (1, 4, 9, 20):
         np.testing.assert_array_equal(collect(ds, size), x)
     np.testing.assert_array_equal(ds.first_sample()["x"], x[:1])
@@ -192,10 +193,10 @@ def test_npy_for_multi_input_model(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("shape", "message"),
     [
-        ((4, 3, 8, 9), r"axis 3: 9 != 8"),
-        ((4, 1, 8, 8), r"axis 1: 1 != 3"),
-        ((4, 3, 8), r"expects rank 4"),
-        ((4, 1, 3, 8, 8), r"expects rank 4"),
+        ((4, 3, 8, 9), r"axis 3 is 9 where the model needs 8"),
+        ((4, 1, 8, 8), r"axis 1 is 1 where the model needs 3"),
+        ((4, 3, 8), r"give N samples as \(\?, 3, 8, 8\)"),
+        ((4, 1, 3, 8, 8), r"give N samples as \(\?, 3, 8, 8\)"),
     ],
 )
 def test_shape_mismatch(tmp_path: Path, shape: tuple[int, ...], message: str) -> None:
@@ -371,7 +372,7 @@ def test_preprocess_json_round_trip(tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text(json.dumps(p.to_dict()))
     assert Preprocess.from_json(tmp_path / "p.json") == p
     (tmp_path / "bad.json").write_text("{nope")
-    with pytest.raises(QvizError, match="not valid JSON"):
+    with pytest.raises(QvizError, match="invalid JSON"):
         Preprocess.from_json(tmp_path / "bad.json")
 
 

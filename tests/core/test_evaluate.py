@@ -19,6 +19,7 @@ from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.data.dataset import Dataset, load_data, random_data
 from qviz.core.demo import DEMO_DIR
 from qviz.core.errors import QvizError
+from qviz.core.evaluation.accumulators import looks_like_class_scores
 from qviz.core.evaluation.criteria import Comparison, Criterion, CriterionMetric
 from qviz.core.evaluation.evaluate import (
     Evaluation,
@@ -26,6 +27,7 @@ from qviz.core.evaluation.evaluate import (
     Metric,
     ModelSize,
     OutputKind,
+    OutputRole,
     RunMode,
     evaluate,
     output_kind,
@@ -343,6 +345,38 @@ def test_several_outputs_and_no_labels() -> None:
     doc = ev.to_json()
     assert {"float", "quantized", "delta", "native", "size_bytes", "depth", "data"} <= set(doc)
     assert len(doc["outputs"]) == 2
+    # y1 comes from a Gemm (a classifier head); y2, a MatMul named y2, holds values: an argmax
+    # over it means nothing, so it has no top-1 agreement, only cosine, SQNR and KL.
+    y1, y2 = ev.outputs
+    assert y1.agreement_pct is not None and y2.agreement_pct is None
+    assert y2.kl is not None and y2.cosine > 0.9
+    assert any("'y2' holds values" in n for n in ev.notes)
+    said = run_to_completion(
+        evaluate(model, results, data, batch_size=16, latency=False, role=OutputRole.CLASSES)
+    )
+    assert said.outputs[1].agreement_pct is not None and not any("holds" in n for n in said.notes)
+    values = run_to_completion(
+        evaluate(model, results, data, batch_size=16, latency=False, role=OutputRole.VALUES)
+    )
+    assert all(o.agreement_pct is None for o in values.outputs)
+    assert Metric.AGREEMENT not in values.quantized_metrics
+
+
+def test_labels_that_fit_an_output_make_it_class_scores(tmp_path: Path) -> None:
+    model = _two_output_model()
+    x = np.random.default_rng(4).standard_normal((40, 6)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, labels=np.arange(40) % 4)
+    labelled = load_data(tmp_path / "d.npz", model.inputs)
+    stats = collect_all(collect_stats(model, labelled, batch_size=8))
+    results = analyze(model, stats, config(method=Method.MINMAX))
+    ev = run_to_completion(evaluate(model, results, labelled, batch_size=16, latency=False))
+    assert ev.outputs[0].quantized_accuracy is not None
+    assert Metric.ACCURACY in ev.quantized_metrics
+    # Class 3 has no score in y2 [N, 3]: the labels do not fit it, so it holds values.
+    assert ev.outputs[1].agreement_pct is None and ev.outputs[1].quantized_accuracy is None
+    assert looks_like_class_scores(model.model, "y1")
+    assert not looks_like_class_scores(model.model, "y2")
+    assert looks_like_class_scores(model.model, "model/Logits:0")
 
 
 def test_cancel_and_bad_arguments() -> None:

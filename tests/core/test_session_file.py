@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -126,10 +127,10 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     before = path.read_text()
 
     def broken_dump(*_args: object, **_kwargs: object) -> None:
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(json, "dump", broken_dump)
-    with pytest.raises(OSError):
+    with pytest.raises(QvizError, match="no space left on the device; the previous file is"):
         save_session(path, SessionFile(model_path=tmp_path / "b.onnx"))
     assert path.read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.qviz.json"]  # no temp file left

@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from qviz.cli import main as qviz_main
+from qviz.core.errors import QvizError
 from qviz.core.model.loading import LoadedModel, load_model
 from tools import make_decoder
 from tools.synthetic import block, data, onnx_builder, spec
@@ -256,7 +257,7 @@ def test_failure_while_writing_leaves_no_files(tmp_path: Path,
 
     original = spec.make_weight
     monkeypatch.setattr(spec, "make_weight", failing)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(QvizError, match="No space left on device; nothing was written"):
         onnx_builder.write_decoder(TINY, tmp_path / "m.onnx", external=True)
     assert list(tmp_path.iterdir()) == []
 

@@ -121,6 +121,6 @@ def block_proto(spec: BlockSpec | None = None) -> onnx.ModelProto:
 
 
 def write_block(spec: BlockSpec, path: Path) -> Path:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, make_parents=True) as tmp:  # the tool makes its output folder
         tmp.write_bytes(block_proto(spec).SerializeToString())
     return Path(path)

@@ -61,6 +61,6 @@ def hidden_states(hidden: int, samples: int, seq: int, *, seed: int,
 def write_npz(path: Path, **arrays: np.ndarray) -> Path:
     """Write an uncompressed ``.npz`` (memory-mappable by qviz) atomically."""
     path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, make_parents=True) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]
     return path

@@ -233,7 +233,7 @@ def write_decoder(spec: DecoderSpec, path: Path, *, external: bool) -> list[Path
     data_path = path.with_name(path.name + ".data")
     if not external and spec.weight_bytes > (2 << 30) - (16 << 20):
         raise ValueError("models over 2 GB need external data")
-    with atomic_path(path) as tmp_model:
+    with atomic_path(path, make_parents=True) as tmp_model:  # the tool makes its folder
         if external:
             with atomic_path(data_path) as tmp_data:
                 with _maybe_open(tmp_data) as f:

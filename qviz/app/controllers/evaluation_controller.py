@@ -194,22 +194,26 @@ class EvaluationController(QObject):
         self.evaluate_pinned()
 
     def evaluate_pinned(self) -> None:
-        """Evaluate the pinned configuration ("A") like the live one, if it has no numbers
-        yet and nothing more urgent runs."""
-        pinned = self.doc.pinned
+        """Evaluate the pinned configuration ("A") the way B's numbers on screen were measured
+        (live, or full after Run ▸ Evaluate), if A has no such numbers yet and nothing more
+        urgent runs."""
+        pinned, b = self.doc.pinned, self.current
+        full = b is not None and b.full
         if (
-            self._closed or not self.live_enabled or pinned is None
-            or pinned.evaluation is not None or self.is_pending or self.pinned_live.is_busy
+            self._closed or pinned is None or self.is_pending or self.pinned_live.is_busy
+            or (not full and not self.live_enabled)
+            or (pinned.full if full else pinned.live) is not None
         ):
             return
         try:
             inputs = self.doc.measure_inputs("Evaluation", pinned.config)
         except QvizError:
             return
-        limit, batch, data_revision = self.live_limit, self.batch_size, self.doc.data_revision
+        limit = None if full else self.live_limit
+        batch, data_revision = self.batch_size, self.doc.data_revision
         self.pinned_live.start(
             lambda should_stop: evaluation_job(
-                inputs, full=False, limit=limit, batch_size=batch, should_stop=should_stop
+                inputs, full=full, limit=limit, batch_size=batch, should_stop=should_stop
             ),
             "Pinned evaluation",
             partial(self._accept_pinned, data_revision=data_revision),
@@ -224,6 +228,7 @@ class EvaluationController(QObject):
             return
         verdict = {True: " · PASS", False: " · FAIL", None: ""}[self.doc.measures.passed()]
         self.reporter.status(f"Evaluated on {outcome.label}: {outcome_summary(outcome)}{verdict}")
+        self.evaluate_pinned()  # A measured the same way, for the side-by-side
 
     # ----------------------------------------------------------------- results
     def accept(self, outcome: EvaluationOutcome) -> bool:

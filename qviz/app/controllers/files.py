@@ -17,11 +17,14 @@ from qviz.app.controllers.jobs import JobController, JobKind
 from qviz.app.controllers.workers import call_as_job
 from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.app.recent_files import RecentFiles
+from qviz.core.data.split import Holdout
 from qviz.core.demo import demo_paths
 from qviz.core.document.document import Document
 from qviz.core.document.jobs import calibrate, load_stats_and_model
 from qviz.core.document.session import adopt_session, to_session
 from qviz.core.errors import QvizError
+from qviz.core.files.inputs import model_files
+from qviz.core.files.outputs import check_output
 from qviz.core.files.session_file import (
     PathKind,
     SessionFile,
@@ -38,7 +41,7 @@ class FileController(QObject):
     """File ▸ Open…/Save… for one document."""
 
     modelLoaded = Signal()
-    calibrated = Signal()          # statistics in place: calibrated, or read from a file
+    calibrated = Signal()  # statistics in place: calibrated, or read from a file
     calibrationCancelled = Signal()
     sessionSaved = Signal(Path)
 
@@ -132,23 +135,37 @@ class FileController(QObject):
         if model is None:
             self.reporter.status(f"{p.name} will be used for calibration once a model is open")
             return
-        batch_size = self.batch_size
+        batch_size, holdout = self.batch_size, self.doc.evaluation_holdout
         self.jobs.start(
             JobKind.CALIBRATE,
-            lambda should_stop: calibrate(model, p, batch_size, should_stop),
+            lambda should_stop: calibrate(model, p, batch_size, should_stop, holdout),
             f"Calibrating on {p.name}",
             lambda stats: self._install_stats(stats, None),
             failed=lambda _exc: self.calibrationCancelled.emit(),
         )
 
     def open_eval_data(self, path: str | Path | None) -> None:
-        """Measure end to end on this data (None: on the calibration data)."""
+        """Measure end to end on this data (None: on a part held out of the calibration data,
+        or on the calibration data itself, as the document's hold-out says)."""
         p = None if path is None else Path(path)
         if p is not None:
             self.recent.add(p)
+        held_out = self.doc.evaluation_holdout
         self.doc.set_eval_data_path(p)
-        where = "the calibration data" if p is None else p.name
-        self.reporter.status(f"End-to-end numbers are now measured on {where}")
+        self.reporter.status(f"End-to-end numbers are now measured on {self.doc.evaluation_label}")
+        if held_out != self.doc.evaluation_holdout:
+            self.recalibrate()  # the samples calibration may use have changed
+
+    def set_holdout(self, holdout: Holdout | None) -> None:
+        """One data set: evaluate on one sample in N held out of it (None: on the calibration
+        data itself); calibrates again when the samples calibration may use changed."""
+        before = self.doc.evaluation_holdout
+        if self.doc.eval_data_path is not None:
+            self.doc.set_eval_data_path(None)
+        self.doc.set_holdout(holdout)
+        self.reporter.status(f"End-to-end numbers are now measured on {self.doc.evaluation_label}")
+        if before != self.doc.evaluation_holdout:
+            self.recalibrate()
 
     def recalibrate(self) -> None:
         if self.doc.data_path is None:
@@ -169,8 +186,10 @@ class FileController(QObject):
             self._install_stats(stats, p)
 
         self.jobs.start(
-            JobKind.READ_STATS, call_as_job(lambda: load_stats_and_model(p, current)),
-            f"Reading {p.name}", done,
+            JobKind.READ_STATS,
+            call_as_job(lambda: load_stats_and_model(p, current)),
+            f"Reading {p.name}",
+            done,
         )
 
     def open_session(self, path: str | Path) -> None:
@@ -181,6 +200,8 @@ class FileController(QObject):
                 raise QvizError(f"{p.name} names no model")
             self.recent.add(p)
             self.session_path = p
+            for note in session.notes:  # what could not be read, said once
+                self.reporter.status(f"{p.name}: {note}")
             self.doc.set_data_path(None)
             self.open_model(
                 session.model_path,
@@ -221,11 +242,21 @@ class FileController(QObject):
         self.calibrationCancelled.emit()
 
     # ----------------------------------------------------------------- saving
+    def inputs(self, target: Path, *extra: Path | None, stats: bool) -> list[Path | None]:
+        """The files the open session reads (a save must never replace one of them)."""
+        doc = self.doc
+        found: list[Path | None] = [doc.data_path, doc.eval_data_path, *extra]
+        found += model_files(doc.model_path, near=[target])
+        if stats:
+            found.append(doc.stats_path)
+        return found
+
     def save_session_to(self, path: str | Path) -> bool:
         p = Path(path)
         with self.reporter.guard(f"Saving {p.name}"):
             if self.doc.model is None:
                 raise QvizError("nothing to save: open a model first")
+            check_output(p, inputs=self.inputs(p, stats=True))  # never onto a file it refers to
             save_session(p, to_session(self.doc))
             self.session_path = p
             self.recent.add(p)
@@ -240,6 +271,7 @@ class FileController(QObject):
         with self.reporter.guard(f"Saving {p.name}"):
             if self.doc.stats is None:
                 raise QvizError("no statistics yet: calibrate first")
+            check_output(p, inputs=self.inputs(p, self.session_path, stats=False))
             save_stats(self.doc.stats, p)
             self.doc.stats_saved(p)
             self.recent.add(p)

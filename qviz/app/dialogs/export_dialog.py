@@ -52,6 +52,8 @@ from qviz.core.files.export import (
     export_qdq,
     export_trt_cache,
 )
+from qviz.core.files.inputs import model_files
+from qviz.core.files.outputs import check_output
 from qviz.core.files.report import build_report, write_report
 from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, run_to_completion
@@ -169,6 +171,7 @@ class ExportDialog(QDialog):
         criteria: Sequence[Criterion] = (),
         directory: Path | None = None,
         pinned: Pinned | None = None,
+        inputs: Sequence[Path | None] = (),
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -181,6 +184,7 @@ class ExportDialog(QDialog):
         self._reporter = reporter
         self._outcome = outcome
         self._criteria = tuple(criteria)
+        self._inputs = tuple(inputs)  # files the session reads: an export never replaces one
         self._directory = directory if directory is not None else Path.cwd()
         self.last_result: ExportResult | None = None
         self.runner = BackgroundRunner("export", self)
@@ -290,9 +294,11 @@ class ExportDialog(QDialog):
 
         layout = QVBoxLayout(self)
         what = "no model open" if model_path is None else str(model_path)
-        source = QLabel(f"Model: {what}\nConfiguration: {config.weights.label} (weights), "
-                        f"{config.activations.label} (activations), "
-                        f"{len(config.overrides)} per-tensor overrides")
+        source = QLabel(
+            f"Model: {what}\nConfiguration: {config.weights.label} (weights), "
+            f"{config.activations.label} (activations), "
+            f"{len(config.overrides)} per-tensor overrides"
+        )
         source.setWordWrap(True)
         source.setStyleSheet("color: #5f6368;")
         layout.addWidget(source)
@@ -320,7 +326,9 @@ class ExportDialog(QDialog):
     def browse(self) -> None:
         fmt = self.export_format
         name, _ = QFileDialog.getSaveFileName(
-            self, f"Export {fmt.description}", self.path_edit.text(),
+            self,
+            f"Export {fmt.description}",
+            self.path_edit.text(),
             f"{_FILTERS[fmt]};;All files (*)",
         )
         if name:
@@ -359,6 +367,9 @@ class ExportDialog(QDialog):
         if not text:
             raise QvizError("choose where to write the file")
         fmt = self.export_format
+        path = Path(text).expanduser()
+        near = [path]
+        check_output(path, inputs=[*self._inputs, *model_files(self._model_path, near=near)])
         version = self.trt_version_edit.text().strip()
         if fmt is ExportFormat.TRT_CACHE and not version.isdigit():
             raise QvizError(f"the TensorRT version must be digits such as 8601, not {version!r}")
@@ -373,7 +384,7 @@ class ExportDialog(QDialog):
         outcome = outcome if include else None
         return ExportRequest(
             fmt=fmt,
-            path=Path(text).expanduser(),
+            path=path,
             model=self._model,
             stats=self._stats,
             config=config,
@@ -415,8 +426,7 @@ class ExportDialog(QDialog):
         notes = "".join(f"<br>note: {html.escape(n)}" for n in value.notes)
         wrote = f"<span style='color:{SUCCESS_COLOR}'><b>Wrote</b></span>"
         self.status_label.setText(
-            f"{wrote} {html.escape(str(first))}{more} "
-            f"({value.n_tensors} quantized tensors){notes}"
+            f"{wrote} {html.escape(str(first))}{more} ({value.n_tensors} quantized tensors){notes}"
         )
         self.status_label.setStyleSheet("")
         self.exported.emit(value)

@@ -10,14 +10,13 @@ preview) and stores the range on ``regionEdited`` (drag finished).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from qviz.app.views import plot_style as st
+from qviz.app.views.count_axis import CountAxis, si_count
 from qviz.core.layerdata.ranges import GridInfo, effective_range, grid_info, range_grid
 from qviz.core.quant.formats import NumberFormat
 from qviz.core.quant.qparams import QParams
@@ -30,52 +29,6 @@ MIN_GRID_SPACING_PX = 6.0
 SPIKE_RATIO = 8.0
 _EMPTY_STEP_X = np.zeros(1)
 _EMPTY_STEP_Y = np.zeros(0)
-
-
-# ----------------------------------------------------------------------------- count axis
-class CountAxis(pg.AxisItem):
-    """Left axis that stays honest in log mode.
-
-    In log mode the curve plots log10(1 + count) (zero-count bins must stay drawable), and this
-    axis puts its ticks where count = 0, 1, 10, 100, ... and labels them with the counts
-    themselves, so a reader never has to undo the transform in their head.
-    """
-
-    def __init__(self) -> None:
-        super().__init__("left")
-        self.log = False
-        self.enableAutoSIPrefix(False)
-
-    def tickValues(
-        self, minVal: float, maxVal: float, size: float
-    ) -> list[tuple[float, list[float]]]:
-        if not self.log:
-            return super().tickValues(minVal, maxVal, size)
-        top = max(maxVal, 1.0)
-        kmax = math.floor(top)
-        major = [0.0] + [math.log10(1 + 10**k) for k in range(0, kmax + 1)]
-        major = [v for v in major if minVal - 1e-9 <= v <= maxVal + 1e-9]
-        # "0" and "1" sit 0.3 decades apart: drop "1" when they would overlap.
-        px_per_decade = size / max(maxVal - minVal, 1e-9)
-        if math.log10(2.0) * px_per_decade < 14 and math.log10(2.0) in major:
-            major.remove(math.log10(2.0))
-        # Thin out labels when many decades are visible on a short axis.
-        stride = max(1, math.ceil(len(major) / max(2.0, size / 22.0)))
-        return [(1.0, major[::stride])]
-
-    def tickStrings(self, values: list[float], scale: float, spacing: float) -> list[str]:
-        if not self.log:
-            return [_si(v) for v in values]
-        return [_si(round(10**v - 1)) for v in values]
-
-
-def _si(v: float) -> str:
-    """Counts with k / M / G suffixes: '2.5M' reads faster than '2500000'."""
-    a = abs(v)
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if a >= div:
-            return f"{v / div:.3g}{suffix}"
-    return f"{v:.4g}"
 
 
 # ----------------------------------------------------------------------------- the view
@@ -129,6 +82,14 @@ class HistogramView(QWidget):
             pen=pg.mkPen(color, width=1),
         )
         self.plot.addItem(self.curve)
+        # Another data set's histogram on the same axis (the evaluation data): an outline.
+        self.reference_curve = pg.PlotCurveItem(
+            x=_EMPTY_STEP_X, y=_EMPTY_STEP_Y, stepMode="center",
+            pen=pg.mkPen(st.REFERENCE_COLOR, width=1.5, style=Qt.PenStyle.DashLine),
+        )
+        self.reference_curve.setZValue(2)
+        self.plot.addItem(self.reference_curve, ignoreBounds=True)
+        self._reference: tuple[np.ndarray, np.ndarray] | None = None
 
         # Quantization grid: every visible level as one vertical segment, all in one item.
         self.grid_item = pg.PlotCurveItem(connect="pairs", pen=pg.mkPen(st.GRID_LINE, width=1))
@@ -292,6 +253,28 @@ class HistogramView(QWidget):
         """True while the user holds the band or one of its bounds."""
         return bool(self.region.moving or any(line.moving for line in self.region.lines))
 
+    def set_reference(self, hist: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Outline another histogram (edges, counts) over this one; None hides it."""
+        if hist is None and self._reference is None:
+            return
+        self._reference = hist
+        self._draw_reference()
+
+    @property
+    def reference(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return self._reference
+
+    def _draw_reference(self) -> None:
+        ref = self._reference
+        if ref is None:
+            self.reference_curve.setData(_EMPTY_STEP_X, _EMPTY_STEP_Y)
+            self.reference_curve.setVisible(False)
+            return
+        edges, counts = ref
+        shown = np.log10(1.0 + counts) if self._log else counts
+        self.reference_curve.setData(edges, shown)
+        self.reference_curve.setVisible(True)
+
     def set_pinned(self, band: tuple[float, float] | None) -> None:
         """Show the pinned configuration's range ("A") beside the current one (None: hide)."""
         for line, value in zip(self.pinned_lines, band or (0.0, 0.0), strict=True):
@@ -355,6 +338,7 @@ class HistogramView(QWidget):
         self.grid_item.setData([], [])
         self.region.setVisible(False)
         self.set_pinned(None)
+        self.set_reference(None)
         self.info_text.setText("")
         self.info_text.setVisible(False)
         self.set_note("")
@@ -383,6 +367,7 @@ class HistogramView(QWidget):
         if self._edges is None or self._counts is None:
             return
         self.curve.setData(self._edges, self._shown_counts())
+        self._draw_reference()
         self._reset_x_range()
         self._update_y()
         self._update_grid()
@@ -442,7 +427,7 @@ class HistogramView(QWidget):
                 self._spike_x = centre
                 self.spike_text.setVisible(True)
                 self._spike_note_pending = (
-                    f"▲ tallest bin cut off: {_si(float(y[k]))} at {st.fmt_num(centre)}"
+                    f"▲ tallest bin cut off: {si_count(float(y[k]))} at {st.fmt_num(centre)}"
                 )
         if top <= 0:
             top = 1.0

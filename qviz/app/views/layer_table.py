@@ -11,6 +11,8 @@ row selects it in the document, and the other way round (its groups open to show
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from PySide6.QtCore import QItemSelectionModel, QModelIndex, Qt
 from PySide6.QtGui import QFont, QFontMetrics
 from PySide6.QtWidgets import (
@@ -90,15 +92,15 @@ class LayerTable(QWidget):
         header.setStretchLastSection(False)
         header.setSortIndicatorShown(True)
         header.setSectionsClickable(True)
-        # Sim vs native beside the error numbers (after the sensitivity columns when shown):
-        # in a narrow pane it must stay in view without scrolling, like SQNR.
-        header.moveSection(
-            header.visualIndex(Column.NATIVE), header.visualIndex(Column.CLIPPED) + 1
-        )
-        # A group's weighted SQNR right after its worst.
-        header.moveSection(
-            header.visualIndex(Column.WEIGHTED), header.visualIndex(Column.SQNR) + 1
-        )
+        # One fixed order, set once: a group's weighted SQNR right after its worst, then the
+        # columns that appear later (Δ vs A, eval clipped, sensitivity, sim vs native) beside
+        # the error numbers, so in a narrow pane they stay in view without scrolling, and a
+        # column that appears never moves another.
+        beside = (Column.WEIGHTED, Column.VS_A, Column.CLIPPED, Column.EVAL_CLIPPED,
+                  *SENSITIVITY_COLUMNS, Column.NATIVE)
+        for offset, col in enumerate(beside):
+            to = header.visualIndex(Column.SQNR) + 1 + offset
+            header.moveSection(header.visualIndex(col), to)
         self.view.setToolTip(
             "Every quantizable tensor, grouped by module; click a row to show its layer"
         )
@@ -118,11 +120,6 @@ class LayerTable(QWidget):
         layout.addWidget(self.view, 1)
         layout.addWidget(self.summary_label)
 
-        # The sensitivity columns sit right after Clipped: end to end beside local.
-        for offset, col in enumerate(SENSITIVITY_COLUMNS):
-            header.moveSection(
-                header.visualIndex(col), header.visualIndex(Column.CLIPPED) + 1 + offset
-            )
         self.view.setColumnHidden(Column.WEIGHTED, True)  # until the model has groups
         events = doc.events
         events.model.connect(self.reset)
@@ -133,9 +130,11 @@ class LayerTable(QWidget):
         events.sensitivity.connect(self.refresh_sensitivity)
         events.evaluation.connect(self.refresh_fusion)
         events.pinned.connect(self.refresh_pinned)
+        events.eval_stats.connect(self.refresh_eval_stats)
         events.pinned_results.connect(lambda _keys: self.refresh_pinned())
         self.refresh_sensitivity()
         self.refresh_pinned()
+        self.refresh_eval_stats()
 
     # ----------------------------------------------------------------- following the document
     def reset(self) -> None:
@@ -169,14 +168,22 @@ class LayerTable(QWidget):
                 self._fit_column(col)
         self.model.refresh_columns(min(SENSITIVITY_COLUMNS), max(SENSITIVITY_COLUMNS))
 
+    def refresh_eval_stats(self) -> None:
+        """The Eval clipped column follows the evaluation data's statistics (hidden without)."""
+        hidden = self._doc.eval_stats.stats is None
+        was_hidden = self.view.isColumnHidden(Column.EVAL_CLIPPED)
+        self.view.setColumnHidden(Column.EVAL_CLIPPED, hidden)
+        if was_hidden and not hidden:
+            self._fit_column(Column.EVAL_CLIPPED)
+        self.model.refresh_columns(Column.EVAL_CLIPPED, Column.EVAL_CLIPPED)
+        self.update_summary()
+
     def refresh_pinned(self) -> None:
         """The Δ-vs-A column follows the pinned configuration (hidden while none is)."""
         hidden = self._doc.pinned is None
         was_hidden = self.view.isColumnHidden(Column.VS_A)
         self.view.setColumnHidden(Column.VS_A, hidden)
         if was_hidden and not hidden:
-            header = self.view.header()
-            header.moveSection(header.visualIndex(Column.VS_A), header.visualIndex(Column.SQNR) + 1)
             self._fit_column(Column.VS_A)
         self.model.refresh_columns(Column.VS_A, Column.VS_A)
 
@@ -275,7 +282,10 @@ class LayerTable(QWidget):
 
     def update_summary(self) -> None:
         # The document's summary, from the scores the tree keeps (same inputs, same function).
-        summary = summarize(self._doc.index, self.model.scored())
+        summary = replace(
+            summarize(self._doc.index, self.model.scored()),
+            unrepresentative=self._doc.unrepresentative(),
+        )
         text = summary_text(summary, self._doc)
         prefix = self.model.tree.prefix
         if prefix and self._doc.tensors:  # what every name shares is left out of the rows

@@ -43,6 +43,8 @@ from qviz.app.views.table_cells import (
     SQNR_TOOLTIP,
     STALE_FG,
     Column,
+    eval_clipped_text,
+    eval_clipped_tooltip,
     native_text,
     native_tooltip,
     sensitivity_text,
@@ -349,6 +351,8 @@ class LayerTreeModel(QAbstractItemModel):
             return self._filter_text(key)
         if col is Column.NATIVE:
             return self._native_data(key, role)
+        if col is Column.EVAL_CLIPPED:
+            return self._eval_clipped_data(key, role)
         if col is Column.VS_A and role in (Qt.ItemDataRole.DisplayRole, SORT_ROLE):
             delta = vs_pinned(self._doc, key)
             if role == SORT_ROLE:
@@ -410,6 +414,8 @@ class LayerTreeModel(QAbstractItemModel):
             return ""  # a group's number; a tensor's own is its SQNR
         if col is Column.NATIVE:
             return str(self._native_data(key, Qt.ItemDataRole.DisplayRole))
+        if col is Column.EVAL_CLIPPED:
+            return eval_clipped_text(doc, key)
         if col is Column.VS_A:
             return str(self._leaf_data(key, col, Qt.ItemDataRole.DisplayRole))
         cfg = doc.config_for(key)
@@ -467,6 +473,21 @@ class LayerTreeModel(QAbstractItemModel):
             return key.name
         if col in SENSITIVITY_COLUMNS:
             return sensitivity_tooltip(doc, key)
+        return None
+
+    def _eval_clipped_data(self, key: TensorKey, role: int) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole:
+            return eval_clipped_text(self._doc, key)
+        if role == SORT_ROLE:
+            r = self._doc.representativeness(key)
+            return -1.0 if r is None else r.eval_clipped
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return eval_clipped_tooltip(self._doc, key)
+        if role == Qt.ItemDataRole.BackgroundRole:
+            r = self._doc.representativeness(key)
+            return QBrush(FAIR_BG) if r is not None and r.flagged else None
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return _right()
         return None
 
     def _native_data(self, key: TensorKey, role: int) -> Any:

@@ -21,11 +21,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QSplitter, QTabWidget, QVBoxLayout, QWidget
 
 from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.app.views import plot_style as st
 from qviz.app.views.channel_view import ChannelView
+from qviz.app.views.convergence_view import ConvergenceView
 from qviz.app.views.error_curve_view import ErrorCurveView
 from qviz.app.views.histogram_view import HistogramView
 from qviz.app.views.metrics_panel import MetricsPanel
@@ -61,6 +62,7 @@ class LayerView(QWidget):
         self.activation_hist = HistogramView("Activation", st.ACTIVATION_COLOR)
         self.channel_view = ChannelView()
         self.error_curve = ErrorCurveView()
+        self.convergence = ConvergenceView()
         self.metrics_panel = MetricsPanel()
         self.data: LayerData | None = None
         # Latest drag preview per kind (tests compare it with the core's metrics).
@@ -73,7 +75,14 @@ class LayerView(QWidget):
         top.addWidget(self.activation_hist)
         bottom = QSplitter(Qt.Orientation.Horizontal)
         bottom.addWidget(self.channel_view)
-        bottom.addWidget(self.error_curve)
+        self.curve_tabs = QTabWidget()
+        self.curve_tabs.addTab(self.error_curve, "Error vs clip")
+        self.curve_tabs.addTab(self.convergence, "Convergence")
+        self.curve_tabs.setTabToolTip(
+            1, "How the activation's range moved as calibration data grew, and what the "
+            "evaluation data alone would choose"
+        )
+        bottom.addWidget(self.curve_tabs)
         outer = QSplitter(Qt.Orientation.Vertical)
         outer.addWidget(top)
         outer.addWidget(bottom)
@@ -92,7 +101,8 @@ class LayerView(QWidget):
         self.activation_hist.regionChanging.connect(self._on_activation_changing)
         self.activation_hist.regionEdited.connect(self._on_activation_edited)
         events = doc.events
-        for event in (events.selection, events.model, events.stats, events.pinned):
+        for event in (events.selection, events.model, events.stats, events.pinned,
+                      events.eval_stats):
             event.connect(self.redraw)
         events.config.connect(self._on_changed)
         events.results.connect(self._on_changed)
@@ -206,6 +216,7 @@ class LayerView(QWidget):
                 else "no activation statistics for this layer"
             )
             self.metrics_panel.set_column(TensorKind.ACTIVATION, None, "not calibrated")
+            self.convergence.show_convergence((), None, "")
             return
         r, h = a.result, a.stats.histogram
         self.activation_hist.set_histogram(h.edges, h.counts)
@@ -213,6 +224,8 @@ class LayerView(QWidget):
         self.activation_hist.set_title(f"Activation — {r.name}", st.ACTIVATION_COLOR)
         self.activation_hist.set_quantizer(a.band[0], a.band[1], r.config.fmt, r.qparams, a.note)
         self.activation_hist.set_pinned(a.pinned_band)
+        self.activation_hist.set_reference(a.eval_hist)
+        self.convergence.show_convergence(a.convergence, a.eval_band, r.name)
         self.metrics_panel.set_column(TensorKind.ACTIVATION, a.column)
 
     def _on_activation_changing(self, lo: float, hi: float) -> None:

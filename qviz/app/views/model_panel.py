@@ -457,8 +457,9 @@ class ModelPanel(QWidget):
     def _show_pinned(self) -> None:
         """A's numbers beside B's, while a configuration is pinned and measured."""
         pinned = self._doc.pinned
-        a = None if pinned is None else pinned.evaluation
         b = self.outcome
+        # Like with like: B's live numbers beside A's live ones, full beside full.
+        a = None if pinned is None or b is None else pinned.like(b)
         show = a is not None and b is not None
         for w in self._pinned_widgets:
             w.setVisible(show)

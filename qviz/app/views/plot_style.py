@@ -48,6 +48,8 @@ METHOD_COLORS: dict[Method, str] = {
 CURRENT_COLOR = "#000000"
 # The configuration pinned for comparison ("A"): a colour no method or tensor kind uses.
 PINNED_COLOR = "#7b1fa2"
+# Another data set's histogram drawn over the calibration data's (the evaluation data).
+REFERENCE_COLOR = "#37474f"
 METHOD_NAMES: dict[Method, str] = {
     Method.MINMAX: "MinMax",
     Method.PERCENTILE: "Percentile",

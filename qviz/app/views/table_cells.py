@@ -58,8 +58,10 @@ class Column(IntEnum):
     NATIVE = 13
     # While a configuration is pinned for comparison: this tensor's SQNR now minus under A.
     VS_A = 14
+    # With statistics of the evaluation data: how much of it the calibration range clips.
+    EVAL_CLIPPED = 15
     # Group rows: the power mean of the group's SQNRs (shown beside SQNR when there are groups).
-    WEIGHTED = 15
+    WEIGHTED = 16
 
 
 HEADERS: dict[Column, tuple[str, str]] = {
@@ -107,6 +109,12 @@ HEADERS: dict[Column, tuple[str, str]] = {
         "u8s8 sums can saturate on this CPU) or left it in float (✗ and why), from the last "
         "full evaluation (Run ▸ Evaluate, Ctrl+R). Grey: measured for earlier settings.",
     ),
+    Column.EVAL_CLIPPED: (
+        "Eval clipped",
+        "Fraction of the evaluation data's values this activation's calibration range clips. "
+        "⚠: more than sampling explains (the calibration data does not represent the "
+        "evaluation data here). Hover for the ranges.",
+    ),
     Column.VS_A: (
         "Δ vs A",
         "The tensor's SQNR now (B) minus its SQNR under the configuration pinned as A "
@@ -146,6 +154,32 @@ def vs_pinned(doc: Document, key: TensorKey) -> float | None:
         return None if a is None or b is None else 0.0
     diff = b - a
     return None if math.isnan(diff) else diff
+
+
+def eval_clipped_text(doc: Document, key: TensorKey) -> str:
+    r = doc.representativeness(key)
+    if r is None:
+        return ""
+    return st.fmt_pct(r.eval_clipped) + (" ⚠" if r.flagged else "")
+
+
+def eval_clipped_tooltip(doc: Document, key: TensorKey) -> str | None:
+    r = doc.representativeness(key)
+    if r is None:
+        return None
+    verdict = (
+        "More than sampling explains: the calibration data does not represent the "
+        "evaluation data for this tensor." if r.flagged else
+        "Within what sampling explains."
+    )
+    return "\n".join([
+        f"{key.name}: the calibration range {st.fmt_range(*r.cal_range)} clips "
+        f"{st.fmt_pct(r.eval_clipped)} of {r.eval_samples} evaluation samples' values "
+        f"(and {st.fmt_pct(r.cal_clipped)} of the calibration data's).",
+        f"{st.fmt_pct(r.unseen)} of the evaluation values lie beyond anything calibration saw.",
+        f"On the evaluation data alone the same method would choose {st.fmt_range(*r.eval_range)}.",
+        verdict,
+    ])
 
 
 def native_text(report: FusionReport | None, layer: str) -> str:
@@ -241,6 +275,12 @@ def summary_text(summary: Summary, doc: Document) -> str:
             for k, s in summary.worst
         )
         parts.append(f"worst: {worst}")
+    if summary.unrepresentative:
+        n = len(summary.unrepresentative)
+        parts.append(
+            f"⚠ {n} tensor{'s' if n != 1 else ''} see{'' if n != 1 else 's'} values in "
+            "evaluation that calibration did not"
+        )
     if not math.isnan(summary.weighted_sqnr_db):
         sqnr = st.fmt_db(summary.weighted_sqnr_db).replace(" dB", "\u00a0dB")
         parts.append(f"model-wide weighted SQNR {sqnr}")

@@ -8,7 +8,7 @@ evaluation is kept while the model, statistics and evaluation data stay the same
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from qviz.core.calibration.analysis import TensorKey, TensorResult, analyze_tensor
 from qviz.core.calibration.config import QuantConfig, TensorConfig
@@ -25,15 +25,37 @@ from qviz.core.stats.collect import CalibrationStats
 
 @dataclass(frozen=True)
 class Pinned:
-    """The configuration the current one is compared with."""
+    """The configuration the current one is compared with, and its evaluations: a live one
+    (simulation, the first samples) and a full one (native, every sample), so that A is
+    always compared with B measured the same way."""
 
     config: QuantConfig
     label: str                      # what the user pinned, e.g. the history step's name
     data_revision: int              # the model/statistics/data it was measured against
-    evaluation: EvaluationOutcome | None = None
+    live: EvaluationOutcome | None = None
+    full: EvaluationOutcome | None = None
+
+    @classmethod
+    def of(
+        cls, config: QuantConfig, label: str, data_revision: int,
+        outcome: EvaluationOutcome | None,
+    ) -> Pinned:
+        pinned = cls(config, label, data_revision)
+        return pinned if outcome is None else pinned.with_evaluation(outcome)
+
+    @property
+    def evaluation(self) -> EvaluationOutcome | None:
+        """A's most complete evaluation."""
+        return self.full or self.live
+
+    def like(self, outcome: EvaluationOutcome) -> EvaluationOutcome | None:
+        """A's evaluation measured as ``outcome`` (B's) was, if A has one."""
+        return self.full if outcome.full else self.live
 
     def with_evaluation(self, outcome: EvaluationOutcome) -> Pinned:
-        return Pinned(self.config, self.label, self.data_revision, outcome)
+        if outcome.full:
+            return replace(self, full=outcome)
+        return replace(self, live=outcome)
 
 
 class PinnedComparison:
@@ -77,8 +99,9 @@ class PinnedComparison:
         evaluation = self.measures.evaluation
         if evaluation is not None and evaluation.config != self.config:
             evaluation = None
-        self.pinned = Pinned(self.config, label or self._step_name(), self.data_revision,
-                             evaluation)
+        self.pinned = Pinned.of(
+            self.config, label or self._step_name(), self.data_revision, evaluation
+        )
         self.events.pinned.emit()
 
     def _step_name(self) -> str:
@@ -97,7 +120,7 @@ class PinnedComparison:
             raise QvizError("nothing is pinned: pin a configuration first (Edit ▸ Pin as A)")
         current = self.measures.evaluation
         keep = current if current is not None and current.config == self.config else None
-        self.pinned = Pinned(self.config, self._step_name(), self.data_revision, keep)
+        self.pinned = Pinned.of(self.config, self._step_name(), self.data_revision, keep)
         self.set_config(pinned.config, f"swap A and B (now: {pinned.label})")
         self.events.pinned.emit()
 

@@ -23,6 +23,8 @@ import numpy as np
 from qviz.core.calibration.analysis import QuantTensor, TensorKey, TensorResult, analyze_tensor
 from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.calibration.methods import Method, MethodSpec
+from qviz.core.calibration.representative import Representativeness
+from qviz.core.data.split import Holdout
 from qviz.core.document.compare import Pinned, PinnedComparison
 from qviz.core.document.events import DocumentEvents
 from qviz.core.document.history import History, HistoryEntry
@@ -35,6 +37,7 @@ from qviz.core.document.jobs import (
 )
 from qviz.core.document.markers import MethodRanges
 from qviz.core.document.measures import MeasurementState
+from qviz.core.document.represent import EvaluationStats, with_evaluation_view
 from qviz.core.document.results import ResultStore
 from qviz.core.document.summary import Summary, summarize
 from qviz.core.document.tensors import ApplyScope, TensorIndex
@@ -60,6 +63,9 @@ class Document(PinnedComparison):
         self.model_path: Path | None = None
         self.data_path: Path | None = None          # calibration data
         self.eval_data_path: Path | None = None     # evaluation data (None: the calibration data)
+        #: With one data set, the part of it kept apart for evaluation (None: evaluate on the
+        #: calibration data, a choice the user makes explicitly).
+        self.holdout: Holdout | None = Holdout()
         self.stats_path: Path | None = None
         self.stats: CalibrationStats | None = None
         self.selection: TensorKey | None = None
@@ -68,6 +74,7 @@ class Document(PinnedComparison):
         self.revision = 0
         self.history: ConfigHistory = History(QuantConfig())
         self.measures = MeasurementState(self.events)
+        self.eval_stats = EvaluationStats(self.events)
         self.modified = False
         #: Why this machine's defaults differ from the usual ones (None: they don't).
         self.defaults_note: str | None = None
@@ -135,6 +142,31 @@ class Document(PinnedComparison):
         """The data end-to-end numbers are measured on."""
         return self.eval_data_path or self.data_path
 
+    @property
+    def evaluation_holdout(self) -> Holdout | None:
+        """The part of the calibration data held out for evaluation (None: a separate
+        evaluation set, or the user chose to evaluate on the calibration data)."""
+        return self.holdout if self.eval_data_path is None else None
+
+    @property
+    def evaluation_label(self) -> str:
+        """What end-to-end numbers are measured on, as every result says it."""
+        if self.eval_data_path is not None:
+            return self.eval_data_path.name
+        if self.data_path is None:
+            return ""
+        if self.holdout is None:
+            return f"{self.data_path.name} (the calibration data)"
+        return f"the held-out 1 in {self.holdout.every} of {self.data_path.name}"
+
+    def set_holdout(self, holdout: Holdout | None) -> None:
+        """Hold out one sample in N of the calibration data for evaluation (None: evaluate on
+        the calibration data, chosen explicitly). Calibration should run again: the samples it
+        may use have changed."""
+        if holdout != self.holdout:
+            self.holdout = holdout
+            self._data_changed()
+
     # ================================================================= opening
     def set_model(self, model: LoadedModel, path: Path | None = None) -> None:
         """A new model: its statistics, results and measurements start empty; the settings
@@ -161,6 +193,7 @@ class Document(PinnedComparison):
         self.data_revision += 1
         self.pinned = None  # its settings may name tensors this model does not have
         self.measures.model_changed(model.sha256, self.revision)
+        self.eval_stats.set(None)
         self._set_modified(False)
         self.events.model.emit()
         self.events.history.emit()
@@ -183,6 +216,18 @@ class Document(PinnedComparison):
         self.events.stats.emit()
         self._pinned_measures_changed()
 
+    def set_eval_stats(self, stats: CalibrationStats) -> None:
+        """Statistics of the evaluation data (same model), to judge the calibration data."""
+        if self.model is None or stats.model_sha256 != self.model.sha256:
+            raise QvizError("the evaluation statistics were collected on another model")
+        self.eval_stats.set(stats)
+
+    def representativeness(self, key: TensorKey) -> Representativeness | None:
+        return self.eval_stats.compare(key, self.config_for(key), self.stats)
+
+    def convergence(self, key: TensorKey) -> list[tuple[int, float, float]]:
+        return self.eval_stats.convergence(key, self.config_for(key), self.stats)
+
     def stats_saved(self, path: Path) -> None:
         """The statistics were written to `path` (a session saved now refers to it)."""
         self.stats_path = Path(path)
@@ -199,6 +244,7 @@ class Document(PinnedComparison):
         self._data_changed()
 
     def _data_changed(self) -> None:
+        self.eval_stats.set(None)  # of data no longer the evaluation data
         self.revision += 1
         self.data_revision += 1
         self.measures.invalidate(self.revision)
@@ -415,11 +461,17 @@ class Document(PinnedComparison):
                 if result is not None:
                     a_ranges = self.method_ranges(key)
         pinned = {k.kind: self.pinned_result(k) for k in self.visible_keys()}
-        return self._plots.layer_data(
+        data = self._plots.layer_data(
             weight, weight_values, activation, act_stats, w_ranges, a_ranges,
             weight_missing=w_missing, activation_missing=a_missing,
             pinned_weight=pinned.get(TensorKind.WEIGHT),
             pinned_activation=pinned.get(TensorKind.ACTIVATION),
+        )
+        if data.activation is None:
+            return data
+        key = TensorKey(data.activation.result.name, TensorKind.ACTIVATION)
+        return with_evaluation_view(
+            data, self.eval_stats.stats, self.representativeness(key), self.convergence(key)
         )
 
     def activation_stats(self, key: TensorKey) -> TensorStats | None:
@@ -451,7 +503,18 @@ class Document(PinnedComparison):
             quantized = self.config_for(t.key).quantize
             sqnr = float(result.metrics.sqnr_db) if quantized else math.inf
             scored.append((t.key, sqnr, self.element_count(t.key)))
-        return summarize(self._index, scored, n_worst)
+        summary = summarize(self._index, scored, n_worst)
+        return replace(summary, unrepresentative=self.unrepresentative())
+
+    def unrepresentative(self) -> tuple[TensorKey, ...] | None:
+        """Activations whose evaluation data clips more than sampling explains (None: no
+        statistics of the evaluation data yet)."""
+        if self.eval_stats.stats is None:
+            return None
+        return tuple(
+            t.key for t in self._index.tensors
+            if (r := self.representativeness(t.key)) is not None and r.flagged
+        )
 
     # ================================================================= measurements
     def measure_inputs(self, what: str, config: QuantConfig | None = None) -> MeasureInputs:
@@ -468,16 +531,18 @@ class Document(PinnedComparison):
             raise QvizError(
                 f"{what} runs the model on data, and none is open: open the data (Ctrl+D)"
             )
-        if config is None or config == self.config:
-            return MeasureInputs(
-                self.model, self.stats, self.config, path, self.revision, self._results.known()
-            )
-        return MeasureInputs(self.model, self.stats, config, path, self.revision, {})
+        holdout = self.evaluation_holdout
+        current = config is None or config == self.config
+        return MeasureInputs(
+            self.model, self.stats, self.config if config is None else config, path,
+            self.revision, self._results.known() if current else {}, holdout,
+            self.evaluation_label,
+        )
 
     def accept_evaluation(self, outcome: EvaluationOutcome) -> bool:
         """An evaluation finished; False when it was for earlier settings (dropped)."""
         kept = self.measures.accept_evaluation(outcome, self.revision)
-        if kept and self.pinned is not None and self.pinned.evaluation is None:
+        if kept and self.pinned is not None and self.pinned.like(outcome) is None:
             self.accept_pinned_evaluation(outcome, self.data_revision)  # A's, if it is A
         return kept
 

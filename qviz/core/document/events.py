@@ -17,6 +17,8 @@ class DocumentEvents(SignalGroup):
     model = Signal()
     #: Calibration statistics were set or replaced (activation results are recomputed).
     stats = Signal()
+    #: Statistics of the evaluation data arrived (or were dropped).
+    eval_stats = Signal()
     #: The calibration or evaluation data set changed.
     data = Signal()
     #: The configuration changed: the keys of the tensors whose settings differ.

@@ -23,6 +23,7 @@ from qviz.core.calibration.analysis import (
 )
 from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.data.dataset import Dataset, load_data
+from qviz.core.data.split import Holdout, Part, split
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
 from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode, evaluate
@@ -43,14 +44,39 @@ MIXED_BATCH = 128
 
 
 def calibrate(
-    model: LoadedModel, data_path: Path, batch_size: int, should_stop: ShouldStop
+    model: LoadedModel,
+    data_path: Path,
+    batch_size: int,
+    should_stop: ShouldStop,
+    holdout: Holdout | None = None,
 ) -> Generator[Progress, None, CalibrationStats]:
-    """Read the data and collect statistics."""
+    """Read the data and collect statistics (on the calibration part when a `holdout` keeps
+    some samples apart for evaluation)."""
     yield Progress(0, 0, 0.0, None, f"reading {data_path.name}")
     data = load_data(data_path, model.inputs)
+    if holdout is not None:
+        data = split(data, holdout, Part.CALIBRATION)
     return (
-        yield from collect_stats(model, data, batch_size=batch_size, should_stop=should_stop)
+        yield from collect_stats(
+            model, data, batch_size=batch_size, should_stop=should_stop, snapshots=True
+        )
     )
+
+
+def collect_eval_stats(
+    model: LoadedModel,
+    data_path: Path,
+    holdout: Holdout | None,
+    batch_size: int,
+    should_stop: ShouldStop,
+) -> Generator[Progress, None, CalibrationStats]:
+    """Statistics of the evaluation data (the held-out part when `holdout` is given), to
+    judge whether the calibration data represents it."""
+    yield Progress(0, 0, 0.0, None, f"reading {data_path.name}")
+    data = load_data(data_path, model.inputs)
+    if holdout is not None:
+        data = split(data, holdout, Part.EVALUATION)
+    return (yield from collect_stats(model, data, batch_size=batch_size, should_stop=should_stop))
 
 
 def load_stats_and_model(
@@ -172,6 +198,13 @@ class MeasureInputs:
     data_path: Path
     revision: int
     known: Mapping[TensorKey, TensorResult]  # results already measured for `config`
+    holdout: Holdout | None = None  # measure on the held-out part of `data_path`
+    data_label: str = ""            # what the numbers are measured on, as results say it
+
+    def load(self) -> Dataset:
+        """The evaluation data (read on the worker thread that measures)."""
+        data = load_data(self.data_path, self.model.inputs)
+        return data if self.holdout is None else split(data, self.holdout, Part.EVALUATION)
 
 
 @dataclass(frozen=True)
@@ -207,7 +240,7 @@ def evaluation_job(
     started = time.perf_counter()
     model = inputs.model
     yield Progress(0, 0, 0.0, None, f"reading {inputs.data_path.name}")
-    dataset = load_data(inputs.data_path, model.inputs)
+    dataset = inputs.load()
     results = yield from analyze_with_progress(model, inputs.stats, inputs.config, inputs.known)
     evaluation = yield from evaluate(
         model, results, dataset, native=full, limit=None if full else limit,
@@ -220,7 +253,7 @@ def evaluation_job(
         full=full,
         revision=inputs.revision,
         elapsed_s=time.perf_counter() - started,
-        data_name=inputs.data_path.name,
+        data_name=inputs.data_label or inputs.data_path.name,
     )
 
 
@@ -234,7 +267,7 @@ def sensitivity_job(
 ) -> Generator[Progress, None, SensitivityReport]:
     """Read the data and measure every layer."""
     yield Progress(0, 0, 0.0, None, f"reading {inputs.data_path.name}")
-    data: Dataset = load_data(inputs.data_path, inputs.model.inputs)
+    data: Dataset = inputs.load()
     return (
         yield from sensitivity(
             inputs.model, inputs.stats, inputs.config, data, metric=metric,
@@ -277,7 +310,7 @@ def mixed_job(
     """Read the data, search, then measure the all-lowest baseline on every sample too."""
     yield Progress(0, 0, 0.0, None, f"reading {inputs.data_path.name}")
     model, stats = inputs.model, inputs.stats
-    data = load_data(inputs.data_path, model.inputs)
+    data = inputs.load()
     result: MixedResult = yield from mixed_precision(
         model, stats, inputs.config, data, request.criterion, request.allowed,
         objective=request.objective, limit=request.limit, cache=cache,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from qviz.core.data.split import Holdout
 from qviz.core.document.document import Document
 from qviz.core.errors import QvizError
 from qviz.core.files.session_file import SessionFile
@@ -21,6 +22,7 @@ def to_session(doc: Document) -> SessionFile:
         log_counts=doc.log_counts,
         criteria=doc.measures.criteria_text,
         sensitivity=doc.measures.sensitivity,
+        holdout_every=None if doc.holdout is None else doc.holdout.every,
     )
 
 
@@ -28,6 +30,7 @@ def adopt_session(doc: Document, session: SessionFile) -> None:
     """Take a loaded session's choices into `doc` (the caller opens its files); the undo
     history starts at them."""
     doc.reset_history(session.config)
+    doc.set_holdout(None if session.holdout_every is None else Holdout(session.holdout_every))
     doc.set_log_counts(session.log_counts)
     if session.selection is not None:
         key = doc.find(*session.selection)

@@ -40,6 +40,9 @@ class Summary:
     n_analyzed: int
     worst: tuple[tuple[TensorKey, float], ...]  # lowest SQNR first
     weighted_sqnr_db: float
+    #: Activations whose evaluation data clips more than sampling explains (None: no
+    #: statistics of the evaluation data yet).
+    unrepresentative: tuple[TensorKey, ...] | None = None
 
 
 def summarize(

@@ -7,6 +7,7 @@ the bit; memory is one batch whatever the size of the data.
 from __future__ import annotations
 
 import math
+import re
 from enum import Enum
 
 import numpy as np
@@ -20,7 +21,9 @@ __all__ = [
     "MismatchAccumulator",
     "OutputAccumulator",
     "OutputKind",
+    "OutputRole",
     "class_axis",
+    "looks_like_class_scores",
     "output_kind",
     "output_step",
     "sqnr_db",
@@ -43,6 +46,35 @@ class OutputKind(Enum):
     LOGITS = "logits"
     PROBABILITIES = "probabilities"  # produced by Softmax: used as they are
     LOG_PROBABILITIES = "log-probabilities"  # produced by LogSoftmax
+
+
+class OutputRole(Enum):
+    """Whether an output holds class scores, which decides if top-1 agreement and accuracy
+    mean anything. An argmax over a sentence embedding "agrees" 80 % of the time and says
+    nothing; cosine, SQNR and KL are reported for every output."""
+
+    AUTO = "auto"  # class scores where the labels fit it, or the graph or its name says so
+    CLASSES = "classes"
+    VALUES = "values"  # embeddings, regression, features: no top-1 metrics
+
+
+# Output names that say "class scores" (split on non-letters, lower case).
+_CLASS_WORDS = frozenset(
+    "logits logit prob probs probabilities scores score class classes classifier cls "
+    "predictions softmax".split()
+)
+
+
+def looks_like_class_scores(model: onnx.ModelProto, name: str) -> bool:
+    """True where the graph says ``name`` holds class scores: produced by Softmax,
+    LogSoftmax or a Gemm (a classifier head), or named logits, probabilities, scores..."""
+    words = {w for w in re.split(r"[^a-z]+", name.lower()) if w}
+    if words & _CLASS_WORDS:
+        return True
+    for node in model.graph.node:
+        if name in node.output:
+            return node.op_type in ("Softmax", "LogSoftmax", "Gemm")
+    return False
 
 
 def output_kind(model: onnx.ModelProto, name: str) -> OutputKind:
@@ -80,9 +112,14 @@ class OutputAccumulator:
     `OutputComparison` with `result`; `evaluate` and the sensitivity analysis fold the very
     same sums, so their numbers agree to the bit."""
 
-    def __init__(self, name: str, kind: OutputKind = OutputKind.LOGITS) -> None:
+    def __init__(
+        self, name: str, kind: OutputKind = OutputKind.LOGITS, *, classes: bool | None = True
+    ) -> None:
         self.name = name
         self.kind = kind
+        # Class scores (top-1 agreement and accuracy apply): None decides by the labels,
+        # class scores exactly when the labels fit the output.
+        self.classes = classes
         self.n_samples = 0
         self.positions = 0  # top-1 positions (samples x spatial)
         self.agree = 0
@@ -135,16 +172,20 @@ class OutputAccumulator:
                 self.labelled += target.size
                 self.correct_float += int(np.sum(top_f == target))
                 self.correct_quant += int(np.sum(top_q == target))
+                if self.classes is None:
+                    self.classes = True
 
     def result(self) -> OutputComparison:
         top1 = self.axis is not None and self.positions > 0
-        acc = self.labelled > 0
+        kl = top1  # KL of the softmax: for every output of 2+ dimensions
+        top1 = top1 and bool(self.classes)
+        acc = self.labelled > 0 and bool(self.classes)
         return OutputComparison(
             name=self.name,
             agreement_pct=100.0 * self.agree / self.positions if top1 else None,
             sqnr_db=sqnr_db(self.signal, self.noise),
             cosine=self.cosine_sum / self.n_samples if self.n_samples else math.nan,
-            kl=self.kl_sum / self.positions if top1 else None,
+            kl=self.kl_sum / self.positions if kl else None,
             max_abs_error=self.max_abs,
             float_accuracy=100.0 * self.correct_float / self.labelled if acc else None,
             quantized_accuracy=100.0 * self.correct_quant / self.labelled if acc else None,
@@ -153,10 +194,13 @@ class OutputAccumulator:
 
 def _targets(labels: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray | None:
     """Class indices shaped like the top-1 of an output of `shape`; one-hot labels (shaped
-    like the output) are accepted too. None when the labels do not fit the output."""
+    like the output) are accepted too. None when the labels do not fit the output: another
+    shape, or a class the output has no score for."""
     top_shape = shape[:axis] + shape[axis + 1 :]
     labels = np.asarray(labels)
     if labels.shape == top_shape:
+        if labels.size and int(np.max(labels)) >= shape[axis]:
+            return None
         return labels.astype(np.int64)
     if labels.shape == shape:
         return np.argmax(labels, axis=axis)

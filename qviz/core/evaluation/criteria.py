@@ -182,7 +182,7 @@ class Criterion:
             why = (
                 "the data has no labels"
                 if self.metric.needs_labels
-                else "the output has no class axis"
+                else "the output holds no class scores"
             )
             return Verdict(
                 self,

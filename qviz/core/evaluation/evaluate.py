@@ -21,17 +21,20 @@ as the ONNX operator it is, bit for bit what qviz's `quantize`/`dequantize` comp
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from qviz.core.data.feeding import StateCarry
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.accumulators import (
     MismatchAccumulator,
     OutputAccumulator,
     OutputKind,
+    OutputRole,
     class_axis,
+    looks_like_class_scores,
     output_kind,
     output_step,
     sqnr_db,
@@ -56,7 +59,6 @@ from qviz.core.runtime.sessions import (
     KernelPrecision,
     SessionConfig,
     build_session,
-    run_session,
     with_outputs,
 )
 
@@ -77,6 +79,7 @@ __all__ = [
     "OutputAccumulator",
     "OutputComparison",
     "OutputKind",
+    "OutputRole",
     "RunMode",
     "check_limits",
     "class_axis",
@@ -90,20 +93,18 @@ __all__ = [
 # --------------------------------------------------------------------------- evaluate
 
 
-def _truncate(feeds: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    return {k: v[:n] for k, v in feeds.items()}
-
-
-def _batch_len(feeds: Mapping[str, np.ndarray]) -> int:
-    return len(next(iter(feeds.values())))
-
-
 def model_size(model: LoadedModel, qdq: QdqModel) -> ModelSize:
     """Initializer bytes of the float and Q/DQ graphs (simulated weights at nominal width)."""
     nominal = {t.stored_name: float(t.fmt.bits) for t in qdq.simulated if t.stored_name is not None}
     return ModelSize(
         initializer_bytes(model.model), initializer_bytes(qdq.model, nominal), bool(nominal)
     )
+
+
+def _classes(model: LoadedModel, output: str, role: OutputRole) -> bool | None:
+    if role is OutputRole.AUTO:
+        return True if looks_like_class_scores(model.model, output) else None
+    return role is OutputRole.CLASSES
 
 
 def check_limits(data: Dataset, limit: int | None, batch_size: int) -> int:
@@ -129,6 +130,7 @@ def evaluate(
     batch_size: int = 64,
     latency: bool = True,
     latency_repeats: int = 20,
+    role: OutputRole = OutputRole.AUTO,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Generator[Progress, None, Evaluation]:
     """Run the float and quantized models over `data` (the first `limit` samples), yielding
@@ -137,7 +139,9 @@ def evaluate(
     `quantized` is the analysed tensors (`analyze`, or `results_from_saved` for a config
     file) or a Q/DQ model already built from them. With ``native`` the quantized numbers come
     from ORT's optimized (fused INT8) session, and the simulation-vs-native mismatch is
-    measured; without it they come from the simulation. Raises `EvaluationCancelled` when
+    measured; without it they come from the simulation. ``role`` says whether the outputs
+    hold class scores: top-1 agreement and accuracy are measured only there (`OutputRole.AUTO`
+    decides from the labels and the graph). Raises `EvaluationCancelled` when
     `should_stop()` turns true between batches.
     """
     total = check_limits(data, limit, batch_size)
@@ -166,28 +170,34 @@ def evaluate(
         except QvizError as exc:
             notes.append(f"no native latency: {exc}")
 
-    out_acc = [OutputAccumulator(o, output_kind(model.model, o)) for o in outputs]
+    out_acc = [
+        OutputAccumulator(o, output_kind(model.model, o), classes=_classes(model, o, role))
+        for o in outputs
+    ]
     mismatch_acc = [MismatchAccumulator(o, output_step(qdq, o)) for o in outputs]
     depth_sums = np.zeros((len(acts), 2), dtype=np.float64)  # sum f^2, sum (f - q)^2
     labels = data.labels
     done = 0
     first_batch: dict[str, np.ndarray] | None = None
+    # Stateful models: each session carries the state its own previous run produced.
+    carry_f, carry_s, carry_n = (StateCarry.of(data) for _ in range(3))
     for feeds in data.batches(batch_size):
         if should_stop():
             raise EvaluationCancelled()
-        n = min(_batch_len(feeds), total - done)
+        n = min(data.samples_in(feeds), total - done)
         if n <= 0:
             break
-        feeds = _truncate(feeds, n)
+        feeds = data.head(feeds, n)
         if first_batch is None:
             first_batch = feeds
-        f_values = run_session(float_session, feeds, outputs + float_depth)
-        s_values = run_session(sim_session, feeds, outputs + sim_depth)
+        fed = carry_f.feeds(feeds)
+        f_values = carry_f.run(float_session, feeds, outputs + float_depth)
+        s_values = carry_s.run(sim_session, feeds, outputs + sim_depth)
         f_out, s_out = f_values[: len(outputs)], s_values[: len(outputs)]
         q_out = s_out
         if native:
             assert native_session is not None
-            q_out = run_session(native_session, feeds, outputs)
+            q_out = carry_n.run(native_session, feeds, outputs)
             for m_acc, s, q in zip(mismatch_acc, s_out, q_out, strict=True):
                 m_acc.update(s, q)
         batch_labels = None if labels is None else labels[done : done + n]
@@ -195,7 +205,7 @@ def evaluate(
             acc.update(f, q, batch_labels)
         f_named = dict(zip(float_depth, f_values[len(outputs) :], strict=True))
         for i, (t, q) in enumerate(zip(acts, s_values[len(outputs) :], strict=True)):
-            f = feeds[t.name] if t.name in input_names else f_named[t.name]
+            f = fed[t.name] if t.name in input_names else f_named[t.name]
             f64 = np.asarray(f, dtype=np.float64)
             diff = f64 - np.asarray(q, dtype=np.float64)
             depth_sums[i, 0] += float(np.sum(f64 * f64))
@@ -217,9 +227,15 @@ def evaluate(
         f_ms, n_ms = measure_latency(
             plain_float, native_session, first_batch, repeats=latency_repeats
         )
-        measured = Latency(f_ms, n_ms, _batch_len(first_batch), latency_repeats, precision)
+        measured = Latency(f_ms, n_ms, data.samples_in(first_batch), latency_repeats, precision)
 
     comparisons = tuple(a.result() for a in out_acc)
+    for a in out_acc:
+        if a.axis is not None and not a.classes:
+            notes.append(
+                f"output '{a.name}' holds values, not class scores (no labels fit it; no "
+                "Softmax, Gemm or name says so): no top-1 agreement or accuracy"
+            )
     primary = comparisons[0]
     float_metrics: dict[Metric, float] = {}
     quant_metrics = primary.quantized_metrics()
@@ -227,7 +243,7 @@ def evaluate(
     if primary.float_accuracy is not None and primary.quantized_accuracy is not None:
         float_metrics[Metric.ACCURACY] = primary.float_accuracy
         delta[Metric.ACCURACY] = primary.quantized_accuracy - primary.float_accuracy
-    elif labels is not None:
+    elif labels is not None and out_acc[0].classes is not False:
         notes.append(f"the labels do not fit output '{primary.name}': no accuracy")
 
     depth = tuple(

@@ -30,9 +30,24 @@ from qviz.core.calibration.methods import Method, MethodSpec
 from qviz.core.calibration.metrics import TensorMetrics
 from qviz.core.errors import QvizError
 from qviz.core.files.atomic import atomic_open
+from qviz.core.files.validate import (
+    MAX_GROUP_SIZE,
+    read_json,
+    want_finite,
+    want_int,
+    want_str,
+)
+from qviz.core.files.validate import migrate as migrate_document
 from qviz.core.model.loading import LoadedModel, TensorKind
-from qviz.core.quant.formats import DEFAULT_GROUP_SIZE, Granularity, NumberFormat, PerAxis, PerGroup
-from qviz.core.quant.qparams import QParams
+from qviz.core.quant.formats import (
+    DEFAULT_GROUP_SIZE,
+    FormatKind,
+    Granularity,
+    NumberFormat,
+    PerAxis,
+    PerGroup,
+)
+from qviz.core.quant.qparams import QParams, blocked_shape
 
 SCHEMA_VERSION = 1
 FILE_TYPE = "qviz-config"
@@ -65,6 +80,7 @@ class SavedConfig:
     model_sha256: str
     qviz_version: str
     schema_version: int = SCHEMA_VERSION  # of the file as it was on disk, before migration
+    origin: str = "the config file"  # where it was read from, for messages
 
     def tensor(self, name: str) -> SavedTensor:
         for t in self.tensors:
@@ -121,15 +137,21 @@ def encode_array(a: np.ndarray) -> JsonDict:
 
 
 def decode_array(d: Mapping[str, Any], what: str, dtype: np.dtype | None = None) -> np.ndarray:
+    if not isinstance(d, Mapping):
+        raise QvizError(f"{what}: malformed array (needs dtype, shape and values)")
     try:
-        shape = tuple(int(s) for s in d["shape"])
+        shape = tuple(want_int(s, f"{what}: shape", 0) for s in d["shape"])
         raw = d["values"]
         dt = np.dtype(dtype if dtype is not None else d["dtype"])
     except (KeyError, TypeError, ValueError):
         raise QvizError(f"{what}: malformed array (needs dtype, shape and values)") from None
+    if dt.kind not in "biuf":
+        raise QvizError(f"{what}: arrays hold numbers, not {dt.name}")
+    if not isinstance(raw, list):
+        raise QvizError(f"{what}: values must be a list")
+    if len(raw) != math.prod(shape):
+        raise QvizError(f"{what}: {len(raw)} values for shape {list(shape)}")
     values = [decode_float(v, what) for v in raw]
-    if len(values) != math.prod(shape):
-        raise QvizError(f"{what}: {len(values)} values for shape {list(shape)}")
     return np.asarray(values, dtype=np.float64).astype(dt).reshape(shape)
 
 
@@ -170,36 +192,46 @@ def _bool(d: Mapping[str, Any], key: str, default: bool, what: str) -> bool:
 
 
 def decode_tensor_config(d: Mapping[str, Any], what: str) -> TensorConfig:
+    if not isinstance(d, Mapping):
+        raise QvizError(f"{what}: must be an object")
     try:
         fmt = NumberFormat.parse(
-            str(d["format"]),
+            want_str(d["format"], f"{what}: format"),
             symmetric=_bool(d, "symmetric", True, what),
             pow2_scale=_bool(d, "pow2_scale", False, what),
         )
+        group_size = want_int(
+            d.get("group_size", DEFAULT_GROUP_SIZE), f"{what}: group_size", 1, MAX_GROUP_SIZE
+        )
         granularity = Granularity.parse(
-            str(d["granularity"]), int(d.get("group_size", DEFAULT_GROUP_SIZE))
+            want_str(d["granularity"], f"{what}: granularity"), group_size
         )
         if isinstance(granularity, PerAxis) and d.get("granularity_axis") is not None:
-            granularity = PerAxis(int(d["granularity_axis"]))
+            granularity = PerAxis(want_int(d["granularity_axis"], f"{what}: granularity_axis",
+                                           0, 64))
         method = Method(d["method"])
     except KeyError as exc:
         raise QvizError(f"{what}: missing '{exc.args[0]}'") from None
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise QvizError(f"{what}: {exc}") from None
     manual = d.get("manual_range")
     manual_range = None
     if manual is not None:
-        if not isinstance(manual, Sequence) or len(manual) != 2:
+        if not isinstance(manual, list) or len(manual) != 2:
             raise QvizError(f"{what}: manual_range must be [low, high]")
-        manual_range = (decode_float(manual[0], what), decode_float(manual[1], what))
+        low = want_finite(manual[0], f"{what}: manual_range low")
+        high = want_finite(manual[1], f"{what}: manual_range high")
+        if not low < high:
+            raise QvizError(f"{what}: manual_range [{low:g}, {high:g}] must have low < high")
+        manual_range = (low, high)
     # Files written before the parameters were kept apart carry a percentile (and maybe a
-    # range) for every method: only the one that applies is read.
+    # range) for every method: only the one that applies is read, but each must be valid.
     percentile = d.get("percentile")
-    spec = MethodSpec.of(
-        method,
-        percentile=None if percentile is None else decode_float(percentile, what),
-        manual_range=manual_range,
-    )
+    if percentile is not None:
+        percentile = want_finite(percentile, f"{what}: percentile")
+        if not 0.0 < percentile <= 100.0:
+            raise QvizError(f"{what}: percentile must be in (0, 100], got {percentile:g}")
+    spec = MethodSpec.of(method, percentile=percentile, manual_range=manual_range)
     return TensorConfig(spec, granularity, fmt, quantize=_bool(d, "quantize", True, what))
 
 
@@ -215,21 +247,23 @@ def encode_quant_config(config: QuantConfig) -> JsonDict:
     }
 
 
-def decode_quant_config(doc: Mapping[str, Any]) -> QuantConfig:
+def decode_quant_config(doc: Mapping[str, Any], source: str = "config file") -> QuantConfig:
     defaults = doc.get("defaults")
     overrides = doc.get("overrides", {})
     if not isinstance(defaults, Mapping) or not isinstance(overrides, Mapping):
-        raise QvizError("config file: 'defaults' and 'overrides' must be objects")
+        raise QvizError(f"{source}: 'defaults' and 'overrides' must be objects")
     try:
-        weights = decode_tensor_config(defaults["weights"], "defaults.weights")
-        activations = decode_tensor_config(defaults["activations"], "defaults.activations")
+        weights = decode_tensor_config(defaults["weights"], f"{source}: defaults.weights")
+        activations = decode_tensor_config(
+            defaults["activations"], f"{source}: defaults.activations"
+        )
     except KeyError as exc:
-        raise QvizError(f"config file: defaults lack '{exc.args[0]}'") from None
+        raise QvizError(f"{source}: defaults lack '{exc.args[0]}'") from None
     return QuantConfig(
         weights=weights,
         activations=activations,
         overrides={
-            str(name): decode_tensor_config(cfg, f"override '{name}'")
+            str(name): decode_tensor_config(cfg, f"{source}: override '{name}'")
             for name, cfg in overrides.items()
         },
     )
@@ -256,9 +290,19 @@ def encode_qparams(qp: QParams) -> JsonDict:
     }
 
 
+def zero_point_range(fmt: NumberFormat) -> tuple[int, int]:
+    """The zero points a format can hold: its integer type's range (0 only for FP8 and NF4)."""
+    if fmt.kind is FormatKind.INT:
+        if fmt.signed:
+            half = 2 ** (fmt.bits - 1)
+            return -half, half - 1
+        return 0, 2**fmt.bits - 1
+    return 0, 0
+
+
 def decode_qparams(d: Mapping[str, Any], fmt: NumberFormat, what: str) -> QParams:
     try:
-        shape = tuple(int(s) for s in d["shape"])
+        shape = tuple(want_int(s, f"{what}: shape", 0) for s in d["shape"])
         hexes = list(d["scale_hex"])
         decimals = list(d["scale"])
         zps = list(d["zero_point"])
@@ -268,10 +312,17 @@ def decode_qparams(d: Mapping[str, Any], fmt: NumberFormat, what: str) -> QParam
     if not len(hexes) == len(decimals) == len(zps) == n:
         raise QvizError(f"{what}: scale/zero_point lengths do not match shape {list(shape)}")
     scale = np.array([float32_from_hex(str(h)) for h in hexes], dtype=np.float32)
+    bad = np.flatnonzero(~(np.isfinite(scale) & (scale > 0)))
+    if bad.size:
+        i = int(bad[0])
+        raise QvizError(
+            f"{what}: scale[{i}] is {float(scale[i])!r}; scales must be finite and positive"
+        )
     readable = np.array([decode_float(v, what) for v in decimals], dtype=np.float64)
     # The decimals were written from these very float32 values, so they must map back onto
     # them exactly; a mismatch means one of the two was edited by hand.
-    mismatch = np.flatnonzero(readable.astype(np.float32) != scale)
+    with np.errstate(over="ignore"):  # a huge hand-edited decimal is a mismatch, not a warning
+        mismatch = np.flatnonzero(readable.astype(np.float32) != scale)
     if mismatch.size:
         i = int(mismatch[0])
         raise QvizError(
@@ -284,15 +335,27 @@ def decode_qparams(d: Mapping[str, Any], fmt: NumberFormat, what: str) -> QParam
             f"{what}: zero points are {d.get('zero_point_dtype')}, but {fmt.spec} stores "
             f"{storage.name}"
         )
-    zp = np.array([decode_float(v, what) for v in zps], dtype=np.float64).astype(storage)
+    low, high = zero_point_range(fmt)
+    zp_values = []
+    for i, v in enumerate(zps):
+        value = want_finite(v, f"{what}: zero_point[{i}]")
+        if not value.is_integer() or not low <= value <= high:
+            span = "0" if low == high == 0 else f"an integer in [{low}, {high}]"
+            raise QvizError(f"{what}: zero_point[{i}] is {v!r}; {fmt.spec} takes {span}")
+        zp_values.append(value)
+    zp = np.array(zp_values, dtype=np.float64).astype(storage)
     axis = d.get("axis")
     block = d.get("block_size")
-    return QParams(
-        scale=scale.reshape(shape),
-        zero_point=zp.reshape(shape),
-        axis=None if axis is None else int(axis),
-        block_size=None if block is None else int(block),
-    )
+    try:
+        return QParams(
+            scale=scale.reshape(shape),
+            zero_point=zp.reshape(shape),
+            axis=None if axis is None else want_int(axis, f"{what}: axis", 0, 64),
+            block_size=None if block is None else want_int(block, f"{what}: block_size", 1,
+                                                           MAX_GROUP_SIZE),
+        )
+    except (ValueError, TypeError) as exc:  # QParams' own consistency checks
+        raise QvizError(f"{what}: {exc}") from None
 
 
 # TensorMetrics repeats the qparams' scale and zero point; the file keeps them once.
@@ -372,16 +435,7 @@ def save_config(
 
 def read_document(path: str | Path) -> JsonDict:
     """The raw JSON of a config file, not yet migrated."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise QvizError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise QvizError(f"{path}: cannot read a qviz config file ({exc})") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise QvizError(f"{path}: not a qviz config file (invalid JSON: {exc.msg})") from None
+    doc = read_json(path, "a qviz config file")
     if not isinstance(doc, dict) or "schema_version" not in doc:
         raise QvizError(f"{path}: not a qviz config file (no schema_version)")
     return doc
@@ -389,20 +443,7 @@ def read_document(path: str | Path) -> JsonDict:
 
 def migrate(doc: JsonDict, source: str = "config file") -> JsonDict:
     """Upgrade a document to SCHEMA_VERSION through MIGRATIONS, one version at a time."""
-    version = doc.get("schema_version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise QvizError(f"{source}: schema_version must be an integer, got {version!r}")
-    if version > SCHEMA_VERSION:
-        raise QvizError(
-            f"{source} is schema_version {version}; this qviz reads up to {SCHEMA_VERSION}"
-        )
-    while version < SCHEMA_VERSION:
-        step = MIGRATIONS.get(version)
-        if step is None:
-            raise QvizError(f"{source}: schema_version {version} is not supported")
-        doc = step(doc)
-        version = doc["schema_version"]
-    return doc
+    return migrate_document(doc, MIGRATIONS, SCHEMA_VERSION, source, "config")
 
 
 def decode_document(doc: JsonDict, source: str = "config file") -> SavedConfig:
@@ -413,7 +454,7 @@ def decode_document(doc: JsonDict, source: str = "config file") -> SavedConfig:
     model = doc.get("model")
     if not isinstance(model, Mapping) or "sha256" not in model:
         raise QvizError(f"{source}: lacks the model's source and sha256")
-    quant_config = decode_quant_config(doc)
+    quant_config = decode_quant_config(doc, source)
     entries = doc.get("tensors", [])
     if not isinstance(entries, list):
         raise QvizError(f"{source}: 'tensors' must be a list")
@@ -421,16 +462,23 @@ def decode_document(doc: JsonDict, source: str = "config file") -> SavedConfig:
     for i, entry in enumerate(entries):
         if not isinstance(entry, Mapping) or "name" not in entry:
             raise QvizError(f"{source}: tensors[{i}] has no name")
-        what = f"tensor '{entry['name']}'"
+        name = want_str(entry["name"], f"{source}: tensors[{i}].name")
+        what = f"{source}: tensor '{name}'"
         try:
             kind = TensorKind(entry["kind"])
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, TypeError):
             raise QvizError(f"{what}: kind must be 'weight' or 'activation'") from None
         cfg = decode_tensor_config(entry, what)
         qp = decode_qparams(entry, cfg.fmt, what)
-        metrics = decode_metrics(entry.get("metrics", {}), qp, f"{what} metrics")
+        metrics_doc = entry.get("metrics", {})
+        if not isinstance(metrics_doc, Mapping):
+            raise QvizError(f"{what}: metrics must be an object")
+        try:
+            metrics = decode_metrics(metrics_doc, qp, f"{what} metrics")
+        except (ValueError, TypeError) as exc:  # TensorMetrics' own consistency checks
+            raise QvizError(f"{what} metrics: {exc}") from None
         tensors.append(
-            SavedTensor(str(entry["name"]), kind, str(entry.get("layer", "")), cfg, qp, metrics)
+            SavedTensor(name, kind, str(entry.get("layer", "")), cfg, qp, metrics)
         )
     return SavedConfig(
         quant_config=quant_config,
@@ -439,6 +487,7 @@ def decode_document(doc: JsonDict, source: str = "config file") -> SavedConfig:
         model_sha256=str(model["sha256"]),
         qviz_version=str(doc.get("qviz_version", "")),
         schema_version=int(on_disk),  # type: ignore[arg-type]  # checked by migrate()
+        origin=source,
     )
 
 
@@ -457,6 +506,32 @@ def is_config_file(path: str | Path) -> bool:
     return head.startswith(b"{")
 
 
+def check_qparams_fit(qp: QParams, shape: tuple[int, ...] | None, what: str) -> None:
+    """The scales' shape must be what the tensor's shape and granularity give (one scale per
+    tensor, per channel along ``axis``, or per block); a hand edit must not reach ONNX."""
+    scale_shape = tuple(np.shape(qp.scale))
+    if qp.axis is None:
+        if int(np.size(qp.scale)) != 1:
+            raise QvizError(f"{what}: {np.size(qp.scale)} scales but no axis")
+        return
+    if shape is None:  # an activation: its shape is known only when it runs
+        if len(scale_shape) != 1 or qp.block_size is not None:
+            raise QvizError(f"{what}: activations take one scale per channel on one axis")
+        return
+    if qp.axis >= len(shape):
+        raise QvizError(f"{what}: axis {qp.axis} is outside the tensor's shape {list(shape)}")
+    want = (
+        (shape[qp.axis],) if qp.block_size is None
+        else blocked_shape(shape, qp.axis, qp.block_size)
+    )
+    if scale_shape != want:
+        raise QvizError(
+            f"{what}: {list(scale_shape)} scales do not fit the tensor {list(shape)} "
+            f"(axis {qp.axis}{'' if qp.block_size is None else f', blocks of {qp.block_size}'}"
+            f": {list(want)})"
+        )
+
+
 def results_from_saved(model: LoadedModel, saved: SavedConfig) -> list[TensorResult]:
     """TensorResults carrying exactly the saved qparams (and saved metrics), in graph order.
 
@@ -469,6 +544,7 @@ def results_from_saved(model: LoadedModel, saved: SavedConfig) -> list[TensorRes
             f"sha256 {saved.model_sha256[:12]}…), not {model.source}"
         )
     by_key = {(t.name, t.kind): t for t in quant_tensors(model)}
+    dims = {t.name: tuple(int(d) for d in t.dims) for t in model.model.graph.initializer}
     results = []
     for saved_tensor in saved.tensors:
         tensor = by_key.get((saved_tensor.name, saved_tensor.kind))
@@ -477,6 +553,8 @@ def results_from_saved(model: LoadedModel, saved: SavedConfig) -> list[TensorRes
                 f"the config file quantizes {saved_tensor.kind.value} '{saved_tensor.name}', "
                 f"which this model does not have"
             )
+        check_qparams_fit(saved_tensor.qparams, dims.get(saved_tensor.name),
+                          f"{saved.origin}: tensor '{saved_tensor.name}'")
         results.append(
             TensorResult(
                 name=saved_tensor.name,

@@ -22,6 +22,7 @@ from qviz.core.calibration.analysis import TensorResult
 from qviz.core.errors import QvizError
 from qviz.core.files.atomic import atomic_open
 from qviz.core.files.config_file import float32_from_hex, float32_hex
+from qviz.core.files.validate import read_json, want_finite, want_int, want_positive
 from qviz.core.graph.qdq import QdqModel, build_qdq, save_qdq_model
 from qviz.core.model.loading import LoadedModel, TensorKind
 from qviz.core.quant.formats import FormatKind, GranularityKind, NumberFormat
@@ -35,6 +36,9 @@ ORT_OVERRIDES_FILE_TYPE = "qviz-ort-overrides"
 TRT_DEFAULT_VERSION = "8601"
 TRT_CALIBRATOR = "EntropyCalibration2"
 _TRT_QMAX = 127.0
+
+_F32_MAX = float(np.finfo(np.float32).max)
+_F32_TINY = float(np.finfo(np.float32).tiny)
 
 # ONNX's protobuf encoding cannot hold a single message over 2 GiB.
 _PROTOBUF_LIMIT = 2**31 - 1
@@ -212,12 +216,7 @@ def export_ort_overrides(
 
 
 def _read_json(path: str | Path, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise QvizError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QvizError(f"{path}: not {what} ({exc})") from None
+    doc = read_json(path, what)
     if not isinstance(doc, dict):
         raise QvizError(f"{path}: not {what}")
     return doc
@@ -228,7 +227,9 @@ def load_ort_overrides(path: str | Path) -> dict[str, list[dict[str, Any]]]:
     ...})`: `quant_type` as `QuantType`, `scale` as `np.float32`, `zero_point` in the numpy
     type of the quant type (np.int8, np.uint8, ...), as ORT's quantizer requires.
 
-    Accepts qviz's file or a bare {tensor: [dicts]} mapping in the same JSON spelling.
+    Accepts qviz's file or a bare {tensor: [dicts]} mapping in the same JSON spelling. Scales
+    must be finite and positive, zero points integers in the quant type's range, an axis a
+    non-negative integer: one QvizError line naming the file, tensor and field otherwise.
     """
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.quant_utils import ONNX_TYPE_TO_NP_TYPE
@@ -245,26 +246,49 @@ def load_ort_overrides(path: str | Path) -> dict[str, list[dict[str, Any]]]:
         raise QvizError(f"{path}: no TensorQuantOverrides mapping")
     out: dict[str, list[dict[str, Any]]] = {}
     for name, entries in raw.items():
+        what = f"{path}: tensor '{name}'"
         if not isinstance(entries, list) or not entries:
-            raise QvizError(f"{path}: overrides of '{name}' must be a non-empty list")
+            raise QvizError(f"{what}: overrides must be a non-empty list")
+        if not all(isinstance(e, Mapping) for e in entries):
+            raise QvizError(f"{what}: each override must be an object")
         qtype_name = entries[0].get("quant_type", "QInt8")
         try:
             qtype = QuantType[qtype_name]
-        except KeyError:
-            raise QvizError(f"{path}: '{name}' has unknown quant_type {qtype_name!r}") from None
-        np_type = ONNX_TYPE_TO_NP_TYPE[qtype.tensor_type]
+        except (KeyError, TypeError):
+            raise QvizError(f"{what}: unknown quant_type {qtype_name!r}") from None
+        np_type = np.dtype(ONNX_TYPE_TO_NP_TYPE[qtype.tensor_type])
         converted = []
-        for entry in entries:
+        for i, entry in enumerate(entries):
+            field = f"{what}[{i}]"
             item = dict(entry)
             if "quant_type" in item:
                 item["quant_type"] = qtype
             if "scale" in item:
-                item["scale"] = np.array(item["scale"], dtype=np.float32)
+                scale = want_positive(item["scale"], f"{field}.scale")
+                if not _F32_TINY <= scale <= _F32_MAX:
+                    raise QvizError(f"{field}.scale: {scale!r} is outside float32's normal range")
+                item["scale"] = np.array(scale, dtype=np.float32)
             if "zero_point" in item:
-                item["zero_point"] = np.array(item["zero_point"], dtype=np_type)
+                item["zero_point"] = _zero_point(item["zero_point"], np_type, f"{field}")
+            if "axis" in item:
+                want_int(item["axis"], f"{field}.axis", 0, 64)
             converted.append(item)
         out[str(name)] = converted
     return out
+
+
+def _zero_point(value: Any, np_type: np.dtype, field: str) -> np.ndarray:
+    number = want_finite(value, f"{field}.zero_point")
+    if np_type.kind in "iu":
+        info = np.iinfo(np_type)
+        if not number.is_integer() or not info.min <= number <= info.max:
+            raise QvizError(
+                f"{field}.zero_point: {value!r} is not an integer in [{info.min}, {info.max}] "
+                f"({np_type.name})"
+            )
+    elif number != 0:
+        raise QvizError(f"{field}.zero_point: {np_type.name} zero points are 0, not {value!r}")
+    return np.array(number, dtype=np_type)
 
 
 def load_ort_quantize_options(path: str | Path) -> dict[str, Any]:
@@ -280,6 +304,11 @@ def load_ort_quantize_options(path: str | Path) -> dict[str, Any]:
     options = doc.get("quantize_static")
     if not isinstance(options, Mapping):
         raise QvizError(f"{path}: no quantize_static options (not written by qviz?)")
+    extra_options = options.get("extra_options") or {}
+    ops = options.get("op_types_to_quantize") or []
+    if not isinstance(extra_options, Mapping) or not isinstance(ops, list):
+        raise QvizError(f"{path}: quantize_static's extra_options/op_types_to_quantize are "
+                        "malformed")
     try:
         kwargs: dict[str, Any] = {
             "quant_format": QuantFormat[options.get("quant_format", "QDQ")],
@@ -288,7 +317,7 @@ def load_ort_quantize_options(path: str | Path) -> dict[str, Any]:
             "per_channel": bool(options.get("per_channel", False)),
             "op_types_to_quantize": list(options.get("op_types_to_quantize") or []) or None,
         }
-    except KeyError as exc:
+    except (KeyError, TypeError) as exc:
         raise QvizError(f"{path}: unknown ORT option value {exc.args[0]!r}") from None
     extra = dict(options.get("extra_options") or {})
     extra["TensorQuantOverrides"] = load_ort_overrides(path)

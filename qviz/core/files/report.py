@@ -16,8 +16,8 @@ import html
 import json
 import math
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -34,6 +34,12 @@ from qviz.core.evaluation.criteria import Criterion, Verdict, check_all
 from qviz.core.evaluation.evaluate import Evaluation, Metric
 from qviz.core.files import svg as svg
 from qviz.core.files.atomic import write_text_atomic
+from qviz.core.files.outputs import (
+    check_output,
+    remove_stale_temporaries,
+    temporary_prefix,
+    write_error,
+)
 from qviz.core.jsonnum import json_number as _num
 from qviz.core.model.loading import LoadedModel, TensorKind
 
@@ -488,11 +494,13 @@ def build_report(
 def _new_folder(target: Path) -> Iterator[Path]:
     """A temporary folder beside `target`, renamed onto it when the block succeeds (a new
     folder appears whole or not at all)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    umask = os.umask(0)  # mkdtemp makes the folder private (0700); give it the usual mode
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
+    target = check_output(target, folder=True)
+    remove_stale_temporaries(target)
+    tmp = target.parent / f"{temporary_prefix(target)}{secrets.token_hex(4)}.tmp"
+    try:
+        tmp.mkdir()  # 0o777 & ~umask: the usual mode
+    except OSError as exc:
+        raise write_error(target, exc, existed=False) from exc
     try:
         yield tmp
         os.rename(tmp, target)
@@ -524,6 +532,25 @@ def _write_page_files(report: Report, folder: Path, stem: str, image_prefix: str
     return written
 
 
+#: The plots a report may hold (each written as an SVG file beside the page).
+PLOT_KEYS = ("sqnr", "depth")
+
+
+def report_files(path: str | Path) -> tuple[Path, ...]:
+    """Every file `write_report` may write for ``path`` (the folder itself first, for a
+    folder): what must be checked before anything is measured or written."""
+    target = Path(path)
+    kind = PageFormat.for_path(target)
+    if kind is PageFormat.JSON:
+        return (target,)
+    if kind in (PageFormat.HTML, PageFormat.MARKDOWN):
+        folder, stem = target.parent, target.stem
+        plots = [folder / f"{stem}.{key}.svg" for key in PLOT_KEYS]
+        return (target, folder / f"{stem}.json", *plots)
+    names = ["report.html", "report.md", "report.json", *(f"{key}.svg" for key in PLOT_KEYS)]
+    return (target, *(target / n for n in names))
+
+
 def write_report(report: Report, path: str | Path) -> tuple[Path, ...]:
     """Write the report; the output's suffix picks the form (see `PageFormat`).
 
@@ -539,7 +566,6 @@ def write_report(report: Report, path: str | Path) -> tuple[Path, ...]:
         write_text_atomic(target, report.to_json_text())
         return (target,)
     if kind in (PageFormat.HTML, PageFormat.MARKDOWN):
-        target.parent.mkdir(parents=True, exist_ok=True)
         return tuple(_write_page_files(report, target.parent, target.stem, f"{target.stem}.",
                                        [kind]))
     both = [PageFormat.HTML, PageFormat.MARKDOWN]

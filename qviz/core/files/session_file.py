@@ -13,8 +13,10 @@ Schema history:
   view settings. A session may also embed the last sensitivity report (`sensitivity`, written
   with `report_to_json`), so re-opening it does not re-run the model; older readers ignore the
   key, and a report that cannot be read is dropped (it is a cache, never a reason to fail).
-* 3 — adds the evaluation data (`files.eval_data`; null measures on the calibration data) and
-  the acceptance criteria the user typed (`criteria`; null keeps the defaults).
+* 3 — adds the evaluation data (`files.eval_data`), how evaluation is kept apart from
+  calibration when there is one data set (`evaluation.holdout_every`: one sample in N held out;
+  null evaluates on the calibration data, a choice made explicitly) and the acceptance criteria
+  the user typed (`criteria`; null keeps the defaults).
 
 Paths are written relative to the session file's folder, so a folder holding a model, its data
 and a session can be moved or shared as a whole; absolute paths are kept when there is no
@@ -33,9 +35,11 @@ from typing import Any
 
 import qviz
 from qviz.core.calibration.config import QuantConfig
+from qviz.core.data.split import DEFAULT_EVERY
 from qviz.core.errors import QvizError
 from qviz.core.files.atomic import atomic_open
 from qviz.core.files.config_file import decode_quant_config, encode_quant_config
+from qviz.core.files.validate import migrate, read_json, want_bool, want_str
 from qviz.core.model.loading import TensorKind
 from qviz.core.search.sensitivity import SensitivityReport
 from qviz.core.search.sensitivity_cache import report_from_json, report_to_json
@@ -50,7 +54,6 @@ DATA_SUFFIXES = frozenset({".npz", ".npy"})
 JsonDict = dict[str, Any]
 
 
-# --- what a path is -------------------------------------------------------------------------
 # --- what a path is -------------------------------------------------------------------------
 
 
@@ -111,6 +114,8 @@ class SessionFile:
     schema_version: int = SCHEMA_VERSION  # of the file as it was on disk, before migration
     sensitivity: SensitivityReport | None = None  # the last report, so it is not re-run
     criteria: str | None = None  # as typed; None keeps the defaults
+    holdout_every: int | None = DEFAULT_EVERY  # None: evaluate on the calibration data
+    notes: tuple[str, ...] = ()  # what loading dropped (a damaged sensitivity report)
 
 
 def _migrate_1_to_2(doc: JsonDict) -> JsonDict:
@@ -137,10 +142,13 @@ def _migrate_1_to_2(doc: JsonDict) -> JsonDict:
 
 
 def _migrate_2_to_3(doc: JsonDict) -> JsonDict:
-    """v3 adds the evaluation data and the typed criteria; a v2 session had neither."""
+    """v3 adds the evaluation data, the hold-out and the typed criteria; a v2 session had
+    none, and measured on its calibration data: it opens with the default hold-out."""
     files = dict(doc["files"])
     files["eval_data"] = None
-    return {**doc, "schema_version": 3, "files": files, "criteria": None}
+    evaluation = {"holdout_every": DEFAULT_EVERY}
+    return {**doc, "schema_version": 3, "files": files, "criteria": None,
+            "evaluation": evaluation}
 
 
 # MIGRATIONS[n] upgrades a schema_version n document to n + 1. Each old version keeps a golden
@@ -149,24 +157,7 @@ MIGRATIONS: dict[int, Callable[[JsonDict], JsonDict]] = {1: _migrate_1_to_2, 2: 
 
 
 def migrate_session(doc: JsonDict, source: str = "session file") -> JsonDict:
-    version = doc.get("schema_version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise QvizError(f"{source}: schema_version must be an integer, got {version!r}")
-    if version > SCHEMA_VERSION:
-        raise QvizError(
-            f"{source} is session schema_version {version}; this qviz reads up to "
-            f"{SCHEMA_VERSION}. Update qviz to open it."
-        )
-    while version < SCHEMA_VERSION:
-        step = MIGRATIONS.get(version)
-        if step is None:
-            raise QvizError(f"{source}: session schema_version {version} is not supported")
-        try:
-            doc = step(doc)
-        except (KeyError, TypeError) as exc:
-            raise QvizError(f"{source}: damaged session file (version {version}: {exc})") from None
-        version = doc["schema_version"]
-    return doc
+    return migrate(doc, MIGRATIONS, SCHEMA_VERSION, source, "session")
 
 
 def _rel(path: Path | None, base: Path) -> str | None:
@@ -178,11 +169,11 @@ def _rel(path: Path | None, base: Path) -> str | None:
         return str(Path(path).resolve())
 
 
-def _abs(text: Any, base: Path, what: str) -> Path | None:
+def _abs(text: Any, base: Path, what: str, source: str = "session file") -> Path | None:
     if text is None:
         return None
-    if not isinstance(text, str) or not text:
-        raise QvizError(f"session file: '{what}' must be a path, got {text!r}")
+    if not isinstance(text, str) or not text or "\x00" in text:
+        raise QvizError(f"{source}: '{what}' must be a path, got {text!r}")
     p = Path(text)
     return p if p.is_absolute() else (base / p).resolve()
 
@@ -206,6 +197,7 @@ def session_document(session: SessionFile, base_dir: Path) -> JsonDict:
         },
         "config": encode_quant_config(session.config),
         "criteria": session.criteria,
+        "evaluation": {"holdout_every": session.holdout_every},
         "selection": selection,
         "view": {"log_counts": bool(session.log_counts)},
     }
@@ -214,14 +206,20 @@ def session_document(session: SessionFile, base_dir: Path) -> JsonDict:
     return doc
 
 
-def _decode_sensitivity(value: Any) -> SensitivityReport | None:
-    """An embedded sensitivity report, or None when absent or unreadable (a cache miss)."""
+def _decode_sensitivity(value: Any, source: str) -> tuple[SensitivityReport | None, str | None]:
+    """An embedded sensitivity report, or None when absent; an unreadable one is dropped
+    (it is a cache, never a reason to fail) and a note says so."""
+    if value is None:
+        return None, None
     if not isinstance(value, Mapping):
-        return None
+        return None, f"{source}: the saved sensitivity report is not an object; it is dropped"
     try:
-        return report_from_json(value)
-    except (KeyError, TypeError, ValueError):
-        return None
+        return report_from_json(value), None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return None, (
+            f"{source}: the saved sensitivity report is damaged ({exc!r}); it is dropped, "
+            "run the sensitivity again"
+        )
 
 
 def decode_session(doc: JsonDict, base_dir: Path, source: str = "session file") -> SessionFile:
@@ -235,34 +233,54 @@ def decode_session(doc: JsonDict, base_dir: Path, source: str = "session file") 
     config_doc = doc.get("config")
     if not isinstance(config_doc, Mapping):
         raise QvizError(f"{source}: lacks 'config'")
-    config = decode_quant_config(config_doc)
+    config = decode_quant_config(config_doc, source)
     selection = None
     sel = doc.get("selection")
+    if sel is not None and not isinstance(sel, Mapping):
+        raise QvizError(f"{source}: 'selection' must be an object")
     if isinstance(sel, Mapping) and sel.get("tensor"):
         kind_text = sel.get("kind")
+        tensor = want_str(sel["tensor"], f"{source}: selection.tensor")
         try:
             kind = None if kind_text is None else TensorKind(kind_text)
-        except ValueError:
+        except (ValueError, TypeError):
             raise QvizError(f"{source}: selection kind must be weight or activation") from None
-        selection = (str(sel["tensor"]), kind)
-    view_entry = doc.get("view")
-    view = view_entry if isinstance(view_entry, Mapping) else {}
+        selection = (tensor, kind)
+    view = doc.get("view", {})
+    if not isinstance(view, Mapping):
+        raise QvizError(f"{source}: 'view' must be an object")
+    log_counts = want_bool(view.get("log_counts", False), f"{source}: view.log_counts")
     sha = files.get("model_sha256")
+    if sha is not None:
+        sha = want_str(sha, f"{source}: files.model_sha256")
     criteria = doc.get("criteria")
     if criteria is not None and not isinstance(criteria, str):
         raise QvizError(f"{source}: 'criteria' must be text, got {criteria!r}")
+    evaluation = doc.get("evaluation", {"holdout_every": DEFAULT_EVERY})
+    if not isinstance(evaluation, Mapping):
+        raise QvizError(f"{source}: 'evaluation' must be an object, got {evaluation!r}")
+    every = evaluation.get("holdout_every")
+    if every is not None and (
+        isinstance(every, bool) or not isinstance(every, int) or not 2 <= every <= 1_000_000
+    ):
+        raise QvizError(
+            f"{source}: evaluation.holdout_every must be an integer from 2 or null, got {every!r}"
+        )
+    sensitivity, note = _decode_sensitivity(doc.get("sensitivity"), source)
     return SessionFile(
-        model_path=_abs(files.get("model"), base_dir, "files.model"),
-        data_path=_abs(files.get("data"), base_dir, "files.data"),
-        stats_path=_abs(files.get("stats"), base_dir, "files.stats"),
-        eval_data_path=_abs(files.get("eval_data"), base_dir, "files.eval_data"),
-        model_sha256=None if sha is None else str(sha),
+        model_path=_abs(files.get("model"), base_dir, "files.model", source),
+        data_path=_abs(files.get("data"), base_dir, "files.data", source),
+        stats_path=_abs(files.get("stats"), base_dir, "files.stats", source),
+        eval_data_path=_abs(files.get("eval_data"), base_dir, "files.eval_data", source),
+        model_sha256=sha,
         config=config,
         selection=selection,
-        log_counts=bool(view.get("log_counts", False)),
+        log_counts=log_counts,
         schema_version=int(on_disk),  # type: ignore[arg-type]  # checked by migrate_session
-        sensitivity=_decode_sensitivity(doc.get("sensitivity")),
+        sensitivity=sensitivity,
         criteria=criteria,
+        holdout_every=every,
+        notes=() if note is None else (note,),
     )
 
 
@@ -278,19 +296,12 @@ def save_session(path: str | Path, session: SessionFile) -> None:
 def load_session(path: str | Path) -> SessionFile:
     """Read a session file of any supported version (QvizError with one clear line otherwise)."""
     p = Path(path)
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise QvizError(f"session file not found: {p}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise QvizError(f"{p.name}: cannot read the session file ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise QvizError(f"{p.name}: not a qviz session (invalid JSON: {exc.msg})") from None
+    if not p.exists():
+        raise QvizError(f"session file not found: {p}")
+    doc = read_json(p, "a qviz session")
     if not isinstance(doc, dict) or "schema_version" not in doc:
         raise QvizError(f"{p.name}: not a qviz session (no schema_version)")
     return decode_session(doc, p.parent, p.name)
-
-
 
 
 __all__ = [

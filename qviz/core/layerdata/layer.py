@@ -104,6 +104,12 @@ class ActivationPanel:
     curve: CurveData
     column: ColumnData
     pinned_band: tuple[float, float] | None = None
+    #: The evaluation data's histogram, scaled to the calibration data's total (to compare
+    #: shapes), and the range the method would choose on it alone.
+    eval_hist: tuple[np.ndarray, np.ndarray] | None = None
+    eval_band: tuple[float, float] | None = None
+    #: (samples, lo, hi) of the chosen range as calibration data grew.
+    convergence: tuple[tuple[int, float, float], ...] = ()
 
 
 @dataclass(frozen=True, eq=False)

@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qviz.core.errors import QvizError
+from qviz.core.errors import QvizError, first_line
 from qviz.core.model.activation_axes import activation_axes
 from qviz.core.model.checks import check_model, load_external_data, refuse_quantized
 from qviz.core.model.hashing import file_sha256
@@ -71,11 +71,19 @@ class TensorKind(Enum):
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One model input: ``None`` in ``shape`` marks a dynamic dimension (batch, length...)."""
+    """One model input: ``None`` in ``shape`` marks a dynamic dimension (batch, length...).
+
+    ``dim_names`` holds the symbolic name of each dynamic dimension ("batch", "N"...; None
+    where the file gives none), or is empty when unknown. ``has_shape`` is False when the
+    model declares no shape at all (``shape`` is then empty, like a scalar's).
+    """
 
     name: str
     shape: tuple[int | None, ...]
     dtype: np.dtype
+    # Names are metadata: two inputs of equal shape and type are equal.
+    dim_names: tuple[str | None, ...] = field(default=(), compare=False)
+    has_shape: bool = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,10 +212,20 @@ def load_onnx(
         ) from exc
     if not model.graph.node and not model.graph.output:
         raise QvizError(f"'{path.name}' is not a valid ONNX file (it holds no graph)")
-    refuse_quantized(model)
-    load_external_data(model, path)
-    model, notes = _rewrite(model, [*extra_notes, *check_model(model, path)])
-    return _finish(model, source or path, digest, notes)
+    try:
+        refuse_quantized(model)
+        load_external_data(model, path)
+        model, notes = _rewrite(model, [*extra_notes, *check_model(model, path)])
+        return _finish(model, source or path, digest, notes)
+    except QvizError:
+        raise
+    except Exception as exc:
+        # A damaged file can parse yet hold what no valid model does (text fields that are
+        # not UTF-8, impossible attribute types): it is the file's fault, said in one line.
+        raise QvizError(
+            f"'{path.name}' is not a usable ONNX model ({type(exc).__name__}: "
+            f"{first_line(exc)})"
+        ) from exc
 
 
 def from_proto(
@@ -274,11 +292,18 @@ def _input_spec(vi: onnx.ValueInfoProto) -> InputSpec:
     except (KeyError, TypeError) as exc:
         raise QvizError(f"model input '{vi.name}' has an unsupported element type") from exc
     shape: tuple[int | None, ...] = ()
+    names: tuple[str | None, ...] = ()
     if tt.HasField("shape"):
+        # A negative size (-1) is how some exporters spell a dynamic dimension.
         shape = tuple(
-            int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim
+            int(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0 else None
+            for d in tt.shape.dim
         )
-    return InputSpec(vi.name, shape, dtype)
+        names = tuple(
+            d.dim_param if d.HasField("dim_param") and d.dim_param else None
+            for d in tt.shape.dim
+        )
+    return InputSpec(vi.name, shape, dtype, names, has_shape=tt.HasField("shape"))
 
 
 def _subgraph_notes(graph: onnx.GraphProto) -> list[str]:

@@ -158,36 +158,37 @@ def _describe_error(exc: BaseException) -> str:
 
 
 def _load_program(torch: Any, path: Path) -> Any:
-    try:
-        return torch.export.load(str(path))
-    except Exception as exc:  # torch raises many types here; all mean "not a usable program"
-        raise QvizError(
-            f"'{path.name}' is not a torch.export program: {_describe_error(exc)}"
-        ) from exc
+    with _quiet() as capture:
+        try:
+            return torch.export.load(str(path))
+        except Exception as exc:  # torch raises many types; all mean "not a usable program"
+            reason = _explained(exc, capture)
+    raise QvizError(f"'{path.name}' is not a torch.export program: {reason}")
 
 
 def _load_script(torch: Any, path: Path) -> Any:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # jit is deprecated, still used
+    with _quiet() as capture:
+        try:
             return torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:
-        if _is_state_dict(torch, path):
-            raise QvizError(
-                f"'{path.name}' is a state dict (weights without model code): give the model "
-                "as package.module:factory and this file as its state dict"
-            ) from exc
+        except Exception as exc:
+            reason = _explained(exc, capture)
+    if _is_state_dict(torch, path):
         raise QvizError(
-            f"'{path.name}' is not a TorchScript file ({_describe_error(exc)}); a plain state dict "
-            "needs its model code: give package.module:factory and this file as the state dict"
-        ) from exc
+            f"'{path.name}' is a state dict (weights without model code): give the model "
+            "as package.module:factory and this file as its state dict"
+        )
+    raise QvizError(
+        f"'{path.name}' is not a TorchScript file ({reason}); a plain state dict "
+        "needs its model code: give package.module:factory and this file as the state dict"
+    )
 
 
 def _is_state_dict(torch: Any, path: Path) -> bool:
-    try:
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception:
-        return False
+    with _quiet():
+        try:
+            loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception:
+            return False
     return isinstance(loaded, dict) and bool(loaded)
 
 
@@ -209,7 +210,7 @@ def _cwd_importable() -> Iterator[None]:
 def _call_factory(torch: Any, spec: str) -> tuple[Path | None, Any]:
     module_name, _, func_name = spec.partition(":")
     try:
-        with _cwd_importable():
+        with _cwd_importable(), _quiet():
             module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or anything the module raises while importing
         raise QvizError(f"cannot import '{module_name}': {_describe_error(exc)}") from exc
@@ -217,7 +218,8 @@ def _call_factory(torch: Any, spec: str) -> tuple[Path | None, Any]:
     if factory is None or not callable(factory):
         raise QvizError(f"'{module_name}' has no callable '{func_name}'")
     try:
-        model = factory()
+        with _quiet():
+            model = factory()
     except Exception as exc:
         raise QvizError(f"{spec}() failed: {_describe_error(exc)}") from exc
     if not isinstance(model, torch.nn.Module):
@@ -229,12 +231,14 @@ def _call_factory(torch: Any, spec: str) -> tuple[Path | None, Any]:
 def _load_state_dict(torch: Any, model: Any, path: Path) -> list[str]:
     if not path.is_file():
         raise QvizError(f"state dict file not found: {path}")
-    try:
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise QvizError(
-            f"cannot read the state dict '{path.name}' (weights only): {_describe_error(exc)}"
-        ) from exc
+    reason: str | None = None
+    with _quiet() as capture:
+        try:
+            loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            reason = _explained(exc, capture)
+    if reason is not None:
+        raise QvizError(f"cannot read the state dict '{path.name}' (weights only): {reason}")
     notes = []
     # Training checkpoints often wrap the weights: {"state_dict": {...}, "epoch": 3, ...}.
     for key in ("state_dict", "model_state_dict", "model"):
@@ -245,7 +249,8 @@ def _load_state_dict(torch: Any, model: Any, path: Path) -> list[str]:
     if not isinstance(loaded, dict):
         raise QvizError(f"'{path.name}' holds a {type(loaded).__name__}, not a state dict")
     try:
-        model.load_state_dict(loaded, strict=True)
+        with _quiet():
+            model.load_state_dict(loaded, strict=True)
     except Exception as exc:
         raise QvizError(
             f"the state dict '{path.name}' does not fit the model: {_describe_error(exc)}"
@@ -261,7 +266,9 @@ def _to_torch(torch: Any, array: np.ndarray) -> Any:
     # Data files often hold float64; PyTorch models are float32 almost always.
     if arr.dtype == np.float64:
         arr = arr.astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    # Memory-mapped data is read-only, which torch warns about: give it its own copy.
+    arr = np.ascontiguousarray(arr)
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
 def _arguments(
@@ -286,12 +293,38 @@ def _double_batch(torch: Any, value: Any) -> Any:
     return value
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the exporter's progress prints, warnings and log lines; errors still raise.
+class _LogCapture(logging.Handler):
+    """Keeps the text of every record torch logs while it is muted."""
 
-    torch logs failed attempts (guards, decompositions) at ERROR level on its own loggers
-    with explicit levels, so each existing torch/onnxscript logger is muted, then restored.
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[str] = []
+        self.streams: list[io.StringIO] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.records.extend(record.getMessage().splitlines())
+            if record.exc_info and record.exc_info[1] is not None:
+                error = record.exc_info[1]
+                self.records.append(f"{type(error).__name__}: {error}".strip())
+        except Exception:  # a record that cannot be formatted is dropped, never raised
+            pass
+
+    @property
+    def lines(self) -> list[str]:
+        """Logged lines, then what was printed (handlers torch set up print to stderr)."""
+        return self.records + [ln for s in self.streams for ln in s.getvalue().splitlines()]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[_LogCapture]:
+    """Silence torch's prints, warnings and log lines while it reads or exports the user's
+    files (only qviz's one line should reach the user); errors still raise.
+
+    torch logs failed attempts (guards, decompositions, deserialization) on its own loggers
+    with explicit levels and handlers, so each existing torch/onnxscript logger is muted
+    (level and propagation) and its records kept, then restored. The records are yielded:
+    an error that says "see the warnings above" is explained from them.
     """
     manager = logging.Logger.manager
     loggers = [logging.getLogger("torch"), logging.getLogger("onnxscript")] + [
@@ -299,20 +332,38 @@ def _quiet() -> Iterator[None]:
         for name, lg in list(manager.loggerDict.items())
         if isinstance(lg, logging.Logger) and name.startswith(("torch", "onnxscript"))
     ]
-    levels = [lg.level for lg in loggers]
+    saved = [(lg.level, lg.handlers[:], lg.propagate) for lg in loggers]
+    capture = _LogCapture()
     for lg in loggers:
-        lg.setLevel(logging.CRITICAL + 1)
+        lg.handlers = [capture] if lg.name in ("torch", "onnxscript") else []
+        lg.propagate = lg.name not in ("torch", "onnxscript")
+        lg.setLevel(logging.DEBUG if lg.name in ("torch", "onnxscript") else logging.NOTSET)
+    capture.streams = [io.StringIO(), io.StringIO()]
     try:
         with (
             warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
+            contextlib.redirect_stdout(capture.streams[0]),
+            contextlib.redirect_stderr(capture.streams[1]),
         ):
             warnings.simplefilter("ignore")
-            yield
+            yield capture
     finally:
-        for lg, level in zip(loggers, levels, strict=True):
+        for lg, (level, handlers, propagate) in zip(loggers, saved, strict=True):
             lg.setLevel(level)
+            lg.handlers = handlers
+            lg.propagate = propagate
+
+
+def _explained(exc: BaseException, capture: _LogCapture) -> str:
+    """The exception's line, or the logged error it refers to ("check the warnings above")."""
+    line = _describe_error(exc)
+    if "above" in line:
+        errors = [ln.strip() for ln in capture.lines if "Error:" in ln]
+        if errors:
+            line = errors[-1]
+            if len(line) > 160 and ". " in line:
+                line = line[: line.index(". ") + 1]
+    return line
 
 
 def _run_exporter(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qviz.core.data.feeding import StateCarry
 from qviz.core.evaluation.accumulators import OutputAccumulator, output_kind
 from qviz.core.evaluation.evaluate import model_size
 from qviz.core.evaluation.results import (
@@ -21,7 +22,8 @@ from qviz.core.evaluation.results import (
     metrics_to_json,
 )
 from qviz.core.graph.qdq import build_qdq, initializer_bytes
-from qviz.core.runtime.sessions import KernelPrecision, SessionConfig, build_session, run_session
+from qviz.core.jsonnum import json_count
+from qviz.core.runtime.sessions import KernelPrecision, SessionConfig, build_session
 from qviz.core.search.reference import FloatReference
 
 if TYPE_CHECKING:
@@ -75,8 +77,8 @@ class Measurement:
         return cls(
             metrics=metrics_from_json(d["metrics"]),
             mode=None if d["mode"] is None else RunMode(d["mode"]),
-            size_bytes=int(d["size_bytes"]),
-            n_samples=int(d["samples"]),
+            size_bytes=json_count(d["size_bytes"]),
+            n_samples=json_count(d["samples"], 1),
             precision=KernelPrecision(d["precision"]),
         )
 
@@ -111,11 +113,12 @@ def measure(
     config = SessionConfig.for_native(precision) if run_native else SessionConfig.for_simulation()
     session = build_session(qdq.model, config)
     done = 0
+    carry = StateCarry.of(ref.data)  # the quantized model carries its own state
     for b in ref.iter_batches():
         if should_stop():
             raise EvaluationCancelled()
         assert b.outputs is not None
-        (q,) = run_session(session, b.feeds, [primary])
+        (q,) = carry.run(session, b.feeds, [primary])
         acc.update(b.outputs[0], q, b.labels)
         done += len(q) if np.ndim(q) else 1
         yield done

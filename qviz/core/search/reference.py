@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qviz.core.data.feeding import StateCarry
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.accumulators import OutputAccumulator, output_kind
 from qviz.core.evaluation.evaluate import check_limits
 from qviz.core.evaluation.results import EvaluationCancelled, Metric, frozen_metrics
 from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, ProgressClock
-from qviz.core.runtime.sessions import SessionConfig, build_session, run_session
+from qviz.core.runtime.sessions import SessionConfig, build_session
 
 if TYPE_CHECKING:
     from qviz.core.data.dataset import Dataset
@@ -88,18 +89,19 @@ class FloatReference:
             yield from self.batches
             return
         session = build_session(self.model.model, SessionConfig.for_float())
+        carry = StateCarry.of(self.data)
         for b in _read_batches(self.data, self.n_samples, self.batch_size):
-            yield replace(b, outputs=tuple(run_session(session, b.feeds, self.model.outputs)))
+            yield replace(b, outputs=tuple(carry.run(session, b.feeds, self.model.outputs)))
 
 
 def _read_batches(data: Dataset, total: int, batch_size: int) -> Iterator[Batch]:
     done = 0
     labels = data.labels
     for feeds in data.batches(batch_size):
-        n = min(len(next(iter(feeds.values()))), total - done)
+        n = min(data.samples_in(feeds), total - done)
         if n <= 0:
             break
-        feeds = {k: v[:n] for k, v in feeds.items()}
+        feeds = data.head(feeds, n)
         yield Batch(feeds, None, None if labels is None else labels[done : done + n])
         done += n
         if done >= total:
@@ -140,12 +142,13 @@ def prepare_reference(
     streaming = False
     done = 0
     n_batches = 0
+    h.update(repr(data.states).encode())  # fed-back state changes every output
     for b in _read_batches(data, total, batch_size):
         if should_stop():
             raise EvaluationCancelled()
         _hash_batch(h, b)
         n_batches += 1
-        done += len(next(iter(b.feeds.values())))
+        done += data.samples_in(b.feeds)
         if not streaming:
             kept_bytes += sum(v.nbytes for v in b.feeds.values())
             if kept_bytes > memory_budget:
@@ -195,10 +198,11 @@ def complete_reference(
     kept_bytes = sum(v.nbytes for b in ref.batches for v in b.feeds.values())
     streaming = ref.streaming
     done = 0
+    carry = StateCarry.of(ref.data)
     for b in source:
         if should_stop():
             raise EvaluationCancelled()
-        outs = tuple(run_session(session, b.feeds, model.outputs))
+        outs = tuple(carry.run(session, b.feeds, model.outputs))
         acc.update(outs[0], outs[0], b.labels)
         if not streaming:
             kept_bytes += sum(o.nbytes for o in outs)
@@ -206,7 +210,7 @@ def complete_reference(
                 streaming, kept = True, []
             else:
                 kept.append(replace(b, outputs=outs))
-        done += len(next(iter(b.feeds.values())))
+        done += ref.data.samples_in(b.feeds)
         yield clock.report(done)
     comparison = acc.result()
     float_metrics: dict[Metric, float] = {}

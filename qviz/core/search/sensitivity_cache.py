@@ -22,7 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from qviz.core.errors import QvizError
 from qviz.core.files.atomic import atomic_open
+from qviz.core.files.validate import parse_json
 from qviz.core.runtime.sessions import KernelPrecision
 from qviz.core.search.sensitivity_report import (
     SensitivityReport,
@@ -91,8 +93,8 @@ class SensitivityCache:
     def load(self, key: CacheKey) -> SensitivityReport | None:
         path = self.path_for(key)
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            doc = parse_json(path.read_bytes(), str(path))
+        except (OSError, QvizError):
             return None
         if not isinstance(doc, dict) or doc.get("file") != FILE_TYPE:
             return None
@@ -100,7 +102,7 @@ class SensitivityCache:
             return None  # another qviz's layout, or a digest collision: just re-run
         try:
             report = report_from_json(doc["report"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             return None
         self.hits += 1
         return report
@@ -113,7 +115,7 @@ class SensitivityCache:
             "key": key.to_json(),
             "report": report_to_json(report),
         }
-        with atomic_open(path, "w") as f:
+        with atomic_open(path, "w", make_parents=True) as f:
             json.dump(doc, f, indent=1, allow_nan=False)
             f.write("\n")
         self.stores += 1

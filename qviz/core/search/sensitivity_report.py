@@ -21,7 +21,7 @@ from qviz.core.evaluation.results import (
     metrics_from_json,
     metrics_to_json,
 )
-from qviz.core.jsonnum import json_float
+from qviz.core.jsonnum import json_count, json_float, json_text
 from qviz.core.jsonnum import json_number as _num
 from qviz.core.runtime.sessions import KernelPrecision
 from qviz.core.search.measure import Measurement
@@ -220,16 +220,19 @@ def report_to_json(r: SensitivityReport) -> dict[str, Any]:
 
 
 def report_from_json(d: Mapping[str, Any]) -> SensitivityReport:
-    """The report `report_to_json` wrote (``cached=True``); KeyError/ValueError if malformed."""
+    """The report `report_to_json` wrote (``cached=True``); KeyError/ValueError/TypeError if
+    malformed (counts non-negative integers, at least one sample, numbers numbers)."""
+    if not isinstance(d["layers"], list) or not isinstance(d["notes"], list):
+        raise ValueError("layers and notes must be lists")
     layers = tuple(
         LayerSensitivity(
-            name=str(s["name"]),
-            node_name=str(s["node_name"]),
-            op_type=str(s["op_type"]),
-            depth=int(s["depth"]),
-            module_path=None if s["module_path"] is None else str(s["module_path"]),
-            tensors=tuple(str(t) for t in s["tensors"]),
-            param_count=int(s["param_count"]),
+            name=json_text(s["name"]),
+            node_name=json_text(s["node_name"]),
+            op_type=json_text(s["op_type"]),
+            depth=json_count(s["depth"]),
+            module_path=None if s["module_path"] is None else json_text(s["module_path"]),
+            tensors=tuple(json_text(t) for t in s["tensors"]),
+            param_count=json_count(s["param_count"]),
             weight_sqnr_db=json_float(s["weight_sqnr_db"]),
             activation_sqnr_db=json_float(s["activation_sqnr_db"]),
             quantized_only=Measurement.from_json(s["quantized_only"]),
@@ -242,17 +245,17 @@ def report_from_json(d: Mapping[str, Any]) -> SensitivityReport:
         layers=layers,
         quantized=Measurement.from_json(d["quantized"]),
         float_metrics=metrics_from_json(d["float_metrics"]),
-        n_samples=int(d["samples"]),
-        data_description=str(d["data"]),
-        data_digest=str(d["data_digest"]),
-        results_digest=str(d["results_digest"]),
-        model_sha256=str(d["model_sha256"]),
-        float_size_bytes=int(d["float_size_bytes"]),
-        native=bool(d["native"]),
+        n_samples=json_count(d["samples"], 1),
+        data_description=json_text(d["data"]),
+        data_digest=json_text(d["data_digest"]),
+        results_digest=json_text(d["results_digest"]),
+        model_sha256=json_text(d["model_sha256"]),
+        float_size_bytes=json_count(d["float_size_bytes"]),
+        native=d["native"] is True,
         precision=KernelPrecision(d["precision"]),
-        n_runs=int(d["runs"]),
-        elapsed_s=float(json_float(d["elapsed_s"]) or 0.0),
-        notes=tuple(str(n) for n in d["notes"]),
+        n_runs=json_count(d["runs"]),
+        elapsed_s=max(0.0, float(json_float(d["elapsed_s"]) or 0.0)),
+        notes=tuple(json_text(n) for n in d["notes"]),
         cached=True,
     )
     # drop/recovery are derived: recompute them rather than trust the file.

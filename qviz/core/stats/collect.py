@@ -15,11 +15,13 @@ from types import MappingProxyType
 import numpy as np
 
 from qviz.core.data.dataset import Dataset
+from qviz.core.data.feeding import StateCarry
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, ProgressClock
 from qviz.core.progress import run_to_completion as run_to_completion  # re-exported
-from qviz.core.runtime.sessions import SessionConfig, build_session, run_session, with_outputs
+from qviz.core.runtime.sessions import SessionConfig, build_session, with_outputs
+from qviz.core.stats.snapshots import Snapshot, coarse, snapshot_bins, snapshot_points
 from qviz.core.stats.tensor_stats import TensorStats, TensorStatsAccumulator
 
 
@@ -34,6 +36,8 @@ class CalibrationStats:
     n_samples: int
     tensors: Mapping[str, TensorStats] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: Coarse statistics after 16, 32, 64 … samples (when asked for): how ranges converge.
+    snapshots: tuple[Snapshot, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
@@ -55,6 +59,7 @@ def collect_stats(
     batch_size: int = 32,
     bins: int = 2048,
     should_stop: Callable[[], bool] = lambda: False,
+    snapshots: bool = False,
 ) -> Generator[Progress, None, CalibrationStats]:
     """Run `model` over `data`, yielding Progress after each batch; return the statistics.
 
@@ -77,33 +82,55 @@ def collect_stats(
     from_outputs = [n for n in names if n not in input_names]
     clock = ProgressClock(len(data), "calibrating")
     done = 0
+    # Snapshots of the statistics after 16, 32, 64 … samples (when asked): how ranges converge.
+    points = list(snapshot_points(len(data))) if snapshots else []
+    snap_bins = snapshot_bins(len(names), bins, len(data))
+    taken: list[Snapshot] = []
     yield clock.report(0)
     # ONNX Runtime releases the GIL while it runs, so the next batch runs on a helper thread
     # while this one is folded into the histograms: the two costs overlap instead of adding.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qviz-collect") as pool:
         batches = iter(data.batches(batch_size))
 
+        # A stateful model's next batch needs this one's outputs: each run takes the state its
+        # predecessor left (submitted only after that one finished), and says what it was fed.
+        carry = StateCarry.of(data)
+
+        def run_fed(feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], dict]:
+            fed = carry.feeds(feeds)
+            return carry.run(session, feeds, from_outputs), fed
+
         def submit(feeds: Mapping[str, np.ndarray] | None) -> Future | None:
             if feeds is None:
                 return None
             if not from_outputs:  # every tensor is a graph input: nothing to run
                 done_future: Future = Future()
-                done_future.set_result([])
+                done_future.set_result(([], carry.feeds(feeds)))
                 return done_future
-            return pool.submit(run_session, session, feeds, from_outputs)
+            return pool.submit(run_fed, feeds)
 
         current = next(batches, None)
         pending = submit(current)
         while current is not None and pending is not None:
-            values = pending.result()
+            values, fed = pending.result()
             following = None if should_stop() else next(batches, None)
             pending_next = submit(following)
             for name, value in zip(from_outputs, values, strict=True):
                 accumulators[name].update(value)
             for name in names:
                 if name in input_names:
-                    accumulators[name].update(current[name])
-            done += len(next(iter(current.values())))
+                    accumulators[name].update(fed[name])
+            done += data.samples_in(current)
+            if points and done >= points[0]:
+                # Batches rarely end on a power of two: one snapshot of the samples so far.
+                while points and done >= points[0]:
+                    points.pop(0)
+                taken.append(
+                    Snapshot(
+                        done,
+                        {n: coarse(a.finish(), snap_bins) for n, a in accumulators.items()},
+                    )
+                )
             yield clock.report(done)
             if should_stop():
                 if pending_next is not None:
@@ -132,6 +159,7 @@ def collect_stats(
         n_samples=done,
         tensors=tensors,
         notes=tuple(notes),
+        snapshots=tuple(taken),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,14 @@ import numpy as np
 from qviz import __version__
 from qviz.core.errors import QvizError
 from qviz.core.files.atomic import atomic_path
+from qviz.core.files.validate import (
+    MAX_BINS,
+    migrate,
+    parse_json,
+    want_finite,
+    want_int,
+    want_str,
+)
 from qviz.core.stats.collect import CalibrationStats
 from qviz.core.stats.tensor_stats import TensorStats
 
@@ -53,31 +62,115 @@ def save_stats(stats: CalibrationStats, path: str | Path) -> None:
         zf.writestr("meta.json", json.dumps(document, indent=1))
 
 
+#: A member of a stats file is refused beyond this size (a zip bomb, or not qviz's file).
+MAX_MEMBER_BYTES = 1 << 30
+MAX_META_BYTES = 256 << 20
+
+
 def load_stats(path: str | Path) -> CalibrationStats:
+    """Read a stats file (QvizError with one line naming the file, tensor and field if it is
+    not one, or holds values out of their domain)."""
     p = Path(path)
     if not p.is_file():
         raise QvizError(f"stats file not found: {p}")
     try:
         with zipfile.ZipFile(p) as zf:
             document = _read_meta(zf, p)
-            tensors = {}
-            for entry in document["tensors"]:
-                arrays = {k: _read_array(zf, member) for k, member in entry["arrays"].items()}
-                tstats = TensorStats.from_arrays(entry["meta"], arrays)
-                tensors[tstats.name] = tstats
+            return _decode(zf, document, p.name)
     except zipfile.BadZipFile:
         raise QvizError(f"{p.name} is not a qviz stats file (not a zip archive)") from None
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, EOFError, zlib.error,
+            NotImplementedError, RuntimeError) as exc:
+        # zipfile reports a damaged header as an unknown compression method (NotImplemented)
+        # or an encrypted member (RuntimeError).
         raise QvizError(f"{p.name} is a damaged qviz stats file ({exc})") from None
+    except OSError as exc:
+        raise QvizError(f"{p.name}: cannot read the stats file ({exc.strerror or exc})") from None
+
+
+def _decode(zf: zipfile.ZipFile, document: dict[str, Any], name: str) -> CalibrationStats:
+    model = document.get("model")
+    data = document.get("data")
+    if not isinstance(model, dict) or not isinstance(data, dict):
+        raise QvizError(f"{name}: 'model' and 'data' must be objects")
+    n_samples = want_int(document.get("n_samples"), f"{name}: n_samples", 1)
+    entries = document.get("tensors")
+    notes = document.get("notes", [])
+    if not isinstance(entries, list) or not isinstance(notes, list):
+        raise QvizError(f"{name}: 'tensors' and 'notes' must be lists")
+    tensors: dict[str, TensorStats] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("meta"), dict):
+            raise QvizError(f"{name}: tensors[{i}] lacks its 'meta' object")
+        meta = entry["meta"]
+        tname = want_str(meta.get("name"), f"{name}: tensors[{i}].name")
+        what = f"{name}: tensor '{tname}'"
+        members = entry.get("arrays")
+        if not isinstance(members, dict):
+            raise QvizError(f"{what}: 'arrays' must be an object")
+        arrays = {
+            want_str(k, f"{what}: array name"): _read_array(zf, want_str(m, f"{what}: {k}"), what)
+            for k, m in members.items()
+        }
+        _check_tensor_meta(meta, arrays, what)
+        try:
+            tstats = TensorStats.from_arrays(meta, arrays)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise QvizError(f"{what}: {exc}") from None
+        if tname in tensors:
+            raise QvizError(f"{what}: listed twice")
+        tensors[tname] = tstats
     return CalibrationStats(
-        model_source=document["model"]["source"],
-        model_sha256=document["model"]["sha256"],
-        data_description=document["data"]["description"],
-        data_is_random=bool(document["data"]["is_random"]),
-        n_samples=int(document["n_samples"]),
+        model_source=want_str(model.get("source"), f"{name}: model.source"),
+        model_sha256=want_str(model.get("sha256"), f"{name}: model.sha256"),
+        data_description=want_str(data.get("description"), f"{name}: data.description"),
+        data_is_random=bool(data.get("is_random") is True),
+        n_samples=n_samples,
         tensors=tensors,
-        notes=tuple(document.get("notes", ())),
+        notes=tuple(want_str(n, f"{name}: notes") for n in notes),
     )
+
+
+def _check_tensor_meta(meta: dict[str, Any], arrays: dict[str, np.ndarray], what: str) -> None:
+    """Each statistic within its domain: counts integers >= 0, bounds finite and ordered,
+    a histogram of at most MAX_BINS non-negative counts."""
+    count = want_int(meta.get("count"), f"{what}: count", 0)
+    for key in ("n_extreme", "n_nonfinite"):
+        want_int(meta.get(key, 0), f"{what}: {key}", 0)
+    lo = want_finite(meta.get("lo"), f"{what}: lo")
+    hi = want_finite(meta.get("hi"), f"{what}: hi")
+    if not lo < hi:
+        raise QvizError(f"{what}: histogram range [{lo:g}, {hi:g}] must have lo < hi")
+    low = want_finite(meta.get("min"), f"{what}: min")
+    high = want_finite(meta.get("max"), f"{what}: max")
+    if count and low > high:
+        raise QvizError(f"{what}: min {low:g} is above max {high:g}")
+    axis = meta.get("channel_axis")
+    if axis is not None:
+        want_int(axis, f"{what}: channel_axis", 0, 64)
+    counts = arrays.get("counts")
+    if counts is None:
+        raise QvizError(f"{what}: no histogram counts")
+    if counts.ndim != 1 or not 1 <= counts.size <= MAX_BINS:
+        raise QvizError(
+            f"{what}: counts must hold 1 to {MAX_BINS} bins, not shape {list(counts.shape)}"
+        )
+    for key, arr in arrays.items():
+        if arr.dtype.kind not in "biuf":
+            raise QvizError(f"{what}: {key} holds {arr.dtype}, not numbers")
+    if not np.isfinite(counts).all() or (counts < 0).any():
+        raise QvizError(f"{what}: counts must be finite and non-negative")
+    cmin, cmax = arrays.get("channel_min"), arrays.get("channel_max")
+    if (cmin is None) != (cmax is None):
+        raise QvizError(f"{what}: channel_min and channel_max come together")
+    if cmin is not None and cmax is not None:
+        if cmin.shape != cmax.shape or cmin.ndim != 1:
+            raise QvizError(f"{what}: channel_min and channel_max must be equal 1-D arrays")
+        if np.isnan(cmin).any() or np.isnan(cmax).any():
+            raise QvizError(f"{what}: channel_min/channel_max hold NaN")
+        seen = np.isfinite(cmin) & np.isfinite(cmax)
+        if (cmin[seen] > cmax[seen]).any():
+            raise QvizError(f"{what}: a channel's min is above its max")
 
 
 def is_stats_file(path: str | Path) -> bool:
@@ -87,28 +180,41 @@ def is_stats_file(path: str | Path) -> bool:
     try:
         with zipfile.ZipFile(p) as zf:
             return "meta.json" in zf.namelist()
-    except (OSError, zipfile.BadZipFile):
+    except (OSError, zipfile.BadZipFile, ValueError):
         return False
 
 
-def _read_meta(zf: zipfile.ZipFile, p: Path) -> dict[str, Any]:
+def _read_member(zf: zipfile.ZipFile, member: str, limit: int, what: str) -> bytes:
     try:
-        document = json.loads(zf.read("meta.json"))
+        info = zf.getinfo(member)
     except KeyError:
-        raise QvizError(f"{p.name} is not a qviz stats file (no meta.json inside)") from None
-    version = document.get("schema_version")
-    if not isinstance(version, int):
-        raise QvizError(f"{p.name} has no schema_version; it is not a qviz stats file")
-    if version > SCHEMA_VERSION:
+        raise QvizError(f"{what}: the stats file has no member '{member}'") from None
+    if info.file_size > limit:
         raise QvizError(
-            f"{p.name} is stats schema_version {version}; this qviz reads up to {SCHEMA_VERSION}"
+            f"{what}: member '{member}' is {info.file_size / 2**20:.0f} MiB (limit "
+            f"{limit / 2**20:.0f} MiB); not a qviz stats file"
         )
-    while version < SCHEMA_VERSION:
-        document = MIGRATIONS[version](document)
-        version = document["schema_version"]
-    return document
+    with zf.open(info) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise QvizError(f"{what}: member '{member}' is larger than it says")
+    return data
 
 
-def _read_array(zf: zipfile.ZipFile, member: str) -> np.ndarray:
-    with zf.open(member) as f:
-        return np.load(io.BytesIO(f.read()), allow_pickle=False)
+def _read_meta(zf: zipfile.ZipFile, p: Path) -> dict[str, Any]:
+    if "meta.json" not in zf.namelist():
+        raise QvizError(f"{p.name} is not a qviz stats file (no meta.json inside)")
+    document = parse_json(_read_member(zf, "meta.json", MAX_META_BYTES, p.name), p.name)
+    if not isinstance(document, dict):
+        raise QvizError(f"{p.name} is not a qviz stats file (meta.json is not an object)")
+    if not isinstance(document.get("schema_version"), int):
+        raise QvizError(f"{p.name} has no schema_version; it is not a qviz stats file")
+    return migrate(document, MIGRATIONS, SCHEMA_VERSION, p.name, "stats")
+
+
+def _read_array(zf: zipfile.ZipFile, member: str, what: str) -> np.ndarray:
+    data = _read_member(zf, member, MAX_MEMBER_BYTES, what)
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:  # numpy parses the header with ast/tokenize: any error there
+        raise QvizError(f"{what}: member '{member}' is not a numeric .npy array ({exc})") from None

@@ -1,0 +1,84 @@
+"""The evaluation data's statistics, kept beside the calibration statistics, and what they say
+about each activation's range (see `qviz.core.calibration.representative`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from qviz.core.calibration.analysis import TensorKey
+from qviz.core.calibration.config import TensorConfig
+from qviz.core.calibration.representative import Representativeness, compare, convergence
+from qviz.core.document.events import DocumentEvents
+from qviz.core.errors import QvizError
+from qviz.core.layerdata.layer import LayerData
+from qviz.core.model.loading import TensorKind
+from qviz.core.stats.collect import CalibrationStats
+
+
+class EvaluationStats:
+    """Held by a `Document`: the evaluation data's statistics and the comparisons made."""
+
+    def __init__(self, events: DocumentEvents) -> None:
+        self._events = events
+        self.stats: CalibrationStats | None = None
+        self._cache: dict[tuple[TensorKey, TensorConfig, int], Representativeness | None] = {}
+
+    def set(self, stats: CalibrationStats | None) -> None:
+        self.stats = stats
+        self._cache.clear()
+        self._events.eval_stats.emit()
+
+    def compare(
+        self, key: TensorKey, cfg: TensorConfig, cal: CalibrationStats | None
+    ) -> Representativeness | None:
+        """The activation's calibration range against the evaluation data (None: no
+        statistics for one of them, a weight, a tensor kept float)."""
+        ev = self.stats
+        if (
+            ev is None or cal is None or key.kind is not TensorKind.ACTIVATION
+            or not cfg.quantize or key.name not in cal.tensors or key.name not in ev.tensors
+        ):
+            return None
+        ckey = (key, cfg, id(cal))
+        if ckey not in self._cache:
+            try:
+                self._cache[ckey] = compare(
+                    cal.tensors[key.name], ev.tensors[key.name], cfg, ev.n_samples
+                )
+            except QvizError:
+                self._cache[ckey] = None
+        return self._cache[ckey]
+
+    def convergence(
+        self, key: TensorKey, cfg: TensorConfig, cal: CalibrationStats | None
+    ) -> list[tuple[int, float, float]]:
+        """The activation's range after 16, 32, 64 … calibration samples (empty without
+        snapshots)."""
+        if cal is None or not cal.snapshots or key.name not in cal.tensors or not cfg.quantize:
+            return []
+        try:
+            return convergence(cal.snapshots, cal.tensors[key.name], cal.n_samples, cfg)
+        except QvizError:
+            return []
+
+
+def with_evaluation_view(
+    data: LayerData,
+    eval_stats: CalibrationStats | None,
+    representativeness: Representativeness | None,
+    convergence_points: list[tuple[int, float, float]],
+) -> LayerData:
+    """`data` with the activation's evaluation histogram (scaled to the calibration data's
+    total, to compare shapes), evaluation-only range and convergence added."""
+    a = data.activation
+    if a is None:
+        return data
+    eval_t = None if eval_stats is None else eval_stats.tensors.get(a.result.name)
+    hist, band = None, None
+    if eval_t is not None and eval_t.histogram.total > 0:
+        h = eval_t.histogram
+        hist = (h.edges, h.counts * (a.stats.histogram.total / h.total))
+        band = None if representativeness is None else representativeness.eval_range
+    return replace(data, activation=replace(
+        a, eval_hist=hist, eval_band=band, convergence=tuple(convergence_points)
+    ))
