@@ -193,7 +193,8 @@ class LayerView(QWidget):
             r.name, values, r.config.fmt, lo, hi, exact=exact,
             stats=lambda: self._doc.plots.weight_stats(r.name, values),
         )
-        column = replace(column, pinned=w.column.pinned)  # A's rows stay while dragging
+        # A's rows and the layer's name stay while dragging.
+        column = replace(column, pinned=w.column.pinned, layer=w.column.layer)
         m = column.metrics
         self.preview_metrics[TensorKind.WEIGHT] = m
         self.metrics_panel.set_column(TensorKind.WEIGHT, column)
@@ -234,7 +235,8 @@ class LayerView(QWidget):
         self.error_curve.select_tensor(TensorKind.ACTIVATION)
         fmt = a.result.config.fmt
         column = replace(
-            preview_activation(a.result.name, a.stats, fmt, lo, hi), pinned=a.column.pinned
+            preview_activation(a.result.name, a.stats, fmt, lo, hi), pinned=a.column.pinned,
+            layer=a.column.layer,
         )
         m = column.metrics
         self.preview_metrics[TensorKind.ACTIVATION] = m

@@ -518,13 +518,17 @@ class Document(PinnedComparison):
             sqnr = float(result.metrics.sqnr_db) if quantized else math.inf
             scored.append((t.key, sqnr, self.element_count(t.key)))
         summary = summarize(self._index, scored, n_worst)
+        return replace(summary, unrepresentative=self.unrepresentative())
+
+    def unrepresentative(self) -> tuple[TensorKey, ...] | None:
+        """Activations whose evaluation data clips more than sampling explains (None: no
+        statistics of the evaluation data yet)."""
         if self.eval_stats.stats is None:
-            return summary
-        flagged = tuple(
+            return None
+        return tuple(
             t.key for t in self._index.tensors
             if (r := self.representativeness(t.key)) is not None and r.flagged
         )
-        return replace(summary, unrepresentative=flagged)
 
     # ================================================================= measurements
     def measure_inputs(self, what: str, config: QuantConfig | None = None) -> MeasureInputs:
