@@ -1,8 +1,8 @@
-"""How long a settings change takes to reach the screen, on the demo, offscreen.
+"""How long a settings change takes to reach the screen, offscreen, on the demo or any model.
 
-Opens the built-in demo, waits for calibration and for every tensor to be measured, selects a
-conv layer and then changes one control at a time (method, granularity, percentile), the way
-a user clicks through them. For each change it times:
+Opens the built-in demo (or ``--model`` with ``--data``), waits for calibration and for every
+tensor to be measured, selects a layer and then changes one control at a time (method,
+granularity), the way a user clicks through them. For each change it times:
 
 * update — from the control's value change to the document, layer view (histograms, channel
   view, error curve), metrics panel and table row all updated (the synchronous path);
@@ -12,6 +12,12 @@ a user clicks through them. For each change it times:
 Usage::
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python bench/bench_app_update.py [--changes 200]
+    .venv/bin/python bench/bench_app_update.py --model /tmp/dec/d72.onnx \
+        --data /tmp/dec/d72.calib.npz --changes 50
+
+On a model of your own the weight is that of the layer halfway down the graph (``--weight``
+names another) and the activation that layer's input (``--activation``). It also prints how
+long opening, calibrating and measuring every tensor took, as the app ran them.
 
 Prints the median and 95th percentile in milliseconds for each.
 """
@@ -59,7 +65,7 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 120.0) -> None:
         loop.exec()
     timer.stop()
     if not condition():
-        raise SystemExit("timed out waiting for the demo to calibrate")
+        raise SystemExit(f"timed out after {timeout_s:.0f} s waiting for the model to calibrate")
 
 
 def single_control_changes(
@@ -96,10 +102,43 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+def pick_keys(
+    window: MainWindow, weight: str | None, activation: str | None
+) -> tuple[TensorKey, TensorKey]:
+    """The weight and activation to change: named, or the layer halfway down the graph."""
+    doc = window.doc
+    if weight is None:
+        weights = [t for t in doc.tensors if t.key.kind is TensorKind.WEIGHT]
+        if not weights:
+            raise SystemExit("the model has no quantizable weight")
+        layer = sorted(weights, key=lambda t: t.layer.depth)[len(weights) // 2].layer
+        weight = layer.weight
+    wkey = doc.find(str(weight), TensorKind.WEIGHT)
+    if wkey is None:
+        raise SystemExit(f"no quantizable weight named {weight}")
+    if activation is None:
+        akeys = [k for k in doc.index.layer_keys(wkey) if k.kind is TensorKind.ACTIVATION]
+        if not akeys:
+            raise SystemExit(f"the layer of {weight} has no measured input: name one")
+        return wkey, akeys[0]
+    akey = doc.find(activation, TensorKind.ACTIVATION)
+    if akey is None:
+        raise SystemExit(f"no quantizable activation named {activation}")
+    return wkey, akey
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=200, help="changes timed per kind")
+    parser.add_argument("--model", type=Path, help="model to open (default: the demo)")
+    parser.add_argument("--data", type=Path, help="calibration data for --model")
+    parser.add_argument("--weight", help="weight tensor to change (default: mid-graph layer)")
+    parser.add_argument("--activation", help="activation tensor to change (default: its input)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for "
+                        "opening and measuring before giving up")
     args = parser.parse_args(argv)
+    if (args.model is None) != (args.data is None):
+        parser.error("--model and --data go together")
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,14 +146,29 @@ def main(argv: list[str] | None = None) -> int:
         window = MainWindow(settings)
         window.resize(1600, 1000)
         window.show()
-        calibrated: list[bool] = []
-        window.files.calibrated.connect(lambda: calibrated.append(True))
+        marks: dict[str, float] = {}
+        window.files.modelLoaded.connect(lambda: marks.setdefault("open", time.perf_counter()))
+        window.files.calibrated.connect(
+            lambda: marks.setdefault("calibrate", time.perf_counter())
+        )
         window.reporter.errorShown.connect(lambda m: sys.exit(f"error: {m}"))
-        window.files.open_demo()
-        wait_until(lambda: bool(calibrated) and not window.busy)
+        started = time.perf_counter()
+        if args.model is None:
+            window.files.open_demo()
+            name = "demo model"
+        else:
+            window.files.open_model(args.model, data_path=args.data)
+            name = args.model.name
+        wait_until(lambda: "calibrate" in marks and not window.busy, args.timeout)
+        marks["measured"] = time.perf_counter()
+        if args.model is None:
+            wkey, akey = LAYER_WEIGHT, LAYER_ACTIVATION
+        else:
+            wkey, akey = pick_keys(window, args.weight, args.activation)
+        n_tensors = len(window.doc.tensors)
 
         results: dict[str, dict[str, list[float]]] = {}
-        for label, key in (("weight", LAYER_WEIGHT), ("activation", LAYER_ACTIVATION)):
+        for label, key in (("weight", wkey), ("activation", akey)):
             window.doc.select(key)
             app.processEvents()
             changes = single_control_changes(window, key[1], args.changes + 10)
@@ -141,12 +195,20 @@ def main(argv: list[str] | None = None) -> int:
             }
         window.close()
 
-    print(f"settings change on the selected layer, demo model, {args.changes} changes each")
+    print(f"{name}: {n_tensors} quantizable tensors")
+    if args.model is not None:
+        print(
+            f"opened in {marks['open'] - started:.1f} s, calibrated after "
+            f"{marks['calibrate'] - started:.1f} s, every tensor measured after "
+            f"{marks['measured'] - started:.1f} s"
+        )
+    print(f"settings change on the selected layer ({wkey.name}; {akey.name}), "
+          f"{args.changes} changes each")
     print(f"{'tensor':<11} {'measure':<15} {'median ms':>10} {'p95 ms':>8} {'max ms':>8}")
     for label, measures in results.items():
-        for name, values in measures.items():
+        for measure, values in measures.items():
             print(
-                f"{label:<11} {name:<15} {statistics.median(values):>10.1f} "
+                f"{label:<11} {measure:<15} {statistics.median(values):>10.1f} "
                 f"{percentile(values, 0.95):>8.1f} {max(values):>8.1f}"
             )
     return 0

@@ -20,13 +20,18 @@ the network input) and writes into ``screenshots/``:
   change in the metrics panel, the table's Δ vs A column, A's and B's end-to-end numbers;
 * ``graph_view.png`` — View ▸ Graph: the whole graph coloured by local SQNR, Q/DQ edges,
   quantized weights and the integer kernels of the full evaluation marked, the selected
-  layer highlighted.
+  layer highlighted;
 * ``input_channels.png``, ``smoothquant_before.png``, ``smoothquant_after.png`` — the
-  transforms on the planted-outlier block (``tools/screenshots_transforms.py``).
+  transforms on the planted-outlier block (``tools/screenshots_transforms.py``);
+* ``large_model.png`` — the window on a synthetic Llama-style decoder of 72 blocks (over a
+  thousand quantizable tensors, made by ``tools/make_decoder.py`` into a temporary folder):
+  the layer table as a tree of blocks with each block's worst and weighted SQNR, the worst
+  tensor selected (its block opened), the error along depth banded by block.
 
 Usage::
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python tools/screenshots.py [--out screenshots]
+    .venv/bin/python tools/screenshots.py --only-large   # just large_model.png (minutes)
 """
 
 from __future__ import annotations
@@ -201,6 +206,41 @@ def sensitivity_shots(app: QApplication, window: MainWindow, out: Path, cache: P
     print(f"mixed precision: {dialog.verdict_label.text()}")
 
 
+def large_model_shot(
+    app: QApplication, out: Path, tmp: Path, layers: int, size: tuple[int, int]
+) -> None:
+    """``large_model.png``: a decoder of `layers` blocks, opened, calibrated, every tensor
+    measured and the live evaluation shown; the worst tensor selected."""
+    sys.path.insert(0, str(REPO))
+    from tools import make_decoder
+
+    path = tmp / "large" / f"decoder{layers}.onnx"
+    spec = make_decoder.decoder_spec(layers=layers, hidden=128, vocab=2048)
+    make_decoder.write_decoder(spec, path, builder="onnx", calib_samples=32, eval_samples=32,
+                               data_seq=32)
+    calib, evaluation = make_decoder.data_paths(path)
+    settings = QSettings(str(tmp / "large.ini"), QSettings.Format.IniFormat)
+    window = MainWindow(settings)
+    window.resize(*size)
+    window.show()
+    calibrated: list[bool] = []
+    window.files.calibrated.connect(lambda: calibrated.append(True))
+    window.reporter.errorShown.connect(lambda m: sys.exit(f"error: {m}"))
+    started = time.perf_counter()
+    window.files.open_model(path, data_path=calib, eval_data_path=evaluation)
+    wait_until(lambda: bool(calibrated) and not window.busy, 1800.0)
+    ev = window.evaluation
+    wait_until(lambda: ev.current is not None and not ev.is_pending, 1800.0)
+    worst, sqnr = window.doc.summary().worst[0]
+    window.doc.select(worst)
+    wait_until(lambda: not window.busy, 600.0)
+    settle(app, window)
+    save(window, out / "large_model.png")
+    print(f"large model: {len(window.doc.tensors)} tensors, ready after "
+          f"{time.perf_counter() - started:.0f} s; worst {worst.name} {sqnr:.2f} dB")
+    window.close()
+
+
 def save(widget: QWidget, path: Path) -> None:
     if not widget.grab().save(str(path)):
         raise SystemExit(f"could not write {path}")
@@ -212,10 +252,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "screenshots")
     parser.add_argument("--width", type=int, default=1600)
     parser.add_argument("--height", type=int, default=1000)
+    parser.add_argument("--large-layers", type=int, default=72,
+                        help="blocks of the large decoder (0: no large_model.png)")
+    parser.add_argument("--only-large", action="store_true", help="just large_model.png")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
+    if args.only_large:
+        with tempfile.TemporaryDirectory() as tmp:
+            large_model_shot(app, args.out, Path(tmp), args.large_layers,
+                             (args.width, args.height))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         # A throwaway settings file: screenshots must not change the user's recent files.
         settings = QSettings(str(Path(tmp) / "screenshots.ini"), QSettings.Format.IniFormat)
@@ -261,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         window.reporter.errorShown.connect(lambda m: sys.exit(f"error: {m}"))
         transform_shots(app, window, args.out, Path(tmp))
         window.close()
+        if args.large_layers > 0:
+            large_model_shot(app, args.out, Path(tmp), args.large_layers,
+                             (args.width, args.height))
     return 0
 
 

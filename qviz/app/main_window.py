@@ -104,6 +104,8 @@ class MainWindow(QMainWindow):
         self.controls = ControlsPanel(doc, self.reporter)
         self.layer_view = LayerView(doc, self.reporter)
         self.job_status = JobStatus(self.statusBar(), self.jobs)
+        self.analysis.progressed.connect(self.job_status.show_background)
+        self.analysis.idle.connect(self.job_status.hide_background)
         self._build_central()
         self._build_docks()
         self.mixed_dialog: MixedPrecisionDialog | None = None

@@ -73,7 +73,7 @@ def representativeness(
     """Each activation's calibration range seen from the evaluation data (by tensor name)."""
     return {
         r.name: compare(stats.tensors[r.name], evaluation.tensors[r.name], r.config,
-                        evaluation.n_samples)
+                        evaluation.n_samples, chosen=(r.qparams, r.metrics))
         for r in results
         if r.kind is TensorKind.ACTIVATION and r.name in evaluation.tensors
         and r.name in stats.tensors

@@ -19,6 +19,7 @@ class Progress:
     elapsed_s: float
     remaining_s: float | None
     message: str = ""
+    unit: str = "samples"  # what `done` and `total` count, as the status bar names it
 
     @property
     def fraction(self) -> float:
@@ -44,15 +45,18 @@ def format_seconds(seconds: float) -> str:
 class ProgressClock:
     """Turns counts into Progress objects with an estimate of the time left."""
 
-    def __init__(self, total: int, message: str = "") -> None:
+    def __init__(self, total: int, message: str = "", unit: str = "samples") -> None:
         self.total = total
         self.message = message
+        self.unit = unit
         self._start = time.perf_counter()
 
     def report(self, done: int, message: str | None = None) -> Progress:
         elapsed = time.perf_counter() - self._start
         remaining = elapsed / done * (self.total - done) if done > 0 else None
-        return Progress(done, self.total, elapsed, remaining, message or self.message)
+        return Progress(
+            done, self.total, elapsed, remaining, message or self.message, self.unit
+        )
 
 
 def run_to_completion(gen: Generator[Any, None, T]) -> T:

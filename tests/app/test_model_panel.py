@@ -258,7 +258,7 @@ def test_full_evaluation_fills_latency_fusion_and_the_table(
         assert kernel in cell and cell[0] == ("⚠" if at_risk else "✓")
         model = window.table.model
         tip = model.data(
-            model.index(model.row_of(CONV_W), Column.NATIVE), Qt.ItemDataRole.ToolTipRole
+            model.index_of(CONV_W, Column.NATIVE), Qt.ItemDataRole.ToolTipRole
         )
         assert ("can saturate" in tip) is at_risk
     else:
@@ -272,7 +272,7 @@ def test_full_evaluation_fills_latency_fusion_and_the_table(
     window.doc.select(CONV_W)
     window.controls.apply(INT4_PER_CHANNEL, ApplyScope.TENSOR)
     model = window.table.model
-    index = model.index(model.row_of(CONV_W), Column.NATIVE)
+    index = model.index_of(CONV_W, Column.NATIVE)
     assert model.data(index, Qt.ItemDataRole.ForegroundRole).color() == STALE_FG
     with qtbot.waitSignal(ev_ctrl.evaluated, timeout=RUN_MS) as live:
         pass

@@ -142,7 +142,7 @@ def test_sensitivity_fills_the_table_and_the_chart_and_is_cached(
         assert row.drop is not None
         assert table.cell_text(key, Column.DROP) == signed(row.drop)
         assert table.cell_text(key, Column.RECOVERY) == signed(row.recovery)
-        index = table.model.index(table.model.row_of(key), Column.RECOVERY)  # type: ignore[arg-type]
+        index = table.model.index_of(key, Column.RECOVERY)
         assert table.model.data(index, SORT_ROLE) == pytest.approx(row.recovery)
     # Sortable: by recovery, the layer that recovers most comes first.
     table.view.sortByColumn(Column.RECOVERY, Qt.SortOrder.DescendingOrder)
@@ -150,7 +150,7 @@ def test_sensitivity_fills_the_table_and_the_chart_and_is_cached(
     assert core.layer(doc.tensor(first).layer.name).recovery == max(
         s.recovery for s in core.layers
     )
-    header = table.view.horizontalHeader()
+    header = table.view.header()
     # End to end beside local: Clipped, (Eval clipped,) Drop, Recovery side by side, fixed.
     order = [Column.CLIPPED, Column.EVAL_CLIPPED, Column.DROP, Column.RECOVERY]
     first_index = header.visualIndex(Column.CLIPPED)
@@ -216,8 +216,7 @@ def test_reopened_session_shows_the_report_without_running_it(
     int4 = TensorConfig(MethodSpec(Method.MINMAX), PerTensor(), NumberFormat.parse("int4"))
     other.controls.apply(int4)
     qtbot.waitUntil(lambda: other.doc.measures.sensitivity_stale, timeout=CALIBRATION_MS)
-    row = other.table.model.row_of(CONV_W)
-    index = other.table.model.index(row, Column.DROP)  # type: ignore[arg-type]
+    index = other.table.model.index_of(CONV_W, Column.DROP)
     brush = other.table.model.data(index, Qt.ItemDataRole.ForegroundRole)
     assert brush is not None and brush.color() == STALE_FG
     assert "earlier settings" in other.sensitivity_panel.summary.text()

@@ -167,7 +167,9 @@ def test_a_change_that_changes_nothing_is_no_step(doc: Document) -> None:
 def test_results_for_superseded_settings_are_dropped(doc: Document) -> None:
     [job] = [j for j in doc.analyze_jobs() if j.key == RELU]
     assert doc.model is not None
-    outcomes = [o for batch in analyze_in_batches(doc.model, doc.stats, [job]) for o in batch]
+    outcomes = [
+        o for batch in analyze_in_batches(doc.model, doc.stats, [job]) for o in batch.outcomes
+    ]
     doc.apply(RELU, TensorConfig(MethodSpec(Method.MINMAX)), ApplyScope.TENSOR)
     assert doc.accept_results(outcomes) == ()  # computed for the old settings
     assert doc.result(RELU) is None

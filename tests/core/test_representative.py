@@ -61,8 +61,29 @@ def test_held_out_samples_are_representative_and_a_shifted_set_is_not(demo) -> N
     assert "input" in flagged_shifted  # the brightened pixels themselves
     r = compare(cal.tensors["input"], shifted.tensors["input"], cfg, 400)
     assert r.eval_clipped > r.cal_clipped + r.tolerance and r.unseen > 0.01
+    assert r.eval_range is not None
     assert r.eval_range[1] > r.cal_range[1]  # the evaluation data would want a wider range
     assert r.to_json()["representative"] is False
+
+
+def test_an_analysed_range_gives_the_same_answer_without_a_second_search(demo) -> None:  # type: ignore[no-untyped-def]
+    """The document passes its analysis (the range is not chosen again) and asks for the
+    evaluation-alone range only for the tensor on view: the numbers are the same."""
+    from qviz.core.calibration.analysis import analyze
+    from qviz.core.model.loading import TensorKind
+
+    model, cal, _, shifted = demo
+    config = QuantConfig()
+    results = [r for r in analyze(model, cal, config) if r.kind is TensorKind.ACTIVATION]
+    assert results
+    for r in results:
+        full = compare(cal.tensors[r.name], shifted.tensors[r.name], r.config, 400)
+        quick = compare(cal.tensors[r.name], shifted.tensors[r.name], r.config, 400,
+                        chosen=(r.qparams, r.metrics), eval_alone=False)
+        assert quick.eval_range is None and full.eval_range is not None
+        assert (quick.cal_range, quick.cal_clipped, quick.eval_clipped, quick.unseen) == (
+            full.cal_range, full.cal_clipped, full.eval_clipped, full.unseen)
+        assert quick.flagged == full.flagged
 
 
 def test_the_tolerance_shrinks_with_more_samples() -> None:

@@ -13,13 +13,18 @@ from PySide6.QtCore import QObject, Signal
 from qviz.app.controllers.workers import BackgroundRunner
 from qviz.app.dialogs.error_dialog import ErrorReporter
 from qviz.core.document.document import Document
-from qviz.core.document.jobs import AnalysisOutcome, analyze_in_batches
+from qviz.core.document.jobs import AnalysisBatch, analyze_in_batches
+from qviz.core.progress import Progress
 
 
 class AnalysisController(QObject):
     """Keeps every tensor of the document measured."""
 
     finished = Signal()   # every tensor measured for the current settings
+    #: How far measuring the current settings has come (done = total at the end); the
+    #: status bar shows it with the time left.
+    progressed = Signal(Progress)
+    idle = Signal()       # nothing being measured any more (done, superseded or failed)
 
     def __init__(self, doc: Document, reporter: ErrorReporter, parent: QObject | None = None):
         super().__init__(parent)
@@ -28,6 +33,7 @@ class AnalysisController(QObject):
         self.runner.progressed.connect(self._on_batch)
         self.runner.succeeded.connect(self._on_done)
         self.runner.failed.connect(lambda exc: reporter.report(exc, "Measuring tensors"))
+        self.runner.busyChanged.connect(lambda busy: None if busy else self.idle.emit())
         self.pinned_runner = BackgroundRunner("pinned analysis", self)
         self.pinned_runner.progressed.connect(self._on_pinned_batch)
         self.pinned_runner.failed.connect(lambda exc: reporter.report(exc, "Measuring A"))
@@ -69,12 +75,13 @@ class AnalysisController(QObject):
         )
 
     def _on_batch(self, batch: object) -> None:
-        outcomes: list[AnalysisOutcome] = batch  # type: ignore[assignment]  # the job yields these
-        self.doc.accept_results(outcomes)
+        assert isinstance(batch, AnalysisBatch)  # what analyze_in_batches yields
+        self.doc.accept_results(batch.outcomes)
+        self.progressed.emit(batch.progress)
 
     def _on_pinned_batch(self, batch: object) -> None:
-        outcomes: list[AnalysisOutcome] = batch  # type: ignore[assignment]  # the job yields these
-        self.doc.accept_pinned_results(outcomes)
+        assert isinstance(batch, AnalysisBatch)
+        self.doc.accept_pinned_results(batch.outcomes)
 
     def _on_done(self, _count: object) -> None:
         self.finished.emit()

@@ -18,7 +18,8 @@ warns in one line with the layer losing most, why, and the configuration that wo
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+import time
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,13 +42,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qviz.app.controllers.workers import BackgroundRunner, call_as_job
+from qviz.app.controllers.workers import BackgroundRunner
 from qviz.app.dialogs.error_dialog import ErrorReporter
-from qviz.core.calibration.analysis import TensorResult, analyze
+from qviz.core.calibration.analysis import TensorResult
 from qviz.core.calibration.config import QuantConfig
 from qviz.core.data.dataset import load_data, random_data
 from qviz.core.document.compare import Pinned
-from qviz.core.document.jobs import EvaluationOutcome
+from qviz.core.document.jobs import EvaluationOutcome, analyze_with_progress
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
 from qviz.core.evaluation.evaluate import Evaluation
@@ -63,6 +64,7 @@ from qviz.core.files.outputs import check_output
 from qviz.core.files.report import build_report, write_report
 from qviz.core.graph.qdq import QdqModel
 from qviz.core.model.loading import LoadedModel
+from qviz.core.progress import Progress, run_to_completion
 from qviz.core.runtime.sessions import Threads
 from qviz.core.runtime.speed_check import SpeedCheck, check_speed, timing_feeds
 from qviz.core.stats.collect import CalibrationStats
@@ -143,9 +145,17 @@ def _check_speed(
 
 def run_export(req: ExportRequest) -> ExportResult:
     """Analyse the tensors for the request's configuration and write the file(s)."""
+    return run_to_completion(export_steps(req))
+
+
+def export_steps(req: ExportRequest) -> Generator[Progress, None, ExportResult]:
+    """`run_export` as a job: Progress while the tensors are measured (with the time left),
+    then while the file is written."""
+    started = time.perf_counter()
     plan = transform_model(req.model, req.stats, req.config)  # SmoothQuant, equalization
     model = plan.model
-    results = analyze(model, plan.stats, req.config)
+    results = yield from analyze_with_progress(model, plan.stats, req.config)
+    yield Progress(0, 0, time.perf_counter() - started, None, f"writing {req.path.name}")
     if not results and req.fmt is not ExportFormat.CONFIG:
         raise QvizError("the configuration quantizes nothing: nothing to export")
     written: tuple[Path, ...] = (req.path,)
@@ -224,6 +234,7 @@ class ExportDialog(QDialog):
         self.runner.succeeded.connect(self._on_succeeded)
         self.runner.failed.connect(self._on_failed)
         self.runner.busyChanged.connect(self._on_busy)
+        self.runner.progressed.connect(self._on_progress)
 
         # With a configuration pinned for comparison, either one can be exported.
         self._pinned = pinned
@@ -406,7 +417,7 @@ class ExportDialog(QDialog):
         self.status_label.setText(f"Writing {request.path}…")
         self.status_label.setStyleSheet("")
         label = f"Exporting {request.fmt.value}"
-        self.runner.start(call_as_job(lambda: run_export(request)), label)
+        self.runner.start(lambda _should_stop: export_steps(request), label)
         return True
 
     @property
@@ -414,6 +425,12 @@ class ExportDialog(QDialog):
         return self.runner.is_busy
 
     # ----------------------------------------------------------------- internals
+    def _on_progress(self, item: object) -> None:
+        if isinstance(item, Progress):
+            self.status_label.setText(
+                f"{item.message}…" if item.total <= 0 else f"Exporting: {item.describe()}"
+            )
+
     def _request(self) -> ExportRequest:
         if self._model is None:
             raise QvizError("nothing to export: open a model first")

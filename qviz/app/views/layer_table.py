@@ -1,38 +1,31 @@
-"""The layer table: one row per quantizable tensor, sortable and filterable.
+"""The layer table: every quantizable tensor, grouped by module path, sortable and filterable.
 
-`LayerTableModel` reads everything from the `Document` (it keeps no copy of the numbers) and
-follows its events: a change of settings or new results repaint just the rows of the tensors
-named; a new sensitivity report or evaluation repaints its columns. A
-`QSortFilterProxyModel` sorts by the raw numbers (not the text) and filters by substring over
-every column. Selecting a row selects the tensor in the document, and the other way round.
+A tree (`LayerTreeModel`) of groups (``model.layers.3 ▸ self_attn``) over one row per tensor,
+read from the `Document` (no copy of the numbers kept) and following its events: a change of
+settings or new results repaint the rows of the tensors named and the groups above them; a
+new sensitivity report or evaluation repaints its columns. Group rows give their worst and
+weighted SQNR (the core's numbers). Sorting orders groups by their number and tensors within
+their group; the filter keeps matching tensors and the groups above them. Selecting a tensor
+row selects it in the document, and the other way round (its groups open to show it).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from dataclasses import replace
 
-import numpy as np
-from PySide6.QtCore import (
-    QAbstractTableModel,
-    QItemSelectionModel,
-    QModelIndex,
-    QPersistentModelIndex,
-    QSortFilterProxyModel,
-    Qt,
-)
-from PySide6.QtGui import QBrush
+from PySide6.QtCore import QItemSelectionModel, QModelIndex, Qt
+from PySide6.QtGui import QFont, QFontMetrics
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHeaderView,
     QLabel,
     QLineEdit,
-    QTableView,
+    QTreeView,
     QVBoxLayout,
     QWidget,
 )
 
-from qviz.app.views import plot_style as st
+from qviz.app.views.layer_tree_model import GROUP_ROLE, LayerTreeModel, TreeFilter
 from qviz.app.views.table_cells import (
     BAD_BG,
     FAIR_BG,
@@ -41,288 +34,50 @@ from qviz.app.views.table_cells import (
     SENSITIVITY_COLUMNS,
     SORT_ROLE,
     SPEED_COLUMNS,
-    SQNR_TOOLTIP,
     STALE_FG,
-    VALUE_COLUMNS,
     Column,
-    eval_clipped_text,
-    eval_clipped_tooltip,
-    native_text,
-    native_tooltip,
-    sensitivity_text,
-    sensitivity_tooltip,
-    sensitivity_value,
-    speed_background,
-    speed_text,
-    speed_tooltip,
-    speed_value,
-    sqnr_background,
     summary_text,
-    vs_pinned,
 )
 from qviz.core.calibration.analysis import TensorKey
-from qviz.core.calibration.config import method_label
 from qviz.core.document.document import Document
-from qviz.core.model.loading import TensorKind
-from qviz.core.text import fmt_count, fmt_shape, fmt_signed
+from qviz.core.document.summary import summarize
 
+__all__ = [
+    "BAD_BG", "FAIR_BG", "KEY_ROLE", "SORT_ROLE", "STALE_FG", "Column", "LayerTable",
+    "LayerTreeModel",
+]
 
-class LayerTableModel(QAbstractTableModel):
-    """Rows are the document's tensors in graph order; data is read from the document."""
-
-    def __init__(self, doc: Document, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self._doc = doc
-        self._keys: list[TensorKey] = []
-        self._row: dict[TensorKey, int] = {}
-        self.fusion_shown = False
-
-    # ----------------------------------------------------------------- updates
-    def reset(self) -> None:
-        """The model changed: rebuild every row."""
-        self.beginResetModel()
-        self._keys = [t.key for t in self._doc.tensors]
-        self._row = {k: i for i, k in enumerate(self._keys)}
-        self.endResetModel()
-
-    def refresh(self, keys: list[TensorKey] | None = None) -> None:
-        """Settings or results changed for `keys` (None: all): repaint just those rows."""
-        if not self._keys:
-            return
-        if keys is None:
-            rows = [0, len(self._keys) - 1]
-        else:
-            rows = sorted(self._row[k] for k in keys if k in self._row)
-            if not rows:
-                return
-        first, last = min(VALUE_COLUMNS), max(VALUE_COLUMNS)
-        # One signal per contiguous run of rows keeps a 1-row change a 1-row repaint while a
-        # change to every Conv is still a handful of signals, not hundreds.
-        start = prev = rows[0]
-        for r in [*rows[1:], None]:
-            if r is not None and r == prev + 1:
-                prev = r
-                continue
-            self.dataChanged.emit(self.index(start, first), self.index(prev, last))
-            if r is not None:
-                start = prev = r
-
-    def row_of(self, key: TensorKey) -> int | None:
-        return self._row.get(key)
-
-    # ----------------------------------------------------------------- Qt model API
-    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._keys)
-
-    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(Column)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:  # noqa: E501
-        if orientation != Qt.Orientation.Horizontal or not 0 <= section < len(Column):
-            return None
-        title, tip = HEADERS[Column(section)]
-        if role == Qt.ItemDataRole.DisplayRole:
-            return title
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return tip
-        return None
-
-    def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:  # noqa: E501
-        if not index.isValid():
-            return None
-        key = self._keys[index.row()]
-        col = Column(index.column())
-        if col is Column.NATIVE and role != KEY_ROLE:
-            return self._native_data(key, role)
-        if col is Column.EVAL_CLIPPED:
-            return self._eval_clipped_data(key, role)
-        if col in SPEED_COLUMNS and role != KEY_ROLE:
-            return self._speed_data(key, col, role)
-        if col is Column.VS_A and role in (Qt.ItemDataRole.DisplayRole, SORT_ROLE):
-            delta = vs_pinned(self._doc, key)
-            if role == SORT_ROLE:
-                return -math.inf if delta is None else delta
-            return "" if delta is None else ("same" if delta == 0 else fmt_signed(delta, 2))
-        if role == Qt.ItemDataRole.DisplayRole:
-            return self._text(key, col)
-        if role == SORT_ROLE:
-            return self._sort_value(key, col)
-        if role == KEY_ROLE:
-            return key
-        if role == Qt.ItemDataRole.BackgroundRole and col is Column.SQNR:
-            result = self._doc.result(key)
-            if result is not None and self._doc.config_for(key).quantize:
-                bg = sqnr_background(float(result.metrics.sqnr_db))
-                return None if bg is None else QBrush(bg)
-            return None
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return self._tooltip(key, col)
-        if role == Qt.ItemDataRole.TextAlignmentRole and col in (
-            Column.PARAMS, Column.SQNR, Column.CLIPPED, *SENSITIVITY_COLUMNS,
-        ):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        if (
-            role == Qt.ItemDataRole.ForegroundRole
-            and col in SENSITIVITY_COLUMNS
-            and self._doc.measures.sensitivity_stale
-        ):
-            return QBrush(STALE_FG)
-        return None
-
-    def _text(self, key: TensorKey, col: Column) -> str:
-        doc = self._doc
-        tensor = doc.tensor(key)
-        if col is Column.LAYER:
-            return tensor.layer.name
-        if col is Column.KIND:
-            return "W" if key[1] is TensorKind.WEIGHT else "A"
-        if col is Column.TENSOR:
-            return key[0]
-        if col is Column.OP:
-            return tensor.layer.op_type
-        if col is Column.SHAPE:
-            return fmt_shape(doc.shape(key))
-        if col is Column.PARAMS:
-            return fmt_count(doc.element_count(key)) if key[1] is TensorKind.WEIGHT else ""
-        if col in SENSITIVITY_COLUMNS:
-            return sensitivity_text(doc, key, col)
-        cfg = doc.config_for(key)
-        if col is Column.METHOD:
-            return method_label(cfg.spec)
-        if col is Column.GRANULARITY:
-            return cfg.granularity.label
-        if col is Column.FORMAT:
-            return cfg.fmt.label if cfg.quantize else "float"
-        if not cfg.quantize:  # kept float (e.g. a mixed-precision choice): no error at all
-            return "float" if col is Column.SQNR else "—"
-        result = doc.result(key)
-        if result is None:
-            if doc.error(key) is not None:
-                return "error"
-            return "…" if doc.can_analyze(key) else "needs data"
-        if col is Column.SQNR:
-            return st.fmt_num(result.metrics.sqnr_db)
-        return st.fmt_pct(result.metrics.clipped_fraction)
-
-    def _sort_value(self, key: TensorKey, col: Column) -> Any:
-        doc = self._doc
-        if col is Column.PARAMS:
-            return doc.element_count(key) if key[1] is TensorKind.WEIGHT else -1.0
-        if col in SENSITIVITY_COLUMNS:
-            value = sensitivity_value(doc, key, col)
-            return -math.inf if value is None or math.isnan(value) else value  # unknowns last
-        if col in (Column.SQNR, Column.CLIPPED):
-            result = doc.result(key)
-            if not doc.config_for(key).quantize:
-                return math.inf if col is Column.SQNR else -1.0  # float: lossless
-            if result is None:
-                return math.inf if col is Column.SQNR else -1.0  # unknowns sort last/first
-            value = (
-                result.metrics.sqnr_db if col is Column.SQNR else result.metrics.clipped_fraction
-            )
-            return float(np.nan_to_num(float(value), nan=math.inf))
-        if col is Column.LAYER:
-            return doc.tensor(key).layer.depth  # graph order, not alphabetical
-        return self._text(key, col)
-
-    def _tooltip(self, key: TensorKey, col: Column) -> str | None:
-        doc = self._doc
-        error = doc.error(key)
-        if error is not None and col in (Column.SQNR, Column.CLIPPED):
-            return error
-        if col is Column.SQNR:
-            if doc.result(key) is None and not doc.can_analyze(key):
-                return "Open calibration data (Ctrl+D) to measure activations"
-            return SQNR_TOOLTIP
-        if col is Column.LAYER:
-            layer = doc.tensor(key).layer
-            return f"{layer.name}\nnode: {layer.node_name}\nop: {layer.op_type}"
-        if col is Column.TENSOR:
-            return key[0]
-        if col in SENSITIVITY_COLUMNS:
-            return sensitivity_tooltip(doc, key)
-        return None
-
-    def _eval_clipped_data(self, key: TensorKey, role: int) -> Any:
-        if role == Qt.ItemDataRole.DisplayRole:
-            return eval_clipped_text(self._doc, key)
-        if role == SORT_ROLE:
-            r = self._doc.representativeness(key)
-            return -1.0 if r is None else r.eval_clipped
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return eval_clipped_tooltip(self._doc, key)
-        if role == Qt.ItemDataRole.BackgroundRole:
-            r = self._doc.representativeness(key)
-            return QBrush(FAIR_BG) if r is not None and r.flagged else None
-        if role == Qt.ItemDataRole.TextAlignmentRole:
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        return None
-
-    def refresh_columns(self, first: Column, last: Column) -> None:
-        """Every row of these columns changed (a sensitivity report, a fusion report)."""
-        if self._keys:
-            self.dataChanged.emit(self.index(0, first), self.index(len(self._keys) - 1, last))
-
-    # ----------------------------------------------------------------- speed
-    def _speed_data(self, key: TensorKey, col: Column, role: int) -> Any:
-        if role == Qt.ItemDataRole.DisplayRole:
-            return speed_text(self._doc, key, col)
-        if role == SORT_ROLE:
-            value = speed_value(self._doc, key, col)
-            return -math.inf if value is None or math.isnan(value) else value
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return speed_tooltip(self._doc, key)
-        if role == Qt.ItemDataRole.TextAlignmentRole:
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        if role == Qt.ItemDataRole.ForegroundRole and not self._doc.measures.fusion_current:
-            return QBrush(STALE_FG)
-        if role == Qt.ItemDataRole.BackgroundRole and col is Column.SPEEDUP:
-            bg = speed_background(self._doc, key)
-            return None if bg is None else QBrush(bg)
-        return None
-
-    # ----------------------------------------------------------------- sim vs native
-    def _native_data(self, key: TensorKey, role: int) -> Any:
-        layer = self._doc.tensor(key).layer.name
-        fusion = self._doc.measures.fusion
-        current = self._doc.measures.fusion_current
-        if role in (Qt.ItemDataRole.DisplayRole, SORT_ROLE):
-            return native_text(fusion, layer)
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return native_tooltip(fusion, layer, current)
-        if role == Qt.ItemDataRole.ForegroundRole and fusion is not None and not current:
-            return QBrush(STALE_FG)
-        if role == Qt.ItemDataRole.BackgroundRole and fusion is not None and current:
-            if layer in fusion.saturating:
-                return QBrush(FAIR_BG)
-            if layer in fusion.unfused:
-                return QBrush(BAD_BG)
-        return None
+# Up to this many tensors every group starts open; above it only the top level shows, each
+# group with its worst and weighted SQNR, and a group opens when one of its tensors is chosen.
+EXPAND_ALL_MAX = 80
+# Column widths are measured over this many tensor rows and group rows spread over the model,
+# not over all of them: a thousand rows would take seconds of text measuring.
+FIT_SAMPLE = 80
+_CAPS = {Column.LAYER: 260, Column.TENSOR: 170, Column.SHAPE: 110, Column.NATIVE: 170}
 
 
 class LayerTable(QWidget):
-    """Filter box, the table and the summary line, following the document."""
+    """Filter box, the tree and the summary line, following the document."""
 
     def __init__(self, doc: Document, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._doc = doc
-        self.model = LayerTableModel(doc, self)
-        self.proxy = QSortFilterProxyModel(self)
+        self.model = LayerTreeModel(doc, self)
+        self.proxy = TreeFilter(self)
         self.proxy.setSourceModel(self.model)
-        self.proxy.setSortRole(SORT_ROLE)
-        self.proxy.setFilterKeyColumn(-1)
-        self.proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
-        # Re-sort when SQNR values change, so "sort by SQNR" stays true while exploring.
-        self.proxy.setDynamicSortFilter(True)
 
         self.filter_edit = QLineEdit()
         self.filter_edit.setPlaceholderText("Filter by layer, tensor or op  (Ctrl+F)")
         self.filter_edit.setClearButtonEnabled(True)
-        self.filter_edit.setToolTip("Show only rows containing this text in any column")
-        self.filter_edit.textChanged.connect(self.proxy.setFilterFixedString)
+        self.filter_edit.setToolTip(
+            "Show only tensors containing this text in their full name or any column, with "
+            "the groups they are in"
+        )
+        self.filter_edit.textChanged.connect(self._on_filter)
 
-        self.view = QTableView()
+        self.view = QTreeView()
         self.view.setModel(self.proxy)
+        self.view.setUniformRowHeights(True)  # a thousand rows lay out without measuring each
         self.view.setSortingEnabled(True)
         self.view.sortByColumn(Column.LAYER, Qt.SortOrder.AscendingOrder)
         self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -330,19 +85,26 @@ class LayerTable(QWidget):
         self.view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.view.setAlternatingRowColors(True)
         self.view.setWordWrap(False)
-        self.view.verticalHeader().setVisible(False)
-        self.view.verticalHeader().setDefaultSectionSize(22)
-        header = self.view.horizontalHeader()
+        self.view.setAllColumnsShowFocus(True)
+        self.view.setIndentation(14)
+        self.view.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        header = self.view.header()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(False)
-        # One fixed order, set once: the columns that appear later (Δ vs A, eval clipped,
-        # sensitivity, sim vs native) sit beside the error numbers, so in a narrow pane they
-        # stay in view without scrolling, and a column that appears never moves another.
-        beside = (Column.VS_A, Column.CLIPPED, Column.EVAL_CLIPPED, *SENSITIVITY_COLUMNS)
-        for offset, col in enumerate((*beside, Column.NATIVE)):
+        header.setSortIndicatorShown(True)
+        header.setSectionsClickable(True)
+        # One fixed order, set once: a group's weighted SQNR right after its worst, then the
+        # columns that appear later (Δ vs A, eval clipped, sensitivity, sim vs native) beside
+        # the error numbers, so in a narrow pane they stay in view without scrolling, and a
+        # column that appears never moves another.
+        beside = (Column.WEIGHTED, Column.VS_A, Column.CLIPPED, Column.EVAL_CLIPPED,
+                  *SENSITIVITY_COLUMNS, Column.NATIVE, *SPEED_COLUMNS)
+        for offset, col in enumerate(beside):
             to = header.visualIndex(Column.SQNR) + 1 + offset
             header.moveSection(header.visualIndex(col), to)
-        self.view.setToolTip("Every quantizable tensor; click a row to show its layer")
+        self.view.setToolTip(
+            "Every quantizable tensor, grouped by module; click a row to show its layer"
+        )
         self.view.selectionModel().currentRowChanged.connect(self._on_current_changed)
 
         self.summary_label = QLabel("No model open")
@@ -359,6 +121,7 @@ class LayerTable(QWidget):
         layout.addWidget(self.view, 1)
         layout.addWidget(self.summary_label)
 
+        self.view.setColumnHidden(Column.WEIGHTED, True)  # until the model has groups
         events = doc.events
         events.model.connect(self.reset)
         events.config.connect(self._on_changed)
@@ -379,12 +142,16 @@ class LayerTable(QWidget):
     # ----------------------------------------------------------------- following the document
     def reset(self) -> None:
         self.model.reset()
+        grouped = self.model.tree.has_groups
+        self.view.setRootIsDecorated(grouped)
+        self.view.setColumnHidden(Column.WEIGHTED, not grouped)
+        self._default_expansion()
         self._fit_columns()
         self.update_summary()
         self._on_selection()
 
     def _on_changed(self, keys: tuple[TensorKey, ...]) -> None:
-        self.model.refresh(list(keys))
+        self.model.refresh(keys)
         self.update_summary()
 
     def _on_stats(self) -> None:
@@ -401,7 +168,7 @@ class LayerTable(QWidget):
             was_hidden = self.view.isColumnHidden(col)
             self.view.setColumnHidden(col, hidden)
             if was_hidden and not hidden:
-                self.view.resizeColumnToContents(col)
+                self._fit_column(col)
         self.model.refresh_columns(min(SENSITIVITY_COLUMNS), max(SENSITIVITY_COLUMNS))
 
     def refresh_eval_stats(self) -> None:
@@ -410,7 +177,7 @@ class LayerTable(QWidget):
         was_hidden = self.view.isColumnHidden(Column.EVAL_CLIPPED)
         self.view.setColumnHidden(Column.EVAL_CLIPPED, hidden)
         if was_hidden and not hidden:
-            self.view.resizeColumnToContents(Column.EVAL_CLIPPED)
+            self._fit_column(Column.EVAL_CLIPPED)
         self.model.refresh_columns(Column.EVAL_CLIPPED, Column.EVAL_CLIPPED)
         self.update_summary()
 
@@ -420,22 +187,18 @@ class LayerTable(QWidget):
         was_hidden = self.view.isColumnHidden(Column.VS_A)
         self.view.setColumnHidden(Column.VS_A, hidden)
         if was_hidden and not hidden:
-            self.view.resizeColumnToContents(Column.VS_A)
+            self._fit_column(Column.VS_A)
         self.model.refresh_columns(Column.VS_A, Column.VS_A)
 
     def refresh_speed(self) -> None:
         """The speed columns follow the last full evaluation (hidden while there is none),
         right after sim vs native."""
         hidden = self._doc.measures.speed is None
-        header = self.view.horizontalHeader()
-        for offset, col in enumerate(SPEED_COLUMNS):
+        for col in SPEED_COLUMNS:
             was_hidden = self.view.isColumnHidden(col)
             self.view.setColumnHidden(col, hidden)
             if was_hidden and not hidden:
-                header.moveSection(
-                    header.visualIndex(col), header.visualIndex(Column.NATIVE) + 1 + offset
-                )
-                self.view.resizeColumnToContents(col)
+                self._fit_column(col)
         self.model.refresh_columns(min(SPEED_COLUMNS), max(SPEED_COLUMNS))
 
     def refresh_fusion(self) -> None:
@@ -444,22 +207,23 @@ class LayerTable(QWidget):
         self.model.fusion_shown = self._doc.measures.fusion is not None
         self.model.refresh_columns(Column.NATIVE, Column.NATIVE)
         if self.model.fusion_shown and not had:
-            self.view.resizeColumnToContents(Column.NATIVE)
-            header = self.view.horizontalHeader()
-            header.resizeSection(Column.NATIVE, min(header.sectionSize(Column.NATIVE), 170))
+            self._fit_column(Column.NATIVE)
 
+    # ----------------------------------------------------------------- selection
     def select(self, key: TensorKey | None) -> None:
-        """Make `key` the current row (no signal if it already is)."""
+        """Make `key` the current row, opening the groups it is in (no signal if it already
+        is the current row)."""
         if key is None:
             return
-        row = self.model.row_of(key)
-        if row is None:
+        source = self.model.index_of(key)
+        if not source.isValid():
             return
-        proxy_index = self.proxy.mapFromSource(self.model.index(row, 0))
+        proxy_index = self.proxy.mapFromSource(source)
         if not proxy_index.isValid():  # filtered out: show it rather than select a hidden row
             self.filter_edit.clear()
-            proxy_index = self.proxy.mapFromSource(self.model.index(row, 0))
-        if self.view.currentIndex().row() == proxy_index.row():
+            proxy_index = self.proxy.mapFromSource(source)
+        self._reveal(proxy_index)
+        if self.view.currentIndex().siblingAtColumn(0) == proxy_index:
             return
         self.view.selectionModel().setCurrentIndex(
             proxy_index,
@@ -468,42 +232,132 @@ class LayerTable(QWidget):
         )
         self.view.scrollTo(proxy_index)
 
+    def _reveal(self, proxy_index: QModelIndex) -> None:
+        chain = []
+        parent = proxy_index.parent()
+        while parent.isValid():
+            chain.append(parent)
+            parent = parent.parent()
+        for index in reversed(chain):
+            self.view.expand(index)
+
     def current_key(self) -> TensorKey | None:
         index = self.view.currentIndex()
         if not index.isValid():
             return None
-        return self.proxy.data(index, KEY_ROLE)
+        return self.proxy.data(index.siblingAtColumn(0), KEY_ROLE)
 
+    # ----------------------------------------------------------------- reading (tests)
     def visible_keys(self) -> list[TensorKey]:
-        """Keys in the order the table shows them (sorted and filtered)."""
-        return [
-            self.proxy.data(self.proxy.index(r, 0), KEY_ROLE) for r in range(self.proxy.rowCount())
-        ]
+        """Tensors in the order the table lists them (sorted and filtered), groups open or
+        not: depth first, a group's tensors where the group is."""
+        keys: list[TensorKey] = []
+
+        def walk(parent: QModelIndex) -> None:
+            for r in range(self.proxy.rowCount(parent)):
+                index = self.proxy.index(r, 0, parent)
+                key = self.proxy.data(index, KEY_ROLE)
+                if key is not None:
+                    keys.append(key)
+                else:
+                    walk(index)
+
+        walk(QModelIndex())
+        return keys
+
+    def shown_rows(self) -> list[str | TensorKey]:
+        """What the view shows now, top to bottom (closed groups hide their rows): a group
+        by its path, a tensor by its key."""
+        rows: list[str | TensorKey] = []
+        index = self.view.indexAt(self.view.viewport().rect().topLeft())
+        index = self.proxy.index(0, 0) if not index.isValid() else index
+        while index.isValid():
+            key = self.proxy.data(index, KEY_ROLE)
+            rows.append(key if key is not None else self.proxy.data(index, GROUP_ROLE))
+            index = self.view.indexBelow(index)
+        return rows
 
     def cell_text(self, key: TensorKey, column: Column) -> str:
-        row = self.model.row_of(key)
-        if row is None:
-            return ""
-        return str(self.model.data(self.model.index(row, column)))
+        index = self.model.index_of(key, column)
+        return "" if not index.isValid() else str(self.model.data(index))
+
+    def group_text(self, path: str, column: Column) -> str:
+        index = self.model.group_index(path, column)
+        return "" if not index.isValid() else str(self.model.data(index))
+
+    def is_expanded(self, path: str) -> bool:
+        index = self.proxy.mapFromSource(self.model.group_index(path))
+        return index.isValid() and self.view.isExpanded(index)
+
+    def set_expanded(self, path: str, expanded: bool) -> None:
+        index = self.proxy.mapFromSource(self.model.group_index(path))
+        if index.isValid():
+            self.view.setExpanded(index, expanded)
 
     def update_summary(self) -> None:
-        self.summary_label.setText(summary_text(self._doc.summary(), self._doc))
+        # The document's summary, from the scores the tree keeps (same inputs, same function).
+        summary = replace(
+            summarize(self._doc.index, self.model.scored()),
+            unrepresentative=self._doc.unrepresentative(),
+        )
+        text = summary_text(summary, self._doc)
+        prefix = self.model.tree.prefix
+        if prefix and self._doc.tensors:  # what every name shares is left out of the rows
+            text += f" · names under {prefix}"
+        self.summary_label.setText(text)
 
     def focus_filter(self) -> None:
         self.filter_edit.setFocus()
         self.filter_edit.selectAll()
 
     # ----------------------------------------------------------------- internals
+    def _on_filter(self, text: str) -> None:
+        self.proxy.set_needle(text)
+        if self.proxy.needle:
+            self.view.expandAll()  # every match in sight
+        else:
+            self._default_expansion()
+            self._on_selection()
+
+    def _default_expansion(self) -> None:
+        if self.model.leaf_count() <= EXPAND_ALL_MAX:
+            self.view.expandAll()
+        else:
+            self.view.collapseAll()
+
     def _on_current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
-        if current.isValid():
-            self._doc.select(self.proxy.data(current, KEY_ROLE))
+        key = self.proxy.data(current.siblingAtColumn(0), KEY_ROLE) if current.isValid() \
+            else None
+        if key is not None:
+            self._doc.select(key)
 
     def _fit_columns(self) -> None:
-        self.view.resizeColumnsToContents()
-        header = self.view.horizontalHeader()
-        # Long module paths must not push the numbers out of sight.
-        for col, cap in ((Column.LAYER, 150), (Column.TENSOR, 170), (Column.SHAPE, 110)):
-            if header.sectionSize(col) > cap:
-                header.resizeSection(col, cap)
-        for col in (Column.SQNR, Column.CLIPPED):
-            header.resizeSection(col, max(header.sectionSize(col), 70))
+        for col in Column:
+            if not self.view.isColumnHidden(col):
+                self._fit_column(col)
+
+    def _fit_column(self, col: Column) -> None:
+        """Fit a column to its header and a sample of its cells (up to FIT_SAMPLE tensors'
+        and as many groups' spread over the model), within its cap."""
+        view, model, tree = self.view, self.model, self.model.tree
+        metrics = QFontMetrics(view.font())
+        bold = QFont(view.font())
+        bold.setBold(True)
+        bold_metrics = QFontMetrics(bold)
+        width = QFontMetrics(view.header().font()).horizontalAdvance(HEADERS[col][0]) + 24
+        # The name column also holds the tree's indentation (and the branch marks' margin).
+        indent = view.indentation() if col is Column.LAYER else 0
+        margin = 16 + (indent if tree.has_groups else 0)
+        keys = tree.root.keys
+        for key in keys[:: max(1, len(keys) // FIT_SAMPLE)]:
+            text = str(model.data(model.index_of(key, col)) or "")
+            extra = len(tree.ancestors(key)) * indent
+            width = max(width, metrics.horizontalAdvance(text) + margin + extra)
+        paths = list(tree.groups)
+        for path in paths[:: max(1, len(paths) // FIT_SAMPLE)]:
+            text = str(model.data(model.group_index(path, col)) or "")
+            extra = tree.level(path) * indent
+            width = max(width, bold_metrics.horizontalAdvance(text) + margin + extra)
+        if col in (Column.SQNR, Column.CLIPPED):
+            width = max(width, 70)
+        view.header().resizeSection(col, min(width, _CAPS.get(col, 10_000)))

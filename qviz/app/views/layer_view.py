@@ -203,8 +203,9 @@ class LayerView(QWidget):
             r.name, values, r.config.fmt, lo, hi, exact=exact,
             stats=lambda: self._doc.plots.weight_stats(r.name, values),
         )
-        # A's rows and the "before" rows stay while dragging.
-        column = replace(column, pinned=w.column.pinned, before=w.column.before)
+        # A's rows, the "before" rows and the layer's name stay while dragging.
+        column = replace(column, pinned=w.column.pinned, before=w.column.before,
+                         layer=w.column.layer)
         m = column.metrics
         self.preview_metrics[TensorKind.WEIGHT] = m
         self.metrics_panel.set_column(TensorKind.WEIGHT, column)
@@ -253,8 +254,10 @@ class LayerView(QWidget):
         a = self.data.activation
         self.error_curve.select_tensor(TensorKind.ACTIVATION)
         fmt = a.result.config.fmt
-        column = replace(preview_activation(a.result.name, a.stats, fmt, lo, hi),
-                         pinned=a.column.pinned, before=a.column.before)
+        column = replace(
+            preview_activation(a.result.name, a.stats, fmt, lo, hi), pinned=a.column.pinned,
+            before=a.column.before, layer=a.column.layer,
+        )
         m = column.metrics
         self.preview_metrics[TensorKind.ACTIVATION] = m
         self.metrics_panel.set_column(TensorKind.ACTIVATION, column)

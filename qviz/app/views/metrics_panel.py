@@ -20,6 +20,7 @@ from qviz.core.model.loading import TensorKind
 # Row keys, in display order, with their labels. Tests and screenshots address cells by key.
 ROWS: tuple[tuple[str, str], ...] = (
     ("tensor", "tensor"),
+    ("layer", "layer"),
     ("config", "quantizer"),
     ("scale", "scale"),
     ("zero_point", "zero point"),
@@ -124,8 +125,9 @@ class MetricsPanel(QFrame):
         for key, text in texts.items():
             self._texts[(kind, key)] = text
             cell = self._cells[(kind, key)]
-            cell.setText(elide_middle(text) if key == "tensor" else text)
-            cell.setToolTip(text if key == "tensor" else "")
+            named = key in ("tensor", "layer")
+            cell.setText(elide_middle(text) if named else text)
+            cell.setToolTip(text if named else "")
         if data.preview:
             approx = " (≈ from a histogram)" if data.approximate else ""
             header.setText(f"{_TITLES[kind]} — manual preview{approx}")

@@ -9,6 +9,9 @@ numbers and, for a slower layer, the cause and its fix; a click selects the laye
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF
@@ -16,7 +19,7 @@ from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from qviz.app.views import plot_style as st
-from qviz.app.views.depth_view import thinned_ticks
+from qviz.app.views.depth_view import MIN_TICK_GAP_PX
 from qviz.core.document.document import Document
 from qviz.core.runtime.slowdown import NOISE
 from qviz.core.runtime.speed import LayerSpeed
@@ -31,6 +34,19 @@ FAST_COLOR = "#2e7d32"
 STALE_ALPHA = 90
 WIDTH = 0.38
 
+
+
+def thinned_ticks(
+    labels: Sequence[str], width_px: float, text_px: Callable[[str], float]
+) -> list[tuple[int, str]]:
+    """Every k-th label, k the smallest step at which the labels fit side by side."""
+    n = len(labels)
+    if n == 0:
+        return []
+    longest = max(text_px(s) for s in labels) + MIN_TICK_GAP_PX
+    per_label = width_px / n
+    step = max(1, math.ceil(longest / per_label)) if per_label > 0 else n
+    return [(i, labels[i]) for i in range(0, n, step)]
 
 class SpeedView(QWidget):
     """Per-layer bars of the document's last per-layer speed profile."""

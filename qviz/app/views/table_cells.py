@@ -68,20 +68,37 @@ class Column(IntEnum):
     FLOAT_MS = 16
     QUANT_MS = 17
     SPEEDUP = 18
+    # Group rows: the power mean of the group's SQNRs (shown beside SQNR when there are groups).
+    WEIGHTED = 19
 
 
 HEADERS: dict[Column, tuple[str, str]] = {
-    Column.LAYER: ("Layer", "Layer name: the torch module path when the model records it"),
+    Column.LAYER: (
+        "Layer",
+        "Layer name: the torch module path when the model records it, grouped by module "
+        "(each row names what follows its group's path; the full name is in its tooltip)",
+    ),
     Column.KIND: ("Kind", "W = weight (constant), A = activation (input to the layer)"),
     Column.TENSOR: ("Tensor", "Name of the tensor in the ONNX graph"),
     Column.OP: ("Op", "ONNX operator of the layer"),
     Column.SHAPE: ("Shape", "Tensor shape (? = dynamic axis, e.g. batch)"),
-    Column.PARAMS: ("Params", "Number of weight parameters (activations: values per sample)"),
+    Column.PARAMS: (
+        "Params",
+        "Number of weight parameters (activations: values per sample; a group: its weights')",
+    ),
     Column.METHOD: ("Method", "Calibration method choosing the clip range"),
     Column.GRANULARITY: ("Granularity", "One scale per tensor, per output channel, or per group"),
     Column.FORMAT: ("Format", "Number format the tensor is quantized to"),
-    Column.SQNR: ("SQNR dB", SQNR_TOOLTIP),
-    Column.CLIPPED: ("Clipped", "Fraction of values outside the clip range (saturated)"),
+    Column.SQNR: ("SQNR dB", SQNR_TOOLTIP + " A group shows its worst tensor's."),
+    Column.WEIGHTED: (
+        "Weighted dB",
+        "A group's weighted SQNR: its tensors' noise-to-signal powers averaged with their "
+        "element counts as weights, in dB (as the summary line does for the whole model).",
+    ),
+    Column.CLIPPED: (
+        "Clipped",
+        "Fraction of values outside the clip range (saturated); a group shows its largest",
+    ),
     Column.DROP: (
         "Δ alone",
         "Δ if quantized alone (Run ▸ Sensitivity): how much the task metric gets worse with "
@@ -172,8 +189,8 @@ def eval_clipped_text(doc: Document, key: TensorKey) -> str:
 
 
 def eval_clipped_tooltip(doc: Document, key: TensorKey) -> str | None:
-    r = doc.representativeness(key)
-    if r is None:
+    r = doc.representativeness(key, eval_alone=True)  # one tensor, on hover: the full answer
+    if r is None or r.eval_range is None:
         return None
     verdict = (
         "More than sampling explains: the calibration data does not represent the "

@@ -8,7 +8,8 @@ compares what calibration chose with what the evaluation data (or production dat
   ``cal_clipped``, the fraction of calibration values it clips (the method's own trade-off);
 * ``unseen`` — the fraction of evaluation values beyond anything calibration saw (its min and
   max);
-* ``eval_range`` — the range the same method would choose on the evaluation data alone.
+* ``eval_range`` — the range the same method would choose on the evaluation data alone (the
+  costly part, asked for only where it is drawn: one tensor's view, a report).
 
 ``flagged`` when the evaluation data clips more than sampling explains: ``eval_clipped``
 above ``cal_clipped`` by more than three binomial standard deviations counted over samples,
@@ -27,9 +28,10 @@ from dataclasses import dataclass
 
 from qviz.core.calibration.config import TensorConfig
 from qviz.core.calibration.methods import Method, choose_range
-from qviz.core.calibration.metrics import histogram_metrics
+from qviz.core.calibration.metrics import TensorMetrics, histogram_metrics, histogram_metrics_of
 from qviz.core.errors import QvizError
 from qviz.core.quant.formats import FormatKind
+from qviz.core.quant.qparams import QParams, compute_qparams
 from qviz.core.stats.snapshots import Snapshot, coarse
 from qviz.core.stats.tensor_stats import TensorStats
 
@@ -43,7 +45,7 @@ class Representativeness:
 
     name: str
     cal_range: tuple[float, float]     # effective, as the quantizer covers it
-    eval_range: tuple[float, float]    # what the same method chooses on evaluation alone
+    eval_range: tuple[float, float] | None  # the method on evaluation alone (if asked for)
     cal_clipped: float
     eval_clipped: float
     unseen: float                      # evaluation values beyond calibration's min/max
@@ -59,7 +61,7 @@ class Representativeness:
             "eval_clipped_fraction": self.eval_clipped,
             "cal_clipped_fraction": self.cal_clipped,
             "unseen_fraction": self.unseen,
-            "eval_range": list(self.eval_range),
+            "eval_range": None if self.eval_range is None else list(self.eval_range),
             "representative": not self.flagged,
         }
 
@@ -82,25 +84,40 @@ def _beyond(stats: TensorStats, lo: float, hi: float) -> float:
 
 
 def compare(
-    cal: TensorStats, evaluation: TensorStats, cfg: TensorConfig, eval_samples: int
+    cal: TensorStats,
+    evaluation: TensorStats,
+    cfg: TensorConfig,
+    eval_samples: int,
+    *,
+    chosen: tuple[QParams, TensorMetrics] | None = None,
+    eval_alone: bool = True,
 ) -> Representativeness:
-    """`evaluation`'s values against the range `cfg` chooses on `cal` (an activation's)."""
+    """`evaluation`'s values against the range `cfg` chooses on `cal` (an activation's).
+
+    `chosen`: the quantizer and calibration metrics already analysed for `cfg` (a
+    `TensorResult`'s), so the range is not chosen again; `eval_alone`: also choose the range
+    on the evaluation data alone (the costly part: one more search for MSE or entropy)."""
     if cfg.fmt.kind is FormatKind.NF4:
         raise QvizError(f"{cal.name}: NF4 is a weight-only format")
-    lo, hi = choose_range(cal, cfg.spec, cfg.fmt)
-    cal_m = histogram_metrics(cal, lo, hi, cfg.fmt)
-    eval_m = histogram_metrics(evaluation, lo, hi, cfg.fmt)
-    spec = cfg.spec
-    if spec.method is Method.MANUAL:  # a hand-set range has no "evaluation alone" choice
-        e_lo, e_hi = lo, hi
+    if chosen is None:
+        qp = compute_qparams(*choose_range(cal, cfg.spec, cfg.fmt), cfg.fmt)
+        cal_m = histogram_metrics_of(cal, qp, cfg.fmt)
     else:
-        e_lo, e_hi = choose_range(evaluation, spec, cfg.fmt)
-    eval_alone = histogram_metrics(evaluation, e_lo, e_hi, cfg.fmt)
+        qp, cal_m = chosen
+    eval_m = histogram_metrics_of(evaluation, qp, cfg.fmt)
+    eval_range: tuple[float, float] | None = None
+    if not eval_alone:
+        pass
+    elif cfg.spec.method is Method.MANUAL:  # a hand-set range has no "evaluation alone" choice
+        eval_range = eval_m.envelope
+    else:
+        e_lo, e_hi = choose_range(evaluation, cfg.spec, cfg.fmt)
+        eval_range = histogram_metrics(evaluation, e_lo, e_hi, cfg.fmt).envelope
     p = float(cal_m.clipped_fraction)
     return Representativeness(
         name=cal.name,
         cal_range=cal_m.envelope,
-        eval_range=eval_alone.envelope,
+        eval_range=eval_range,
         cal_clipped=p,
         eval_clipped=float(eval_m.clipped_fraction),
         unseen=_beyond(evaluation, cal.min, cal.max),

@@ -234,8 +234,14 @@ class Document(TransformedViews, PinnedComparison):
             raise QvizError("the evaluation statistics were collected on another model")
         self.eval_stats.set(stats)
 
-    def representativeness(self, key: TensorKey) -> Representativeness | None:
-        return self.eval_stats.compare(key, self.config_for(key), self.stats)
+    def representativeness(
+        self, key: TensorKey, *, eval_alone: bool = False
+    ) -> Representativeness | None:
+        """How the evaluation data falls against `key`'s range (`eval_alone`: with the range
+        the evaluation data alone would choose, a second search — for the tensor on view)."""
+        return self.eval_stats.compare(
+            key, self.config_for(key), self.stats, self.result(key), eval_alone=eval_alone
+        )
 
     def convergence(self, key: TensorKey) -> list[tuple[int, float, float]]:
         return self.eval_stats.convergence(key, self.config_for(key), self.stats)
@@ -490,7 +496,8 @@ class Document(TransformedViews, PinnedComparison):
             return data  # a rescaled activation is not comparable with the evaluation data's
         key = TensorKey(data.activation.result.name, TensorKind.ACTIVATION)
         return with_evaluation_view(
-            data, self.eval_stats.stats, self.representativeness(key), self.convergence(key)
+            data, self.eval_stats.stats, self.representativeness(key, eval_alone=True),
+            self.convergence(key),
         )
 
     def activation_stats(self, key: TensorKey) -> TensorStats | None:
@@ -525,13 +532,17 @@ class Document(TransformedViews, PinnedComparison):
             sqnr = float(result.metrics.sqnr_db) if quantized else math.inf
             scored.append((t.key, sqnr, self.element_count(t.key)))
         summary = summarize(self._index, scored, n_worst)
+        return replace(summary, unrepresentative=self.unrepresentative())
+
+    def unrepresentative(self) -> tuple[TensorKey, ...] | None:
+        """Activations whose evaluation data clips more than sampling explains (None: no
+        statistics of the evaluation data yet)."""
         if self.eval_stats.stats is None:
-            return summary
-        flagged = tuple(
+            return None
+        return tuple(
             t.key for t in self._index.tensors
             if (r := self.representativeness(t.key)) is not None and r.flagged
         )
-        return replace(summary, unrepresentative=flagged)
 
     # ================================================================= measurements
     def measure_inputs(self, what: str, config: QuantConfig | None = None) -> MeasureInputs:

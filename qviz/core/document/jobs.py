@@ -19,6 +19,7 @@ from qviz.core.calibration.analysis import (
     TensorResult,
     analyze,
     analyze_tensor,
+    quant_tensors,
 )
 from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.compute.backend import ComputeBackend
@@ -29,7 +30,7 @@ from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
 from qviz.core.evaluation.evaluate import Evaluation, Metric, RunMode
 from qviz.core.model.loading import LoadedModel, load_model
-from qviz.core.progress import Progress
+from qviz.core.progress import Progress, ProgressClock
 from qviz.core.runtime.sessions import Threads
 from qviz.core.search.mixed import MixedResult, Objective, Precision, mixed_precision
 from qviz.core.search.sensitivity import SensitivityReport, sensitivity
@@ -131,13 +132,22 @@ class AnalysisJob:
 AnalysisOutcome = tuple[TensorKey, TensorResult | QvizError]
 
 
+@dataclass(frozen=True)
+class AnalysisBatch:
+    """Outcomes measured since the last batch, and how far the run has come (with the time
+    left), so the app can say so while a thousand tensors are measured."""
+
+    outcomes: list[AnalysisOutcome]
+    progress: Progress
+
+
 def analyze_in_batches(
     model: LoadedModel,
     stats: CalibrationStats | None,
     jobs: Sequence[AnalysisJob],
     *,
     batch_seconds: float = 0.05,
-) -> Generator[list[AnalysisOutcome], None, int]:
+) -> Generator[AnalysisBatch, None, int]:
     """Run `jobs`, yielding their outcomes in batches of about `batch_seconds` of work.
 
     Each yield is a point where the run can be stopped, and batching keeps a model with
@@ -146,8 +156,9 @@ def analyze_in_batches(
     number of jobs done.
     """
     batch: list[AnalysisOutcome] = []
+    clock = ProgressClock(len(jobs), "measuring tensors", unit="tensors")
     started = time.perf_counter()
-    for job in jobs:
+    for done, job in enumerate(jobs, 1):
         outcome: TensorResult | QvizError
         try:
             result = analyze_tensor(
@@ -158,12 +169,40 @@ def analyze_in_batches(
             outcome = exc
         batch.append((job.key, outcome))
         if time.perf_counter() - started >= batch_seconds:
-            yield batch
+            yield AnalysisBatch(batch, clock.report(done))
             batch = []
             started = time.perf_counter()
     if batch:
-        yield batch
+        yield AnalysisBatch(batch, clock.report(len(jobs)))
     return len(jobs)
+
+
+def analyze_with_progress(
+    model: LoadedModel,
+    stats: CalibrationStats | None,
+    config: QuantConfig,
+    known: Mapping[TensorKey, TensorResult] | None = None,
+) -> Generator[Progress, None, list[TensorResult]]:
+    """`analyze`, yielding Progress (in tensors, with the time left) as it goes: every
+    tensor `config` quantizes, in graph order, reusing `known` results measured for the same
+    settings. A tensor that cannot be measured raises its QvizError, as `analyze` does."""
+    known = known or {}
+    jobs = [
+        AnalysisJob(t.key, t, cfg)
+        for t in quant_tensors(model)
+        if (cfg := config.for_tensor(t.name, t.kind)).quantize
+    ]
+    results = {
+        j.key: r for j in jobs if (r := known.get(j.key)) is not None and r.config == j.config
+    }
+    todo = [j for j in jobs if j.key not in results]
+    for batch in analyze_in_batches(model, stats, todo, batch_seconds=0.1):
+        for key, outcome in batch.outcomes:
+            if isinstance(outcome, QvizError):
+                raise outcome
+            results[key] = outcome
+        yield batch.progress
+    return [results[j.key] for j in jobs]
 
 
 # --- end-to-end measurements -----------------------------------------------------------------
@@ -226,7 +265,7 @@ def evaluation_job(
     dataset = inputs.load()
     plan = transform_model(model, inputs.stats, inputs.config)  # SmoothQuant, equalization
     model = plan.model
-    results = analyze(model, plan.stats, inputs.config, inputs.known)
+    results = yield from analyze_with_progress(model, plan.stats, inputs.config, inputs.known)
     evaluation = yield from evaluate_with(
         compute, model, results, dataset, native=full, limit=None if full else limit,
         batch_size=batch_size, latency=full, should_stop=should_stop,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from qviz.core.calibration.analysis import TensorKey
+from qviz.core.calibration.analysis import TensorKey, TensorResult
 from qviz.core.calibration.config import TensorConfig
 from qviz.core.calibration.representative import Representativeness, compare, convergence
 from qviz.core.document.events import DocumentEvents
@@ -21,7 +21,9 @@ class EvaluationStats:
     def __init__(self, events: DocumentEvents) -> None:
         self._events = events
         self.stats: CalibrationStats | None = None
-        self._cache: dict[tuple[TensorKey, TensorConfig, int], Representativeness | None] = {}
+        self._cache: dict[
+            tuple[TensorKey, TensorConfig, int, bool], Representativeness | None
+        ] = {}
 
     def set(self, stats: CalibrationStats | None) -> None:
         self.stats = stats
@@ -29,21 +31,33 @@ class EvaluationStats:
         self._events.eval_stats.emit()
 
     def compare(
-        self, key: TensorKey, cfg: TensorConfig, cal: CalibrationStats | None
+        self,
+        key: TensorKey,
+        cfg: TensorConfig,
+        cal: CalibrationStats | None,
+        result: TensorResult | None = None,
+        *,
+        eval_alone: bool = False,
     ) -> Representativeness | None:
         """The activation's calibration range against the evaluation data (None: no
-        statistics for one of them, a weight, a tensor kept float)."""
+        statistics for one of them, a weight, a tensor kept float). `result`: the analysis of
+        `cfg` already made (its range is not chosen again); `eval_alone`: with the range the
+        evaluation data alone would choose (a second search: only for the tensor on view)."""
         ev = self.stats
         if (
             ev is None or cal is None or key.kind is not TensorKind.ACTIVATION
             or not cfg.quantize or key.name not in cal.tensors or key.name not in ev.tensors
         ):
             return None
-        ckey = (key, cfg, id(cal))
+        ckey = (key, cfg, id(cal), eval_alone)
         if ckey not in self._cache:
+            chosen = None
+            if result is not None and result.config == cfg:
+                chosen = (result.qparams, result.metrics)
             try:
                 self._cache[ckey] = compare(
-                    cal.tensors[key.name], ev.tensors[key.name], cfg, ev.n_samples
+                    cal.tensors[key.name], ev.tensors[key.name], cfg, ev.n_samples,
+                    chosen=chosen, eval_alone=eval_alone,
                 )
             except QvizError:
                 self._cache[ckey] = None

@@ -141,12 +141,18 @@ def restore_folded_relus(stripped: Stripped, pairs: Sequence[ImportedPair]) -> i
     graph = stripped.model.graph
     names = FreshNames(graph)
     producer = {o: n for n in graph.node for o in n.output if o}
+    # A quantization placed before a Relu that is still there (qviz's placement moves it
+    # back through Relus) folded nothing.
+    into_relu = {i for n in graph.node if n.op_type == "Relu" for i in n.input}
     after: dict[str, list[onnx.NodeProto]] = {}
+    restored: set[str] = set()
     count = 0
     for i, p in enumerate(pairs):
         tensor = stripped.names[i]
         node = producer.get(tensor)
         if p.kind is not PairKind.ACTIVATION or node is None or node.op_type not in _RELU_PRODUCERS:
+            continue
+        if tensor in into_relu or tensor in restored:
             continue
         if p.fmt is None or p.fmt.kind is not FormatKind.INT or not _zero_is_type_minimum(p):
             continue
@@ -154,6 +160,7 @@ def restore_folded_relus(stripped: Stripped, pairs: Sequence[ImportedPair]) -> i
         node.output[list(node.output).index(tensor)] = before
         relu = helper.make_node("Relu", [before], [tensor], name=names.fresh(f"{tensor}_Relu"))
         after.setdefault(node.name, []).append(relu)
+        restored.add(tensor)
         count += 1
     if count:
         ordered: list[onnx.NodeProto] = []

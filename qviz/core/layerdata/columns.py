@@ -35,6 +35,7 @@ class ColumnData:
     approximate: bool = False  # preview from a histogram of a huge weight (exact on release)
     pinned: PinnedColumn | None = None  # the same tensor under the pinned configuration "A"
     before: BeforeColumn | None = None  # the same tensor without its transforms
+    layer: str = ""  # the layer's full name (the table shows it relative to its group)
 
 
 def metric_texts(data: ColumnData) -> dict[str, str]:
@@ -56,6 +57,7 @@ def metric_texts(data: ColumnData) -> dict[str, str]:
         worst = f"#{i}: {fmt_db(float(sq[i]))}"
     return {
         "tensor": data.tensor,
+        "layer": data.layer or "—",
         "config": data.config,
         "scale": summarize(m.scale),
         "zero_point": summarize(np.asarray(m.zero_point, dtype=np.float64), fmt_zero_point),

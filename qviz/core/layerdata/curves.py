@@ -129,21 +129,28 @@ def activation_curve(stats: TensorStats, fmt: NumberFormat, fixed_lo: float) -> 
     return CurveData(clips, sq, mse, core.kl, label, note=note + _asym(fmt))
 
 
-def weight_curve(w: np.ndarray, fmt: NumberFormat, fixed_lo: float) -> CurveData:
+def weight_curve(
+    w: np.ndarray, fmt: NumberFormat, fixed_lo: float, stats: TensorStats | None = None
+) -> CurveData:
     """Error curve of a weight under one per-tensor clip: exact for small weights, from a
-    2048-bin histogram of the exact values otherwise (no markers yet)."""
-    flat = np.asarray(w, dtype=np.float32).ravel()
-    clips = clip_grid(_curve_top(float(flat.min()), float(flat.max()), fmt))
-    if flat.size * clips.size <= _EXACT_CURVE_BUDGET:
+    2048-bin histogram of the exact values otherwise (no markers yet). ``stats``: the
+    weight's statistics when the caller holds them; a large weight's curve then reads none
+    of its values."""
+    size = int(np.asarray(w).size)
+    if stats is None:
+        stats = compute_stats(np.asarray(w, dtype=np.float32).ravel())
+    clips = clip_grid(_curve_top(stats.min, stats.max, fmt))
+    if size * clips.size <= _EXACT_CURVE_BUDGET:
+        flat = np.asarray(w, dtype=np.float32).ravel()
         mse, sq = _mse_sqnr(flat, np.ones(flat.size), fixed_lo, clips, fmt)
         note = f"exact over all {flat.size:,} values"
     else:
-        h = compute_stats(flat).histogram
+        h = stats.histogram
         points, weights = h.sample_points(_CURVE_PER_BIN)
         mse, sq = _mse_sqnr(points, weights, fixed_lo, clips, fmt)
-        exact_markers = flat.size <= EXACT_MARKERS_MAX
+        exact_markers = size <= EXACT_MARKERS_MAX
         note = (
-            f"from a {h.bins}-bin histogram of the {flat.size:,} values; markers "
+            f"from a {h.bins}-bin histogram of the {size:,} values; markers "
             + ("exact" if exact_markers else "from the histogram too, current choice exact")
         )
     label = x_axis_label(fmt, fixed_lo)
@@ -168,14 +175,18 @@ def activation_markers(
 
 
 def weight_markers(
-    w: np.ndarray, fmt: NumberFormat, ranges: Mapping[Method, tuple[float, float]]
+    w: np.ndarray, fmt: NumberFormat, ranges: Mapping[Method, tuple[float, float]],
+    stats: TensorStats | None = None,
 ) -> dict[Method, Marker]:
     """Each method's marker with the exact metrics of that per-tensor range; for weights
     over EXACT_MARKERS_MAX values, metrics of a 2048-bin histogram of the weight (one exact
-    pass over tens of millions of values per method would stall the first view)."""
+    pass over tens of millions of values per method would stall the first view): ``stats``
+    when given, else computed here."""
     if np.asarray(w).size > EXACT_MARKERS_MAX:
-        stats = compute_stats(np.asarray(w, dtype=np.float32).ravel())
-        return _markers(ranges, lambda a, b: histogram_metrics(stats, a, b, fmt))
+        hist_stats = stats if stats is not None else compute_stats(
+            np.asarray(w, dtype=np.float32).ravel()
+        )
+        return _markers(ranges, lambda a, b: histogram_metrics(hist_stats, a, b, fmt))
     return _markers(ranges, lambda a, b: exact_metrics(w, compute_qparams(a, b, fmt), fmt))
 
 

@@ -15,6 +15,7 @@ from a histogram above that (marked approximate; the exact numbers follow on rel
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -58,16 +59,21 @@ _T = TypeVar("_T")
 MethodRanges = Mapping[Method, tuple[float, float]]
 
 
-def weight_histogram(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Histogram (edges, counts) of the exact weight values over their full range."""
-    flat = np.asarray(w, dtype=np.float64).ravel()
-    flat = flat[np.isfinite(flat)]
-    bins = int(np.clip(2 * np.sqrt(max(flat.size, 1)), MIN_WEIGHT_BINS, MAX_WEIGHT_BINS))
-    lo, hi = (float(flat.min()), float(flat.max())) if flat.size else (0.0, 1.0)
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    counts, edges = np.histogram(flat, bins=bins, range=(lo, hi))
-    return edges, counts.astype(np.float64)
+def weight_histogram(stats: TensorStats) -> tuple[np.ndarray, np.ndarray]:
+    """Histogram (edges, counts) of a weight for display, from its statistics' histogram.
+
+    About 2·√n bins (64 to 512) for n values: enough to show shape and tails, few enough that
+    each bin holds several values of a small layer. Each display bin is the sum of a power of
+    two of adjacent statistics bins, so the counts are exact unions of the statistics'
+    counts and the weight's values are not read again (a 100 M-value weight draws in
+    milliseconds once its statistics exist)."""
+    h = stats.histogram
+    target = float(np.clip(2 * np.sqrt(max(stats.count, 1)), MIN_WEIGHT_BINS, MAX_WEIGHT_BINS))
+    factor = 1
+    while h.bins % (2 * factor) == 0 and h.bins / (2 * factor) >= target / math.sqrt(2):
+        factor *= 2
+    counts = h.counts.reshape(-1, factor).sum(axis=1)
+    return np.linspace(h.lo, h.hi, counts.size + 1), counts
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,7 +146,7 @@ def weight_column(r: TensorResult, pinned: TensorResult | None = None) -> Column
     cm = r.channel_metrics
     sq = None if cm is None else np.asarray(cm.sqnr_db)
     return ColumnData(r.name, r.config.label, r.metrics, sq, _group_word(r),
-                      pinned=_pinned(pinned))
+                      pinned=_pinned(pinned), layer=r.layer.name)
 
 
 def preview_label(fmt: NumberFormat, lo: float, hi: float) -> str:
@@ -199,7 +205,9 @@ class LayerPlots:
         return value
 
     def weight_stats(self, name: str, w: np.ndarray) -> TensorStats:
-        """A 2048-bin histogram of a weight (for previews of huge weights)."""
+        """The weight's statistics (2048-bin histogram, exact min/max): the one pass over its
+        values that the histogram, the error curve and markers of a large weight, and the
+        previews of a dragged band all draw from."""
         return self.memo(("weight stats", name, id(w)), w, lambda: compute_stats(w, name))
 
     # ------------------------------------------------------------------ assembly
@@ -218,12 +226,16 @@ class LayerPlots:
         pinned_activation: TensorResult | None = None,
         weight_before: Before | None = None,
         activation_before: Before | None = None,
+        weight_stats: TensorStats | None = None,
     ) -> LayerData:
         """`pinned_*`: the same tensors under a configuration pinned for comparison ("A");
-        `*_before`: the same tensors without their transforms (faint overlays)."""
+        `*_before`: the same tensors without their transforms (faint overlays).
+        `weight_stats`: the weight's statistics when the caller holds them (else computed
+        here once per weight and kept)."""
         wpanel = None
         if weight is not None and weight_values is not None:
-            wpanel = self._weight_panel(weight, weight_values, weight_ranges)
+            stats = weight_stats or self.weight_stats(weight.name, weight_values)
+            wpanel = self._weight_panel(weight, weight_values, stats, weight_ranges)
             if pinned_weight is not None:
                 wpanel = replace(
                     wpanel, pinned_band=pinned_weight.metrics.envelope,
@@ -260,16 +272,17 @@ class LayerPlots:
         panel = replace(panel, column=replace(panel.column, before=column))
         if before is None or before.values is None or before.values is panel.values:
             return panel
-        w = before.values
-        edges, counts = self.memo(("hist", panel.result.name, id(w)), w,
-                                  lambda: weight_histogram(w))
+        bstats = self.weight_stats(before.result.name, before.values)
+        edges, counts = self.memo(("hist", panel.result.name, id(bstats)), bstats,
+                                  lambda: weight_histogram(bstats))
         return replace(panel, before_edges=edges, before_counts=counts,
                        before_band=before.result.metrics.envelope)
 
     def _weight_panel(
-        self, r: TensorResult, w: np.ndarray, ranges: MethodRanges
+        self, r: TensorResult, w: np.ndarray, stats: TensorStats, ranges: MethodRanges
     ) -> WeightPanel:
-        edges, counts = self.memo(("hist", r.name, id(w)), w, lambda: weight_histogram(w))
+        edges, counts = self.memo(("hist", r.name, id(stats)), stats,
+                                  lambda: weight_histogram(stats))
         band = r.metrics.envelope
         gran = r.config.granularity
         per_tensor = isinstance(gran, PerTensor)
@@ -287,7 +300,7 @@ class LayerPlots:
         channels, missing = self._channels(r, w, band)
         return WeightPanel(
             r, w, edges, counts, band, per_tensor, note, scales_text, channels, missing,
-            self._weight_curve(r, w, ranges), weight_column(r),
+            self._weight_curve(r, w, stats, ranges), weight_column(r),
         )
 
     def _channels(
@@ -308,14 +321,16 @@ class LayerPlots:
         ))
         return data, ""
 
-    def _weight_curve(self, r: TensorResult, w: np.ndarray, ranges: MethodRanges) -> CurveData:
+    def _weight_curve(
+        self, r: TensorResult, w: np.ndarray, stats: TensorStats, ranges: MethodRanges
+    ) -> CurveData:
         fmt = r.config.fmt
         lo, _hi = r.metrics.envelope
         fixed_lo = 0.0 if fmt.symmetric else lo
         key = ("curve", "weight", r.name, id(w), fmt, fixed_lo)
-        base = self.memo(key, w, lambda: weight_curve(w, fmt, fixed_lo))
+        base = self.memo(key, w, lambda: weight_curve(w, fmt, fixed_lo, stats))
         mkey = ("markers", "weight", r.name, id(w), fmt, _ranges_key(ranges))
-        markers = self.memo(mkey, w, lambda: weight_markers(w, fmt, ranges))
+        markers = self.memo(mkey, w, lambda: weight_markers(w, fmt, ranges, stats))
         label = f"current ({method_label(r.config.spec)})"
         if r.config.granularity.kind is GranularityKind.PER_TENSOR:
             return replace(base, markers=markers, current=marker_of(r.metrics),
@@ -350,7 +365,7 @@ class LayerPlots:
             base, markers=markers, current=marker_of(r.metrics),
             current_label=f"current ({method_label(r.config.spec)})",
         )
-        column = ColumnData(r.name, r.config.label, r.metrics)
+        column = ColumnData(r.name, r.config.label, r.metrics, layer=r.layer.name)
         qp = r.qparams
         ckey = ("act channels", r.name, id(s), fmt, band,
                 hash(np.asarray(qp.scale).tobytes()), hash(np.asarray(qp.zero_point).tobytes()))
