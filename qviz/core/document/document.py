@@ -50,7 +50,6 @@ from qviz.core.model.loading import LoadedModel, TensorKind
 from qviz.core.quant.formats import PerTensor
 from qviz.core.runtime.defaults import recommended_defaults
 from qviz.core.stats.collect import CalibrationStats
-from qviz.core.stats.tensor_stats import TensorStats
 
 ConfigHistory = History[QuantConfig, TensorKey]
 
@@ -500,26 +499,12 @@ class Document(TransformedViews, PinnedComparison):
             self.convergence(key),
         )
 
-    def activation_stats(self, key: TensorKey) -> TensorStats | None:
-        """The statistics the activation is measured on (rescaled when transformed)."""
-        return None if self.stats is None else self.measured_on(key)[1]
-
     def weight_values(self, name: str) -> np.ndarray:
         return self._index.weight_values(name)
 
     @property
     def plots(self) -> LayerPlots:
         return self._plots
-
-    def method_ranges(self, key: TensorKey) -> dict[Method, tuple[float, float]]:
-        """Where each automatic method would put the tensor's clip range (the markers)."""
-        if key not in self._index or not self.can_analyze(key) or self.model is None:
-            return {}
-        plan = self.transform_plan()  # the markers follow the transformed tensor
-        return self._markers.ranges(
-            plan.model, plan.stats, self.planned_tensor(plan, key), self.config_for(key),
-            self.element_count(key),
-        )
 
     def summary(self, n_worst: int = 3) -> Summary:
         scored = []
