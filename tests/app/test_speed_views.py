@@ -48,19 +48,13 @@ def test_full_evaluation_shows_speed_per_layer(
     assert table.cell_text(CONV_W, Column.QUANT_MS) == fmt_ms(x.quantized_ms)
     assert table.cell_text(CONV_W, Column.SPEEDUP) == f"{x.speedup:.2f}×"
     model = table.model
-
-    def row(key: TensorKey) -> int:
-        r = model.row_of(key)
-        assert r is not None
-        return r
-
-    index = model.index(row(CONV_W), Column.SPEEDUP)
+    index = model.index_of(CONV_W, Column.SPEEDUP)
+    assert index.isValid()
     tip = model.data(index, Qt.ItemDataRole.ToolTipRole)
     assert x.kernel in tip and "speed-up" in tip
     slow = {s.layer for s in ev.slow_layers}
     for t in window.doc.tensors:
-        bg = model.data(model.index(row(t.key), Column.SPEEDUP),
-                        Qt.ItemDataRole.BackgroundRole)
+        bg = model.data(model.index_of(t.key, Column.SPEEDUP), Qt.ItemDataRole.BackgroundRole)
         is_red = bg is not None and bg.color() == BAD_BG
         assert is_red == (t.layer.name in slow), t.layer.name
         assert speed_text(window.doc, t.key, Column.SPEEDUP) == table.cell_text(
