@@ -161,6 +161,9 @@ def compare_shot(app: QApplication, window: MainWindow, key: TensorKey, out: Pat
     ev.evaluated.connect(evaluated.append)
     window.controls.bits_spin.setValue(4)
     wait_until(lambda: bool(evaluated) and not ev.is_pending and not window.busy)
+    # A is then measured the way B was (live): wait for it, so the panels show both.
+    wait_until(lambda: doc.pinned is not None and doc.pinned.live is not None
+               and not ev.pinned_live.is_busy)
     settle(app, window)
     save(window, out / "compare.png")
     print(f"compare: {window.compare_label.text()}")

@@ -65,7 +65,7 @@ def test_pin_a_then_explore_b(qtbot: QtBot, window: MainWindow) -> None:
 
     # The metrics panel: A's numbers and the change from A, beside B's.
     panel = window.layer_view.metrics_panel
-    assert panel.text(W, "a_sqnr") == st.fmt_db(a.metrics.sqnr_db)
+    assert panel.text(W, "a_sqnr").startswith(st.fmt_db(a.metrics.sqnr_db) + " · ")
     assert panel.text(W, "d_sqnr") == f"{st.fmt_num(b.metrics.sqnr_db - a.metrics.sqnr_db)} dB"
     assert panel.text(A, "d_sqnr") == "same as A"
     # The histogram shows A's band as two lines beside B's.

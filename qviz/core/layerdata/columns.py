@@ -73,12 +73,12 @@ def metric_texts(data: ColumnData) -> dict[str, str]:
 
 
 # Rows the metrics panel adds while a configuration is pinned as "A" (see `compare_texts`).
+# Three rows, A's error numbers on one: the panel must not push the plots above it off the
+# screen while comparing.
 COMPARE_ROWS: tuple[tuple[str, str], ...] = (
     ("a_config", "A quantizer"),
-    ("a_sqnr", "A SQNR"),
+    ("a_sqnr", "A SQNR · clipped · MSE"),
     ("d_sqnr", "Δ SQNR (B − A)"),
-    ("a_clipped", "A clipped"),
-    ("a_mse", "A MSE"),
 )
 
 
@@ -99,8 +99,6 @@ def compare_texts(current: TensorMetrics, pinned: PinnedColumn | None) -> dict[s
         delta = ("+" if d_sqnr > 0 else "") + f"{fmt_num(d_sqnr)} dB"
     return {
         "a_config": pinned.config,
-        "a_sqnr": fmt_db(a.sqnr_db),
+        "a_sqnr": f"{fmt_db(a.sqnr_db)} · {fmt_pct(a.clipped_fraction)} · {fmt_num(a.mse)}",
         "d_sqnr": delta,
-        "a_clipped": fmt_pct(a.clipped_fraction),
-        "a_mse": fmt_num(a.mse),
     }
