@@ -50,6 +50,7 @@ from qviz.core.document.document import Document
 from qviz.core.document.jobs import EvaluationOutcome
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Verdict, check_all, overall
+from qviz.core.evaluation.display import fmt_ratio, latency_ratio_text
 from qviz.core.evaluation.evaluate import Metric
 from qviz.core.imported.describe import import_summary
 from qviz.core.model.loading import TensorKind
@@ -96,12 +97,6 @@ def fmt_points(delta: float | None) -> str:
     return f"{delta:+.2f} points".replace("-", "−")
 
 
-def fmt_ratio(ratio: float, better: str, worse: str) -> str:
-    if not math.isfinite(ratio):
-        return ""
-    return f"×{ratio:.2f} {better if ratio >= 1 else worse}"
-
-
 def outcome_texts(outcome: EvaluationOutcome) -> dict[str, tuple[str, str, str]]:
     """Every cell as text: row key -> (float, quantized, delta)."""
     ev = outcome.evaluation
@@ -132,7 +127,7 @@ def outcome_texts(outcome: EvaluationOutcome) -> dict[str, tuple[str, str, str]]
         rows["latency"] = (
             f"{lat.float_ms:.2f} ms",
             f"{lat.native_ms:.2f} ms",
-            fmt_ratio(lat.speedup, "faster", "slower") + f" · batch of {lat.batch_size}",
+            latency_ratio_text(lat) + f" · batch of {lat.batch_size}",
         )
     else:
         rows["latency"] = ("", FULL_ONLY, "")
@@ -192,6 +187,7 @@ def pinned_texts(
 def source_text(outcome: EvaluationOutcome) -> str:
     """Where the numbers come from: "simulation, 256 samples of data.npz · 1.6 s"."""
     return f"{outcome.label} of {outcome.data_name} · {outcome.elapsed_s:.1f} s"
+
 
 
 class ModelPanel(QWidget):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from qviz.core.evaluation.evaluate import Metric
+from qviz.core.evaluation.results import Latency
 from qviz.core.text import fmt_num, fmt_signed
 
 # Similarities and divergences live near 1 and 0: they need more decimals to differ.
@@ -46,3 +47,21 @@ def metric_unit(metric: Metric) -> str:
         Metric.KL: "KL (nats)",
         Metric.MAX_ABS_ERROR: "max |error|",
     }[metric]
+
+
+def fmt_ratio(ratio: float, better: str, worse: str) -> str:
+    """'×3.97 smaller', '×0.91 slower' ('' when not finite)."""
+    if not math.isfinite(ratio):
+        return ""
+    return f"×{ratio:.2f} {better if ratio >= 1 else worse}"
+
+
+def latency_ratio_text(lat: Latency) -> str:
+    """The ratio of the two medians shown beside it, so the row reads true; the median of the
+    per-pair ratios (steadier on a loaded machine) is named where it differs by over a tenth."""
+    plain = lat.float_ms / lat.native_ms if lat.native_ms > 0 else math.inf
+    text = fmt_ratio(plain, "faster", "slower")
+    paired = lat.paired_speedup
+    if paired is not None and math.isfinite(plain) and abs(paired / plain - 1) > 0.1:
+        text += f" (paired runs {fmt_ratio(paired, 'faster', 'slower')})"
+    return text
