@@ -134,6 +134,28 @@ def test_a_and_b_are_compared_like_with_like(qtbot: QtBot, window: MainWindow) -
     assert panel.text("accuracy", "ab") == f"{acc_b - acc_a:+.2f} points".replace("-", "−")
 
 
+def test_pinned_after_a_full_evaluation_a_is_measured_live_once_b_is(
+    qtbot: QtBot, window: MainWindow
+) -> None:
+    """Pinned while a full evaluation is on screen, A has full numbers only; B's next live
+    evaluation must be followed by A's live one (it waited for B's run to end)."""
+    doc = window.doc
+    window.evaluation.evaluate_full()
+    qtbot.waitUntil(lambda: doc.measures.evaluation is not None
+                    and doc.measures.evaluation.full and not window.busy, timeout=RUN_MS)
+    window.commands.pin.trigger()
+    qtbot.waitUntil(lambda: doc.pinned is not None and doc.pinned.full is not None,
+                    timeout=RUN_MS)
+    doc.select(CONV_W)
+    with qtbot.waitSignal(window.evaluation.evaluated, timeout=RUN_MS):
+        window.controls.bits_spin.setValue(4)
+    qtbot.waitUntil(lambda: doc.pinned is not None and doc.pinned.live is not None,
+                    timeout=RUN_MS)
+    b = doc.measures.evaluation
+    assert b is not None and not b.full
+    assert doc.pinned.live.evaluation.n_samples == b.evaluation.n_samples
+
+
 def test_export_either_configuration(qtbot: QtBot, window: MainWindow, tmp_path: Path) -> None:
     from qviz.core.files.config_file import load_config
     from qviz.core.files.export import ExportFormat

@@ -89,6 +89,9 @@ class EvaluationController(QObject):
         for event in (doc.events.model, doc.events.stats, doc.events.config, doc.events.data):
             event.connect(self.settings_changed)
         doc.events.pinned.connect(self.evaluate_pinned)
+        # B's live run counts as busy until its runner has finished: A's turn comes then (asked
+        # for on B's result alone, it was skipped as "pending" and A never got its numbers).
+        self.live.finished.connect(self.evaluate_pinned)
 
     # ----------------------------------------------------------------- state
     @property
