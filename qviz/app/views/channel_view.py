@@ -143,6 +143,7 @@ class ChannelView(QWidget):
         finite = np.where(np.isfinite(data.sqnr_db), data.sqnr_db, SQNR_CEILING_DB)
         finite = np.clip(finite, -SQNR_CEILING_DB, SQNR_CEILING_DB)
         worst = int(np.argmin(finite))
+        upper = False  # the worst point in the plot's upper half: its label goes below it
         if data.group_sqnr_db is not None:
             self._show_groups(data, n)
         else:
@@ -156,13 +157,15 @@ class ChannelView(QWidget):
             top = 10.0 * np.ceil((float(finite.max()) * 1.15 + 1.0) / 10.0)
             bottom = min(0.0, 10.0 * np.floor(float(finite.min()) / 10.0))
             st.set_view_range(self.sqnr_plot.getViewBox(), y=(bottom, top))
+            upper = float(finite[worst]) > (bottom + top) / 2
         self.worst_point.setData([worst], [finite[worst]])
         self.worst_point.setVisible(data.group_sqnr_db is None)
         self.worst_text.setText(f"worst #{worst}: {st.fmt_db(float(data.sqnr_db[worst]))}")
-        # Beside the point, on the side with room, so the label stays inside the plot.
+        # Beside the point, on the side and above or below it where there is room, so the
+        # label stays inside the plot.
         right_half = worst > 0.6 * n
         self.worst_text.setPos(worst + (-0.6 if right_half else 0.6), float(finite[worst]))
-        self.worst_text.setAnchor((1, 1) if right_half else (0, 1))
+        self.worst_text.setAnchor((1 if right_half else 0, 0 if upper else 1))
         self.worst_text.setVisible(data.group_sqnr_db is None)
 
         st.set_view_range(self.range_plot.getViewBox(), x=(-0.8, n - 0.2))
