@@ -271,6 +271,13 @@ class ParetoView(QWidget):
         x_pad = max(0.06 * (x_hi - x_lo), 1.0 if self.axis is XAxis.SIZE else 1e-3)
         self.plot.setXRange(x_lo - x_pad, x_hi + 2 * x_pad, padding=0)
         self.plot.setYRange(y_lo - 0.08 * span, y_hi + 0.12 * span, padding=0)
+        # Labels of points in the right half end at their point: started there, they ran
+        # off the plot's right edge.
+        right = math.isfinite(ch_x) and ch_x > (x_lo + x_hi) / 2
+        self.chosen_label.setAnchor((1.0, -0.3) if right else (0.0, -0.3))
+        self.confirmed_label.setAnchor((1.15, 0.5) if right else (-0.15, 0.5))
+        left_base = math.isfinite(base_x) and base_x > (x_lo + x_hi) / 2
+        self.baseline_label.setAnchor((1.0, 1.2) if left_base else (0.0, 1.2))
         # Above the line on the right edge: where the passing side is not.
         below = c.comparison is Comparison.AT_MOST
         self.threshold_label.setAnchor((1.0, 1.0) if below else (1.0, 0.0))
