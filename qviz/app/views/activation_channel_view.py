@@ -19,7 +19,7 @@ from PySide6.QtWidgets import QLabel, QStackedWidget, QVBoxLayout, QWidget
 
 from qviz.app.views import plot_style as st
 from qviz.app.views.before_overlay import BEFORE_COLOR
-from qviz.app.views.channel_view import _Bars
+from qviz.app.views.channel_view import _Bars, channel_plots
 from qviz.core.layerdata.activation_channels import ActivationChannels
 from qviz.core.layerdata.channels import SQNR_CEILING_DB
 
@@ -31,28 +31,12 @@ class ActivationChannelView(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        st.configure_pyqtgraph()
         self.data: ActivationChannels | None = None
         self.before: ActivationChannels | None = None
-        self.title = QLabel()
-        self.title.setStyleSheet("font-weight: 600;")
-        self.caption = QLabel()
-        self.caption.setWordWrap(True)
-        self.caption.setStyleSheet("color: #5f6368; font-size: 8.5pt;")
-
-        self.layout_widget = pg.GraphicsLayoutWidget()
-        self.range_plot = self.layout_widget.addPlot(row=0, col=0)
-        self.sqnr_plot = self.layout_widget.addPlot(row=1, col=0)
-        for plot in (self.range_plot, self.sqnr_plot):
-            st.style_plot(plot)
-            plot.getViewBox().setMouseEnabled(x=True, y=False)
-        self.range_plot.setLabel("left", "value")
-        self.sqnr_plot.setLabel("left", "SQNR (dB)")
-        self.sqnr_plot.setLabel("bottom", "input channel")
-        self.sqnr_plot.setXLink(self.range_plot)
-        self.range_plot.getAxis("bottom").setStyle(showValues=False)
-        self.layout_widget.ci.layout.setRowStretchFactor(0, 3)
-        self.layout_widget.ci.layout.setRowStretchFactor(1, 2)
+        plots = channel_plots("input channel")
+        self.title, self.caption = plots.title, plots.caption
+        self.layout_widget = plots.layout_widget
+        self.range_plot, self.sqnr_plot = plots.range_plot, plots.sqnr_plot
 
         self.before_bars = _Bars(x=[], y0=[], height=[], width=0.9)
         self.range_bars = _Bars(x=[], y0=[], height=[], width=0.7)

@@ -10,6 +10,8 @@ The numbers come from :func:`qviz.core.layerdata.channels.channel_data`; this vi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, Qt
@@ -31,36 +33,56 @@ class _Bars(pg.BarGraphItem):
         pass
 
 
+@dataclass(frozen=True)
+class ChannelPlots:
+    """What both channel views are made of: a title, a caption, and a range plot over an
+    SQNR plot sharing its x axis (one column per channel)."""
+
+    title: QLabel
+    caption: QLabel
+    layout_widget: pg.GraphicsLayoutWidget
+    range_plot: pg.PlotItem
+    sqnr_plot: pg.PlotItem
+
+
+def channel_plots(x_label: str) -> ChannelPlots:
+    """The title, caption and the two linked plots, styled; `x_label` names the channels."""
+    st.configure_pyqtgraph()
+    title = QLabel()
+    # Wrapped: a long tensor name must not set the window's minimum width.
+    title.setWordWrap(True)
+    title.setStyleSheet("font-weight: 600;")
+    caption = QLabel()
+    caption.setWordWrap(True)
+    caption.setStyleSheet("color: #5f6368; font-size: 8.5pt;")
+    layout_widget = pg.GraphicsLayoutWidget()
+    range_plot = layout_widget.addPlot(row=0, col=0)
+    sqnr_plot = layout_widget.addPlot(row=1, col=0)
+    for plot in (range_plot, sqnr_plot):
+        st.style_plot(plot)
+        plot.getViewBox().setMouseEnabled(x=True, y=False)
+    range_plot.setLabel("left", "value")
+    sqnr_plot.setLabel("left", "SQNR (dB)")
+    sqnr_plot.setLabel("bottom", x_label)
+    sqnr_plot.setXLink(range_plot)
+    range_plot.getAxis("bottom").setStyle(showValues=False)
+    layout_widget.ci.layout.setRowStretchFactor(0, 3)
+    layout_widget.ci.layout.setRowStretchFactor(1, 2)
+    return ChannelPlots(title, caption, layout_widget, range_plot, sqnr_plot)
+
+
 class ChannelView(QWidget):
     """Range plot per output channel over a per-channel SQNR plot (or per-group heatmap)."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        st.configure_pyqtgraph()
         self.data: ChannelData | None = None
         self._shown_for: tuple[str, str] | None = None
 
-        self.title = QLabel()
-        # Wrapped: a long tensor name must not set the window's minimum width.
-        self.title.setWordWrap(True)
-        self.title.setStyleSheet("font-weight: 600;")
-        self.caption = QLabel()
-        self.caption.setWordWrap(True)
-        self.caption.setStyleSheet("color: #5f6368; font-size: 8.5pt;")
-
-        self.layout_widget = pg.GraphicsLayoutWidget()
-        self.range_plot = self.layout_widget.addPlot(row=0, col=0)
-        self.sqnr_plot = self.layout_widget.addPlot(row=1, col=0)
-        for plot in (self.range_plot, self.sqnr_plot):
-            st.style_plot(plot)
-            plot.getViewBox().setMouseEnabled(x=True, y=False)
-        self.range_plot.setLabel("left", "value")
-        self.sqnr_plot.setLabel("left", "SQNR (dB)")
-        self.sqnr_plot.setLabel("bottom", "output channel")
-        self.sqnr_plot.setXLink(self.range_plot)
-        self.range_plot.getAxis("bottom").setStyle(showValues=False)
-        self.layout_widget.ci.layout.setRowStretchFactor(0, 3)
-        self.layout_widget.ci.layout.setRowStretchFactor(1, 2)
+        plots = channel_plots("output channel")
+        self.title, self.caption = plots.title, plots.caption
+        self.layout_widget = plots.layout_widget
+        self.range_plot, self.sqnr_plot = plots.range_plot, plots.sqnr_plot
 
         # Items are created once and refreshed with setOpts / setData.
         self.range_bars = _Bars(x=[], y0=[], height=[], width=0.8)
