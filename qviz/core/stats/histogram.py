@@ -42,6 +42,8 @@ EXPONENT_BINS = 256
 # Values are binned in chunks so that the float64 temporaries stay small (and in cache) even
 # for a batch of hundreds of millions of values.
 _CHUNK = 1 << 18
+# Points (rows x points) of HistogramRows.cdf per slice of rows.
+_CDF_CHUNK = 1 << 17
 EXPONENT_STRIDE = 8
 # Golden-ratio offsets give each bin's sample points a different phase, so that sub-bin
 # samples do not line up with a quantization grid whose step divides the bin width.
@@ -216,17 +218,30 @@ class HistogramRows:
 
     def cdf(self, x: ArrayLike) -> np.ndarray:
         """Count of values ``<= x[r, k]`` in row ``r``; ``x`` is (R, K) or broadcasts to it."""
-        n_bins = self.counts.shape[1]
         xx = np.asarray(x, dtype=np.float64)
+        n_rows = self.counts.shape[0]
         if xx.ndim < 2:
-            xx = np.broadcast_to(xx, (self.counts.shape[0], xx.size))
-        u = (xx - self.lo[:, None]) / self.width[:, None]
+            xx = np.broadcast_to(xx, (n_rows, xx.size))
+        step = max(1, _CDF_CHUNK // max(xx.shape[1], 1))
+        width = self.width
+        if xx.shape[0] != n_rows or n_rows <= step:
+            return self._cdf_rows(xx, width, 0, n_rows)
+        # Slices of rows keep the (rows, points) temporaries in the processor's cache.
+        out = np.empty(xx.shape)
+        for r0 in range(0, n_rows, step):
+            r1 = min(n_rows, r0 + step)
+            out[r0:r1] = self._cdf_rows(xx[r0:r1], width, r0, r1)
+        return out
+
+    def _cdf_rows(self, xx: np.ndarray, width: np.ndarray, r0: int, r1: int) -> np.ndarray:
+        n_bins = self.counts.shape[1]
+        u = (xx - self.lo[r0:r1, None]) / width[r0:r1, None]
         k = np.clip(np.floor(u), 0, n_bins - 1).astype(np.intp)
         frac = np.clip(u - k, 0.0, 1.0)
         cum = self._cum()
         # Flat indices: numpy's take_along_axis builds a broadcast index per call, which
         # costs more than the lookup when a weight's thousands of rows are asked often.
-        rows = np.arange(k.shape[0], dtype=np.intp)[:, None]
+        rows = np.arange(r0, r0 + k.shape[0], dtype=np.intp)[:, None]
         at_cum = np.take(cum.reshape(-1), rows * (n_bins + 1) + k)
         at_count = np.take(self.counts.reshape(-1), rows * n_bins + k)
         return at_cum + frac * at_count
