@@ -36,11 +36,14 @@ _ENTROPY_MAX_BINS = 4096
 # Elements (rows x candidates x quantized bins) of that search per chunk: small enough
 # (2 MB arrays) to stay in cache, large enough for one 2048-bin histogram in one go.
 _ORT_KL_CHUNK = 1 << 18
-# The tiled form's work per (row, window), in the units of the direct form's Q + 1 (measured
-# by bench/bench_entropy.py), and the histograms it is used for: its cost grows as n^2 / Q
-# against the direct form's n Q / 2, so the two meet near n = Q^2 / 2 (8192 bins for Q = 128).
-_TILED_ROW_COST = 16
-_TILED_MAX_BINS = 4096
+# Where the tiled form is used (AUTO): its work grows as n^2 / Q per row against the direct
+# form's n Q / 2, and it has a fixed cost per tiling (about n / Q of them), so it wins from
+# 2 rows of 256..1024 bins (3 of 1024), 5 of 2048, and loses from 2560 bins on
+# (bench/bench_entropy.py --sizes).
+_TILED_MAX_BINS = 2048
+_TILED_ROW_BINS = 512
+# Its rows per chunk: ORT_KL_CHUNK / (windows x this).
+_TILED_ROW_COST = 32
 # KL values this close to the minimum are ties (the rounding of these float64 sums is
 # ~1e-14; onnxruntime's own float32 sums carry ~1e-7 relative, so where windows differ by
 # less than that its choice among them is down to rounding).
@@ -51,7 +54,7 @@ class KlForm(Enum):
     """How :func:`ort_entropy_kl` computes Q's side of every window (same numbers up to
     float64 rounding; see :mod:`qviz.core.calibration.entropy_cross`)."""
 
-    AUTO = "auto"  # TILED up to _TILED_MAX_BINS bins, DIRECT beyond
+    AUTO = "auto"  # TILED where it is the cheaper (see _TILED_MAX_BINS), else DIRECT
     DIRECT = "direct"  # each window's Q merged bins: about n Q / 2 per row
     TILED = "tiled"  # prefix sums over the tilings of merged bins: about n^2 / Q per row
 
@@ -153,7 +156,10 @@ def ort_entropy_kl(
             "need an even number of bins in [num_quantized_bins, 8192] and an even "
             f"num_quantized_bins >= 2, not {n} and {q_bins}"
         )
-    tiled = form is KlForm.TILED or (form is KlForm.AUTO and n <= _TILED_MAX_BINS)
+    tiled = form is KlForm.TILED or (
+        form is KlForm.AUTO and n <= _TILED_MAX_BINS and h.shape[0] >= 2
+        and h.shape[0] * _TILED_ROW_BINS > n
+    )
     n_cand = n // 2 - q_bins // 2 + 1
     out = np.empty((h.shape[0], n_cand))
     per_row = n_cand * (_TILED_ROW_COST if tiled else q_bins + 1)

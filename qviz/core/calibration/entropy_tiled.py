@@ -42,6 +42,8 @@ _SERIES_LOG_TOL = -40.0
 # Elements (groups x summed features x rows) of one tiling per row chunk (4 MB): rows enough
 # that each step of its prefix sums is a long vector add.
 _TILED_CHUNK = 1 << 19
+# Groups of consecutive tilings scored in one go, at most (fewer numpy calls per row chunk).
+_BATCH_GROUPS = 1024
 
 
 def _series_terms(d_max: float, smallest_level: float) -> int:
@@ -52,12 +54,13 @@ def _series_terms(d_max: float, smallest_level: float) -> int:
 
 @dataclass(frozen=True, eq=False)
 class _Tiling:
-    """One tiling ``(m, o)``: groups ``[o + g m, o + (g + 1) m)`` (first bins ``starts``)
-    and the windows that use it (``windows``: positions in ``_Tilings.tiled``), each
-    reading its interior groups ``g0 + 1 .. g0 + Q - 2`` (``g0``: its first group)."""
+    """One tiling ``(m, o)``: groups ``[o + g m, o + (g + 1) m)``, and the windows that use
+    it (``windows``: positions in ``_Tilings.tiled``), each reading its interior groups
+    ``g0 + 1 .. g0 + Q - 2`` (``g0``: its first group)."""
 
     m: int
-    starts: np.ndarray
+    column: int  # of its first group among all tilings' groups
+    groups: int
     windows: np.ndarray
     g0: np.ndarray
 
@@ -67,6 +70,9 @@ class _Tilings:
     tiled: np.ndarray  # (J,) the windows with m >= 2 that the tilings score
     direct: np.ndarray  # the other windows with m >= 2, left to the direct form
     tilings: tuple[_Tiling, ...]
+    starts: np.ndarray  # (G,) first bin of every tiling's groups, side by side
+    sizes: np.ndarray  # (G,) their m
+    batches: tuple[tuple[int, int], ...]  # tilings [a, b) whose groups are scored together
 
 
 @functools.lru_cache(maxsize=16)
@@ -86,18 +92,32 @@ def _tilings(win_key: tuple[int, int]) -> _Tilings:
         else:
             kept.append((m, o, windows))
     tiled = np.concatenate([w for _, _, w in kept]) if kept else np.zeros(0, np.intp)
-    tilings = []
-    at = 0
+    tilings, starts = [], []
+    at = column = 0
     for m, o, windows in kept:
-        tiling = _Tiling(m, o + m * np.arange((n - o) // m), np.arange(at, at + windows.size),
+        groups = (n - o) // m
+        tiling = _Tiling(m, column, groups, np.arange(at, at + windows.size),
                          (win.s[windows] - o) // m)
         at += windows.size
-        for arr in (tiling.starts, tiling.windows, tiling.g0):
+        column += groups
+        starts.append(o + m * np.arange(groups))
+        for arr in (tiling.windows, tiling.g0):
             arr.setflags(write=False)
         tilings.append(tiling)
-    out = _Tilings(tiled, np.concatenate(direct) if direct else np.zeros(0, np.intp),
-                   tuple(tilings))
-    for arr in (out.tiled, out.direct):
+    batches: list[tuple[int, int]] = []
+    for i, t in enumerate(tilings):
+        if batches and t.column + t.groups - tilings[batches[-1][0]].column <= _BATCH_GROUPS:
+            batches[-1] = (batches[-1][0], i + 1)
+        else:
+            batches.append((i, i + 1))
+    none = np.zeros(0, np.intp)
+    out = _Tilings(
+        tiled, np.concatenate(direct) if direct else none, tuple(tilings),
+        np.concatenate(starts) if starts else none,
+        np.concatenate([np.full(t.groups, t.m) for t in tilings]) if tilings else none,
+        tuple(batches),
+    )
+    for arr in (out.tiled, out.direct, out.starts, out.sizes):
         arr.setflags(write=False)
     return out
 
@@ -122,41 +142,37 @@ def _cumsum_rows(x: np.ndarray) -> None:
         x[row] += x[row - 1]
 
 
-def _tiling_features(cum: np.ndarray, nonzero: np.ndarray, tiling: _Tiling,
-                     n_terms: int) -> np.ndarray:
-    """Per group (G, F, R) of rows whose prefix sums are ``cum``, ``nonzero`` (n + 1, R):
-    non-empty (0/1), L, then for w1 = M + eps m (non-empty groups) and w2 = z:
-    ``[L = 1] w``, ``[L >= 2] w log L`` and ``[L >= 2] w L^-k`` for k = 1 .. n_terms."""
+def _tiling_features(cum: np.ndarray, nonzero: np.ndarray, starts: np.ndarray,
+                     sizes: np.ndarray, n_terms: int) -> np.ndarray:
+    """Per group (G, F, R) (first bins ``starts``, sizes ``sizes``) of rows whose prefix
+    sums are ``cum``, ``nonzero`` (n + 1, R): non-empty (0/1), L, then for w1 = M + eps m
+    (non-empty groups) and w2 = z: ``w log L`` and ``w L^-k`` for k = 1 .. n_terms."""
     eps = ORT_SMOOTH_EPS
-    starts = tiling.starts
-    stops = starts + tiling.m
+    stops = starts + sizes
     mass = cum[stops] - cum[starts]
     z = nonzero[stops] - nonzero[starts]
     level = np.floor(mass / np.maximum(z, 1.0))
     occupied = z > 0
-    w1 = np.where(occupied, mass + eps * tiling.m, 0.0)
-    one = level == 1.0
-    big = level >= 2.0
-    log_l = np.log(np.where(big, level, 1.0))
-    feats = np.empty((level.shape[0], 6 + 2 * n_terms, level.shape[1]))
+    w1 = np.where(occupied, mass + eps * sizes[:, None], 0.0)
+    safe = np.maximum(level, 1.0)  # an empty group has w1 = w2 = 0
+    log_l = np.log(safe)
+    feats = np.empty((level.shape[0], 4 + 2 * n_terms, level.shape[1]))
     feats[:, 0] = occupied
     feats[:, 1] = level
-    np.multiply(w1, one, out=feats[:, 2])
-    np.multiply(z, one, out=feats[:, 3])
-    np.multiply(w1, log_l, out=feats[:, 4])
-    np.multiply(z, log_l, out=feats[:, 5])
-    inv = np.where(big, 1.0 / np.where(big, level, 1.0), 0.0)
+    np.multiply(w1, log_l, out=feats[:, 2])
+    np.multiply(z, log_l, out=feats[:, 3])
+    inv = 1.0 / safe
     power = inv.copy()
     for k in range(1, n_terms + 1):
-        np.multiply(w1, power, out=feats[:, 4 + 2 * k])
-        np.multiply(z, power, out=feats[:, 5 + 2 * k])
+        np.multiply(w1, power, out=feats[:, 2 + 2 * k])
+        np.multiply(z, power, out=feats[:, 3 + 2 * k])
         power *= inv
     return feats
 
 
 def _tiling_sums(rw: RowWindows, tiles: _Tilings) -> tuple[np.ndarray, int]:
-    """The features of :func:`_tiling_features` summed over each ``m >= 2`` window's
-    interior: (F, R, J), and the series' terms they hold.
+    """The features of :func:`_tiling_features` summed over each tiled window's interior:
+    (F, R, J), and the series' terms they hold.
 
     The terms follow from a bound on every such window's ``d_q``, known before anything is
     summed: an empty merged bin is ``m`` zero bins of the histogram, so Q has at most the
@@ -168,20 +184,29 @@ def _tiling_sums(rw: RowWindows, tiles: _Tilings) -> tuple[np.ndarray, int]:
     zeros = (grouped - s) - (bins.nonzero[:, grouped] - bins.nonzero[:, s])
     q_zero = np.minimum(zeros + 2 * m, q_bins * m) + win.r[j]
     d_max = float(q_shift(q_zero, win.length[j]).max())
-    n_terms = _series_terms(d_max, 2.0)
-    n_feats = 6 + 2 * n_terms
+    n_terms = _series_terms(d_max, 1.0)
+    n_feats = 4 + 2 * n_terms
     rows = bins.cum.shape[0]
     out = np.empty((n_feats, rows, j.size))
-    step = max(1, _TILED_CHUNK // (n_feats * max(t.starts.size for t in tiles.tilings)))
+    widest = max(
+        tiles.tilings[b - 1].column + tiles.tilings[b - 1].groups - tiles.tilings[a].column
+        for a, b in tiles.batches
+    )
+    step = max(1, _TILED_CHUNK // (n_feats * widest))
     for r0 in range(0, rows, step):
         part = slice(r0, min(rows, r0 + step))
         cum = np.ascontiguousarray(bins.cum[part].T)
         nonzero = np.ascontiguousarray(bins.nonzero[part].T)
-        for t in tiles.tilings:
-            feats = _tiling_features(cum, nonzero, t, n_terms)
-            _cumsum_rows(feats.reshape(feats.shape[0], -1))
-            sums = feats[t.g0 + q_bins - 2] - feats[t.g0]
-            out[:, part, t.windows] = sums.transpose(1, 2, 0)
+        for a, b in tiles.batches:
+            c0 = tiles.tilings[a].column
+            c1 = tiles.tilings[b - 1].column + tiles.tilings[b - 1].groups
+            feats = _tiling_features(cum, nonzero, tiles.starts[c0:c1], tiles.sizes[c0:c1],
+                                     n_terms)
+            for t in tiles.tilings[a:b]:
+                own = feats[t.column - c0 : t.column - c0 + t.groups]
+                _cumsum_rows(own.reshape(t.groups, -1))
+                sums = own[t.g0 + q_bins - 2] - own[t.g0]
+                out[:, part, t.windows] = sums.transpose(1, 2, 0)
     return out, n_terms
 
 
@@ -214,8 +239,9 @@ def tiled_cross(rw: RowWindows) -> tuple[np.ndarray, np.ndarray]:
     lo_1, hi_1 = s[single] + 1, s[single] + q_bins - 1  # interior bins of those windows
 
     # Interior merged bins: how many are non-empty, and their levels' sum.
-    n_occupied = np.empty(rw.shift_p.shape)
-    level_sum = np.empty(rw.shift_p.shape)
+    # (Zeros for the windows the direct form scores: their values here are replaced.)
+    n_occupied = np.zeros(rw.shift_p.shape)
+    level_sum = np.zeros(rw.shift_p.shape)
     n_occupied[:, single] = nonzero[:, hi_1] - nonzero[:, lo_1]
     level_sum[:, single] = cum[:, hi_1] - cum[:, lo_1]
     if tiles.tilings:
@@ -237,7 +263,7 @@ def tiled_cross(rw: RowWindows) -> tuple[np.ndarray, np.ndarray]:
     q_sum = m * (level_sum + first_level + last_level)
     shift_q = np.where(q_sum > 0, q_shift(q_zero, win.length), 0.0)
 
-    interior = np.empty(rw.shift_p.shape)
+    interior = np.zeros(rw.shift_p.shape)
     if single.size:
         interior[:, single] = _single_bin_interior(
             rw, lo_1, hi_1, shift_p[:, single], shift_q[:, single]
@@ -289,13 +315,12 @@ def _tiling_interior(
     sums: np.ndarray, n_terms: int, shift_p: np.ndarray, shift_q: np.ndarray
 ) -> np.ndarray:
     """``sum (w1 - (d_p + eps) w2) log(L - d_q)`` over the non-empty interior groups, from
-    :func:`_tiling_sums`: ``[L = 1]`` with ``log(1 - d_q)``, ``[L >= 2]`` with the series."""
-    log_one = np.log1p(-shift_q)
-    a = sums[2] * log_one + sums[4]
-    b = sums[3] * log_one + sums[5]
+    :func:`_tiling_sums`, with ``log(L - d_q) = log L - sum_k (d_q / L)^k / k``."""
+    a = sums[2].copy()
+    b = sums[3].copy()
     d_k = shift_q
     for k in range(1, n_terms + 1):
-        a -= d_k / k * sums[4 + 2 * k]
-        b -= d_k / k * sums[5 + 2 * k]
+        a -= d_k / k * sums[2 + 2 * k]
+        b -= d_k / k * sums[3 + 2 * k]
         d_k = d_k * shift_q
     return a - (shift_p + ORT_SMOOTH_EPS) * b
