@@ -25,11 +25,19 @@ from qviz.core.calibration.entropy_cross import (
 from qviz.core.calibration.entropy_tiled import tiled_cross
 from qviz.core.stats.histogram import HistogramRows
 
-__all__ = ["KlForm", "entropy_ranges", "ort_entropy_kl", "symmetric_counts"]
+__all__ = [
+    "ENTROPY_QUANTIZED_BINS",
+    "KlForm",
+    "entropy_bins",
+    "entropy_ranges",
+    "kl_form",
+    "ort_entropy_kl",
+    "symmetric_counts",
+]
 
 # onnxruntime's entropy calibration (HistogramCollector.get_entropy_threshold): quantized
 # bins (``num_quantized_bins``, default 128).
-_ORT_QUANTIZED_BINS = 128
+ENTROPY_QUANTIZED_BINS = 128
 # Bins of the symmetric histogram the entropy search runs on, at most: the row's own count
 # up to this (smooth_distribution's shift, eps * zeros / nonzeros, stays below 0.41).
 _ENTROPY_MAX_BINS = 4096
@@ -66,8 +74,7 @@ def entropy_ranges(
     either side of zero: ``(-i w, (i + 1) w)`` for the best window ``i``. No format plays a
     part, as in onnxruntime; the caller clamps the range to the data's [min, max].
     ``form``: how the windows are scored (:class:`KlForm`; default AUTO)."""
-    n = rows.counts.shape[1] + rows.counts.shape[1] % 2
-    n = min(max(_ORT_QUANTIZED_BINS, n), _ENTROPY_MAX_BINS)
+    n = entropy_bins(rows.counts.shape[1])
     positive = amax > 0.0
     lo = np.zeros(amax.shape)
     hi = np.zeros(amax.shape)
@@ -83,11 +90,16 @@ def entropy_ranges(
     # The first minimum, as onnxruntime's np.argmin; KLs equal up to float64 rounding
     # (several windows with P = Q exactly, say) are equal.
     best = np.argmax(kl <= kl.min(axis=1, keepdims=True) + _KL_TIE, axis=1)
-    i = _ORT_QUANTIZED_BINS // 2 + best
+    i = ENTROPY_QUANTIZED_BINS // 2 + best
     width = 2.0 * amax[sel] / n
     lo[sel] = -i * width
     hi[sel] = np.where(i < n // 2, (i + 1) * width, amax[sel])
     return lo, hi
+
+
+def entropy_bins(row_bins: int) -> int:
+    """Bins of the symmetric histogram the search runs on for rows of ``row_bins`` bins."""
+    return min(max(ENTROPY_QUANTIZED_BINS, row_bins + row_bins % 2), _ENTROPY_MAX_BINS)
 
 
 def symmetric_counts(rows: HistogramRows, amax: ArrayLike, bins: int) -> np.ndarray:
@@ -113,8 +125,15 @@ def symmetric_counts(rows: HistogramRows, amax: ArrayLike, bins: int) -> np.ndar
     return steps
 
 
+def kl_form(rows: int, bins: int) -> KlForm:
+    """The cheaper form for ``rows`` histograms of ``bins`` bins (what AUTO picks)."""
+    if bins <= _TILED_MAX_BINS and rows >= 2 and rows * _TILED_ROW_BINS > bins:
+        return KlForm.TILED
+    return KlForm.DIRECT
+
+
 def ort_entropy_kl(
-    counts: ArrayLike, num_quantized_bins: int = _ORT_QUANTIZED_BINS, *,
+    counts: ArrayLike, num_quantized_bins: int = ENTROPY_QUANTIZED_BINS, *,
     form: KlForm = KlForm.AUTO,
 ) -> np.ndarray:
     """The KL divergence of onnxruntime's ``HistogramCollector.get_entropy_threshold`` for
@@ -156,10 +175,9 @@ def ort_entropy_kl(
             "need an even number of bins in [num_quantized_bins, 8192] and an even "
             f"num_quantized_bins >= 2, not {n} and {q_bins}"
         )
-    tiled = form is KlForm.TILED or (
-        form is KlForm.AUTO and n <= _TILED_MAX_BINS and h.shape[0] >= 2
-        and h.shape[0] * _TILED_ROW_BINS > n
-    )
+    if form is KlForm.AUTO:
+        form = kl_form(h.shape[0], n)
+    tiled = form is KlForm.TILED
     n_cand = n // 2 - q_bins // 2 + 1
     out = np.empty((h.shape[0], n_cand))
     per_row = n_cand * (_TILED_ROW_COST if tiled else q_bins + 1)

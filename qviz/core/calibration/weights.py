@@ -39,7 +39,7 @@ __all__ = [
 
 # Per-row (channel / block) histograms for ENTROPY and MSE: fewer bins than an activation's
 # 2048 because a row holds far fewer values, and the cost is rows x bins.
-_ROW_BINS = 512
+ROW_BINS = 512
 # MSE on rows up to this many values uses the values themselves as sample points (exact);
 # longer rows use their histogram.
 _EXACT_MSE_VALUES = 512
@@ -198,7 +198,7 @@ def _row_ranges(
             np.nan_to_num(x), valid.astype(np.float64), vmin, vmax, fmt, *_ROW_MSE_GRID
         )
     else:
-        hist = HistogramRows.from_values(x, _ROW_BINS)
+        hist = HistogramRows.from_values(x, ROW_BINS)
         if method is Method.MSE:
             points, weights = hist.sample_points(_ROW_MSE_PER_BIN)
             lo, hi = search_mse_ranges(points, weights, vmin, vmax, fmt, *_ROW_MSE_GRID)
