@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qviz.core.stats.histogram import EXTREME_THRESHOLD, Histogram, HistogramRows
+from qviz.core.stats.kernels import bin_channels
 
 __all__ = [
     "DEFAULT_CHANNEL_BINS",
@@ -178,7 +179,7 @@ def rescaled_histogram(moments: ChannelMoments, s: np.ndarray, bins: int) -> His
 _SLICE = 1 << 20  # values per slice of a batch
 
 
-def _as_3d(x: np.ndarray, axis: int) -> np.ndarray:
+def as_3d(x: np.ndarray, axis: int) -> np.ndarray:
     """(outer, channels, inner): a view for contiguous batches, so that per-channel
     reductions run over contiguous memory instead of strided axes."""
     outer = int(np.prod(x.shape[:axis], dtype=np.int64))
@@ -225,7 +226,7 @@ class ChannelMomentsAccumulator:
             self._sum_sq = np.zeros(n_channels)
         assert self._sum is not None and self._sum_sq is not None
         x = a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
-        x3 = _as_3d(np.ascontiguousarray(x), axis)
+        x3 = as_3d(np.ascontiguousarray(x), axis)
         valid: np.ndarray | None = None
         if not clean:
             finite = np.isfinite(x3)
@@ -238,12 +239,15 @@ class ChannelMomentsAccumulator:
         # float64 accumulators; slices of the outer axis keep temporaries (squares, bin
         # indices) small whatever the batch size.
         step = max(1, _SLICE // max(1, n_channels * x3.shape[2]))
-        for i in range(0, x3.shape[0], step):
-            part = x3[i : i + step]
-            self._sum += part.sum(axis=2, dtype=np.float64).sum(axis=0)
-            self._sum_sq += np.square(part).sum(axis=2, dtype=np.float64).sum(axis=0)
+        # A clean float32 batch is summed in the same compiled pass that bins it.
+        fused = valid is None and x3.dtype == np.float32 and self._bins > 0
+        if not fused:
+            for i in range(0, x3.shape[0], step):
+                part = x3[i : i + step]
+                self._sum += part.sum(axis=2, dtype=np.float64).sum(axis=0)
+                self._sum_sq += np.square(part).sum(axis=2, dtype=np.float64).sum(axis=0)
         if self._bins:
-            self._update_histograms(x3, valid, extent, step)
+            self._update_histograms(x3, valid, extent, step, fused)
 
     def finish(self) -> ChannelMoments | None:
         if self._count is None or self._sum is None or self._sum_sq is None:
@@ -260,7 +264,7 @@ class ChannelMomentsAccumulator:
     # ------------------------------------------------------------------ histograms
     def _update_histograms(
         self, x3: np.ndarray, valid: np.ndarray | None,
-        extent: tuple[np.ndarray, np.ndarray] | None, step: int,
+        extent: tuple[np.ndarray, np.ndarray] | None, step: int, fused: bool,
     ) -> None:
         n_channels = x3.shape[1]
         bins = self._bins
@@ -300,6 +304,10 @@ class ChannelMomentsAccumulator:
         # float32 arithmetic where the data is float32 (half the memory traffic); a value
         # within ~1e-7 of a bin edge may land in the neighbouring bin, as in the tensor's own
         # histogram.
+        if fused:  # the same float32 binning, plus the sums, in one compiled pass
+            assert self._sum is not None and self._sum_sq is not None
+            bin_channels(x3, self._lo, 1.0 / self._width, self._hist, self._sum, self._sum_sq)
+            return
         dtype = np.float32 if x3.dtype == np.float32 else np.float64
         lo_c = self._lo.astype(dtype).reshape(1, -1, 1)
         inv_c = (1.0 / self._width).astype(dtype).reshape(1, -1, 1)

@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from qviz.core.errors import QvizError
+from qviz.core.stats.kernels import bin_values, count_exponents
 
 __all__ = [
     "EXPONENT_BINS",
@@ -362,8 +363,9 @@ class HistogramAccumulator:
         beyond float32's range. A copy."""
         return self._exponents.copy()
 
-    def update(self, x: ArrayLike) -> None:
-        """Fold the values of ``x`` (any shape, any real dtype) into the histogram."""
+    def update(self, x: ArrayLike, extent: tuple[float, float] | None = None) -> None:
+        """Fold the values of ``x`` (any shape, any real dtype) into the histogram.
+        ``extent``: the batch's (min, max), when the caller has them (saves a pass)."""
         a = np.asarray(x)
         if a.size == 0:
             return
@@ -372,7 +374,10 @@ class HistogramAccumulator:
                 raise TypeError(f"cannot histogram values of dtype {a.dtype}")
             a = a.astype(np.float64)
         flat = a.reshape(-1)
-        bmin, bmax = float(flat.min()), float(flat.max())  # NaN propagates: then filter
+        if extent is None:  # NaN propagates: then filter
+            bmin, bmax = float(flat.min()), float(flat.max())
+        else:
+            bmin, bmax = float(extent[0]), float(extent[1])
         if (
             math.isfinite(bmin)
             and math.isfinite(bmax)
@@ -440,6 +445,9 @@ class HistogramAccumulator:
     def _add_exponents(self, finite: np.ndarray) -> None:
         # Every EXPONENT_STRIDE-th value: the exponent counts only feed a quantile for the
         # "dominated by extremes" flag, and a full pass cost as much as the histogram itself.
+        if finite.dtype == np.float32 and finite.flags.c_contiguous:
+            count_exponents(finite, EXPONENT_STRIDE, self._exponents)
+            return
         sample = finite[::EXPONENT_STRIDE]
         with np.errstate(over="ignore"):  # float64 beyond float32 range -> inf: bin 255
             for start in range(0, sample.size, _CHUNK):
@@ -513,6 +521,9 @@ class HistogramAccumulator:
         # can be off by one only for values within ~1e-7 relative of an edge. Spans too small
         # or too large for float32 arithmetic fall back to float64 division.
         fast = values.dtype == np.float32 and 1e-30 < width and (self._bins * width) < 1e30
+        if fast and weight is None:
+            bin_values(values, lo, 1.0 / width, self._counts)
+            return
         for start in range(0, values.size, _CHUNK):
             if fast:
                 chunk = values[start : start + _CHUNK]
