@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qviz.core.stats.histogram import EXTREME_THRESHOLD, Histogram, HistogramRows
-from qviz.core.stats.kernels import bin_channels
+from qviz.core.stats.kernels import TensorBins, bin_channels
 
 __all__ = [
     "DEFAULT_CHANNEL_BINS",
@@ -212,12 +212,15 @@ class ChannelMomentsAccumulator:
     def update(
         self, a: np.ndarray, axis: int, *, clean: bool,
         extent: tuple[np.ndarray, np.ndarray] | None = None,
+        tensor: TensorBins | None = None,
     ) -> None:
         """Fold a batch in, channels along ``axis`` (their count must not change).
 
         ``clean``: the caller knows every value is finite and below ``EXTREME_THRESHOLD``
         (else each value is checked). ``extent``: the batch's per-channel (min, max) when
-        the caller has them (clean batches only).
+        the caller has them (clean batches only). ``tensor``: the tensor histogram to fill in
+        the same pass (a clean float32 batch with per-channel histograms only: see
+        :meth:`takes_tensor_bins`).
         """
         n_channels = a.shape[axis]
         if self._count is None:
@@ -246,8 +249,15 @@ class ChannelMomentsAccumulator:
                 part = x3[i : i + step]
                 self._sum += part.sum(axis=2, dtype=np.float64).sum(axis=0)
                 self._sum_sq += np.square(part).sum(axis=2, dtype=np.float64).sum(axis=0)
+        if tensor is not None and not fused:
+            raise ValueError("the tensor histogram is filled in the fused pass only")
         if self._bins:
-            self._update_histograms(x3, valid, extent, step, fused)
+            self._update_histograms(x3, valid, extent, step, fused, tensor)
+
+    def takes_tensor_bins(self, dtype: np.dtype) -> bool:
+        """Whether a clean batch of `dtype` is binned in the compiled pass that can fill the
+        tensor's histogram too."""
+        return self._bins > 0 and dtype == np.float32
 
     def finish(self) -> ChannelMoments | None:
         if self._count is None or self._sum is None or self._sum_sq is None:
@@ -265,6 +275,7 @@ class ChannelMomentsAccumulator:
     def _update_histograms(
         self, x3: np.ndarray, valid: np.ndarray | None,
         extent: tuple[np.ndarray, np.ndarray] | None, step: int, fused: bool,
+        tensor: TensorBins | None,
     ) -> None:
         n_channels = x3.shape[1]
         bins = self._bins
@@ -306,7 +317,9 @@ class ChannelMomentsAccumulator:
         # histogram.
         if fused:  # the same float32 binning, plus the sums, in one compiled pass
             assert self._sum is not None and self._sum_sq is not None
-            bin_channels(x3, self._lo, 1.0 / self._width, self._hist, self._sum, self._sum_sq)
+            bin_channels(
+                x3, self._lo, 1.0 / self._width, self._hist, self._sum, self._sum_sq, tensor
+            )
             return
         dtype = np.float32 if x3.dtype == np.float32 else np.float64
         lo_c = self._lo.astype(dtype).reshape(1, -1, 1)

@@ -4,7 +4,9 @@ Calibration folds every activation of every batch into a tensor histogram, per-c
 histograms and per-channel sums. In NumPy each of those is several passes over the batch with
 float and int64 temporaries (subtract, scale, clip, cast, bincount, square, sum): about 30 ns
 per value, twice ONNX Runtime's own time on a transformer. These loops do the same arithmetic
-in one pass per histogram without temporaries (numba, compiled once and cached on disk).
+without temporaries, in two passes: the per-channel ranges (which the histograms' ranges
+must cover before anything is binned), then everything else (numba, compiled once and cached
+on disk).
 
 The bin of a value is computed exactly as the NumPy code did: ``(v - lo) * inv`` in float32,
 clipped to ``[0, last]``, truncated — so every count is the same. Sums run in float64.
@@ -12,12 +14,27 @@ clipped to ``[0, last]``, truncated — so every count is the same. Sums run in 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numba
 import numpy as np
 
-__all__ = ["bin_channels", "bin_values", "channel_extents", "count_exponents"]
+__all__ = ["TensorBins", "bin_channels", "bin_values", "channel_extents", "count_exponents"]
+
+
+@dataclass(frozen=True, eq=False)
+class TensorBins:
+    """A tensor histogram to fill in the same pass as the per-channel ones: bin ``clip((v -
+    lo) * inv, 0, bins - 1)`` (float32) of ``counts``; every ``stride``-th value is counted by
+    its float32 exponent into ``exponents`` (256 bins)."""
+
+    lo: float
+    inv: float
+    counts: np.ndarray
+    exponents: np.ndarray
+    stride: int
+
 
 # Sub-histograms of the tensor histogram: neighbouring values usually fall in the same bin, and
 # incrementing one counter back to back stalls on the previous store; spreading the
@@ -66,16 +83,24 @@ def count_exponents(values: np.ndarray, stride: int, exponents: np.ndarray) -> N
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def _bin_channels(
-    x3: Any, lo: Any, inv: Any, last: Any, hist: Any, sums: Any, squares: Any
+    x3: Any, lo: Any, inv: Any, last: Any, hist: Any, sums: Any, squares: Any,
+    t_lo: Any, t_inv: Any, t_last: Any, t_counts: Any, stride: int, exponents: Any,
+    start: int,
 ) -> None:  # pragma: no cover - compiled
     outer, channels, inner = x3.shape
     bins = hist.shape[1]
     counts = np.zeros(channels * bins, dtype=np.int32)
+    tensor = t_counts.size > 0
+    t_bins = max(1, t_counts.size)
+    lanes = np.zeros((_LANES, t_bins), dtype=np.int32)
+    seen = np.zeros(256, dtype=np.int64)
+    bits = x3.view(np.int32)
     zero = np.float32(0.0)
     if inner == 1:
         # Channels last: a row at a time, the arithmetic over contiguous channels (vectorised)
         # apart from the scattered increments.
         index = np.empty(channels, dtype=np.intp)
+        t_index = np.empty(channels, dtype=np.intp)
         for o in range(outer):
             for c in range(channels):
                 v = x3[o, c, 0]
@@ -85,8 +110,17 @@ def _bin_channels(
                 u = (v - lo[c]) * inv[c]
                 u = min(max(u, zero), last)
                 index[c] = c * bins + np.intp(u)
+                t = (v - t_lo) * t_inv
+                t = min(max(t, zero), t_last)
+                t_index[c] = np.intp(t)
             for c in range(channels):
                 counts[index[c]] += 1
+            if tensor:
+                for c in range(channels):
+                    lanes[c & (_LANES - 1), t_index[c]] += 1
+                flat = start + o * channels
+                for c in range((stride - flat % stride) % stride, channels, stride):
+                    seen[(bits[o, c, 0] >> 23) & 0xFF] += 1
     else:
         for o in range(outer):
             for c in range(channels):
@@ -102,22 +136,47 @@ def _bin_channels(
                 lo_c = lo[c]
                 inv_c = inv[c]
                 for i in range(inner):
-                    u = (x3[o, c, i] - lo_c) * inv_c
+                    v = x3[o, c, i]
+                    u = (v - lo_c) * inv_c
                     u = min(max(u, zero), last)
                     counts[base + np.intp(u)] += 1
+                if tensor:
+                    for i in range(inner):
+                        t = (x3[o, c, i] - t_lo) * t_inv
+                        t = min(max(t, zero), t_last)
+                        lanes[i & (_LANES - 1), np.intp(t)] += 1
+                    flat = start + (o * channels + c) * inner
+                    for i in range((stride - flat % stride) % stride, inner, stride):
+                        seen[(bits[o, c, i] >> 23) & 0xFF] += 1
     for c in range(channels):
         for b in range(bins):
             hist[c, b] += counts[c * bins + b]
+    if tensor:
+        for k in range(_LANES):
+            for b in range(t_counts.size):
+                t_counts[b] += lanes[k, b]
+        for b in range(256):
+            exponents[b] += seen[b]
 
 
 def bin_channels(
     x3: np.ndarray, lo: np.ndarray, inv: np.ndarray, hist: np.ndarray, sums: np.ndarray,
-    squares: np.ndarray,
+    squares: np.ndarray, tensor: TensorBins | None = None,
 ) -> None:
     """For float32 `x3` (outer, channels, inner): add each channel's values into its row of
     `hist` (float64 (channels, bins); bin ``clip((v - lo[c]) * inv[c], 0, bins - 1)`` in
-    float32, truncated) and their sum and sum of squares into `sums`, `squares` (float64)."""
+    float32, truncated) and their sum and sum of squares into `sums`, `squares` (float64).
+    With `tensor`, the same pass also bins every value into the tensor's histogram and counts
+    every `tensor.stride`-th value's exponent (as `bin_values` and `count_exponents`)."""
     x = np.ascontiguousarray(x3, dtype=np.float32)
+    if tensor is None:
+        t_args = (np.float32(0), np.float32(0), np.float32(0), np.zeros(0), 1, np.zeros(256))
+    else:
+        t_args = (
+            np.float32(tensor.lo), np.float32(tensor.inv),
+            np.float32(tensor.counts.size - 1), tensor.counts, tensor.stride,
+            tensor.exponents,
+        )
     args = (
         np.ascontiguousarray(lo, dtype=np.float32),
         np.ascontiguousarray(inv, dtype=np.float32),
@@ -125,10 +184,12 @@ def bin_channels(
         hist,
         sums,
         squares,
+        *t_args,
     )
-    step = max(1, _MAX_COUNT // max(1, x.shape[1] * x.shape[2]))
+    row = x.shape[1] * x.shape[2]
+    step = max(1, _MAX_COUNT // max(1, row))
     for start in range(0, x.shape[0], step):  # int32 counters in the loop
-        _bin_channels(x[start : start + step], *args)
+        _bin_channels(x[start : start + step], *args, start * row)
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)

@@ -27,7 +27,7 @@ from qviz.core.stats.histogram import (
     HistogramAccumulator,
     exponent_bin_upper,
 )
-from qviz.core.stats.kernels import channel_extents
+from qviz.core.stats.kernels import TensorBins, channel_extents
 
 __all__ = [
     "DOMINANCE_RATIO",
@@ -292,8 +292,13 @@ class TensorStatsAccumulator:
         lo, hi = float(bmin.min()), float(bmax.max())
         if not (-EXTREME_THRESHOLD < lo and hi < EXTREME_THRESHOLD):
             return False  # Inf or mask fills
-        self._hist.update(a, extent=(lo, hi))
-        self._update_channels(a, has_nonfinite=False, clean=True, extent=extents)
+        tensor = None
+        if self._moments is not None and self._moments.takes_tensor_bins(a.dtype):
+            # The tensor histogram is filled in the per-channel pass: one pass, not two.
+            tensor = self._hist.fold_clean(x3.reshape(-1), lo, hi)
+        else:
+            self._hist.update(a, extent=(lo, hi))
+        self._update_channels(a, has_nonfinite=False, clean=True, extent=extents, tensor=tensor)
         return True
 
     def _track_shape(self, shape: tuple[int, ...]) -> None:
@@ -314,6 +319,7 @@ class TensorStatsAccumulator:
     def _update_channels(
         self, a: np.ndarray, *, has_nonfinite: bool, clean: bool,
         extent: tuple[np.ndarray, np.ndarray] | None = None,
+        tensor: TensorBins | None = None,
     ) -> None:
         assert self._channel_axis is not None
         if not -a.ndim <= self._channel_axis < a.ndim:
@@ -348,7 +354,7 @@ class TensorStatsAccumulator:
             np.minimum(self._cmin, bmin, out=self._cmin)
             np.maximum(self._cmax, bmax, out=self._cmax)
         if self._moments is not None:
-            self._moments.update(a, axis, clean=clean, extent=(bmin, bmax))
+            self._moments.update(a, axis, clean=clean, extent=(bmin, bmax), tensor=tensor)
 
 
 def compute_stats(
