@@ -19,17 +19,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qviz.core.calibration.analysis import analyze  # noqa: E402
-from qviz.core.calibration.config import QuantConfig  # noqa: E402
-from qviz.core.data.dataset import random_data  # noqa: E402
-from qviz.core.graph.qdq import build_qdq  # noqa: E402
-from qviz.core.model.loading import from_proto  # noqa: E402
-from qviz.core.runtime.latency import time_pair  # noqa: E402
-from qviz.core.runtime.profile import TimingBudget  # noqa: E402
-from qviz.core.runtime.sessions import KernelPrecision, SessionConfig, build_session  # noqa: E402
-from qviz.core.runtime.speed_check import keep_float  # noqa: E402
-from qviz.core.stats.collect import collect_stats, run_to_completion  # noqa: E402
-from tests.core.fusion_models import make_residual_net  # noqa: E402
+from qviz.core.calibration.analysis import analyze
+from qviz.core.calibration.config import QuantConfig
+from qviz.core.data.dataset import random_data
+from qviz.core.graph.qdq import build_qdq
+from qviz.core.model.loading import from_proto
+from qviz.core.runtime.latency import time_pair
+from qviz.core.runtime.profile import TimingBudget
+from qviz.core.runtime.sessions import KernelPrecision, SessionConfig, build_session
+from qviz.core.runtime.speed_check import keep_float
+from qviz.core.stats.collect import collect_stats, run_to_completion
+from tests.core.fusion_models import make_residual_net
 
 
 def main(argv: Sequence[str] | None = None) -> int:

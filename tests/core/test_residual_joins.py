@@ -13,13 +13,13 @@ from onnx import helper
 from qviz.core.calibration.analysis import analyze
 from qviz.core.calibration.config import QuantConfig
 from qviz.core.data.dataset import random_data
+from qviz.core.graph import placement, qdq_builder
 from qviz.core.graph.qdq import QdqModel, build_qdq
 from qviz.core.model.joins import PASS_THROUGH_OPS
 from qviz.core.model.loading import LoadedModel, from_proto
 from qviz.core.runtime.fusion import fusion_report, optimized_graph
 from qviz.core.runtime.sessions import KernelPrecision, SessionConfig, build_session
 from qviz.core.stats.collect import collect_stats, run_to_completion
-from qviz.core.graph import placement, qdq_builder
 from tests.core import fusion_models, graph_factory
 
 
