@@ -4,9 +4,11 @@ unticked or the layer was set explicitly: `qviz.core.runtime.slow_layers`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from qviz.core.calibration.analysis import TensorResult
+from qviz.core.calibration.config import QuantConfig
 from qviz.core.data.dataset import Dataset, load_data, random_data
 from qviz.core.errors import QvizError
 from qviz.core.graph.qdq import QdqModel
@@ -16,13 +18,27 @@ from qviz.core.runtime.slow_layers import SlowLayers, leave_slow_layers_float
 from qviz.core.runtime.speed import SpeedProfile, layer_speed
 from qviz.core.runtime.speed_check import CHECK_BUDGET, SpeedCheck, check_speed, timing_feeds
 
-if TYPE_CHECKING:  # the dialog imports this module
-    from qviz.app.dialogs.export_dialog import ExportRequest
-
-__all__ = ["check_exported_speed", "float_slow_layers"]
+__all__ = ["TimingRequest", "check_exported_speed", "float_slow_layers"]
 
 
-def _timing_data(req: ExportRequest) -> Dataset:
+class TimingRequest(Protocol):
+    """What the timing reads of the dialog's ExportRequest."""
+
+    @property
+    def model(self) -> LoadedModel: ...
+    @property
+    def config(self) -> QuantConfig: ...
+    @property
+    def speed_batch(self) -> int | None: ...
+    @property
+    def threads(self) -> int: ...
+    @property
+    def data_path(self) -> Path | None: ...
+    @property
+    def slow_layers(self) -> SlowLayers: ...
+
+
+def _timing_data(req: TimingRequest) -> Dataset:
     assert req.speed_batch is not None
     return (
         random_data(req.model.inputs, req.speed_batch) if req.data_path is None
@@ -31,7 +47,7 @@ def _timing_data(req: ExportRequest) -> Dataset:
 
 
 def check_exported_speed(
-    req: ExportRequest, model: LoadedModel, results: list[TensorResult], qdq: QdqModel
+    req: TimingRequest, model: LoadedModel, results: list[TensorResult], qdq: QdqModel
 ) -> tuple[SpeedCheck | None, str]:
     """The exported model timed against `model` (the float model it was built from: the
     transformed one when transforms apply)."""
@@ -47,7 +63,7 @@ def check_exported_speed(
 
 
 def float_slow_layers(
-    req: ExportRequest, model: LoadedModel, results: list[TensorResult]
+    req: TimingRequest, model: LoadedModel, results: list[TensorResult]
 ) -> tuple[list[TensorResult], tuple[str, ...]]:
     """The configuration without the layers whose integer kernel is slower than float here
     (`qviz.core.runtime.slow_layers`), and one line per layer left float."""
