@@ -7,9 +7,10 @@ but size, so by default (`SlowLayers.FLOAT`) it is exported float — unless the
 layer's precision explicitly: a per-layer entry of the configuration (a config file's
 per-tensor override, a per-layer change in the app, a per-layer choice of the mixed search,
 whose `--objective smallest` is how size is asked for). The configuration's defaults are not
-explicit. Layers slower for another reason (not fused, Q/DQ overhead, layout changes) have
-other fixes and are only reported. Nor is a layer whose input the layer before it produces
-in integer (a fused output): left float, it would unfuse that layer too.
+explicit. A model quantized elsewhere (imported) is exported as it came. Layers slower for
+another reason (not fused, Q/DQ overhead, layout changes) have other fixes and are only
+reported. Nor is a layer whose input the layer before it produces in integer (a fused
+output) left float: its input would no longer be quantized, and that layer would unfuse.
 
 The decision reads one profile and is deterministic given it: a kernel counts as slower only
 beyond the `NOISE` margin, on both its whole quantized time and its kernel time.
@@ -84,6 +85,8 @@ def leave_slow_layers_float(
     """`results` without the layers whose integer kernel is slower than float in one
     measured profile of `qdq` (built from `results` if not given), except the layers set
     explicitly; with one `FloatedLayer` per layer left float."""
+    if model.imported is not None:
+        return list(results), ()  # a model quantized elsewhere is exported as it came
     qdq = qdq if qdq is not None else build_qdq(model, results)
     speed = measure(qdq)
     fusion = fusion if fusion is not None else fusion_report(qdq, precision)
