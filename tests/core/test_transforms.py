@@ -201,3 +201,19 @@ def test_smoothquant_on_a_model_with_external_data_reads_and_writes_files(
                             data_dir=plan.model.data_dir)
     np.testing.assert_allclose(session.run(None, {inline.inputs[0].name: x})[0],
                                _outputs(expected, x), rtol=1e-5, atol=1e-5)
+
+
+def test_skipped_sites_are_one_note_per_reason() -> None:
+    """A decoder skips the same sites in every block: one line per reason, not one per site."""
+    from qviz.core.transforms.plan import TransformPlan
+
+    model = from_proto(softmax_mlp(), sha256="notes")
+    skipped = {f"block{i}.scores_in": f"MatMul 'block{i}.scores' has no constant weight"
+               for i in range(5)}
+    skipped["p"] = "it has no per-channel statistics (no fixed feature axis)"
+    notes = TransformPlan(model, None, model, None, skipped=skipped).notes
+    assert notes == (
+        "5 activations not rescaled, e.g. 'block0.scores_in': MatMul 'block0.scores' has no "
+        "constant weight",
+        "'p' not rescaled: it has no per-channel statistics (no fixed feature axis)",
+    )
