@@ -137,7 +137,7 @@ def test_ort_overrides_come_with_the_transformed_float_model(block, tmp_path: Pa
     assert main(["export", str(block["stats"]), "--file-format", "ort-overrides",
                  "-o", str(overrides), *flags]) == 0
     assert main(["export", str(block["stats"]), "--file-format", "qdq", "-o", str(ours),
-                 *flags]) == 0
+                 *flags, "--slow-layers", "quantize"]) == 0
     beside = tmp_path / "ov.transformed.onnx"
     assert json.loads(overrides.read_text())["float_model"]["file"] == beside.name
     theirs = tmp_path / "theirs.onnx"
