@@ -7,7 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from qviz.core.stats.kernels import bin_channels, bin_values, channel_extents, count_exponents
+from qviz.core.stats.kernels import (
+    bin_channels,
+    bin_values,
+    channel_extents,
+    count_exponents,
+    spread_rows,
+)
 
 _FLOATS = st.floats(-1e4, 1e4, width=32, allow_nan=False, allow_infinity=False)
 
@@ -81,3 +87,34 @@ def test_count_exponents_as_numpy() -> None:
     count_exponents(x, 2, found)
     expected = np.bincount((x[::2].view(np.int32) >> 23) & 0xFF, minlength=256)
     np.testing.assert_array_equal(found, expected)
+
+
+def _cdf_reference(counts, lo_c, hi_c, lo, hi, bins):  # type: ignore[no-untyped-def]
+    """The NumPy formula the kernel replaced: summed piecewise-linear CDFs at the edges."""
+    edges = np.linspace(lo, hi, bins + 1)
+    n_rows, n_bins = counts.shape
+    cum = np.zeros((n_rows, n_bins + 1))
+    np.cumsum(counts, axis=1, out=cum[:, 1:])
+    width = (hi_c - lo_c) / n_bins
+    u = (edges[None, :] - lo_c[:, None]) / width[:, None]
+    k = np.clip(np.floor(u), 0, n_bins - 1).astype(np.intp)
+    frac = np.clip(u - k, 0.0, 1.0)
+    rows = np.arange(n_rows)[:, None]
+    total = (cum[rows, k] + frac * counts[rows, k]).sum(0)
+    out = np.maximum(np.diff(total), 0.0)
+    out[0] += max(total[0], 0.0)
+    return out
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 8).map(lambda k: 2 * k), st.integers(1, 300),
+       st.integers(0, 2**31))
+def test_spread_rows_is_the_summed_cdf(rows: int, n_bins: int, bins: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 5, (rows, n_bins)).astype(np.float64)
+    lo_c = rng.normal(0, 3, rows)
+    hi_c = lo_c + rng.uniform(1e-3, 10, rows)
+    lo, hi = float(lo_c.min()), float(hi_c.max())
+    np.testing.assert_allclose(spread_rows(counts, lo_c, hi_c, lo, hi, bins),
+                               _cdf_reference(counts, lo_c, hi_c, lo, hi, bins),
+                               rtol=1e-9, atol=1e-9)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qviz.core.stats.histogram import EXTREME_THRESHOLD, Histogram, HistogramRows
-from qviz.core.stats.kernels import TensorBins, bin_channels
+from qviz.core.stats.kernels import TensorBins, bin_channels, spread_rows
 
 __all__ = [
     "DEFAULT_CHANNEL_BINS",
@@ -142,9 +142,9 @@ def rescaled_histogram(moments: ChannelMoments, s: np.ndarray, bins: int) -> His
 
     Each channel's bins are taken to hold their values spread uniformly (as every histogram in
     qviz does); channel ``c``'s bin ``[a, b)`` becomes ``[a / s_c, b / s_c)`` and its count is
-    shared among the target bins it overlaps, through the sum of the channels' piecewise-linear
-    CDFs at the target edges. With ``s = 1`` this is the tensor's histogram at the resolution
-    of the channels' bins.
+    shared among the target bins it overlaps in proportion to the overlap (compiled:
+    `kernels.spread_rows`, channels x bins work, not channels x target bins). With ``s = 1``
+    this is the tensor's histogram at the resolution of the channels' bins.
     """
     scaled = moments.scaled(s)
     assert scaled.hist_counts is not None and scaled.hist_lo is not None
@@ -155,24 +155,7 @@ def rescaled_histogram(moments: ChannelMoments, s: np.ndarray, bins: int) -> His
         return Histogram(np.zeros(bins), 0.0, 1.0)
     lo_c, hi_c, counts = scaled.hist_lo[occupied], scaled.hist_hi[occupied], counts_all[occupied]
     lo, hi = float(lo_c.min()), float(hi_c.max())
-    edges = np.linspace(lo, hi, bins + 1)
-    n_rows, n_bins = counts.shape
-    cum_rows = np.zeros((n_rows, n_bins + 1))
-    np.cumsum(counts, axis=1, out=cum_rows[:, 1:])
-    flat_cum, flat_counts = cum_rows.reshape(-1), counts.reshape(-1)
-    width = (hi_c - lo_c) / n_bins
-    total = np.zeros(bins + 1)
-    # Slices of channels keep the (channels, edges) temporaries small for wide tensors.
-    step = max(1, (1 << 21) // (bins + 1))
-    for start in range(0, n_rows, step):
-        part = slice(start, min(n_rows, start + step))
-        rows = np.arange(part.start, part.stop)[:, None]
-        u = (edges[None, :] - lo_c[part, None]) / width[part, None]
-        k = np.clip(np.floor(u), 0, n_bins - 1).astype(np.intp)
-        frac = np.clip(u - k, 0.0, 1.0)
-        total += (flat_cum[k + rows * (n_bins + 1)] + frac * flat_counts[k + rows * n_bins]).sum(0)
-    out = np.maximum(np.diff(total), 0.0)
-    out[0] += max(total[0], 0.0)
+    out = spread_rows(counts, lo_c, hi_c, lo, hi, bins)
     return Histogram(out, lo, hi)
 
 

@@ -20,7 +20,14 @@ from typing import Any
 import numba
 import numpy as np
 
-__all__ = ["TensorBins", "bin_channels", "bin_values", "channel_extents", "count_exponents"]
+__all__ = [
+    "TensorBins",
+    "bin_channels",
+    "bin_values",
+    "channel_extents",
+    "count_exponents",
+    "spread_rows",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -233,3 +240,47 @@ def channel_extents(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     low = np.empty(x.shape[1], dtype=np.float32)
     high = np.empty(x.shape[1], dtype=np.float32)
     return None if _channel_extents(x, low, high) else (low, high)
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _spread_rows(
+    counts: Any, lo: Any, hi: Any, t_lo: float, t_width: float, out: Any
+) -> None:  # pragma: no cover - compiled
+    rows, n_bins = counts.shape
+    last = out.size - 1
+    for r in range(rows):
+        u0 = (lo[r] - t_lo) / t_width  # the row's range in target-bin units
+        step = (hi[r] - lo[r]) / t_width / n_bins
+        for b in range(n_bins):
+            c = counts[r, b]
+            if c == 0.0:
+                continue
+            a = u0 + b * step
+            e = a + step
+            first = min(max(int(np.floor(a)), 0), last)
+            if e <= a:
+                out[first] += c
+                continue
+            end = min(max(int(np.floor(e)), 0), last)
+            for k in range(first, end + 1):
+                # The end bins also take what lies beyond them (rounding at the range's ends).
+                left = -np.inf if k == 0 else float(k)
+                right = np.inf if k == last else k + 1.0
+                overlap = min(e, right) - max(a, left)
+                if overlap > 0.0:
+                    out[k] += c * overlap / (e - a)
+
+
+def spread_rows(
+    counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, t_lo: float, t_hi: float, bins: int
+) -> np.ndarray:
+    """The histogram (`bins` equal bins over [t_lo, t_hi]) of rows of histograms (`counts`
+    (rows, n), row r over [lo[r], hi[r]]), each bin's count spread uniformly over its extent
+    and shared among the target bins it overlaps; what falls outside goes to the end bins."""
+    out = np.zeros(bins)
+    _spread_rows(
+        np.ascontiguousarray(counts, dtype=np.float64), np.ascontiguousarray(lo, np.float64),
+        np.ascontiguousarray(hi, np.float64), float(t_lo), (float(t_hi) - float(t_lo)) / bins,
+        out,
+    )
+    return out
