@@ -20,14 +20,6 @@ LAYERS = ("features.0", "features.3", "features.6", "features.9", "classifier.0"
           "classifier.2")
 
 
-@pytest.fixture(scope="module")
-def demo_stats(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("stats") / "demo.qvstats"
-    demo = demo_paths()
-    assert main(["collect", str(demo.model), "--data", str(demo.data), "-o", str(out),
-                 "--quiet"]) == 0
-    return out
-
 
 def float_weights(path: Path) -> set[str]:
     """Layers whose weight the written model keeps as the float initializer."""

@@ -53,8 +53,15 @@ def make_pool_concat_net(channels: int = 16, size: int = 32, seed: int = 0) -> o
     w = init("fc.weight", _w(rng, 10, feat))
     bias = init("fc.bias", np.zeros(10, np.float32))
     nodes.append(helper.make_node("Gemm", ["flat", w, bias], ["logits"], name="fc", transB=1))
+    return _classifier(nodes, inits, "pool_concat", size)
+
+
+def _classifier(
+    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], name: str, size: int
+) -> onnx.ModelProto:
+    """The model of `nodes`: input x[N,3,size,size], output logits[N,10], opset 17."""
     graph = helper.make_graph(
-        nodes, "pool_concat",
+        nodes, name,
         [helper.make_tensor_value_info("x", FLOAT, ["N", 3, size, size])],
         [helper.make_tensor_value_info("logits", FLOAT, ["N", 10])], inits,
     )  # fmt: skip
@@ -101,11 +108,4 @@ def make_residual_net(
     w = init("fc.weight", _w(rng, 10, c))
     bias = init("fc.bias", np.zeros(10, np.float32))
     nodes.append(helper.make_node("Gemm", ["flat", w, bias], ["logits"], name="fc", transB=1))
-    graph = helper.make_graph(
-        nodes, "residual",
-        [helper.make_tensor_value_info("x", FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info("logits", FLOAT, ["N", 10])], inits,
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return _classifier(nodes, inits, "residual", size)
