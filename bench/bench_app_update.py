@@ -9,6 +9,9 @@ granularity), the way a user clicks through them. For each change it times:
 * update + paint — the same plus a synchronous repaint of the whole window, i.e. until the
   new pixels exist.
 
+Before that it selects ``--selections`` tensors spread down the model and times each from the
+selection to the repainted window.
+
 Usage::
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python bench/bench_app_update.py [--changes 200]
@@ -127,11 +130,30 @@ def pick_keys(
     return wkey, akey
 
 
+def select_times(window: MainWindow, app: QApplication, n: int) -> list[float]:
+    """Milliseconds from selecting each of `n` tensors spread down the model (weights and
+    activations alternately) to the window repainted with its views."""
+    keys = [t.key for t in window.doc.tensors]
+    if not keys or n <= 0:
+        return []
+    picked = [keys[round(i * (len(keys) - 1) / max(1, n - 1))] for i in range(n)]
+    times = []
+    for key in picked:
+        t0 = time.perf_counter()
+        window.doc.select(key)
+        window.repaint()
+        times.append((time.perf_counter() - t0) * 1e3)
+        app.processEvents()
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=200, help="changes timed per kind")
     parser.add_argument("--model", type=Path, help="model to open (default: the demo)")
     parser.add_argument("--data", type=Path, help="calibration data for --model")
+    parser.add_argument("--selections", type=int, default=20,
+                        help="tensors selected one after another, timed (default 20)")
     parser.add_argument("--weight", help="weight tensor to change (default: mid-graph layer)")
     parser.add_argument("--activation", help="activation tensor to change (default: its input)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for "
@@ -167,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             wkey, akey = pick_keys(window, args.weight, args.activation)
         n_tensors = len(window.doc.tensors)
 
+        # Selecting a layer: click to its views drawn (histograms from the statistics).
+        selects = select_times(window, app, args.selections)
         results: dict[str, dict[str, list[float]]] = {}
         for label, key in (("weight", wkey), ("activation", akey)):
             window.doc.select(key)
@@ -202,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{marks['calibrate'] - started:.1f} s, every tensor measured after "
             f"{marks['measured'] - started:.1f} s"
         )
+    if selects:
+        print(f"selecting a tensor ({len(selects)} tensors down the model), select + paint: "
+              f"median {statistics.median(selects):.1f} ms, p95 {percentile(selects, 0.95):.1f} "
+              f"ms, max {max(selects):.1f} ms")
     print(f"settings change on the selected layer ({wkey.name}; {akey.name}), "
           f"{args.changes} changes each")
     print(f"{'tensor':<11} {'measure':<15} {'median ms':>10} {'p95 ms':>8} {'max ms':>8}")

@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -159,7 +160,26 @@ def child(script: str, *args: str) -> list[str]:
     return [PY, "-c", script, *args]
 
 
-def measure(m: Model, out: Path, batch: int) -> dict:
+def app_times(m: Model, out: Path) -> dict:
+    """The app on the model (bench/bench_app_update.py, offscreen): open, calibrate and
+    measure every tensor, then select tensors down the model and change settings."""
+    text = out / "app.txt"
+    run_guarded([PY, "bench/bench_app_update.py", "--model", str(m.path), "--data",
+                 str(m.calib), "--changes", "10", "--selections", "10"], stdout=text)
+    found: dict = {}
+    for line in text.read_text().splitlines():
+        if match := re.match(r"opened in ([\d.]+) s, calibrated after ([\d.]+) s, every "
+                             r"tensor measured after ([\d.]+) s", line):
+            found.update(app_open_s=float(match[1]), app_calibrated_s=float(match[2]),
+                         app_measured_s=float(match[3]))
+        elif match := re.match(r"selecting a tensor .*median ([\d.]+) ms", line):
+            found.update(app_select_ms=float(match[1]))
+        elif match := re.match(r"(weight|activation)\s+update \+ paint\s+([\d.]+)", line):
+            found[f"app_{match[1]}_change_ms"] = float(match[2])
+    return found
+
+
+def measure(m: Model, out: Path, batch: int, app: bool = False) -> dict:
     stats = out / f"{m.key}.qvstats"
     qdq = out / f"{m.key}.w8a8.onnx"
     row: dict = {"model": m.key, "disk_mb": disk_mb(m.path)}
@@ -194,6 +214,22 @@ def measure(m: Model, out: Path, batch: int) -> dict:
                                  "cosine"), capture_output=True, text=True, check=True)
     row.update(w8a8_cosine=json.loads(check.stdout)["cosine"])
     if m.decoder:
+        # The same W8A8 with SmoothQuant (alpha searched per layer): how decoders with
+        # outlier channels are quantized to 8-bit activations.
+        sq = out / f"{m.key}.w8a8sq.onnx"
+        export_sq = run_guarded([*QVIZ, "export", str(stats), "--file-format", "qdq", "-o",
+                                 str(sq), "--method", "mse", "--granularity", "per-channel",
+                                 "--bits", "8", "--smoothquant", "auto"])
+        check = subprocess.run(child(_CHECK_EXPORT, str(m.path), str(sq), str(m.eval),
+                                     str(batch), "cosine"), capture_output=True, text=True,
+                               check=True)
+        row.update(export_sq_s=export_sq["wall_s"], export_sq_cpu_s=export_sq["cpu_s"],
+                   export_sq_rss_mb=export_sq["peak_rss_mb"],
+                   w8a8_sq_cosine=json.loads(check.stdout)["cosine"])
+        for f in out.glob(f"{m.key}.w8a8sq.onnx*"):
+            f.unlink()
+        if app:
+            row.update(app_times(m, out))
         w4 = out / f"{m.key}.w4g32.onnx"
         run_guarded([*QVIZ, "export", str(stats), "--file-format", "qdq", "-o", str(w4),
                      "--weight-only", "--bits", "4", "--granularity", "per-group",
@@ -217,7 +253,8 @@ def table(rows: list[dict]) -> str:
     lines = [
         "| model | disk | plain ORT: CPU (wall), peak RSS | collect: CPU (wall) | collect ÷ "
         "plain ORT, CPU | peak RSS ÷ plain ORT | report, per-channel MSE: CPU, RSS | report, "
-        "per-channel entropy: CPU | export W8A8: CPU, RSS | W8A8 output cosine | app update |",
+        "per-channel entropy: CPU | export W8A8: CPU, RSS | W8A8 output cosine (with SmoothQuant) "
+        "| app: select, change (weight / activation) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
@@ -230,7 +267,10 @@ def table(rows: list[dict]) -> str:
             f"{r['collect_rss_mb'] / r['plain_rss_mb']:.2f} ({r['collect_rss_mb']:,} MB) | "
             f"{r['report_cpu_s']:.1f} s, {r['report_rss_mb']:,} MB | "
             f"{r['report_entropy_cpu_s']:.1f} s | {r['export_cpu_s']:.1f} s, "
-            f"{r['export_rss_mb']:,} MB | {r['w8a8_cosine']:.4f} | (app) |"
+            f"{r['export_rss_mb']:,} MB | {r['w8a8_cosine']:.4f}"
+            + (f" ({r['w8a8_sq_cosine']:.4f})" if "w8a8_sq_cosine" in r else "")
+            + (f" | {r['app_select_ms']:.0f} ms, {r['app_weight_change_ms']:.0f} / "
+               f"{r['app_activation_change_ms']:.0f} ms |" if "app_select_ms" in r else " | — |")
         )
     return "\n".join(lines)
 
@@ -242,6 +282,8 @@ def main() -> int:
                    help="comma-separated: demo, chain, or a decoder weight count")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--keep", action="store_true", help="keep generated models")
+    p.add_argument("--app", action="store_true",
+                   help="also time the app on each decoder (bench_app_update.py)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with open("/proc/loadavg") as f:
@@ -252,7 +294,7 @@ def main() -> int:
     for key in args.models.split(","):
         t = time.perf_counter()
         m = make(key, args.out)
-        row = measure(m, args.out, args.batch_size)
+        row = measure(m, args.out, args.batch_size, app=args.app)
         row["bench_s"] = time.perf_counter() - t
         print(json.dumps(row), flush=True)
         rows.append(row)

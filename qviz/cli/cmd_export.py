@@ -50,7 +50,9 @@ from qviz.core.files.report import PageFormat, build_report, report_files, write
 from qviz.core.graph.qdq import QdqModel
 from qviz.core.model.loading import LoadedModel, load_model
 from qviz.core.runtime.sessions import KernelPrecision, Threads
-from qviz.core.runtime.speed_check import check_speed, timing_feeds
+from qviz.core.runtime.slow_layers import FloatedLayer, SlowLayers, leave_slow_layers_float
+from qviz.core.runtime.speed import SpeedProfile, layer_speed
+from qviz.core.runtime.speed_check import CHECK_BUDGET, check_speed, timing_feeds
 from qviz.core.stats.stats_file import is_stats_file
 from qviz.core.transforms.plan import TransformPlan, transform_model
 
@@ -93,7 +95,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="intra-op threads for the timing, of the Q/DQ model or the report's "
                          "evaluation (default 0: ORT's choice)")
     sp.add_argument("--no-speed-check", dest="speed_check", action="store_false",
-                    help="do not time the exported model against float")
+                    help="do not time the exported model against float (nor its layers: "
+                         "--slow-layers then changes nothing)")
+    sp.add_argument("--slow-layers", choices=[s.value for s in SlowLayers],
+                    default=SlowLayers.FLOAT.value,
+                    help="layers whose integer kernel is measured slower than float here: "
+                         "float leaves them float (unless the configuration sets that layer "
+                         "explicitly), quantize keeps them integer (default: float)")
     t = p.add_argument_group("TensorRT")
     t.add_argument("--trt-version", default=TRT_DEFAULT_VERSION,
                    help=f"TensorRT version in the cache header (default {TRT_DEFAULT_VERSION} "
@@ -193,17 +201,49 @@ def _check_output(
     return checked_output(args, args.output, models=recorded)
 
 
-def _speed_lines(args: argparse.Namespace, model: LoadedModel, results: list[TensorResult],
-                 qdq: QdqModel) -> list[str]:
-    """The exported model timed against float: a summary, and a warning when it is slower.
-    A check that cannot run says so; the file is written either way."""
-    has_data = args.data is not None or args.random is not None
-    try:
+class _Timing:
+    """The export's timing inputs and one profile per Q/DQ model (a model is measured once
+    even when both the slow-layer decision and the speed check read it)."""
+
+    def __init__(self, args: argparse.Namespace, model: LoadedModel) -> None:
+        has_data = args.data is not None or args.random is not None
         data = (
             load_dataset(args, model) if has_data else random_data(model.inputs, args.speed_batch)
         )
-        check = check_speed(model, results, timing_feeds(data, args.speed_batch), qdq=qdq,
-                            threads=Threads(intra_op=args.threads), random_input=data.is_random)
+        self.random = data.is_random
+        self.feeds = timing_feeds(data, args.speed_batch)
+        self.threads = Threads(intra_op=args.threads)
+        self.model = model
+        self._seen: dict[int, SpeedProfile] = {}
+
+    def measure(self, qdq: QdqModel) -> SpeedProfile:
+        if id(qdq) not in self._seen:
+            self._seen[id(qdq)] = layer_speed(self.model, qdq, self.feeds,
+                                              threads=self.threads, budget=CHECK_BUDGET)
+        return self._seen[id(qdq)]
+
+
+def _slow_layers(
+    args: argparse.Namespace, timing: _Timing | None, model: LoadedModel,
+    results: list[TensorResult], config: QuantConfig,
+) -> tuple[list[TensorResult], tuple[FloatedLayer, ...]]:
+    """With --slow-layers float, the configuration without the layers whose integer kernel
+    is slower than float here (see qviz.core.runtime.slow_layers)."""
+    if timing is None or SlowLayers(args.slow_layers) is SlowLayers.QUANTIZE:
+        return results, ()
+    kept, floated = leave_slow_layers_float(model, results, config, timing.measure)
+    if not kept:  # every layer is slower: float is the answer, said by the speed check
+        return results, ()
+    return kept, floated
+
+
+def _speed_lines(timing: _Timing, model: LoadedModel, results: list[TensorResult],
+                 qdq: QdqModel) -> list[str]:
+    """The exported model timed against float: a summary, and a warning when it is slower.
+    A check that cannot run says so; the file is written either way."""
+    try:
+        check = check_speed(model, results, timing.feeds, qdq=qdq, threads=timing.threads,
+                            random_input=timing.random, measure=timing.measure)
     except QvizError as exc:
         return [f"speed not checked: {exc}"]
     where = " (on random input)" if check.random_input else ""
@@ -227,10 +267,22 @@ def run(args: argparse.Namespace) -> int:
     written: tuple[Path, ...] = (args.output,)
     notes: tuple[str, ...] = ()
     if fmt is ExportFormat.QDQ:
+        timing: _Timing | None = None
+        problem = ""
+        if args.speed_check:
+            try:
+                timing = _Timing(args, model)
+            except QvizError as exc:
+                problem = f"speed not checked: {exc}"
+        results, floated = _slow_layers(args, timing, model, results, config)
+        for f in floated:
+            sys.stderr.write(f"note: {f.text}\n")
         qdq = export_qdq(model, results, out)
         notes = qdq.notes
-        if args.speed_check:
-            notes = (*notes, *_speed_lines(args, model, results, qdq))
+        if timing is not None:
+            notes = (*notes, *_speed_lines(timing, model, results, qdq))
+        elif problem:
+            notes = (*notes, problem)
         written = qdq_files(out)
     elif fmt is ExportFormat.CONFIG:
         save_config(out, model, config, results, plan)

@@ -66,3 +66,35 @@ def test_export_dialog_times_the_model_and_warns_when_slower(
     assert check.warning.startswith("SLOWER than float")
     assert "weights in int4" in check.warning
     assert check.speedup < int8.speed.speedup
+
+
+def test_the_slow_layers_box_leaves_slow_kernels_float_by_default(
+    qtbot: QtBot, evaluated_window: MainWindow, tmp_path: Path
+) -> None:
+    """Ticked (the default): each layer the measurement found slow is written float and
+    named in the notes; unticked: every layer is written quantized."""
+    window = evaluated_window
+    assert window.doc.model is not None
+    layers = [layer.name for layer in window.doc.model.layers]
+
+    def float_weights(path: Path) -> set[str]:
+        names = {i.name for i in onnx.load(path).graph.initializer}
+        return {name for name in layers if f"{name}.weight" in names}
+
+    for ticked in (True, False):
+        dialog = window.open_export_dialog()
+        assert dialog is not None
+        dialog.set_format(ExportFormat.QDQ)
+        assert dialog.slow_layers_check.isChecked()  # on by default
+        dialog.slow_layers_check.setChecked(ticked)
+        dialog.threads_spin.setValue(1)
+        path = tmp_path / f"slow_{ticked}.onnx"
+        dialog.set_path(path)
+        with qtbot.waitSignal(dialog.exported, timeout=RUN_MS) as blocker:
+            assert dialog.export_now()
+        result = blocker.args[0]
+        dialog.close()
+        named = {n.split()[0] for n in result.notes if " left float: " in n}
+        assert float_weights(path) == named
+        if not ticked:
+            assert named == set()

@@ -20,14 +20,6 @@ from qviz.core.quant.formats import NumberFormat, PerAxis, PerTensor
 from qviz.core.stats.stats_file import load_stats
 
 
-@pytest.fixture(scope="module")
-def demo_stats(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("stats") / "demo.qvstats"
-    demo = demo_paths()
-    assert main(["collect", str(demo.model), "--data", str(demo.data), "-o", str(out)]) == 0
-    return out
-
-
 def test_collect_writes_stats_for_every_activation(demo_stats: Path) -> None:
     stats = load_stats(demo_stats)
     model = load_model(demo_paths().model)

@@ -17,14 +17,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def demo_stats(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("stats") / "demo.qvstats"
-    demo = demo_paths()
-    assert main(["collect", str(demo.model), "--data", str(demo.data), "-o", str(out),
-                 "--quiet"]) == 0
-    return out
-
 
 def test_a_slower_export_is_announced_and_still_written(
     demo_stats: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -18,14 +18,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def demo_stats(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("stats") / "demo.qvstats"
-    demo = demo_paths()
-    assert main(["collect", str(demo.model), "--data", str(demo.data), "-o", str(out),
-                 "--quiet"]) == 0
-    return out
-
 
 def args(stats: Path, out: Path, *extra: str) -> list[str]:
     demo = demo_paths()

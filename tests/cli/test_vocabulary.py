@@ -63,14 +63,6 @@ def test_the_same_things_have_the_same_names() -> None:
     assert method.default == "mse"  # the app's default too
 
 
-@pytest.fixture(scope="module")
-def demo_stats(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("vocab") / "demo.qvstats"
-    demo = demo_paths()
-    assert main(["collect", str(demo.model), "--data", str(demo.data), "-o", str(out),
-                 "--quiet"]) == 0  # fmt: skip
-    return out
-
 
 def test_old_spellings_work_once_more_and_say_so(
     demo_stats: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],

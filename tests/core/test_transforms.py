@@ -174,3 +174,46 @@ def test_stored_weight_statistics_of_rescaled_weights_are_dropped(block) -> None
     rescaled = {n for n in names if plan.context(n, TensorKind.WEIGHT)}
     assert rescaled and set(plan.stats.weights) == set(names) - rescaled
     assert plan.stats.weights.get(next(iter(rescaled))) is None
+
+
+def test_smoothquant_on_a_model_with_external_data_reads_and_writes_files(
+    tmp_path, monkeypatch, block
+) -> None:
+    """A model whose weights are in a data file (every large model): the norm weights are
+    read from that file (not from the working folder), the rescaled tensors go to a folder of
+    the transformed model's own, and it computes what the in-memory transform computes."""
+    from qviz.core.model.loading import load_model
+    from qviz.core.runtime.sessions import SessionConfig, build_session
+    from tests.core.model_factory import save
+
+    inline, stats, data = block
+    (tmp_path / "model").mkdir()
+    path = save(block_proto(BlockSpec()), tmp_path / "model" / "block.onnx", external_data=True)
+    monkeypatch.chdir(tmp_path)  # data files resolved against the working folder would fail
+    on_disk = load_model(path)
+    assert on_disk.data_dir is not None
+    cfg = _config(Transforms(smoothquant=SmoothQuant(0.5)))
+    expected = transform_model(inline, stats, cfg).model
+    plan = transform_model(on_disk, replace(stats, model_sha256=on_disk.sha256), cfg)
+    assert plan.scalings and plan.model.data_dir not in (None, on_disk.data_dir)
+    x = next(iter(data.batches(16)))[inline.inputs[0].name]
+    session = build_session(plan.model.model, SessionConfig.for_float(),
+                            data_dir=plan.model.data_dir)
+    np.testing.assert_allclose(session.run(None, {inline.inputs[0].name: x})[0],
+                               _outputs(expected, x), rtol=1e-5, atol=1e-5)
+
+
+def test_skipped_sites_are_one_note_per_reason() -> None:
+    """A decoder skips the same sites in every block: one line per reason, not one per site."""
+    from qviz.core.transforms.plan import TransformPlan
+
+    model = from_proto(softmax_mlp(), sha256="notes")
+    skipped = {f"block{i}.scores_in": f"MatMul 'block{i}.scores' has no constant weight"
+               for i in range(5)}
+    skipped["p"] = "it has no per-channel statistics (no fixed feature axis)"
+    notes = TransformPlan(model, None, model, None, skipped=skipped).notes
+    assert notes == (
+        "5 activations not rescaled, e.g. 'block0.scores_in': MatMul 'block0.scores' has no "
+        "constant weight",
+        "'p' not rescaled: it has no per-channel statistics (no fixed feature axis)",
+    )

@@ -44,9 +44,8 @@ from PySide6.QtWidgets import (
 
 from qviz.app.controllers.workers import BackgroundRunner
 from qviz.app.dialogs.error_dialog import ErrorReporter
-from qviz.core.calibration.analysis import TensorResult
+from qviz.app.dialogs.export_speed import check_exported_speed, float_slow_layers
 from qviz.core.calibration.config import QuantConfig
-from qviz.core.data.dataset import load_data, random_data
 from qviz.core.document.compare import Pinned
 from qviz.core.document.jobs import EvaluationOutcome, analyze_with_progress
 from qviz.core.errors import QvizError
@@ -65,8 +64,8 @@ from qviz.core.files.report import build_report, write_report
 from qviz.core.graph.qdq import QdqModel
 from qviz.core.model.loading import LoadedModel
 from qviz.core.progress import Progress, run_to_completion
-from qviz.core.runtime.sessions import Threads
-from qviz.core.runtime.speed_check import SpeedCheck, check_speed, timing_feeds
+from qviz.core.runtime.slow_layers import SlowLayers
+from qviz.core.runtime.speed_check import SpeedCheck
 from qviz.core.stats.collect import CalibrationStats
 from qviz.core.transforms.plan import transform_model
 
@@ -112,6 +111,8 @@ class ExportRequest:
     speed_batch: int | None = None  # a Q/DQ model is timed against float at this batch
     threads: int = 0
     data_path: Path | None = None  # the timing's inputs (None: random)
+    # Layers whose integer kernel is slower than float here (needs the timing, speed_batch).
+    slow_layers: SlowLayers = SlowLayers.FLOAT
 
 
 @dataclass(frozen=True)
@@ -122,25 +123,6 @@ class ExportResult:
     notes: tuple[str, ...]
     speed: SpeedCheck | None = None
     speed_problem: str = ""  # why the timing could not run (the file is written anyway)
-
-
-def _check_speed(
-    req: ExportRequest, model: LoadedModel, results: list[TensorResult], qdq: QdqModel
-) -> tuple[SpeedCheck | None, str]:
-    """The exported model timed against `model` (the float model it was built from: the
-    transformed one when transforms apply)."""
-    assert req.speed_batch is not None
-    try:
-        data = (
-            random_data(req.model.inputs, req.speed_batch) if req.data_path is None
-            else load_data(req.data_path, req.model.inputs)
-        )  # fmt: skip
-        feeds = timing_feeds(data, req.speed_batch)
-        check = check_speed(model, results, feeds, qdq=qdq,
-                            threads=Threads(intra_op=req.threads), random_input=data.is_random)
-    except QvizError as exc:
-        return None, str(exc)
-    return check, ""
 
 
 def run_export(req: ExportRequest) -> ExportResult:
@@ -163,8 +145,9 @@ def export_steps(req: ExportRequest) -> Generator[Progress, None, ExportResult]:
     qdq: QdqModel | None = None
     try:
         if req.fmt is ExportFormat.QDQ:
+            results, floated = float_slow_layers(req, model, results)
             qdq = export_qdq(model, results, req.path)
-            notes += tuple(qdq.notes)
+            notes += (*qdq.notes, *floated)
         elif req.fmt is ExportFormat.CONFIG:
             save_config(req.path, model, req.config, results, plan)
         elif req.fmt in (ExportFormat.ORT_OVERRIDES, ExportFormat.TRT_CACHE):
@@ -186,7 +169,7 @@ def export_steps(req: ExportRequest) -> Generator[Progress, None, ExportResult]:
         raise QvizError(f"cannot write {where}: {reason}") from exc
     if qdq is None or req.speed_batch is None:
         return ExportResult(req.fmt, written, len(results), notes)
-    speed, problem = _check_speed(req, model, results, qdq)
+    speed, problem = check_exported_speed(req, model, results, qdq)
     return ExportResult(req.fmt, written, len(results), notes, speed, problem)
 
 
@@ -311,8 +294,17 @@ class ExportDialog(QDialog):
         self.threads_spin.setRange(0, 1024)
         self.threads_spin.setSpecialValueText("ORT's choice")
         self.threads_spin.setToolTip("Intra-op threads ONNX Runtime runs both models with")
+        self.slow_layers_check = QCheckBox(
+            "Leave layers whose integer kernel is slower than float here in float"
+        )
+        self.slow_layers_check.setChecked(True)
+        self.slow_layers_check.setToolTip(
+            "Measured per layer at the batch above; a layer whose precision you set yourself "
+            "stays as you set it"
+        )
         self.speed_check.toggled.connect(self.speed_batch_spin.setEnabled)
         self.speed_check.toggled.connect(self.threads_spin.setEnabled)
+        self.speed_check.toggled.connect(self.slow_layers_check.setEnabled)
         speed_row = QHBoxLayout()
         speed_row.setContentsMargins(0, 0, 0, 0)
         speed_row.addWidget(self.speed_check)
@@ -321,7 +313,10 @@ class ExportDialog(QDialog):
         speed_row.addWidget(self.threads_spin)
         speed_row.addStretch(1)
         self.speed_options = QWidget()
-        self.speed_options.setLayout(speed_row)
+        speed_box = QVBoxLayout(self.speed_options)
+        speed_box.setContentsMargins(0, 0, 0, 0)
+        speed_box.addLayout(speed_row)
+        speed_box.addWidget(self.slow_layers_check)
         timed_on = "the session's data" if data_path is not None else "random input (no data)"
         self.speed_options.setToolTip(f"The timing runs on {timed_on}")
 
@@ -471,6 +466,9 @@ class ExportDialog(QDialog):
             ),
             threads=self.threads_spin.value(),
             data_path=self._data_path,
+            slow_layers=(
+                SlowLayers.FLOAT if self.slow_layers_check.isChecked() else SlowLayers.QUANTIZE
+            ),
         )
 
     def _on_format_changed(self, _index: int = 0) -> None:

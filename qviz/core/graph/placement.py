@@ -85,6 +85,16 @@ class _Graph:
         self.graph = model.graph
         self.names = FreshNames(self.graph)
         self.inits = {i.name: i for i in self.graph.initializer}
+        # The builder gives a layer output's Q/DQ its own copy of the next input's scale and
+        # zero point: equal values count as the same grid (no requantization onto it).
+        first: dict[tuple[int, tuple[int, ...], bytes], str] = {}
+        self.same: dict[str, str] = {}
+        for i in self.graph.initializer:
+            if i.data_location != onnx.TensorProto.EXTERNAL and len(i.dims) <= 1:
+                value = numpy_helper.to_array(i)
+                if value.size == 1:
+                    vkey = (i.data_type, tuple(i.dims), value.tobytes())
+                    self.same[i.name] = first.setdefault(vkey, i.name)
         self.outputs = {o.name for o in self.graph.output}
         self.refs = subgraph_references(self.graph)
         self.producer = {o: n for n in self.graph.node for o in n.output if o}
@@ -105,11 +115,16 @@ class _Graph:
         if float(numpy_helper.to_array(scale).reshape(-1)[0]) <= 0:
             return None  # MaxPool commutes with a positive scale only
         readers = self.consumers.get(q.output[0], [])
-        key = (q.input[1], q.input[2], repr(sorted(_attrs(q).items())))
+        key = (*self.grid(q), repr(sorted(_attrs(q).items())))
         for dq in readers:
-            if dq.op_type != "DequantizeLinear" or tuple(dq.input[1:3]) != key[:2]:
+            if dq.op_type != "DequantizeLinear" or self.grid(dq) != key[:2]:
                 return None
         return key if readers else None
+
+    def grid(self, node: onnx.NodeProto) -> tuple[str, str]:
+        """A Q or DQ node's (scale, zero point), by value: equal copies give one name."""
+        scale, zp = node.input[1], node.input[2] if len(node.input) > 2 else ""
+        return self.same.get(scale, scale), self.same.get(zp, zp)
 
     def on_grid(self, tensor: str, key: tuple[str, ...]) -> bool:
         """Whether `tensor` is a DequantizeLinear's output with these parameters."""
@@ -117,7 +132,7 @@ class _Graph:
         return (
             p is not None
             and p.op_type == "DequantizeLinear"
-            and tuple(p.input[1:3]) == key[:2]
+            and self.grid(p) == key[:2]
             and (q := self.producer.get(p.input[0])) is not None
             and self.params(q) == key
         )

@@ -2,9 +2,10 @@
 
 A *layer* is a node whose inputs a runtime would quantize: Conv, ConvTranspose, Gemm and MatMul
 with a constant (initializer) weight, plus MatMul between two activations (attention scores,
-attention x values). For each one we record the weight's output-channel axis (what per-channel
-scales run along) and its reduction axis (what per-group blocks run along), the activations
-feeding it, its position in the graph and a human display name.
+attention x values), plus the Adds joining two branches where ORT keeps them integer
+(QLinearAdd: residual CNNs, :mod:`qviz.core.model.joins`). For each one we record the weight's
+output-channel axis (what per-channel scales run along) and its reduction axis (what per-group
+blocks run along), the activations feeding it, its position in the graph and a human display name.
 
 Display names: the PyTorch dynamo exporter (torch 2.13) records each node's module path in its
 metadata, under ``pkg.torch.onnx.name_scopes`` (a Python list literal such as
@@ -20,12 +21,13 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import onnx
 
 from qviz.core.model import onnx_graph
+from qviz.core.model.joins import quantizable_joins
 
 #: Op types that can be a quantizable layer.
 LAYER_OP_TYPES = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -42,7 +44,7 @@ class Layer:
 
     Axes are non-negative indices into the weight's shape. ``activations`` lists the
     activation tensors feeding the layer: one for a layer with a weight, two (A, B) for a
-    MatMul between activations.
+    MatMul between activations or an Add joining two branches (``op_type`` "Add").
     """
 
     name: str
@@ -81,11 +83,17 @@ def find_layers(
     """
     layers: list[Layer] = []
     notes: list[str] = []
+    joins = quantizable_joins(graph, initializer_shapes, _layer_inputs(initializer_shapes))
     for depth, node in enumerate(graph.node):
-        if node.op_type not in LAYER_OP_TYPES or node.domain not in ("", "ai.onnx"):
+        if depth in joins:
+            found: tuple[str | None, int | None, int | None, tuple[str, ...]] | None = (
+                _activation_product(node.input[0], node.input[1])
+            )
+        elif node.op_type not in LAYER_OP_TYPES or node.domain not in ("", "ai.onnx"):
             continue
+        else:
+            found = _describe(node, initializer_shapes)
         name = onnx_graph.node_name(node, depth)
-        found = _describe(node, initializer_shapes)
         if found is None:
             notes.append(
                 f"{node.op_type} node '{name}' is not analysed: its weight is computed in "
@@ -159,6 +167,21 @@ def _describe(
             return a, rank - 2, rank - 1, (b,)
         return _activation_product(a, b)
     return None
+
+
+def _layer_inputs(
+    consts: Mapping[str, tuple[int, ...]],
+) -> Callable[[onnx.NodeProto], tuple[str, ...] | None]:
+    """The activations a (weighted or activation-product) layer node quantizes; None for a
+    node that is no such layer."""
+
+    def inputs(node: onnx.NodeProto) -> tuple[str, ...] | None:
+        if node.op_type not in LAYER_OP_TYPES or node.domain not in ("", "ai.onnx"):
+            return None
+        found = _describe(node, consts)
+        return None if found is None else found[3]
+
+    return inputs
 
 
 def _activation_product(a: str, b: str) -> tuple[None, None, None, tuple[str, ...]]:

@@ -196,6 +196,15 @@ def unfused(plan: QdqLayer) -> tuple[str, str]:
                 + KEEP_FLOAT,
             )
         return "activation x activation MatMul not fused by ONNX Runtime", KEEP_FLOAT
+    if layer.op_type == "Add" and plan.output is None:
+        # A join whose output goes to a float op (the last residual Add before the pool):
+        # quantized inputs let the layers before it fuse; ORT runs the Add itself in float.
+        return (
+            f"an Add becomes QLinearAdd only with its output quantized ({plan.output_note}); "
+            "its quantized inputs still let the layers before it fuse",
+            "nothing to gain here: the op its output feeds has no integer kernel in qviz, or "
+            + KEEP_FLOAT,
+        )
     if layer.op_type in ("Conv", "ConvTranspose") and plan.output is None:
         return (
             f"output not quantized ({plan.output_note})",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qviz.core.stats.histogram import EXTREME_THRESHOLD, Histogram, HistogramRows
+from qviz.core.stats.kernels import TensorBins, bin_channels, spread_rows
 
 __all__ = [
     "DEFAULT_CHANNEL_BINS",
@@ -141,9 +142,9 @@ def rescaled_histogram(moments: ChannelMoments, s: np.ndarray, bins: int) -> His
 
     Each channel's bins are taken to hold their values spread uniformly (as every histogram in
     qviz does); channel ``c``'s bin ``[a, b)`` becomes ``[a / s_c, b / s_c)`` and its count is
-    shared among the target bins it overlaps, through the sum of the channels' piecewise-linear
-    CDFs at the target edges. With ``s = 1`` this is the tensor's histogram at the resolution
-    of the channels' bins.
+    shared among the target bins it overlaps in proportion to the overlap (compiled:
+    `kernels.spread_rows`, channels x bins work, not channels x target bins). With ``s = 1``
+    this is the tensor's histogram at the resolution of the channels' bins.
     """
     scaled = moments.scaled(s)
     assert scaled.hist_counts is not None and scaled.hist_lo is not None
@@ -154,31 +155,14 @@ def rescaled_histogram(moments: ChannelMoments, s: np.ndarray, bins: int) -> His
         return Histogram(np.zeros(bins), 0.0, 1.0)
     lo_c, hi_c, counts = scaled.hist_lo[occupied], scaled.hist_hi[occupied], counts_all[occupied]
     lo, hi = float(lo_c.min()), float(hi_c.max())
-    edges = np.linspace(lo, hi, bins + 1)
-    n_rows, n_bins = counts.shape
-    cum_rows = np.zeros((n_rows, n_bins + 1))
-    np.cumsum(counts, axis=1, out=cum_rows[:, 1:])
-    flat_cum, flat_counts = cum_rows.reshape(-1), counts.reshape(-1)
-    width = (hi_c - lo_c) / n_bins
-    total = np.zeros(bins + 1)
-    # Slices of channels keep the (channels, edges) temporaries small for wide tensors.
-    step = max(1, (1 << 21) // (bins + 1))
-    for start in range(0, n_rows, step):
-        part = slice(start, min(n_rows, start + step))
-        rows = np.arange(part.start, part.stop)[:, None]
-        u = (edges[None, :] - lo_c[part, None]) / width[part, None]
-        k = np.clip(np.floor(u), 0, n_bins - 1).astype(np.intp)
-        frac = np.clip(u - k, 0.0, 1.0)
-        total += (flat_cum[k + rows * (n_bins + 1)] + frac * flat_counts[k + rows * n_bins]).sum(0)
-    out = np.maximum(np.diff(total), 0.0)
-    out[0] += max(total[0], 0.0)
+    out = spread_rows(counts, lo_c, hi_c, lo, hi, bins)
     return Histogram(out, lo, hi)
 
 
 _SLICE = 1 << 20  # values per slice of a batch
 
 
-def _as_3d(x: np.ndarray, axis: int) -> np.ndarray:
+def as_3d(x: np.ndarray, axis: int) -> np.ndarray:
     """(outer, channels, inner): a view for contiguous batches, so that per-channel
     reductions run over contiguous memory instead of strided axes."""
     outer = int(np.prod(x.shape[:axis], dtype=np.int64))
@@ -211,12 +195,15 @@ class ChannelMomentsAccumulator:
     def update(
         self, a: np.ndarray, axis: int, *, clean: bool,
         extent: tuple[np.ndarray, np.ndarray] | None = None,
+        tensor: TensorBins | None = None,
     ) -> None:
         """Fold a batch in, channels along ``axis`` (their count must not change).
 
         ``clean``: the caller knows every value is finite and below ``EXTREME_THRESHOLD``
         (else each value is checked). ``extent``: the batch's per-channel (min, max) when
-        the caller has them (clean batches only).
+        the caller has them (clean batches only). ``tensor``: the tensor histogram to fill in
+        the same pass (a clean float32 batch with per-channel histograms only: see
+        :meth:`takes_tensor_bins`).
         """
         n_channels = a.shape[axis]
         if self._count is None:
@@ -225,7 +212,7 @@ class ChannelMomentsAccumulator:
             self._sum_sq = np.zeros(n_channels)
         assert self._sum is not None and self._sum_sq is not None
         x = a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
-        x3 = _as_3d(np.ascontiguousarray(x), axis)
+        x3 = as_3d(np.ascontiguousarray(x), axis)
         valid: np.ndarray | None = None
         if not clean:
             finite = np.isfinite(x3)
@@ -238,12 +225,22 @@ class ChannelMomentsAccumulator:
         # float64 accumulators; slices of the outer axis keep temporaries (squares, bin
         # indices) small whatever the batch size.
         step = max(1, _SLICE // max(1, n_channels * x3.shape[2]))
-        for i in range(0, x3.shape[0], step):
-            part = x3[i : i + step]
-            self._sum += part.sum(axis=2, dtype=np.float64).sum(axis=0)
-            self._sum_sq += np.square(part).sum(axis=2, dtype=np.float64).sum(axis=0)
+        # A clean float32 batch is summed in the same compiled pass that bins it.
+        fused = valid is None and x3.dtype == np.float32 and self._bins > 0
+        if not fused:
+            for i in range(0, x3.shape[0], step):
+                part = x3[i : i + step]
+                self._sum += part.sum(axis=2, dtype=np.float64).sum(axis=0)
+                self._sum_sq += np.square(part).sum(axis=2, dtype=np.float64).sum(axis=0)
+        if tensor is not None and not fused:
+            raise ValueError("the tensor histogram is filled in the fused pass only")
         if self._bins:
-            self._update_histograms(x3, valid, extent, step)
+            self._update_histograms(x3, valid, extent, step, fused, tensor)
+
+    def takes_tensor_bins(self, dtype: np.dtype) -> bool:
+        """Whether a clean batch of `dtype` is binned in the compiled pass that can fill the
+        tensor's histogram too."""
+        return self._bins > 0 and dtype == np.float32
 
     def finish(self) -> ChannelMoments | None:
         if self._count is None or self._sum is None or self._sum_sq is None:
@@ -260,7 +257,8 @@ class ChannelMomentsAccumulator:
     # ------------------------------------------------------------------ histograms
     def _update_histograms(
         self, x3: np.ndarray, valid: np.ndarray | None,
-        extent: tuple[np.ndarray, np.ndarray] | None, step: int,
+        extent: tuple[np.ndarray, np.ndarray] | None, step: int, fused: bool,
+        tensor: TensorBins | None,
     ) -> None:
         n_channels = x3.shape[1]
         bins = self._bins
@@ -300,6 +298,12 @@ class ChannelMomentsAccumulator:
         # float32 arithmetic where the data is float32 (half the memory traffic); a value
         # within ~1e-7 of a bin edge may land in the neighbouring bin, as in the tensor's own
         # histogram.
+        if fused:  # the same float32 binning, plus the sums, in one compiled pass
+            assert self._sum is not None and self._sum_sq is not None
+            bin_channels(
+                x3, self._lo, 1.0 / self._width, self._hist, self._sum, self._sum_sq, tensor
+            )
+            return
         dtype = np.float32 if x3.dtype == np.float32 else np.float64
         lo_c = self._lo.astype(dtype).reshape(1, -1, 1)
         inv_c = (1.0 / self._width).astype(dtype).reshape(1, -1, 1)

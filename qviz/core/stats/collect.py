@@ -62,6 +62,12 @@ class CalibrationStats:
             object.__setattr__(self, "weights", MappingProxyType(self.weights))
 
 
+#: One batch's collected tensors up to this size: the next batch runs while this one is
+#: folded in (two batches in memory). Beyond it (a large model's hundreds of activations)
+#: batches run one after another, so memory holds one batch's tensors, not two.
+OVERLAP_BYTES = 128 << 20
+
+
 def activation_tensors(model: LoadedModel) -> list[str]:
     """The activation tensors that feed quantizable layers, in graph order, each once."""
     seen: dict[str, None] = {}
@@ -145,14 +151,20 @@ def collect_stats(
 
         current = next(batches, None)
         pending = submit(current)
+        overlap: bool | None = None  # known after the first batch
         while current is not None and pending is not None:
             values, fed = pending.result()
+            if overlap is None:
+                overlap = sum(int(v.nbytes) for v in values) <= OVERLAP_BYTES
             following = None if should_stop() else next(batches, None)
-            pending_next = submit(following)
+            pending_next = submit(following) if overlap else None
             for name, value in zip(from_outputs, values, strict=True):
                 accumulators[name].update(value)
                 if grams is not None:
                     grams.update(name, value)
+            del values
+            if not overlap and not should_stop():
+                pending_next = submit(following)  # this batch's outputs are freed first
             for name in names:
                 if name in input_names:
                     accumulators[name].update(fed[name])

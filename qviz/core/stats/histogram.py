@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from qviz.core.errors import QvizError
+from qviz.core.stats.kernels import TensorBins, bin_values, count_exponents
 
 __all__ = [
     "EXPONENT_BINS",
@@ -404,8 +405,9 @@ class HistogramAccumulator:
         beyond float32's range. A copy."""
         return self._exponents.copy()
 
-    def update(self, x: ArrayLike) -> None:
-        """Fold the values of ``x`` (any shape, any real dtype) into the histogram."""
+    def update(self, x: ArrayLike, extent: tuple[float, float] | None = None) -> None:
+        """Fold the values of ``x`` (any shape, any real dtype) into the histogram.
+        ``extent``: the batch's (min, max), when the caller has them (saves a pass)."""
         a = np.asarray(x)
         if a.size == 0:
             return
@@ -414,7 +416,10 @@ class HistogramAccumulator:
                 raise TypeError(f"cannot histogram values of dtype {a.dtype}")
             a = a.astype(np.float64)
         flat = a.reshape(-1)
-        bmin, bmax = float(flat.min()), float(flat.max())  # NaN propagates: then filter
+        if extent is None:  # NaN propagates: then filter
+            bmin, bmax = float(flat.min()), float(flat.max())
+        else:
+            bmin, bmax = float(extent[0]), float(extent[1])
         if (
             math.isfinite(bmin)
             and math.isfinite(bmax)
@@ -482,6 +487,9 @@ class HistogramAccumulator:
     def _add_exponents(self, finite: np.ndarray) -> None:
         # Every EXPONENT_STRIDE-th value: the exponent counts only feed a quantile for the
         # "dominated by extremes" flag, and a full pass cost as much as the histogram itself.
+        if finite.dtype == np.float32 and finite.flags.c_contiguous:
+            count_exponents(finite, EXPONENT_STRIDE, self._exponents)
+            return
         sample = finite[::EXPONENT_STRIDE]
         with np.errstate(over="ignore"):  # float64 beyond float32 range -> inf: bin 255
             for start in range(0, sample.size, _CHUNK):
@@ -490,11 +498,17 @@ class HistogramAccumulator:
                 self._exponents += np.bincount(exps.astype(np.intp), minlength=EXPONENT_BINS)
 
     def _add_values(self, values: np.ndarray, vmin: float, vmax: float) -> None:
+        if self._prepare(values.size, vmin, vmax):
+            self._bin_into(values)
+
+    def _prepare(self, size: int, vmin: float, vmax: float) -> bool:
+        """Make the range cover [vmin, vmax] for `size` new values; False when they were
+        taken as the single repeated value seen before any range (nothing to bin)."""
         if self._counts is None:
             if vmin == vmax and (self._point is None or self._point == vmin):
                 self._point = vmin
-                self._point_count += int(values.size)
-                return
+                self._point_count += int(size)
+                return False
             if self._point is not None:
                 vmin, vmax = min(vmin, self._point), max(vmax, self._point)
             self._start(vmin, vmax)
@@ -503,7 +517,29 @@ class HistogramAccumulator:
                 self._point, self._point_count = None, 0
         elif vmin < self._lo or vmax > self._hi:
             self._grow(vmin, vmax)
-        self._bin_into(values)
+        return True
+
+    def fold_clean(self, flat: np.ndarray, vmin: float, vmax: float) -> TensorBins | None:
+        """Take a batch whose values are all finite and ordinary (not extreme), within
+        [vmin, vmax]: counted, and the range grown to cover it. Returns where its values
+        are to be binned when the caller bins them itself (float32 values, binned in one pass
+        with other statistics: see `kernels.bin_channels`); None when this call binned
+        them already (or they are the single repeated value seen so far)."""
+        self.count += int(flat.size)
+        self.min = min(self.min, vmin)
+        self.max = max(self.max, vmax)
+        if not self._prepare(flat.size, vmin, vmax):
+            self._add_exponents(flat)
+            return None
+        assert self._counts is not None
+        width = self._width
+        if flat.dtype == np.float32 and 1e-30 < width and self._bins * width < 1e30:
+            return TensorBins(
+                self._lo, 1.0 / width, self._counts, self._exponents, EXPONENT_STRIDE
+            )
+        self._add_exponents(flat)
+        self._bin_into(flat)
+        return None
 
     def _start(self, vmin: float, vmax: float) -> None:
         self._counts = np.zeros(self._bins)
@@ -555,6 +591,9 @@ class HistogramAccumulator:
         # can be off by one only for values within ~1e-7 relative of an edge. Spans too small
         # or too large for float32 arithmetic fall back to float64 division.
         fast = values.dtype == np.float32 and 1e-30 < width and (self._bins * width) < 1e30
+        if fast and weight is None:
+            bin_values(values, lo, 1.0 / width, self._counts)
+            return
         for start in range(0, values.size, _CHUNK):
             if fast:
                 chunk = values[start : start + _CHUNK]

@@ -62,6 +62,11 @@ def _v1_to_v2(document: dict[str, Any]) -> dict[str, Any]:
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 
+# zlib's fastest level: histograms of mostly empty bins compress almost as well as at the
+# default level 6, in a third of the time (a large model's statistics are written in seconds).
+_LEVEL = 1
+
+
 def _write_arrays(
     zf: zipfile.ZipFile, prefix: str, arrays: dict[str, np.ndarray]
 ) -> dict[str, str]:
@@ -78,7 +83,9 @@ def _write_arrays(
 def save_stats(stats: CalibrationStats, path: str | Path) -> None:
     tensors_meta = []
     weights_meta = []
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+    with atomic_path(path) as tmp, zipfile.ZipFile(
+        tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=_LEVEL
+    ) as zf:
         for index, tstats in enumerate(stats.tensors.values()):
             meta, arrays = tstats.to_arrays()
             files = _write_arrays(zf, f"tensors/{index}", arrays)

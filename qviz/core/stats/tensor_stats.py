@@ -18,6 +18,7 @@ from qviz.core.stats.channel_stats import (
     DEFAULT_CHANNEL_BINS,
     ChannelMoments,
     ChannelMomentsAccumulator,
+    as_3d,
 )
 from qviz.core.stats.histogram import (
     EXPONENT_BINS,
@@ -26,6 +27,7 @@ from qviz.core.stats.histogram import (
     HistogramAccumulator,
     exponent_bin_upper,
 )
+from qviz.core.stats.kernels import TensorBins, channel_extents
 
 __all__ = [
     "DOMINANCE_RATIO",
@@ -235,6 +237,8 @@ class TensorStatsAccumulator:
         self._track_shape(a.shape)
         if a.size == 0:
             return
+        if self._fast_update(a):
+            return
         nonfinite_before = self._hist.n_nonfinite
         extreme_before = self._hist.n_extreme
         self._hist.update(a)
@@ -265,6 +269,38 @@ class TensorStatsAccumulator:
         )
 
     # ------------------------------------------------------------------ internals
+    def _fast_update(self, a: np.ndarray) -> bool:
+        """A float32 batch with per-channel statistics: its channel ranges in one compiled
+        pass give the tensor's range too, so the histogram skips its own min/max passes.
+        False (nothing done) when the batch needs the careful path: NaN, Inf, extremes, a
+        channel axis that does not fit."""
+        axis = self._channel_axis
+        if a.dtype != np.float32 or self._channels_dropped or axis is None:
+            return False
+        if not -a.ndim <= axis < a.ndim:
+            return False
+        axis %= a.ndim
+        if self._resolved_axis is not None and axis != self._resolved_axis:
+            return False
+        if self._cmin is not None and a.shape[axis] != self._cmin.size:
+            return False
+        x3 = as_3d(np.ascontiguousarray(a), axis)
+        extents = channel_extents(x3)
+        if extents is None:
+            return False
+        bmin, bmax = extents
+        lo, hi = float(bmin.min()), float(bmax.max())
+        if not (-EXTREME_THRESHOLD < lo and hi < EXTREME_THRESHOLD):
+            return False  # Inf or mask fills
+        tensor = None
+        if self._moments is not None and self._moments.takes_tensor_bins(a.dtype):
+            # The tensor histogram is filled in the per-channel pass: one pass, not two.
+            tensor = self._hist.fold_clean(x3.reshape(-1), lo, hi)
+        else:
+            self._hist.update(a, extent=(lo, hi))
+        self._update_channels(a, has_nonfinite=False, clean=True, extent=extents, tensor=tensor)
+        return True
+
     def _track_shape(self, shape: tuple[int, ...]) -> None:
         key = list(shape)
         if self._batch_axis is not None and -len(key) <= self._batch_axis < len(key):
@@ -280,7 +316,11 @@ class TensorStatsAccumulator:
         self._moments = None
         self._notes.append(f"{self.name}: per-channel statistics dropped ({why})")
 
-    def _update_channels(self, a: np.ndarray, *, has_nonfinite: bool, clean: bool) -> None:
+    def _update_channels(
+        self, a: np.ndarray, *, has_nonfinite: bool, clean: bool,
+        extent: tuple[np.ndarray, np.ndarray] | None = None,
+        tensor: TensorBins | None = None,
+    ) -> None:
         assert self._channel_axis is not None
         if not -a.ndim <= self._channel_axis < a.ndim:
             self._drop_channels(
@@ -298,7 +338,9 @@ class TensorStatsAccumulator:
             )
             return
         others = tuple(d for d in range(a.ndim) if d != axis)
-        if has_nonfinite:
+        if extent is not None:
+            bmin, bmax = extent
+        elif has_nonfinite:
             finite = np.isfinite(a)
             bmin = np.where(finite, a, np.inf).min(axis=others)
             bmax = np.where(finite, a, -np.inf).max(axis=others)
@@ -312,7 +354,7 @@ class TensorStatsAccumulator:
             np.minimum(self._cmin, bmin, out=self._cmin)
             np.maximum(self._cmax, bmax, out=self._cmax)
         if self._moments is not None:
-            self._moments.update(a, axis, clean=clean, extent=(bmin, bmax))
+            self._moments.update(a, axis, clean=clean, extent=(bmin, bmax), tensor=tensor)
 
 
 def compute_stats(

@@ -16,6 +16,7 @@ output channels by the other). Plans are cached by (model, statistics, configura
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -114,7 +115,19 @@ class TransformPlan:
 
     @property
     def notes(self) -> tuple[str, ...]:
-        return tuple(f"'{act}' not rescaled: {why}" for act, why in self.skipped.items())
+        """One line per reason: a decoder skips the same two sites in every block, and a
+        hundred near-identical lines would bury everything else."""
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for act, why in self.skipped.items():
+            groups.setdefault(re.sub(r"'[^']*'", "'…'", why), []).append((act, why))
+        lines = []
+        for members in groups.values():
+            act, why = members[0]
+            if len(members) == 1:
+                lines.append(f"'{act}' not rescaled: {why}")
+            else:
+                lines.append(f"{len(members)} activations not rescaled, e.g. '{act}': {why}")
+        return tuple(lines)
 
 
 def _identity(model: LoadedModel, stats: CalibrationStats | None) -> TransformPlan:

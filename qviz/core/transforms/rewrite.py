@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from qviz.core.graph.qdq_files import QdqFolder
+from qviz.core.model.external_data import read_tensor
 from qviz.core.model.loading import LoadedModel
 from qviz.core.model.onnx_graph import FreshNames, name_nodes
 from qviz.core.transforms.sites import FoldKind, ScalingSite
@@ -34,6 +36,12 @@ class _Graph:
     """The mutable copy being rewritten."""
 
     def __init__(self, model: LoadedModel) -> None:
+        # A model whose weights are in files gets a folder of its own: the rescaled tensors
+        # are written there as they are made, the rest copied at the end (`QdqFolder`), so
+        # the graph stays small and sessions read every tensor from one place.
+        self.data_dir = model.data_dir
+        self.folder = QdqFolder(model.data_dir) if model.data_dir is not None else None
+        self.new_values: dict[str, np.ndarray] = {}
         proto = onnx.ModelProto()
         proto.CopyFrom(model.model)
         name_nodes(proto.graph)
@@ -49,13 +57,22 @@ class _Graph:
                 self.readers[i] = self.readers.get(i, 0) + 1
 
     def value(self, name: str) -> np.ndarray:
-        return numpy_helper.to_array(self.inits[name])
+        if name in self.new_values:
+            return self.new_values[name]
+        return read_tensor(self.inits[name], self.data_dir)
+
+    def _stored(self, name: str, value: np.ndarray, dtype: np.dtype) -> onnx.TensorProto:
+        array = np.asarray(value).astype(dtype, copy=False)
+        tensor = numpy_helper.from_array(array, name)
+        if self.folder is not None:
+            self.folder.add(tensor)  # its data now in the folder's file, read back from here
+        self.new_values[name] = array
+        return tensor
 
     def set_value(self, name: str, value: np.ndarray) -> None:
         old = self.inits[name]
         dtype = helper.tensor_dtype_to_np_dtype(old.data_type)
-        new = numpy_helper.from_array(np.asarray(value).astype(dtype), name)
-        old.CopyFrom(new)
+        old.CopyFrom(self._stored(name, value, dtype))
 
     def set_input_const(self, node: onnx.NodeProto, index: int, value: np.ndarray) -> None:
         """Give `node` the constant `value` as input `index`, copying a shared constant."""
@@ -65,7 +82,7 @@ class _Graph:
             return
         dtype = helper.tensor_dtype_to_np_dtype(self.inits[name].data_type)
         fresh = self.names.fresh(f"{name}_rescaled")
-        tensor = numpy_helper.from_array(np.asarray(value).astype(dtype), fresh)
+        tensor = self._stored(fresh, value, dtype)
         self.graph.initializer.append(tensor)
         self.inits[fresh] = self.graph.initializer[-1]
         self.readers[name] -= 1
@@ -74,7 +91,7 @@ class _Graph:
 
     def add_const(self, base: str, value: np.ndarray) -> str:
         name = self.names.fresh(base)
-        self.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
+        self.graph.initializer.append(self._stored(name, value, np.dtype(np.float32)))
         self.inits[name] = self.graph.initializer[-1]
         return name
 
@@ -85,6 +102,8 @@ class _Graph:
             ordered.extend(self.after.get(n.name, []))
         del self.graph.node[:]
         self.graph.node.extend(ordered)
+        if self.folder is not None:
+            self.folder.finish(self.proto)
         return self.proto
 
 
@@ -179,4 +198,6 @@ def rewrite_model(
         outputs=model.outputs,
         layers=layers,
         notes=model.notes,
+        data_dir=g.folder.path if g.folder is not None else None,
+        keepalive=(model.keepalive, g.folder),
     )

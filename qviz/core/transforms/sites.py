@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from qviz.core.model.activation_axes import known_shapes
+from qviz.core.model.external_data import read_tensor
 from qviz.core.model.layers import Layer
 from qviz.core.model.loading import LoadedModel
 
@@ -123,7 +124,7 @@ class GraphIndex:
 
     def const(self, name: str) -> np.ndarray | None:
         t = self.inits.get(name)
-        return None if t is None else onnx.numpy_helper.to_array(t)
+        return None if t is None else read_tensor(t, self.model.data_dir)
 
     def readers(self, tensor: str) -> list[onnx.NodeProto]:
         return self.consumers.get(tensor, [])
