@@ -179,49 +179,30 @@ class HistogramRows:
         v = np.asarray(values, dtype=np.float64)
         if v.ndim != 2:
             raise ValueError(f"values must be 2-D (rows, values), not {v.shape}")
+        valid: np.ndarray | None = None  # None: no NaN anywhere (a row's min would be NaN)
         if v.shape[1] and not np.isnan(vmin := v.min(axis=1)).any():
-            # No NaN anywhere (a row's min would be NaN): the masks below are all true.
-            return cls._from_clean_values(v, vmin, v.max(axis=1), bins)
-        valid = ~np.isnan(v)
-        has = valid.any(axis=1)
-        vmin = np.where(has, np.where(valid, v, np.inf).min(axis=1), 0.0)
-        vmax = np.where(has, np.where(valid, v, -np.inf).max(axis=1), 0.0)
+            has, vmax = np.ones(v.shape[0], dtype=bool), v.max(axis=1)
+        else:
+            valid = ~np.isnan(v)
+            has = np.asarray(valid.any(axis=1))
+            vmin = np.where(has, np.where(valid, v, np.inf).min(axis=1), 0.0)
+            vmax = np.where(has, np.where(valid, v, -np.inf).max(axis=1), 0.0)
         const = vmax <= vmin
         half = np.where(vmin != 0.0, np.abs(vmin) / 256.0, 1.0)
-        lo = np.where(const, vmin - half, vmin)
-        hi = np.where(const, vmin + half, vmax)
-        hi = np.where(has, hi, 1.0)
-        lo = np.where(has, lo, 0.0)
+        lo = np.where(has, np.where(const, vmin - half, vmin), 0.0)
+        hi = np.where(has, np.where(const, vmin + half, vmax), 1.0)
         width = (hi - lo) / bins
-        index = np.floor((np.where(valid, v, lo[:, None]) - lo[:, None]) / width[:, None])
-        index = np.clip(index, 0, bins - 1).astype(np.intp)
-        index[const] = bins // 2  # a constant row sits in the middle of its window
-        flat = (index + bins * np.arange(v.shape[0])[:, None])[valid]
-        counts = np.bincount(flat, minlength=v.shape[0] * bins).reshape(v.shape[0], bins)
-        return cls(counts.astype(np.float64), lo, hi)
-
-    @classmethod
-    def _from_clean_values(
-        cls, v: np.ndarray, vmin: np.ndarray, vmax: np.ndarray, bins: int
-    ) -> HistogramRows:
-        """:meth:`from_values` of rows without NaN (the same arithmetic), in slices of rows
-        so that the temporaries stay in the processor's cache."""
-        const = vmax <= vmin
-        half = np.where(vmin != 0.0, np.abs(vmin) / 256.0, 1.0)
-        lo = np.where(const, vmin - half, vmin)
-        hi = np.where(const, vmin + half, vmax)
-        width = (hi - lo) / bins
-        n_rows = v.shape[0]
-        counts = np.empty((n_rows, bins))
-        step = max(1, _CDF_CHUNK // v.shape[1])
-        for r0 in range(0, n_rows, step):
-            r1 = min(n_rows, r0 + step)
-            index = np.floor((v[r0:r1] - lo[r0:r1, None]) / width[r0:r1, None])
+        counts = np.empty((v.shape[0], bins))
+        step = max(1, _CDF_CHUNK // max(v.shape[1], 1))  # slices of rows: temporaries in cache
+        for r0 in range(0, v.shape[0], step):
+            r1 = min(v.shape[0], r0 + step)
+            x = v[r0:r1] if valid is None else np.where(valid[r0:r1], v[r0:r1], lo[r0:r1, None])
+            index = np.floor((x - lo[r0:r1, None]) / width[r0:r1, None])
             index = np.clip(index, 0, bins - 1).astype(np.intp)
             index[const[r0:r1]] = bins // 2  # a constant row sits in the middle of its window
             index += bins * np.arange(r1 - r0)[:, None]
-            counts[r0:r1] = np.bincount(index.ravel(), minlength=(r1 - r0) * bins).reshape(
-                r1 - r0, bins)
+            flat = index.ravel() if valid is None else index[valid[r0:r1]]
+            counts[r0:r1] = np.bincount(flat, minlength=(r1 - r0) * bins).reshape(-1, bins)
         return cls(counts, lo, hi)
 
     # ------------------------------------------------------------------ derived
