@@ -3,8 +3,9 @@
 ``HistogramCollector.collect_value`` and ``get_entropy_threshold`` in
 ``onnxruntime/quantization/calibrate.py`` (1.32), adapted to qviz's histograms: each row is
 re-binned onto onnxruntime's symmetric layout (:func:`symmetric_counts`) and every candidate
-window is scored at once (:func:`ort_entropy_kl`). See
-:func:`qviz.core.calibration.methods.choose_row_ranges` for how the result is used.
+window is scored at once (:func:`ort_entropy_kl`; Q's side in the direct or the tiled form,
+:mod:`~qviz.core.calibration.entropy_cross`, :mod:`~qviz.core.calibration.entropy_tiled`).
+See :func:`qviz.core.calibration.methods.choose_row_ranges` for how the result is used.
 """
 
 from __future__ import annotations

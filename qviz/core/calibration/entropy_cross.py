@@ -1,21 +1,13 @@
-"""The cross term ``sum P' log Q'`` of onnxruntime's entropy search, in two exact forms.
+"""The cross term ``sum P' log Q'`` of onnxruntime's entropy search: the shared pieces and
+the direct form.
 
 :func:`qviz.core.calibration.entropy.ort_entropy_kl` scores every candidate window of a
-histogram; P's own term is a handful of prefix sums, but Q's needs each window's ``Q``
-merged bins (``Q = num_quantized_bins``), whose levels depend on where the window starts.
-
-* :func:`direct_cross` gathers every window's ``Q`` merged bins: ``K x Q`` logs per row for
-  ``K`` windows (``n / 2 - Q / 2 + 1``), about ``n Q / 2``.
-* :func:`tiled_cross` notices that a window of ``m`` bins per merged bin starting at bin
-  ``s`` uses the merged bins of one fixed *tiling* of the histogram into ``m``-bin groups
-  (the one starting at ``s mod m``); only its first and last merged bins differ from that
-  tiling's groups (outliers and remainder bins). So each tiling's groups are scored once,
-  their terms summed into prefix sums, and every window reads its interior from two
-  entries. The smoothing shift of Q varies per window, so ``log(L - d)`` is expanded as
-  ``log L - sum_k (d / L)^k / k`` (levels ``L >= 2``, ``d <= eps n / 2``; level 1 exactly
-  as ``log(1 - d)``), exact to rounding as P's own term is. Cost: ``n`` groups per distinct
-  ``m`` (about ``n / Q`` of them) times the series' terms: ``n^2 / Q`` against ``n Q / 2``,
-  16 to 32 times fewer for the 256..512-bin histograms of per-channel weights.
+histogram; P's own term is a handful of prefix sums over the bins (:class:`BinPrefix`), but
+Q's needs each window's ``Q`` merged bins (``Q = num_quantized_bins``), whose levels depend
+on where the window starts. :func:`direct_cross` gathers every window's ``Q`` merged bins:
+``K x Q`` logs per row for ``K`` windows (``n / 2 - Q / 2 + 1``), about ``n Q / 2``. The
+tiled form (:mod:`qviz.core.calibration.entropy_tiled`) gets the same numbers from prefix
+sums over the tilings of merged bins, far cheaper on many rows of a few hundred bins.
 
 Both return, per row and window, the cross term (unnormalised) and ``sum Q``.
 """
