@@ -39,8 +39,8 @@ __all__ = ["tiled_cross"]
 
 # The series of log(L - d) in (d / L)^k stops below this (as P's own series does).
 _SERIES_LOG_TOL = -40.0
-# Elements (groups x summed features x rows) of one tiling per row chunk (4 MB): rows enough
-# that each step of its prefix sums is a long vector add.
+# Elements (groups x summed features x rows) of a batch of tilings per row chunk (4 MB):
+# rows enough that each step of its prefix sums is a long vector add.
 _TILED_CHUNK = 1 << 19
 # Groups of consecutive tilings scored in one go, at most (fewer numpy calls per row chunk).
 _BATCH_GROUPS = 1024
