@@ -46,11 +46,9 @@ _ENTROPY_MAX_BINS = 4096
 # (2 MB arrays) to stay in cache, large enough for one 2048-bin histogram in one go.
 _ORT_KL_CHUNK = 1 << 18
 # Where the tiled form is used (AUTO): its work grows as n^2 / Q per row against the direct
-# form's n Q / 2, and it has a fixed cost per tiling (about n / Q of them), so it wins from
-# 2 rows of 256..1024 bins (3 of 1024), 5 of 2048, and loses from 2560 bins on
-# (bench/bench_entropy.py --sizes).
+# form's n Q / 2, with a fixed cost per tiling (about n / Q of them): it wins from 2 rows up
+# to 2048 bins, ties on one row and loses at 4096 bins (bench/bench_entropy.py --sizes).
 _TILED_MAX_BINS = 2048
-_TILED_ROW_BINS = 512
 # Its rows per chunk: ORT_KL_CHUNK / (windows x this).
 _TILED_ROW_COST = 32
 # KL values this close to the minimum are ties (the rounding of these float64 sums is
@@ -128,7 +126,7 @@ def symmetric_counts(rows: HistogramRows, amax: ArrayLike, bins: int) -> np.ndar
 
 def kl_form(rows: int, bins: int) -> KlForm:
     """The cheaper form for ``rows`` histograms of ``bins`` bins (what AUTO picks)."""
-    if bins <= _TILED_MAX_BINS and rows >= 2 and rows * _TILED_ROW_BINS > bins:
+    if bins <= _TILED_MAX_BINS and rows >= 2:
         return KlForm.TILED
     return KlForm.DIRECT
 

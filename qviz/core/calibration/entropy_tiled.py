@@ -11,7 +11,9 @@ the interior of every window is a difference of two prefix sums over its tiling:
   over Q' = h - d_q, and ``sum (h - d_p) log(h - d_q)`` comes from the prefix sums over
   the bins that P's own term reads (``h log h``, ``log h``, ``h^-k``): ``K`` gathers each;
 * ``m >= 2``: each tiling's groups (mass M, non-zero bins z, level L = floor(M / z)) are
-  scored once into a few features whose prefix sums every window of that tiling reads.
+  scored once into a few features whose prefix sums every window of that tiling reads
+  (a compiled loop, :func:`_tiling_kernel`: the prefix sums run along the groups, which
+  NumPy does slowly, and need no (groups x features x rows) array).
 
 Q's smoothing shift ``d_q`` varies per window, so ``log(L - d_q)`` is expanded as
 ``log L - sum_k (d_q / L)^k / k`` (to ``e^-40``, as P's own series; ``d_q <= eps n``), exact
@@ -25,6 +27,7 @@ import functools
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from qviz.core.calibration.entropy_cross import (
@@ -39,11 +42,6 @@ __all__ = ["tiled_cross"]
 
 # The series of log(L - d) in (d / L)^k stops below this (as P's own series does).
 _SERIES_LOG_TOL = -40.0
-# Elements (groups x summed features x rows) of a batch of tilings per row chunk (4 MB):
-# rows enough that each step of its prefix sums is a long vector add.
-_TILED_CHUNK = 1 << 19
-# Groups of consecutive tilings scored in one go, at most (fewer numpy calls per row chunk).
-_BATCH_GROUPS = 1024
 
 
 def _series_terms(d_max: float, smallest_level: float) -> int:
@@ -54,13 +52,12 @@ def _series_terms(d_max: float, smallest_level: float) -> int:
 
 @dataclass(frozen=True, eq=False)
 class _Tiling:
-    """One tiling ``(m, o)``: groups ``[o + g m, o + (g + 1) m)``, and the windows that use
-    it (``windows``: positions in ``_Tilings.tiled``), each reading its interior groups
-    ``g0 + 1 .. g0 + Q - 2`` (``g0``: its first group)."""
+    """One tiling ``(m, o)``: groups ``[o + g m, o + (g + 1) m)`` (first bins ``starts``),
+    and the windows that use it (``windows``: positions in ``_Tilings.tiled``), each
+    reading its interior groups ``g0 + 1 .. g0 + Q - 2`` (``g0``: its first group)."""
 
     m: int
-    column: int  # of its first group among all tilings' groups
-    groups: int
+    starts: np.ndarray
     windows: np.ndarray
     g0: np.ndarray
 
@@ -70,9 +67,6 @@ class _Tilings:
     tiled: np.ndarray  # (J,) the windows with m >= 2 that the tilings score
     direct: np.ndarray  # the other windows with m >= 2, left to the direct form
     tilings: tuple[_Tiling, ...]
-    starts: np.ndarray  # (G,) first bin of every tiling's groups, side by side
-    sizes: np.ndarray  # (G,) their m
-    batches: tuple[tuple[int, int], ...]  # tilings [a, b) whose groups are scored together
 
 
 @functools.lru_cache(maxsize=16)
@@ -83,95 +77,69 @@ def _tilings(win_key: tuple[int, int]) -> _Tilings:
     n, q_bins = win_key
     keys = sorted({(int(m), int(s) % int(m)) for m, s in zip(win.m, win.s, strict=True)
                    if m >= 2})
-    kept: list[tuple[int, int, np.ndarray]] = []
-    direct = []
+    tilings, tiled, direct = [], [], []
+    at = 0
     for m, o in keys:
         windows = np.flatnonzero((win.m == m) & (win.s % m == o))
-        if windows.size * q_bins < 3 * ((n - o) // m):
-            direct.append(windows)
-        else:
-            kept.append((m, o, windows))
-    tiled = np.concatenate([w for _, _, w in kept]) if kept else np.zeros(0, np.intp)
-    tilings, starts = [], []
-    at = column = 0
-    for m, o, windows in kept:
         groups = (n - o) // m
-        tiling = _Tiling(m, column, groups, np.arange(at, at + windows.size),
+        if windows.size * q_bins < 3 * groups:
+            direct.append(windows)
+            continue
+        tiling = _Tiling(m, o + m * np.arange(groups), np.arange(at, at + windows.size),
                          (win.s[windows] - o) // m)
-        at += windows.size
-        column += groups
-        starts.append(o + m * np.arange(groups))
-        for arr in (tiling.windows, tiling.g0):
+        for arr in (tiling.starts, tiling.windows, tiling.g0):
             arr.setflags(write=False)
         tilings.append(tiling)
-    batches: list[tuple[int, int]] = []
-    for i, t in enumerate(tilings):
-        if batches and t.column + t.groups - tilings[batches[-1][0]].column <= _BATCH_GROUPS:
-            batches[-1] = (batches[-1][0], i + 1)
-        else:
-            batches.append((i, i + 1))
+        tiled.append(windows)
+        at += windows.size
     none = np.zeros(0, np.intp)
-    out = _Tilings(
-        tiled, np.concatenate(direct) if direct else none, tuple(tilings),
-        np.concatenate(starts) if starts else none,
-        np.concatenate([np.full(t.groups, t.m) for t in tilings]) if tilings else none,
-        tuple(batches),
-    )
-    for arr in (out.tiled, out.direct, out.starts, out.sizes):
+    out = _Tilings(np.concatenate(tiled) if tiled else none,
+                   np.concatenate(direct) if direct else none, tuple(tilings))
+    for arr in (out.tiled, out.direct):
         arr.setflags(write=False)
     return out
 
 
-def _cumsum_rows(x: np.ndarray) -> None:
-    """Inclusive prefix sums of ``x`` (G, W) along its first axis, in place.
-
-    In blocks of about sqrt(G) rows: prefix sums inside every block at once, then each
-    block carries the last row of the one before it. About 2 sqrt(G) vector adds over all
-    W columns, where a row-by-row loop takes G (numpy's cumsum along a non-last axis is
-    slower still: it does not vectorise over the columns).
-    """
-    g = x.shape[0]
-    b = max(1, math.isqrt(g))
-    nb = g // b
-    blocks = x[: nb * b].reshape(nb, b, -1)
-    for j in range(1, b):
-        blocks[:, j] += blocks[:, j - 1]
-    for i in range(1, nb):
-        blocks[i] += blocks[i - 1, -1]
-    for row in range(nb * b, g):
-        x[row] += x[row - 1]
-
-
-def _tiling_features(cum: np.ndarray, nonzero: np.ndarray, starts: np.ndarray,
-                     sizes: np.ndarray, n_terms: int) -> np.ndarray:
-    """Per group (G, F, R) (first bins ``starts``, sizes ``sizes``) of rows whose prefix
-    sums are ``cum``, ``nonzero`` (n + 1, R): non-empty (0/1), L, then for w1 = M + eps m
-    (non-empty groups) and w2 = z: ``w log L`` and ``w L^-k`` for k = 1 .. n_terms."""
-    eps = ORT_SMOOTH_EPS
-    stops = starts + sizes
-    mass = cum[stops] - cum[starts]
-    z = nonzero[stops] - nonzero[starts]
-    level = np.floor(mass / np.maximum(z, 1.0))
-    occupied = z > 0
-    w1 = np.where(occupied, mass + eps * sizes[:, None], 0.0)
-    safe = np.maximum(level, 1.0)  # an empty group has w1 = w2 = 0
-    log_l = np.log(safe)
-    feats = np.empty((level.shape[0], 4 + 2 * n_terms, level.shape[1]))
-    feats[:, 0] = occupied
-    feats[:, 1] = level
-    np.multiply(w1, log_l, out=feats[:, 2])
-    np.multiply(z, log_l, out=feats[:, 3])
-    inv = 1.0 / safe
-    power = inv.copy()
-    for k in range(1, n_terms + 1):
-        np.multiply(w1, power, out=feats[:, 2 + 2 * k])
-        np.multiply(z, power, out=feats[:, 3 + 2 * k])
-        power *= inv
-    return feats
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _tiling_kernel(
+    mass: np.ndarray, z: np.ndarray, level: np.ndarray, log_l: np.ndarray, inv: np.ndarray,
+    m: int, g0: np.ndarray, windows: np.ndarray, q_bins: int, n_terms: int, eps: float,
+    out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """For every row of one tiling's groups (R, G: mass M, non-zero bins z, level L, log L
+    and 1 / L, both at least at L = 1), the features non-empty, L, then for w1 = M + eps m
+    and w2 = z: ``w log L`` and ``w L^-k`` (k = 1 .. n_terms), summed over each of its
+    windows' interior groups into ``out[:, r, windows]``: one running prefix sum per row
+    instead of a (G, F, R) array of features and their prefix sums."""
+    groups = mass.shape[1]
+    n_feats = 4 + 2 * n_terms
+    prefix = np.zeros((groups + 1, n_feats))
+    for r in range(mass.shape[0]):
+        for g in range(groups):
+            zg = z[r, g]
+            if zg > 0.0:
+                w1 = mass[r, g] + eps * m
+                prefix[g + 1, 0] = prefix[g, 0] + 1.0
+                prefix[g + 1, 1] = prefix[g, 1] + level[r, g]
+                prefix[g + 1, 2] = prefix[g, 2] + w1 * log_l[r, g]
+                prefix[g + 1, 3] = prefix[g, 3] + zg * log_l[r, g]
+                power = inv[r, g]
+                for k in range(1, n_terms + 1):
+                    prefix[g + 1, 2 + 2 * k] = prefix[g, 2 + 2 * k] + w1 * power
+                    prefix[g + 1, 3 + 2 * k] = prefix[g, 3 + 2 * k] + zg * power
+                    power *= inv[r, g]
+            else:
+                for f in range(n_feats):
+                    prefix[g + 1, f] = prefix[g, f]
+        for j in range(g0.size):
+            lo = g0[j] + 1
+            hi = g0[j] + q_bins - 1
+            for f in range(n_feats):
+                out[f, r, windows[j]] = prefix[hi, f] - prefix[lo, f]
 
 
 def _tiling_sums(rw: RowWindows, tiles: _Tilings) -> tuple[np.ndarray, int]:
-    """The features of :func:`_tiling_features` summed over each tiled window's interior:
+    """The features of :func:`_tiling_kernel` summed over each tiled window's interior:
     (F, R, J), and the series' terms they hold.
 
     The terms follow from a bound on every such window's ``d_q``, known before anything is
@@ -186,27 +154,16 @@ def _tiling_sums(rw: RowWindows, tiles: _Tilings) -> tuple[np.ndarray, int]:
     d_max = float(q_shift(q_zero, win.length[j]).max())
     n_terms = _series_terms(d_max, 1.0)
     n_feats = 4 + 2 * n_terms
-    rows = bins.cum.shape[0]
-    out = np.empty((n_feats, rows, j.size))
-    widest = max(
-        tiles.tilings[b - 1].column + tiles.tilings[b - 1].groups - tiles.tilings[a].column
-        for a, b in tiles.batches
-    )
-    step = max(1, _TILED_CHUNK // (n_feats * widest))
-    for r0 in range(0, rows, step):
-        part = slice(r0, min(rows, r0 + step))
-        cum = np.ascontiguousarray(bins.cum[part].T)
-        nonzero = np.ascontiguousarray(bins.nonzero[part].T)
-        for a, b in tiles.batches:
-            c0 = tiles.tilings[a].column
-            c1 = tiles.tilings[b - 1].column + tiles.tilings[b - 1].groups
-            feats = _tiling_features(cum, nonzero, tiles.starts[c0:c1], tiles.sizes[c0:c1],
-                                     n_terms)
-            for t in tiles.tilings[a:b]:
-                own = feats[t.column - c0 : t.column - c0 + t.groups]
-                _cumsum_rows(own.reshape(t.groups, -1))
-                sums = own[t.g0 + q_bins - 2] - own[t.g0]
-                out[:, part, t.windows] = sums.transpose(1, 2, 0)
+    out = np.empty((n_feats, bins.cum.shape[0], j.size))
+    for t in tiles.tilings:
+        stops = t.starts + t.m
+        mass = bins.cum[:, stops] - bins.cum[:, t.starts]
+        z = bins.nonzero[:, stops] - bins.nonzero[:, t.starts]
+        level = np.floor(mass / np.maximum(z, 1.0))
+        safe = np.maximum(level, 1.0)  # an empty group adds nothing
+        # The logs and reciprocals vectorised here; the kernel sums without temporaries.
+        _tiling_kernel(mass, z, level, np.log(safe), 1.0 / safe, t.m, t.g0, t.windows, q_bins,
+                       n_terms, ORT_SMOOTH_EPS, out)
     return out, n_terms
 
 
