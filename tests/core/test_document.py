@@ -221,6 +221,26 @@ def test_summary_and_method_ranges(doc: Document) -> None:
     assert doc.method_ranges(TensorKey("features.0.weight", W))  # weights get markers too
 
 
+def test_a_weight_marker_is_the_range_that_method_gives(doc: Document) -> None:
+    """Each method's marker on a weight's error curve sits where choosing that method puts
+    the per-tensor range (the markers take every method from one pass over the values)."""
+    from qviz.core.calibration.methods import MethodSpec
+    from qviz.core.calibration.weights import analyze_weight
+    from qviz.core.quant.formats import PerTensor
+
+    key = TensorKey("features.3.weight", W)
+    layer = next(t.layer for t in doc.tensors if t.key == key)
+    fmt = doc.config_for(key).fmt
+    w = doc.model.weight(key.name)  # type: ignore[union-attr]
+    ranges = doc.method_ranges(key)
+    assert set(ranges) == {Method.MINMAX, Method.PERCENTILE, Method.ENTROPY, Method.MSE}
+    for method, (lo, hi) in ranges.items():
+        spec = MethodSpec.of(method, doc.config_for(key).spec.percentile)
+        analysis = analyze_weight(w, layer.channel_axis, layer.reduction_axis, spec,
+                                  PerTensor(), fmt)
+        assert (lo, hi) == analysis.metrics.envelope, method
+
+
 def test_layer_data_is_the_selected_layer_measured_now(doc: Document) -> None:
     doc.select(CONV_W)
     data = doc.layer_data()

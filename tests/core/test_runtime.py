@@ -245,3 +245,17 @@ def test_empty_or_bad_environment_variable(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_the_fixture_sets_the_answer(u8s8_saturates: bool) -> None:
     assert u8s8_may_saturate() is u8s8_saturates
+
+
+def test_a_session_without_spinning_says_so_to_ort() -> None:
+    """Calibration's session does not spin its idle workers (Python folds statistics between
+    runs); every other session keeps ORT's default."""
+    from dataclasses import replace
+
+    from qviz.core.runtime.sessions import SessionConfig
+
+    key = "session.intra_op.allow_spinning"
+    quiet = replace(SessionConfig.for_float(), spinning=False).options()
+    assert quiet.get_session_config_entry(key) == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        SessionConfig.for_float().options().get_session_config_entry(key)

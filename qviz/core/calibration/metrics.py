@@ -32,6 +32,7 @@ __all__ = [
     "exact_metrics",
     "histogram_metrics",
     "histogram_metrics_of",
+    "scale_range",
     "sqnr_db",
 ]
 
@@ -145,7 +146,7 @@ def clip_bounds(qp: QParams, fmt: NumberFormat) -> tuple[np.ndarray, np.ndarray]
     return (low - 0.5 * low_gap) * scale, (high + 0.5 * high_gap) * scale
 
 
-def _scale_range(qp: QParams, fmt: NumberFormat) -> tuple[np.ndarray, np.ndarray]:
+def scale_range(qp: QParams, fmt: NumberFormat) -> tuple[np.ndarray, np.ndarray]:
     """The range the scale maps onto [qmin, qmax]: the effective clip range."""
     scale = qp.scale.astype(np.float64)
     zp = qp.zero_point.astype(np.float64)
@@ -175,7 +176,7 @@ def histogram_metrics(stats: TensorStats, lo: float, hi: float, fmt: NumberForma
 def histogram_metrics_of(stats: TensorStats, qp: QParams, fmt: NumberFormat) -> TensorMetrics:
     """:func:`histogram_metrics` for given per-tensor qparams (an imported scale and zero
     point, which no clip range reproduces bit for bit)."""
-    eff_lo, eff_hi = _scale_range(qp, fmt)
+    eff_lo, eff_hi = scale_range(qp, fmt)
     hist = stats.histogram
     base = {
         "lo": eff_lo,
@@ -264,7 +265,7 @@ def exact_metrics_with_output(
     all_finite = bool(finite.all())
     xv = x32.astype(np.float64) if all_finite else x32[finite].astype(np.float64)
     qv = xq32.astype(np.float64) if all_finite else xq32[finite].astype(np.float64)
-    eff_lo, eff_hi = _scale_range(qp, fmt)
+    eff_lo, eff_hi = scale_range(qp, fmt)
     sat_lo, sat_hi = clip_bounds(qp, fmt)
     n = xv.size
     if n == 0:

@@ -31,7 +31,7 @@ from qviz.core.quant.formats import (
 )
 from qviz.core.quant.qparams import QParams, compute_qparams
 from qviz.core.stats.histogram import HistogramRows
-from qviz.core.stats.tensor_stats import compute_stats
+from qviz.core.stats.tensor_stats import TensorStats, compute_stats
 
 __all__ = [
     "ChannelMetrics", "WeightAnalysis", "analyze_weight", "group_qparams", "weight_analysis_of",
@@ -98,18 +98,11 @@ def analyze_weight(
     Raises QvizError for a missing axis, an empty or non-finite weight, or ENTROPY per group.
     """
     _check_choice(spec, granularity, fmt)
-    arr = np.asarray(w)
-    if arr.dtype.kind not in "fiub":
-        raise QvizError(f"weight of dtype {arr.dtype} cannot be analysed")
-    arr = arr.astype(np.float32, copy=False) if arr.dtype.kind != "f" else arr
-    if arr.size == 0:
-        raise QvizError("the weight is empty")
-    if not np.isfinite(arr).all():
-        raise QvizError("the weight contains NaN or Inf values")
+    arr = _checked(w)
     ch = _normalize_axis(channel_axis, arr.ndim, "channel")
     red = _normalize_axis(reduction_axis, arr.ndim, "reduction")
     if isinstance(granularity, PerTensor):
-        lo, hi = choose_range(compute_stats(arr, channel_axis=ch), spec, fmt)
+        lo, hi = per_tensor_range(range_stats(arr, ch), spec, fmt)
         qp = compute_qparams(lo, hi, fmt)
     elif isinstance(granularity, PerAxis):
         axis = ch if granularity.axis is None else _normalize_axis(granularity.axis, arr.ndim, "")
@@ -123,6 +116,35 @@ def analyze_weight(
         qp = group_qparams(arr, ch, red, spec, granularity, fmt)
 
     return weight_analysis_of(arr, ch, qp, fmt)
+
+
+def _checked(w: ArrayLike) -> np.ndarray:
+    arr = np.asarray(w)
+    if arr.dtype.kind not in "fiub":
+        raise QvizError(f"weight of dtype {arr.dtype} cannot be analysed")
+    arr = arr.astype(np.float32, copy=False) if arr.dtype.kind != "f" else arr
+    if arr.size == 0:
+        raise QvizError("the weight is empty")
+    if not np.isfinite(arr).all():
+        raise QvizError("the weight contains NaN or Inf values")
+    return arr
+
+
+def range_stats(w: ArrayLike, channel_axis: int | None) -> TensorStats:
+    """The statistics a per-tensor weight range is chosen from (`per_tensor_range`): one
+    pass over the values, shared by every method."""
+    arr = _checked(w)
+    return compute_stats(arr, channel_axis=_normalize_axis(channel_axis, arr.ndim, "channel"))
+
+
+def per_tensor_range(stats: TensorStats, spec: MethodSpec, fmt: NumberFormat) -> tuple[
+    float, float
+]:
+    """The per-tensor range :func:`analyze_weight` gives `spec` and `fmt`, from the weight's
+    `range_stats` (the error curve's markers take every method's from one pass)."""
+    _check_choice(spec, PerTensor(), fmt)
+    lo, hi = choose_range(stats, spec, fmt)
+    return float(lo), float(hi)
 
 
 def weight_analysis_of(

@@ -38,8 +38,10 @@ _GEOMETRIC_CLIPS = 32
 # stays below this; bigger weights use a 2048-bin histogram of the exact values, like an
 # activation. Marker values are exact either way.
 _EXACT_CURVE_BUDGET = 1_500_000
-# Method markers of weights up to this many values are exact (~0.6 ms per 100k values each).
-EXACT_MARKERS_MAX = 2_000_000
+# Method markers of weights up to this many values are exact: each is a pass over every value
+# (fake-quantize, float64 error sums), 60-150 ms per million values here, four of them on the
+# first selection of a weight; beyond it they come from the weight's histogram.
+EXACT_MARKERS_MAX = 500_000
 _CURVE_PER_BIN = 4
 
 

@@ -154,6 +154,9 @@ def set_process_threads(threads: Threads | None) -> None:
     _process_threads = threads
 
 
+_SPINNING_KEY = "session.intra_op.allow_spinning"
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """How to build one session. ``optimization`` None means the purpose's own level (float
@@ -164,6 +167,10 @@ class SessionConfig:
     precision: KernelPrecision = KernelPrecision.DEFAULT
     threads: Threads = field(default_factory=Threads)
     optimization: Optimization | None = None
+    #: Whether ORT's worker threads spin between parallel steps (its default, lowest latency).
+    #: Off where Python works between runs (calibration folds each batch's activations): the
+    #: idle workers would otherwise spin through that time and burn its CPU.
+    spinning: bool = True
 
     def __post_init__(self) -> None:
         if self.purpose is not Purpose.NATIVE:
@@ -237,6 +244,8 @@ class SessionConfig:
         if profile_prefix is not None:
             options.enable_profiling = True
             options.profile_file_prefix = os.fspath(profile_prefix)
+        if not self.spinning:
+            options.add_session_config_entry(_SPINNING_KEY, "0")
         return options
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 import numpy as np
@@ -106,7 +106,7 @@ def collect_stats(
         raise QvizError("the calibration data set is empty")
     session = build_session(
         with_outputs(model.model, names),
-        SessionConfig.for_float(),
+        replace(SessionConfig.for_float(), spinning=False),
         what="this model",
         data_dir=model.data_dir,
     )

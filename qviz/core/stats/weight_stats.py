@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from qviz.core.stats.histogram import EXTREME_THRESHOLD, Histogram, HistogramRows
+from qviz.core.stats.kernels import TensorBins, bin_channels, channel_extents
 from qviz.core.stats.tensor_stats import TensorStats
 
 __all__ = ["CHANNEL_BINS", "TENSOR_BINS", "WeightStats", "compute_weight_stats"]
@@ -239,6 +240,8 @@ def compute_weight_stats(
         """A per-channel (C',) array laid out to broadcast against a chunk."""
         return values[None, :] if along == 0 else values[:, None]
 
+    if x3.dtype == np.float32:
+        return _compiled(arr, x3, name, axis, bins, chunks, along)
     # Pass 1: exact per-channel min, max and sum of squares (float64 sums).
     cmin = np.full(n_channels, np.inf)
     cmax = np.full(n_channels, -np.inf)
@@ -284,7 +287,58 @@ def compute_weight_stats(
         np.copyto(idx, scaled, casting="unsafe")
         np.clip(idx, 0, TENSOR_BINS - 1, out=idx)
         tensor_counts += np.bincount(idx.ravel(), minlength=TENSOR_BINS)
-    counts = row_counts
+    return _finish(arr, x3, name, axis, row_counts, tensor_counts, cmin, cmax, sumsq)
+
+
+def _compiled(
+    arr: np.ndarray, x3: np.ndarray, name: str, axis: int | None, bins: int,
+    chunks: list[tuple[slice, slice]], along: int,
+) -> WeightStats | None:
+    """`compute_weight_stats` of a float32 weight in two compiled passes per chunk
+    (`qviz.core.stats.kernels`): the same float32 bin arithmetic as the NumPy passes, so the
+    same counts; sums of squares accumulate in float64."""
+    n_channels = x3.shape[1]
+
+    def view(ps: slice, cs: slice) -> np.ndarray:  # a chunk as (outer, channels, inner)
+        block = _block(x3, ps, cs, along)
+        return block[:, :, None] if along == 0 else block[None, :, :]
+
+    cmin = np.full(n_channels, np.inf)
+    cmax = np.full(n_channels, -np.inf)
+    for ps, cs in chunks:
+        found = channel_extents(view(ps, cs))
+        if found is None:
+            return None  # NaN or Inf: left to the exact analysis
+        np.minimum(cmin[cs], found[0], out=cmin[cs])
+        np.maximum(cmax[cs], found[1], out=cmax[cs])
+    tmin, tmax = float(cmin.min()), float(cmax.max())
+    if max(abs(tmin), abs(tmax)) >= EXTREME_THRESHOLD:
+        return None
+    lo, hi = _window(cmin, cmax)
+    inv = (bins / (hi - lo)).astype(np.float32)
+    t_lo, t_hi = _window(np.array([tmin]), np.array([tmax]))
+    tensor = TensorBins(
+        float(np.float32(t_lo[0])), float(np.float32(TENSOR_BINS / (t_hi[0] - t_lo[0]))),
+        np.zeros(TENSOR_BINS), np.zeros(256), stride=x3.size + 1,  # no exponents wanted
+    )
+    hist = np.zeros((n_channels, bins))
+    sums = np.zeros(n_channels)
+    sumsq = np.zeros(n_channels)
+    for ps, cs in chunks:
+        bin_channels(view(ps, cs), lo.astype(np.float32)[cs], inv[cs], hist[cs], sums[cs],
+                     sumsq[cs], tensor)
+    return _finish(arr, x3, name, axis, hist.astype(np.int64),
+                   tensor.counts.astype(np.int64), cmin, cmax, sumsq)
+
+
+def _finish(
+    arr: np.ndarray, x3: np.ndarray, name: str, axis: int | None, counts: np.ndarray,
+    tensor_counts: np.ndarray, cmin: np.ndarray, cmax: np.ndarray, sumsq: np.ndarray,
+) -> WeightStats:
+    bins = counts.shape[1]
+    lo, hi = _window(cmin, cmax)
+    tmin, tmax = float(cmin.min()), float(cmax.max())
+    t_lo, t_hi = _window(np.array([tmin]), np.array([tmax]))
     const = cmax <= cmin  # a constant channel sits in the middle of its window
     if const.any():
         counts[const] = 0
