@@ -228,8 +228,6 @@ def measure(m: Model, out: Path, batch: int, app: bool = False) -> dict:
                    w8a8_sq_cosine=json.loads(check.stdout)["cosine"])
         for f in out.glob(f"{m.key}.w8a8sq.onnx*"):
             f.unlink()
-        if app:
-            row.update(app_times(m, out))
         w4 = out / f"{m.key}.w4g32.onnx"
         run_guarded([*QVIZ, "export", str(stats), "--file-format", "qdq", "-o", str(w4),
                      "--weight-only", "--bits", "4", "--granularity", "per-group",
@@ -246,6 +244,8 @@ def measure(m: Model, out: Path, batch: int, app: bool = False) -> dict:
             f.unlink()
     for f in out.glob(f"{m.key}.w8a8.onnx*"):
         f.unlink()
+    if app:
+        row.update(app_times(m, out))
     return row
 
 
@@ -283,7 +283,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--keep", action="store_true", help="keep generated models")
     p.add_argument("--app", action="store_true",
-                   help="also time the app on each decoder (bench_app_update.py)")
+                   help="also time the app on each model (bench_app_update.py)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with open("/proc/loadavg") as f:
