@@ -15,6 +15,8 @@ the network input) and writes into ``screenshots/``:
 * ``model_panel.png`` — the model dock after Run ▸ Evaluate: PASS/FAIL against the criteria,
   float vs quantized accuracy, size, latency, fused layers, the error along depth, notes;
 * ``export_dialog.png`` — File ▸ Export… after writing the report with the evaluation;
+* ``export_qdq.png`` — the same dialog after writing the Q/DQ model: its speed against float
+  and the layers left float because their integer kernel is slower here;
 * ``compare.png`` — A/B comparison: the configuration pinned as A (Edit ▸ Pin as A), then B
   with 4-bit weights on the selected conv: A's band on the histogram, A beside B and the
   change in the metrics panel, the table's Δ vs A column, A's and B's end-to-end numbers;
@@ -130,6 +132,14 @@ def model_panel_shots(app: QApplication, window: MainWindow, out: Path, tmp: Pat
     wait_until(lambda: bool(done) and not dialog.busy)
     settle(app, window)
     save(dialog, out / "export_dialog.png")
+    # The Q/DQ model: timed against float, layers whose integer kernel is slower left float.
+    done.clear()
+    dialog.set_format(ExportFormat.QDQ)
+    dialog.set_path(tmp / "export" / "model.qdq.onnx")
+    dialog.export_now()
+    wait_until(lambda: bool(done) and not dialog.busy, 300.0)
+    settle(app, window)
+    save(dialog, out / "export_qdq.png")
     dialog.close()
 
 

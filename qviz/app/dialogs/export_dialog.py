@@ -509,6 +509,7 @@ class ExportDialog(QDialog):
             f"({value.n_tensors} quantized tensors){notes}{_speed_html(value)}"
         )
         self.status_label.setStyleSheet("")
+        self.adjustSize()  # the notes can be several lines: grow rather than squash the form
         self.exported.emit(value)
 
     @property
@@ -527,6 +528,7 @@ class ExportDialog(QDialog):
     def _show_failure(self, message: str) -> None:
         self.status_label.setText(f"Export failed: {html.escape(message)}")
         self.status_label.setStyleSheet(f"color: {ERROR_COLOR};")
+        self.adjustSize()
         self.exportFailed.emit(message)
 
     def done(self, result: int) -> None:
