@@ -202,6 +202,23 @@ def test_smoothquant_on_a_model_with_external_data_reads_and_writes_files(
     np.testing.assert_allclose(session.run(None, {inline.inputs[0].name: x})[0],
                                _outputs(expected, x), rtol=1e-5, atol=1e-5)
 
+    # Its Q/DQ graph in a folder of its own too (as a large model's is): every tensor the
+    # rescaled model kept in its folder is copied, though both folders name their file alike.
+    from qviz.core.calibration.analysis import analyze
+    from qviz.core.graph import qdq_builder
+    from qviz.core.graph.qdq import build_qdq
+
+    monkeypatch.setattr(qdq_builder, "INLINE_NEW_BYTES", 0)
+    qdq = build_qdq(plan.model, analyze(plan.model, plan.stats, cfg))
+    assert qdq.data_dir not in (None, plan.model.data_dir)
+    sim = build_session(qdq.model, SessionConfig.for_simulation(), data_dir=qdq.data_dir)
+    inline_plan = transform_model(inline, stats, cfg)
+    want = build_qdq(inline_plan.model, analyze(inline_plan.model, inline_plan.stats, cfg))
+    ref = build_session(want.model, SessionConfig.for_simulation())
+    feed = {inline.inputs[0].name: x}
+    np.testing.assert_allclose(sim.run(None, feed)[0], ref.run(None, feed)[0],
+                               rtol=1e-5, atol=1e-5)
+
 
 def test_skipped_sites_are_one_note_per_reason() -> None:
     """A decoder skips the same sites in every block: one line per reason, not one per site."""

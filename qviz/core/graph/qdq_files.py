@@ -31,7 +31,6 @@ from qviz.core.model.external_data import (
     DataFileWriter,
     copy_tensor,
     disk_full_error,
-    location_of,
     read_tensor,
     uses_external,
 )
@@ -73,6 +72,9 @@ class QdqFolder:
         self.path = Path(self._tmp.name)
         self._file = open(self.path / DATA_FILE, "wb")
         self._writer = DataFileWriter(self._file, DATA_FILE)
+        # The tensors this folder wrote. Not told apart by their file's name: a source that is
+        # itself such a folder (a rescaled model's) has a data file of the same name.
+        self._own: set[str] = set()
 
     def add(self, tensor: onnx.TensorProto) -> onnx.TensorProto:
         """Move a new inline tensor's data to the data file when it is large."""
@@ -82,6 +84,7 @@ class QdqFolder:
             except OSError as exc:
                 self.close()
                 raise disk_full_error(exc, self.path / DATA_FILE) from exc
+            self._own.add(tensor.name)
         return tensor
 
     def finish(self, model: onnx.ModelProto) -> None:
@@ -89,7 +92,7 @@ class QdqFolder:
         folder's data file, then close the file."""
         try:
             for tensor in all_tensors(model.graph):
-                if uses_external(tensor) and location_of(tensor) != DATA_FILE:
+                if uses_external(tensor) and tensor.name not in self._own:
                     copy_tensor(tensor, self.source_dir, self._writer)
             self._file.flush()
         except OSError as exc:
