@@ -231,10 +231,7 @@ def _slow_layers(
     is slower than float here (see qviz.core.runtime.slow_layers)."""
     if timing is None or SlowLayers(args.slow_layers) is SlowLayers.QUANTIZE:
         return results, ()
-    kept, floated = leave_slow_layers_float(model, results, config, timing.measure)
-    if not kept:  # every layer is slower: float is the answer, said by the speed check
-        return results, ()
-    return kept, floated
+    return leave_slow_layers_float(model, results, config, timing.measure)
 
 
 def _speed_lines(timing: _Timing, model: LoadedModel, results: list[TensorResult],

@@ -79,7 +79,4 @@ def float_slow_layers(
                            budget=CHECK_BUDGET)
 
     kept, floated = leave_slow_layers_float(model, results, req.config, measure)
-    if not kept:
-        return results, ()
-    return kept, tuple(f.text.replace("--slow-layers quantize", "the Export dialog's "
-                                      "slow-layers box unticked") for f in floated)
+    return kept, tuple(f.line("the Export dialog's slow-layers box unticked") for f in floated)

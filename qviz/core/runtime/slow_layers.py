@@ -58,12 +58,17 @@ class FloatedLayer:
 
     @property
     def text(self) -> str:
-        """One line: which layer, its integer vs float ms, what float costs, how to undo."""
+        """One line: which layer, its integer vs float ms, what float costs, how to undo
+        (in the command line's words)."""
+        return self.line("--slow-layers quantize")
+
+    def line(self, keep_integer: str) -> str:
+        """:attr:`text` with `keep_integer` naming how to keep the layer integer."""
         return (
             f"{self.layer} left float: its integer kernel {self.kernel} takes "
             f"{self.kernel_ms:.3g} ms vs {self.float_ms:.3g} ms float here; float costs "
             f"{fmt_bytes(self.float_bytes)} more to store (keep it integer with "
-            f"--slow-layers quantize, or set this layer's precision explicitly)"
+            f"{keep_integer}, or set this layer's precision explicitly)"
         )
 
 
@@ -84,7 +89,8 @@ def leave_slow_layers_float(
 ) -> tuple[list[TensorResult], tuple[FloatedLayer, ...]]:
     """`results` without the layers whose integer kernel is slower than float in one
     measured profile of `qdq` (built from `results` if not given), except the layers set
-    explicitly; with one `FloatedLayer` per layer left float."""
+    explicitly; with one `FloatedLayer` per layer left float. When every layer is slower,
+    `results` as they are: float is then the answer, and the speed check says so."""
     if model.imported is not None:
         return list(results), ()  # a model quantized elsewhere is exported as it came
     qdq = qdq if qdq is not None else build_qdq(model, results)
@@ -115,4 +121,7 @@ def leave_slow_layers_float(
         layer = by_name.get(slow.layer)
         cost = 0 if layer is None else float_cost_bytes(layer, bits.get(slow.layer, 8))
         floated.append(FloatedLayer(slow.layer, x.kernel, x.kernel_ms, x.float_ms, cost))
-    return keep_float(results, [f.layer for f in floated]), tuple(floated)
+    kept = keep_float(results, [f.layer for f in floated])
+    if not kept:
+        return list(results), ()
+    return kept, tuple(floated)

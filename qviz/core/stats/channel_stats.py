@@ -226,7 +226,7 @@ class ChannelMomentsAccumulator:
         # indices) small whatever the batch size.
         step = max(1, _SLICE // max(1, n_channels * x3.shape[2]))
         # A clean float32 batch is summed in the same compiled pass that bins it.
-        fused = valid is None and x3.dtype == np.float32 and self._bins > 0
+        fused = valid is None and self.takes_tensor_bins(x3.dtype)
         if not fused:
             for i in range(0, x3.shape[0], step):
                 part = x3[i : i + step]

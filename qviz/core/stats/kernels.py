@@ -34,7 +34,7 @@ __all__ = [
 class TensorBins:
     """A tensor histogram to fill in the same pass as the per-channel ones: bin ``clip((v -
     lo) * inv, 0, bins - 1)`` (float32) of ``counts``; every ``stride``-th value is counted by
-    its float32 exponent into ``exponents`` (256 bins)."""
+    its float32 exponent into ``exponents`` (256 bins; none with ``stride`` 0)."""
 
     lo: float
     inv: float
@@ -125,9 +125,10 @@ def _bin_channels(
             if tensor:
                 for c in range(channels):
                     lanes[c & (_LANES - 1), t_index[c]] += 1
-                flat = start + o * channels
-                for c in range((stride - flat % stride) % stride, channels, stride):
-                    seen[(bits[o, c, 0] >> 23) & 0xFF] += 1
+                if stride > 0:
+                    flat = start + o * channels
+                    for c in range((stride - flat % stride) % stride, channels, stride):
+                        seen[(bits[o, c, 0] >> 23) & 0xFF] += 1
     else:
         for o in range(outer):
             for c in range(channels):
@@ -152,9 +153,10 @@ def _bin_channels(
                         t = (x3[o, c, i] - t_lo) * t_inv
                         t = min(max(t, zero), t_last)
                         lanes[i & (_LANES - 1), np.intp(t)] += 1
-                    flat = start + (o * channels + c) * inner
-                    for i in range((stride - flat % stride) % stride, inner, stride):
-                        seen[(bits[o, c, i] >> 23) & 0xFF] += 1
+                    if stride > 0:
+                        flat = start + (o * channels + c) * inner
+                        for i in range((stride - flat % stride) % stride, inner, stride):
+                            seen[(bits[o, c, i] >> 23) & 0xFF] += 1
     for c in range(channels):
         for b in range(bins):
             hist[c, b] += counts[c * bins + b]
@@ -177,7 +179,7 @@ def bin_channels(
     every `tensor.stride`-th value's exponent (as `bin_values` and `count_exponents`)."""
     x = np.ascontiguousarray(x3, dtype=np.float32)
     if tensor is None:
-        t_args = (np.float32(0), np.float32(0), np.float32(0), np.zeros(0), 1, np.zeros(256))
+        t_args = (np.float32(0), np.float32(0), np.float32(0), np.zeros(0), 0, np.zeros(256))
     else:
         t_args = (
             np.float32(tensor.lo), np.float32(tensor.inv),

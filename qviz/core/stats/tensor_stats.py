@@ -274,16 +274,11 @@ class TensorStatsAccumulator:
         pass give the tensor's range too, so the histogram skips its own min/max passes.
         False (nothing done) when the batch needs the careful path: NaN, Inf, extremes, a
         channel axis that does not fit."""
-        axis = self._channel_axis
-        if a.dtype != np.float32 or self._channels_dropped or axis is None:
+        if a.dtype != np.float32 or self._channels_dropped or self._channel_axis is None:
             return False
-        if not -a.ndim <= axis < a.ndim:
-            return False
-        axis %= a.ndim
-        if self._resolved_axis is not None and axis != self._resolved_axis:
-            return False
-        if self._cmin is not None and a.shape[axis] != self._cmin.size:
-            return False
+        axis, _ = self._channel_fit(a)
+        if axis is None:
+            return False  # the careful path drops the channels and says why
         x3 = as_3d(np.ascontiguousarray(a), axis)
         extents = channel_extents(x3)
         if extents is None:
@@ -300,6 +295,22 @@ class TensorStatsAccumulator:
             self._hist.update(a, extent=(lo, hi))
         self._update_channels(a, has_nonfinite=False, clean=True, extent=extents, tensor=tensor)
         return True
+
+    def _channel_fit(self, a: np.ndarray) -> tuple[int | None, str]:
+        """The batch's channel axis (non-negative), or None and why the per-channel
+        statistics cannot take this batch."""
+        assert self._channel_axis is not None
+        if not -a.ndim <= self._channel_axis < a.ndim:
+            return None, (
+                f"channel axis {self._channel_axis} does not exist in a batch of shape {a.shape}"
+            )
+        axis = self._channel_axis % a.ndim
+        if self._resolved_axis is not None and axis != self._resolved_axis:
+            return None, f"batches of different rank ({a.shape})"
+        n_channels = a.shape[axis]
+        if self._cmin is not None and n_channels != self._cmin.size:
+            return None, f"the channel axis changed size from {self._cmin.size} to {n_channels}"
+        return axis, ""
 
     def _track_shape(self, shape: tuple[int, ...]) -> None:
         key = list(shape)
@@ -321,21 +332,9 @@ class TensorStatsAccumulator:
         extent: tuple[np.ndarray, np.ndarray] | None = None,
         tensor: TensorBins | None = None,
     ) -> None:
-        assert self._channel_axis is not None
-        if not -a.ndim <= self._channel_axis < a.ndim:
-            self._drop_channels(
-                f"channel axis {self._channel_axis} does not exist in a batch of shape {a.shape}"
-            )
-            return
-        axis = self._channel_axis % a.ndim
-        if self._resolved_axis is not None and axis != self._resolved_axis:
-            self._drop_channels(f"batches of different rank ({a.shape})")
-            return
-        n_channels = a.shape[axis]
-        if self._cmin is not None and n_channels != self._cmin.size:
-            self._drop_channels(
-                f"the channel axis changed size from {self._cmin.size} to {n_channels}"
-            )
+        axis, why = self._channel_fit(a)
+        if axis is None:
+            self._drop_channels(why)
             return
         others = tuple(d for d in range(a.ndim) if d != axis)
         if extent is not None:

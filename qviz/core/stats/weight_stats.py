@@ -319,14 +319,14 @@ def _compiled(
     t_lo, t_hi = _window(np.array([tmin]), np.array([tmax]))
     tensor = TensorBins(
         float(np.float32(t_lo[0])), float(np.float32(TENSOR_BINS / (t_hi[0] - t_lo[0]))),
-        np.zeros(TENSOR_BINS), np.zeros(256), stride=x3.size + 1,  # no exponents wanted
+        np.zeros(TENSOR_BINS), np.zeros(256), stride=0,  # no exponent counts wanted
     )
+    lo32 = lo.astype(np.float32)
     hist = np.zeros((n_channels, bins))
     sums = np.zeros(n_channels)
     sumsq = np.zeros(n_channels)
     for ps, cs in chunks:
-        bin_channels(view(ps, cs), lo.astype(np.float32)[cs], inv[cs], hist[cs], sums[cs],
-                     sumsq[cs], tensor)
+        bin_channels(view(ps, cs), lo32[cs], inv[cs], hist[cs], sums[cs], sumsq[cs], tensor)
     return _finish(arr, x3, name, axis, hist.astype(np.int64),
                    tensor.counts.astype(np.int64), cmin, cmax, sumsq)
 
