@@ -78,6 +78,10 @@ def _init_worker(payload: bytes, progress: Any, stop: Any, threads: Threads) -> 
     set_process_threads(threads)
     _context = pickle.loads(payload)
     _progress, _stop = progress, stop
+    # Progress is disposable: a worker exiting must not wait to flush it into a pipe the
+    # driver no longer reads (a closed or abandoned pool), or the worker, and the driver
+    # joining it at exit, wait forever (seen once at the end of the test run).
+    progress.cancel_join_thread()
 
 
 def _run(ticket: int, job: Job) -> Any:
