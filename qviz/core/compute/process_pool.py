@@ -172,6 +172,9 @@ class _ProcessPool(WorkerPool):
             )
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._generation += 1
+        # A worker killed in the middle of a progress message leaves that queue's write lock
+        # held for good: the new workers report through a queue of their own.
+        self._progress = self._mp.Queue()
         self._executor = self._new_executor()
         for ticket in sorted(self._jobs):
             if ticket not in self._finished:
