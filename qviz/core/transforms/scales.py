@@ -34,15 +34,17 @@ from qviz.core.quant.qparams import compute_qparams
 from qviz.core.quant.quantize import fake_quantize
 from qviz.core.stats.channel_stats import rescaled_histogram
 from qviz.core.stats.tensor_stats import TensorStats
-from qviz.core.transforms.weight_grid import weight_qparams
+from qviz.core.transforms.weight_error import scaled_weight_terms
 
 __all__ = [
     "ALPHA_GRID",
     "AlphaSearch",
     "equalization_scales",
     "scale_tensor_stats",
+    "scales_from_absmax",
     "search_alpha",
     "smoothquant_scales",
+    "weight_absmax",
 ]
 
 ALPHA_GRID = tuple(round(0.05 * i, 2) for i in range(21))
@@ -66,8 +68,19 @@ def smoothquant_scales(
 ) -> np.ndarray:
     """``s_c = a_c^α / w_c^(1-α)`` with ``w_c`` the largest |weight| of input channel ``c``
     over every layer reading the activation (``weight_rows``: (channels, ...) each)."""
+    return scales_from_absmax(act_absmax, weight_absmax(weight_rows), alpha)
+
+
+def weight_absmax(weight_rows: Sequence[np.ndarray]) -> np.ndarray:
+    """The largest |weight| of each input channel over every layer reading the activation
+    (``weight_rows``: (channels, ...) each), as float32 values."""
+    return np.max([np.max(np.abs(r), axis=1) for r in weight_rows], axis=0)
+
+
+def scales_from_absmax(act_absmax: np.ndarray, w_absmax: np.ndarray, alpha: float) -> np.ndarray:
+    """:func:`smoothquant_scales` from the extremes (computed once for every alpha)."""
     a = np.maximum(np.asarray(act_absmax, dtype=np.float64), _FLOOR)
-    w = np.maximum(np.max([np.abs(r).max(axis=1) for r in weight_rows], axis=0), _FLOOR)
+    w = np.maximum(w_absmax, _FLOOR)
     s = a**alpha / w ** (1.0 - alpha)
     return np.where(np.isfinite(s) & (s > 0), s, 1.0)
 
@@ -136,19 +149,6 @@ def _activation_error(stats: TensorStats, s: np.ndarray, cfg: TensorConfig) -> n
     return (weights * err * err).sum(axis=1) / total
 
 
-def _weight_error(
-    w: np.ndarray, axis: int, cfg: TensorConfig, layer_axes: tuple[int | None, int | None]
-) -> np.ndarray:
-    """Squared rounding error of each input channel's row of ``w`` (summed over the row)."""
-    if not cfg.quantize:
-        return np.zeros(w.shape[axis])
-    channel_axis, reduction_axis = layer_axes
-    qp = weight_qparams(w, channel_axis, reduction_axis, cfg)
-    err = fake_quantize(w, qp, cfg.fmt).astype(np.float64) - w
-    moved = np.moveaxis(err, axis, 0).reshape(w.shape[axis], -1)
-    return (moved * moved).sum(axis=1)
-
-
 @dataclass(frozen=True)
 class ConsumerInput:
     """What the alpha search needs of one layer reading the activation."""
@@ -169,13 +169,9 @@ def estimate_error(
     mean_sq = stats.moments.mean_sq / (s * s)
     total = 0.0
     for c in consumers:
-        shape = [1] * c.weight.ndim
-        shape[c.axis] = s.size
-        ws = c.weight.astype(np.float64) * s.reshape(shape)
-        rows = np.moveaxis(ws, c.axis, 0).reshape(s.size, -1)
-        row_norm = (rows * rows).sum(axis=1)
-        w_err = _weight_error(ws.astype(np.float32), c.axis, c.config, c.layer_axes)
-        total += float((act_err * row_norm).sum() + (mean_sq * w_err).sum()) / max(c.outputs, 1)
+        terms = scaled_weight_terms(c.weight, c.axis, s, c.config, c.layer_axes)
+        total += float((act_err * terms.row_norms).sum() + (mean_sq * terms.errors).sum()) \
+            / max(c.outputs, 1)
     return total
 
 
@@ -183,12 +179,13 @@ def search_alpha(stats: TensorStats, act_cfg: TensorConfig,
                  consumers: Sequence[ConsumerInput]) -> AlphaSearch:
     """The alpha of :data:`ALPHA_GRID` with the smallest estimated output error."""
     absmax = channel_absmax(stats)
-    rows = [np.moveaxis(c.weight, c.axis, 0).reshape(absmax.size, -1) for c in consumers]
+    w_absmax = weight_absmax(
+        [np.moveaxis(c.weight, c.axis, 0).reshape(absmax.size, -1) for c in consumers])
     scored: dict[float, float] = {}
 
     def score(alpha: float) -> None:
         if alpha not in scored:
-            s = smoothquant_scales(absmax, rows, alpha)
+            s = scales_from_absmax(absmax, w_absmax, alpha)
             scored[alpha] = estimate_error(stats, act_cfg, consumers, s)
 
     for alpha in _COARSE:

@@ -17,7 +17,7 @@ from qviz.core.errors import QvizError
 from qviz.core.quant.formats import PerAxis, PerGroup, PerTensor
 from qviz.core.quant.qparams import QParams, compute_qparams
 
-__all__ = ["expand_qparams", "weight_qparams"]
+__all__ = ["expand_qparams", "qparams_from_extents", "weight_qparams"]
 
 
 def weight_qparams(
@@ -30,15 +30,13 @@ def weight_qparams(
         return analyze_weight(w, channel_axis, reduction_axis, spec, gran, fmt).qparams
     arr = np.asarray(w, dtype=np.float32)
     if isinstance(gran, PerTensor):
-        lo, hi = choose_row_ranges(None, np.array([arr.min()]), np.array([arr.max()]), spec, fmt)
-        return compute_qparams(float(lo[0]), float(hi[0]), fmt)
+        return qparams_from_extents(np.array([arr.min()]), np.array([arr.max()]), cfg, None)
     if isinstance(gran, PerAxis):
         axis = channel_axis if gran.axis is None else gran.axis % arr.ndim
         if axis is None:
             raise QvizError("per-channel quantization needs a weight with an output-channel axis")
         rows = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1)
-        lo, hi = choose_row_ranges(None, rows.min(axis=1), rows.max(axis=1), spec, fmt)
-        return compute_qparams(lo, hi, fmt, axis=axis)
+        return qparams_from_extents(rows.min(axis=1), rows.max(axis=1), cfg, axis)
     assert isinstance(gran, PerGroup)
     if reduction_axis is None:
         raise QvizError("per-group quantization needs a weight with a reduction axis")
@@ -51,6 +49,17 @@ def weight_qparams(
     lo = np.moveaxis(lo.reshape(vmin.shape), -1, red)
     hi = np.moveaxis(hi.reshape(vmax.shape), -1, red)
     return compute_qparams(lo, hi, fmt, axis=red, block_size=gran.group_size)
+
+
+def qparams_from_extents(
+    vmin: np.ndarray, vmax: np.ndarray, cfg: TensorConfig, axis: int | None
+) -> QParams:
+    """MinMax's or a manual range's qparams from a weight's extents: per tensor (``axis``
+    None, one-value arrays) or one value per channel along ``axis``."""
+    lo, hi = choose_row_ranges(None, vmin, vmax, cfg.spec, cfg.fmt)
+    if axis is None:
+        return compute_qparams(float(lo[0]), float(hi[0]), cfg.fmt)
+    return compute_qparams(lo, hi, cfg.fmt, axis=axis)
 
 
 def expand_qparams(qp: QParams, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
