@@ -23,6 +23,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
@@ -86,6 +87,12 @@ class QdqFolder:
                 raise disk_full_error(exc, self.path / DATA_FILE) from exc
             self._own.add(tensor.name)
         return tensor
+
+    def read(self, tensor: onnx.TensorProto) -> np.ndarray:
+        """A tensor this folder wrote, read back (memory-mapped) while it is still open."""
+        assert tensor.name in self._own, tensor.name
+        self._file.flush()
+        return read_tensor(tensor, self.path)
 
     def finish(self, model: onnx.ModelProto) -> None:
         """Copy every tensor of `model` that still refers to the source model into this

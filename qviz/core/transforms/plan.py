@@ -26,17 +26,19 @@ from types import MappingProxyType
 
 import numpy as np
 
-from qviz.core.calibration.config import QuantConfig
+from qviz.core.calibration.config import QuantConfig, TensorConfig
 from qviz.core.errors import QvizError
 from qviz.core.model.loading import LoadedModel, TensorKind
 from qviz.core.stats.collect import CalibrationStats
+from qviz.core.stats.tensor_stats import TensorStats
 from qviz.core.stats.weight_stats import WeightStats
-from qviz.core.transforms.rewrite import rewrite_model
+from qviz.core.transforms.rewrite import ModelRewrite
 from qviz.core.transforms.scales import (
     AlphaSearch,
     ConsumerInput,
     channel_absmax,
     equalization_scales,
+    rescaled,
     scale_tensor_stats,
     search_alpha,
     smoothquant_scales,
@@ -189,15 +191,24 @@ def transform_model(
     return plan
 
 
-def _build(
+@dataclass(frozen=True)
+class _Todo:
+    """An activation to rescale: its settings, statistics and where the scale goes."""
+
+    act: str
+    cfg: TensorConfig
+    stats: TensorStats
+    site: ScalingSite
+
+
+def _todo(
     model: LoadedModel, stats: CalibrationStats | None, config: QuantConfig
-) -> TransformPlan:
+) -> tuple[list[_Todo], dict[str, str]]:
+    """The activations to rescale, in graph order, and why the others asked for cannot be
+    (QvizError when statistics are missing, as in :func:`transform_model`)."""
     index = GraphIndex(model)
-    weights: dict[str, np.ndarray] = {}
-    applied: dict[str, AppliedScaling] = {}
+    todo: list[_Todo] = []
     skipped: dict[str, str] = {}
-    new_stats = dict(stats.tensors) if stats is not None else {}
-    grams = dict(stats.grams) if stats is not None else {}
     for act in _activations(model):
         cfg = config.for_tensor(act, TensorKind.ACTIVATION)
         t = cfg.transforms
@@ -219,9 +230,30 @@ def _build(
                 f"the statistics hold no per-channel histograms for '{act}' (collected by an "
                 f"older qviz or without them): recollect to use {what}"
             )
+        why = _equalize_refusal(site) if t.smoothquant is None else ""
+        if why:
+            skipped[act] = why
+            continue
+        todo.append(_Todo(act, cfg, ts, site))
+    return todo, skipped
+
+
+def _build(
+    model: LoadedModel, stats: CalibrationStats | None, config: QuantConfig
+) -> TransformPlan:
+    todo, skipped = _todo(model, stats, config)
+    if not todo:
+        return TransformPlan(model, stats, model, stats, skipped=skipped)
+    assert stats is not None
+    weights = _Weights(model, [item.site for item in todo])
+    applied: dict[str, AppliedScaling] = {}
+    new_stats = dict(stats.tensors)
+    grams = dict(stats.grams)
+    for i, item in enumerate(todo):
+        site, ts, cfg = item.site, item.stats, item.cfg
         consumers = [
             ConsumerInput(
-                weights.get(c.weight, model.weight(c.weight)), c.axis,
+                weights.current(c.weight), c.axis,
                 config.for_tensor(c.weight, TensorKind.WEIGHT),
                 (c.layer.channel_axis, c.layer.reduction_axis),
                 _outputs_per_row(c.layer.weight_shape, c.axis),
@@ -229,40 +261,36 @@ def _build(
             for c in site.consumers
         ]
         rows = [np.moveaxis(c.weight, c.axis, 0).reshape(site.channels, -1) for c in consumers]
-        if t.smoothquant is not None:
+        smooth = cfg.transforms.smoothquant
+        if smooth is not None:
             search = None
-            alpha = t.smoothquant.alpha
+            alpha = smooth.alpha
             if alpha is None:
                 search = search_alpha(ts, cfg, consumers)
                 alpha = search.best
             s = smoothquant_scales(channel_absmax(ts), rows, alpha)
             scaling = AppliedScaling(site, ScalingKind.SMOOTHQUANT, s, alpha, search)
         else:
-            why = _equalize_refusal(site)
-            if why:
-                skipped[act] = why
-                continue
             assert site.producer is not None and site.producer.weight is not None
-            producer_w = weights.get(site.producer.weight, model.weight(site.producer.weight))
+            producer_w = weights.current(site.producer.weight)
             axis = site.folds[0].weight_axis
             assert axis is not None
             produced = np.moveaxis(producer_w, axis, 0).reshape(site.channels, -1)
             s = equalization_scales(produced, rows)
             scaling = AppliedScaling(site, ScalingKind.EQUALIZE, s)
-        _rescale_weights(model, weights, site, scaling.scales)
-        applied[act] = scaling
-        new_stats[act] = scale_tensor_stats(ts, scaling.scales)
+        del consumers, rows
+        weights.rescale(i, site, scaling.scales)
+        applied[item.act] = scaling
+        new_stats[item.act] = scale_tensor_stats(ts, scaling.scales)
         for c in site.consumers:
             if c.weight in grams:
                 grams[c.weight] = grams[c.weight].scaled(scaling.scales)
-    if not applied:
-        return TransformPlan(model, stats, model, stats, skipped=skipped)
-    assert stats is not None
-    out_model = rewrite_model(model, weights, [(a.site, a.scales) for a in applied.values()])
+    out_model = weights.rewrite.finish([(a.site, a.scales) for a in applied.values()])
     # The rest of the statistics stay as they are, except the stored statistics of the weights
     # a rescaling changed: those are measured again on the transformed model.
     out_stats = replace(
-        stats, tensors=new_stats, grams=grams, weights=_Without(stats.weights, set(weights))
+        stats, tensors=new_stats, grams=grams,
+        weights=_Without(stats.weights, weights.changed),
     )
     return TransformPlan(model, stats, out_model, out_stats, applied, skipped, _contexts(applied))
 
@@ -276,21 +304,24 @@ def plan_from_scales(
     if not scalings:
         return _identity(model, None)
     index = GraphIndex(model)
-    weights: dict[str, np.ndarray] = {}
-    applied: dict[str, AppliedScaling] = {}
+    sites: dict[str, ScalingSite] = {}
     for act in _activations(model):
         if act not in scalings:
             continue
-        kind, s, alpha = scalings[act]
-        site = find_site(index, act, model.activation_channel_axis(act), s.size)
+        site = find_site(index, act, model.activation_channel_axis(act), scalings[act][1].size)
         if isinstance(site, str):
             raise QvizError(f"the rescaling of '{act}' cannot be applied to this model: {site}")
-        _rescale_weights(model, weights, site, s)
-        applied[act] = AppliedScaling(site, kind, np.asarray(s, dtype=np.float64), alpha)
-    missing = sorted(set(scalings) - set(applied))
+        sites[act] = site
+    missing = sorted(set(scalings) - set(sites))
     if missing:
         raise QvizError(f"the model has no quantized activation '{missing[0]}' to rescale")
-    out_model = rewrite_model(model, weights, [(a.site, a.scales) for a in applied.values()])
+    weights = _Weights(model, list(sites.values()))
+    applied: dict[str, AppliedScaling] = {}
+    for i, (act, site) in enumerate(sites.items()):
+        kind, s, alpha = scalings[act]
+        weights.rescale(i, site, s)
+        applied[act] = AppliedScaling(site, kind, np.asarray(s, dtype=np.float64), alpha)
+    out_model = weights.rewrite.finish([(a.site, a.scales) for a in applied.values()])
     return TransformPlan(model, None, out_model, None, applied, {}, _contexts(applied))
 
 
@@ -314,23 +345,40 @@ def _equalize_refusal(site: ScalingSite) -> str:
     return ""
 
 
-def _rescale_weights(
-    model: LoadedModel, weights: dict[str, np.ndarray], site: ScalingSite, s: np.ndarray
-) -> None:
-    """Consumers' input channels times s; the producing layer's output channels divided."""
-    for c in site.consumers:
-        w = weights.get(c.weight, model.weight(c.weight)).astype(np.float64)
-        shape = [1] * w.ndim
-        shape[c.axis] = s.size
-        weights[c.weight] = (w * s.reshape(shape)).astype(np.float32)
+def _touched(site: ScalingSite) -> list[tuple[str, int, bool]]:
+    """The weights rescaling `site` changes: (name, channel axis, divided): the consumers'
+    input channels times s, the producing layer's output channels divided by s."""
+    out = [(c.weight, c.axis, False) for c in site.consumers]
     first = site.folds[0] if site.folds else None
     if first is not None and first.kind is FoldKind.LAYER and site.producer is not None:
-        name = site.producer.weight
-        assert name is not None and first.weight_axis is not None
-        w = weights.get(name, model.weight(name)).astype(np.float64)
-        shape = [1] * w.ndim
-        shape[first.weight_axis] = s.size
-        weights[name] = (w / s.reshape(shape)).astype(np.float32)
+        assert site.producer.weight is not None and first.weight_axis is not None
+        out.append((site.producer.weight, first.weight_axis, True))
+    return out
+
+
+class _Weights:
+    """The rescaled weights of a plan: each held from the first site that changes it to the
+    last (a layer between two rescaled activations is changed by both), then handed to the
+    rewrite, which stores it in the new model's data file. So only the weights between two
+    sites are in memory, never the whole rescaled model."""
+
+    def __init__(self, model: LoadedModel, sites: list[ScalingSite]) -> None:
+        self._model = model
+        self.rewrite = ModelRewrite(model)
+        self._held: dict[str, np.ndarray] = {}
+        self._last = {name: i for i, site in enumerate(sites) for name, _, _ in _touched(site)}
+        self.changed = set(self._last)
+
+    def current(self, name: str) -> np.ndarray:
+        """Weight `name` as the sites so far left it."""
+        return self._held[name] if name in self._held else self._model.weight(name)
+
+    def rescale(self, i: int, site: ScalingSite, s: np.ndarray) -> None:
+        """Apply site number `i` (of those given) with scales `s`."""
+        for name, axis, divide in _touched(site):
+            self._held[name] = rescaled(self.current(name), axis, s, divide=divide)
+            if self._last[name] == i:
+                self.rewrite.set_weight(name, self._held.pop(name))
 
 
 def _contexts(applied: Mapping[str, AppliedScaling]) -> dict[tuple[str, TensorKind], str]:

@@ -9,7 +9,7 @@ fixed before anything is inserted, so unnamed nodes keep the names layer discove
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -17,12 +17,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from qviz.core.graph.qdq_files import QdqFolder
-from qviz.core.model.external_data import read_tensor
+from qviz.core.model.external_data import read_tensor, uses_external
 from qviz.core.model.loading import LoadedModel
 from qviz.core.model.onnx_graph import FreshNames, name_nodes
 from qviz.core.transforms.sites import FoldKind, ScalingSite
 
-__all__ = ["channel_shape", "rewrite_model"]
+__all__ = ["ModelRewrite", "channel_shape"]
 
 
 def channel_shape(s: np.ndarray, axis: int, rank: int | None) -> np.ndarray:
@@ -42,6 +42,8 @@ class _Graph:
         self.data_dir = model.data_dir
         self.folder = QdqFolder(model.data_dir) if model.data_dir is not None else None
         self.new_values: dict[str, np.ndarray] = {}
+        # New tensors moved to the folder's file (read back from there when asked for).
+        self.in_folder: dict[str, onnx.TensorProto] = {}
         proto = onnx.ModelProto()
         proto.CopyFrom(model.model)
         name_nodes(proto.graph)
@@ -59,6 +61,9 @@ class _Graph:
     def value(self, name: str) -> np.ndarray:
         if name in self.new_values:
             return self.new_values[name]
+        if name in self.in_folder:
+            assert self.folder is not None
+            return self.folder.read(self.in_folder[name])
         return read_tensor(self.inits[name], self.data_dir)
 
     def _stored(self, name: str, value: np.ndarray, dtype: np.dtype) -> onnx.TensorProto:
@@ -66,7 +71,14 @@ class _Graph:
         tensor = numpy_helper.from_array(array, name)
         if self.folder is not None:
             self.folder.add(tensor)  # its data now in the folder's file, read back from here
-        self.new_values[name] = array
+        if uses_external(tensor):
+            # Not held: a rescaled model's weights would all be in memory at once.
+            # A copy: the tensor's protobuf arena still holds the bytes moved to the file.
+            ref = onnx.TensorProto()
+            ref.CopyFrom(tensor)
+            self.in_folder[name] = ref
+        else:
+            self.new_values[name] = array
         return tensor
 
     def set_value(self, name: str, value: np.ndarray) -> None:
@@ -176,28 +188,35 @@ def _insert_mul(g: _Graph, site: ScalingSite, s: np.ndarray) -> None:
     g.after.setdefault(producer.name, []).append(mul)
 
 
-def rewrite_model(
-    model: LoadedModel,
-    weights: Mapping[str, np.ndarray],
-    sites: Sequence[tuple[ScalingSite, np.ndarray]],
-) -> LoadedModel:
-    """`model` with the rescaled `weights` stored and each site's scale written in."""
-    g = _Graph(model)
-    for name, value in weights.items():
-        g.set_value(name, value)
-    for site, s in sites:
-        _apply_site(g, site, s)
-    proto = g.finish()
-    index = {n.name: i for i, n in enumerate(proto.graph.node)}
-    layers = tuple(replace(layer, depth=index[layer.node_name]) for layer in model.layers)
-    return LoadedModel(
-        model=proto,
-        source=model.source,
-        sha256=model.sha256,
-        inputs=model.inputs,
-        outputs=model.outputs,
-        layers=layers,
-        notes=model.notes,
-        data_dir=g.folder.path if g.folder is not None else None,
-        keepalive=(model.keepalive, g.folder),
-    )
+class ModelRewrite:
+    """A rewrite in progress: rescaled weights are stored as they are given (in the new
+    folder's data file when the model keeps its weights in files, so they are not all held
+    in memory at once), and :meth:`finish` writes each site's scale in."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self._model = model
+        self._graph = _Graph(model)
+
+    def set_weight(self, name: str, value: np.ndarray) -> None:
+        """Store the final value of weight ``name`` (the caller may drop ``value``)."""
+        self._graph.set_value(name, value)
+
+    def finish(self, sites: Sequence[tuple[ScalingSite, np.ndarray]]) -> LoadedModel:
+        """The rewritten model, with each site's scale written in."""
+        g, model = self._graph, self._model
+        for site, s in sites:
+            _apply_site(g, site, s)
+        proto = g.finish()
+        index = {n.name: i for i, n in enumerate(proto.graph.node)}
+        layers = tuple(replace(layer, depth=index[layer.node_name]) for layer in model.layers)
+        return LoadedModel(
+            model=proto,
+            source=model.source,
+            sha256=model.sha256,
+            inputs=model.inputs,
+            outputs=model.outputs,
+            layers=layers,
+            notes=model.notes,
+            data_dir=g.folder.path if g.folder is not None else None,
+            keepalive=(model.keepalive, g.folder),
+        )

@@ -40,6 +40,7 @@ __all__ = [
     "ALPHA_GRID",
     "AlphaSearch",
     "equalization_scales",
+    "rescaled",
     "scale_tensor_stats",
     "scales_from_absmax",
     "search_alpha",
@@ -56,6 +57,8 @@ _ESTIMATE_BINS: int | None = None  # None: the tensor's own bin count
 # SmoothQuant's reference code clamps both maxima at 1e-5 so a silent channel gets a finite s.
 _FLOOR = 1e-5
 _SAMPLES_PER_BIN = 4
+# Values rescaled at once by `rescaled` (its float64 temporaries stay near 32 MB).
+_RESCALE_VALUES = 1 << 22
 
 
 def channel_absmax(stats: TensorStats) -> np.ndarray:
@@ -94,6 +97,24 @@ def equalization_scales(
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.sqrt(r1 / r2)
     return np.where(np.isfinite(s) & (s > 0) & (r1 > 0) & (r2 > 0), s, 1.0)
+
+
+def rescaled(w: np.ndarray, axis: int, s: np.ndarray, *, divide: bool = False) -> np.ndarray:
+    """``w`` with its channels along ``axis`` times ``s`` (divided by with ``divide``), in
+    float64 and stored as float32, slice by slice so that no float64 copy of the whole weight
+    is made (a large weight read memory-mapped is read once)."""
+    arr = np.asarray(w)
+    out = np.empty(arr.shape, dtype=np.float32)
+    shape = [1] * arr.ndim
+    shape[axis] = s.size
+    factor = np.asarray(s, dtype=np.float64).reshape(shape)
+    step = max(1, _RESCALE_VALUES // max(arr[0].size, 1))
+    for start in range(0, arr.shape[0], step):
+        part = slice(start, start + step)
+        f = factor[part] if axis == 0 else factor
+        x = arr[part].astype(np.float64)
+        out[part] = x / f if divide else x * f
+    return out
 
 
 def scale_tensor_stats(stats: TensorStats, s: np.ndarray, bins: int | None = None) -> TensorStats:
