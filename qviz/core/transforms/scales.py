@@ -28,12 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from qviz.core.calibration.config import TensorConfig
-from qviz.core.calibration.methods import choose_range
 from qviz.core.quant.formats import FormatKind
-from qviz.core.quant.qparams import compute_qparams
-from qviz.core.quant.quantize import fake_quantize
 from qviz.core.stats.channel_stats import rescaled_histogram
 from qviz.core.stats.tensor_stats import TensorStats
+from qviz.core.transforms.activation_error import channel_errors
 from qviz.core.transforms.weight_error import scaled_weight_terms
 
 __all__ = [
@@ -56,7 +54,6 @@ _COARSE = ALPHA_GRID[::2]
 _ESTIMATE_BINS: int | None = None  # None: the tensor's own bin count
 # SmoothQuant's reference code clamps both maxima at 1e-5 so a silent channel gets a finite s.
 _FLOOR = 1e-5
-_SAMPLES_PER_BIN = 4
 # Values rescaled at once by `rescaled` (its float64 temporaries stay near 32 MB).
 _RESCALE_VALUES = 1 << 22
 
@@ -156,18 +153,9 @@ class AlphaSearch:
 def _activation_error(stats: TensorStats, s: np.ndarray, cfg: TensorConfig) -> np.ndarray:
     """Mean squared quantization error of each channel of ``X / s`` under the per-tensor
     scale ``cfg`` picks for it (0 when the activation is kept float)."""
-    n = s.size
     if not cfg.quantize or cfg.fmt.kind is FormatKind.NF4:
-        return np.zeros(n)
-    scaled = scale_tensor_stats(stats, s, _ESTIMATE_BINS)
-    lo, hi = choose_range(scaled, cfg.spec, cfg.fmt)
-    qp = compute_qparams(lo, hi, cfg.fmt)
-    assert scaled.moments is not None
-    rows = scaled.moments.rows()
-    points, weights = rows.sample_points(_SAMPLES_PER_BIN)
-    err = fake_quantize(points, qp, cfg.fmt).astype(np.float64) - points
-    total = np.maximum(weights.sum(axis=1), 1e-300)
-    return (weights * err * err).sum(axis=1) / total
+        return np.zeros(s.size)
+    return channel_errors(scale_tensor_stats(stats, s, _ESTIMATE_BINS), cfg)
 
 
 @dataclass(frozen=True)
