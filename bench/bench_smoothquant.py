@@ -48,7 +48,8 @@ stats, model = open_stats_and_model(Path(stats_path), None)
 config = config_for_model(args, model)
 start = time.process_time()
 plan = transform_model(model, stats, config)
-print(json.dumps({"plan_cpu_s": time.process_time() - start, "alphas": {
+import qviz
+print(json.dumps({"plan_cpu_s": time.process_time() - start, "qviz": qviz.__file__, "alphas": {
     act: [a.alpha, [float(e) for e in a.search.errors]] for act, a in plan.scalings.items()}}))
 """
 
@@ -82,7 +83,9 @@ def _env(tree: Path) -> dict[str, str]:
 def guarded(argv: list[str], tree: Path) -> dict:
     cmd = [PY, str(ROOT / "bench" / "run_guarded.py"), "--limit-mb", str(GUARD_MB), "--",
            *argv]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(tree), check=True)
+    # Run from the tree: `python -m` and `-c` put the working folder first on sys.path.
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(tree), cwd=tree,
+                          check=True)
     result: dict = json.loads(proc.stdout.strip().splitlines()[-1])
     if result["rc"] != 0:
         raise RuntimeError(f"{' '.join(argv[:6])}... failed: {result['stderr_tail']}")
@@ -91,7 +94,7 @@ def guarded(argv: list[str], tree: Path) -> dict:
 
 def child(script: str, tree: Path, *args: str) -> dict:
     proc = subprocess.run([PY, "-c", script, *args], capture_output=True, text=True,
-                          env=_env(tree), check=True)
+                          env=_env(tree), cwd=tree, check=True)
     result: dict = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
@@ -113,6 +116,8 @@ def measure(label: str, tree: Path, args: argparse.Namespace) -> dict:
     print(json.dumps({"what": "export --smoothquant auto", **row}), flush=True)
     if args.alphas:
         found = child(_ALPHAS, tree, str(args.stats), json.dumps(SETTINGS))
+        if not Path(found["qviz"]).resolve().is_relative_to(tree.resolve()):
+            raise RuntimeError(f"{label}: imported qviz from {found['qviz']}, not {tree}")
         row["plan_cpu_s"] = round(found["plan_cpu_s"], 2)
         row["alphas"] = found["alphas"]
         print(json.dumps({"what": "plan alone", "tree": label,

@@ -3,7 +3,10 @@ error and row norms, the activations' per-channel error, and the alphas the sear
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
+import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -191,3 +194,70 @@ def test_the_search_scores_and_picks_as_in_numpy(block, monkeypatch, weights) ->
     assert np.array_equal(fast.alphas, ref.alphas) and fast.best == ref.best
     np.testing.assert_allclose(fast.errors, ref.errors, rtol=1e-12)
 
+
+
+def _chain() -> onnx.ModelProto:
+    """x -> MatMul -> Relu -> MatMul -> Relu -> MatMul -> y: the middle layer's input
+    channels are rescaled by one site and its output channels by the next."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    dims = [16, 48, 40, 16]
+    gains = [np.exp(2 * rng.standard_normal(d)) for d in dims]
+    inits = [numpy_helper.from_array(
+        (rng.standard_normal((a, b)) * gains[i + 1][None, :]).astype(np.float32), f"w{i}")
+        for i, (a, b) in enumerate(itertools.pairwise(dims))]
+    nodes = []
+    x = "x"
+    for i in range(3):
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"fc{i}"))
+        x = f"h{i}"
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [x], [f"r{i}"], name=f"relu{i}"))
+            x = f"r{i}"
+    nodes[-1].output[0] = "y"
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_rescaled_model_in_files_keeps_its_rescaled_weights_in_its_own_file(
+    tmp_path,
+) -> None:
+    """Every weight a rescaling changed is in the transformed model's data file (not held in
+    the graph or in memory), with the values the in-memory transform computes, including a
+    layer changed by two sites (its inputs by one, its outputs by the next)."""
+    from dataclasses import replace
+
+    from qviz.core.calibration.config import QuantConfig
+    from qviz.core.model.external_data import read_tensor, uses_external
+    from qviz.core.model.loading import load_model
+    from qviz.core.transforms.plan import transform_model
+    from qviz.core.transforms.settings import SmoothQuant, Transforms
+    from tests.core.model_factory import save
+
+    proto = _chain()
+    inline, stats, _ = calibrated(proto)
+    path = save(proto, tmp_path / "chain.onnx", external_data=True)
+    on_disk = load_model(path)
+    config = QuantConfig(activations=TensorConfig(
+        spec=MethodSpec(Method.MSE), fmt=NumberFormat(signed=False, symmetric=False),
+        transforms=Transforms(smoothquant=SmoothQuant(None))))
+    plan = transform_model(on_disk, replace(stats, model_sha256=on_disk.sha256), config)
+    want = transform_model(inline, stats, config)
+    inits = {t.name: t for t in plan.model.model.graph.initializer}
+    changed = {c.weight for a in plan.scalings.values() for c in a.site.consumers}
+    producers = {a.site.producer.weight for a in plan.scalings.values()
+                 if a.site.producer is not None and a.site.producer.weight is not None}
+    assert changed & producers  # a layer between two rescaled activations
+    for name in changed | producers:
+        assert uses_external(inits[name])
+        stored = read_tensor(inits[name], plan.model.data_dir)
+        assert np.array_equal(stored, want.model.weight(name))
+        assert not np.array_equal(stored, on_disk.weight(name))
+    # The middle layer: inputs times the first site's scales, then outputs divided by the
+    # second's.
+    first, second = plan.scalings["r0"].scales, plan.scalings["r1"].scales
+    both = rescaled(rescaled(on_disk.weight("w1"), 0, first), 1, second, divide=True)
+    assert np.array_equal(read_tensor(inits["w1"], plan.model.data_dir), both)

@@ -10,7 +10,10 @@ rest of qviz — analysis, the Q/DQ builder, evaluation, export — runs on ``pl
 
 Activations are processed in graph order, each against the weights as earlier rescalings left
 them (a layer between two rescaled activations has its input channels scaled by one and its
-output channels by the other). Plans are cached by (model, statistics, configuration).
+output channels by the other). A rescaled weight is held in memory only until the last site
+that changes it, then stored in the new model (its data file, for a model in files), so a
+plan's memory does not grow with the model. Plans are cached by (model, statistics,
+configuration).
 """
 
 from __future__ import annotations
