@@ -184,8 +184,9 @@ def _window(vmin: np.ndarray, vmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 # Channels per chunk when they are the last axis (a MatMul weight): a chunk is a strided
 # view of whole rows of this many channels, so no transposed copy is made and the counts of
-# one chunk (channels x bins) stay in the processor's cache while they are incremented.
-_CHANNELS_LAST_GROUP = 256
+# one chunk (channels x bins, 64 KB) stay in the first-level cache while they are
+# incremented (on the 1 B decoder's weights 4.2 ns per value, against 4.7 with 256).
+_CHANNELS_LAST_GROUP = 64
 
 
 def _chunks(x3: np.ndarray) -> tuple[list[tuple[slice, slice]], int]:
