@@ -12,6 +12,9 @@ import contextlib
 import math
 import threading
 from collections.abc import Callable, Generator, Mapping
+from typing import Any
+
+import numpy as np
 
 from qviz.core.model.layers import Layer
 from qviz.core.model.loading import LoadedModel
@@ -89,7 +92,9 @@ class WeightStatsMeanwhile:
     def __init__(self, model: LoadedModel) -> None:
         self._model = model
         self._stop = threading.Event()
-        self._done: dict[str, WeightStats | None] = {}
+        # Kept as the statistics file stores them (counts in the narrowest integer type):
+        # held while calibration runs, a 4 GB model's would be 0.8 GB as float64 histograms.
+        self._done: dict[str, tuple[dict[str, Any], dict[str, np.ndarray]] | None] = {}
         self._thread = threading.Thread(target=self._run, name="qviz-weight-stats", daemon=True)
         self._thread.start()
 
@@ -99,8 +104,9 @@ class WeightStatsMeanwhile:
                 if self._stop.is_set():
                     return
                 assert layer.weight is not None
-                self._done[layer.weight] = compute_weight_stats(
+                ws = compute_weight_stats(
                     self._model.weight(layer.weight), layer.weight, layer.channel_axis)
+                self._done[layer.weight] = None if ws is None else ws.to_arrays()
 
     def stop(self) -> None:
         """Stop after the weight at hand and wait for it."""
@@ -116,4 +122,6 @@ class WeightStatsMeanwhile:
         """Stop the thread, then every large weight's statistics (the thread's, and the rest
         computed here), yielding Progress as :func:`collect_weight_stats` does."""
         self.stop()
-        return (yield from collect_weight_stats(self._model, have=dict(self._done)))
+        have = {name: None if kept is None else WeightStats.from_arrays(*kept)
+                for name, kept in self._done.items()}
+        return (yield from collect_weight_stats(self._model, have=have))
