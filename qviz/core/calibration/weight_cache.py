@@ -20,7 +20,9 @@ from qviz.core.stats.collect import CalibrationStats
 from qviz.core.stats.weight_collect import STATS_MIN_VALUES, uses_stats
 from qviz.core.stats.weight_stats import WeightStats, compute_weight_stats
 
-__all__ = ["CACHE_BYTES", "STATS_MIN_VALUES", "uses_stats", "weight_stats"]
+__all__ = [
+    "CACHE_BYTES", "STATS_MIN_VALUES", "stored_weight_stats", "uses_stats", "weight_stats",
+]
 
 #: Weight statistics kept per open model, at most (bytes of their arrays).
 CACHE_BYTES = 512 << 20
@@ -81,3 +83,18 @@ def weight_stats(
     ws = compute_weight_stats(model.weight(name), name, layer.channel_axis)
     cache.put(name, ws)
     return ws
+
+
+def stored_weight_stats(
+    model: LoadedModel, layer: Layer, stats: CalibrationStats | None = None
+) -> WeightStats | None:
+    """`weight_stats` when they are at hand (in `stats`, or kept from an earlier analysis);
+    None rather than a pass over the weight when they are not."""
+    name = layer.weight
+    if name is None:
+        return None
+    if stats is not None and (stored := stats.weights.get(name)) is not None:
+        return stored
+    with _CACHES_LOCK:
+        cache = _CACHES.get(model)
+    return None if cache is None else cache.get(name)[1]

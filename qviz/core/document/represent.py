@@ -14,6 +14,8 @@ from qviz.core.layerdata.layer import LayerData
 from qviz.core.model.loading import TensorKind
 from qviz.core.stats.collect import CalibrationStats
 
+_CONVERGENCE_ENTRIES = 256
+
 
 class EvaluationStats:
     """Held by a `Document`: the evaluation data's statistics and the comparisons made."""
@@ -24,6 +26,11 @@ class EvaluationStats:
         self._cache: dict[
             tuple[TensorKey, TensorConfig, int, bool], Representativeness | None
         ] = {}
+        # Convergence per tensor and settings, for the calibration statistics it was found
+        # on: a search per snapshot, and the layer view asks on every redraw.
+        self._convergence: dict[tuple[TensorKey, TensorConfig], list[tuple[int, float, float]]]
+        self._convergence = {}
+        self._convergence_of: CalibrationStats | None = None
 
     def set(self, stats: CalibrationStats | None) -> None:
         self.stats = stats
@@ -70,10 +77,20 @@ class EvaluationStats:
         snapshots)."""
         if cal is None or not cal.snapshots or key.name not in cal.tensors or not cfg.quantize:
             return []
+        if cal is not self._convergence_of:
+            self._convergence.clear()
+            self._convergence_of = cal
+        hit = self._convergence.get((key, cfg))
+        if hit is not None:
+            return list(hit)
         try:
-            return convergence(cal.snapshots, cal.tensors[key.name], cal.n_samples, cfg)
+            points = convergence(cal.snapshots, cal.tensors[key.name], cal.n_samples, cfg)
         except QvizError:
-            return []
+            points = []
+        if len(self._convergence) >= _CONVERGENCE_ENTRIES:
+            self._convergence.pop(next(iter(self._convergence)))
+        self._convergence[(key, cfg)] = points
+        return list(points)
 
 
 def with_evaluation_view(
