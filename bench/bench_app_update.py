@@ -139,9 +139,13 @@ def select_times(
 ) -> dict[str, list[float]]:
     """Milliseconds from selecting each of `n` tensors spread down the model (weights and
     activations alternately) to the window repainted with its views: wall time, the GUI
-    thread's CPU time, and the repaint alone."""
+    thread's CPU time, and the repaint alone; then until the parts of the view computed in
+    the background (a large layer's) are in and repainted too ("complete")."""
     keys = [t.key for t in window.doc.tensors]
-    times: dict[str, list[float]] = {"select + paint": [], "GUI CPU": [], "paint": []}
+    times: dict[str, list[float]] = {
+        "select + paint": [], "GUI CPU": [], "paint": [], "complete": [],
+    }
+    parts = getattr(window, "layer_parts", None)  # absent before the view filled in parts
     if not keys or n <= 0:
         return times
     picked = [keys[round(i * (len(keys) - 1) / max(1, n - 1))] for i in range(n)]
@@ -161,6 +165,11 @@ def select_times(
         times["GUI CPU"].append((c1 - c0) * 1e3)
         times["paint"].append((t2 - t1) * 1e3)
         app.processEvents()
+        while parts is not None and parts.is_busy:
+            app.processEvents(QEventLoop.ProcessEventsFlag.WaitForMoreEvents)
+        app.processEvents()
+        window.repaint()
+        times["complete"].append((time.perf_counter() - t0) * 1e3)
     return times
 
 

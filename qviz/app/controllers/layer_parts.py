@@ -9,7 +9,8 @@ that draw still lacks (the method markers wait for the method ranges).
 
 Asking again for parts already being computed changes nothing; asking for others (another
 layer was selected) supersedes the run: the parts it finished are kept, the rest is dropped.
-A part whose build fails is reported once and not asked for again.
+A part whose build fails is reported once and not asked for again; nor is one the run just
+stored (a cache that does not keep it would have the view ask for it forever).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class LayerPartsController(QObject):
         self.runner.busyChanged.connect(lambda busy: None if busy else self.idle.emit())
         self._asked: set[tuple] = set()    # keys of the current run's parts
         self._failed: set[tuple] = set()   # keys whose build failed: not asked for again
-        self._stored = 0                   # parts of the current run stored so far
+        self._stored: set[tuple] = set()   # keys of the current run's parts stored so far
+        self._just_stored: set[tuple] = set()  # keys the last run stored
         # A new model or statistics: parts computed on the old ones are of no use.
         for event in (doc.events.model, doc.events.stats):
             event.connect(self.discard)
@@ -56,12 +58,13 @@ class LayerPartsController(QObject):
 
     def request(self, parts: Sequence[Pending]) -> None:
         """Compute `parts` (those of the layer on view) unless they are being computed."""
-        wanted = [p for p in parts if p.key not in self._failed]
+        wanted = [p for p in parts
+                  if p.key not in self._failed and p.key not in self._just_stored]
         keys = {p.key for p in wanted}
         if not wanted or (self.runner.is_busy and keys <= self._asked):
             return
         self._asked = keys
-        self._stored = 0
+        self._stored = set()
         self.runner.start(
             lambda should_stop: compute_parts(wanted, should_stop),
             f"Computing {len(wanted)} parts of the layer view",
@@ -71,6 +74,7 @@ class LayerPartsController(QObject):
         self.runner.discard()
         self._asked = set()
         self._failed.clear()
+        self._just_stored = set()
 
     def shutdown(self, timeout_s: float) -> bool:
         return self.runner.shutdown(timeout_s)
@@ -84,10 +88,11 @@ class LayerPartsController(QObject):
                 error = QvizError(f"{item.pending.what}: {error}")
             self.reporter.report(error, "Computing the layer view")
             return
-        self._stored += self.doc.accept_parts([item])
+        if self.doc.accept_parts([item]):
+            self._stored.add(item.pending.key)
 
     def _on_finished(self) -> None:
         self._asked = set()
-        if self._stored:
-            self._stored = 0
+        self._just_stored, self._stored = self._stored, set()
+        if self._just_stored:
             self.doc.parts_ready()

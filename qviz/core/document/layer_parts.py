@@ -23,7 +23,7 @@ from qviz.core.calibration.analysis import QuantTensor, TensorKey, TensorResult
 from qviz.core.calibration.config import TensorConfig
 from qviz.core.calibration.methods import Method
 from qviz.core.calibration.representative import Representativeness
-from qviz.core.calibration.weight_cache import stored_weight_stats, uses_stats
+from qviz.core.calibration.weight_cache import kept_weight_stats, uses_stats, weight_stats
 from qviz.core.document.events import DocumentEvents
 from qviz.core.document.markers import MethodRanges
 from qviz.core.document.represent import EvaluationStats, with_evaluation_view
@@ -105,7 +105,8 @@ class LayerParts:
         defer = defer and self.layer_is_large()
         pending: list[Pending] | None = [] if defer else None
         weight = activation = None
-        weight_values = act_stats = weight_stats = None
+        weight_values = act_stats = held = None
+        waiting = False  # for a large weight's statistics (read or computed by a worker)
         w_ranges: Ranges = {}
         a_ranges: Ranges = {}
         w_missing, a_missing = "this layer has no weight", "not calibrated"
@@ -117,7 +118,7 @@ class LayerParts:
                 w_missing = error or w_missing
                 if result is not None:
                     weight_values = self.measured_on(key)[0]
-                    weight_stats = self.weight_view_stats(key)
+                    held, waiting = self.weight_view_stats(key, pending)
                     w_ranges = self.method_ranges(key, pending)
             else:
                 activation = result
@@ -135,7 +136,7 @@ class LayerParts:
             pinned_activation=pinned.get(TensorKind.ACTIVATION),
             weight_before=before.get(TensorKind.WEIGHT),
             activation_before=before.get(TensorKind.ACTIVATION),
-            weight_stats=weight_stats, defer=defer,
+            weight_stats=held, weight_stats_waiting=waiting, defer=defer,
         )
         if pending:
             data = replace(data, pending=(*pending, *data.pending))
@@ -154,19 +155,32 @@ class LayerParts:
             for key in self.visible_keys()
         )
 
-    def weight_view_stats(self, key: TensorKey) -> TensorStats | None:
-        """The statistics a large weight was analysed from, when they are at hand (stored
-        with the calibration statistics or kept from its analysis): the layer view draws its
-        histogram and error curve from them without reading the weight. None otherwise (the
-        view computes the weight's own)."""
+    def weight_view_stats(
+        self, key: TensorKey, defer: list[Pending] | None = None
+    ) -> tuple[TensorStats | None, bool]:
+        """The statistics a large weight is analysed from (its `WeightStats`' tensor
+        histogram): the layer view draws its histogram and error curve from them, without
+        reading the weight. (None, False) for a smaller weight, or one statistics cannot
+        describe (the view computes its own). `defer`: when they are not kept yet (read
+        from the statistics file or computed), add that to this list and return (None,
+        True) rather than wait."""
         if self.model is None or key.kind is not TensorKind.WEIGHT:
-            return None
+            return None, False
         plan = self.transform_plan()
         layer = self.planned_tensor(plan, key).layer
         if layer.weight != key.name or not uses_stats(layer):
-            return None
-        ws = stored_weight_stats(plan.model, layer, plan.stats)
-        return None if ws is None else ws.tensor
+            return None, False
+        found, ws = kept_weight_stats(plan.model, layer)
+        if not found and defer is not None:
+            model, stats = plan.model, plan.stats
+            # weight_stats keeps what it reads or computes: that is the part's store.
+            defer.append(Pending(("weight statistics", id(model), key.name),
+                                 f"the statistics of {key.name}",
+                                 lambda: weight_stats(model, layer, stats), lambda _: True))
+            return None, True
+        if not found:
+            ws = weight_stats(plan.model, layer, plan.stats)
+        return (None if ws is None else ws.tensor), False
 
     def method_ranges(
         self, key: TensorKey, defer: list[Pending] | None = None

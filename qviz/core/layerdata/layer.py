@@ -272,18 +272,21 @@ class LayerPlots:
         weight_before: Before | None = None,
         activation_before: Before | None = None,
         weight_stats: TensorStats | None = None,
+        weight_stats_waiting: bool = False,
         defer: bool = False,
     ) -> LayerData:
         """`pinned_*`: the same tensors under a configuration pinned for comparison ("A");
         `*_before`: the same tensors without their transforms (faint overlays).
         `weight_stats`: the weight's statistics when the caller holds them (else computed
-        here once per weight and kept). `defer`: leave the parts not cached yet to a worker
-        (`LayerData.pending`, see the module docstring)."""
+        here once per weight and kept; `weight_stats_waiting`: they are on their way, draw
+        the weight without them for now). `defer`: leave the parts not cached yet to a
+        worker (`LayerData.pending`, see the module docstring)."""
         with self._deferring(defer) as pending:
             data = self._layer_data(
                 weight, weight_values, activation, activation_stats, weight_ranges,
                 activation_ranges, weight_missing, activation_missing, pinned_weight,
                 pinned_activation, weight_before, activation_before, weight_stats,
+                weight_stats_waiting,
             )
         return replace(data, pending=tuple(pending.values())) if pending else data
 
@@ -302,10 +305,13 @@ class LayerPlots:
         weight_before: Before | None,
         activation_before: Before | None,
         weight_stats: TensorStats | None,
+        weight_stats_waiting: bool,
     ) -> LayerData:
         wpanel = None
         if weight is not None and weight_values is not None:
-            stats = weight_stats or self._lazy_weight_stats(weight.name, weight_values)
+            stats = weight_stats
+            if stats is None and not weight_stats_waiting:
+                stats = self._lazy_weight_stats(weight.name, weight_values)
             wpanel = self._weight_panel(weight, weight_values, stats, weight_ranges)
             if pinned_weight is not None:
                 wpanel = replace(
