@@ -135,7 +135,8 @@ def pick_keys(
 
 
 def select_times(
-    window: MainWindow, app: QApplication, n: int, profile: cProfile.Profile | None = None
+    window: MainWindow, app: QApplication, n: int, profile: cProfile.Profile | None = None,
+    each: bool = False,
 ) -> dict[str, list[float]]:
     """Milliseconds from selecting each of `n` tensors spread down the model (weights and
     activations alternately) to the window repainted with its views: wall time, the GUI
@@ -170,6 +171,9 @@ def select_times(
         app.processEvents()
         window.repaint()
         times["complete"].append((time.perf_counter() - t0) * 1e3)
+        if each:
+            print(f"  {key.name} ({key.kind.value}, {window.doc.element_count(key):,.0f} "
+                  f"values): " + ", ".join(f"{m} {v[-1]:.1f} ms" for m, v in times.items()))
     return times
 
 
@@ -188,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stats", type=Path, help="statistics of --model (instead of --data)")
     parser.add_argument("--profile", type=Path,
                         help="write a cProfile of the timed selections to this file")
+    parser.add_argument("--each", action="store_true", help="print every selection's times")
     parser.add_argument("--selections", type=int, default=20,
                         help="tensors selected one after another, timed (default 20)")
     parser.add_argument("--weight", help="weight tensor to change (default: mid-graph layer)")
@@ -229,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         # Selecting a layer: click to its views drawn (histograms from the statistics).
         # CPU time of this thread: a busy shared machine does not blur where the time goes.
         profile = cProfile.Profile(time.thread_time) if args.profile is not None else None
-        selects = select_times(window, app, args.selections, profile)
+        selects = select_times(window, app, args.selections, profile, args.each)
         if profile is not None:
             profile.dump_stats(str(args.profile))
         wait_idle(window, app, args.timeout)

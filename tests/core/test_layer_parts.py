@@ -94,7 +94,7 @@ def assert_same_view(got: LayerData, want: LayerData) -> None:
         np.testing.assert_array_equal(a.channels.sqnr_db, b.channels.sqnr_db)
 
 
-def test_a_small_layer_is_drawn_whole_even_when_deferring(demo) -> None:
+def test_the_layers_of_a_small_model_are_drawn_whole_even_when_deferring(demo) -> None:
     doc = make_doc(demo)
     doc.select(CONV)
     data = doc.layer_data(defer=True)
@@ -191,6 +191,37 @@ def test_statistics_no_longer_kept_are_read_by_a_worker_and_kept(
     assert ws is not None and got.weight is not None and got.weight.stats is ws.tensor
     assert got.weight.counts is not None and got.weight.curve is not None
     assert reads == [FC.name, CONV.name, FC.name]
+
+
+def test_the_evaluation_data_and_convergence_come_as_parts_too(demo, large) -> None:
+    """The activation's searches against the evaluation data and along calibration's
+    snapshots: pending at first (nothing shown in their place), then what the synchronous
+    path computes."""
+    model = demo[0]
+    data = load_data(demo_paths().data, model.inputs)
+    cal = run_to_completion(collect_stats(model, data, snapshots=True))
+    docs = []
+    for _ in range(2):
+        d = Document()
+        d.set_model(model)
+        d.set_stats(cal)
+        d.set_eval_stats(demo[1])
+        d.select(CONV)
+        docs.append(d)
+    doc, ref = docs
+    first = doc.layer_data(defer=True)
+    assert first is not None and first.activation is not None
+    kinds = {p.key[0] for p in first.pending}
+    assert {"representativeness", "convergence"} <= kinds
+    assert first.activation.convergence == () and first.activation.convergence_waiting
+    assert first.activation.eval_band is None
+    got, _ = fill(doc, first)
+    want = ref.layer_data()
+    assert want is not None and want.activation is not None and got.activation is not None
+    assert len(want.activation.convergence) >= 2 and want.activation.eval_band is not None
+    assert got.activation.convergence == want.activation.convergence
+    assert got.activation.eval_band == want.activation.eval_band
+    assert not got.activation.convergence_waiting
 
 
 def test_ranges_searched_on_replaced_statistics_are_not_kept(demo, large) -> None:

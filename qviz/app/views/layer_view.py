@@ -284,7 +284,9 @@ class LayerView(QWidget):
         elif self._changed("input channels", id(a.channels), r.name, id(a.before_channels)):
             self.input_channels.show_channels(a.channels, r.name, a.before_channels)
         self.activation_hist.set_reference(a.eval_hist)
-        self.convergence.show_convergence(a.convergence, a.eval_band, r.name)
+        self.convergence.show_convergence(a.convergence, a.eval_band, r.name,
+                                          f"the convergence: {COMPUTING}"
+                                          if a.convergence_waiting else "")
         self.metrics_panel.set_column(TensorKind.ACTIVATION, a.column)
 
     def _on_activation_changing(self, lo: float, hi: float) -> None:

@@ -244,7 +244,7 @@ class Document(TransformedViews, PinnedComparison, LayerParts):
         )
 
     def convergence(self, key: TensorKey) -> list[tuple[int, float, float]]:
-        return self.eval_stats.convergence(key, self.config_for(key), self.stats)
+        return self.eval_stats.convergence(key, self.config_for(key), self.stats) or []
 
     def stats_saved(self, path: Path) -> None:
         """The statistics were written to `path` (a session saved now refers to it)."""

@@ -4,16 +4,18 @@ A part of `Document` kept apart by concern (like the transforms and the A/B comp
 `layer_data()` measures the selected layer's weight and activation and assembles everything
 the layer view draws (`qviz.core.layerdata.layer`). A large weight is drawn from the
 statistics it was analysed from (its `WeightStats`' tensor histogram: no pass over its
-values). With `defer=True` (the app, on a layer whose weight has `DEFER_MIN_VALUES` values or
-more) what is not cached yet — the error curves and method markers, a pass over a weight
-without stored statistics, fake-quantized channels, the input channels — comes back as
-`LayerData.pending` instead of being computed now; a worker builds those parts and hands
+values). With `defer=True` (the app, on a model holding a weight of `DEFER_MIN_VALUES` values
+or more) what is not cached yet — the error curves, the method ranges and markers, a pass over
+a weight without kept statistics, fake-quantized channels, the input channels, the evaluation
+data's range and the convergence — comes back as `LayerData.pending` instead of being
+computed now; a worker builds those parts and hands
 them to `accept_parts`, which stores them, and `parts_ready` announces them (`events.parts`):
 the view draws again, from the caches.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import replace
 
@@ -22,7 +24,6 @@ import numpy as np
 from qviz.core.calibration.analysis import QuantTensor, TensorKey, TensorResult
 from qviz.core.calibration.config import TensorConfig
 from qviz.core.calibration.methods import Method
-from qviz.core.calibration.representative import Representativeness
 from qviz.core.calibration.weight_cache import kept_weight_stats, uses_stats, weight_stats
 from qviz.core.document.events import DocumentEvents
 from qviz.core.document.markers import MethodRanges
@@ -52,6 +53,7 @@ class LayerParts:
     _index: TensorIndex
     _plots: LayerPlots
     _markers: MethodRanges
+    _largest: tuple[LoadedModel, int] | None = None  # the model's largest weight (values)
 
     # Provided by the document and its other parts.
     def visible_keys(self) -> list[TensorKey]:
@@ -85,14 +87,6 @@ class LayerParts:
         raise NotImplementedError
 
     def before(self, key: TensorKey) -> Before | None:
-        raise NotImplementedError
-
-    def representativeness(
-        self, key: TensorKey, *, eval_alone: bool = False
-    ) -> Representativeness | None:
-        raise NotImplementedError
-
-    def convergence(self, key: TensorKey) -> list[tuple[int, float, float]]:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ the view's data
@@ -143,17 +137,26 @@ class LayerParts:
         if data.activation is None or data.activation.result.context:
             return data  # a rescaled activation is not comparable with the evaluation data's
         key = TensorKey(data.activation.result.name, TensorKind.ACTIVATION)
-        return with_evaluation_view(
-            data, self.eval_stats.stats, self.representativeness(key, eval_alone=True),
-            self.convergence(key),
-        )
+        cfg = self.config_for(key)
+        more: list[Pending] | None = [] if defer else None
+        found = self.eval_stats.compare(key, cfg, self.stats, data.activation.result,
+                                        eval_alone=True, defer=more)
+        points = self.eval_stats.convergence(key, cfg, self.stats, more)
+        data = with_evaluation_view(data, self.eval_stats.stats, found, points)
+        return replace(data, pending=(*data.pending, *more)) if more else data
 
     def layer_is_large(self) -> bool:
-        """Whether the selected layer's weight has `DEFER_MIN_VALUES` values or more."""
-        return any(
-            key.kind is TensorKind.WEIGHT and self.element_count(key) >= DEFER_MIN_VALUES
-            for key in self.visible_keys()
-        )
+        """Whether the layer view is drawn part by part: the model holds a weight of
+        `DEFER_MIN_VALUES` values or more (then every layer's slow parts, an activation's
+        searches too, are worth a worker: together they take longer than a frame)."""
+        model = self.model
+        if model is None:
+            return False
+        if self._largest is None or self._largest[0] is not model:
+            sizes = [math.prod(int(d) for d in layer.weight_shape) for layer in model.layers
+                     if layer.weight is not None and layer.weight_shape]
+            self._largest = (model, max(sizes, default=0))
+        return self._largest[1] >= DEFER_MIN_VALUES
 
     def weight_view_stats(
         self, key: TensorKey, defer: list[Pending] | None = None

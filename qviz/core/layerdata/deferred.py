@@ -1,12 +1,12 @@
 """Parts of a layer's view that are computed off the GUI thread, and filled in when done.
 
-On a large layer (a weight of `DEFER_MIN_VALUES` values or more) the first view draws at once
-what the statistics already hold — the histograms, clip bands, metrics and the per-channel
-ranges the analysis produced — and leaves the rest as `Pending` parts: a pass over the
-weight's values, the error curves and each method's marker, the input-channel view, the
-evaluation data's comparison. Each part is a pure `build` (run on a worker thread, by the
-same functions that compute it synchronously on a small layer) and a `store` that puts its
-value where the next draw reads it (run on the GUI thread). Until then its panel says
+In a large model (a weight of `DEFER_MIN_VALUES` values or more) the first view of a layer
+draws at once what the statistics already hold — the histograms, clip bands, metrics and the
+per-channel ranges the analysis produced — and leaves the rest as `Pending` parts: a pass over
+the weight's values, the error curves, each method's range and marker, the input-channel view,
+the evaluation data's range and the convergence. Each part is a pure `build` (run on a worker
+thread, by the same functions that compute it synchronously in a small model) and a `store`
+that puts its value where the next draw reads it (run on the GUI thread). Until then its panel says
 "computing…"; nothing is drawn from an approximation that the exact value would then replace.
 
 `compute_parts` is the generator a worker runs; the caches that take the values are keyed by
@@ -21,9 +21,10 @@ from typing import Any
 
 __all__ = ["COMPUTING", "DEFER_MIN_VALUES", "ComputedPart", "Pending", "compute_parts"]
 
-#: A layer whose weight has at least this many values shows its slow parts when they are
-#: ready: a pass over a million values (statistics, fake-quantization) takes 5-20 ms, and a
-#: layer view draws several; smaller layers draw everything at once.
+#: A model holding a weight of at least this many values shows each layer's slow parts when
+#: they are ready: a pass over a million values (statistics, fake-quantization) takes 5-20 ms,
+#: a layer view draws several, and an activation's searches add tens of milliseconds; the
+#: layers of smaller models are drawn whole at once.
 DEFER_MIN_VALUES = 1 << 20
 
 #: What a panel says while its part is being computed.

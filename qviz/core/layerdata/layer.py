@@ -133,6 +133,7 @@ class ActivationPanel:
     eval_band: tuple[float, float] | None = None
     #: (samples, lo, hi) of the chosen range as calibration data grew.
     convergence: tuple[tuple[int, float, float], ...] = ()
+    convergence_waiting: bool = False  # still being computed
 
 
 @dataclass(frozen=True, eq=False)
