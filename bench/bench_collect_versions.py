@@ -1,4 +1,4 @@
-"""`qviz collect` of two checkouts side by side: CPU time and peak RSS, alternating runs.
+"""`qviz collect` of two checkouts side by side: CPU and wall time, peak RSS; alternating runs.
 
 For a before/after figure of a change to calibration: each run is a fresh process timed
 from outside (``/usr/bin/time -v``), the two checkouts taking turns so that both see the
@@ -24,9 +24,17 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_scale import _PLAIN_ORT  # noqa: E402  (the same baseline as the scaling table)
 
 
-def timed(argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> tuple[float, int]:
-    """(CPU seconds, peak RSS MB) of one process run in `cwd` (``python -m`` imports from
-    there first)."""
+def _seconds(clock: str) -> float:
+    """``/usr/bin/time``'s elapsed time, ``[h:]m:ss.ss``, in seconds."""
+    total = 0.0
+    for part in clock.split(":"):
+        total = total * 60 + float(part)
+    return total
+
+
+def timed(argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> tuple[float, int, float]:
+    """(CPU seconds, peak RSS MB, wall seconds) of one process run in `cwd` (``python -m``
+    imports from there first)."""
     with tempfile.NamedTemporaryFile(suffix=".txt") as out:
         subprocess.run(["/usr/bin/time", "-v", "-o", out.name, *argv], env=env, cwd=cwd,
                        check=True,
@@ -34,7 +42,8 @@ def timed(argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> tuple[float
         fields = dict(line.strip().split(": ", 1) for line in Path(out.name).read_text()
                       .splitlines() if ": " in line)
     cpu = float(fields["User time (seconds)"]) + float(fields["System time (seconds)"])
-    return cpu, int(fields["Maximum resident set size (kbytes)"]) // 1024
+    wall = _seconds(fields["Elapsed (wall clock) time (h:mm:ss or m:ss)"])
+    return cpu, int(fields["Maximum resident set size (kbytes)"]) // 1024, wall
 
 
 def main() -> int:
@@ -47,7 +56,7 @@ def main() -> int:
     p.add_argument("--weight-stats", action="store_true",
                    help="collect the large weights' statistics too (default: activations)")
     args = p.parse_args()
-    runs: dict[str, list[tuple[float, int]]] = {"plain ORT": [], "old": [], "new": []}
+    runs: dict[str, list[tuple[float, int, float]]] = {"plain ORT": [], "old": [], "new": []}
     with tempfile.TemporaryDirectory() as tmp:
         collect = [sys.executable, "-m", "qviz", "collect", args.model, "--data", args.data,
                    "-o", str(Path(tmp) / "s.qvstats"), "--batch-size", str(args.batch_size),
@@ -59,13 +68,15 @@ def main() -> int:
             for label, root in (("old", args.old), ("new", ROOT)):
                 env = dict(os.environ, PYTHONPATH=str(root))
                 runs[label].append(timed(collect, env, cwd=root))
-    base = statistics.median(c for c, _ in runs["plain ORT"])
-    rss = statistics.median(r for _, r in runs["plain ORT"])
+    base = statistics.median(c for c, _, _ in runs["plain ORT"])
+    rss = statistics.median(r for _, r, _ in runs["plain ORT"])
+    base_wall = statistics.median(w for _, _, w in runs["plain ORT"])
     for label, values in runs.items():
-        cpu = statistics.median(c for c, _ in values)
-        peak = statistics.median(r for _, r in values)
-        print(f"{label:<10} CPU {cpu:6.1f} s (÷ plain {cpu / base:.2f}), peak RSS {peak:,} MB "
-              f"(÷ plain {peak / rss:.2f})")
+        cpu = statistics.median(c for c, _, _ in values)
+        peak = statistics.median(r for _, r, _ in values)
+        wall = statistics.median(w for _, _, w in values)
+        print(f"{label:<10} CPU {cpu:6.1f} s (÷ plain {cpu / base:.2f}), wall {wall:6.1f} s "
+              f"(÷ plain {wall / base_wall:.2f}), peak RSS {peak:,} MB (÷ plain {peak / rss:.2f})")
     print(json.dumps({k: v for k, v in runs.items()}))
     return 0
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Generator
 from dataclasses import replace
+from typing import cast
 
 from qviz.cli.common import checked_output, drive, load_model_and_data
 from qviz.cli.options import (
@@ -19,12 +21,13 @@ from qviz.cli.options import (
 from qviz.core.data.shard import Shard, take_shard
 from qviz.core.errors import QvizError
 from qviz.core.files.validate import MAX_BINS
+from qviz.core.progress import Progress
 from qviz.core.stats.channel_stats import DEFAULT_CHANNEL_BINS
-from qviz.core.stats.collect import collect_stats
+from qviz.core.stats.collect import CalibrationStats, collect_stats
 from qviz.core.stats.gram import DEFAULT_GRAM_BUDGET
 from qviz.core.stats.provenance import Provenance, ShardOrigin
 from qviz.core.stats.stats_file import save_stats
-from qviz.core.stats.weight_collect import collect_weight_stats
+from qviz.core.stats.weight_collect import WeightStatsMeanwhile
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -68,15 +71,23 @@ def run(args: argparse.Namespace) -> int:
     whole = data
     if shard is not None:
         data = take_shard(whole, shard)
-    stats = drive(collect_stats(model, data, batch_size=args.batch_size, bins=args.bins,
-                                channel_bins=args.channel_bins, gram=args.gram,
-                                gram_budget=int(args.gram_budget * 2**30)), args.quiet)
+    meanwhile = WeightStatsMeanwhile(model) if args.weight_stats else None
+    try:
+        calibration = collect_stats(model, data, batch_size=args.batch_size, bins=args.bins,
+                                    channel_bins=args.channel_bins, gram=args.gram,
+                                    gram_budget=int(args.gram_budget * 2**30))
+        if meanwhile is not None:
+            calibration = _after_first(calibration, meanwhile.stop)
+        stats = drive(calibration, args.quiet)
+    finally:
+        if meanwhile is not None:
+            meanwhile.stop()
     if shard is not None:
         first, end = shard.bounds(len(whole))
         origin = ShardOrigin(shard, first, end, len(whole), whole.description)
         stats = replace(stats, provenance=Provenance(shard=origin))
-    if args.weight_stats:
-        weights = drive(collect_weight_stats(model), args.quiet)
+    if meanwhile is not None:
+        weights = drive(meanwhile.finish(), args.quiet)
         stats = replace(stats, weights=weights)
     save_stats(stats, out)
     stored = f", {len(stats.weights)} large weights" if stats.weights else ""
@@ -85,3 +96,18 @@ def run(args: argparse.Namespace) -> int:
     for note in stats.notes:
         print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def _after_first(
+    gen: Generator[Progress, None, CalibrationStats], call: Callable[[], None]
+) -> Generator[Progress, None, CalibrationStats]:
+    """`gen`, calling `call()` once its first Progress arrives: calibration reports its
+    start once ONNX Runtime's session is built, before the first batch runs."""
+    try:
+        first = next(gen)
+    except StopIteration as stop:
+        return cast(CalibrationStats, stop.value)
+    finally:
+        call()
+    yield first
+    return (yield from gen)

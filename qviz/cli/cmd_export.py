@@ -54,6 +54,7 @@ from qviz.core.runtime.slow_layers import FloatedLayer, SlowLayers, leave_slow_l
 from qviz.core.runtime.speed import SpeedProfile, layer_speed
 from qviz.core.runtime.speed_check import CHECK_BUDGET, check_speed, timing_feeds
 from qviz.core.stats.stats_file import is_stats_file
+from qviz.core.transforms.advice import smoothquant_advice
 from qviz.core.transforms.plan import TransformPlan, transform_model
 
 
@@ -295,7 +296,8 @@ def run(args: argparse.Namespace) -> int:
         written = write_report(report, out)
         if report.outcome is not None:
             sys.stdout.write(f"verdict: {report.outcome.value}\n")
-    for note in [*notes, *plan.notes]:
+    advice = smoothquant_advice(plan.stats, results) if plan.stats is not None else None
+    for note in [*notes, *plan.notes, *([advice] if advice else [])]:
         prefix = "" if note.startswith(("speed: ", "warning: ")) else "note: "
         sys.stdout.write(f"{prefix}{note}\n")
     sys.stdout.write(f"wrote {', '.join(str(p) for p in written)} "

@@ -19,6 +19,7 @@ from qviz.core.errors import QvizError
 from qviz.core.model.loading import TensorKind
 from qviz.core.stats.collect import CalibrationStats
 from qviz.core.stats.stats_file import load_stats
+from qviz.core.transforms.advice import smoothquant_advice
 from qviz.core.transforms.plan import TransformPlan, transform_model
 
 
@@ -53,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
         json.dump(report_json(plan.stats, results, evaluation, seen, plan), sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
+        advice = smoothquant_advice(plan.stats, results)
         sys.stdout.write(report_table(plan.stats, results, evaluation, seen,
-                                      transform_notes(plan, results)))
+                                      [*transform_notes(plan, results),
+                                       *([advice] if advice else [])]))
     return 0
 
 

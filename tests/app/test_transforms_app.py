@@ -65,6 +65,7 @@ def test_input_channel_view_flags_the_planted_channels(window: MainWindow) -> No
     assert view.data is not None
     assert {int(i) for i in view.data.loud} == set(BlockSpec().outlier_plan())
     assert "3 loud channels" in view.caption.text()
+    assert "SmoothQuant (settings) moves loud channels" in view.caption.text()
     assert view.data.sqnr_db is not None and view.data.sqnr_db.size == 64
 
 
@@ -98,6 +99,7 @@ def test_smoothquant_from_the_panel_and_undo(qtbot: QtBot, window: MainWindow) -
     after_ch, before_ch = view.input_channels.data, view.input_channels.before
     assert after_ch is not None and before_ch is not None
     assert after_ch.loud.size < before_ch.loud.size == len(BlockSpec().outlier_plan())
+    assert "SmoothQuant (settings)" not in view.input_channels.caption.text()
     assert (after_ch.absmax.max() / after_ch.median_absmax
             < before_ch.absmax.max() / before_ch.median_absmax / 5)
     assert window.layer_view.data is not None

@@ -66,15 +66,33 @@ def test_report_after_smoothquant_has_no_loud_channel_left(block, capsys) -> Non
     assert 0.0 <= norm["transform"]["alpha"] <= 1.0 and norm["transform"]["auto"]
 
 
+def test_report_points_at_smoothquant_until_it_is_on(block, capsys) -> None:
+    assert main(["report", str(block["stats"])]) == 0
+    advice = [line for line in capsys.readouterr().out.splitlines() if "--smoothquant" in line]
+    assert len(advice) == 1 and "block.norm.output" in advice[0], advice
+    assert main(["report", str(block["stats"]), "--smoothquant", "auto"]) == 0
+    assert "--smoothquant auto" not in capsys.readouterr().out
+
+
+def test_the_demo_gets_no_smoothquant_advice(demo_stats: Path, capsys) -> None:
+    # Its convolutions' activations have channels a few times the median (the channel view
+    # marks them), not the order-of-magnitude outliers SmoothQuant is for.
+    assert main(["report", str(demo_stats)]) == 0
+    assert "--smoothquant" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("method", ["mse", "entropy"])
-def test_smoothquant_auto_export_gains_6_db_in_plain_ort(block, tmp_path: Path,
+def test_smoothquant_auto_export_gains_6_db_in_plain_ort(block, tmp_path: Path, capsys,
                                                          method: str) -> None:
     x = np.load(block["eval"])["hidden_states"]
     plain, smooth = tmp_path / "plain.onnx", tmp_path / "smooth.onnx"
     common = ["export", str(block["stats"]), "--file-format", "qdq", "--method", method,
               "--slow-layers", "quantize"]  # every layer quantized in both: no timing in it
     assert main([*common, "-o", str(plain)]) == 0
+    assert "note: 1 activation read by weighted layers has outlier channels" in \
+        capsys.readouterr().out
     assert main([*common, "--smoothquant", "auto", "-o", str(smooth)]) == 0
+    assert "--smoothquant auto" not in capsys.readouterr().out
     before = _plain_ort_sqnr(block["model"], plain, x)
     after = _plain_ort_sqnr(block["model"], smooth, x)
     assert after >= before + 6.0, (method, before, after)

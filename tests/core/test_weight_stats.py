@@ -8,6 +8,7 @@ error integrals a dense numerical integration of the real quantizer over each bi
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -172,13 +173,25 @@ def test_round_trip_through_arrays() -> None:
     ws = compute_weight_stats(weight(), "w", 1)
     assert ws is not None
     meta, arrays = ws.to_arrays()
-    assert arrays["row_counts"].dtype == np.uint16
+    assert ws.rows.counts.max() < 256 and arrays["row_counts"].dtype == np.uint8
     back = WeightStats.from_arrays(meta, arrays)
     np.testing.assert_array_equal(back.rows.counts, ws.rows.counts)
     spec = MethodSpec(Method.PERCENTILE, 99.0)
     a = analyze_weight_stats(ws, spec, PerAxis(), NumberFormat())
     b = analyze_weight_stats(back, spec, PerAxis(), NumberFormat())
     assert a.metrics.sqnr_db == b.metrics.sqnr_db
+
+
+@pytest.mark.parametrize(("rows", "dtype"), [(300, np.uint16), (70_000, np.uint32)])
+def test_counts_stored_in_the_narrowest_type_that_holds_them(rows: int, dtype: type) -> None:
+    w = weight(rows=rows, cols=8)
+    w[:, 1] = 0.5  # a constant channel: every value in one bin
+    ws = compute_weight_stats(w, "w", 1)
+    assert ws is not None
+    meta, arrays = ws.to_arrays()
+    assert arrays["row_counts"].dtype == dtype
+    np.testing.assert_array_equal(WeightStats.from_arrays(meta, arrays).rows.counts,
+                                  ws.rows.counts)
 
 
 def _model_and_stats(monkeypatch):
@@ -200,8 +213,17 @@ def test_collect_and_stats_file_keep_large_weights(monkeypatch, tmp_path: Path) 
     save_stats(dataclasses.replace(stats, weights=weights), path)
     loaded = load_stats(path)
     assert sorted(loaded.weights) == sorted(big)
+    for name in big:
+        np.testing.assert_array_equal(loaded.weights[name].rows.counts, weights[name].rows.counts)
+    # One-byte per-channel counts are stored as they are (deflate is slow on them); the rest
+    # is deflated.
+    with zipfile.ZipFile(path) as zf:
+        kinds = {info.filename: info.compress_type for info in zf.infolist()}
+    stored = {k for k, v in kinds.items() if v == zipfile.ZIP_STORED}
+    assert stored == {f"weights/{i}/row_counts.npy" for i, name in enumerate(weights)
+                      if weights[name].rows.counts.max() < 256}
+    assert stored
     name = big[0]
-    np.testing.assert_array_equal(loaded.weights[name].rows.counts, weights[name].rows.counts)
     # Analysis takes them from the file: the model's weights are not read again.
     layer = next(layer for layer in model.layers if layer.weight == name)
     monkeypatch.setattr(type(model), "weight", lambda *a: pytest.fail("weight was read"))

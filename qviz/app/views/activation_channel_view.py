@@ -22,6 +22,7 @@ from qviz.app.views.before_overlay import BEFORE_COLOR
 from qviz.app.views.channel_view import _Bars, channel_plots
 from qviz.core.layerdata.activation_channels import ActivationChannels
 from qviz.core.layerdata.channels import SQNR_CEILING_DB
+from qviz.core.transforms.advice import ADVICE_RATIO
 
 MAX_LISTED = 8  # loud channels named in the caption
 
@@ -127,6 +128,10 @@ class ActivationChannelView(QWidget):
                     f"{'s' if k != 1 else ''}</span> {shown}{more} ({rule})")
 
         text = f"bars: channel min..max · dashed: the per-tensor clip range · {loud_text(data)}"
+        ratio = float(data.absmax.max()) / data.median_absmax if data.median_absmax > 0 else 0.0
+        if before is None and data.clip is not None and ratio >= ADVICE_RATIO:
+            text += (f" · the loudest is {ratio:.0f}× the median and sets the scale: "
+                     "SmoothQuant (settings) moves loud channels into the weights")
         if before is not None:
             text += f" · faint: before the transform, {loud_text(before)}"
         if data.sqnr_db is None:

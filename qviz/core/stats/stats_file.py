@@ -67,6 +67,14 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v
 _LEVEL = 1
 
 
+# A large weight's per-channel histograms are written uncompressed when their counts fit in a
+# byte (a 2048-value channel in 256 bins: mostly under 50) spread over every bin, which
+# deflate only halves, at about 150 MB/s: on a 4 GB model 0.6 s of CPU for 90 MB, more than
+# the rest of writing the file. Stored as bytes, they take the space the compressed 16-bit
+# counts took.
+_STORED_BYTES = frozenset({"row_counts"})
+
+
 def _write_arrays(
     zf: zipfile.ZipFile, prefix: str, arrays: dict[str, np.ndarray]
 ) -> dict[str, str]:
@@ -75,7 +83,9 @@ def _write_arrays(
         member = f"{prefix}/{key}.npy"
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-        zf.writestr(member, buf.getvalue())
+        stored = key in _STORED_BYTES and array.dtype.itemsize == 1
+        kind = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
+        zf.writestr(member, buf.getvalue(), compress_type=kind)
         files[key] = member
     return files
 

