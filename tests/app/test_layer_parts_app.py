@@ -84,6 +84,7 @@ def test_a_large_layer_is_drawn_at_once_then_filled_in_with_the_same_numbers(
     assert first[(W, "sqnr")] not in ("", "—") and first[(A, "sqnr")] not in ("", "—")
     assert view.error_curve.curve_data(W) is None and view.error_curve.curve_data(A) is None
     assert view.error_curve.placeholder.text() == COMPUTING
+    assert view.error_curve.tensor_kind is W  # waiting on the weight's, as chosen
     assert COMPUTING in view.weight_hist.info_text.toPlainText()
     assert view.input_channels.placeholder.text() == COMPUTING
     assert window.layer_parts.is_busy

@@ -164,8 +164,9 @@ class ErrorCurveView(QWidget):
         # The kind last chosen, when it has a curve: one still being computed (a large
         # layer's) only lends its place to the other until it comes.
         kind = self._preferred
-        if self._curves[kind] is None:
-            kind = TensorKind.ACTIVATION if kind is TensorKind.WEIGHT else TensorKind.WEIGHT
+        other = TensorKind.ACTIVATION if kind is TensorKind.WEIGHT else TensorKind.WEIGHT
+        if self._curves[kind] is None and self._curves[other] is not None:
+            kind = other
         self._select(kind, redraw=False)
         self._redraw()
 
