@@ -7,7 +7,7 @@ and a job runner and run the long work:
 * `files` — opening models, data, statistics and sessions; saving (foreground jobs);
 * `jobs` — the one foreground job at a time, with progress and Cancel in the status bar;
 * `analysis` — measuring every tensor in the background after a change;
-* `layer_parts` — the parts of a large layer's view that are computed after it is drawn;
+* `layer_parts` — the parts of a large model's layer view that are computed after it is drawn;
 * `evaluation` — the live end-to-end numbers and the full native evaluation;
 * `sensitivity` — per-layer sensitivity and the mixed-precision search.
 

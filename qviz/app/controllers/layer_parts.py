@@ -1,8 +1,8 @@
-"""Computes, in the background, the parts of the layer view that a large layer leaves pending.
+"""Computes, in the background, the parts of the layer view that a large model leaves pending.
 
-The layer view draws a large layer at once from what is cached or cheap and says "computing…"
-for the rest (`qviz.core.layerdata.deferred`); it hands the pending parts here. They are
-built on a pool thread, one after another; each is stored in the document as it comes
+In a large model the layer view draws a layer at once from what is cached or cheap and says
+"computing…" for the rest (`qviz.core.layerdata.deferred`); it hands the pending parts here.
+They are built on a pool thread, one after another; each is stored in the document as it comes
 (`Document.accept_parts`), and once the run is over the document announces them
 (`Document.parts_ready`): the view draws again, from its caches, and hands over whatever
 that draw still lacks (the method markers wait for the method ranges).

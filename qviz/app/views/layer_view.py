@@ -15,8 +15,8 @@ results of a shown tensor changed. While a band is dragged it previews the Manua
 metrics (core functions, milliseconds); when the drag ends the range goes into the document
 (`set_manual_range`, one undo step) and the view redraws from there.
 
-With `defer_parts` (the app), a large layer is drawn at once from what is cached or cheap;
-its slow parts say "computing…" and go out on `partsPending` (the window hands them to a
+With `defer_parts` (the app), a layer of a large model is drawn at once from what is cached
+or cheap; its slow parts say "computing…" and go out on `partsPending` (the window hands them to a
 `LayerPartsController`); when the document announces them (`events.parts`) the view draws
 again. A redraw leaves alone the panels whose data did not change, so filling in one part
 repaints only that part.
@@ -86,7 +86,7 @@ class LayerView(QWidget):
         self.preview_metrics: dict[TensorKind, TensorMetrics] = {}
         # Errors already reported, so a refused setting is said once, not on every redraw.
         self._reported: set[tuple[TensorKey, object]] = set()
-        #: Leave a large layer's slow parts to a worker (see the module docstring).
+        #: Leave the slow parts of a large model's layers to a worker (see the module docstring).
         self.defer_parts = False
         # What each panel last drew, so a redraw with the same data skips it.
         self._shown: dict[str, tuple[object, ...]] = {}

@@ -92,7 +92,7 @@ class LayerParts:
     # ------------------------------------------------------------------ the view's data
     def layer_data(self, *, defer: bool = False) -> LayerData | None:
         """What the layer view draws for the selection (measuring what it needs now);
-        `defer`: on a large layer, leave what is not cached to a worker (see the module
+        `defer`: in a large model, leave what is not cached to a worker (see the module
         docstring)."""
         if self.model is None or self.selection is None or self.selection not in self._index:
             return None

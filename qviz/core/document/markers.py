@@ -2,7 +2,7 @@
 
 Cached per tensor, method and format: Entropy and MSE search the histogram, and the markers
 are redrawn on every click. Weights above `MAX_MARKER_WEIGHT` values get none (each method is
-a pass over the whole tensor). Asked to defer (a large layer in the app), the ranges not
+a pass over the whole tensor). Asked to defer (a large model in the app), the ranges not
 cached yet are searched by a worker (`Pending`) and none is returned until they all are.
 """
 

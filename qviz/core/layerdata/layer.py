@@ -12,7 +12,7 @@ or finishing a drag redraws without recomputing them.
 Manual), computed on every mouse move: exact for weights up to `EXACT_PREVIEW_MAX` values,
 from a histogram above that (marked approximate; the exact numbers follow on release).
 
-Asked to defer (`layer_data(..., defer=True)`, the app on a large layer), the memoised parts
+Asked to defer (`layer_data(..., defer=True)`, the app in a large model), the memoised parts
 that are not cached yet are not computed here: they come back as `LayerData.pending`
 (`deferred.Pending`), and the panel holding each says "computing…" until a worker has built
 it and the next `layer_data` finds it in the cache.
