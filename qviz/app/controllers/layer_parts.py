@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QThreadPool, Signal
 
 from qviz.app.controllers.workers import BackgroundRunner
 from qviz.app.dialogs.error_dialog import ErrorReporter
@@ -36,7 +36,12 @@ class LayerPartsController(QObject):
         super().__init__(parent)
         self.doc = doc
         self.reporter = reporter
-        self.runner = BackgroundRunner("layer parts", self)
+        # Threads of its own: in the shared pool the parts would queue behind a live
+        # evaluation or the analysis of every tensor (seconds on a large model). Two: a
+        # superseded run finishes its part while the next one starts.
+        self.pool = QThreadPool(self)
+        self.pool.setMaxThreadCount(2)
+        self.runner = BackgroundRunner("layer parts", self, self.pool)
         self.runner.progressed.connect(self._on_part)
         self.runner.finished.connect(self._on_finished)
         self.runner.failed.connect(lambda exc: reporter.report(exc, "Computing the layer view"))
