@@ -9,53 +9,35 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QSettings, QThreadPool
 from pytestqt.qtbot import QtBot
 
 from qviz.app.main_window import MainWindow
 from qviz.app.views.metrics_panel import ROWS
 from qviz.core.calibration.analysis import TensorKey
-from qviz.core.data.dataset import load_data
-from qviz.core.demo import demo_paths
 from qviz.core.document import layer_parts
 from qviz.core.document.document import Document
 from qviz.core.layerdata.deferred import COMPUTING
-from qviz.core.model.loading import TensorKind, load_model
-from qviz.core.stats.collect import collect_stats, run_to_completion
-from qviz.core.stats.stats_file import save_stats
+from qviz.core.model.loading import TensorKind
+from tests.app.evaluation_fixtures import MakeWindow, demo_stats_file, make_window
 
+__all__ = ["demo_stats_file", "make_window"]  # fixtures used here
 W, A = TensorKind.WEIGHT, TensorKind.ACTIVATION
 CONV = TensorKey("features.9.weight", W)
 FC = TensorKey("classifier.0.weight", W)
 TIMEOUT_MS = 60_000
 
 
-@pytest.fixture(scope="module")
-def stats_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    demo = demo_paths()
-    model = load_model(demo.model)
-    stats = run_to_completion(collect_stats(model, load_data(demo.data, model.inputs)))
-    path = tmp_path_factory.mktemp("stats") / "demo.qvstats"
-    save_stats(stats, path)
-    return path
-
-
 @pytest.fixture
-def window(qtbot: QtBot, tmp_path: Path, stats_file: Path,
+def window(qtbot: QtBot, make_window: MakeWindow, demo_stats_file: Path,
            monkeypatch: pytest.MonkeyPatch) -> Iterator[MainWindow]:
     monkeypatch.setattr(layer_parts, "DEFER_MIN_VALUES", 1000)  # every layer is large
-    settings = QSettings(str(tmp_path / "qviz.ini"), QSettings.Format.IniFormat)
-    w = MainWindow(settings)
-    qtbot.addWidget(w)
-    w.resize(1600, 1000)
-    w.show()
+    w = make_window()
     with qtbot.waitSignal(w.files.calibrated, timeout=TIMEOUT_MS):
-        w.files.open_stats(stats_file)
+        w.files.open_stats(demo_stats_file)
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
     yield w
     w.close()
     assert w.layer_parts.live_threads() == 0
-    assert QThreadPool.globalInstance().waitForDone(10_000)
 
 
 def metric_texts(window: MainWindow) -> dict[tuple[TensorKind, str], str]:
