@@ -10,7 +10,10 @@ granularity), the way a user clicks through them. For each change it times:
   new pixels exist.
 
 Before that it selects ``--selections`` tensors spread down the model and times each from the
-selection to the repainted window.
+selection to the repainted window (wall and the GUI thread's CPU time, and the paint alone);
+``--profile FILE`` writes a cProfile of those selections (read it with ``pstats``). With
+``--stats`` the model's statistics are read from a file (``qviz collect``, which stores the
+weight statistics too) instead of calibrating in the app.
 
 Usage::
 
@@ -28,6 +31,7 @@ Prints the median and 95th percentile in milliseconds for each.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
 import statistics
 import sys
@@ -130,21 +134,54 @@ def pick_keys(
     return wkey, akey
 
 
-def select_times(window: MainWindow, app: QApplication, n: int) -> list[float]:
+def select_times(
+    window: MainWindow, app: QApplication, n: int, profile: cProfile.Profile | None = None,
+    each: bool = False,
+) -> dict[str, list[float]]:
     """Milliseconds from selecting each of `n` tensors spread down the model (weights and
-    activations alternately) to the window repainted with its views."""
+    activations alternately) to the window repainted with its views: wall time, the GUI
+    thread's CPU time, and the repaint alone; then until the parts of the view computed in
+    the background (a large layer's) are in and repainted too ("complete")."""
     keys = [t.key for t in window.doc.tensors]
+    times: dict[str, list[float]] = {
+        "select + paint": [], "GUI CPU": [], "paint": [], "complete": [],
+    }
+    parts = getattr(window, "layer_parts", None)  # absent before the view filled in parts
     if not keys or n <= 0:
-        return []
+        return times
     picked = [keys[round(i * (len(keys) - 1) / max(1, n - 1))] for i in range(n)]
-    times = []
     for key in picked:
+        if profile is not None:
+            profile.enable()
+        c0 = time.thread_time()
         t0 = time.perf_counter()
         window.doc.select(key)
+        t1 = time.perf_counter()
         window.repaint()
-        times.append((time.perf_counter() - t0) * 1e3)
+        t2 = time.perf_counter()
+        c1 = time.thread_time()
+        if profile is not None:
+            profile.disable()
+        times["select + paint"].append((t2 - t0) * 1e3)
+        times["GUI CPU"].append((c1 - c0) * 1e3)
+        times["paint"].append((t2 - t1) * 1e3)
         app.processEvents()
+        while parts is not None and parts.is_busy:
+            app.processEvents(QEventLoop.ProcessEventsFlag.WaitForMoreEvents)
+        app.processEvents()
+        window.repaint()
+        times["complete"].append((time.perf_counter() - t0) * 1e3)
+        if each:
+            print(f"  {key.name} ({key.kind.value}, {window.doc.element_count(key):,.0f} "
+                  f"values): " + ", ".join(f"{m} {v[-1]:.1f} ms" for m, v in times.items()))
     return times
+
+
+def wait_idle(window: MainWindow, app: QApplication, timeout_s: float) -> None:
+    """Until no background work is left (analysis, the live evaluation, computations the
+    layer view asked for): the selections are timed on a quiet GUI thread."""
+    wait_until(lambda: not window.busy and not window.evaluation.is_pending, timeout_s)
+    app.processEvents()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, default=200, help="changes timed per kind")
     parser.add_argument("--model", type=Path, help="model to open (default: the demo)")
     parser.add_argument("--data", type=Path, help="calibration data for --model")
+    parser.add_argument("--stats", type=Path, help="statistics of --model (instead of --data)")
+    parser.add_argument("--profile", type=Path,
+                        help="write a cProfile of the timed selections to this file")
+    parser.add_argument("--each", action="store_true", help="print every selection's times")
     parser.add_argument("--selections", type=int, default=20,
                         help="tensors selected one after another, timed (default 20)")
     parser.add_argument("--weight", help="weight tensor to change (default: mid-graph layer)")
@@ -159,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for "
                         "opening and measuring before giving up")
     args = parser.parse_args(argv)
-    if (args.model is None) != (args.data is None):
-        parser.error("--model and --data go together")
+    if (args.model is None) != (args.data is None and args.stats is None):
+        parser.error("--model goes with --data or --stats")
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,10 +220,11 @@ def main(argv: list[str] | None = None) -> int:
             window.files.open_demo()
             name = "demo model"
         else:
-            window.files.open_model(args.model, data_path=args.data)
+            window.files.open_model(args.model, data_path=args.data, stats_path=args.stats)
             name = args.model.name
         wait_until(lambda: "calibrate" in marks and not window.busy, args.timeout)
         marks["measured"] = time.perf_counter()
+        wait_idle(window, app, args.timeout)
         if args.model is None:
             wkey, akey = LAYER_WEIGHT, LAYER_ACTIVATION
         else:
@@ -190,7 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         n_tensors = len(window.doc.tensors)
 
         # Selecting a layer: click to its views drawn (histograms from the statistics).
-        selects = select_times(window, app, args.selections)
+        # CPU time of this thread: a busy shared machine does not blur where the time goes.
+        profile = cProfile.Profile(time.thread_time) if args.profile is not None else None
+        selects = select_times(window, app, args.selections, profile, args.each)
+        if profile is not None:
+            profile.dump_stats(str(args.profile))
+        wait_idle(window, app, args.timeout)
         results: dict[str, dict[str, list[float]]] = {}
         for label, key in (("weight", wkey), ("activation", akey)):
             window.doc.select(key)
@@ -226,10 +273,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{marks['calibrate'] - started:.1f} s, every tensor measured after "
             f"{marks['measured'] - started:.1f} s"
         )
-    if selects:
-        print(f"selecting a tensor ({len(selects)} tensors down the model), select + paint: "
-              f"median {statistics.median(selects):.1f} ms, p95 {percentile(selects, 0.95):.1f} "
-              f"ms, max {max(selects):.1f} ms")
+    for measure, values in selects.items():
+        if values:
+            print(f"selecting a tensor ({len(values)} tensors down the model), {measure}: "
+                  f"median {statistics.median(values):.1f} ms, p95 "
+                  f"{percentile(values, 0.95):.1f} ms, max {max(values):.1f} ms")
     print(f"settings change on the selected layer ({wkey.name}; {akey.name}), "
           f"{args.changes} changes each")
     print(f"{'tensor':<11} {'measure':<15} {'median ms':>10} {'p95 ms':>8} {'max ms':>8}")

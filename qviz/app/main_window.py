@@ -7,6 +7,7 @@ and a job runner and run the long work:
 * `files` — opening models, data, statistics and sessions; saving (foreground jobs);
 * `jobs` — the one foreground job at a time, with progress and Cancel in the status bar;
 * `analysis` — measuring every tensor in the background after a change;
+* `layer_parts` — the parts of a large model's layer view that are computed after it is drawn;
 * `evaluation` — the live end-to-end numbers and the full native evaluation;
 * `sensitivity` — per-layer sensitivity and the mixed-precision search.
 
@@ -37,6 +38,7 @@ from qviz.app.controllers.compute_controller import ComputeController
 from qviz.app.controllers.evaluation_controller import EvaluationController
 from qviz.app.controllers.files import FileController
 from qviz.app.controllers.jobs import JobController
+from qviz.app.controllers.layer_parts import LayerPartsController
 from qviz.app.controllers.represent import EvalStatsController
 from qviz.app.controllers.sensitivity_controller import SensitivityController
 from qviz.app.dialogs.compute_dialog import ComputeDialog
@@ -103,6 +105,9 @@ class MainWindow(QMainWindow):
         self.table = LayerTable(doc)
         self.controls = ControlsPanel(doc, self.reporter)
         self.layer_view = LayerView(doc, self.reporter)
+        self.layer_parts = LayerPartsController(doc, self.reporter, self)
+        self.layer_view.defer_parts = True
+        self.layer_view.partsPending.connect(self.layer_parts.request)
         self.job_status = JobStatus(self.statusBar(), self.jobs)
         self.analysis.progressed.connect(self.job_status.show_background)
         self.analysis.idle.connect(self.job_status.hide_background)
@@ -198,7 +203,8 @@ class MainWindow(QMainWindow):
     # ================================================================= state
     @property
     def busy(self) -> bool:
-        return self.jobs.is_busy or self.analysis.is_busy or self.eval_stats.is_busy
+        return (self.jobs.is_busy or self.analysis.is_busy or self.eval_stats.is_busy
+                or self.layer_parts.is_busy)
 
     @property
     def is_calibrating(self) -> bool:
@@ -401,6 +407,7 @@ class MainWindow(QMainWindow):
         try:
             clean = self.jobs.shutdown(SHUTDOWN_TIMEOUT_S)
             clean = self.analysis.shutdown(SHUTDOWN_TIMEOUT_S) and clean
+            clean = self.layer_parts.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             clean = self.evaluation.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             clean = self.sensitivity.shutdown(SHUTDOWN_TIMEOUT_S) and clean
             clean = self.eval_stats.shutdown(SHUTDOWN_TIMEOUT_S) and clean

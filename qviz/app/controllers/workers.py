@@ -143,9 +143,14 @@ class BackgroundRunner(QObject):
     finished = Signal()
     busyChanged = Signal(bool)
 
-    def __init__(self, name: str, parent: QObject | None = None) -> None:
+    def __init__(
+        self, name: str, parent: QObject | None = None, pool: QThreadPool | None = None
+    ) -> None:
+        """`pool`: the threads runs take (default: Qt's global pool, shared by every runner;
+        a runner that must not queue behind long jobs brings its own)."""
         super().__init__(parent)
         self.setObjectName(name)
+        self._pool = pool if pool is not None else QThreadPool.globalInstance()
         self._generation = 0
         self._current: _Run | None = None
         # Every run whose thread may still be alive, current or superseded, so `shutdown`
@@ -191,7 +196,7 @@ class BackgroundRunner(QObject):
         self._current = run
         # Straight onto the pool, not `worker.start()`: that defers the start by a timer
         # when an event loop runs, and a run not yet started could not be waited for.
-        QThreadPool.globalInstance().start(worker)
+        self._pool.start(worker)
         if not was_busy:
             self.busyChanged.emit(True)
         return gen
@@ -224,7 +229,7 @@ class BackgroundRunner(QObject):
         """
         self._supersede()
         self._generation += 1  # nothing that arrives from now on is reported
-        pool = QThreadPool.globalInstance()
+        pool = self._pool
         deadline = time.monotonic() + timeout_s
         ok = True
         for gen, run in list(self._live.items()):

@@ -73,8 +73,10 @@ class ConvergenceView(QWidget):
         points: tuple[tuple[int, float, float], ...],
         eval_band: tuple[float, float] | None,
         tensor: str,
+        waiting: str = "",
     ) -> None:
-        """`points`: (samples, lo, hi); `eval_band`: the evaluation data's own range."""
+        """`points`: (samples, lo, hi); `eval_band`: the evaluation data's own range;
+        `waiting`: what to say while the points are being computed."""
         self.points = points
         if len(points) < 2:
             for item in (self.hi_curve, self.lo_curve):
@@ -82,8 +84,10 @@ class ConvergenceView(QWidget):
             for line in (self.eval_hi, self.eval_lo):
                 line.setVisible(False)
             self.caption.setText(
-                "Calibrate on more than 16 samples to see the range settle as data grows."
-                if tensor else "Select a layer with an activation."
+                waiting or (
+                    "Calibrate on more than 16 samples to see the range settle as data grows."
+                    if tensor else "Select a layer with an activation."
+                )
             )
             return
         n = np.array([p[0] for p in points], dtype=np.float64)

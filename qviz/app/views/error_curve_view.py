@@ -55,6 +55,8 @@ class ErrorCurveView(QWidget):
             TensorKind.WEIGHT: None, TensorKind.ACTIVATION: None,
         }
         self._kind = TensorKind.WEIGHT
+        self._preferred = TensorKind.WEIGHT  # the kind the user chose last
+        self._placeholder_text = "no tensor to plot"
         self._mode = SQNR
 
         self.tensor_combo = QComboBox()
@@ -152,17 +154,26 @@ class ErrorCurveView(QWidget):
         self.clear()
 
     # ------------------------------------------------------------------ public API
-    def set_curves(self, weight: CurveData | None, activation: CurveData | None) -> None:
+    def set_curves(
+        self, weight: CurveData | None, activation: CurveData | None,
+        placeholder: str = "no tensor to plot",
+    ) -> None:
+        """The layer's curves; `placeholder` says why there is none to plot."""
         self._curves = {TensorKind.WEIGHT: weight, TensorKind.ACTIVATION: activation}
-        kind = self._kind
-        if self._curves[kind] is None:
-            kind = TensorKind.ACTIVATION if kind is TensorKind.WEIGHT else TensorKind.WEIGHT
+        self._placeholder_text = placeholder
+        # The kind last chosen, when it has a curve: one still being computed (a large
+        # layer's) only lends its place to the other until it comes.
+        kind = self._preferred
+        other = TensorKind.ACTIVATION if kind is TensorKind.WEIGHT else TensorKind.WEIGHT
+        if self._curves[kind] is None and self._curves[other] is not None:
+            kind = other
         self._select(kind, redraw=False)
         self._redraw()
 
     def select_tensor(self, kind: TensorKind) -> None:
         """Show ``kind``'s curve (the layer view calls this when that histogram is dragged)."""
         if self._curves.get(kind) is not None and kind is not self._kind:
+            self._preferred = kind
             self._select(kind)
 
     def set_y_mode(self, mode: str) -> None:
@@ -232,6 +243,7 @@ class ErrorCurveView(QWidget):
         kind = self.tensor_combo.itemData(index)
         if self._curves.get(kind) is None:
             return
+        self._preferred = kind
         self._select(kind)
 
     def _on_y_combo(self, index: int) -> None:
@@ -262,7 +274,7 @@ class ErrorCurveView(QWidget):
         data = self._curves.get(self._kind)
         if data is None:
             self.clear()
-            self.placeholder.setText("no tensor to plot")
+            self.placeholder.setText(self._placeholder_text)
             return
         self.stack.setCurrentWidget(self.plot_widget)
         self.title.setText("Error vs clip threshold")

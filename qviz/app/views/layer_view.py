@@ -14,6 +14,12 @@ metrics columns); it redraws when the document says the selection, the settings 
 results of a shown tensor changed. While a band is dragged it previews the Manual range's
 metrics (core functions, milliseconds); when the drag ends the range goes into the document
 (`set_manual_range`, one undo step) and the view redraws from there.
+
+With `defer_parts` (the app), a layer of a large model is drawn at once from what is cached
+or cheap; its slow parts say "computing…" and go out on `partsPending` (the window hands them to a
+`LayerPartsController`); when the document announces them (`events.parts`) the view draws
+again. A redraw leaves alone the panels whose data did not change, so filling in one part
+repaints only that part.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from qviz.core.calibration.analysis import TensorKey
 from qviz.core.calibration.metrics import TensorMetrics
 from qviz.core.document.document import Document
 from qviz.core.errors import QvizError
+from qviz.core.layerdata.curves import CurveData
+from qviz.core.layerdata.deferred import COMPUTING
 from qviz.core.layerdata.layer import (
     ActivationPanel,
     LayerData,
@@ -53,6 +61,8 @@ class LayerView(QWidget):
     #: A drag of a clip band finished: tensor name, kind, low, high (then stored in the
     #: document when the tensor is one of its own).
     clipRangeEdited = Signal(str, TensorKind, float, float)
+    #: Parts of the layer on view still to compute (a tuple of `deferred.Pending`).
+    partsPending = Signal(tuple)
 
     def __init__(
         self, doc: Document, reporter: ErrorReporter, parent: QWidget | None = None
@@ -76,6 +86,10 @@ class LayerView(QWidget):
         self.preview_metrics: dict[TensorKind, TensorMetrics] = {}
         # Errors already reported, so a refused setting is said once, not on every redraw.
         self._reported: set[tuple[TensorKey, object]] = set()
+        #: Leave the slow parts of a large model's layers to a worker (see the module docstring).
+        self.defer_parts = False
+        # What each panel last drew, so a redraw with the same data skips it.
+        self._shown: dict[str, tuple[object, ...]] = {}
 
         top = QSplitter(Qt.Orientation.Horizontal)
         top.addWidget(self.weight_hist)
@@ -109,7 +123,7 @@ class LayerView(QWidget):
         self.activation_hist.regionEdited.connect(self._on_activation_edited)
         events = doc.events
         for event in (events.selection, events.model, events.stats, events.pinned,
-                      events.eval_stats):
+                      events.eval_stats, events.parts):
             event.connect(self.redraw)
         events.config.connect(self._on_changed)
         events.results.connect(self._on_changed)
@@ -127,12 +141,14 @@ class LayerView(QWidget):
     def redraw(self) -> None:
         """Draw the selected layer from the document (measuring what it shows, now)."""
         with self._reporter.guard("Showing the layer"):
-            data = self._doc.layer_data()
+            data = self._doc.layer_data(defer=self.defer_parts)
             self._report_errors()
             if data is None:
                 self.clear()
             else:
                 self.show_layer(data)
+                if data.pending:
+                    self.partsPending.emit(data.pending)
 
     def _report_errors(self) -> None:
         for key in self._doc.visible_keys():
@@ -147,14 +163,24 @@ class LayerView(QWidget):
         self.preview_metrics.clear()
         self._show_weight(data.weight, data.weight_missing)
         self._show_activation(data.activation, data.activation_missing)
-        self.error_curve.set_curves(
-            None if data.weight is None else data.weight.curve,
-            None if data.activation is None else data.activation.curve,
-        )
+        curves = (None if data.weight is None else data.weight.curve,
+                  None if data.activation is None else data.activation.curve)
+        if self._changed("curves", *(_curve_state(c) for c in curves)):
+            self.error_curve.set_curves(
+                *curves, placeholder=COMPUTING if data.pending else "no tensor to plot"
+            )
+
+    def _changed(self, panel: str, *state: object) -> bool:
+        """Whether `panel` must be drawn for `state` (and note it as drawn)."""
+        if self._shown.get(panel) == state:
+            return False
+        self._shown[panel] = state
+        return True
 
     def clear(self) -> None:
         self.data = None
         self.preview_metrics.clear()
+        self._shown.clear()
         self.weight_hist.set_placeholder("select a layer")
         self.activation_hist.set_placeholder("select a layer")
         self.channel_view.set_placeholder("select a layer")
@@ -170,25 +196,31 @@ class LayerView(QWidget):
     def _show_weight(self, w: WeightPanel | None, missing: str) -> None:
         if w is None:
             self.weight_hist.set_placeholder(missing)
+            self._shown.pop("weight channels", None)
             self.channel_view.set_placeholder(
                 "no weight in this layer" if missing == "this layer has no weight" else missing
             )
             self.metrics_panel.set_column(TensorKind.WEIGHT, None, "no weight")
             return
         r = w.result
-        self.weight_hist.set_histogram(w.edges, w.counts)
-        self.weight_hist.set_log_counts(self._doc.log_counts)
-        self.weight_hist.set_title(f"Weight — {r.name}", st.WEIGHT_COLOR)
-        self.weight_hist.set_quantizer(
-            w.band[0], w.band[1], r.config.fmt, r.qparams if w.per_tensor else None, w.note,
-            w.scales_text,
-        )
-        self.weight_hist.set_pinned(w.pinned_band)
-        _show_before(self.weight_hist, w.before_edges, w.before_counts, w.before_band, w.edges,
-                     self._doc.log_counts)
-        if w.channels is None:
-            self.channel_view.set_placeholder(w.channels_missing)
+        if w.edges is None or w.counts is None:  # its statistics are being computed
+            self.weight_hist.set_placeholder(f"the histogram of {r.name}: {COMPUTING}")
         else:
+            self.weight_hist.set_histogram(w.edges, w.counts)
+            self.weight_hist.set_log_counts(self._doc.log_counts)
+            self.weight_hist.set_title(f"Weight — {r.name}", st.WEIGHT_COLOR)
+            self.weight_hist.set_quantizer(
+                w.band[0], w.band[1], r.config.fmt, r.qparams if w.per_tensor else None,
+                w.note, w.scales_text,
+            )
+            self.weight_hist.set_pinned(w.pinned_band)
+            _show_before(self.weight_hist, w.before_edges, w.before_counts, w.before_band,
+                         w.edges, self._doc.log_counts)
+        if w.channels is None:
+            self._shown.pop("weight channels", None)
+            self.channel_view.set_placeholder(w.channels_missing)
+        elif self._changed("weight channels", id(w.channels), r.name,
+                           r.config.granularity.label):
             self.channel_view.show_channels(w.channels, r.name, r.config.granularity.label)
         self.metrics_panel.set_column(TensorKind.WEIGHT, w.column)
 
@@ -197,11 +229,16 @@ class LayerView(QWidget):
             self.error_curve.select_tensor(TensorKind.WEIGHT)
             self._preview_weight(self.data.weight, lo, hi, exact=False)
 
+    def _preview_curve(self, kind: TensorKind, x: float, sqnr: float, mse: float) -> None:
+        self._shown.pop("curves", None)  # the curve view shows the drag, not the data
+        self.error_curve.move_current(kind, x, sqnr, mse)
+
     def _preview_weight(self, w: WeightPanel, lo: float, hi: float, exact: bool) -> None:
-        r, values = w.result, w.values
+        r, values, held = w.result, w.values, w.stats
         column = preview_weight(
             r.name, values, r.config.fmt, lo, hi, exact=exact,
-            stats=lambda: self._doc.plots.weight_stats(r.name, values),
+            # The statistics the histogram shows (a large weight's stored ones).
+            stats=lambda: held or self._doc.plots.weight_stats(r.name, values),
         )
         # A's rows, the "before" rows and the layer's name stay while dragging.
         column = replace(column, pinned=w.column.pinned, before=w.column.before,
@@ -209,9 +246,7 @@ class LayerView(QWidget):
         m = column.metrics
         self.preview_metrics[TensorKind.WEIGHT] = m
         self.metrics_panel.set_column(TensorKind.WEIGHT, column)
-        self.error_curve.move_current(
-            TensorKind.WEIGHT, curve_x(lo, hi, r.config.fmt), m.sqnr_db, m.mse
-        )
+        self._preview_curve(TensorKind.WEIGHT, curve_x(lo, hi, r.config.fmt), m.sqnr_db, m.mse)
 
     def _on_weight_edited(self, lo: float, hi: float) -> None:
         if self.data is None or self.data.weight is None:
@@ -227,6 +262,7 @@ class LayerView(QWidget):
                 else "no activation statistics for this layer"
             )
             self.metrics_panel.set_column(TensorKind.ACTIVATION, None, "not calibrated")
+            self._shown.pop("input channels", None)
             self.input_channels.set_placeholder("no activation statistics for this layer")
             self.convergence.show_convergence((), None, "")
             return
@@ -241,11 +277,16 @@ class LayerView(QWidget):
                      None if b is None else b.histogram.counts, a.before_band, h.edges,
                      self._doc.log_counts)
         if a.channels is None:
-            self.input_channels.set_placeholder("no per-channel statistics for this input")
-        else:
+            self._shown.pop("input channels", None)
+            self.input_channels.set_placeholder(
+                a.channels_missing or "no per-channel statistics for this input"
+            )
+        elif self._changed("input channels", id(a.channels), r.name, id(a.before_channels)):
             self.input_channels.show_channels(a.channels, r.name, a.before_channels)
         self.activation_hist.set_reference(a.eval_hist)
-        self.convergence.show_convergence(a.convergence, a.eval_band, r.name)
+        self.convergence.show_convergence(a.convergence, a.eval_band, r.name,
+                                          f"the convergence: {COMPUTING}"
+                                          if a.convergence_waiting else "")
         self.metrics_panel.set_column(TensorKind.ACTIVATION, a.column)
 
     def _on_activation_changing(self, lo: float, hi: float) -> None:
@@ -261,7 +302,7 @@ class LayerView(QWidget):
         m = column.metrics
         self.preview_metrics[TensorKind.ACTIVATION] = m
         self.metrics_panel.set_column(TensorKind.ACTIVATION, column)
-        self.error_curve.move_current(TensorKind.ACTIVATION, curve_x(lo, hi, fmt), m.sqnr_db, m.mse)
+        self._preview_curve(TensorKind.ACTIVATION, curve_x(lo, hi, fmt), m.sqnr_db, m.mse)
 
     def _on_activation_edited(self, lo: float, hi: float) -> None:
         if self.data is not None and self.data.activation is not None:
@@ -277,6 +318,15 @@ class LayerView(QWidget):
             self._doc.select(key)
             self._doc.set_manual_range(key, lo, hi)
             self._reporter.status(f"{name}: manual clip range [{lo:.4g}, {hi:.4g}]")
+
+
+def _curve_state(c: CurveData | None) -> object:
+    """What the error curve view draws of `c`: the same state draws nothing new (curves and
+    markers are memoised; the markers are small, compared by value)."""
+    if c is None:
+        return None
+    return (id(c.clips), id(c.sqnr_db), repr(c.markers), repr(c.current),
+            repr(c.current_level), c.current_label, c.note, c.x_label)
 
 
 def _show_before(view: HistogramView, edges: np.ndarray | None, counts: np.ndarray | None,

@@ -3,9 +3,12 @@
 Small weights are analysed exactly from their values (milliseconds). A weight of at least
 ``STATS_MIN_VALUES`` values is analysed from its :class:`WeightStats` (per-tensor and
 per-channel granularities): taken from the statistics file when ``qviz collect`` stored them
-there, otherwise computed from the memory-mapped weight on first use and kept for the open
+there, otherwise computed from the memory-mapped weight on first use, and kept for the open
 model in a cache bounded in bytes (least recently used first out), so exploring a model of
 any size holds at most ``CACHE_BYTES`` of weight statistics besides the one being computed.
+Kept whichever way they came: the statistics file reads them from its zip when asked (tens of
+milliseconds for a large weight), and a view keyed by the statistics object wants the same
+one back.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from qviz.core.stats.collect import CalibrationStats
 from qviz.core.stats.weight_collect import STATS_MIN_VALUES, uses_stats
 from qviz.core.stats.weight_stats import WeightStats, compute_weight_stats
 
-__all__ = ["CACHE_BYTES", "STATS_MIN_VALUES", "uses_stats", "weight_stats"]
+__all__ = [
+    "CACHE_BYTES", "STATS_MIN_VALUES", "kept_weight_stats", "uses_stats", "weight_stats",
+]
 
 #: Weight statistics kept per open model, at most (bytes of their arrays).
 CACHE_BYTES = 512 << 20
@@ -67,17 +72,28 @@ def weight_stats(
     reports instead."""
     name = layer.weight
     assert name is not None
-    if stats is not None:
-        stored = stats.weights.get(name)
-        if stored is not None:
-            return stored
     with _CACHES_LOCK:
         cache = _CACHES.get(model)
         if cache is None:
             cache = _CACHES[model] = _ModelCache()
     found, ws = cache.get(name)
-    if found:
+    if found and ws is not None:
         return ws
-    ws = compute_weight_stats(model.weight(name), name, layer.channel_axis)
+    stored = None if stats is None else stats.weights.get(name)
+    if stored is not None:
+        ws = stored
+    elif not found:  # (found and None: the weight has values statistics cannot describe)
+        ws = compute_weight_stats(model.weight(name), name, layer.channel_axis)
     cache.put(name, ws)
     return ws
+
+
+def kept_weight_stats(model: LoadedModel, layer: Layer) -> tuple[bool, WeightStats | None]:
+    """What `weight_stats` keeps for `layer`'s weight, without reading or computing anything:
+    (False, None) when nothing is kept, (True, None) for a weight statistics cannot describe."""
+    name = layer.weight
+    with _CACHES_LOCK:
+        cache = _CACHES.get(model)
+    if name is None or cache is None:
+        return False, None
+    return cache.get(name)

@@ -35,9 +35,10 @@ from qviz.core.document.jobs import (
     MeasureInputs,
     MixedOutcome,
 )
+from qviz.core.document.layer_parts import LayerParts
 from qviz.core.document.markers import MethodRanges
 from qviz.core.document.measures import MeasurementState
-from qviz.core.document.represent import EvaluationStats, with_evaluation_view
+from qviz.core.document.represent import EvaluationStats
 from qviz.core.document.results import ResultStore
 from qviz.core.document.summary import Summary, summarize
 from qviz.core.document.tensors import ApplyScope, TensorIndex
@@ -45,7 +46,7 @@ from qviz.core.document.transformed import TransformedViews
 from qviz.core.errors import QvizError
 from qviz.core.evaluation.criteria import Criterion
 from qviz.core.imported.configs import imported_config
-from qviz.core.layerdata.layer import LayerData, LayerPlots
+from qviz.core.layerdata.layer import LayerPlots
 from qviz.core.model.loading import LoadedModel, TensorKind
 from qviz.core.quant.formats import PerTensor
 from qviz.core.runtime.defaults import recommended_defaults
@@ -54,7 +55,7 @@ from qviz.core.stats.collect import CalibrationStats
 ConfigHistory = History[QuantConfig, TensorKey]
 
 
-class Document(TransformedViews, PinnedComparison):
+class Document(TransformedViews, PinnedComparison, LayerParts):
     """An open session (see the module docstring). Attributes are read-only from outside:
     change them through the methods, which announce the change on `events`."""
 
@@ -243,7 +244,7 @@ class Document(TransformedViews, PinnedComparison):
         )
 
     def convergence(self, key: TensorKey) -> list[tuple[int, float, float]]:
-        return self.eval_stats.convergence(key, self.config_for(key), self.stats)
+        return self.eval_stats.convergence(key, self.config_for(key), self.stats) or []
 
     def stats_saved(self, path: Path) -> None:
         """The statistics were written to `path` (a session saved now refers to it)."""
@@ -456,49 +457,6 @@ class Document(TransformedViews, PinnedComparison):
         return out
 
     # ================================================================= derived views
-    def layer_data(self) -> LayerData | None:
-        """What the layer view draws for the selection (measuring what it needs now)."""
-        if self.model is None or self.selection is None or self.selection not in self._index:
-            return None
-        weight = activation = None
-        weight_values = act_stats = None
-        w_ranges: dict[Method, tuple[float, float]] = {}
-        a_ranges: dict[Method, tuple[float, float]] = {}
-        w_missing, a_missing = "this layer has no weight", "not calibrated"
-        for key in self.visible_keys():
-            result = self.analyze(key)
-            error = self.error(key)
-            if key.kind is TensorKind.WEIGHT:
-                weight = result
-                w_missing = error or w_missing
-                if result is not None:
-                    weight_values = self.measured_on(key)[0]
-                    w_ranges = self.method_ranges(key)
-            else:
-                activation = result
-                if self.stats is not None:
-                    act_stats = self.measured_on(key)[1]
-                    a_missing = error or "no activation statistics for this layer"
-                if result is not None:
-                    a_ranges = self.method_ranges(key)
-        pinned = {k.kind: self.pinned_result(k) for k in self.visible_keys()}
-        before = {k.kind: self.before(k) for k in self.visible_keys()}  # faint overlays
-        data = self._plots.layer_data(
-            weight, weight_values, activation, act_stats, w_ranges, a_ranges,
-            weight_missing=w_missing, activation_missing=a_missing,
-            pinned_weight=pinned.get(TensorKind.WEIGHT),
-            pinned_activation=pinned.get(TensorKind.ACTIVATION),
-            weight_before=before.get(TensorKind.WEIGHT),
-            activation_before=before.get(TensorKind.ACTIVATION),
-        )
-        if data.activation is None or data.activation.result.context:
-            return data  # a rescaled activation is not comparable with the evaluation data's
-        key = TensorKey(data.activation.result.name, TensorKind.ACTIVATION)
-        return with_evaluation_view(
-            data, self.eval_stats.stats, self.representativeness(key, eval_alone=True),
-            self.convergence(key),
-        )
-
     def weight_values(self, name: str) -> np.ndarray:
         return self._index.weight_values(name)
 

@@ -27,6 +27,9 @@ class DocumentEvents(SignalGroup):
     results = Signal(tuple)
     #: Another tensor was selected (or none).
     selection = Signal()
+    #: Parts of the selected layer's view computed in the background arrived
+    #: (`Document.accept_parts`): the layer view draws again from its caches.
+    parts = Signal()
     #: A view setting changed (log-scale counts).
     view = Signal()
     #: The acceptance criteria changed.

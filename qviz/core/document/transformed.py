@@ -20,7 +20,6 @@ import numpy as np
 
 from qviz.core.calibration.analysis import QuantTensor, TensorKey, TensorResult, analyze_tensor
 from qviz.core.calibration.config import QuantConfig, TensorConfig
-from qviz.core.calibration.methods import Method
 from qviz.core.document.jobs import AnalysisJob
 from qviz.core.document.markers import MethodRanges
 from qviz.core.document.tensors import TensorIndex
@@ -74,16 +73,6 @@ class TransformedViews:
     def activation_stats(self, key: TensorKey) -> TensorStats | None:
         """The statistics the activation is measured on (rescaled when transformed)."""
         return None if self.stats is None else self.measured_on(key)[1]
-
-    def method_ranges(self, key: TensorKey) -> dict[Method, tuple[float, float]]:
-        """Where each automatic method would put the tensor's clip range (the markers)."""
-        if key not in self._index or not self.can_analyze(key) or self.model is None:
-            return {}
-        plan = self.transform_plan()  # the markers follow the transformed tensor
-        return self._markers.ranges(
-            plan.model, plan.stats, self.planned_tensor(plan, key), self.config_for(key),
-            self.element_count(key),
-        )
 
     # ------------------------------------------------------------------ plans
     def transform_plan(self, config: QuantConfig | None = None) -> TransformPlan:

@@ -22,6 +22,7 @@ from qviz.core.calibration.metrics import (
     exact_metrics,
     histogram_metrics,
     sqnr_db,
+    weighted_sum,
 )
 from qviz.core.calibration.mse import range_mse
 from qviz.core.quant.formats import NumberFormat
@@ -105,7 +106,7 @@ def _mse_sqnr(
     lo = -clips if fmt.symmetric else np.full(clips.shape, fixed_lo)
     mse = range_mse(points, weights, lo, clips, fmt)
     x = np.asarray(points, dtype=np.float32).astype(np.float64)
-    signal = float(np.dot(weights, x * x) / max(float(np.sum(weights)), 1e-300))
+    signal = weighted_sum(weights, x * x) / max(float(np.sum(weights)), 1e-300)
     return mse, sqnr_db(signal, mse)
 
 

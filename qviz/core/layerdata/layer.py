@@ -11,13 +11,19 @@ or finishing a drag redraws without recomputing them.
 `preview_weight` / `preview_activation` are the metrics of a band being dragged (per-tensor
 Manual), computed on every mouse move: exact for weights up to `EXACT_PREVIEW_MAX` values,
 from a histogram above that (marked approximate; the exact numbers follow on release).
+
+Asked to defer (`layer_data(..., defer=True)`, the app in a large model), the memoised parts
+that are not cached yet are not computed here: they come back as `LayerData.pending`
+(`deferred.Pending`), and the panel holding each says "computing…" until a worker has built
+it and the next `layer_data` finds it in the cache.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -40,6 +46,7 @@ from qviz.core.layerdata.curves import (
     weight_curve,
     weight_markers,
 )
+from qviz.core.layerdata.deferred import COMPUTING, Pending
 from qviz.core.quant.formats import GranularityKind, NumberFormat, PerGroup, PerTensor
 from qviz.core.quant.qparams import compute_qparams
 from qviz.core.stats.tensor_stats import TensorStats, compute_stats
@@ -82,15 +89,18 @@ class WeightPanel:
 
     result: TensorResult
     values: np.ndarray             # the exact weight (previews of a dragged band use it)
-    edges: np.ndarray
-    counts: np.ndarray
+    # The weight's statistics (2048-bin histogram) and the histogram drawn from them; None
+    # while they are computed (a large weight without stored statistics).
+    stats: TensorStats | None
+    edges: np.ndarray | None
+    counts: np.ndarray | None
     band: tuple[float, float]      # effective clip range (envelope when not per-tensor)
     per_tensor: bool
     note: str                      # what the band means when it is an envelope
     scales_text: str               # "32 scales 0.001 … 0.004" when not per-tensor
     channels: ChannelData | None
     channels_missing: str          # why there is no channel view ("" when there is one)
-    curve: CurveData
+    curve: CurveData | None        # None while it is computed
     column: ColumnData
     pinned_band: tuple[float, float] | None = None  # the pinned configuration's ("A")
     # Without its transforms (a faint overlay): histogram and clip band, None when untouched.
@@ -107,7 +117,7 @@ class ActivationPanel:
     stats: TensorStats
     band: tuple[float, float]
     note: str
-    curve: CurveData
+    curve: CurveData | None        # None while it is computed
     column: ColumnData
     pinned_band: tuple[float, float] | None = None
     # Without its transforms (a faint overlay): statistics and clip band, None when untouched.
@@ -116,12 +126,14 @@ class ActivationPanel:
     # The input channels (the activation channel view), and without the transforms.
     channels: ActivationChannels | None = None
     before_channels: ActivationChannels | None = None
+    channels_missing: str = ""  # why there is no input-channel view ("" when there is one)
     #: The evaluation data's histogram, scaled to the calibration data's total (to compare
     #: shapes), and the range the method would choose on it alone.
     eval_hist: tuple[np.ndarray, np.ndarray] | None = None
     eval_band: tuple[float, float] | None = None
     #: (samples, lo, hi) of the chosen range as calibration data grew.
     convergence: tuple[tuple[int, float, float], ...] = ()
+    convergence_waiting: bool = False  # still being computed
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,6 +144,8 @@ class LayerData:
     activation: ActivationPanel | None
     weight_missing: str = ""
     activation_missing: str = ""
+    #: Parts still to compute (only when asked to defer); their panels say "computing…".
+    pending: tuple[Pending, ...] = ()
 
 
 def _group_word(result: TensorResult) -> str:
@@ -189,6 +203,8 @@ class LayerPlots:
     def __init__(self, entries: int = CACHE_ENTRIES) -> None:
         self._entries = entries
         self._cache: OrderedDict[tuple, tuple[object, object]] = OrderedDict()
+        # While deferring: the parts asked for and not cached, by key (else None).
+        self._pending: dict[tuple, Pending] | None = None
 
     def clear(self) -> None:
         self._cache.clear()
@@ -199,16 +215,46 @@ class LayerPlots:
             self._cache.move_to_end(key)
             return hit[1]  # type: ignore[return-value]  # stored by this method for key
         value = build()
+        self._store(key, source, value)
+        return value
+
+    def lazy(self, key: tuple, source: object, build: Callable[[], _T], what: str) -> _T | None:
+        """`memo`, except that while deferring a part not cached yet is not built here: it
+        is noted as pending (`what` names it) and None stands for it."""
+        hit = self._cache.get(key)
+        if hit is not None or self._pending is None:
+            return self.memo(key, source, build)
+        if key not in self._pending:
+            self._pending[key] = Pending(
+                key, what, build, lambda value: self._store(key, source, value)
+            )
+        return None
+
+    def _store(self, key: tuple, source: object, value: object) -> bool:
         self._cache[key] = (source, value)
+        self._cache.move_to_end(key)
         while len(self._cache) > self._entries:
             self._cache.popitem(last=False)
-        return value
+        return True
+
+    @contextmanager
+    def _deferring(self, on: bool) -> Iterator[dict[tuple, Pending]]:
+        pending: dict[tuple, Pending] = {}
+        self._pending = pending if on else None
+        try:
+            yield pending
+        finally:
+            self._pending = None
 
     def weight_stats(self, name: str, w: np.ndarray) -> TensorStats:
         """The weight's statistics (2048-bin histogram, exact min/max): the one pass over its
         values that the histogram, the error curve and markers of a large weight, and the
         previews of a dragged band all draw from."""
         return self.memo(("weight stats", name, id(w)), w, lambda: compute_stats(w, name))
+
+    def _lazy_weight_stats(self, name: str, w: np.ndarray) -> TensorStats | None:
+        return self.lazy(("weight stats", name, id(w)), w, lambda: compute_stats(w, name),
+                         f"the histogram of {name}")
 
     # ------------------------------------------------------------------ assembly
     def layer_data(
@@ -227,14 +273,46 @@ class LayerPlots:
         weight_before: Before | None = None,
         activation_before: Before | None = None,
         weight_stats: TensorStats | None = None,
+        weight_stats_waiting: bool = False,
+        defer: bool = False,
     ) -> LayerData:
         """`pinned_*`: the same tensors under a configuration pinned for comparison ("A");
         `*_before`: the same tensors without their transforms (faint overlays).
         `weight_stats`: the weight's statistics when the caller holds them (else computed
-        here once per weight and kept)."""
+        here once per weight and kept; `weight_stats_waiting`: they are on their way, draw
+        the weight without them for now). `defer`: leave the parts not cached yet to a
+        worker (`LayerData.pending`, see the module docstring)."""
+        with self._deferring(defer) as pending:
+            data = self._layer_data(
+                weight, weight_values, activation, activation_stats, weight_ranges,
+                activation_ranges, weight_missing, activation_missing, pinned_weight,
+                pinned_activation, weight_before, activation_before, weight_stats,
+                weight_stats_waiting,
+            )
+        return replace(data, pending=tuple(pending.values())) if pending else data
+
+    def _layer_data(
+        self,
+        weight: TensorResult | None,
+        weight_values: np.ndarray | None,
+        activation: TensorResult | None,
+        activation_stats: TensorStats | None,
+        weight_ranges: MethodRanges,
+        activation_ranges: MethodRanges,
+        weight_missing: str,
+        activation_missing: str,
+        pinned_weight: TensorResult | None,
+        pinned_activation: TensorResult | None,
+        weight_before: Before | None,
+        activation_before: Before | None,
+        weight_stats: TensorStats | None,
+        weight_stats_waiting: bool,
+    ) -> LayerData:
         wpanel = None
         if weight is not None and weight_values is not None:
-            stats = weight_stats or self.weight_stats(weight.name, weight_values)
+            stats = weight_stats
+            if stats is None and not weight_stats_waiting:
+                stats = self._lazy_weight_stats(weight.name, weight_values)
             wpanel = self._weight_panel(weight, weight_values, stats, weight_ranges)
             if pinned_weight is not None:
                 wpanel = replace(
@@ -256,8 +334,9 @@ class LayerPlots:
                 bchannels = None
                 if bstats is not None and bstats is not activation_stats:
                     key = ("act channels before", bres.name, id(bstats), bres.config.fmt)
-                    bchannels = self.memo(key, bstats, lambda: activation_channels(
-                        bstats, bres.qparams, bres.config.fmt, clip=bres.metrics.envelope))
+                    bchannels = self.lazy(key, bstats, lambda: activation_channels(
+                        bstats, bres.qparams, bres.config.fmt, clip=bres.metrics.envelope),
+                        f"the input channels of {bres.name} before its transforms")
                 apanel = replace(
                     apanel, column=replace(apanel.column, before=before_col),
                     before_stats=bstats if bstats is not activation_stats else None,
@@ -272,17 +351,21 @@ class LayerPlots:
         panel = replace(panel, column=replace(panel.column, before=column))
         if before is None or before.values is None or before.values is panel.values:
             return panel
-        bstats = self.weight_stats(before.result.name, before.values)
+        bstats = self._lazy_weight_stats(before.result.name, before.values)
+        if bstats is None:
+            return panel
         edges, counts = self.memo(("hist", panel.result.name, id(bstats)), bstats,
                                   lambda: weight_histogram(bstats))
         return replace(panel, before_edges=edges, before_counts=counts,
                        before_band=before.result.metrics.envelope)
 
     def _weight_panel(
-        self, r: TensorResult, w: np.ndarray, stats: TensorStats, ranges: MethodRanges
+        self, r: TensorResult, w: np.ndarray, stats: TensorStats | None, ranges: MethodRanges
     ) -> WeightPanel:
-        edges, counts = self.memo(("hist", r.name, id(stats)), stats,
-                                  lambda: weight_histogram(stats))
+        edges = counts = None
+        if stats is not None:
+            edges, counts = self.memo(("hist", r.name, id(stats)), stats,
+                                      lambda: weight_histogram(stats))
         band = r.metrics.envelope
         gran = r.config.granularity
         per_tensor = isinstance(gran, PerTensor)
@@ -298,9 +381,10 @@ class LayerPlots:
                 f"{scales.size} scales {fmt_num(scales.min())} … {fmt_num(scales.max())}"
             )
         channels, missing = self._channels(r, w, band)
+        curve = None if stats is None else self._weight_curve(r, w, stats, ranges)
         return WeightPanel(
-            r, w, edges, counts, band, per_tensor, note, scales_text, channels, missing,
-            self._weight_curve(r, w, stats, ranges), weight_column(r),
+            r, w, stats, edges, counts, band, per_tensor, note, scales_text, channels, missing,
+            curve, weight_column(r),
         )
 
     def _channels(
@@ -315,22 +399,38 @@ class LayerPlots:
             "channels", r.name, id(w), r.config.fmt, r.config.granularity, clip,
             hash(np.asarray(qp.scale).tobytes()), hash(np.asarray(qp.zero_point).tobytes()),
         )
-        data = self.memo(key, w, lambda: channel_data(
+        build = lambda: channel_data(  # noqa: E731  # built here or on a worker
             w, qp, r.config.fmt, axis, r.layer.reduction_axis,
             r.config.granularity.kind, r.channel_metrics, clip,
-        ))
-        return data, ""
+        )
+        # From the analysis's own per-channel numbers it costs nothing; fake-quantizing the
+        # weight (per-tensor exact, per-group) is a pass over its values.
+        cheap = r.channel_metrics is not None and r.config.granularity.kind is not (
+            GranularityKind.PER_GROUP
+        )
+        if cheap:
+            return self.memo(key, w, build), ""
+        data = self.lazy(key, w, build, f"the channels of {r.name}")
+        return data, COMPUTING if data is None else ""
 
     def _weight_curve(
         self, r: TensorResult, w: np.ndarray, stats: TensorStats, ranges: MethodRanges
-    ) -> CurveData:
+    ) -> CurveData | None:
         fmt = r.config.fmt
         lo, _hi = r.metrics.envelope
         fixed_lo = 0.0 if fmt.symmetric else lo
-        key = ("curve", "weight", r.name, id(w), fmt, fixed_lo)
-        base = self.memo(key, w, lambda: weight_curve(w, fmt, fixed_lo, stats))
-        mkey = ("markers", "weight", r.name, id(w), fmt, _ranges_key(ranges))
-        markers = self.memo(mkey, w, lambda: weight_markers(w, fmt, ranges, stats))
+        # Keyed by the statistics too: a large weight's come from its stored WeightStats.
+        key = ("curve", "weight", r.name, id(w), id(stats), fmt, fixed_lo)
+        base = self.lazy(key, (w, stats), lambda: weight_curve(w, fmt, fixed_lo, stats),
+                         f"the error curve of {r.name}")
+        mkey = ("markers", "weight", r.name, id(w), id(stats), fmt, _ranges_key(ranges))
+        markers = self.lazy(mkey, (w, stats), lambda: weight_markers(w, fmt, ranges, stats),
+                            f"the method markers of {r.name}")
+        if base is None:
+            return None
+        if markers is None:
+            markers = {}
+            base = replace(base, note=f"{base.note}; method markers {COMPUTING}")
         label = f"current ({method_label(r.config.spec)})"
         if r.config.granularity.kind is GranularityKind.PER_TENSOR:
             return replace(base, markers=markers, current=marker_of(r.metrics),
@@ -358,19 +458,29 @@ class LayerPlots:
         band = r.metrics.envelope
         fixed_lo = 0.0 if fmt.symmetric else band[0]
         key = ("curve", "activation", r.name, id(s), fmt, fixed_lo)
-        base = self.memo(key, s, lambda: activation_curve(s, fmt, fixed_lo))
+        base = self.lazy(key, s, lambda: activation_curve(s, fmt, fixed_lo),
+                         f"the error curve of {r.name}")
         mkey = ("markers", "activation", r.name, id(s), fmt, _ranges_key(ranges))
-        markers = self.memo(mkey, s, lambda: activation_markers(s, fmt, ranges))
-        curve = replace(
-            base, markers=markers, current=marker_of(r.metrics),
-            current_label=f"current ({method_label(r.config.spec)})",
-        )
+        markers = self.lazy(mkey, s, lambda: activation_markers(s, fmt, ranges),
+                            f"the method markers of {r.name}")
+        curve = None
+        if base is not None:
+            if markers is None:
+                markers = {}
+                base = replace(base, note=f"{base.note}; method markers {COMPUTING}")
+            curve = replace(
+                base, markers=markers, current=marker_of(r.metrics),
+                current_label=f"current ({method_label(r.config.spec)})",
+            )
         column = ColumnData(r.name, r.config.label, r.metrics, layer=r.layer.name)
         qp = r.qparams
         ckey = ("act channels", r.name, id(s), fmt, band,
                 hash(np.asarray(qp.scale).tobytes()), hash(np.asarray(qp.zero_point).tobytes()))
-        channels = self.memo(ckey, s, lambda: activation_channels(s, qp, fmt, clip=band))
-        return ActivationPanel(r, s, band, " ".join(notes), curve, column, channels=channels)
+        channels = self.lazy(ckey, s, lambda: activation_channels(s, qp, fmt, clip=band),
+                             f"the input channels of {r.name}")
+        waiting = self._pending is not None and ckey in self._pending
+        return ActivationPanel(r, s, band, " ".join(notes), curve, column, channels=channels,
+                               channels_missing=COMPUTING if waiting else "")
 
 
 def _ranges_key(ranges: MethodRanges) -> tuple:
