@@ -113,8 +113,9 @@ class HistogramView(QWidget):
             self.region.lines[0], text="{value:.4g}", position=0.62, color=st.REGION_LINE,
             fill=pg.mkBrush(255, 255, 255, 200),
         )
+        # The upper bound's label sits lower: the quantizer's box fills the top right corner.
         self.hi_label = pg.InfLineLabel(
-            self.region.lines[1], text="{value:.4g}", position=0.62, color=st.REGION_LINE,
+            self.region.lines[1], text="{value:.4g}", position=0.4, color=st.REGION_LINE,
             fill=pg.mkBrush(255, 255, 255, 200),
         )
         for label in (self.lo_label, self.hi_label):
