@@ -16,6 +16,7 @@ from qviz.app.views.metrics_panel import ROWS
 from qviz.core.calibration.analysis import TensorKey
 from qviz.core.document import layer_parts
 from qviz.core.document.document import Document
+from qviz.core.layerdata import layer as layer_module
 from qviz.core.layerdata.deferred import COMPUTING
 from qviz.core.model.loading import TensorKind
 from tests.app.evaluation_fixtures import MakeWindow, demo_stats_file, make_window
@@ -124,3 +125,39 @@ def test_selecting_away_and_back_shows_the_layer_whole_at_once(
     assert data is not None and data.pending == ()
     assert window.layer_view.error_curve.curve_data(W) is not None
     qtbot.waitUntil(lambda: not window.layer_parts.is_busy, timeout=TIMEOUT_MS)
+
+
+
+def test_a_part_that_fails_is_reported_once_and_its_panel_says_why(
+    qtbot: QtBot, window: MainWindow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def gone(*_: object, **__: object) -> None:
+        raise OSError("the data file is gone")
+
+    for curve in ("weight_curve", "activation_curve"):  # as if the data vanished
+        monkeypatch.setattr(layer_module, curve, gone)
+    shown: list[str] = []
+    window.reporter.errorShown.connect(shown.append)
+    view = window.layer_view
+
+    def settled() -> bool:
+        return (not window.layer_parts.is_busy and view.data is not None
+                and view.data.pending == ())
+
+    window.doc.select(CONV)
+    qtbot.waitUntil(settled, timeout=TIMEOUT_MS)
+    assert len(shown) == 2 and all("the data file is gone" in m for m in shown)
+    # The panel says why there is no curve, not "computing…" forever; the rest is drawn.
+    text = view.error_curve.placeholder.text()
+    assert "could not be computed (the data file is gone)" in text and COMPUTING not in text
+    assert view.error_curve.curve_data(W) is None and view.error_curve.curve_data(A) is None
+    assert view.data is not None and view.data.activation is not None
+    assert view.data.activation.channels is not None
+    # Selecting away and back draws it without asking again (no more dialogs for it).
+    window.doc.select(TensorKey("features.6.weight", W))
+    qtbot.waitUntil(lambda: len(shown) == 4, timeout=TIMEOUT_MS)  # its curves failed too
+    qtbot.waitUntil(settled, timeout=TIMEOUT_MS)
+    window.doc.select(CONV)
+    qtbot.waitUntil(settled, timeout=TIMEOUT_MS)
+    assert len(shown) == 4
+    assert "could not be computed" in view.error_curve.placeholder.text()

@@ -253,3 +253,64 @@ def test_a_part_that_fails_comes_back_with_its_error_and_the_others_still_come()
     assert doc.accept_parts(done) == 1 and stored == [2]
     # Asked to stop: nothing more is built.
     assert list(compute_parts(parts, lambda: True)) == []
+
+
+def test_parts_that_fail_are_not_asked_for_again_and_their_panels_say_why(demo, large) -> None:
+    doc = make_doc(demo)
+    doc.select(CONV)
+    data = doc.layer_data(defer=True)
+    rounds = 0
+    while data is not None and data.pending:  # every build fails, as on a vanished data file
+        rounds += 1
+        assert rounds < 5, [p.what for p in data.pending]
+        failed = [ComputedPart(p, error=OSError("the data file is gone")) for p in data.pending]
+        assert all(p.on_error is not None for p in data.pending)  # each stands in for itself
+        assert doc.accept_parts(failed) == len(failed)
+        doc.parts_ready()
+        data = doc.layer_data(defer=True)
+    assert data is not None and data.pending == ()  # nothing is asked for forever
+    w, a = data.weight, data.activation
+    assert w is not None and a is not None
+    why = "could not be computed (the data file is gone)"
+    assert w.curve is None and why in w.curve_missing
+    assert w.counts is None and why in w.histogram_missing
+    assert a.curve is None and why in a.curve_missing and "error curve" in a.curve_missing
+    assert a.channels is None and why in a.channels_missing
+    texts = (w.curve_missing, w.histogram_missing, a.curve_missing, a.channels_missing)
+    assert COMPUTING not in " ".join(texts)
+    # The analysis's own numbers are still there.
+    result = doc.result(CONV)
+    assert result is not None and w.column.metrics.sqnr_db == result.metrics.sqnr_db
+    # A new model (or statistics) asks again.
+    doc.set_model(demo[0])
+    doc.set_stats(demo[1])
+    doc.select(CONV)
+    again = doc.layer_data(defer=True)
+    assert again is not None and again.pending
+
+
+def test_a_weight_whose_statistics_fail_to_come_is_drawn_from_a_pass_of_its_own(
+    demo, large, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(weight_collect, "STATS_MIN_VALUES", 10_000)
+    monkeypatch.setattr(weight_cache, "CACHE_BYTES", 0)  # keeps one weight's only
+    model = load_model(demo_paths().model)
+    weights = run_to_completion(weight_collect.collect_weight_stats(model))
+    path = tmp_path / "demo.qvstats"
+    save_stats(dataclasses.replace(demo[1], weights=weights), path)
+    doc = Document()
+    doc.set_model(model)
+    doc.set_stats(load_stats(path))
+    assert doc.analyze(FC) is not None and doc.analyze(CONV) is not None  # FC's pushed out
+    doc.select(FC)
+    first = doc.layer_data(defer=True)
+    assert first is not None
+    (part,) = [p for p in first.pending if p.key[0] == "weight statistics"]
+    assert doc.accept_parts([ComputedPart(part, error=OSError("the file is gone"))]) == 1
+    again = doc.layer_data(defer=True)
+    assert again is not None and again.weight is not None
+    assert not any(p.key[0] == "weight statistics" for p in again.pending)  # not again
+    assert any(p.what == f"the histogram of {FC.name}" for p in again.pending)
+    got, _ = fill(doc, again)
+    assert got.weight is not None and got.weight.counts is not None
+    assert got.weight.curve is not None and got.weight.histogram_missing == ""

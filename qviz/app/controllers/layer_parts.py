@@ -9,8 +9,9 @@ that draw still lacks (the method markers wait for the method ranges).
 
 Asking again for parts already being computed changes nothing; asking for others (another
 layer was selected) supersedes the run: the parts it finished are kept, the rest is dropped.
-A part whose build fails is reported once and not asked for again; nor is one the run just
-stored (a cache that does not keep it would have the view ask for it forever).
+A part whose build fails is reported once and not asked for again (its panel says why it is
+missing); nor is one the run just stored (a cache that does not keep it would have the view
+ask for it forever).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class LayerPartsController(QObject):
             if not isinstance(error, QvizError):
                 error = QvizError(f"{item.pending.what}: {error}")
             self.reporter.report(error, "Computing the layer view")
-            return
+        # A failed part stores what stands for it, so that its panel says why it is missing.
         if self.doc.accept_parts([item]):
             self._stored.add(item.pending.key)
 

@@ -165,10 +165,10 @@ class LayerView(QWidget):
         self._show_activation(data.activation, data.activation_missing)
         curves = (None if data.weight is None else data.weight.curve,
                   None if data.activation is None else data.activation.curve)
-        if self._changed("curves", *(_curve_state(c) for c in curves)):
-            self.error_curve.set_curves(
-                *curves, placeholder=COMPUTING if data.pending else "no tensor to plot"
-            )
+        missing = [p.curve_missing for p in (data.weight, data.activation)
+                   if p is not None and p.curve is None and p.curve_missing]
+        if self._changed("curves", *(_curve_state(c) for c in curves), *missing):
+            self.error_curve.set_curves(*curves, placeholder=_curves_placeholder(missing))
 
     def _changed(self, panel: str, *state: object) -> bool:
         """Whether `panel` must be drawn for `state` (and note it as drawn)."""
@@ -204,7 +204,10 @@ class LayerView(QWidget):
             return
         r = w.result
         if w.edges is None or w.counts is None:  # its statistics are being computed
-            self.weight_hist.set_placeholder(f"the histogram of {r.name}: {COMPUTING}")
+            self.weight_hist.set_placeholder(
+                f"the histogram of {r.name}: {COMPUTING}"
+                if w.histogram_missing in ("", COMPUTING) else w.histogram_missing
+            )
         else:
             self.weight_hist.set_histogram(w.edges, w.counts)
             self.weight_hist.set_log_counts(self._doc.log_counts)
@@ -318,6 +321,15 @@ class LayerView(QWidget):
             self._doc.select(key)
             self._doc.set_manual_range(key, lo, hi)
             self._reporter.status(f"{name}: manual clip range [{lo:.4g}, {hi:.4g}]")
+
+
+def _curves_placeholder(missing: list[str]) -> str:
+    """What the error curve view says with no curve: why one could not be computed, that one
+    is being computed, or that the layer has none."""
+    failed = [text for text in missing if text != COMPUTING]
+    if failed:
+        return failed[0]
+    return COMPUTING if missing else "no tensor to plot"
 
 
 def _curve_state(c: CurveData | None) -> object:

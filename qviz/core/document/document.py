@@ -84,6 +84,7 @@ class Document(TransformedViews, PinnedComparison, LayerParts):
         self._index = TensorIndex(None)
         self._results = ResultStore()
         self._plots = LayerPlots()
+        self._stats_failed = set()
         self._markers = MethodRanges()
         self.pinned: Pinned | None = None
         #: Bumped when the model, statistics or evaluation data change (not the settings):
@@ -184,6 +185,7 @@ class Document(TransformedViews, PinnedComparison, LayerParts):
         self._results.clear()
         self._results.set_limit(len(self._index))
         self._plots.clear()
+        self._stats_failed.clear()
         self._markers.clear()
         self.forget_transformed()
         if model.imported is not None:

@@ -54,6 +54,9 @@ class LayerParts:
     _plots: LayerPlots
     _markers: MethodRanges
     _largest: tuple[LoadedModel, int] | None = None  # the model's largest weight (values)
+    # Large weights whose statistics failed on a worker (id of the model, weight): cleared
+    # with the model.
+    _stats_failed: set[tuple[int, str]]
 
     # Provided by the document and its other parts.
     def visible_keys(self) -> list[TensorKey]:
@@ -177,9 +180,20 @@ class LayerParts:
         if not found and defer is not None:
             model, stats = plan.model, plan.stats
             # weight_stats keeps what it reads or computes: that is the part's store.
-            defer.append(Pending(("weight statistics", id(model), key.name),
-                                 f"the statistics of {key.name}",
-                                 lambda: weight_stats(model, layer, stats), lambda _: True))
+            if (id(model), key.name) in self._stats_failed:
+                # Read or computed, they failed: the view takes its own pass (the histogram
+                # and curve say why if that fails too).
+                return None, False
+            failed = (id(model), key.name)
+
+            def on_error(_exc: Exception) -> bool:
+                self._stats_failed.add(failed)
+                return True  # the view draws again, from a pass of its own
+
+            defer.append(Pending(
+                ("weight statistics", id(model), key.name), f"the statistics of {key.name}",
+                lambda: weight_stats(model, layer, stats), lambda _: True, on_error,
+            ))
             return None, True
         if not found:
             ws = weight_stats(plan.model, layer, plan.stats)
@@ -200,12 +214,17 @@ class LayerParts:
 
     def accept_parts(self, parts: Iterable[ComputedPart]) -> int:
         """Parts of the view a worker computed: each is stored where the view reads it,
-        unless its inputs were replaced meanwhile or its build failed. Returns how many were
-        stored; `parts_ready` then announces them."""
-        return sum(
-            1 for part in parts if part.error is None and part.pending.store(part.value)
-        )
+        unless its inputs were replaced meanwhile; a part whose build failed stores what
+        stands for it (its `on_error`: the panel says why it is missing). Returns how many
+        were stored; `parts_ready` then announces them."""
+        return sum(1 for part in parts if _store(part))
 
     def parts_ready(self) -> None:
         """Announce the parts stored (`events.parts`): the layer view draws again."""
         self.events.parts.emit()
+
+
+def _store(part: ComputedPart) -> bool:
+    if part.error is None:
+        return part.pending.store(part.value)
+    return part.pending.on_error is not None and part.pending.on_error(part.error)

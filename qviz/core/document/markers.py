@@ -115,8 +115,10 @@ class MethodRanges:
             self._ranges.update(found)
             return True
 
+        # Failing, no method has a range (as when each raises a QvizError): no markers.
         return Pending(("method ranges", tensor.key, cfg.fmt.spec, *wanted),
-                       f"the method ranges of {tensor.name}", build, store)
+                       f"the method ranges of {tensor.name}", build, store,
+                       lambda _exc: store(dict.fromkeys(wanted)))
 
 
     def _method_range(

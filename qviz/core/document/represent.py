@@ -82,9 +82,10 @@ class EvaluationStats:
                 return True
 
             if defer is not None:
+                # Failing, it is left out as a QvizError leaves it (the dialog says why).
                 defer.append(Pending(("representativeness", *ckey),
                                      f"the evaluation data's range for {key.name}", build,
-                                     store))
+                                     store, lambda _exc: store(None)))
                 return None
             store(build())
         return self._cache[ckey]
@@ -122,7 +123,8 @@ class EvaluationStats:
 
         if defer is not None:
             defer.append(Pending(("convergence", key, cfg, id(cal)),
-                                 f"the convergence of {key.name}", build, store))
+                                 f"the convergence of {key.name}", build, store,
+                                 lambda _exc: store([])))
             return None
         points = build()
         store(points)

@@ -8,6 +8,9 @@ the evaluation data's range and the convergence. Each part is a pure `build` (ru
 thread, by the same functions that compute it synchronously in a small model) and a `store`
 that puts its value where the next draw reads it (run on the GUI thread). Until then its panel says
 "computing…"; nothing is drawn from an approximation that the exact value would then replace.
+A part whose build fails is not asked for again: its ``on_error`` stores what stands for it
+(the panel then says why it is missing, `failed_text`), or, without one, the panel goes
+without it.
 
 `compute_parts` is the generator a worker runs; the caches that take the values are keyed by
 what the values depend on, and a store refuses a value whose inputs were replaced meanwhile.
@@ -19,7 +22,9 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["COMPUTING", "DEFER_MIN_VALUES", "ComputedPart", "Pending", "compute_parts"]
+__all__ = [
+    "COMPUTING", "DEFER_MIN_VALUES", "ComputedPart", "Pending", "compute_parts", "failed_text",
+]
 
 #: A model holding a weight of at least this many values shows each layer's slow parts when
 #: they are ready: a pass over a million values (statistics, fake-quantization) takes 5-20 ms,
@@ -39,12 +44,24 @@ class Pending:
     is, in words; ``build`` computes it from inputs it captured (no document state, so it
     may run on any thread); ``store(value)`` puts the value in its cache, on the thread
     that owns the cache, and returns False when the cache no longer wants it (its inputs
-    changed while it was computed)."""
+    changed while it was computed); ``on_error(exc)``, on that thread too, stores what
+    stands for a part whose build raised (so that its panel stops saying "computing…"), with
+    the same return value."""
 
     key: tuple[Any, ...]
     what: str
     build: Callable[[], Any]
     store: Callable[[Any], bool]
+    on_error: Callable[[Exception], bool] | None = None
+
+
+def failed_text(what: str, exc: Exception) -> str:
+    """What a panel says in place of a part whose build raised `exc` (the error dialog has
+    the whole message)."""
+    reason = str(exc) or type(exc).__name__
+    if len(reason) > 120:
+        reason = reason[:119] + "…"
+    return f"{what}: could not be computed ({reason})"
 
 
 @dataclass(frozen=True, eq=False)

@@ -15,7 +15,8 @@ from a histogram above that (marked approximate; the exact numbers follow on rel
 Asked to defer (`layer_data(..., defer=True)`, the app in a large model), the memoised parts
 that are not cached yet are not computed here: they come back as `LayerData.pending`
 (`deferred.Pending`), and the panel holding each says "computing…" until a worker has built
-it and the next `layer_data` finds it in the cache.
+it and the next `layer_data` finds it in the cache; one whose build failed is not asked for
+again, and its panel says why it is missing.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from qviz.core.layerdata.curves import (
     weight_curve,
     weight_markers,
 )
-from qviz.core.layerdata.deferred import COMPUTING, Pending
+from qviz.core.layerdata.deferred import COMPUTING, Pending, failed_text
 from qviz.core.quant.formats import GranularityKind, NumberFormat, PerGroup, PerTensor
 from qviz.core.quant.qparams import compute_qparams
 from qviz.core.stats.tensor_stats import TensorStats, compute_stats
@@ -103,6 +104,9 @@ class WeightPanel:
     curve: CurveData | None        # None while it is computed
     column: ColumnData
     pinned_band: tuple[float, float] | None = None  # the pinned configuration's ("A")
+    # Why the histogram (without statistics) or the curve is missing: "" while computed.
+    histogram_missing: str = ""
+    curve_missing: str = ""
     # Without its transforms (a faint overlay): histogram and clip band, None when untouched.
     before_edges: np.ndarray | None = None
     before_counts: np.ndarray | None = None
@@ -134,6 +138,7 @@ class ActivationPanel:
     #: (samples, lo, hi) of the chosen range as calibration data grew.
     convergence: tuple[tuple[int, float, float], ...] = ()
     convergence_waiting: bool = False  # still being computed
+    curve_missing: str = ""  # why the error curve is missing ("" while it is computed)
 
 
 @dataclass(frozen=True, eq=False)
@@ -205,9 +210,12 @@ class LayerPlots:
         self._cache: OrderedDict[tuple, tuple[object, object]] = OrderedDict()
         # While deferring: the parts asked for and not cached, by key (else None).
         self._pending: dict[tuple, Pending] | None = None
+        # Parts whose build failed on a worker, by key: what their panel says instead.
+        self._failed: OrderedDict[tuple, str] = OrderedDict()
 
     def clear(self) -> None:
         self._cache.clear()
+        self._failed.clear()
 
     def memo(self, key: tuple, source: object, build: Callable[[], _T]) -> _T:
         hit = self._cache.get(key)
@@ -224,11 +232,23 @@ class LayerPlots:
         hit = self._cache.get(key)
         if hit is not None or self._pending is None:
             return self.memo(key, source, build)
-        if key not in self._pending:
+        if key not in self._pending and key not in self._failed:
             self._pending[key] = Pending(
-                key, what, build, lambda value: self._store(key, source, value)
+                key, what, build, lambda value: self._store(key, source, value),
+                lambda exc: self._fail(key, failed_text(what, exc)),
             )
         return None
+
+    def missing(self, key: tuple) -> str:
+        """What the panel of a part `lazy` returned None for says: why it failed, or
+        "computing…"."""
+        return self._failed.get(key, COMPUTING)
+
+    def _fail(self, key: tuple, text: str) -> bool:
+        self._failed[key] = text
+        while len(self._failed) > self._entries:
+            self._failed.popitem(last=False)
+        return True  # the view draws again and says why
 
     def _store(self, key: tuple, source: object, value: object) -> bool:
         self._cache[key] = (source, value)
@@ -381,10 +401,15 @@ class LayerPlots:
                 f"{scales.size} scales {fmt_num(scales.min())} … {fmt_num(scales.max())}"
             )
         channels, missing = self._channels(r, w, band)
-        curve = None if stats is None else self._weight_curve(r, w, stats, ranges)
+        if stats is None:  # the histogram and the curve wait for (or lack) the statistics
+            curve, hist_missing = None, self.missing(("weight stats", r.name, id(w)))
+            curve_missing = hist_missing
+        else:
+            curve, curve_missing = self._weight_curve(r, w, stats, ranges)
+            hist_missing = ""
         return WeightPanel(
             r, w, stats, edges, counts, band, per_tensor, note, scales_text, channels, missing,
-            curve, weight_column(r),
+            curve, weight_column(r), histogram_missing=hist_missing, curve_missing=curve_missing,
         )
 
     def _channels(
@@ -411,11 +436,12 @@ class LayerPlots:
         if cheap:
             return self.memo(key, w, build), ""
         data = self.lazy(key, w, build, f"the channels of {r.name}")
-        return data, COMPUTING if data is None else ""
+        return data, self.missing(key) if data is None else ""
 
     def _weight_curve(
         self, r: TensorResult, w: np.ndarray, stats: TensorStats, ranges: MethodRanges
-    ) -> CurveData | None:
+    ) -> tuple[CurveData | None, str]:
+        """The curve with its markers, or None and what its panel says instead."""
         fmt = r.config.fmt
         lo, _hi = r.metrics.envelope
         fixed_lo = 0.0 if fmt.symmetric else lo
@@ -427,14 +453,14 @@ class LayerPlots:
         markers = self.lazy(mkey, (w, stats), lambda: weight_markers(w, fmt, ranges, stats),
                             f"the method markers of {r.name}")
         if base is None:
-            return None
+            return None, self.missing(key)
         if markers is None:
             markers = {}
-            base = replace(base, note=f"{base.note}; method markers {COMPUTING}")
+            base = replace(base, note=f"{base.note}; {self._markers_missing(mkey)}")
         label = f"current ({method_label(r.config.spec)})"
         if r.config.granularity.kind is GranularityKind.PER_TENSOR:
             return replace(base, markers=markers, current=marker_of(r.metrics),
-                           current_label=label)
+                           current_label=label), ""
         # Per-channel / per-group has no single clip on this axis: show its SQNR as a level
         # the per-tensor curve can be compared with.
         level = Marker(float("nan"), float(r.metrics.sqnr_db), float(r.metrics.mse))
@@ -443,7 +469,11 @@ class LayerPlots:
             current_label=(
                 f"current ({r.config.granularity.label}, {method_label(r.config.spec)})"
             ),
-        )
+        ), ""
+
+    def _markers_missing(self, key: tuple) -> str:
+        text = self.missing(key)
+        return f"method markers {COMPUTING}" if text == COMPUTING else text
 
     def _activation_panel(
         self, r: TensorResult, s: TensorStats, ranges: MethodRanges
@@ -463,11 +493,12 @@ class LayerPlots:
         mkey = ("markers", "activation", r.name, id(s), fmt, _ranges_key(ranges))
         markers = self.lazy(mkey, s, lambda: activation_markers(s, fmt, ranges),
                             f"the method markers of {r.name}")
-        curve = None
+        curve, curve_missing = None, self.missing(key)
         if base is not None:
+            curve_missing = ""
             if markers is None:
                 markers = {}
-                base = replace(base, note=f"{base.note}; method markers {COMPUTING}")
+                base = replace(base, note=f"{base.note}; {self._markers_missing(mkey)}")
             curve = replace(
                 base, markers=markers, current=marker_of(r.metrics),
                 current_label=f"current ({method_label(r.config.spec)})",
@@ -478,9 +509,11 @@ class LayerPlots:
                 hash(np.asarray(qp.scale).tobytes()), hash(np.asarray(qp.zero_point).tobytes()))
         channels = self.lazy(ckey, s, lambda: activation_channels(s, qp, fmt, clip=band),
                              f"the input channels of {r.name}")
-        waiting = self._pending is not None and ckey in self._pending
+        # None also when the statistics hold no channels (the view says so).
+        waiting = (self._pending is not None and ckey in self._pending) or ckey in self._failed
         return ActivationPanel(r, s, band, " ".join(notes), curve, column, channels=channels,
-                               channels_missing=COMPUTING if waiting else "")
+                               channels_missing=self.missing(ckey) if waiting else "",
+                               curve_missing=curve_missing)
 
 
 def _ranges_key(ranges: MethodRanges) -> tuple:
