@@ -48,3 +48,44 @@ def test_stop_between_batches() -> None:
         for p in gen:
             seen.append(p)
     assert seen[-1].done < 100
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_batches_folded_on_several_threads_give_the_same_statistics(
+    monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """A large model's batch (no overlap with the next run) is folded on several threads;
+    every number comes out as folded on one."""
+    from qviz.core.data.dataset import load_data
+    from qviz.core.demo import demo_paths
+    from qviz.core.model.loading import load_model
+    from qviz.core.stats import collect
+
+    paths = demo_paths()
+    model = load_model(paths.model)
+    data = load_data(paths.data, model.inputs)
+    monkeypatch.setattr(collect, "OVERLAP_BYTES", 0)  # as in a large model
+    folded: list[list[int]] = []
+    real = collect._fold
+
+    def spy(pairs, helpers):  # type: ignore[no-untyped-def]
+        folded.append([len(pairs), helpers is not None])
+        return real(pairs, helpers)
+
+    monkeypatch.setattr(collect, "_fold", spy)
+    monkeypatch.setattr(collect, "FOLD_THREADS", 1)
+    one = run_to_completion(collect_stats(model, data, batch_size=64, snapshots=True))
+    assert folded and not any(parallel for _, parallel in folded)
+    folded.clear()
+    monkeypatch.setattr(collect, "FOLD_THREADS", threads)
+    many = run_to_completion(collect_stats(model, data, batch_size=64, snapshots=True))
+    assert folded and all(parallel for _, parallel in folded)
+    assert set(one.tensors) == set(many.tensors)
+    for name, a in one.tensors.items():
+        meta_a, arrays_a = a.to_arrays()
+        meta_b, arrays_b = many.tensors[name].to_arrays()
+        assert meta_a == meta_b
+        assert arrays_a.keys() == arrays_b.keys()
+        for key in arrays_a:
+            np.testing.assert_array_equal(arrays_a[key], arrays_b[key])
+    assert [s.samples for s in one.snapshots] == [s.samples for s in many.snapshots]

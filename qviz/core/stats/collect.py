@@ -7,7 +7,8 @@ tensors x bins whatever the number of samples.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Mapping
+import os
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -66,6 +67,40 @@ class CalibrationStats:
 #: folded in (two batches in memory). Beyond it (a large model's hundreds of activations)
 #: batches run one after another, so memory holds one batch's tensors, not two.
 OVERLAP_BYTES = 128 << 20
+
+#: Threads that fold a batch run one after another (ONNX Runtime is idle meanwhile): the
+#: compiled passes release the GIL and each tensor's accumulator is folded by one thread.
+FOLD_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+def _fold(
+    pairs: Sequence[tuple[TensorStatsAccumulator, np.ndarray]],
+    helpers: ThreadPoolExecutor | None,
+) -> None:
+    """Fold each value into its accumulator, spread over `helpers` and this thread (largest
+    first, each to the least loaded share): the same statistics as one after another."""
+    if helpers is None or len(pairs) < 2:
+        for acc, value in pairs:
+            acc.update(value)
+        return
+    n = FOLD_THREADS
+    shares: list[list[tuple[TensorStatsAccumulator, np.ndarray]]] = [[] for _ in range(n)]
+    loads = [0] * n
+    for pair in sorted(pairs, key=lambda p: -p[1].size):
+        i = loads.index(min(loads))
+        shares[i].append(pair)
+        loads[i] += pair[1].size
+
+    def fold_share(share: list[tuple[TensorStatsAccumulator, np.ndarray]]) -> None:
+        for acc, value in share:
+            acc.update(value)
+
+    futures = [helpers.submit(fold_share, share) for share in shares[1:] if share]
+    try:
+        fold_share(shares[0])
+    finally:
+        for future in futures:
+            future.result()  # raises what its share raised, after every share is done
 
 
 def activation_tensors(model: LoadedModel) -> list[str]:
@@ -129,7 +164,11 @@ def collect_stats(
     yield clock.report(0)
     # ONNX Runtime releases the GIL while it runs, so the next batch runs on a helper thread
     # while this one is folded into the histograms: the two costs overlap instead of adding.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qviz-collect") as pool:
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="qviz-collect") as pool,
+        ThreadPoolExecutor(max_workers=max(1, FOLD_THREADS - 1),
+                           thread_name_prefix="qviz-fold") as folders,
+    ):
         batches = iter(data.batches(batch_size))
 
         # A stateful model's next batch needs this one's outputs: each run takes the state its
@@ -158,9 +197,12 @@ def collect_stats(
                 overlap = sum(int(v.nbytes) for v in values) <= OVERLAP_BYTES
             following = None if should_stop() else next(batches, None)
             pending_next = submit(following) if overlap else None
-            for name, value in zip(from_outputs, values, strict=True):
-                accumulators[name].update(value)
-                if grams is not None:
+            # Overlapping, the next batch's run has the other cores: fold on this thread.
+            _fold([(accumulators[name], value)
+                   for name, value in zip(from_outputs, values, strict=True)],
+                  None if overlap or FOLD_THREADS == 1 else folders)
+            if grams is not None:
+                for name, value in zip(from_outputs, values, strict=True):
                     grams.update(name, value)
             del values
             if not overlap and not should_stop():
