@@ -175,6 +175,44 @@ def test_stats_file_keeps_moments_and_grams(tmp_path: Path) -> None:
         assert back.grams[name].rows == g.rows and back.grams[name].kernel == g.kernel
 
 
+def test_per_channel_histograms_are_written_in_the_narrowest_type_that_holds_them(
+    tmp_path: Path,
+) -> None:
+    """Whole counts go to the file as 8/16/32-bit integers and come back as the same float64
+    counts; fractional ones (a merge never makes them, but a file must not round them) stay
+    float64."""
+    from qviz.core.stats.channel_stats import ChannelMoments, compact_counts
+
+    assert compact_counts(np.array([[0.0, 3.0], [255.0, 1.0]])).dtype == np.uint8
+    assert compact_counts(np.array([[0.0, 256.0]])).dtype == np.uint16
+    assert compact_counts(np.array([[0.0, 2.0**16]])).dtype == np.uint32
+    assert compact_counts(np.array([[0.0, 2.0**32]])).dtype == np.float64
+    assert compact_counts(np.array([[0.5, 2.0]])).dtype == np.float64
+    assert compact_counts(np.array([[-1.0, 2.0]])).dtype == np.float64
+    model = from_proto(_two_layer_model(), sha256="g")
+    stats = run_to_completion(collect_stats(model, random_data(model.inputs, 300)))
+    name, t = next((n, t) for n, t in stats.tensors.items() if t.moments is not None)
+    assert t.moments is not None and t.moments.hist_counts is not None
+    assert t.moments.hist_counts.max() >= 256  # 300 samples: some bins need 16 bits
+    fractional = replace(t, moments=ChannelMoments(
+        t.moments.count, t.moments.mean, t.moments.mean_sq, t.moments.hist_counts * 0.5,
+        t.moments.hist_lo, t.moments.hist_hi))
+    for tensor, dtype in ((t, "<u2"), (fractional, "<f8")):
+        path = tmp_path / f"{dtype}.qvstats"
+        save_stats(replace(stats, tensors={name: tensor}), path)
+        with zipfile.ZipFile(path) as zf:
+            member = next(m for m in zf.namelist() if m.endswith("channel_hist.npy"))
+            header = zf.read(member)[:128].decode("latin1")
+            kinds = {i.filename.rsplit("/", 1)[-1]: i.compress_type for i in zf.infolist()}
+        assert f"'descr': '{dtype}'" in header
+        assert kinds["channel_hist.npy"] == zipfile.ZIP_DEFLATED
+        assert kinds["channel_mean.npy"] == zipfile.ZIP_STORED  # floats deflate poorly
+        got = load_stats(path).tensors[name].moments
+        assert got is not None and got.hist_counts is not None
+        assert tensor.moments is not None and got.hist_counts.dtype == np.float64
+        np.testing.assert_array_equal(got.hist_counts, tensor.moments.hist_counts)
+
+
 def test_schema_2_fields_are_optional(tmp_path: Path) -> None:
     """A schema-2 file without moments or Gram matrices (not collected, or written by a
     collector of schema 2 that does not know them) opens with none, like a version-1 file."""

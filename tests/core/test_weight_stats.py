@@ -215,14 +215,19 @@ def test_collect_and_stats_file_keep_large_weights(monkeypatch, tmp_path: Path) 
     assert sorted(loaded.weights) == sorted(big)
     for name in big:
         np.testing.assert_array_equal(loaded.weights[name].rows.counts, weights[name].rows.counts)
-    # One-byte per-channel counts are stored as they are (deflate is slow on them); the rest
-    # is deflated.
+    # One-byte per-channel counts are stored as they are (deflate is slow on them), and so
+    # are per-channel float values; the other counts are deflated.
     with zipfile.ZipFile(path) as zf:
         kinds = {info.filename: info.compress_type for info in zf.infolist()}
     stored = {k for k, v in kinds.items() if v == zipfile.ZIP_STORED}
-    assert stored == {f"weights/{i}/row_counts.npy" for i, name in enumerate(weights)
-                      if weights[name].rows.counts.max() < 256}
-    assert stored
+    assert {k for k in stored if k.endswith("row_counts.npy")} == {
+        f"weights/{i}/row_counts.npy" for i, name in enumerate(weights)
+        if weights[name].rows.counts.max() < 256
+    }
+    assert any(k.endswith("row_counts.npy") for k in stored)
+    for i in range(len(weights)):
+        assert f"weights/{i}/row_lo.npy" in stored and f"weights/{i}/row_hi.npy" in stored
+        assert kinds[f"weights/{i}/tensor_counts.npy"] == zipfile.ZIP_DEFLATED
     name = big[0]
     # Analysis takes them from the file: the model's weights are not read again.
     layer = next(layer for layer in model.layers if layer.weight == name)
