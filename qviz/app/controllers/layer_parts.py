@@ -9,9 +9,9 @@ that draw still lacks (the method markers wait for the method ranges).
 
 Asking again for parts already being computed changes nothing; asking for others (another
 layer was selected) supersedes the run: the parts it finished are kept, the rest is dropped.
-A part whose build fails is reported once and not asked for again (its panel says why it is
-missing); nor is one the run just stored (a cache that does not keep it would have the view
-ask for it forever).
+A part whose build fails is reported once (one dialog for a run's failures) and not asked
+for again (its panel says why it is missing); nor is one the run just stored (a cache that
+does not keep it would have the view ask for it forever).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class LayerPartsController(QObject):
         self._failed: set[tuple] = set()   # keys whose build failed: not asked for again
         self._stored: set[tuple] = set()   # keys of the current run's parts stored so far
         self._just_stored: set[tuple] = set()  # keys the last run stored
+        self._errors: list[Exception] = []  # failed parts, reported when the rounds end
         # A new model or statistics: parts computed on the old ones are of no use.
         for event in (doc.events.model, doc.events.stats):
             event.connect(self.discard)
@@ -71,6 +72,8 @@ class LayerPartsController(QObject):
             return
         self._asked = keys
         self._stored = set()
+        if self.runner.is_busy:
+            self._report_failures()  # of the run this one supersedes
         self.runner.start(
             lambda should_stop: compute_parts(wanted, should_stop),
             f"Computing {len(wanted)} parts of the layer view",
@@ -78,6 +81,7 @@ class LayerPartsController(QObject):
 
     def discard(self, *_: object) -> None:
         self.runner.discard()
+        self._errors = []
         self._asked = set()
         self._failed.clear()
         self._just_stored = set()
@@ -92,13 +96,27 @@ class LayerPartsController(QObject):
             error = item.error
             if not isinstance(error, QvizError):
                 error = QvizError(f"{item.pending.what}: {error}")
-            self.reporter.report(error, "Computing the layer view")
+            self._errors.append(error)
         # A failed part stores what stands for it, so that its panel says why it is missing.
         if self.doc.accept_parts([item]):
             self._stored.add(item.pending.key)
+
+    def _report_failures(self) -> None:
+        """One dialog for the failed parts of a layer's rounds (a vanished data file fails
+        them all)."""
+        errors, self._errors = self._errors, []
+        if len(errors) == 1:
+            self.reporter.report(errors[0], "Computing the layer view")
+        elif errors:
+            self.reporter.report(QvizError(
+                f"{len(errors)} parts of the layer view could not be computed: "
+                + "; ".join(str(e) for e in errors)
+            ), "Computing the layer view")
 
     def _on_finished(self) -> None:
         self._asked = set()
         self._just_stored, self._stored = self._stored, set()
         if self._just_stored:
-            self.doc.parts_ready()
+            self.doc.parts_ready()  # the view draws again and may ask for a next round
+        if not self.runner.is_busy:  # the layer's rounds are over: one dialog for them
+            self._report_failures()
