@@ -21,7 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qviz.core.stats.histogram import EXTREME_THRESHOLD, Histogram, HistogramRows
+from qviz.core.stats.histogram import (
+    EXTREME_THRESHOLD,
+    Histogram,
+    HistogramRows,
+    narrowest_count_type,
+)
 from qviz.core.stats.kernels import TensorBins, bin_channels, spread_rows
 
 __all__ = [
@@ -139,7 +144,7 @@ def compact_counts(counts: np.ndarray) -> np.ndarray:
     top = float(c.max())
     if float(c.min()) < 0 or top >= 2**32:
         return c
-    narrow = c.astype(np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.uint32)
+    narrow = c.astype(narrowest_count_type(top))
     return narrow if np.array_equal(narrow, c) else c  # fractional counts stay as they are
 
 

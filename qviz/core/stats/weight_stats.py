@@ -24,7 +24,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from qviz.core.stats.histogram import EXTREME_THRESHOLD, Histogram, HistogramRows
+from qviz.core.stats.histogram import (
+    EXTREME_THRESHOLD,
+    Histogram,
+    HistogramRows,
+    narrowest_count_type,
+)
 from qviz.core.stats.kernels import TensorBins, bin_channels, channel_extents
 from qviz.core.stats.tensor_stats import TensorStats
 
@@ -83,8 +88,7 @@ class WeightStats:
         integer type that holds them)."""
         counts = self.rows.counts
         top = float(counts.max()) if counts.size else 0.0
-        ctype = (np.uint8 if top < 2**8 else np.uint16 if top < 2**16
-                 else np.uint32 if top < 2**32 else np.uint64)
+        ctype = narrowest_count_type(top)
         meta: dict[str, Any] = {
             "name": self.name,
             "shape": list(self.shape),
