@@ -21,12 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qviz.core.stats.histogram import (
-    EXTREME_THRESHOLD,
-    Histogram,
-    HistogramRows,
-    narrowest_count_type,
-)
+from qviz.core.stats.histogram import EXTREME_THRESHOLD, Histogram, HistogramRows
 from qviz.core.stats.kernels import TensorBins, bin_channels, spread_rows
 
 __all__ = [
@@ -131,6 +126,13 @@ class ChannelMoments:
             arrays.get("channel_hist_lo"),
             arrays.get("channel_hist_hi"),
         )
+
+
+def narrowest_count_type(top: float) -> type[np.unsignedinteger]:
+    """The narrowest unsigned integer type holding whole counts up to `top` (how statistics
+    files store histogram counts)."""
+    return (np.uint8 if top < 2**8 else np.uint16 if top < 2**16
+            else np.uint32 if top < 2**32 else np.uint64)
 
 
 def compact_counts(counts: np.ndarray) -> np.ndarray:

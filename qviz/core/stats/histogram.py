@@ -31,7 +31,6 @@ __all__ = [
     "HistogramAccumulator",
     "HistogramRows",
     "exponent_bin_upper",
-    "narrowest_count_type",
 ]
 
 EXTREME_THRESHOLD = 1e30
@@ -321,13 +320,6 @@ class HistogramRows:
         points = np.clip(points, self.lo[:, None], self.hi[:, None])
         weights = np.repeat(self.counts[:, occupied] / per_bin, per_bin, axis=1)
         return points, weights
-
-
-def narrowest_count_type(top: float) -> type[np.unsignedinteger]:
-    """The narrowest unsigned integer type holding whole counts up to `top` (how statistics
-    files store histogram counts)."""
-    return (np.uint8 if top < 2**8 else np.uint16 if top < 2**16
-            else np.uint32 if top < 2**32 else np.uint64)
 
 
 def exponent_bin_upper(index: int | np.ndarray) -> np.ndarray:

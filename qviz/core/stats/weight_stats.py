@@ -24,12 +24,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from qviz.core.stats.histogram import (
-    EXTREME_THRESHOLD,
-    Histogram,
-    HistogramRows,
-    narrowest_count_type,
-)
+from qviz.core.stats.channel_stats import narrowest_count_type
+from qviz.core.stats.histogram import EXTREME_THRESHOLD, Histogram, HistogramRows
 from qviz.core.stats.kernels import TensorBins, bin_channels, channel_extents
 from qviz.core.stats.tensor_stats import TensorStats
 
